@@ -1,0 +1,3 @@
+from flightrec.cli.main import main
+
+main()

@@ -1,0 +1,152 @@
+"""The analysis pipeline: trace text → parse → timeline → replay → checks → result.
+
+A library first: the CLI and `record` call `analyze_path` / `analyze_text`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
+
+from flightrec.checks import run_checks
+from flightrec.checks.anomaly import Anomaly
+from flightrec.errors import FlightrecError
+from flightrec.model.replay import Replay, replay
+from flightrec.model.timeline import Timeline, build_timeline
+from flightrec.parse.ftrace import parse_lines
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one trace says."""
+
+    source: str
+    anomalies: tuple[Anomaly, ...]
+    timeline: Timeline
+    replay: Replay
+    cut_last_line: bool = False
+
+    @property
+    def verdict(self) -> str:
+        """The first anomaly's verdict (the first thing that went wrong), or "clean"."""
+        return self.anomalies[0].verdict if self.anomalies else "clean"
+
+    def stats(self) -> dict:
+        tl = self.timeline
+        p = tl.parsed
+        counts = Counter(tl.kind)
+        return {
+            "lines": p.lines,
+            "format": p.format,
+            "events": {"total": len(tl), **{k: counts.get(k, 0) for k in ("reserve", "flush", "tx", "marker", "note", "other")}},
+            "cpus": sorted(tl.window.cpu_first),
+            "unparsed_lines": p.unparsed,
+            "overrun": tl.window.overrun,
+            "entries": {"in_buffer": p.entries[0], "written": p.entries[1]} if p.entries else None,
+            "losses": [{"cpu": s.cpu, "line": s.line, "count": s.count} for s in tl.losses],
+            "sockets": {s: f"{x:#x}" for s, x in sorted(self.replay.sock_xs.items())},
+            "cut_last_line": self.cut_last_line,
+        }
+
+    def to_json(self) -> dict:
+        """The `--json` object (addresses as "0x…" strings, CPUs as integers)."""
+        w = self.timeline.window
+        return {
+            "source": self.source,
+            "verdict": self.verdict,
+            "anomalies": [anomaly_json(a) for a in self.anomalies],
+            "stats": self.stats(),
+            "window": {"start": w.start, "end": w.end, "complete_from": w.complete_from},
+        }
+
+
+def _hex(v: Optional[int]) -> Optional[str]:
+    return None if v is None else f"{v:#x}"
+
+
+def anomaly_json(a: Anomaly) -> dict:
+    return {
+        "kind": a.kind,
+        "verdict": a.verdict,
+        "addr": _hex(a.addr),
+        "expected": _hex(a.expected),
+        "read_addr": _hex(a.read_addr),
+        "xs": _hex(a.xs),
+        "sock": a.sock,
+        "queue": a.queue,
+        "reserve_cpu": a.reserve_cpu,
+        "flush_cpu": a.flush_cpu,
+        "read_cpu": a.read_cpu,
+        "line": a.line,
+        "ts": a.ts,
+        "evidence": [{"line": e.line, "text": e.text, "why": e.why} for e in a.evidence],
+        "missing": list(a.missing),
+        "explanation": a.explanation,
+    }
+
+
+class _Lines:
+    """Yields lines, holding back a last line that has no newline: a file cut
+    in the middle of a line must not give a truncated address to the checks."""
+
+    def __init__(self, lines: Iterable[str]):
+        self._lines = lines
+        self.cut = False
+
+    def __iter__(self) -> Iterator[str]:
+        prev = None
+        for line in self._lines:
+            if prev is not None:
+                yield prev
+            prev = line
+        if prev is not None:
+            if prev.endswith("\n"):
+                yield prev
+            else:
+                self.cut = True
+
+
+def analyze_lines(lines: Iterable[str], source: str) -> Result:
+    """Analyze ftrace text given as lines; raises FlightrecError when it is not a trace."""
+    held = _Lines(lines)
+    parsed = parse_lines(held)
+    if parsed.lines == 0 and not held.cut:
+        raise FlightrecError(f"{source}: empty trace")
+    if not parsed.line:
+        if parsed.first_unparsed is not None:
+            n, text = parsed.first_unparsed
+            raise FlightrecError(f"{source}: not ftrace text (line {n}: {text!r}); give the text of "
+                                 "/sys/kernel/tracing/trace or of `trace-cmd report`")
+        raise FlightrecError(f"{source}: no events in the trace (only a header)")
+    tl = build_timeline(parsed, source)
+    rp = replay(tl)
+    return Result(source, tuple(run_checks(tl, rp)), tl, rp, held.cut)
+
+
+def analyze_text(text: str, source: str = "-") -> Result:
+    """Analyze ftrace text held in a string."""
+    return analyze_lines(io.StringIO(text), source)
+
+
+def analyze_path(path: str) -> Result:
+    """Analyze a trace file, or standard input for "-"."""
+    if path == "-":
+        stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+        return analyze_lines(stream, "<stdin>")
+    if os.path.isdir(path):
+        raise FlightrecError(f"{path}: is a directory, not a trace file")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return analyze_lines(f, path)
+    except FileNotFoundError:
+        raise FlightrecError(f"{path}: no such file") from None
+    except PermissionError:
+        raise FlightrecError(f"{path}: permission denied") from None
+    except IsADirectoryError:
+        raise FlightrecError(f"{path}: is a directory, not a trace file") from None
+    except OSError as e:
+        raise FlightrecError(f"{path}: cannot read: {e.strerror}") from None

@@ -1,0 +1,41 @@
+"""The checks: each `check_x(timeline, replay) -> list[Anomaly]`, one module each.
+
+Several checks may see the same moment (a poisoned read that is also a FILL
+order break and a publish race); `run_checks` keeps one anomaly per line, the
+most specific.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from flightrec.checks.anomaly import Anomaly
+from flightrec.checks.duplicates import check_duplicate_insertion
+from flightrec.checks.fill_order import check_fill_order
+from flightrec.checks.poison import check_poison
+from flightrec.checks.publish_race import check_publish_race
+from flightrec.checks.reported import check_reported
+from flightrec.checks.transitions import check_transitions
+from flightrec.model.replay import Replay
+from flightrec.model.timeline import Timeline
+
+Check = Callable[[Timeline, Replay], list[Anomaly]]
+
+# Most specific first: on one line the first check's anomaly is kept.
+CHECKS: tuple[Check, ...] = (
+    check_publish_race,
+    check_duplicate_insertion,
+    check_poison,
+    check_fill_order,
+    check_transitions,
+    check_reported,
+)
+
+
+def run_checks(tl: Timeline, rp: Replay) -> list[Anomaly]:
+    """All anomalies, one per line, in trace order."""
+    kept: dict[int, Anomaly] = {}
+    for check in CHECKS:
+        for a in check(tl, rp):
+            kept.setdefault(a.line, a)
+    return [kept[line] for line in sorted(kept)]

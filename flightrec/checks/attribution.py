@@ -1,0 +1,206 @@
+"""Who did it: the kernel, the application, or the trace cannot tell.
+
+Shared by the checks that see a symptom at an RX read. The order of the
+arguments is the order of their strength:
+
+1. the kernel reserved one address for the RX slot and the application read
+   another from it: the kernel published a slot it had not written (kernel);
+2. the application's own markers show it put a descriptor into a ring while
+   that descriptor was already in FILL or TX (application, that descriptor);
+3. the kernel delivered exactly what it took from FILL, in that order, so the
+   FILL ring held what the application's order did not expect (application);
+4. otherwise the events needed are missing (undetermined, saying which).
+
+A loss of events inside the causal window makes any of these undetermined.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Optional
+
+from flightrec.checks.anomaly import APPLICATION, KERNEL, UNDETERMINED, Anomaly, Evidence
+from flightrec.model.replay import KERNEL_OWNED, POISON, BadTransition, Replay, RxRead
+from flightrec.model.timeline import Timeline
+
+MISSING_RESERVE = "reserve events (kprobe __xsk_rcv_zc at xskq_prod_reserve_desc)"
+MISSING_FLUSH = "flush events (kprobe xsk_flush)"
+
+
+def hexa(v: Optional[int]) -> str:
+    return "?" if v is None else f"{v:#x}"
+
+
+def ev(tl: Timeline, row: int, why: str) -> Evidence:
+    return Evidence(tl.line[row], tl.text(row), why, row)
+
+
+def root_duplicate(rp: Replay, before_row: int, addrs: tuple[Optional[int], ...]) -> Optional[BadTransition]:
+    """The application's duplicate insertion that explains a later symptom."""
+    dups = [b for b in rp.bad if b.row < before_row and b.to in KERNEL_OWNED and b.state_before in KERNEL_OWNED]
+    for b in reversed(dups):
+        if b.addr in addrs:
+            return b
+    return dups[0] if dups else None
+
+
+def find_race(tl: Timeline, rp: Replay, xs: int, reserve_row: int, until_row: int) -> tuple[Optional[int], Optional[int]]:
+    """(flush row on another CPU, the reserving CPU's own flush row).
+
+    The first flush of `xs` after the reserve decides: on another CPU before
+    the reserving CPU's own flush, it published a slot the reserving CPU was
+    still writing.
+    """
+    rows = rp.flushes.get(xs, [])
+    pos = bisect.bisect_right(rows, reserve_row)
+    cpu = tl.cpu[reserve_row]
+    other = own = None
+    for fr in rows[pos:]:
+        if tl.cpu[fr] == cpu:
+            own = fr
+            break
+        if other is None and fr <= until_row:
+            other = fr
+    return other, own
+
+
+def dup_anomaly(tl: Timeline, b: BadTransition, kind: str) -> Anomaly:
+    """An insertion into FILL or TX of a descriptor already in FILL or TX."""
+    where = "FILL and TX at once" if {b.state_before, b.to} == {"FILL", "TX"} else f"{b.to} twice"
+    text = (
+        f"the application put {hexa(b.addr)} into {b.to} ({b.sock}) while it was still in "
+        f"{b.state_before} (line {tl.line[b.state_row]}), with no RX in between: one buffer in "
+        f"{where}, which corrupts packets (AF_XDP FAQ)"
+    )
+    return Anomaly(
+        kind, APPLICATION, tl.line[b.row], tl.ts[b.row], text, addr=b.addr, sock=b.sock, queue=b.queue,
+        read_cpu=tl.cpu[b.row],
+        evidence=(ev(tl, b.state_row, f"{hexa(b.addr)} enters {b.state_before}"), ev(tl, b.row, f"and {b.to} again")),
+    )
+
+
+def attribute_read(tl: Timeline, rp: Replay, r: RxRead, kind: str, symptom: str) -> Anomaly:
+    """The verdict on a symptom seen when the application read `r.addr` from RX."""
+    det = r.detection
+    app_expected = det.expected if det is not None and det.kind == "fill_order" else None
+    expected = app_expected if app_expected is not None else (
+        r.slot.addr if r.slot_mismatch and r.slot else r.fill_expected
+    )
+    row = r.row
+    base = dict(
+        kind=kind, line=tl.line[row], ts=tl.ts[row], expected=expected, xs=r.xs, sock=r.sock,
+        queue=r.queue, read_cpu=tl.cpu[row],
+    )
+    evidence = [ev(tl, row, symptom)]
+    if r.state_row is not None and r.state_before not in (None, "FILL"):
+        evidence.append(ev(tl, r.state_row, f"{hexa(r.addr)} was in {r.state_before}, not FILL"))
+
+    if r.slot_mismatch and r.slot is not None:
+        s = r.slot
+        evidence.append(ev(tl, s.row, f"CPU {s.cpu} reserved the slot for {hexa(s.addr)}"))
+        other, own = find_race(tl, rp, s.xs, s.row, row)
+        start = tl.ts[s.row]
+        losses = tl.losses_between(start, tl.ts[row])
+        if losses:
+            return _lossy(base, r.addr, evidence, losses)
+        flush_cpu = None
+        if other is not None:
+            evidence.append(ev(tl, other, f"CPU {tl.cpu[other]} flushed {hexa(s.xs)} first"))
+            flush_cpu = tl.cpu[other]
+        if own is not None:
+            evidence.append(ev(tl, own, f"CPU {s.cpu}'s own flush, later"))
+        read = "the poison" if r.addr == POISON else hexa(r.addr)
+        text = (
+            f"CPU {s.cpu} reserved RX slot of xs {hexa(s.xs)} for {hexa(s.addr)} "
+            f"(line {tl.line[s.row]}), yet the application read {read} from that slot"
+        )
+        text += _order_held(tl, rp, r, s)
+        missing: tuple[str, ...] = ()
+        if other is not None:
+            base["kind"] = "publish_race"
+            text += (
+                f": xsk_flush on CPU {flush_cpu} (line {tl.line[other]}) published the slot before "
+                f"CPU {s.cpu} had written it (cross-CPU publish race, as in the veth NAPI race fixed by "
+                f"fa349e396e48)"
+            )
+        elif not rp.flushes:
+            missing = (MISSING_FLUSH,)
+            text += "; the kernel published a slot it had not written (no flush events: the publishing CPU is unknown)"
+        else:
+            text += "; the kernel published a slot it had not written"
+        return Anomaly(
+            verdict=KERNEL, addr=r.addr, reserve_cpu=s.cpu, flush_cpu=flush_cpu, explanation=text,
+            evidence=tuple(evidence), missing=missing, **base,
+        )
+
+    dup = root_duplicate(rp, row, (r.addr, expected))
+    if dup is not None:
+        losses = tl.losses_between(tl.ts[dup.row], tl.ts[row])
+        if losses:
+            return _lossy(base, dup.addr, evidence, losses)
+        evidence[:0] = [ev(tl, dup.state_row, f"{hexa(dup.addr)} enters {dup.state_before}"),
+                        ev(tl, dup.row, f"{hexa(dup.addr)} enters {dup.to} again")]
+        text = (
+            f"{symptom}; root cause: the application put {hexa(dup.addr)} into {dup.to} at line "
+            f"{tl.line[dup.row]} while it was still in {dup.state_before} (line {tl.line[dup.state_row]})"
+        )
+        return Anomaly(verdict=APPLICATION, addr=dup.addr, read_addr=r.addr, explanation=text,
+                       evidence=tuple(evidence), **base)
+
+    if r.slot is not None and not r.slot_mismatch and r.addr != POISON:
+        s = r.slot
+        evidence.append(ev(tl, s.row, f"CPU {s.cpu} took {hexa(s.addr)} from FILL for this slot"))
+        losses = tl.losses_between(tl.ts[s.row], tl.ts[row])
+        if losses:
+            return _lossy(base, r.addr, evidence, losses)
+        text = (
+            f"{symptom}; the kernel took {hexa(r.addr)} from the FILL ring for this slot (CPU {s.cpu}, "
+            f"line {tl.line[s.row]}) and delivered it as reserved: the FILL ring held it where the "
+            f"application's own order expected {hexa(expected)}, so the application put it there"
+        )
+        return Anomaly(verdict=APPLICATION, addr=r.addr, reserve_cpu=s.cpu, explanation=text,
+                       evidence=tuple(evidence), **base)
+
+    if not rp.kernel_events.get("reserve"):
+        missing = (MISSING_RESERVE, MISSING_FLUSH) if not rp.flushes else (MISSING_RESERVE,)
+        why = "the trace has no kernel reserve events to tell what the kernel put in that slot"
+    elif r.xs is None:
+        missing = (MISSING_RESERVE,)
+        why = f"no kernel reserve event could be tied to socket {r.sock}"
+    else:
+        missing = ()
+        why = "the trace starts too late to align the kernel's reserves with the application's reads"
+    return Anomaly(verdict=UNDETERMINED, addr=r.addr, explanation=f"{symptom}; {why}",
+                   evidence=tuple(evidence), missing=missing, **base)
+
+
+def _order_held(tl: Timeline, rp: Replay, r: RxRead, s) -> str:
+    """What the reserves around the slot add: FILL was consumed in the
+    application's order, and whether the reserving softirq changed CPU."""
+    said = ""
+    rows = rp.reserves.get(s.xs, [])
+    pos = bisect.bisect_right(rows, s.row)
+    det = r.detection
+    if det is not None and det.remaining:
+        nxt = [tl.addr[row] for row in rows[pos:pos + len(det.remaining)] if row < r.row]
+        agree = 0
+        for got, want in zip(nxt, det.remaining):
+            if got != want:
+                break
+            agree += 1
+        if agree:
+            said += (f"; the kernel's next {agree} reserve(s) ({', '.join(hexa(a) for a in nxt[:agree])}) "
+                     "follow the application's FILL order, so FILL itself was in order")
+    if pos >= 2 and tl.cpu[rows[pos - 2]] != s.cpu:
+        said += f"; the softirq had moved from CPU {tl.cpu[rows[pos - 2]]} to CPU {s.cpu} for this slot"
+    return said
+
+
+def _lossy(base: dict, addr: Optional[int], evidence: list[Evidence], losses) -> Anomaly:
+    said = "; ".join(
+        f"CPU {loss.cpu} lost {loss.count if loss.count is not None else 'some'} events "
+        f"(line {loss.line}, between {loss.after:.6f} and {loss.before:.6f})"
+        for loss in losses
+    )
+    return Anomaly(verdict=UNDETERMINED, addr=addr, explanation=f"events were lost inside the causal window: {said}",
+                   evidence=tuple(evidence), missing=("lost events",), **base)

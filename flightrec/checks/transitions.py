@@ -1,0 +1,44 @@
+"""Invalid transitions: the post's state machine over each descriptor's markers."""
+
+from __future__ import annotations
+
+from flightrec.checks.anomaly import APPLICATION, UNDETERMINED, Anomaly
+from flightrec.checks.attribution import attribute_read, ev, hexa, root_duplicate
+from flightrec.model.replay import KERNEL_OWNED, POISON, Replay
+from flightrec.model.timeline import Timeline
+
+
+def check_transitions(tl: Timeline, rp: Replay) -> list[Anomaly]:
+    """Each descriptor moves FREE/COMP/RX → FILL/TX → RX/COMP → …; a move its
+    history does not allow is reported (insertions into a kernel ring twice are
+    the duplicates check's). A descriptor read from RX that was last in TX or
+    COMP (the post's "Tx to Rx", "Comp to Rx") was not in FILL: the
+    attribution decides whether the kernel published it or the application
+    had put it in FILL unseen. Completions of what was never in TX and
+    releases of what is still in a kernel ring are the application's unless a
+    duplicate explains them.
+    """
+    out = []
+    for r in rp.reads:
+        if r.addr == POISON or r.state_before in (None, "FILL"):
+            continue
+        symptom = f"{r.sock} read {hexa(r.addr)} from RX while it was in {r.state_before} (invalid {r.state_before} -> RX)"
+        out.append(attribute_read(tl, rp, r, "invalid_transition", symptom))
+    for b in rp.bad:
+        if b.to in KERNEL_OWNED and b.state_before in KERNEL_OWNED:
+            continue
+        evidence = (ev(tl, b.state_row, f"{hexa(b.addr)} enters {b.state_before}"),
+                    ev(tl, b.row, f"invalid {b.state_before} -> {b.to}"))
+        text = f"{b.sock} moved {hexa(b.addr)} {b.state_before} -> {b.to}, which its history does not allow"
+        verdict = UNDETERMINED
+        if b.to == "FREE":
+            verdict = APPLICATION
+            text += ": the application released a descriptor the kernel still holds"
+        else:
+            dup = root_duplicate(rp, b.row, (b.addr,))
+            if dup is not None:
+                verdict = APPLICATION
+                text += f"; explained by the application's duplicate insertion of {hexa(dup.addr)} at line {tl.line[dup.row]}"
+        out.append(Anomaly("invalid_transition", verdict, tl.line[b.row], tl.ts[b.row], text, addr=b.addr,
+                           sock=b.sock, queue=b.queue, read_cpu=tl.cpu[b.row], evidence=evidence))
+    return out

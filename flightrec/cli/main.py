@@ -1,0 +1,56 @@
+"""The `flightrec` command: a thin click layer over the library.
+
+Each command group lives in its own module under flightrec/cli/ and is listed
+in COMMANDS; this module only assembles them and maps errors to exit codes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from flightrec import __version__
+
+# module name -> attribute holding the click command; one line per command.
+COMMANDS = {
+    "analyze": "analyze",
+    "record": "record_cmd",
+    "doctor": "doctor",
+    "cleanup": "cleanup",
+}
+
+EPILOG = """\b
+Examples:
+  flightrec analyze fixtures/seed-fill-order.txt
+  flightrec analyze --json trace.txt
+  cat /sys/kernel/tracing/trace | flightrec analyze -
+
+Exit codes: 0 no anomaly, 1 anomaly found, 2 bad input, usage or environment.
+"""
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="flightrec")
+def cli() -> None:
+    """An ftrace flight recorder for AF_XDP.
+
+    flightrec records every AF_XDP descriptor transition of a forwarder,
+    together with kernel probes, into the ftrace ring buffer, stops on the
+    first anomaly, and tells from the saved trace what went wrong and whether
+    the kernel or the application did it.
+    """
+
+
+for _module, _attr in COMMANDS.items():
+    cli.add_command(getattr(importlib.import_module(f"flightrec.cli.{_module}"), _attr))
+
+
+def main() -> None:
+    """Entry point: click's own usage errors already exit 2."""
+    try:
+        cli.main(prog_name="flightrec", standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("flightrec: interrupted", err=True)
+        sys.exit(130)

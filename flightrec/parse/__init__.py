@@ -1,0 +1,1 @@
+"""ftrace text → typed rows. Knows the line formats, nothing of probes or AF_XDP checks."""

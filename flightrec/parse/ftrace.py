@@ -1,0 +1,123 @@
+"""ftrace text → rows: the `trace` file of tracefs (top level or an instance) and
+`trace-cmd report` output.
+
+Only line shapes are known here: task, pid, CPU, flags, timestamp, event name
+and the event's body. What an event means is the model's business.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+# task-pid [cpu] flags ts: event: body. Task names may hold spaces and dashes, so
+# the pid is the last "-digits" before the CPU column. trace-cmd omits flags;
+# the `record-tgid` option adds a "(tgid)" column.
+_LINE = re.compile(
+    r"\s*(?P<task>.*?)-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
+    r"(?:(?P<flags>[\w.]{4,6})\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>[^\s:]+):\s?(?P<body>.*)"
+)
+_HEADER_ENTRIES = re.compile(r"#\s*entries-in-buffer/entries-written:\s*(\d+)/(\d+)\s+#P:(\d+)")
+_CPU_STARTED = re.compile(r"#####\s*CPU\s+(\d+)\s+buffer started\s*####")
+_LOST = re.compile(r"CPU:(\d+)\s+\[(?:LOST\s+(\d+)\s+EVENTS|LOST EVENTS|(\d+)\s+EVENTS DROPPED|EVENTS DROPPED)\]")
+_TRACECMD_CPUS = re.compile(r"cpus=(\d+)\s*$")
+
+# Longer lines are not ftrace output (an event line is bounded by the kernel's
+# print buffer); skipping them keeps a garbage file from costing regex time.
+MAX_LINE = 1 << 16
+
+
+@dataclass(frozen=True)
+class Loss:
+    """Events a CPU lost at this point of its stream (count None when unknown)."""
+
+    line: int
+    cpu: int
+    count: Optional[int]
+
+
+@dataclass
+class ParsedTrace:
+    """Columns of every event line, plus what the text says about completeness."""
+
+    line: list[int] = field(default_factory=list)
+    task: list[str] = field(default_factory=list)
+    pid: list[int] = field(default_factory=list)
+    cpu: list[int] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+    ts: list[float] = field(default_factory=list)
+    event: list[str] = field(default_factory=list)
+    body: list[str] = field(default_factory=list)
+    format: str = "ftrace"
+    lines: int = 0
+    unparsed: int = 0
+    first_unparsed: Optional[tuple[int, str]] = None
+    entries: Optional[tuple[int, int]] = None  # (in buffer, written) from the header
+    header_cpus: Optional[int] = None
+    cpu_started: dict[int, int] = field(default_factory=dict)  # cpu -> line of "buffer started"
+    losses: list[Loss] = field(default_factory=list)
+
+    @property
+    def overrun(self) -> bool:
+        """True when the text says some CPU's oldest events were overwritten."""
+        if self.entries is not None and self.entries[0] < self.entries[1]:
+            return True
+        return bool(self.cpu_started)
+
+
+def parse_lines(lines: Iterable[str]) -> ParsedTrace:
+    """Parse ftrace text lines (1-based numbering follows the input)."""
+    out = ParsedTrace()
+    match = _LINE.match
+    a_line, a_task, a_pid, a_cpu = out.line.append, out.task.append, out.pid.append, out.cpu.append
+    a_flags, a_ts, a_event, a_body = out.flags.append, out.ts.append, out.event.append, out.body.append
+    n = 0
+    for n, text in enumerate(lines, 1):
+        if len(text) > MAX_LINE:
+            out.unparsed += 1
+            if out.first_unparsed is None:
+                out.first_unparsed = (n, text[:80])
+            continue
+        m = match(text)
+        if m is not None:
+            task, pid, cpu, flags, ts, event, body = m.groups()
+            a_line(n)
+            a_task(task)
+            a_pid(int(pid))
+            a_cpu(int(cpu))
+            a_flags(flags or "")
+            a_ts(float(ts))
+            a_event(event)
+            a_body(body.rstrip("\n"))
+            continue
+        _meta_line(out, n, text)
+    out.lines = n
+    return out
+
+
+def _meta_line(out: ParsedTrace, n: int, text: str) -> None:
+    stripped = text.strip()
+    if not stripped:
+        return
+    if stripped.startswith("#"):
+        if m := _CPU_STARTED.match(stripped):
+            out.cpu_started[int(m.group(1))] = n
+        elif m := _HEADER_ENTRIES.match(stripped):
+            out.entries = (int(m.group(1)), int(m.group(2)))
+            out.header_cpus = int(m.group(3))
+        return
+    if m := _LOST.match(stripped):
+        count = m.group(2) or m.group(3)
+        out.losses.append(Loss(n, int(m.group(1)), int(count) if count else None))
+        return
+    if m := _TRACECMD_CPUS.match(stripped):
+        out.format = "trace-cmd"
+        out.header_cpus = int(m.group(1))
+        return
+    if stripped.startswith("version =") or (stripped.startswith("CPU ") and stripped.endswith(" is empty")):
+        out.format = "trace-cmd"
+        return
+    out.unparsed += 1
+    if out.first_unparsed is None:
+        out.first_unparsed = (n, stripped[:80])

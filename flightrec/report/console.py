@@ -1,0 +1,185 @@
+"""The terminal report: verdict first, then the cross-CPU picture, then lives.
+
+Rendering only; everything it shows was decided by the checks.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from flightrec.analysis import Result
+from flightrec.checks.anomaly import Anomaly
+from flightrec.model import kinds
+from flightrec.model.lives import per_cpu, rows_of
+from flightrec.model.replay import POISON
+from flightrec.model.timeline import Timeline
+
+VERDICT_STYLE = {"kernel": "bold red", "application": "bold yellow", "undetermined": "bold magenta", "clean": "bold green"}
+
+
+def summary(tl: Timeline, row: int) -> str:
+    """One event in a few words, for a narrow column."""
+    k = tl.kind[row]
+    if k == kinds.MARKER:
+        s = f"{tl.sock[row]} {tl.addr[row]:#x} {tl.frm[row]} -> {tl.to[row]}"
+        detail = tl.detail[row]
+        if detail:
+            # the remaining list can hold a hundred addresses: the evidence shows it whole
+            s += ": " + detail.split("remaining")[0].strip()[:48]
+        return s
+    if k == kinds.NOTE:
+        return f"{tl.addr[row]:#x} {tl.detail[row]}"
+    if k == kinds.RESERVE:
+        ln = f" len {tl.length[row]:#x}" if tl.length[row] is not None else ""
+        return f"reserve {tl.addr[row]:#x}{ln} xs …{tl.xs[row] & 0xffff:04x}"
+    if k == kinds.FLUSH:
+        return f"xsk_flush xs …{tl.xs[row] & 0xffff:04x}"
+    if k == kinds.TX:
+        return f"tx {tl.addr[row]:#x}"
+    p = tl.parsed
+    return f"{p.event[row]}: {p.body[row][:40]}"
+
+
+def side_by_side(tl: Timeline, a: Anomaly, around: int) -> Optional[Table]:
+    """The post's "CPU 2 | CPU 0" figure: the events around the evidence,
+    one column per CPU involved, one row per event, in time order."""
+    rows_ev = sorted({e.row for e in a.evidence if e.row >= 0})
+    if not rows_ev:
+        return None
+    cpus = list(a.cpus)
+    for r in rows_ev:
+        if tl.cpu[r] not in cpus:
+            cpus.append(tl.cpu[r])
+    chosen: set[int] = set(rows_ev)
+    cpu_col = tl.cpu
+    for r in rows_ev:
+        for step in (-1, 1):
+            i, taken = r + step, 0
+            while 0 <= i < len(cpu_col) and taken < around:
+                if cpu_col[i] in cpus:
+                    chosen.add(i)
+                    taken += 1
+                i += step
+    t0 = tl.ts[min(chosen)]
+    table = Table(title=f"around line {a.line}: " + " | ".join(f"CPU {c}" for c in cpus), expand=False)
+    table.add_column("line", justify="right", style="dim")
+    table.add_column("+µs", justify="right")
+    for c in cpus:
+        table.add_column(f"CPU {c}", overflow="fold", max_width=58)
+    evidence_rows = {e.row: e.why for e in a.evidence}
+    for r in sorted(chosen):
+        cells = [""] * len(cpus)
+        text = Text(summary(tl, r))
+        if r in evidence_rows:
+            text.stylize("bold")
+            text.append(f"\n  ← {evidence_rows[r]}", style="cyan")
+        cells[cpus.index(tl.cpu[r])] = text
+        table.add_row(str(tl.line[r]), f"{(tl.ts[r] - t0) * 1e6:.0f}", *cells)
+    return table
+
+
+def life_table(tl: Timeline, addr: int, rows: list[int], title: str) -> Table:
+    table = Table(title=title, expand=False)
+    for name, just in (("line", "right"), ("time", "right"), ("CPU", "right"), ("task", "left"), ("event", "left")):
+        table.add_column(name, justify=just)
+    for r in rows:
+        table.add_row(str(tl.line[r]), f"{tl.ts[r]:.6f}", str(tl.cpu[r]), f"{tl.parsed.task[r]}-{tl.parsed.pid[r]}", summary(tl, r))
+    return table
+
+
+def anomaly_panel(tl: Timeline, a: Anomaly, around: int, index: int, total: int) -> Panel:
+    head = Text()
+    head.append(f"{a.verdict.upper()}", style=VERDICT_STYLE.get(a.verdict, "bold"))
+    head.append(f"  {a.kind}  line {a.line}")
+    if a.sock:
+        head.append(f"  {a.sock}")
+    if a.xs is not None:
+        head.append(f"  xs {a.xs:#x}")
+    facts = []
+    if a.addr is not None:
+        facts.append(f"descriptor {a.addr:#x}")
+    if a.read_addr is not None:
+        facts.append(f"read {a.read_addr:#x}")
+    if a.expected is not None:
+        facts.append(f"expected {a.expected:#x}")
+    if a.reserve_cpu is not None:
+        facts.append(f"reserved on CPU {a.reserve_cpu}")
+    if a.flush_cpu is not None:
+        facts.append(f"flushed on CPU {a.flush_cpu}")
+    parts: list = [head, Text(", ".join(facts), style="dim"), Text(a.explanation)]
+    if a.missing:
+        parts.append(Text("missing from the trace: " + "; ".join(a.missing), style="magenta"))
+    ev = Table.grid(padding=(0, 1))
+    ev.add_column(justify="right", style="dim")
+    ev.add_column()
+    for e in a.evidence:
+        text = e.text if len(e.text) <= 200 else e.text[:200] + " …"
+        ev.add_row(str(e.line), Text(text, style="bold") + Text(f"  ← {e.why}", style="cyan"))
+    parts += [Text("evidence:"), ev]
+    table = side_by_side(tl, a, around)
+    if table is not None:
+        parts.append(table)
+    for addr in dict.fromkeys(x for x in (a.addr, a.expected, a.read_addr) if x not in (None, POISON)):
+        rows = rows_of(tl, addr, max((e.row for e in a.evidence), default=0), around)
+        if rows:
+            parts.append(life_table(tl, addr, rows, f"life of {addr:#x} (last {around} events)"))
+    return Panel(Group(*parts), title=f"anomaly {index}/{total}", expand=False)
+
+
+def print_result(console: Console, result: Result, around: int = 8, descriptor: Optional[int] = None) -> None:
+    tl = result.timeline
+    v = result.verdict
+    title = Text(f"{result.source}: ", style="bold")
+    if result.anomalies:
+        first = result.anomalies[0]
+        title.append(f"{v.upper()}", style=VERDICT_STYLE[v])
+        title.append(f" — {len(result.anomalies)} anomal{'y' if len(result.anomalies) == 1 else 'ies'}, first: "
+                     f"{first.kind} at line {first.line}")
+    else:
+        title.append("CLEAN", style=VERDICT_STYLE["clean"])
+        title.append(" — no anomaly")
+    console.print(title)
+    if descriptor is not None:
+        df_rows = [i for i, x in enumerate(tl.addr) if x == descriptor]
+        console.print(life_table(tl, descriptor, df_rows, f"life of {descriptor:#x} ({len(df_rows)} events)"))
+    else:
+        for i, a in enumerate(result.anomalies, 1):
+            console.print(anomaly_panel(tl, a, around, i, len(result.anomalies)))
+    _print_stats(console, result)
+
+
+def _print_stats(console: Console, result: Result) -> None:
+    s = result.stats()
+    w = result.timeline.window
+    ev = s["events"]
+    console.print(
+        f"[dim]{s['lines']} lines ({s['format']}), {ev['total']} events: {ev['reserve']} reserve, "
+        f"{ev['flush']} flush, {ev['tx']} tx, {ev['marker']} markers, {ev['other']} other; "
+        f"CPUs {s['cpus']}; window {w.start:.6f}–{w.end:.6f}"
+        + (f", complete from {w.complete_from:.6f} (buffers overran)" if w.overrun else "") + "[/dim]"
+    )
+    if not ev["reserve"] and not ev["flush"]:
+        console.print("[magenta]no kernel events in this trace: kernel-side verdicts are undetermined[/magenta]")
+    for loss in result.timeline.losses:
+        console.print(f"[magenta]CPU {loss.cpu} lost {loss.count if loss.count is not None else 'some'} events at line {loss.line}[/magenta]")
+    if s["unparsed_lines"]:
+        console.print(f"[dim]{s['unparsed_lines']} lines were not ftrace events and were skipped[/dim]")
+    if result.cut_last_line:
+        console.print("[dim]the last line was cut short and was skipped[/dim]")
+
+
+def print_cpu_stats(console: Console, result: Result) -> None:
+    """Per-CPU statistics (`--stats`)."""
+    df = per_cpu(result.timeline)
+    table = Table(title="per CPU")
+    table.add_column("CPU", justify="right")
+    for c in df.columns:
+        table.add_column(str(c), justify="right")
+    for cpu, row in df.iterrows():
+        table.add_row(str(cpu), *[f"{v:.6f}" if isinstance(v, float) else str(v) for v in row.tolist()])
+    console.print(table)

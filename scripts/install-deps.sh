@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what flightrec needs on Debian 12, as root. Safe to run again.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: run as root (apt-get needs it)" >&2
+    exit 2
+fi
+
+# Build: clang for BPF, libxdp/libbpf for the forwarder.
+# Record: iproute2 (netns, veth), ethtool (offloads), iperf3 (traffic), perf (probes).
+# Analysis of other formats: trace-cmd.
+PACKAGES=(
+    make gcc clang llvm pkg-config
+    libxdp-dev libbpf-dev libelf-dev zlib1g-dev
+    bpftool xdp-tools
+    iproute2 ethtool iperf3 procps
+    linux-perf trace-cmd
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
