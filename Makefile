@@ -7,8 +7,12 @@ PYTEST_ARGS ?=
 
 all: build
 
-build:
+build: flightrec/_scan.so
 	$(MAKE) -C bpf
+
+# The analyzer's C scanner (flightrec/parse/scan.py loads it with ctypes).
+flightrec/_scan.so: flightrec/_scan.c
+	$(CC) -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $<
 
 setup:
 	bash scripts/install-deps.sh
@@ -20,3 +24,4 @@ test: build
 
 clean:
 	$(MAKE) -C bpf clean
+	rm -f flightrec/_scan.so

@@ -5,19 +5,20 @@ A library first: the CLI and `record` call `analyze_path` / `analyze_text`.
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from typing import Optional
 
 from flightrec.checks import run_checks
 from flightrec.checks.anomaly import Anomaly
 from flightrec.errors import FlightrecError
+from flightrec.model import kinds
 from flightrec.model.replay import Replay, replay
-from flightrec.model.timeline import Timeline, build_timeline
-from flightrec.parse.ftrace import parse_lines
+from flightrec.model.timeline import Timeline, build_timeline, typed_from_scan
+from flightrec.parse import scan
+from flightrec.parse.ftrace import parse_bytes, parsed_from_scan
 
 
 @dataclass(frozen=True)
@@ -89,59 +90,42 @@ def anomaly_json(a: Anomaly) -> dict:
     }
 
 
-class _Lines:
-    """Yields lines, holding back a last line that has no newline: a file cut
-    in the middle of a line must not give a truncated address to the checks."""
-
-    def __init__(self, lines: Iterable[str]):
-        self._lines = lines
-        self.cut = False
-
-    def __iter__(self) -> Iterator[str]:
-        prev = None
-        for line in self._lines:
-            if prev is not None:
-                yield prev
-            prev = line
-        if prev is not None:
-            if prev.endswith("\n"):
-                yield prev
-            else:
-                self.cut = True
-
-
-def analyze_lines(lines: Iterable[str], source: str) -> Result:
-    """Analyze ftrace text given as lines; raises FlightrecError when it is not a trace."""
-    held = _Lines(lines)
-    parsed = parse_lines(held)
-    if parsed.lines == 0 and not held.cut:
+def analyze_bytes(data: bytes, source: str) -> Result:
+    """Analyze ftrace text given as bytes; raises FlightrecError when it is not a trace."""
+    if scan.available():
+        sc = scan.scan(data, kinds.scanner_table())
+        parsed = parsed_from_scan(sc)
+        typed = typed_from_scan(sc)
+    else:
+        parsed, typed = parse_bytes(data), None
+    if not data:
         raise FlightrecError(f"{source}: empty trace")
     if not parsed.line:
         if parsed.first_unparsed is not None:
             n, text = parsed.first_unparsed
-            raise FlightrecError(f"{source}: not ftrace text (line {n}: {text!r}); give the text of "
+            where = f"line {n}: {text!r}" if n else text
+            raise FlightrecError(f"{source}: not ftrace text ({where}); give the text of "
                                  "/sys/kernel/tracing/trace or of `trace-cmd report`")
         raise FlightrecError(f"{source}: no events in the trace (only a header)")
-    tl = build_timeline(parsed, source)
+    tl = build_timeline(parsed, source, typed)
     rp = replay(tl)
-    return Result(source, tuple(run_checks(tl, rp)), tl, rp, held.cut)
+    return Result(source, tuple(run_checks(tl, rp)), tl, rp, parsed.cut_last_line)
 
 
 def analyze_text(text: str, source: str = "-") -> Result:
     """Analyze ftrace text held in a string."""
-    return analyze_lines(io.StringIO(text), source)
+    return analyze_bytes(text.encode("utf-8", "surrogateescape"), source)
 
 
 def analyze_path(path: str) -> Result:
     """Analyze a trace file, or standard input for "-"."""
     if path == "-":
-        stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
-        return analyze_lines(stream, "<stdin>")
+        return analyze_bytes(sys.stdin.buffer.read(), "<stdin>")
     if os.path.isdir(path):
         raise FlightrecError(f"{path}: is a directory, not a trace file")
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return analyze_lines(f, path)
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         raise FlightrecError(f"{path}: no such file") from None
     except PermissionError:
@@ -150,3 +134,4 @@ def analyze_path(path: str) -> Result:
         raise FlightrecError(f"{path}: is a directory, not a trace file") from None
     except OSError as e:
         raise FlightrecError(f"{path}: cannot read: {e.strerror}") from None
+    return analyze_bytes(data, path)

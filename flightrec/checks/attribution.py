@@ -66,17 +66,34 @@ def find_race(tl: Timeline, rp: Replay, xs: int, reserve_row: int, until_row: in
 
 def dup_anomaly(tl: Timeline, b: BadTransition, kind: str) -> Anomaly:
     """An insertion into FILL or TX of a descriptor already in FILL or TX."""
+    base = dict(kind=kind, line=tl.line[b.row], ts=tl.ts[b.row], sock=b.sock, queue=b.queue, read_cpu=tl.cpu[b.row])
     where = "FILL and TX at once" if {b.state_before, b.to} == {"FILL", "TX"} else f"{b.to} twice"
+    if b.claimed:
+        # The marker itself says FILL -> TX (or the like): no lost history can excuse it.
+        text = (
+            f"the application wrote {hexa(b.addr)} {b.state_before} -> {b.to} ({b.sock}): by its own account "
+            f"it put a descriptor that was in {b.state_before} into {b.to}, one buffer in {where} (AF_XDP FAQ)"
+        )
+        return Anomaly(verdict=APPLICATION, addr=b.addr, explanation=text,
+                       evidence=(ev(tl, b.row, "the application's own marker"),), **base)
+    evidence = (ev(tl, b.state_row, f"{hexa(b.addr)} enters {b.state_before}"), ev(tl, b.row, f"and {b.to} again"))
+    losses = causal_losses(tl, (b.state_row,), b.row)
+    if losses:
+        return _lossy(base, b.addr, list(evidence), losses)
     text = (
         f"the application put {hexa(b.addr)} into {b.to} ({b.sock}) while it was still in "
         f"{b.state_before} (line {tl.line[b.state_row]}), with no RX in between: one buffer in "
         f"{where}, which corrupts packets (AF_XDP FAQ)"
     )
-    return Anomaly(
-        kind, APPLICATION, tl.line[b.row], tl.ts[b.row], text, addr=b.addr, sock=b.sock, queue=b.queue,
-        read_cpu=tl.cpu[b.row],
-        evidence=(ev(tl, b.state_row, f"{hexa(b.addr)} enters {b.state_before}"), ev(tl, b.row, f"and {b.to} again")),
-    )
+    return Anomaly(verdict=APPLICATION, addr=b.addr, explanation=text, evidence=evidence, **base)
+
+
+def causal_losses(tl: Timeline, rows: tuple[Optional[int], ...], end_row: int):
+    """Losses between the oldest fact a verdict rests on and the moment it is given."""
+    known = [r for r in rows if r is not None]
+    if not tl.losses or not known:
+        return []
+    return tl.losses_between(tl.ts[min(known)], tl.ts[end_row])
 
 
 def attribute_read(tl: Timeline, rp: Replay, r: RxRead, kind: str, symptom: str) -> Anomaly:
@@ -99,8 +116,7 @@ def attribute_read(tl: Timeline, rp: Replay, r: RxRead, kind: str, symptom: str)
         s = r.slot
         evidence.append(ev(tl, s.row, f"CPU {s.cpu} reserved the slot for {hexa(s.addr)}"))
         other, own = find_race(tl, rp, s.xs, s.row, row)
-        start = tl.ts[s.row]
-        losses = tl.losses_between(start, tl.ts[row])
+        losses = causal_losses(tl, (s.row, r.state_row, r.expected_row), row)
         if losses:
             return _lossy(base, r.addr, evidence, losses)
         flush_cpu = None
@@ -135,7 +151,7 @@ def attribute_read(tl: Timeline, rp: Replay, r: RxRead, kind: str, symptom: str)
 
     dup = root_duplicate(rp, row, (r.addr, expected))
     if dup is not None:
-        losses = tl.losses_between(tl.ts[dup.row], tl.ts[row])
+        losses = causal_losses(tl, (dup.state_row, r.state_row, r.expected_row), row)
         if losses:
             return _lossy(base, dup.addr, evidence, losses)
         evidence[:0] = [ev(tl, dup.state_row, f"{hexa(dup.addr)} enters {dup.state_before}"),
@@ -150,7 +166,7 @@ def attribute_read(tl: Timeline, rp: Replay, r: RxRead, kind: str, symptom: str)
     if r.slot is not None and not r.slot_mismatch and r.addr != POISON:
         s = r.slot
         evidence.append(ev(tl, s.row, f"CPU {s.cpu} took {hexa(s.addr)} from FILL for this slot"))
-        losses = tl.losses_between(tl.ts[s.row], tl.ts[row])
+        losses = causal_losses(tl, (s.row, r.state_row, r.expected_row), row)
         if losses:
             return _lossy(base, r.addr, evidence, losses)
         text = (
@@ -161,6 +177,9 @@ def attribute_read(tl: Timeline, rp: Replay, r: RxRead, kind: str, symptom: str)
         return Anomaly(verdict=APPLICATION, addr=r.addr, reserve_cpu=s.cpu, explanation=text,
                        evidence=tuple(evidence), **base)
 
+    losses = causal_losses(tl, (r.state_row, r.expected_row), row)
+    if losses:
+        return _lossy(base, r.addr, evidence, losses)
     if not rp.kernel_events.get("reserve"):
         missing = (MISSING_RESERVE, MISSING_FLUSH) if not rp.flushes else (MISSING_RESERVE,)
         why = "the trace has no kernel reserve events to tell what the kernel put in that slot"

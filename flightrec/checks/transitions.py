@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flightrec.checks.anomaly import APPLICATION, UNDETERMINED, Anomaly
-from flightrec.checks.attribution import attribute_read, ev, hexa, root_duplicate
+from flightrec.checks.attribution import attribute_read, causal_losses, ev, hexa, root_duplicate
 from flightrec.model.replay import KERNEL_OWNED, POISON, Replay
 from flightrec.model.timeline import Timeline
 
@@ -31,7 +31,12 @@ def check_transitions(tl: Timeline, rp: Replay) -> list[Anomaly]:
                     ev(tl, b.row, f"invalid {b.state_before} -> {b.to}"))
         text = f"{b.sock} moved {hexa(b.addr)} {b.state_before} -> {b.to}, which its history does not allow"
         verdict = UNDETERMINED
-        if b.to == "FREE":
+        if b.claimed:
+            text = f"{b.sock} wrote {hexa(b.addr)} {b.state_before} -> {b.to}, not a valid transition"
+            verdict = APPLICATION if b.to == "FREE" or b.state_before in KERNEL_OWNED else UNDETERMINED
+        elif causal_losses(tl, (b.state_row,), b.row):
+            text += "; events were lost in between, so the history may be incomplete"
+        elif b.to == "FREE":
             verdict = APPLICATION
             text += ": the application released a descriptor the kernel still holds"
         else:

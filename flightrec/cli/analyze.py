@@ -57,7 +57,8 @@ def analyze(traces: tuple[str, ...], as_json: bool, descriptor: Optional[int], a
     or undetermined (naming the events the trace lacks), with the lines that
     prove it. The report starts with the verdict.
     """
-    console = Console(highlight=False)
+    # Piped into a CI log, a terminal's 80 columns would fold every trace line.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     results: list[Result] = []
     failed = 0
     for path in traces:
@@ -108,11 +109,11 @@ def _summary(results: list[Result], failed: int) -> dict:
 
 
 def _life_json(r: Result, addr: int) -> list[dict]:
-    tl = r.timeline
+    from flightrec.model.lives import life
     from flightrec.report.console import summary
 
+    tl = r.timeline
     return [
         {"line": tl.line[i], "ts": tl.ts[i], "cpu": tl.cpu[i], "event": summary(tl, i)}
-        for i, x in enumerate(tl.addr)
-        if x == addr
+        for i in life(tl, addr).index
     ]

@@ -38,3 +38,17 @@ def kernel_kind(event: str) -> Optional[str]:
 
 def required_fields(kind: str) -> tuple[str, ...]:
     return KERNEL_EVENTS[kind][1]
+
+
+# The C scanner's kind codes (flightrec/_scan.c); index = code.
+SCAN_KINDS = (OTHER, MARKER, NOTE, RESERVE, FLUSH, TX)
+
+
+def scanner_table() -> list[tuple[str, int, int]]:
+    """KERNEL_EVENTS for the C scanner: (name base, kind code, needed-field bits)."""
+    bits = {"addr": 1, "xs": 2}
+    return [
+        (base, SCAN_KINDS.index(kind), sum(bits[f] for f in need))
+        for kind, (bases, need) in KERNEL_EVENTS.items()
+        for base in bases
+    ]

@@ -57,6 +57,7 @@ class RxRead:
     state_before: Optional[str]
     state_row: Optional[int]  # the marker that left it in state_before
     fill_expected: Optional[int]  # head of the FILL-order deque, when it disagrees
+    expected_row: Optional[int]  # the marker that put fill_expected into FILL
     fill_mismatch: bool
     xs: Optional[int]
     slot: Optional[Reserve]  # what the kernel reserved for the slot read, when aligned
@@ -77,6 +78,7 @@ class BadTransition:
     state_row: int
     to: str
     detection: Optional[Detection]
+    claimed: bool = False  # the marker's own FROM -> TO is invalid: the application said so itself
 
 
 @dataclass
@@ -95,13 +97,14 @@ def replay(tl: Timeline) -> Replay:
     """Walk the complete window of the timeline once; see the module doc."""
     out = Replay()
     kind, addr, xs_col, sock_col = tl.kind, tl.addr, tl.xs, tl.sock
-    to_col, detail_col, queue_col = tl.to, tl.detail, tl.queue
+    to_col, detail_col, queue_col, frm_col = tl.to, tl.detail, tl.queue, tl.frm
     cpu_col, ts_col = tl.cpu, tl.ts
 
     state: dict[int, tuple[str, int]] = {}
     fill: dict[str, deque[int]] = defaultdict(deque)
     fill_count: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     fill_started: set[str] = set()
+    fill_row: dict[str, dict[int, int]] = defaultdict(dict)  # sock -> addr -> row of its last FILL entry
     pending: dict[int, deque[Reserve]] = defaultdict(deque)
     pending_count: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     aligned: set[int] = set()
@@ -167,17 +170,22 @@ def replay(tl: Timeline) -> Replay:
                         RxRead(
                             i, s, queue_col[i], a,
                             prev[0] if prev else None, prev[1] if prev else None,
-                            expected, mismatch, x, slot, slot_mismatch, det, rem,
+                            expected, fill_row[s].get(expected) if expected is not None else None,
+                            mismatch, x, slot, slot_mismatch, det, rem,
                         )
                     )
                 if a != POISON:
                     state[a] = ("RX", i)
             else:
-                if prev is not None and prev[0] not in VALID_BEFORE[to]:
+                frm = frm_col[i]
+                if frm not in VALID_BEFORE[to]:
+                    out.bad.append(BadTransition(i, s, queue_col[i], a, frm, i, to, det, claimed=True))
+                elif prev is not None and prev[0] not in VALID_BEFORE[to]:
                     out.bad.append(BadTransition(i, s, queue_col[i], a, prev[0], prev[1], to, det))
                 if to == "FILL":
                     fill[s].append(a)
                     fill_count[s][a] += 1
+                    fill_row[s][a] = i
                 state[a] = (to, i)
         elif k == kinds.RESERVE:
             x = xs_col[i]

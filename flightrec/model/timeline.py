@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Optional
-
-import pandas as pd
+from typing import TYPE_CHECKING, Optional
 
 from flightrec.model import kinds
-from flightrec.parse.fields import parse_kprobe_fields, parse_marker
+from flightrec.parse.fields import marker_tuple, parse_hex
 from flightrec.parse.ftrace import ParsedTrace
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class Timeline:
     detail: list[Optional[str]]
     window: Window
     losses: list[LossSpan]
-    _frame: Optional[pd.DataFrame] = None
+    _frame: Optional["pd.DataFrame"] = None
 
     def __len__(self) -> int:
         return len(self.kind)
@@ -84,19 +85,22 @@ class Timeline:
         return self.parsed.line
 
     @property
-    def frame(self) -> pd.DataFrame:
-        """The timeline as a frame, built on first use."""
+    def frame(self) -> "pd.DataFrame":
+        """The timeline as a frame, built on first use (pandas is imported
+        here: a plain `analyze --json` never needs it)."""
         if self._frame is None:
+            import pandas as pd
+
             p = self.parsed
             self._frame = pd.DataFrame(
                 {
                     "line": p.line,
                     "cpu": p.cpu,
                     "ts": p.ts,
-                    "task": p.task,
+                    "task": list(p.task),
                     "pid": p.pid,
-                    "flags": p.flags,
-                    "event": p.event,
+                    "flags": list(p.flags),
+                    "event": list(p.event),
                     "kind": pd.Categorical(self.kind),
                     "addr": pd.Series(self.addr, dtype=object),
                     "xs": pd.Series(self.xs, dtype=object),
@@ -106,7 +110,7 @@ class Timeline:
                     "frm": self.frm,
                     "to": self.to,
                     "detail": self.detail,
-                    "body": p.body,
+                    "body": list(p.body),
                 }
             )
         return self._frame
@@ -124,8 +128,63 @@ class Timeline:
         return [loss for loss in self.losses if loss.overlaps(start, end)]
 
 
-def build_timeline(parsed: ParsedTrace, source: str) -> Timeline:
-    """Type every event and compute the complete window and the loss spans."""
+@dataclass(frozen=True)
+class Typed:
+    """What each event means: the columns `build_timeline` would compute."""
+
+    kind: list[str]
+    addr: list[Optional[int]]
+    xs: list[Optional[int]]
+    length: list[Optional[int]]
+    sock: list[Optional[str]]
+    queue: list[Optional[int]]
+    frm: list[Optional[str]]
+    to: list[Optional[str]]
+    detail: list[Optional[str]]
+
+
+def typed_from_scan(sc) -> Typed:
+    """The C scanner's typed columns as Python lists (None where absent)."""
+    import numpy as np
+
+    c = sc.cols
+
+    def optional(values, present):
+        out = values.astype(object)
+        out[~present] = None
+        return out.tolist()
+
+    kind_names = np.array(kinds.SCAN_KINDS, dtype=object)
+    states = np.array(["FREE", "FILL", "RX", "TX", "COMP", None], dtype=object)  # -1 -> None
+    socks = np.array(sc.socks + [None], dtype=object)
+    detail: list[Optional[str]] = [None] * len(c["kind"])
+    data = sc.data
+    for i, off, ln in zip(np.flatnonzero(c["detail_len"] >= 0).tolist(),
+                          c["detail_off"][c["detail_len"] >= 0].tolist(),
+                          c["detail_len"][c["detail_len"] >= 0].tolist()):
+        detail[i] = data[off:off + ln].decode("utf-8", "replace")
+    return Typed(
+        kind=kind_names[c["kind"]].tolist(),
+        addr=optional(c["addr"], (c["has_addr"] & 1) == 1),
+        xs=optional(c["xs"], (c["has_addr"] & 2) == 2),
+        length=optional(c["len"], c["len"] >= 0),
+        sock=socks[c["sock"]].tolist(),
+        queue=optional(c["queue"], c["queue"] >= 0),
+        frm=states[c["frm"]].tolist(),
+        to=states[c["to"]].tolist(),
+        detail=detail,
+    )
+
+
+def build_timeline(parsed: ParsedTrace, source: str, typed: Optional[Typed] = None) -> Timeline:
+    """Type every event (unless the C scanner already did) and compute the
+    complete window and the loss spans."""
+    if typed is not None and not _in_time_order(parsed.ts):
+        typed = None  # the Python path re-sorts rows before typing them
+    if typed is not None:
+        window, losses = _window_and_losses(parsed)
+        return Timeline(source, parsed, typed.kind, typed.addr, typed.xs, typed.length, typed.sock,
+                        typed.queue, typed.frm, typed.to, typed.detail, window, losses)
     _sort_by_time(parsed)
     n = len(parsed.line)
     kind: list[str] = [kinds.OTHER] * n
@@ -140,72 +199,93 @@ def build_timeline(parsed: ParsedTrace, source: str) -> Timeline:
 
     kernel_cache: dict[str, Optional[str]] = {}
     events, bodies = parsed.event, parsed.body
+    marker_events = kinds.MARKER_EVENTS
+    MARKER, NOTE = kinds.MARKER, kinds.NOTE
     for i in range(n):
         ev = events[i]
         body = bodies[i]
-        if ev in kinds.MARKER_EVENTS:
+        if ev in marker_events:
             if ev == "print":
                 # trace-cmd shows the ftrace print event as "ip: text".
                 _, sep, rest = body.partition(": ")
                 if not sep:
                     continue
                 body = rest
-            m = parse_marker(body)
+            m = marker_tuple(body)
             if m is None:
                 continue
-            addr[i] = m.addr
-            detail[i] = m.detail
-            if m.sock is None:
-                kind[i] = kinds.NOTE
+            addr[i] = m[2]
+            detail[i] = m[5]
+            if m[0] is None:
+                kind[i] = NOTE
             else:
-                kind[i] = kinds.MARKER
-                sock[i], queue[i], frm[i], to[i] = m.sock, m.queue, m.frm, m.to
+                kind[i] = MARKER
+                sock[i], queue[i], frm[i], to[i] = m[0], m[1], m[3], m[4]
             continue
         k = kernel_cache.get(ev, "")
         if k == "":
             k = kernel_cache[ev] = kinds.kernel_kind(ev)
         if k is None:
             continue
-        fields = parse_kprobe_fields(body)
-        try:
-            a = fields.get("addr")
-            x = fields.get("xs")
-            values = (int(a, 16) if a is not None else None, int(x, 16) if x is not None else None)
-            ln = fields.get("len")
-            length[i] = int(ln, 16) if ln is not None else None
-        except ValueError:
+        a = x = ln = None
+        for word in body.split():
+            name, eq, value = word.partition("=")
+            if not eq:
+                continue
+            if name == "addr":
+                a = value
+            elif name == "xs":
+                x = value
+            elif name == "len":
+                ln = value
+        a_val = parse_hex(a, False) if a is not None else None
+        x_val = parse_hex(x, False) if x is not None else None
+        ln_val = parse_hex(ln, False) if ln is not None else None
+        if (a is not None and a_val is None) or (x is not None and x_val is None) or (ln is not None and ln_val is None):
             continue
-        if any(fields.get(f) is None for f in kinds.required_fields(k)):
+        if (a_val is None and "addr" in kinds.required_fields(k)) or (x_val is None and "xs" in kinds.required_fields(k)):
             continue
+        length[i] = ln_val
         kind[i] = k
-        addr[i], xs[i] = values
+        addr[i], xs[i] = a_val, x_val
 
-    window = _window(parsed)
-    losses = _loss_spans(parsed)
+    window, losses = _window_and_losses(parsed)
     return Timeline(source, parsed, kind, addr, xs, length, sock, queue, frm, to, detail, window, losses)
+
+
+def _in_time_order(ts: list[float]) -> bool:
+    return all(a <= b for a, b in zip(ts, ts[1:]))
 
 
 def _sort_by_time(parsed: ParsedTrace) -> None:
     """ftrace merges CPUs by timestamp already; concatenated files may not be."""
     ts = parsed.ts
-    if all(ts[i] <= ts[i + 1] for i in range(len(ts) - 1)):
+    if _in_time_order(ts):
         return
     order = sorted(range(len(ts)), key=lambda i: (ts[i], parsed.line[i]))
     for name in ("line", "task", "pid", "cpu", "flags", "ts", "event", "body"):
-        col = getattr(parsed, name)
+        col = list(getattr(parsed, name))
         setattr(parsed, name, [col[i] for i in order])
 
 
-def _window(parsed: ParsedTrace) -> Window:
+def _window_and_losses(parsed: ParsedTrace) -> tuple[Window, list[LossSpan]]:
+    """A loss before a CPU's first surviving event is that CPU's buffer wrapping
+    (trace-cmd says so with "[N EVENTS DROPPED]"); only later ones are gaps."""
+    spans = _loss_spans(parsed)
+    gaps = [s for s in spans if s.after != float("-inf")]
+    return _window(parsed, overrun=parsed.overrun or len(gaps) < len(spans)), gaps
+
+
+def _window(parsed: ParsedTrace, overrun: bool) -> Window:
     if not parsed.ts:
-        return Window(0.0, 0.0, 0.0, {}, parsed.overrun)
+        return Window(0.0, 0.0, 0.0, {}, overrun)
     first: dict[int, float] = {}
     for cpu, t in zip(parsed.cpu, parsed.ts):
         if cpu not in first:
             first[cpu] = t
     start, end = parsed.ts[0], parsed.ts[-1]
-    complete_from = max(first.values()) if parsed.overrun else start
-    return Window(start, end, complete_from, first, parsed.overrun)
+    complete_from = max(first.values()) if overrun else start
+    return Window(start, end, complete_from, first, overrun)
 
 
 def _loss_spans(parsed: ParsedTrace) -> list[LossSpan]:

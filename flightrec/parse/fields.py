@@ -20,6 +20,24 @@ class Marker:
     detail: Optional[str]  # text after "FROM -> TO: ", or a note's words
 
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def parse_hex(text: str, need_0x: bool = True) -> Optional[int]:
+    """`0x` and 1 to 16 hex digits (the `0x` optional unless need_0x), else None.
+
+    Stricter than int(): no sign, no underscores, at most 64 bits, as the C
+    scanner reads them.
+    """
+    if text[:2] in ("0x", "0X"):
+        text = text[2:]
+    elif need_0x:
+        return None
+    if not 0 < len(text) <= 16 or not _HEX.issuperset(text):
+        return None
+    return int(text, 16)
+
+
 def parse_int(text: str) -> Optional[int]:
     """`0x1a`, `1a` (hex, as in `remaining:` lists) or `26` with a 0x-less decimal never mixed in."""
     try:
@@ -48,27 +66,34 @@ def parse_marker(body: str) -> Optional[Marker]:
     >>> parse_marker("ingress q:1 0x16ce900 FILL -> RX").to
     'RX'
     """
+    t = marker_tuple(body)
+    return None if t is None else Marker(*t)
+
+
+def marker_tuple(body: str) -> Optional[tuple]:
+    """`parse_marker` as a plain tuple (sock, queue, addr, frm, to, detail):
+    the timeline calls it once per line, where a dataclass would cost."""
     head, colon, detail = body.partition(": ")
     if not colon and body.endswith(":"):
         head = body[:-1]
     words = head.split()
     n = len(words)
-    if n == 6 and words[4] == "->" and words[1].startswith("q:") and words[2].startswith("0x"):
-        frm, to = words[3], words[5]
-        if frm not in STATES or to not in STATES:
+    if n == 6:
+        q, a, frm, arrow, to = words[1], words[2], words[3], words[4], words[5]
+        if arrow != "->" or q[:2] != "q:" or frm not in STATES or to not in STATES:
             return None
-        try:
-            queue = int(words[1][2:])
-            addr = int(words[2], 16)
-        except ValueError:
+        digits = q[2:]
+        if not 0 < len(digits) <= 9 or not digits.isascii() or not digits.isdigit():
             return None
-        return Marker(f"{words[0]} {words[1]}", queue, addr, frm, to, detail.strip() if colon else None)
-    if n >= 2 and not colon and words[0].startswith("0x"):
-        try:
-            addr = int(words[0], 16)
-        except ValueError:
+        addr = parse_hex(a)
+        if addr is None:
             return None
-        return Marker(None, None, addr, None, None, " ".join(words[1:]))
+        return (words[0] + " " + q, int(digits), addr, frm, to, detail.strip() if colon else None)
+    if n >= 2 and not colon:
+        addr = parse_hex(words[0])
+        if addr is None:
+            return None
+        return (None, None, addr, None, None, head.split(None, 1)[1].strip())
     return None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Iterable, Optional
 
 # task-pid [cpu] flags ts: event: body. Task names may hold spaces and dashes, so
@@ -42,13 +43,13 @@ class ParsedTrace:
     """Columns of every event line, plus what the text says about completeness."""
 
     line: list[int] = field(default_factory=list)
-    task: list[str] = field(default_factory=list)
+    task: Sequence[str] = field(default_factory=list)
     pid: list[int] = field(default_factory=list)
     cpu: list[int] = field(default_factory=list)
-    flags: list[str] = field(default_factory=list)
+    flags: Sequence[str] = field(default_factory=list)
     ts: list[float] = field(default_factory=list)
-    event: list[str] = field(default_factory=list)
-    body: list[str] = field(default_factory=list)
+    event: Sequence[str] = field(default_factory=list)
+    body: Sequence[str] = field(default_factory=list)
     format: str = "ftrace"
     lines: int = 0
     unparsed: int = 0
@@ -57,6 +58,7 @@ class ParsedTrace:
     header_cpus: Optional[int] = None
     cpu_started: dict[int, int] = field(default_factory=dict)  # cpu -> line of "buffer started"
     losses: list[Loss] = field(default_factory=list)
+    cut_last_line: bool = False
 
     @property
     def overrun(self) -> bool:
@@ -93,6 +95,41 @@ def parse_lines(lines: Iterable[str]) -> ParsedTrace:
             continue
         _meta_line(out, n, text)
     out.lines = n
+    return out
+
+
+def parse_bytes(data: bytes) -> ParsedTrace:
+    """Parse a whole trace held in bytes, in pure Python.
+
+    Lines end at "\n" only; a last line without one was cut short (a file
+    cut mid-write) and is left out, so no truncated address reaches a check.
+    """
+    lines = data.decode("utf-8", "replace").split("\n")
+    tail = lines.pop()
+    out = parse_lines(lines)
+    out.cut_last_line = tail != ""
+    return out
+
+
+def parsed_from_scan(sc) -> ParsedTrace:
+    """The ParsedTrace of a C scan (flightrec.parse.scan), strings left undecoded."""
+    from flightrec.parse.scan import OffsetStrings
+
+    c = sc.cols
+    out = ParsedTrace(
+        line=c["line"].tolist(), pid=c["pid"].tolist(), cpu=c["cpu"].tolist(), ts=c["ts"].tolist(),
+        task=OffsetStrings(sc.data, c["task_off"], c["task_len"]),
+        flags=OffsetStrings(sc.data, c["flags_off"], c["flags_len"]),
+        event=OffsetStrings(sc.data, c["event_off"], c["event_len"]),
+        body=OffsetStrings(sc.data, c["body_off"], c["body_len"]),
+    )
+    out.lines = sc.lines
+    out.cut_last_line = sc.cut
+    out.unparsed = sc.long_lines
+    if sc.long_lines:
+        out.first_unparsed = (0, f"{sc.long_lines} line(s) longer than {MAX_LINE} bytes")
+    for n, text in sc.meta:
+        _meta_line(out, n, text)
     return out
 
 

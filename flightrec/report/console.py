@@ -15,7 +15,7 @@ from rich.text import Text
 from flightrec.analysis import Result
 from flightrec.checks.anomaly import Anomaly
 from flightrec.model import kinds
-from flightrec.model.lives import per_cpu, rows_of
+from flightrec.model.lives import life, per_cpu, rows_of
 from flightrec.model.replay import POISON
 from flightrec.model.timeline import Timeline
 
@@ -145,7 +145,7 @@ def print_result(console: Console, result: Result, around: int = 8, descriptor: 
         title.append(" — no anomaly")
     console.print(title)
     if descriptor is not None:
-        df_rows = [i for i, x in enumerate(tl.addr) if x == descriptor]
+        df_rows = life(tl, descriptor).index.tolist()
         console.print(life_table(tl, descriptor, df_rows, f"life of {descriptor:#x} ({len(df_rows)} events)"))
     else:
         for i, a in enumerate(result.anomalies, 1):

@@ -1,0 +1,460 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The hot loop of flightrec's parser, in C: one pass over a whole ftrace text
+ * buffer that fills the timeline's columns. It implements exactly what
+ * flightrec/parse/ftrace.py (line shape) and flightrec/parse/fields.py
+ * (marker grammar, kprobe fields) do in Python; tests/unit/test_scan.py holds
+ * the two to the same output. The table of kernel event names comes from the
+ * caller (flightrec/model/kinds.py), so this file knows line shapes only.
+ *
+ * Loaded with ctypes; built by `make` as flightrec/_scan.so.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_LINE (1 << 16)
+#define MAX_SOCKS 4096
+
+enum { K_META = -1, K_OTHER = 0, K_MARKER = 1, K_NOTE = 2, K_RESERVE = 3, K_FLUSH = 4, K_TX = 5 };
+enum { NEED_ADDR = 1, NEED_XS = 2 };
+
+struct fr_cols {
+	int32_t *line;
+	int32_t *cpu;
+	int32_t *pid;
+	double *ts;
+	int8_t *kind;
+	uint64_t *addr;
+	int8_t *has_addr; /* bit 0: addr, bit 1: xs */
+	uint64_t *xs;
+	int64_t *len; /* -1: none */
+	int32_t *queue; /* -1: none */
+	int8_t *frm, *to; /* state index, -1: none */
+	int32_t *sock; /* id into the sock table, -1: none */
+	int64_t *task_off, *event_off, *body_off, *detail_off, *flags_off;
+	int32_t *task_len, *event_len, *body_len, *detail_len, *flags_len;
+};
+
+struct fr_kernel_name {
+	const char *base;
+	int32_t base_len;
+	int8_t kind;
+	int8_t need;
+};
+
+struct fr_result {
+	int64_t rows; /* event rows and meta rows written */
+	int64_t lines; /* complete lines seen */
+	int64_t long_lines; /* lines over MAX_LINE, skipped */
+	int32_t cut; /* the buffer ends inside a line */
+	int32_t nsocks;
+	/* a socket is two words, "ingress" and "q:1", named "ingress q:1" */
+	int64_t sock_off[MAX_SOCKS][2];
+	int32_t sock_len[MAX_SOCKS][2];
+};
+
+static const char *const STATES[] = { "FREE", "FILL", "RX", "TX", "COMP" };
+
+static int is_space(char c)
+{
+	return c == ' ' || c == '\t' || c == '\v' || c == '\f' || c == '\r';
+}
+
+static int is_digit(char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* [p, e) is "0x" + 1..16 hex digits (or, without need_0x, optional "0x"). */
+static int parse_hex(const char *p, const char *e, int need_0x, uint64_t *out)
+{
+	uint64_t v = 0;
+
+	if (e - p >= 2 && p[0] == '0' && (p[1] == 'x' || p[1] == 'X'))
+		p += 2;
+	else if (need_0x)
+		return -1;
+	if (p == e || e - p > 16)
+		return -1;
+	for (; p < e; p++) {
+		int h = hexval(*p);
+		if (h < 0)
+			return -1;
+		v = (v << 4) | (uint64_t)h;
+	}
+	*out = v;
+	return 0;
+}
+
+static int state_of(const char *p, const char *e)
+{
+	for (int i = 0; i < 5; i++)
+		if ((size_t)(e - p) == strlen(STATES[i]) && !memcmp(p, STATES[i], e - p))
+			return i;
+	return -1;
+}
+
+static int sock_id(struct fr_result *r, const char *buf, const char *const ws[2], const char *const we[2])
+{
+	int32_t n0 = (int32_t)(we[0] - ws[0]), n1 = (int32_t)(we[1] - ws[1]);
+
+	for (int i = 0; i < r->nsocks; i++)
+		if (r->sock_len[i][0] == n0 && r->sock_len[i][1] == n1 && !memcmp(buf + r->sock_off[i][0], ws[0], n0) &&
+		    !memcmp(buf + r->sock_off[i][1], ws[1], n1))
+			return i;
+	if (r->nsocks == MAX_SOCKS)
+		return -2;
+	r->sock_off[r->nsocks][0] = ws[0] - buf;
+	r->sock_off[r->nsocks][1] = ws[1] - buf;
+	r->sock_len[r->nsocks][0] = n0;
+	r->sock_len[r->nsocks][1] = n1;
+	return r->nsocks++;
+}
+
+/* Split [p, e) on whitespace into at most max words; returns the count (max+1 if more). */
+static int split(const char *p, const char *e, const char **ws, const char **we, int max)
+{
+	int n = 0;
+
+	while (p < e) {
+		while (p < e && is_space(*p))
+			p++;
+		if (p == e)
+			break;
+		if (n == max)
+			return max + 1;
+		ws[n] = p;
+		while (p < e && !is_space(*p))
+			p++;
+		we[n++] = p;
+	}
+	return n;
+}
+
+static void strip(const char **p, const char **e)
+{
+	while (*p < *e && is_space(**p))
+		(*p)++;
+	while (*e > *p && is_space((*e)[-1]))
+		(*e)--;
+}
+
+/* The marker grammar of docs/markers.md; fills the row or leaves it K_OTHER. */
+static void marker(const char *buf, const char *b, const char *e, struct fr_cols *c, int64_t i,
+		   struct fr_result *r)
+{
+	const char *head_e = e, *det = NULL, *ws[8], *we[8];
+	int n;
+
+	for (const char *q = b; q + 1 < e; q++)
+		if (q[0] == ':' && q[1] == ' ') {
+			head_e = q;
+			det = q + 2;
+			break;
+		}
+	if (!det && e > b && e[-1] == ':')
+		head_e = e - 1;
+	n = split(b, head_e, ws, we, 7);
+	if (n == 6) {
+		uint64_t addr;
+		int frm = state_of(ws[3], we[3]), to = state_of(ws[5], we[5]);
+		int32_t queue = 0;
+
+		if (we[4] - ws[4] != 2 || memcmp(ws[4], "->", 2) || we[1] - ws[1] < 3 ||
+		    memcmp(ws[1], "q:", 2) || frm < 0 || to < 0)
+			return;
+		if (we[1] - ws[1] > 11)
+			return;
+		for (const char *q = ws[1] + 2; q < we[1]; q++) {
+			if (!is_digit(*q))
+				return;
+			queue = queue * 10 + (*q - '0');
+		}
+		if (parse_hex(ws[2], we[2], 1, &addr))
+			return;
+		int s = sock_id(r, buf, ws, we);
+		if (s < 0)
+			return;
+		c->kind[i] = K_MARKER;
+		c->sock[i] = s;
+		c->queue[i] = queue;
+		c->addr[i] = addr;
+		c->has_addr[i] = 1;
+		c->frm[i] = (int8_t)frm;
+		c->to[i] = (int8_t)to;
+		if (det) {
+			const char *dp = det, *de = e;
+			strip(&dp, &de);
+			c->detail_off[i] = dp - buf;
+			c->detail_len[i] = (int32_t)(de - dp);
+		}
+		return;
+	}
+	if (n >= 2 && !det) {
+		uint64_t addr;
+		const char *dp = we[0], *de = head_e;
+
+		if (parse_hex(ws[0], we[0], 1, &addr))
+			return;
+		strip(&dp, &de);
+		c->kind[i] = K_NOTE;
+		c->addr[i] = addr;
+		c->has_addr[i] = 1;
+		c->detail_off[i] = dp - buf;
+		c->detail_len[i] = (int32_t)(de - dp);
+	}
+}
+
+static void kernel_event(const char *b, const char *e, int8_t kind, int8_t need, struct fr_cols *c, int64_t i)
+{
+	uint64_t addr = 0, xs = 0, len = 0;
+	int has_addr = 0, has_xs = 0, has_len = 0;
+	const char *p = b;
+
+	while (p < e) {
+		while (p < e && is_space(*p))
+			p++;
+		const char *w = p, *eq = NULL;
+		while (p < e && !is_space(*p)) {
+			if (!eq && *p == '=')
+				eq = p;
+			p++;
+		}
+		if (!eq)
+			continue;
+		size_t nl = eq - w;
+		if (nl == 4 && !memcmp(w, "addr", 4)) {
+			if (parse_hex(eq + 1, p, 0, &addr))
+				return;
+			has_addr = 1;
+		} else if (nl == 2 && !memcmp(w, "xs", 2)) {
+			if (parse_hex(eq + 1, p, 0, &xs))
+				return;
+			has_xs = 1;
+		} else if (nl == 3 && !memcmp(w, "len", 3)) {
+			if (parse_hex(eq + 1, p, 0, &len))
+				return;
+			has_len = 1;
+		}
+	}
+	if (((need & NEED_ADDR) && !has_addr) || ((need & NEED_XS) && !has_xs))
+		return;
+	c->kind[i] = kind;
+	c->addr[i] = addr;
+	c->has_addr[i] = (int8_t)(has_addr | (has_xs << 1));
+	c->xs[i] = xs;
+	c->len[i] = has_len ? (int64_t)len : -1;
+}
+
+static int8_t kernel_kind(const char *ev, const char *ee, const struct fr_kernel_name *names, int nnames, int8_t *need)
+{
+	size_t n = ee - ev;
+
+	for (int k = 0; k < nnames; k++) {
+		size_t bl = (size_t)names[k].base_len;
+		if (n >= bl && !memcmp(ev, names[k].base, bl) && (n == bl || ev[bl] == '_')) {
+			*need = names[k].need;
+			return names[k].kind;
+		}
+	}
+	return K_OTHER;
+}
+
+static int is_flag(char ch)
+{
+	return ch == '.' || ch == '_' || is_digit(ch) || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
+}
+
+/* "digits.digits:" then whitespace at *pp: advance past the colon. */
+static int timestamp(const char **pp, const char *e, const char **ts_s)
+{
+	const char *q = *pp, *f;
+
+	while (q < e && is_digit(*q))
+		q++;
+	if (q == *pp || q == e || *q != '.')
+		return 0;
+	f = ++q;
+	while (q < e && is_digit(*q))
+		q++;
+	if (q == f || q + 1 >= e || *q != ':' || !is_space(q[1]))
+		return 0;
+	*ts_s = *pp;
+	*pp = q + 1;
+	return 1;
+}
+
+/* task-pid [cpu] flags ts: event: body, as flightrec/parse/ftrace.py's _LINE. */
+static int event_line(const char *buf, const char *s, const char *e, struct fr_cols *c, int64_t i,
+		      const struct fr_kernel_name *names, int nnames, struct fr_result *r)
+{
+	const char *t = s;
+
+	while (t < e && is_space(*t))
+		t++;
+	for (const char *dash = t; dash < e; dash++) {
+		const char *p, *pid_s, *pid_e, *cpu_s, *cpu_e, *fl_s = NULL, *fl_e = NULL, *ts_s, *ev_s, *ev_e;
+
+		if (*dash != '-')
+			continue;
+		p = pid_s = dash + 1;
+		while (p < e && is_digit(*p))
+			p++;
+		pid_e = p;
+		if (pid_e == pid_s || pid_e - pid_s > 9 || p == e || !is_space(*p))
+			continue;
+		while (p < e && is_space(*p))
+			p++;
+		if (p < e && *p == '(') {
+			const char *q = p + 1;
+			while (q < e && is_space(*q))
+				q++;
+			const char *d = q;
+			while (q < e && (is_digit(*q) || *q == '-'))
+				q++;
+			if (q == d || q == e || *q != ')' || q + 1 == e || !is_space(q[1]))
+				continue;
+			p = q + 1;
+			while (p < e && is_space(*p))
+				p++;
+		}
+		if (p == e || *p != '[')
+			continue;
+		cpu_s = ++p;
+		while (p < e && is_digit(*p))
+			p++;
+		cpu_e = p;
+		if (cpu_e == cpu_s || cpu_e - cpu_s > 6 || p == e || *p != ']' || p + 1 == e || !is_space(p[1]))
+			continue;
+		p++;
+		while (p < e && is_space(*p))
+			p++;
+		/* the timestamp, possibly after a flags column */
+		if (!timestamp(&p, e, &ts_s)) {
+			fl_s = p;
+			while (p < e && is_flag(*p))
+				p++;
+			fl_e = p;
+			if (fl_e - fl_s < 4 || fl_e - fl_s > 6 || p == e || !is_space(*p))
+				continue;
+			while (p < e && is_space(*p))
+				p++;
+			if (!timestamp(&p, e, &ts_s))
+				continue;
+		}
+		while (p < e && is_space(*p))
+			p++;
+		ev_s = p;
+		while (p < e && *p != ':' && !is_space(*p))
+			p++;
+		ev_e = p;
+		if (ev_e == ev_s || p == e || *p != ':')
+			continue;
+		p++;
+		if (p < e && (*p == ' ' || *p == '\t' || *p == '\v' || *p == '\f' || *p == '\r'))
+			p++;
+		/* a match: fill the row */
+		c->pid[i] = (int32_t)strtol(pid_s, NULL, 10);
+		c->cpu[i] = (int32_t)strtol(cpu_s, NULL, 10);
+		c->ts[i] = strtod(ts_s, NULL);
+		c->task_off[i] = t - buf;
+		c->task_len[i] = (int32_t)(dash - t);
+		c->flags_off[i] = fl_s ? fl_s - buf : 0;
+		c->flags_len[i] = fl_s ? (int32_t)(fl_e - fl_s) : 0;
+		c->event_off[i] = ev_s - buf;
+		c->event_len[i] = (int32_t)(ev_e - ev_s);
+		c->body_off[i] = p - buf;
+		c->body_len[i] = (int32_t)(e - p);
+		c->kind[i] = K_OTHER;
+		size_t el = ev_e - ev_s;
+		if (el == 18 && !memcmp(ev_s, "tracing_mark_write", 18)) {
+			marker(buf, p, e, c, i, r);
+		} else if (el == 5 && !memcmp(ev_s, "print", 5)) {
+			for (const char *q = p; q + 1 < e; q++)
+				if (q[0] == ':' && q[1] == ' ') {
+					marker(buf, q + 2, e, c, i, r);
+					break;
+				}
+		} else {
+			int8_t need = 0, k = kernel_kind(ev_s, ev_e, names, nnames, &need);
+			if (k != K_OTHER)
+				kernel_event(p, e, k, need, c, i);
+		}
+		return 1;
+	}
+	return 0;
+}
+
+static void reset_row(struct fr_cols *c, int64_t i)
+{
+	c->kind[i] = K_META;
+	c->has_addr[i] = 0;
+	c->addr[i] = 0;
+	c->xs[i] = 0;
+	c->len[i] = -1;
+	c->queue[i] = -1;
+	c->frm[i] = -1;
+	c->to[i] = -1;
+	c->sock[i] = -1;
+	c->detail_off[i] = 0;
+	c->detail_len[i] = -1;
+	c->flags_len[i] = 0;
+}
+
+/*
+ * Scan buf[0, len): one row per complete, non-blank line (event rows with
+ * their kind, meta rows with K_META and the line in body_off/body_len).
+ * `cap` rows must fit in the columns (the number of newlines is enough).
+ */
+int64_t fr_scan(const char *buf, int64_t len, struct fr_cols *c, int64_t cap, const struct fr_kernel_name *names,
+		int32_t nnames, struct fr_result *r)
+{
+	const char *p = buf, *end = buf + len;
+	int64_t i = 0, lineno = 0;
+
+	memset(r, 0, sizeof(*r));
+	while (p < end) {
+		const char *nl = memchr(p, '\n', end - p);
+		if (!nl) {
+			r->cut = 1;
+			break;
+		}
+		lineno++;
+		const char *s = p, *e = nl;
+		p = nl + 1;
+		if (e - s > MAX_LINE) {
+			r->long_lines++;
+			continue;
+		}
+		const char *t = s;
+		while (t < e && is_space(*t))
+			t++;
+		if (t == e)
+			continue;
+		if (i == cap)
+			return -1;
+		reset_row(c, i);
+		c->line[i] = (int32_t)lineno;
+		if (!event_line(buf, s, e, c, i, names, nnames, r)) {
+			c->kind[i] = K_META;
+			c->body_off[i] = t - buf;
+			c->body_len[i] = (int32_t)(e - t);
+		}
+		i++;
+	}
+	r->lines = lineno;
+	r->rows = i;
+	return i;
+}

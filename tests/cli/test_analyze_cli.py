@@ -1,0 +1,115 @@
+"""`flightrec analyze` as a user runs it: a real process, real files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, stdin=None, timeout=60):
+    return subprocess.run([sys.executable, "-m", "flightrec", *args], input=stdin, capture_output=True, timeout=timeout)
+
+
+def test_seed_poison_report_starts_with_the_verdict(fixtures):
+    p = run("analyze", str(fixtures / "seed-poison.txt"))
+    assert p.returncode == 1
+    out = p.stdout.decode()
+    assert out.splitlines()[0].endswith("KERNEL — 1 anomaly, first: publish_race at line 6")
+    assert "CPU 2 | CPU 0" in out
+
+
+def test_json_shape(fixtures):
+    p = run("analyze", "--json", str(fixtures / "seed-fill-order.txt"))
+    assert p.returncode == 1
+    doc = json.loads(p.stdout)
+    a = doc["anomalies"][0]
+    for key in ("kind", "verdict", "addr", "expected", "xs", "queue", "reserve_cpu", "flush_cpu", "evidence", "explanation"):
+        assert key in a
+    assert a["evidence"][0].keys() >= {"line", "text"}
+    assert doc["stats"]["lines"] == 25 and doc["stats"]["cpus"] == [1, 2]
+    assert set(doc["stats"]["events"]) >= {"reserve", "flush", "tx", "marker"}
+    assert doc["window"]["start"] < doc["window"]["end"]
+
+
+def test_several_traces_and_stdin(fixtures, tmp_path):
+    clean = tmp_path / "clean.txt"
+    clean.write_text("  fwd-1 [000] ..... 1.000000: tracing_mark_write: outer q:0 0x1000 FREE -> FILL\n")
+    p = run("analyze", "--json", str(clean), str(fixtures / "seed-poison.txt"))
+    doc = json.loads(p.stdout)
+    assert p.returncode == 1
+    assert doc["summary"] == {"traces": 2, "clean": 1, "with_anomalies": 1, "unreadable": 0, "verdicts": {"kernel": 1}}
+    p = run("analyze", "-", stdin=clean.read_bytes())
+    assert p.returncode == 0 and "CLEAN" in p.stdout.decode()
+
+
+def test_descriptor_life(fixtures):
+    p = run("analyze", "--descriptor", "0x16ce900", str(fixtures / "seed-fill-order.txt"))
+    out = p.stdout.decode()
+    assert "life of 0x16ce900 (7 events)" in out
+    assert "COMP -> FILL" in out and "tx 0x16ce900" in out
+
+
+BAD = {
+    "empty": b"",
+    "binary": bytes(range(256)) * 64,
+    "invalid_utf8": b"\xff\xfe\xfa not utf8 \xc3\x28\n" * 10,
+    "prose": b"Dear reader,\nthis is not a trace.\n",
+    "megabyte_line": b"x" * (4 << 20) + b"\n",
+    "header_only": b"# tracer: nop\n#\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_input_is_one_line_and_exit_2(tmp_path, name):
+    f = tmp_path / name
+    f.write_bytes(BAD[name])
+    p = run("analyze", str(f))
+    err = p.stderr.decode()
+    assert p.returncode == 2, err
+    assert err.count("\n") == 1 and err.startswith("flightrec: "), err
+    assert "Traceback" not in err
+
+
+def test_missing_path_and_directory(tmp_path):
+    for target, words in ((tmp_path / "nope.txt", "no such file"), (tmp_path, "is a directory")):
+        p = run("analyze", str(target))
+        assert p.returncode == 2 and words in p.stderr.decode()
+
+
+def test_file_cut_in_the_middle_of_a_line(fixtures, tmp_path):
+    text = (fixtures / "seed-poison.txt").read_bytes()
+    cut = text[: text.rindex(b"0xdeadbeef") + 6]  # the detection line loses its tail
+    f = tmp_path / "cut.txt"
+    f.write_bytes(cut)
+    p = run("analyze", "--json", str(f))
+    doc = json.loads(p.stdout)
+    assert p.returncode == 0  # a correct partial analysis: the cut line is dropped, not misread
+    assert doc["stats"]["cut_last_line"] is True
+    assert doc["stats"]["events"]["total"] == 5
+
+
+def test_usage_errors_exit_2(fixtures):
+    assert run("analyze").returncode == 2
+    p = run("analyze", "--descriptor", "zz", str(fixtures / "seed-poison.txt"))
+    assert p.returncode == 2 and "not a hex address" in p.stderr.decode()
+
+
+def test_every_command_help_ends_with_examples():
+    import click
+
+    from flightrec.cli.main import COMMANDS, cli
+
+    names = [None, *sorted(COMMANDS)]
+    for name in names:
+        args = ["--help"] if name is None else [name, "--help"]
+        p = run(*args)
+        assert p.returncode == 0
+        out = p.stdout.decode()
+        assert "Examples:" in out, f"{name or 'flightrec'} --help has no examples"
+        sub = cli.get_command(click.Context(cli), name) if name else None
+        if sub is not None and hasattr(sub, "commands"):
+            for child in sub.commands:
+                q = run(name, child, "--help")
+                assert "Examples:" in q.stdout.decode(), f"{name} {child} --help has no examples"

@@ -1,0 +1,149 @@
+"""The analyzer's verdicts on the post's excerpts and on small hand-made traces."""
+
+import sys
+import pathlib
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from flightrec.analysis import analyze_path, analyze_text  # noqa: E402
+from tracegen import XS, flush, mark, reserve  # noqa: E402
+
+
+def first(result):
+    assert result.anomalies, "expected an anomaly"
+    return result.to_json()["anomalies"][0]
+
+
+def test_seed_fill_order_is_kernel(fixtures):
+    r = analyze_path(str(fixtures / "seed-fill-order.txt"))
+    a = first(r)
+    assert len(r.anomalies) == 1
+    assert (a["verdict"], a["addr"], a["expected"], a["reserve_cpu"]) == ("kernel", "0x1229100", "0x13d3900", 2)
+    assert a["xs"] == "0xffffa0c6e26ab400" and a["queue"] == 1
+    assert a["flush_cpu"] is None and any("flush" in m for m in a["missing"])
+    lines = {e["line"] for e in a["evidence"]}
+    assert {25, 19} <= lines  # the detection line and CPU 2's reserve of 0x13d3900
+    assert "0x1dba100, 0x1627100" in a["explanation"]  # the kernel kept the app's FILL order
+
+
+def test_seed_poison_is_kernel_race(fixtures):
+    a = first(analyze_path(str(fixtures / "seed-poison.txt")))
+    assert a["verdict"] == "kernel"
+    assert (a["reserve_cpu"], a["flush_cpu"]) == (2, 0)
+    assert a["xs"] == "0xffff90fd32693c00" and a["expected"] == "0x1000900"
+    assert a["addr"] == "0xdeadbeefdeadbeef"
+    assert {2, 3, 6} <= {e["line"] for e in a["evidence"]}
+
+
+def ring(n, start=0x1000):
+    return [start + 0x800 * i for i in range(n)]
+
+
+def test_clean_cycle_is_clean():
+    a = ring(4)
+    t = 1.0
+    text = ""
+    for x in a:
+        text += mark(t, 0, f"ingress q:0 {x:#x} FREE -> FILL"); t += 0.001
+    for x in a:
+        text += reserve(t, 1, x); t += 0.001
+        text += flush(t, 1); t += 0.001
+        text += mark(t, 0, f"ingress q:0 {x:#x} FILL -> RX"); t += 0.001
+        text += mark(t, 0, f"egress q:0 {x:#x} RX -> TX"); t += 0.001
+        text += mark(t, 0, f"egress q:0 {x:#x} TX -> COMP"); t += 0.001
+        text += mark(t, 0, f"ingress q:0 {x:#x} COMP -> FILL"); t += 0.001
+    r = analyze_text(text)
+    assert r.anomalies == ()
+    assert r.to_json()["stats"]["sockets"] == {"ingress q:0": f"{XS:#x}"}
+
+
+def test_double_fill_is_application_with_that_descriptor():
+    a, b, c = ring(3)
+    text = (
+        mark(1.000, 0, f"ingress q:0 {a:#x} FREE -> FILL")
+        + mark(1.001, 0, f"ingress q:0 {b:#x} FREE -> FILL")
+        + mark(1.002, 0, f"ingress q:0 {a:#x} COMP -> FILL")  # a is still in FILL
+        + reserve(1.003, 1, a) + reserve(1.004, 1, b) + reserve(1.005, 1, a)
+        + mark(1.006, 0, f"ingress q:0 {a:#x} FILL -> RX")
+        + mark(1.007, 0, f"ingress q:0 {b:#x} FILL -> RX")
+        + mark(1.008, 0, f"ingress q:0 {a:#x} FILL -> RX: expected {c:#x} remaining: []")
+    )
+    r = analyze_text(text)
+    j = r.to_json()
+    assert j["verdict"] == "application"
+    assert all(x["verdict"] == "application" and x["addr"] == f"{a:#x}" for x in j["anomalies"])
+    assert j["anomalies"][0]["kind"] == "duplicate_insertion"
+
+
+def test_fill_and_tx_is_application():
+    a, b = ring(2)
+    text = (
+        mark(1.000, 0, f"ingress q:0 {a:#x} FREE -> FILL")
+        + mark(1.001, 0, f"ingress q:0 {b:#x} FREE -> FILL")
+        + reserve(1.002, 1, a)
+        + mark(1.003, 0, f"ingress q:0 {a:#x} FILL -> RX")
+        + mark(1.004, 0, f"egress q:0 {a:#x} RX -> TX")
+        + mark(1.005, 0, f"ingress q:0 {a:#x} RX -> FILL")  # into FILL while in TX
+    )
+    a0 = first(analyze_text(text))
+    assert (a0["verdict"], a0["kind"], a0["addr"]) == ("application", "duplicate_insertion", f"{a:#x}")
+
+
+def test_markers_only_symptom_is_undetermined_and_says_what_is_missing():
+    a, b = ring(2)
+    text = (
+        mark(1.000, 0, f"ingress q:0 {a:#x} FREE -> FILL")
+        + mark(1.001, 0, f"ingress q:0 {b:#x} FREE -> FILL")
+        + mark(1.002, 0, f"ingress q:0 {a:#x} FILL -> RX")
+        + mark(1.003, 0, f"ingress q:0 0xdeadbeefdeadbeef FILL -> RX: expected {b:#x} remaining: []")
+    )
+    a0 = first(analyze_text(text))
+    assert a0["verdict"] == "undetermined"
+    assert a0["kind"] == "poison_read"
+    assert any("reserve" in m for m in a0["missing"]) and any("flush" in m for m in a0["missing"])
+
+
+def test_kernel_delivering_what_it_reserved_out_of_app_order_is_application():
+    a, b, c = ring(3)
+    text = (
+        mark(1.000, 0, f"ingress q:0 {a:#x} FREE -> FILL")
+        + mark(1.001, 0, f"ingress q:0 {b:#x} FREE -> FILL")
+        + reserve(1.002, 1, a) + reserve(1.003, 1, c)  # c was in FILL without a marker
+        + mark(1.004, 0, f"ingress q:0 {a:#x} FILL -> RX")
+        + mark(1.005, 0, f"ingress q:0 {c:#x} FILL -> RX")
+    )
+    a0 = first(analyze_text(text))
+    assert (a0["verdict"], a0["kind"], a0["addr"], a0["expected"]) == ("application", "fill_order", f"{c:#x}", f"{b:#x}")
+
+
+def test_loss_inside_the_causal_window_is_undetermined():
+    text = open(pathlib.Path(__file__).resolve().parents[2] / "fixtures" / "seed-poison.txt").read()
+    lines = text.splitlines(keepends=True)
+    lines.insert(3, "CPU:2 [LOST 7 EVENTS]\n")
+    a0 = first(analyze_text("".join(lines)))
+    assert a0["verdict"] == "undetermined"
+    assert "CPU 2 lost 7 events" in a0["explanation"]
+
+
+def test_history_before_the_window_gives_no_false_anomaly():
+    # CPU 1's buffer started late: descriptors it handled before are unknown.
+    a, b = ring(2)
+    text = (
+        "# entries-in-buffer/entries-written: 10/99   #P:2\n"
+        + mark(1.000, 0, f"ingress q:0 {b:#x} FILL -> RX")  # before CPU 1 starts
+        + "##### CPU 1 buffer started ####\n"
+        + reserve(1.100, 1, a)
+        + mark(1.101, 0, f"ingress q:0 {a:#x} FILL -> RX")
+        + mark(1.102, 0, f"egress q:0 {a:#x} RX -> TX")
+        + mark(1.103, 0, f"egress q:0 {a:#x} TX -> COMP")
+    )
+    r = analyze_text(text)
+    assert r.anomalies == ()
+    assert r.timeline.window.complete_from == 1.100
+
+
+def test_unknown_events_are_kept():
+    text = mark(1.0, 0, "ingress q:0 0x1000 FREE -> FILL") + "  sshd-5 [000] ..... 1.100000: sched_switch: prev=a next=b\n"
+    r = analyze_text(text)
+    assert r.to_json()["stats"]["events"]["other"] == 1
+    assert r.timeline.frame["event"].tolist() == ["tracing_mark_write", "sched_switch"]
