@@ -1,0 +1,668 @@
+"""A simulated AF_XDP forwarder under ftrace: trace text plus the ground truth.
+
+The analyzer must be tested on traces it has never seen, with a known answer.
+This module plays both sides of the post's story (docs/markers.md is the
+contract it writes):
+
+- the kernel: a softirq on some CPU takes descriptors from the head of a
+  socket's FILL ring, emits one reserve kprobe event per descriptor
+  (`__xsk_rcv_zc_L7: (...) addr= len= xs= fq=`), then publishes them with
+  `xsk_flush: (...) xs=`; on transmit it emits `xp_raw_get_data: (...) addr=`
+  in the sending thread's context;
+- the application: one thread per socket pair writes a marker for every
+  transition, keeps its own FILL-order deque and a state per descriptor,
+  poisons every RX slot it consumed, and on its first anomaly writes the
+  detection line and stops tracing.
+
+Faults are planted near the end; the simulation then runs until the
+application notices. Ring buffers are per CPU: `wrap` keeps only the newest
+entries of each CPU (all CPUs have the same capacity, so a busy CPU's data
+starts later), `loss` drops a run of events inside one CPU's stream.
+
+Output is the text of /sys/kernel/tracing/trace (`fmt="ftrace"`) or of
+`trace-cmd report` (`fmt="trace-cmd"`, no latency columns, markers as the
+`print` event, probe IPs in hex, wrap and loss as `CPU:N [M EVENTS DROPPED]`;
+both checked against trace-cmd 3.1.6 reports of a real instance).
+Everything is drawn from one `random.Random(seed)`: same config, same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from flightrec.errors import FlightrecError
+
+POISON = 0xDEADBEEFDEADBEEF
+
+FAULTS = ("none", "publish-race", "stale-slot", "double-fill", "fill-and-tx", "invalid-transition")
+KERNEL_FAULTS = ("publish-race", "stale-slot")
+PROBES = ("all", "no-flush", "none")
+FORMATS = ("ftrace", "trace-cmd")
+
+# The header of /sys/kernel/tracing/trace as kernel 6.18 prints it.
+FTRACE_LEGEND = """\
+#
+#                                _-----=> irqs-off/BH-disabled
+#                               / _----=> need-resched
+#                              | / _---=> hardirq/softirq
+#                              || / _--=> preempt-depth
+#                              ||| / _-=> migrate-disable
+#                              |||| /     delay
+#           TASK-PID     CPU#  |||||  TIMESTAMP  FUNCTION
+#              | |         |   |||||     |         |
+"""
+
+# Application thread names: TASK_COMM_LEN is 16, so at most 15 characters;
+# spaces and dashes are legal and must not confuse a parser.
+APP_COMMS = ("flowtrackd-p9zw", "my fwd-thr 2", "flowtrackd-9chS", "xsk fwd-q", "fwd-worker-3", "af xdp-rx 0")
+# Whatever runs on a CPU when the NAPI softirq fires there.
+TRAFFIC_COMMS = ("iperf2", "iperf3", "ksoftirqd/{cpu}", "<idle>", "kworker/{cpu}:1")
+SOCKET_PAIRS = (("ingress", "egress"), ("outer", "inner"), ("rx-a", "tx-b"))
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """What to simulate. `packets` counts packets the kernel delivers, over all socket pairs."""
+
+    seed: int = 1
+    cpus: int = 4
+    packets: int = 2000
+    fault: str = "none"
+    wrap: bool = False
+    loss: bool = False
+    probes: str = "all"
+    fmt: str = "ftrace"
+    pairs: int = 0  # socket pairs (rx socket -> tx socket); 0: 1..3 drawn from the seed
+
+    def check(self) -> None:
+        """Raise FlightrecError for a configuration the simulator cannot honour."""
+        if not 2 <= self.cpus <= 8:
+            raise FlightrecError(f"--cpus must be 2..8, not {self.cpus}")
+        if self.packets < 50:
+            raise FlightrecError(f"--packets must be at least 50, not {self.packets}")
+        if self.fault not in FAULTS:
+            raise FlightrecError(f"unknown fault {self.fault!r}; one of: {', '.join(FAULTS)}")
+        if self.probes not in PROBES:
+            raise FlightrecError(f"unknown probes {self.probes!r}; one of: {', '.join(PROBES)}")
+        if self.fmt not in FORMATS:
+            raise FlightrecError(f"unknown format {self.fmt!r}; one of: {', '.join(FORMATS)}")
+        if not 0 <= self.pairs <= 3:
+            raise FlightrecError(f"pairs must be 0..3, not {self.pairs}")
+
+
+@dataclass(frozen=True)
+class Truth:
+    """The ground truth of one simulated trace.
+
+    `anomaly` is None for a clean trace; otherwise the root cause the analyzer
+    must report first, in the shape of `flightrec analyze --json` (addresses
+    as "0x..." strings). `addr` is the root-cause descriptor for application
+    faults and the address the application read for kernel faults (the
+    poison or the stale address), `expected` what the FILL order predicted.
+    """
+
+    config: dict
+    lines: int
+    events: int
+    anomaly: Optional[dict]
+    sockets: dict = field(default_factory=dict)
+    detection_line: Optional[int] = None
+    evidence_lines: dict = field(default_factory=dict)
+    loss: list = field(default_factory=list)
+    wrap: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """The trace text (as one string, lines ending in a newline) and its ground truth."""
+
+    text: str
+    truth: Truth
+
+
+def _rr(rng: random.Random, lo: int, hi: int) -> int:
+    """rng.randrange(lo, hi) for the hot loop: random() is several times cheaper."""
+    return lo + int(rng.random() * (hi - lo))
+
+
+def _hex(v: Optional[int]) -> Optional[str]:
+    return None if v is None else f"{v:#x}"
+
+
+class _Pair:
+    """One rx socket whose packets are forwarded to one tx socket, with its frames and rings."""
+
+    def __init__(self, idx: int, rng: random.Random, cpus: int, app_cpu: int, names: tuple[str, str],
+                 queue: int, comm: str, pid: int) -> None:
+        self.idx = idx
+        self.rx = f"{names[0]} q:{queue}"
+        self.tx = f"{names[1]} q:{queue}"
+        self.queue = queue
+        self.xs = 0xFFFF888100000000 | (_rr(rng, 0x10000, 0xFFFFF) << 12) | (_rr(rng, 0, 16) << 8)
+        self.fq = 0xFFFF888100000000 | (_rr(rng, 0x10000, 0xFFFFF) << 12) | (_rr(rng, 0, 64) << 6)
+        self.app_cpu = app_cpu
+        self.comm = comm
+        self.pid = pid
+        nframes = rng.choice((128, 256, 512))
+        # Each pair's frames in a region of its own (at most 512 * 2 KiB = 0x100000).
+        base = (0x100 + 0x40 * idx + _rr(rng, 0, 0x30)) << 16
+        # 2 KiB frames, 256 bytes of headroom: addresses look like 0x16ce900, 0x160a100.
+        frames = [base + i * 0x800 + 0x100 for i in range(nframes)]
+        rng.shuffle(frames)
+        self.frames = frames
+        self.kfill: deque[int] = deque()  # FILL as the kernel sees it
+        self.afill: deque[int] = deque()  # the application's FILL-order deque
+        self.state: dict[int, str] = {}
+        # Smaller than the frame count: a frame comes back once every nframes
+        # deliveries, so a stale slot never holds the very address expected.
+        self.rx_size = min(rng.choice((64, 128)), nframes // 2)
+        self.slots = [0] * self.rx_size
+        self.rx_prod = 0
+        self.delivered = 0
+        self.softirq_cpu = rng.randrange(cpus)
+        self.poison = True
+
+
+class _Sim:
+    def __init__(self, cfg: SimConfig) -> None:
+        self.cfg = cfg
+        self.rng = random.Random(cfg.seed)
+        self.ev: list[tuple] = []  # (ts, seq, cpu, task, flags, name_body, tag)
+        self.seq = 0
+        self.tags: dict[str, tuple] = {}
+        self.tasks: list[tuple[str, int]] = []
+        rng = self.rng
+        self.kbase = 0xFFFFFFFF81000000 + (_rr(rng, 0, 0x3F0) << 21)
+        self.sym_rcv = self.kbase + 0xB2D400
+        self.sym_flush = self.kbase + 0xB2E880
+        self.sym_raw = self.kbase + 0xB31C20
+        self.rcv_name = rng.choice(("__xsk_rcv_zc_L7", "__xsk_rcv_zc_L7", "__xsk_rcv_zc_L8"))
+        self.flush_name = rng.choice(("xsk_flush", "xsk_flush", "xsk_flush_0"))
+        self.raw_name = rng.choice(("xp_raw_get_data", "xp_raw_get_data", "xp_raw_get_data_0"))
+        self.rcv_off = rng.choice((0x9B, 0x9B, 0xA3))
+        self.marker_flags = rng.choice((".....", "...1."))
+        # Per CPU: the task interrupted by the softirq there.
+        self.traffic: list[int] = []
+        for c in range(cfg.cpus):
+            name = rng.choice(TRAFFIC_COMMS).format(cpu=c)
+            pid = 0 if name == "<idle>" else _rr(rng, 1000, 400000)
+            self.traffic.append(self._task(name, pid))
+
+    def _task(self, comm: str, pid: int) -> int:
+        self.tasks.append((comm, pid))
+        return len(self.tasks) - 1
+
+    # ---- emitting ------------------------------------------------------
+    def emit(self, ts: int, cpu: int, task: int, flags: str, body: str, tag: Optional[str] = None) -> None:
+        self.seq += 1
+        self.ev.append((ts, self.seq, cpu, task, flags, body, tag))
+
+    def marker(self, p: _Pair, ts: int, text: str, tag: Optional[str] = None) -> None:
+        if self.cfg.fmt == "ftrace":
+            body = "tracing_mark_write: " + text
+        else:
+            body = f"{'print:':<21} tracing_mark_write: " + text
+        self.emit(ts, p.app_cpu, p.task, self.marker_flags, body, tag)
+
+    def _probe(self, name: str, sym: str, ip: int, args: str) -> str:
+        if self.cfg.fmt == "ftrace":
+            return f"{name}: ({sym}) {args}"
+        return f"{name + ':':<21} ({ip:x}) {args}"
+
+    def reserve(self, p: _Pair, ts: int, cpu: int, addr: int, tag: Optional[str] = None) -> None:
+        if self.cfg.probes == "none":
+            return
+        task = p.task if cpu == p.app_cpu else self.traffic[cpu]
+        flags = self.rng.choice(("d.Z1.", "d.Z1.", "..s1.", "d.s1."))
+        args = f"addr={addr:#x} len={self.rng.choice((0x42, 0x4e, 0x5a, 0x5ea)):#x} xs={p.xs:#x} fq={p.fq:#x}"
+        self.emit(ts, cpu, task, flags, self._probe(self.rcv_name, f"__xsk_rcv_zc+{self.rcv_off:#x}/0x250",
+                                                   self.sym_rcv + self.rcv_off, args), tag)
+
+    def flush(self, p: _Pair, ts: int, cpu: int, tag: Optional[str] = None) -> None:
+        if self.cfg.probes != "all":
+            return
+        task = p.task if cpu == p.app_cpu else self.traffic[cpu]
+        self.emit(ts, cpu, task, "d.Z1.", self._probe(self.flush_name, "__xsk_map_flush+0x4e/0x180",
+                                                      self.sym_flush + 0x4E, f"xs={p.xs:#x}"), tag)
+
+    def txget(self, p: _Pair, ts: int, addr: int) -> None:
+        if self.cfg.probes == "none":
+            return
+        self.emit(ts, p.app_cpu, p.task, ".....", self._probe(self.raw_name, "xp_raw_get_data+0x0/0x60",
+                                                             self.sym_raw, f"addr={addr:#x}"))
+
+    # ---- the application's bookkeeping --------------------------------
+    def to_fill(self, p: _Pair, ts: int, addr: int, frm: str, tag: Optional[str] = None) -> None:
+        """The application produces addr to its rx socket's FILL ring (and its deque)."""
+        self.marker(p, ts, f"{p.rx} {addr:#x} {frm} -> FILL", tag)
+        p.kfill.append(addr)
+        p.afill.append(addr)
+        p.state[addr] = "FILL"
+
+
+def _remaining(dq: deque, rng: random.Random) -> str:
+    """The detection line's rest of the deque, head first, cut like the post's."""
+    items = [f"{a:x}" for a in list(dq)[: _rr(rng, 30, 100)]]
+    if len(dq) > len(items):
+        items.append(rng.choice(("…", "...")))
+        return "[" + ", ".join(items) + rng.choice((", ]", ",]", "]"))
+    return "[" + ", ".join(items) + "]"
+
+
+def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: bool,
+              until: Optional[int] = None) -> Optional[dict]:
+    """Simulate one socket pair from start-up, for `budget` packets or until time `until`;
+    returns what happened at the fault, if one was planted."""
+    rng = sim.rng
+    cfg = sim.cfg
+    t = t0
+    # Start-up: every frame goes FREE -> FILL.
+    for a in p.frames:
+        sim.to_fill(p, t, a, "FREE")
+        t += _rr(rng, 300, 1500)
+    t += _rr(rng, 50_000, 2_000_000)
+    plant_at = max(int(budget * rng.uniform(0.8, 0.93)), p.rx_size + 16) if faulty else -1
+    planted: Optional[dict] = None
+    tx_done: list[int] = []  # transmitted, completion not yet read
+    # NAPI's budget is 64; before a planted duplicate is noticed, polls take big
+    # batches so both copies are delivered while the first is still in TX.
+    batch = (1, 8)
+    pending_overwrite = False
+    dup_pending: Optional[int] = None
+    extra = 0
+    # A faulty pair runs past its budget until the application notices (it always
+    # does within a few hundred polls; the cap only guards against a simulator bug).
+    while (t < until) if until is not None else (p.delivered < budget or (faulty and extra < 5000)):
+        if p.delivered >= budget:
+            extra += 1
+        # ---- kernel: one NAPI poll on some CPU --------------------------
+        if rng.random() < 0.08:
+            p.softirq_cpu = rng.randrange(cfg.cpus)  # the softirq moves to another CPU
+        cpu = p.softirq_cpu
+        if faulty and planted is None and p.delivered >= plant_at and fault in KERNEL_FAULTS \
+                and len(p.kfill) > 12:
+            return _plant_race(sim, p, t, fault)
+        k = min(rng.randint(*batch), len(p.kfill))
+        if k == 0:
+            t += _rr(rng, 20_000, 200_000)
+            continue
+        got = []
+        for _ in range(k):
+            a = p.kfill.popleft()
+            sim.reserve(p, t, cpu, a)
+            slot = p.rx_prod % p.rx_size
+            p.slots[slot] = a
+            p.rx_prod += 1
+            got.append(a)
+            t += _rr(rng, 300, 4000)
+        t += _rr(rng, 200, 3000)
+        sim.flush(p, t, cpu)
+        p.delivered += k
+        # ---- application: read RX --------------------------------------
+        t += _rr(rng, 2000, 20000)
+        sent = []
+        for a in got:
+            exp = p.afill.popleft() if p.afill else None
+            st = p.state.get(a)
+            if exp is not None and exp != a:
+                text = f"{p.rx} {a:#x} FILL -> RX: expected {exp:#x}" + rng.choice((" ", "")) + \
+                    "remaining: " + _remaining(p.afill, rng)
+                sim.marker(p, t, text, "detection")
+                return _finish(planted, t, {"symptom_addr": a, "symptom_expected": exp})
+            if st != "FILL":
+                sim.marker(p, t, f"{p.rx} {a:#x} FILL -> RX: invalid, was {st}", "detection")
+                return _finish(planted, t, {"symptom_addr": a})
+            sim.marker(p, t, f"{p.rx} {a:#x} FILL -> RX")
+            p.state[a] = "RX"
+            t += _rr(rng, 500, 3000)
+            if planted is None and faulty and fault == "fill-and-tx" and p.delivered >= plant_at:
+                # The bug: one descriptor both recycled to FILL and forwarded to TX.
+                sim.to_fill(p, t, a, "RX", "insert1")
+                t += _rr(rng, 500, 3000)
+                sim.marker(p, t, f"{a:#x} egress_tx_queue forward")
+                t += _rr(rng, 500, 2000)
+                sim.marker(p, t, f"{p.tx} {a:#x} RX -> TX", "insert2")
+                p.state[a] = "TX"
+                sent.append(a)
+                planted = {"addr": a, "ts": t}
+                batch = (48, 64)
+                t += _rr(rng, 500, 2000)
+                continue
+            if planted is None and faulty and fault == "invalid-transition" and p.delivered >= plant_at:
+                # The bug: a descriptor still in FILL (put there a while ago) is put into TX.
+                victim = p.afill[-min(20, len(p.afill))]
+                _tag_last_insert(sim, p, victim)
+                sim.marker(p, t, f"{p.tx} {victim:#x} FILL -> TX" +
+                           rng.choice(("", ": invalid, was FILL")), "detection")
+                return {"addr": victim, "ts": t, "detection_ts": t}
+            if rng.random() < 0.03:
+                sim.marker(p, t, f"{a:#x} drop " + rng.choice(("no_flow", "bad_csum", "ttl")))
+                t += _rr(rng, 300, 1500)
+                sim.to_fill(p, t, a, "RX")
+            else:
+                sim.marker(p, t, f"{a:#x} egress_tx_queue forward")
+                t += _rr(rng, 300, 1500)
+                sim.marker(p, t, f"{p.tx} {a:#x} RX -> TX")
+                p.state[a] = "TX"
+                sent.append(a)
+            t += _rr(rng, 500, 3000)
+        # ---- kernel: transmit (sendto, in the thread's context) ----------
+        t += _rr(rng, 1000, 5000)
+        for a in sent:
+            sim.txget(p, t, a)
+            t += _rr(rng, 800, 4000)
+        # ---- application: read COMPLETION of the previous round, refill ----
+        t += _rr(rng, 1000, 10000)
+        if dup_pending is not None:
+            # The bug, second half: the descriptor refilled last round goes into
+            # FILL again, with no RX of it in between.
+            sim.to_fill(p, t, dup_pending, "COMP", "insert2")
+            dup_pending = None
+            batch = (48, 64)
+            pending_overwrite = rng.random() < 0.5
+            t += _rr(rng, 500, 3000)
+        for a in tx_done:
+            sim.marker(p, t, f"{p.tx} {a:#x} TX -> COMP")
+            p.state[a] = "COMP"
+            t += _rr(rng, 500, 2000)
+            if pending_overwrite:
+                # The duplicate made the application miscount FILL's free slots: this
+                # insert overwrites the entry the kernel was about to consume.
+                pending_overwrite = False
+                sim.marker(p, t, f"{p.rx} {a:#x} COMP -> FILL")
+                p.afill.append(a)
+                p.state[a] = "FILL"
+                p.kfill[0] = a
+                p.kfill.append(a)
+            elif planted is None and faulty and fault == "double-fill" and p.delivered >= plant_at:
+                sim.to_fill(p, t, a, "COMP", "insert1")
+                planted = {"addr": a, "ts": t}
+                dup_pending = a
+            else:
+                sim.to_fill(p, t, a, "COMP")
+            t += _rr(rng, 500, 3000)
+        tx_done = sent
+        # ---- idle until the next packets -----------------------------------
+        r = rng.random()
+        if r < 0.002:
+            t += _rr(rng, 100_000_000, 5_000_000_000)  # a quiet spell
+        elif r < 0.05:
+            t += _rr(rng, 200_000, 5_000_000)
+        else:
+            t += _rr(rng, 3_000, 60_000)
+    if planted is not None:
+        planted["detection_ts"] = None
+    return planted
+
+
+def _tag_last_insert(sim: _Sim, p: _Pair, addr: int) -> None:
+    """Tag the marker that last put addr into FILL: the start of the causal window."""
+    needle = f"{p.rx} {addr:#x} "
+    for i in range(len(sim.ev) - 1, -1, -1):
+        e = sim.ev[i]
+        if e[2] == p.app_cpu and needle in e[5] and e[5].endswith("-> FILL"):
+            sim.ev[i] = e[:6] + ("insert1",)
+            return
+    raise AssertionError("no FILL insert for the victim")
+
+
+def _finish(planted: Optional[dict], t: int, symptom: dict) -> dict:
+    if planted is None:
+        # A detection without a planted fault would be a simulator bug.
+        raise AssertionError("simulated application detected an anomaly in a clean run")
+    planted.update(symptom)
+    planted["detection_ts"] = t
+    return planted
+
+
+def _plant_race(sim: _Sim, p: _Pair, t: int, fault: str) -> dict:
+    """The veth race of the post: CPU b reserves, CPU a reserves E, b's flush publishes E's unwritten slot."""
+    rng = sim.rng
+    cfg = sim.cfg
+    b = p.softirq_cpu
+    a = rng.choice([c for c in range(cfg.cpus) if c != b])
+    p.poison = fault == "publish-race"
+    xs_got = []
+    for _ in range(rng.randint(1, 4)):
+        x = p.kfill.popleft()
+        sim.reserve(p, t, b, x, "b_reserve" if not xs_got else None)
+        slot = p.rx_prod % p.rx_size
+        p.slots[slot] = x
+        p.rx_prod += 1
+        xs_got.append(x)
+        t += _rr(rng, 300, 3000)
+    t += _rr(rng, 1000, 8000)
+    e = p.kfill.popleft()
+    sim.reserve(p, t, a, e, "reserve")
+    e_slot = p.rx_prod % p.rx_size
+    p.rx_prod += 1
+    # What the slot holds before CPU a writes it: the poison the application
+    # wrote back when it consumed the slot, or (no poisoning) the old address.
+    stale = POISON if p.poison else p.slots[e_slot]
+    assert stale != e, "a stale slot holding the expected address would hide the race"
+    t += _rr(rng, 1000, 6000)
+    sim.flush(p, t, b, "flush")
+    t_flush_a = t + _rr(rng, 5_000, 60_000)
+    t += _rr(rng, 3000, 15000)
+    for n, x in enumerate(xs_got):
+        exp = p.afill.popleft()
+        assert exp == x
+        sim.marker(p, t, f"{p.rx} {x:#x} FILL -> RX", None if n else "x_read")
+        t += _rr(rng, 500, 3000)
+        sim.marker(p, t, f"{x:#x} egress_tx_queue forward")
+        t += _rr(rng, 500, 2000)
+        sim.marker(p, t, f"{p.tx} {x:#x} RX -> TX")
+        t += _rr(rng, 500, 3000)
+    a_flush_first = rng.random() < 0.5
+    if a_flush_first:
+        t = max(t, t_flush_a) + _rr(rng, 2000, 20000)
+        sim.flush(p, t_flush_a, a, "own_flush")
+    exp = p.afill.popleft()
+    assert exp == e
+    text = f"{p.rx} {stale:#x} FILL -> RX: expected {e:#x}" + rng.choice((" ", "")) + \
+        "remaining: " + _remaining(p.afill, rng)
+    sim.marker(p, t, text, "detection")
+    if not a_flush_first:
+        sim.flush(p, t + _rr(rng, 1000, 8000), a, "own_flush")
+    return {"addr": stale, "expected": e, "reserve_cpu": a, "flush_cpu": b, "detection_ts": t,
+            "ts": t, "stale": stale}
+
+
+def simulate(cfg: SimConfig) -> Simulation:
+    """Simulate one trace; raises FlightrecError for a bad configuration."""
+    cfg.check()
+    sim = _Sim(cfg)
+    rng = sim.rng
+    npairs = cfg.pairs or rng.randint(1, min(3, cfg.cpus))
+    app_cpus = rng.sample(range(cfg.cpus), min(npairs, cfg.cpus))
+    app_cpus += [rng.randrange(cfg.cpus) for _ in range(npairs - len(app_cpus))]  # threads share a CPU
+    comms = rng.sample(APP_COMMS, npairs)
+    queues = rng.sample(range(0, 8), npairs)
+    names = list(SOCKET_PAIRS)
+    pairs = []
+    for i in range(npairs):
+        p = _Pair(i, rng, cfg.cpus, app_cpus[i], names[i], queues[i], comms[i], _rr(rng, 1000, 400000))
+        p.task = sim._task(p.comm, p.pid)
+        pairs.append(p)
+    faulty_idx = rng.randrange(npairs) if cfg.fault != "none" else -1
+    t0 = _rr(rng, 3600, 900000) * 1_000_000_000 + _rr(rng, 0, 1_000_000_000)
+    budget = max(cfg.packets // npairs, 40)
+    # The first pair (the faulty one, if any) sets how long the trace runs; the
+    # others carry traffic until then, as all queues do until tracing stops.
+    order = sorted(pairs, key=lambda q: q.idx != max(faulty_idx, 0))
+    planted = _run_pair(sim, order[0], budget, t0 + _rr(rng, 0, 5_000_000), cfg.fault, faulty_idx >= 0)
+    horizon = max(e[0] for e in sim.ev)
+    for p in order[1:]:
+        _run_pair(sim, p, budget, t0 + _rr(rng, 0, 5_000_000), cfg.fault, False, until=horizon)
+    fp = pairs[faulty_idx] if faulty_idx >= 0 else None
+    if cfg.fault != "none" and (planted is None or planted.get("detection_ts") is None):
+        raise AssertionError(f"seed {cfg.seed}: fault {cfg.fault} planted but never detected")
+
+    ev = sim.ev
+    ev.sort()  # (ts, seq) are unique: the sort never compares further
+    # Tracing stops shortly after the application's detection line.
+    if planted is not None:
+        stop = planted["detection_ts"] + _rr(rng, 10_000, 80_000)
+        ev = [e for e in ev if e[0] <= stop]
+    total_written = len(ev)
+
+    # The window the truth depends on: it must survive wrap and hold the loss.
+    tag_idx = {e[6]: i for i, e in enumerate(ev) if e[6] is not None}
+    # The tightest causal window: from the first event of the story to the
+    # event that proves it (a loss there leaves the verdict undetermined).
+    wend_tag = "detection"
+    if cfg.fault in KERNEL_FAULTS:
+        wstart = ev[tag_idx["b_reserve" if "b_reserve" in tag_idx else "x_read"]][0]
+    elif cfg.fault in ("double-fill", "fill-and-tx"):
+        wstart = ev[tag_idx["insert1"]][0]
+        wend_tag = "insert2"
+    elif cfg.fault == "invalid-transition":
+        wstart = ev[tag_idx["insert1"]][0]
+    else:
+        wstart = ev[int(len(ev) * 0.6)][0]
+    protect = wstart - 1_000_000
+
+    # ---- per-CPU ring buffers that wrapped ---------------------------------
+    percpu: dict[int, list[int]] = {}
+    for i, e in enumerate(ev):
+        percpu.setdefault(e[2], []).append(i)
+    dropped_before: dict[int, int] = {}
+    wrap_info: dict = {}
+    keep = [True] * len(ev)
+    if cfg.wrap:
+        after = {c: sum(1 for i in idx if ev[i][0] >= protect) for c, idx in percpu.items()}
+        busiest = max(len(idx) for idx in percpu.values())
+        need = max(after.values())  # the window must survive on every CPU
+        cap = max(need, min(busiest - 1, need + rng.randrange(0, max(1, (busiest - need) // 2))))
+        for c, idx in percpu.items():
+            n = max(0, len(idx) - cap)
+            for i in idx[:n]:
+                keep[i] = False
+            if n:
+                dropped_before[c] = n
+        wrap_info = {"capacity": cap, "dropped": {str(c): n for c, n in sorted(dropped_before.items())},
+                     "first_ts": {}}
+
+    # ---- loss inside one CPU's stream --------------------------------------
+    loss_at: dict[int, tuple[int, int]] = {}  # index of the next surviving event -> (cpu, count)
+    loss_truth = []
+    if cfg.loss:
+        if fp is not None:
+            # Inside the causal window, on the faulty thread's CPU, never the key lines.
+            c = fp.app_cpu
+            lo, hi = tag_idx.get("insert1", -1), tag_idx[wend_tag]
+            cand = [i for i in percpu[c] if keep[i] and wstart < ev[i][0] and lo < i < hi and ev[i][6] is None]
+        else:
+            c = rng.choice(sorted(percpu))
+            idx = [i for i in percpu[c] if keep[i]]
+            cand = idx[len(idx) // 4: len(idx) * 3 // 4]
+        if not cand:
+            raise AssertionError(f"seed {cfg.seed}: no room for a loss in the window")
+        start = rng.randrange(0, len(cand))
+        n = rng.randint(1, min(40, len(cand) - start))
+        gone = cand[start:start + n]
+        for i in gone:
+            keep[i] = False
+        nxt = next(i for i in percpu[c] if i > gone[-1] and keep[i])
+        loss_at[nxt] = (c, n)
+
+    # ---- render ------------------------------------------------------------
+    out: list[str] = []
+    kept = sum(keep)
+    if cfg.fmt == "ftrace":
+        out.append("# tracer: nop\n")
+        out.append(f"# entries-in-buffer/entries-written: {kept}/{total_written}   #P:{cfg.cpus}\n")
+        out.append(FTRACE_LEGEND)
+    else:
+        out.append(f"cpus={cfg.cpus}\n")
+    header_lines = sum(s.count("\n") for s in out)
+    lineno = header_lines
+    prefix: dict[tuple, str] = {}
+    started: set[int] = set()
+    annotate = cfg.wrap and bool(dropped_before)
+    tag_line: dict[str, int] = {}
+    first_line = True
+    for i, e in enumerate(ev):
+        if not keep[i]:
+            continue
+        ts, _, cpu, task, flags, body, tag = e
+        if cpu not in started:
+            started.add(cpu)
+            if cfg.wrap:
+                wrap_info["first_ts"][str(cpu)] = ts / 1e9
+            if cfg.fmt == "ftrace":
+                # trace.c test_cpu_buff_start(): once any CPU overran, each CPU's
+                # first entry is announced, except the trace's very first entry.
+                if annotate and not first_line:
+                    out.append(f"##### CPU {cpu} buffer started ####\n")
+                    lineno += 1
+            elif cpu in dropped_before:
+                out.append(f"CPU:{cpu} [{dropped_before[cpu]} EVENTS DROPPED]\n")
+                lineno += 1
+        first_line = False
+        if i in loss_at:
+            c, n = loss_at[i]
+            if cfg.fmt == "ftrace":
+                out.append(f"CPU:{c} [LOST {n} EVENTS]\n" if rng.random() < 0.75 else f"CPU:{c} [LOST EVENTS]\n")
+            else:
+                out.append(f"CPU:{c} [{n} EVENTS DROPPED]\n" if rng.random() < 0.75 else f"CPU:{c} [EVENTS DROPPED]\n")
+            lineno += 1
+            loss_truth.append({"cpu": c, "count": n, "line": lineno})
+        key = (task, cpu, flags)
+        pf = prefix.get(key)
+        if pf is None:
+            comm, pid = sim.tasks[task]
+            if cfg.fmt == "ftrace":
+                pf = f"{comm:>16}-{pid:<7} [{cpu:03d}] {flags} "
+            else:
+                pf = f"{comm:>16}-{pid:<5} [{cpu:03d}] "
+            prefix[key] = pf
+        out.append(f"{pf}{ts // 1_000_000_000:5d}.{ts // 1000 % 1_000_000:06d}: {body}\n")
+        lineno += 1
+        if tag is not None:
+            tag_line[tag] = lineno
+    text = "".join(out)
+
+    anomaly = None
+    if fp is not None and planted is not None:
+        anomaly = {
+            "kind": cfg.fault, "verdict": "kernel" if cfg.fault in KERNEL_FAULTS else "application",
+            "addr": _hex(planted["addr"]), "expected": _hex(planted.get("expected")),
+            "xs": _hex(fp.xs), "sock": fp.rx, "queue": fp.queue,
+            "reserve_cpu": planted.get("reserve_cpu"), "flush_cpu": planted.get("flush_cpu"),
+            "missing": [],
+        }
+        if cfg.fault in KERNEL_FAULTS:
+            if cfg.probes == "none":
+                anomaly.update(verdict="undetermined", missing=["reserve", "flush"])
+            elif cfg.probes == "no-flush":
+                anomaly.update(missing=["flush"])
+        if "symptom_addr" in planted:
+            anomaly["symptom"] = {"addr": _hex(planted["symptom_addr"]),
+                                  "expected": _hex(planted.get("symptom_expected"))}
+        if loss_truth and cfg.fault != "invalid-transition":
+            # Lost events could hide the RX that makes the story innocent. A FILL -> TX
+            # marker is wrong on its own: the application wrote it.
+            anomaly["verdict"] = "undetermined"
+    socks = {}
+    for p in pairs:
+        socks[p.rx] = {"xs": _hex(p.xs), "fq": _hex(p.fq), "forward_to": p.tx, "app_cpu": p.app_cpu,
+                       "task": f"{p.comm}-{p.pid}", "frames": len(p.frames)}
+    truth = Truth(
+        config=asdict(cfg), lines=lineno, events=kept, anomaly=anomaly, sockets=socks,
+        detection_line=tag_line.get("detection"), evidence_lines=dict(sorted(tag_line.items())),
+        loss=loss_truth, wrap=wrap_info,
+    )
+    return Simulation(text, truth)
+
+
+def truth_json(truth: Truth) -> str:
+    """The ground truth as the CLI prints it (sorted keys: stable across runs)."""
+    return json.dumps(truth.to_json(), indent=2, sort_keys=True)
