@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Optional
 
 import click
 
@@ -19,6 +20,8 @@ COMMANDS = {
     "record": "record_cmd",
     "doctor": "doctor",
     "cleanup": "cleanup",
+    "probes": "probes",
+    "simulate": "simulate_cmd",
 }
 
 EPILOG = """\b
@@ -31,7 +34,20 @@ Exit codes: 0 no anomaly, 1 anomaly found, 2 bad input, usage or environment.
 """
 
 
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Imports a command's module only when that command runs (or help lists
+    it): `flightrec analyze` should not pay for recording's imports."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        if name not in COMMANDS:
+            return None
+        return getattr(importlib.import_module(f"flightrec.cli.{name}"), COMMANDS[name])
+
+
+@click.group(cls=LazyGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="flightrec")
 def cli() -> None:
     """An ftrace flight recorder for AF_XDP.
@@ -41,10 +57,6 @@ def cli() -> None:
     first anomaly, and tells from the saved trace what went wrong and whether
     the kernel or the application did it.
     """
-
-
-for _module, _attr in COMMANDS.items():
-    cli.add_command(getattr(importlib.import_module(f"flightrec.cli.{_module}"), _attr))
 
 
 def main() -> None:
