@@ -18,6 +18,8 @@ setup:
 	bash scripts/install-deps.sh
 	$(PYTHON) -m pip install -q -e '.[test]'
 	$(MAKE) build
+	# Debian's debug kernels for the probes resolver and its tests (cached).
+	sh scripts/fetch-debug-kernel.sh 6.1 6.12
 
 test: build
 	$(PYTHON) -m pytest -ra $(PYTEST_ARGS) tests

@@ -29,6 +29,7 @@ struct fr_cols {
 	int8_t *has_addr; /* bit 0: addr, bit 1: xs */
 	uint64_t *xs;
 	int64_t *len; /* -1: none */
+	int64_t *slot, *prod; /* BPF backend: RX ring index written / producer after a flush; -1: none */
 	int32_t *queue; /* -1: none */
 	int8_t *frm, *to; /* state index, -1: none */
 	int32_t *sock; /* id into the sock table, -1: none */
@@ -219,8 +220,8 @@ static void marker(const char *buf, const char *b, const char *e, struct fr_cols
 
 static void kernel_event(const char *b, const char *e, int8_t kind, int8_t need, struct fr_cols *c, int64_t i)
 {
-	uint64_t addr = 0, xs = 0, len = 0;
-	int has_addr = 0, has_xs = 0, has_len = 0;
+	uint64_t addr = 0, xs = 0, len = 0, slot = 0, prod = 0;
+	int has_addr = 0, has_xs = 0, has_len = 0, has_slot = 0, has_prod = 0;
 	const char *p = b;
 
 	while (p < e) {
@@ -247,6 +248,14 @@ static void kernel_event(const char *b, const char *e, int8_t kind, int8_t need,
 			if (parse_hex(eq + 1, p, 0, &len))
 				return;
 			has_len = 1;
+		} else if (nl == 4 && !memcmp(w, "slot", 4)) {
+			if (parse_hex(eq + 1, p, 0, &slot))
+				return;
+			has_slot = 1;
+		} else if (nl == 4 && !memcmp(w, "prod", 4)) {
+			if (parse_hex(eq + 1, p, 0, &prod))
+				return;
+			has_prod = 1;
 		}
 	}
 	if (((need & NEED_ADDR) && !has_addr) || ((need & NEED_XS) && !has_xs))
@@ -256,6 +265,8 @@ static void kernel_event(const char *b, const char *e, int8_t kind, int8_t need,
 	c->has_addr[i] = (int8_t)(has_addr | (has_xs << 1));
 	c->xs[i] = xs;
 	c->len[i] = has_len ? (int64_t)len : -1;
+	c->slot[i] = has_slot ? (int64_t)(slot & INT64_MAX) : -1;
+	c->prod[i] = has_prod ? (int64_t)(prod & INT64_MAX) : -1;
 }
 
 static int8_t kernel_kind(const char *ev, const char *ee, const struct fr_kernel_name *names, int nnames, int8_t *need)
@@ -388,9 +399,20 @@ static int event_line(const char *buf, const char *s, const char *e, struct fr_c
 					break;
 				}
 		} else {
-			int8_t need = 0, k = kernel_kind(ev_s, ev_e, names, nnames, &need);
+			const char *ks = ev_s, *ke = ev_e, *kb = p;
+			if (el == 16 && !memcmp(ev_s, "bpf_trace_printk", 16)) {
+				/* "flightrec NAME fields": the BPF backend's kernel events */
+				if (e - p < 10 || memcmp(p, "flightrec ", 10))
+					return 1;
+				ks = p + 10;
+				ke = ks;
+				while (ke < e && !is_space(*ke))
+					ke++;
+				kb = ke;
+			}
+			int8_t need = 0, k = kernel_kind(ks, ke, names, nnames, &need);
 			if (k != K_OTHER)
-				kernel_event(p, e, k, need, c, i);
+				kernel_event(kb, e, k, need, c, i);
 		}
 		return 1;
 	}
@@ -404,6 +426,8 @@ static void reset_row(struct fr_cols *c, int64_t i)
 	c->addr[i] = 0;
 	c->xs[i] = 0;
 	c->len[i] = -1;
+	c->slot[i] = -1;
+	c->prod[i] = -1;
 	c->queue[i] = -1;
 	c->frm[i] = -1;
 	c->to[i] = -1;

@@ -9,13 +9,17 @@ fi
 
 # Build: clang for BPF, libxdp/libbpf for the forwarder.
 # Record: iproute2 (netns, veth), ethtool (offloads), iperf3 (traffic), perf (probes).
-# Analysis of other formats: trace-cmd.
+# Probes: binutils and xz-utils to unpack debug kernels; trace-cmd for its report format.
+# VM: QEMU (with its C virtiofsd) and a static busybox for the initramfs.
+# Reports: chromium renders the HTML report in the tests.
 PACKAGES=(
     make gcc clang llvm pkg-config
     libxdp-dev libbpf-dev libelf-dev zlib1g-dev
     bpftool xdp-tools
     iproute2 ethtool iperf3 procps
-    linux-perf trace-cmd
+    linux-perf trace-cmd binutils xz-utils
+    qemu-system-x86 busybox-static
+    chromium
 )
 
 missing=()

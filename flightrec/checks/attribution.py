@@ -45,22 +45,36 @@ def root_duplicate(rp: Replay, before_row: int, addrs: tuple[Optional[int], ...]
 
 
 def find_race(tl: Timeline, rp: Replay, xs: int, reserve_row: int, until_row: int) -> tuple[Optional[int], Optional[int]]:
-    """(flush row on another CPU, the reserving CPU's own flush row).
+    """(flush row on another CPU that published the slot early, the reserving CPU's own flush row).
 
-    The first flush of `xs` after the reserve decides: on another CPU before
-    the reserving CPU's own flush, it published a slot the reserving CPU was
-    still writing.
+    With kprobes the reserve fires before the descriptor write: the first
+    flush of `xs` after it decides; on another CPU, before the reserving CPU's
+    own flush, it published a slot still being written. With the BPF backend
+    the reserve fires after the write and carries the slot index, and each
+    flush the producer: a flush on another CPU whose producer was already past
+    the slot before the reserve event is the publication of an unwritten slot.
     """
     rows = rp.flushes.get(xs, [])
     pos = bisect.bisect_right(rows, reserve_row)
     cpu = tl.cpu[reserve_row]
-    other = own = None
+    own = next((fr for fr in rows[pos:] if tl.cpu[fr] == cpu), None)
+    slot = tl.slot[reserve_row]
+    if slot is not None:
+        early = None
+        for fr in reversed(rows[:pos]):
+            prod = tl.prod[fr]
+            if prod is None or prod <= slot:
+                break
+            if tl.cpu[fr] != cpu:
+                early = fr
+        if early is not None:
+            return early, own
+    other = None
     for fr in rows[pos:]:
-        if tl.cpu[fr] == cpu:
-            own = fr
+        if tl.cpu[fr] == cpu or fr > until_row:
             break
-        if other is None and fr <= until_row:
-            other = fr
+        other = fr
+        break
     return other, own
 
 
@@ -121,7 +135,8 @@ def attribute_read(tl: Timeline, rp: Replay, r: RxRead, kind: str, symptom: str)
             return _lossy(base, r.addr, evidence, losses)
         flush_cpu = None
         if other is not None:
-            evidence.append(ev(tl, other, f"CPU {tl.cpu[other]} flushed {hexa(s.xs)} first"))
+            slot_said = f", producer {tl.prod[other]} past slot {tl.slot[s.row]}" if tl.slot[s.row] is not None else ""
+            evidence.append(ev(tl, other, f"CPU {tl.cpu[other]} flushed {hexa(s.xs)} first{slot_said}"))
             flush_cpu = tl.cpu[other]
         if own is not None:
             evidence.append(ev(tl, own, f"CPU {s.cpu}'s own flush, later"))

@@ -8,6 +8,7 @@ the events around a moment); the replay walks the same columns as lists.
 from __future__ import annotations
 
 import bisect
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
@@ -17,6 +18,9 @@ from flightrec.parse.ftrace import ParsedTrace
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+_FIRST_WORD = re.compile(r"[^ \t\v\f\r]*")
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,8 @@ class Timeline:
     frm: list[Optional[str]]
     to: list[Optional[str]]
     detail: list[Optional[str]]
+    slot: list[Optional[int]]  # BPF backend: RX index a reserve wrote
+    prod: list[Optional[int]]  # BPF backend: RX producer after a flush
     window: Window
     losses: list[LossSpan]
     _frame: Optional["pd.DataFrame"] = None
@@ -141,6 +147,8 @@ class Typed:
     frm: list[Optional[str]]
     to: list[Optional[str]]
     detail: list[Optional[str]]
+    slot: list[Optional[int]]
+    prod: list[Optional[int]]
 
 
 def typed_from_scan(sc) -> Typed:
@@ -173,6 +181,8 @@ def typed_from_scan(sc) -> Typed:
         frm=states[c["frm"]].tolist(),
         to=states[c["to"]].tolist(),
         detail=detail,
+        slot=optional(c["slot"], c["slot"] >= 0),
+        prod=optional(c["prod"], c["prod"] >= 0),
     )
 
 
@@ -184,7 +194,7 @@ def build_timeline(parsed: ParsedTrace, source: str, typed: Optional[Typed] = No
     if typed is not None:
         window, losses = _window_and_losses(parsed)
         return Timeline(source, parsed, typed.kind, typed.addr, typed.xs, typed.length, typed.sock,
-                        typed.queue, typed.frm, typed.to, typed.detail, window, losses)
+                        typed.queue, typed.frm, typed.to, typed.detail, typed.slot, typed.prod, window, losses)
     _sort_by_time(parsed)
     n = len(parsed.line)
     kind: list[str] = [kinds.OTHER] * n
@@ -196,6 +206,8 @@ def build_timeline(parsed: ParsedTrace, source: str, typed: Optional[Typed] = No
     frm: list[Optional[str]] = [None] * n
     to: list[Optional[str]] = [None] * n
     detail: list[Optional[str]] = [None] * n
+    slot: list[Optional[int]] = [None] * n
+    prod: list[Optional[int]] = [None] * n
 
     kernel_cache: dict[str, Optional[str]] = {}
     events, bodies = parsed.event, parsed.body
@@ -222,12 +234,19 @@ def build_timeline(parsed: ParsedTrace, source: str, typed: Optional[Typed] = No
                 kind[i] = MARKER
                 sock[i], queue[i], frm[i], to[i] = m[0], m[1], m[3], m[4]
             continue
+        if ev == "bpf_trace_printk":
+            # the BPF backend's kernel events: "flightrec NAME fields"
+            if not body.startswith("flightrec "):
+                continue
+            body = body[10:]
+            ev = _FIRST_WORD.match(body).group()
+            body = body[len(ev):]
         k = kernel_cache.get(ev, "")
         if k == "":
             k = kernel_cache[ev] = kinds.kernel_kind(ev)
         if k is None:
             continue
-        a = x = ln = None
+        a = x = ln = sl = pr = None
         for word in body.split():
             name, eq, value = word.partition("=")
             if not eq:
@@ -238,19 +257,28 @@ def build_timeline(parsed: ParsedTrace, source: str, typed: Optional[Typed] = No
                 x = value
             elif name == "len":
                 ln = value
+            elif name == "slot":
+                sl = value
+            elif name == "prod":
+                pr = value
         a_val = parse_hex(a, False) if a is not None else None
         x_val = parse_hex(x, False) if x is not None else None
         ln_val = parse_hex(ln, False) if ln is not None else None
-        if (a is not None and a_val is None) or (x is not None and x_val is None) or (ln is not None and ln_val is None):
+        sl_val = parse_hex(sl, False) if sl is not None else None
+        pr_val = parse_hex(pr, False) if pr is not None else None
+        if ((a is not None and a_val is None) or (x is not None and x_val is None) or (ln is not None and ln_val is None)
+                or (sl is not None and sl_val is None) or (pr is not None and pr_val is None)):
             continue
         if (a_val is None and "addr" in kinds.required_fields(k)) or (x_val is None and "xs" in kinds.required_fields(k)):
             continue
         length[i] = ln_val
+        slot[i] = None if sl_val is None else sl_val & 0x7FFFFFFFFFFFFFFF
+        prod[i] = None if pr_val is None else pr_val & 0x7FFFFFFFFFFFFFFF
         kind[i] = k
         addr[i], xs[i] = a_val, x_val
 
     window, losses = _window_and_losses(parsed)
-    return Timeline(source, parsed, kind, addr, xs, length, sock, queue, frm, to, detail, window, losses)
+    return Timeline(source, parsed, kind, addr, xs, length, sock, queue, frm, to, detail, slot, prod, window, losses)
 
 
 def _in_time_order(ts: list[float]) -> bool:

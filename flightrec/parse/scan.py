@@ -27,7 +27,8 @@ MAX_SOCKS = 4096
 _P = ctypes.c_void_p
 _COLS = [
     ("line", np.int32), ("cpu", np.int32), ("pid", np.int32), ("ts", np.float64), ("kind", np.int8),
-    ("addr", np.uint64), ("has_addr", np.int8), ("xs", np.uint64), ("len", np.int64), ("queue", np.int32),
+    ("addr", np.uint64), ("has_addr", np.int8), ("xs", np.uint64), ("len", np.int64),
+    ("slot", np.int64), ("prod", np.int64), ("queue", np.int32),
     ("frm", np.int8), ("to", np.int8), ("sock", np.int32),
     ("task_off", np.int64), ("event_off", np.int64), ("body_off", np.int64), ("detail_off", np.int64),
     ("flags_off", np.int64),

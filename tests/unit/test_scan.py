@@ -12,7 +12,7 @@ from flightrec.simulate import SimConfig, simulate
 
 pytestmark = pytest.mark.skipif(not scan.available(), reason="flightrec/_scan.so is not built: run `make`")
 
-COLUMNS = ("kind", "addr", "xs", "length", "sock", "queue", "frm", "to", "detail")
+COLUMNS = ("kind", "addr", "xs", "length", "sock", "queue", "frm", "to", "detail", "slot", "prod")
 PARSED = ("line", "pid", "cpu", "ts", "task", "flags", "event", "body")
 
 
@@ -68,6 +68,19 @@ def test_mutated_lines_read_alike(fixtures):
                 line.insert(pos, rng.choice(alphabet))
         out.append(bytes(line).replace(b"\n", b"") + b"\n")
     assert_same(b"".join(out))
+
+
+def test_bpf_backend_lines():
+    data = (
+        b"          <idle>-0       [001] ..s2.  1234.500000: bpf_trace_printk: flightrec rx_reserve xs=0xffff8881045f2000 q=0x1 slot=0x3e8 addr=0x1a000 len=0x4e\n"
+        b"          <idle>-0       [001] ..s2.  1234.500001: bpf_trace_printk: flightrec flush xs=0xffff8881045f2000 q=0x1 prod=0x3e9\n"
+        b"          <idle>-0       [001] ..s2.  1234.500002: bpf_trace_printk: flightrec\ttx_get_data addr=0x1a000\n"
+        b"          <idle>-0       [001] ..s2.  1234.500003: bpf_trace_printk: somebody else's printk addr=0x1\n"
+    )
+    fast, slow = both(data)
+    assert fast.kind == slow.kind == ["reserve", "flush", "other", "other"]
+    assert fast.slot[0] == 0x3E8 and fast.prod[1] == 0x3E9 and fast.xs[1] == 0xFFFF8881045F2000
+    assert_same(data)
 
 
 def test_cut_and_long_lines():

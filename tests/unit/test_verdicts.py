@@ -147,3 +147,27 @@ def test_unknown_events_are_kept():
     r = analyze_text(text)
     assert r.to_json()["stats"]["events"]["other"] == 1
     assert r.timeline.frame["event"].tolist() == ["tracing_mark_write", "sched_switch"]
+
+
+def bpf(ts, cpu, text):
+    return f"          <idle>-0       [{cpu:03d}] ..s2. {ts:.6f}: bpf_trace_printk: flightrec {text}\n"
+
+
+def test_bpf_backend_slot_published_before_written_is_kernel():
+    a, b = ring(2)
+    xs = f"{XS:#x}"
+    text = (
+        mark(1.000, 0, f"ingress q:0 {a:#x} FREE -> FILL")
+        + mark(1.001, 0, f"ingress q:0 {b:#x} FREE -> FILL")
+        + bpf(1.002, 1, f"rx_reserve xs={xs} q=0x0 slot=0x0 addr={a:#x} len=0x4e")
+        # CPU 0 flushes: the producer (2) is past slot 1, which CPU 1 has not reported written yet
+        + bpf(1.003, 0, f"flush xs={xs} q=0x0 prod=0x2")
+        + mark(1.004, 0, f"ingress q:0 {a:#x} FILL -> RX")
+        + bpf(1.005, 1, f"rx_reserve xs={xs} q=0x0 slot=0x1 addr={b:#x} len=0x4e")
+        + bpf(1.006, 1, f"flush xs={xs} q=0x0 prod=0x2")
+        + mark(1.007, 0, f"ingress q:0 0xdeadbeefdeadbeef FILL -> RX: expected {b:#x} remaining: []")
+    )
+    a0 = first(analyze_text(text))
+    assert (a0["verdict"], a0["kind"], a0["reserve_cpu"], a0["flush_cpu"], a0["expected"]) == \
+        ("kernel", "publish_race", 1, 0, f"{b:#x}")
+    assert any("past slot 1" in e["why"] for e in a0["evidence"])
