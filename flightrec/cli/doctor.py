@@ -1,0 +1,165 @@
+"""`flightrec doctor`: what this machine can do, one line each, with the fix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from flightrec import tracefs
+from flightrec.record import forwarder, kernel_events, session
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    required: bool  # record cannot run without it
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+
+
+def check_root() -> Check:
+    ok = os.geteuid() == 0
+    return Check("root", True, ok, "running as root" if ok else f"uid {os.geteuid()}", "run as root (sudo)")
+
+
+def check_tracefs() -> Check:
+    root = tracefs.find_root()
+    if root is not None:
+        return Check("tracefs", True, True, f"mounted at {root}, instances supported")
+    can = tracefs.TRACEFS_CANDIDATES[0].is_dir()
+    return Check("tracefs", True, can, "not mounted (record mounts it)" if can else "no /sys/kernel/tracing",
+                 "mount -t tracefs nodev /sys/kernel/tracing" if can else "a kernel with CONFIG_TRACING=y")
+
+
+def check_kprobes() -> Check:
+    root = tracefs.find_root() or tracefs.TRACEFS_CANDIDATES[0]
+    why = kernel_events.kprobes_unavailable(root)
+    return Check("kprobes", False, why is None, "kprobe events available" if why is None else why,
+                 "a kernel with CONFIG_KPROBES=y and CONFIG_KPROBE_EVENTS=y; record runs with markers alone "
+                 "meanwhile")
+
+
+def check_btf() -> Check:
+    path = Path("/sys/kernel/btf/vmlinux")
+    ok = path.exists()
+    return Check("BTF", False, ok, f"{path} present" if ok else f"no {path}",
+                 "a kernel with CONFIG_DEBUG_INFO_BTF=y (needed for tp_btf kernel events)")
+
+
+def check_af_xdp() -> Check:
+    why = session.af_xdp_unavailable()
+    return Check("AF_XDP", True, why is None, "AF_XDP sockets open" if why is None else why,
+                 "a kernel with CONFIG_XDP_SOCKETS=y")
+
+
+def check_netns_veth() -> list[Check]:
+    """Create a namespace and a multi-queue veth pair in it, then delete both."""
+    if os.geteuid() != 0:
+        return [Check("netns", True, False, "needs root to test", "run as root"),
+                Check("veth", True, False, "needs root to test", "run as root")]
+    name = f"flightrec-doctor-{os.getpid()}"
+    made = _run(["ip", "netns", "add", name])
+    if made.returncode != 0:
+        return [Check("netns", True, False, made.stderr.strip() or "ip netns add failed",
+                      "apt-get install iproute2; a kernel with CONFIG_NET_NS=y"),
+                Check("veth", True, False, "not tested (no netns)", "")]
+    try:
+        veth = _run(["ip", "-n", name, "link", "add", "name", "fr-a", "numtxqueues", "2", "numrxqueues", "2",
+                     "type", "veth", "peer", "name", "fr-b", "numtxqueues", "2", "numrxqueues", "2"])
+        ok = veth.returncode == 0
+        return [Check("netns", True, True, "network namespaces work"),
+                Check("veth", True, ok, "multi-queue veth pairs work" if ok else veth.stderr.strip(),
+                      "a kernel with CONFIG_VETH (modprobe veth)")]
+    finally:
+        _run(["ip", "netns", "delete", name])
+
+
+def check_bpffs() -> Check:
+    mounted = False
+    try:
+        mounted = any(line.split()[1:3] == ["/sys/fs/bpf", "bpf"] for line in open("/proc/mounts"))
+    except OSError:
+        pass
+    return Check("bpffs", False, mounted,
+                 "mounted at /sys/fs/bpf" if mounted else "not mounted (record does not need it; bpftool pins do)",
+                 "mount -t bpf bpf /sys/fs/bpf")
+
+
+def check_tool(name: str, package: str, required: bool, why: str) -> Check:
+    path = shutil.which(name)
+    return Check(name, required, path is not None, path or f"not found ({why})", f"apt-get install {package}")
+
+
+def check_libxdp() -> Check:
+    ok = _run(["pkg-config", "--exists", "libxdp", "libbpf"]).returncode == 0 if shutil.which("pkg-config") else False
+    return Check("libxdp", False, ok, "libxdp and libbpf headers found" if ok else "libxdp-dev/libbpf-dev missing",
+                 "apt-get install libxdp-dev libbpf-dev pkg-config (needed to build bpf/)")
+
+
+def check_forwarder() -> Check:
+    why = forwarder.forwarder_missing()
+    return Check("forwarder", True, why is None, str(forwarder.forwarder_path()) if why is None else why,
+                 f"make -C {forwarder.REPO_ROOT}")
+
+
+CHECKS: list[Callable[[], object]] = [
+    check_root, check_tracefs, check_kprobes, check_btf, check_af_xdp, check_netns_veth, check_bpffs,
+    lambda: check_tool("perf", "linux-perf", False, "used to resolve probe sites"),
+    lambda: check_tool("clang", "clang", False, "needed to build bpf/"),
+    check_libxdp,
+    check_forwarder,
+    lambda: check_tool("iperf3", "iperf3", True, "drives traffic"),
+    lambda: check_tool("ethtool", "ethtool", True, "turns veth offloads off"),
+]
+
+
+def run_checks() -> list[Check]:
+    out: list[Check] = []
+    for fn in CHECKS:
+        result = fn()
+        out.extend(result if isinstance(result, list) else [result])  # type: ignore[arg-type]
+    return out
+
+
+EPILOG = """\b
+Examples:
+  flightrec doctor
+  flightrec doctor && flightrec record
+
+\b
+Exit codes: 0 record can run here; 1 a required piece is missing.
+"""
+
+
+@click.command("doctor", epilog=EPILOG)
+def doctor() -> None:
+    """Check what this machine can do for flightrec, one line per capability.
+
+    Each missing piece comes with its fix. Optional pieces (kprobes, BTF,
+    perf, clang, libxdp, bpffs) only limit what is recorded or built.
+    """
+    checks = run_checks()
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        status = "ok" if c.ok else ("MISSING" if c.required else "missing (optional)")
+        line = f"{c.name:<{width}}  {status:<18}  {c.detail}"
+        if not c.ok and c.fix:
+            line += f"; fix: {c.fix}"
+        click.echo(line)
+    blocking = [c.name for c in checks if c.required and not c.ok]
+    if blocking:
+        click.echo(f"record cannot run: missing {', '.join(blocking)}")
+        sys.exit(1)
+    click.echo("record can run")

@@ -1,0 +1,222 @@
+"""`flightrec record`: run the forwarder under ftrace, stop on the first anomaly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from flightrec.errors import FlightrecError
+from flightrec.record.forwarder import INJECT_FAULTS
+from flightrec.record.kernel_events import BACKENDS
+from flightrec.record.session import Interrupted, LiveStats, Observer, RecordOptions, RecordResult
+from flightrec.record.session import record as run_record
+
+
+def describe_anomaly(data: dict) -> str:
+    """One short line for a forwarder anomaly event (the whole event goes to meta.json)."""
+    parts = [str(data.get(k)) for k in ("kind", "sock", "addr", "transition") if data.get(k)]
+    if data.get("expected"):
+        parts.append(f"expected {data['expected']}")
+    if data.get("tracing_stopped"):
+        parts.append("(tracing stopped by the forwarder)")
+    return " ".join(parts) or json.dumps(data)[:200]
+
+
+class PlainView(Observer):
+    """One line per event, for CI logs and pipes."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def _say(self, text: str) -> None:
+        click.echo(f"[{time.monotonic() - self.t0:6.1f}s] {text}")
+
+    def step(self, message: str) -> None:
+        self._say(message)
+
+    def warning(self, message: str) -> None:
+        self._say(f"warning: {message}")
+
+    def stats(self, live: LiveStats) -> None:
+        self._say(
+            f"forwarding {live.elapsed:5.1f}/{live.duration:g}s rx={list(live.rx)} tx={list(live.tx)} "
+            f"drops={list(live.drops)} "
+            f"markers={live.markers} buffer={live.buffer_fill:.0%}"
+            + ("" if live.tracing_on else " tracing=off")
+        )
+
+    def anomaly(self, data: dict) -> None:
+        self._say(f"ANOMALY {describe_anomaly(data)}")
+
+
+class LiveView(Observer):
+    """A rich live panel: elapsed, packets per queue, markers, buffer fill."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console()
+        self.live = Live(console=self.console, refresh_per_second=4, transient=False)
+        self.started = False
+
+    def _ensure(self) -> None:
+        if not self.started:
+            self.live.start()
+            self.started = True
+
+    def close(self) -> None:
+        if self.started:
+            self.live.stop()
+            self.started = False
+
+    def step(self, message: str) -> None:
+        self.console.print(f"[dim]•[/dim] {message}", highlight=False)
+
+    def warning(self, message: str) -> None:
+        self.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
+    def anomaly(self, data: dict) -> None:
+        self.console.print(f"[bold red]anomaly:[/bold red] {describe_anomaly(data)}", highlight=False)
+
+    def stats(self, live: LiveStats) -> None:
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+
+        self._ensure()
+        table = Table(title="flightrec record", expand=False, show_edge=True)
+        table.add_column("socket")
+        table.add_column("rx packets", justify="right")
+        table.add_column("tx packets", justify="right")
+        table.add_column("drops", justify="right")
+        for i in range(max(len(live.rx), len(live.tx))):
+            label = live.sockets[i] if i < len(live.sockets) else str(i)
+            cells = [(v[i] if i < len(v) else 0) for v in (live.rx, live.tx, live.drops)]
+            table.add_row(label, *(f"{c:,}" for c in cells))
+        fill = Table.grid(padding=(0, 1))
+        fill.add_row(ProgressBar(total=1.0, completed=live.buffer_fill, width=30),
+                     f"{live.buffer_fill:.0%}" + (" (wrapping: oldest events overwritten)"
+                                                  if live.buffer_fill >= 1.0 else ""))
+        grid = Table.grid(padding=(0, 2))
+        grid.add_row("elapsed", f"{live.elapsed:5.1f} s of {live.duration:g} s")
+        grid.add_row("markers written", f"{live.markers:,}")
+        grid.add_row("buffer fill", fill)
+        grid.add_row("tracing", "[green]on[/green]" if live.tracing_on else "[red]off[/red]")
+        outer = Table.grid()
+        outer.add_row(grid)
+        outer.add_row(table)
+        self.live.update(outer)
+
+
+def summarize_analysis(trace: Path, out_dir: Path) -> str:
+    """Analyze the saved trace; write DIR/analysis.json; return the verdict line.
+
+    The analyzer runs as `flightrec analyze --json` in its own process, so
+    whatever happens to it, the recording's result and exit code stand.
+    """
+    argv = [sys.executable, "-m", "flightrec", "analyze", "--json", str(trace)]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    except subprocess.TimeoutExpired:
+        return "analysis: timed out after 300 s"
+    if proc.returncode not in (0, 1):
+        why = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        return f"analysis failed: {why}"
+    try:
+        data = json.loads(proc.stdout)
+    except ValueError:
+        return "analysis: no JSON from `flightrec analyze --json`"
+    (out_dir / "analysis.json").write_text(json.dumps(data, indent=2) + "\n")
+    line = f"verdict: {data.get('verdict')}"
+    if data.get("anomalies"):
+        first = data["anomalies"][0]
+        sock = first.get("sock") or "?"
+        if first.get("queue") is not None and "q:" not in sock:
+            sock += f" q:{first['queue']}"
+        line += f" ({first.get('kind')}, descriptor {first.get('addr')}, {sock})"
+    return line
+
+
+EPILOG = """\b
+Examples:
+  flightrec record                              # 20 s clean run into ./flightrec-out
+  flightrec record -o /tmp/run1 --duration 60 --queues 4 -b 8192
+  flightrec record --inject double-fill --inject-after 5000
+  flightrec record --plain --kernel-events none > record.log
+
+\b
+Exit codes: 0 ran the whole duration with no anomaly; 1 anomaly caught, trace
+saved; 2 usage or environment error (one line says which), or the forwarder
+died or forwarded nothing (trace saved); 128+N stopped by signal N (trace
+saved, everything removed).
+"""
+
+
+@click.command("record", epilog=EPILOG)
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("flightrec-out"), show_default=True, help="Folder for trace.txt and meta.json.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+              help="Seconds of traffic through the forwarder.")
+@click.option("--queues", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Queues per veth (one XSK and one thread per queue and side).")
+@click.option("-b", "--buffer-kb", type=click.IntRange(min=4), default=4096, show_default=True,
+              help="Per-CPU trace buffer size in KB.")
+@click.option("--inject", type=click.Choice(INJECT_FAULTS), default=None,
+              help="Make the forwarder commit this application bug after some packets.")
+@click.option("--inject-after", type=click.IntRange(min=0), default=None,
+              help="Packets forwarded before the injected bug (forwarder default if unset).")
+@click.option("--kernel-events", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="Kernel probes beside the markers; auto uses kprobes when the kernel has them.")
+@click.option("--plain", is_flag=True, help="One line per event (the default when stdout is not a TTY).")
+def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inject: Optional[str],
+               inject_after: Optional[int], kernel_events: str, plain: bool) -> None:
+    """Record an AF_XDP forwarder into a private ftrace instance.
+
+    Builds client, server and forwarder namespaces joined by multi-queue veth,
+    starts bpf/forwarder (one AF_XDP socket per queue, every descriptor
+    transition written to trace_marker), drives iperf3 TCP and UDP through it,
+    and stops tracing on the first anomaly. Saves DIR/trace.txt and
+    DIR/meta.json, removes everything it created, then analyzes the trace.
+    """
+    opts = RecordOptions(out_dir=out_dir, duration=duration, queues=queues, buffer_kb=buffer_kb,
+                         inject=inject, inject_after=inject_after, kernel_events=kernel_events)
+    view: Observer = PlainView() if plain or not sys.stdout.isatty() else LiveView()
+    try:
+        result = run_record(opts, view)
+    except FlightrecError as err:
+        _close(view)
+        click.echo(f"flightrec: {err}", err=True)
+        sys.exit(2)
+    except Interrupted as sig:  # arrived before anything was created
+        _close(view)
+        click.echo(f"flightrec: interrupted by {sig}", err=True)
+        sys.exit(128 + sig.signum)
+    _close(view)
+    _report(result)
+    sys.exit(result.exit_code)
+
+
+def _close(view: Observer) -> None:
+    if isinstance(view, LiveView):
+        view.close()
+
+
+def _report(result: RecordResult) -> None:
+    trace = result.meta.get("trace", {})
+    click.echo(f"{result.outcome}: {result.message}")
+    if result.trace_path is not None and result.outcome != "error":
+        click.echo(
+            f"saved {result.trace_path} ({trace.get('bytes', 0):,} bytes, "
+            f"{trace.get('fill_to_rx_markers', 0):,} FILL -> RX markers) and {result.out_dir / 'meta.json'}"
+        )
+        click.echo(summarize_analysis(result.trace_path, result.out_dir))
+        click.echo(f"details: flightrec analyze {result.trace_path}")
+    if result.exit_code not in (0, 1):
+        click.echo(f"flightrec: {result.message}", err=True)
+

@@ -1,0 +1,1 @@
+"""Recording: topology, forwarder, traffic and the session that ties them together."""

@@ -1,0 +1,149 @@
+"""Real traffic through the forwarder: iperf3, TCP and UDP, several flows.
+
+Several flows (-P) hash onto several veth queues, so every queue's XSK is
+busy. Everything is bounded: clients run for ``-t`` seconds, servers serve
+one test (``-1``), and :meth:`Traffic.stop` kills whatever is left.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from flightrec.errors import FlightrecError
+from flightrec.record.forwarder import child_guard
+from flightrec.record.topology import Topology
+
+TCP_PORT = 5201
+UDP_PORT = 5202
+
+
+@dataclass(frozen=True)
+class TrafficPlan:
+    duration: float
+    tcp_flows: int = 4
+    udp_flows: int = 4
+    # Per UDP flow; low enough to leave the forwarder to TCP, high enough to
+    # keep every queue busy between TCP bursts.
+    udp_rate: str = "20M"
+    udp_len: int = 1200
+
+
+@dataclass(frozen=True)
+class FlowResult:
+    name: str
+    exit_code: Optional[int]
+    sent_bps: Optional[float]
+    received_bps: Optional[float]
+    error: Optional[str]
+
+
+class Traffic:
+    """iperf3 servers in the server namespace, clients in the client namespace."""
+
+    def __init__(self, topo: Topology, plan: TrafficPlan, log_dir: Path,
+                 on_process: Optional[Callable[[int, str], None]] = None) -> None:
+        self.topo = topo
+        self.plan = plan
+        self.log_dir = log_dir
+        self.on_process = on_process
+        self.servers: dict[str, subprocess.Popen] = {}
+        self.clients: dict[str, subprocess.Popen] = {}
+
+    def _spawn(self, ns: str, name: str, argv: list[str]) -> subprocess.Popen:
+        out = open(self.log_dir / f"iperf3-{name}.json", "wb")
+        err = open(self.log_dir / f"iperf3-{name}.stderr", "wb")
+        try:
+            proc = subprocess.Popen(
+                child_guard() + ["ip", "netns", "exec", ns, *argv],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+            )
+        except OSError as e:
+            raise FlightrecError(f"cannot start iperf3: {e.strerror}; apt-get install iperf3") from e
+        finally:
+            out.close()
+            err.close()
+        if self.on_process:
+            self.on_process(proc.pid, f"iperf3-{name}")
+        return proc
+
+    def _listening(self, port: int) -> bool:
+        proc = subprocess.run(
+            ["ip", "netns", "exec", self.topo.server_ns, "ss", "-Hltnu", f"sport = :{port}"],
+            capture_output=True, text=True, timeout=5, check=False,
+        )
+        return bool(proc.stdout.strip())
+
+    def start(self) -> None:
+        """Start the servers, wait until they listen, then start the clients."""
+        if shutil.which("iperf3") is None:
+            raise FlightrecError("iperf3 not found; apt-get install iperf3")
+        t = max(1, int(self.plan.duration))
+        addr = self.topo.server_addr
+        for name, port in (("tcp", TCP_PORT), ("udp", UDP_PORT)):
+            self.servers[name] = self._spawn(
+                self.topo.server_ns, f"server-{name}", ["iperf3", "-s", "-1", "-J", "-B", addr, "-p", str(port)]
+            )
+        deadline = time.monotonic() + 5
+        while not all(self._listening(p) for p in (TCP_PORT, UDP_PORT)):
+            if time.monotonic() > deadline:
+                raise FlightrecError("iperf3 servers did not start listening within 5 s")
+            time.sleep(0.1)
+        common = ["--connect-timeout", "5000", "-J", "-t", str(t)]
+        self.clients["tcp"] = self._spawn(
+            self.topo.client_ns, "client-tcp",
+            ["iperf3", "-c", addr, "-p", str(TCP_PORT), "-P", str(self.plan.tcp_flows), *common],
+        )
+        self.clients["udp"] = self._spawn(
+            self.topo.client_ns, "client-udp",
+            ["iperf3", "-c", addr, "-p", str(UDP_PORT), "-u", "-b", self.plan.udp_rate,
+             "-l", str(self.plan.udp_len), "-P", str(self.plan.udp_flows), *common],
+        )
+
+    def finished(self) -> bool:
+        """True once every client has exited (its -t is over, or it failed)."""
+        return bool(self.clients) and all(p.poll() is not None for p in self.clients.values())
+
+    def stop(self, grace: float = 2.0) -> None:
+        """End every iperf3: clients first (they finish their test), then servers."""
+        for group in (self.clients, self.servers):
+            for proc in group.values():
+                if proc.poll() is None:
+                    proc.terminate()
+            deadline = time.monotonic() + grace
+            for proc in group.values():
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
+
+    def results(self) -> list[FlowResult]:
+        """What each client achieved, from its -J output (missing if it was killed)."""
+        results = []
+        for name, proc in self.clients.items():
+            path = self.log_dir / f"iperf3-client-{name}.json"
+            sent = received = None
+            error = None
+            try:
+                data = json.loads(path.read_text() or "{}")
+                end = data.get("end", {})
+                error = data.get("error")
+                if name == "tcp":
+                    sent = end.get("sum_sent", {}).get("bits_per_second")
+                    received = end.get("sum_received", {}).get("bits_per_second")
+                else:
+                    summary = end.get("sum", {})
+                    sent = summary.get("bits_per_second")
+                    lost = summary.get("lost_percent")
+                    if sent is not None and lost is not None:
+                        received = sent * (1 - lost / 100)
+            except (OSError, ValueError) as err:
+                error = f"no result ({err.__class__.__name__})"
+            results.append(FlowResult(name, proc.poll(), sent, received, error))
+        return results
