@@ -1,0 +1,738 @@
+// SPDX-License-Identifier: GPL-2.0
+/* flightrec's AF_XDP forwarder: outer queue q <-> inner queue q over one
+ * shared UMEM, one pinned thread per socket, a trace_marker line for every
+ * descriptor transition, and the post's checks (FILL order, poison, state
+ * machine, XDP length) that stop tracing on the first anomaly.
+ * See README.md for the interface. */
+#include <errno.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <linux/ethtool.h>
+#include <linux/sockios.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include "forwarder.h"
+#include "xdp_meta.h"
+
+#define POISON 0xdeadbeefdeadbeefULL
+#define REMAINING_MAX 100 /* deque entries in a detection line, like the post */
+#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+/* single-writer counters: a relaxed store is enough for the stats reader */
+#define BUMP(x, n) STORE(x, (x) + (n))
+
+enum { EXIT_CLEAN = 0, EXIT_SETUP = 2, EXIT_ANOMALY = 3 };
+
+static struct fwd g;
+
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	STORE(g.stop, 1);
+}
+
+static int stopping(const struct fwd *f)
+{
+	return LOAD(f->stop);
+}
+
+/* ---- anomalies ------------------------------------------------------- */
+
+/* The first anomaly wins: mute the other threads' markers, write the
+ * detection line, stop tracing at once, then record the details. */
+static void raise_anomaly(struct fwd *f, struct port *p, const char *kind, uint64_t addr,
+			  enum desc_state from, enum desc_state to, const char *line,
+			  const struct anomaly *extra)
+{
+	struct anomaly *a = &f->anomaly;
+	int expected = 0;
+
+	if (!__atomic_compare_exchange_n(&a->raised, &expected, 1, 0, __ATOMIC_SEQ_CST,
+					 __ATOMIC_SEQ_CST)) {
+		STORE(f->stop, 1);
+		return;
+	}
+	if (markers_enabled(&f->markers)) {
+		struct marker_counts *others[2 * 64];
+		unsigned i, n = 0;
+
+		/* the raising thread is not mid-write; every other one may be */
+		for (i = 0; i < f->nports; i++)
+			if (&f->ports[i] != p)
+				others[n++] = &f->ports[i].st.markers;
+		markers_quiesce(&f->markers, others, n);
+		markers_detect(&f->markers, &p->st.markers, line);
+	}
+	if (extra) {
+		a->expected = extra->expected;
+		a->len = extra->len;
+		a->xdp_len = extra->xdp_len;
+		snprintf(a->was, sizeof(a->was), "%s", extra->was);
+	}
+	a->tracing_stopped = markers_enabled(&f->markers);
+	snprintf(a->kind, sizeof(a->kind), "%s", kind);
+	snprintf(a->sock, sizeof(a->sock), "%s", p->name);
+	snprintf(a->from, sizeof(a->from), "%s", state_name(from));
+	snprintf(a->to, sizeof(a->to), "%s", state_name(to));
+	snprintf(a->line, sizeof(a->line), "%s", line);
+	a->addr = addr;
+	__atomic_store_n(&f->stop, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Moves frame of addr from -> to; on an invalid transition reports it and
+ * returns false. */
+static bool track(struct fwd *f, struct port *p, uint64_t addr, enum desc_state from,
+		  enum desc_state to)
+{
+	struct anomaly extra = { 0 };
+	enum desc_state was;
+	char line[160];
+
+	if (state_move(&f->states, umem_frame_of(addr), from, to, &was))
+		return true;
+	snprintf(extra.was, sizeof(extra.was), "%s", state_name(was));
+	snprintf(line, sizeof(line), "%s 0x%llx %s -> %s: invalid, was %s", p->name,
+		 (unsigned long long)addr, state_name(from), state_name(to), extra.was);
+	raise_anomaly(f, p, "invalid_transition", addr, from, to, line, &extra);
+	return false;
+}
+
+#define MARK(f, p, fmt, ...) \
+	do { \
+		if (markers_enabled(&(f)->markers)) \
+			markers_printf(&(f)->markers, &(p)->st.markers, fmt, __VA_ARGS__); \
+	} while (0)
+
+static void wake(struct port *q)
+{
+	uint64_t one = 1;
+
+	/* pairs with the fence in port_wait(): either it sees our publish or we
+	 * see it sleeping */
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	if (LOAD(q->sleeping) && write(q->efd, &one, sizeof(one)) < 0) {
+		/* eventfd overflow cannot happen at 1 a write; nothing to do */
+	}
+}
+
+/* ---- the fault injector: below the tracker ---------------------------- */
+
+/* True once, when the injected bug is due. */
+static bool inject_due(struct fwd *f, enum inject_kind kind)
+{
+	int no = 0;
+
+	if (f->opt.inject != kind || LOAD(f->injected) ||
+	    __atomic_load_n(&f->rx_total, __ATOMIC_RELAXED) < f->opt.inject_after)
+		return false;
+	return __atomic_compare_exchange_n(&f->injected, &no, 1, 0, __ATOMIC_SEQ_CST,
+					   __ATOMIC_SEQ_CST);
+}
+
+/* ---- the four ring operations of one socket ---------------------------- */
+
+/* COMPLETION: frames we sent go back to the peer that received them. */
+static uint32_t do_completions(struct fwd *f, struct port *p)
+{
+	struct handoff *ret = &p->peer->ret_in;
+	uint32_t idx, i, n;
+
+	n = xsk_ring_cons__peek(&p->r.comp, f->opt.batch, &idx);
+	if (!n)
+		return 0;
+	if (handoff_space(ret) < n) /* cannot happen: ret_in holds all the peer owns */
+		n = handoff_space(ret);
+	for (i = 0; i < n; i++) {
+		uint64_t addr = *xsk_ring_cons__comp_addr(&p->r.comp, idx + i);
+
+		if (!track(f, p, addr, ST_TX, ST_COMP))
+			return i + 1;
+		MARK(f, p, "%s 0x%llx TX -> COMP", p->name, (unsigned long long)addr);
+		handoff_slot(ret, i)->addr = addr;
+	}
+	xsk_ring_cons__release(&p->r.comp, n);
+	handoff_publish(ret, n);
+	wake(p->peer);
+	p->tx_outstanding -= n;
+	BUMP(p->st.comp, n);
+	return n;
+}
+
+/* ret_in -> FILL: our frames, sent by the peer, to receive into again. */
+static uint32_t do_refill(struct fwd *f, struct port *p)
+{
+	uint32_t avail = handoff_avail(&p->ret_in), idx, i, n, extra = 0;
+	uint64_t addr = 0;
+
+	n = avail < f->opt.batch ? avail : f->opt.batch;
+	if (!n)
+		return 0;
+	if (xsk_prod_nb_free(&p->r.fill, n + 1) > n && inject_due(f, INJECT_DOUBLE_FILL))
+		extra = 1;
+	if (xsk_ring_prod__reserve(&p->r.fill, n + extra, &idx) != n + extra)
+		return 0; /* cannot happen: FILL is as big as all we own */
+	for (i = 0; i < n; i++) {
+		addr = umem_frame_addr(umem_frame_of(handoff_peek(&p->ret_in, i)->addr));
+		if (!track(f, p, addr, ST_COMP, ST_FILL))
+			return i + 1;
+		fill_order_push(&p->order, addr);
+		MARK(f, p, "%s 0x%llx COMP -> FILL", p->name, (unsigned long long)addr);
+		*xsk_ring_prod__fill_addr(&p->r.fill, idx + i) = addr;
+	}
+	if (extra) {
+		/* double-fill: the ring write and its marker, but neither the deque
+		 * nor the state machine hears of it, as with a real resubmit bug */
+		MARK(f, p, "%s 0x%llx COMP -> FILL", p->name, (unsigned long long)addr);
+		*xsk_ring_prod__fill_addr(&p->r.fill, idx + n) = addr;
+	}
+	xsk_ring_prod__submit(&p->r.fill, n + extra);
+	handoff_release(&p->ret_in, n);
+	BUMP(p->st.fill, n + extra);
+	return n;
+}
+
+static void kick_tx(struct port *p)
+{
+	/* In copy mode one sendto sends at most 32 packets (xsk_generic_xmit):
+	 * callers keep kicking while TX is outstanding. */
+	if (sendto(p->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) < 0 && errno != EAGAIN &&
+	    errno != EBUSY && errno != ENOBUFS && errno != ENETDOWN) {
+		/* nothing useful to do: the next kick retries */
+	}
+	BUMP(p->st.kicks, 1);
+}
+
+/* fwd_in -> TX: packets the peer received, out of our interface. */
+static uint32_t do_transmit(struct fwd *f, struct port *p)
+{
+	uint32_t avail = handoff_avail(&p->fwd_in), idx, i, n;
+
+	n = avail < f->opt.batch ? avail : f->opt.batch;
+	n = xsk_prod_nb_free(&p->r.tx, n) < n ? xsk_prod_nb_free(&p->r.tx, n) : n;
+	if (!n || xsk_ring_prod__reserve(&p->r.tx, n, &idx) != n)
+		return 0;
+	for (i = 0; i < n; i++) {
+		const struct handoff_item *it = handoff_peek(&p->fwd_in, i);
+		struct xdp_desc *d = xsk_ring_prod__tx_desc(&p->r.tx, idx + i);
+
+		if (!track(f, p, it->addr, ST_RX, ST_TX))
+			return i + 1;
+		MARK(f, p, "%s 0x%llx RX -> TX", p->name, (unsigned long long)it->addr);
+		d->addr = it->addr;
+		d->len = it->len;
+		d->options = 0;
+	}
+	xsk_ring_prod__submit(&p->r.tx, n);
+	handoff_release(&p->fwd_in, n);
+	p->tx_outstanding += n;
+	BUMP(p->st.tx, n);
+	kick_tx(p);
+	return n;
+}
+
+/* RX -> FILL of our own socket, for a packet we do not forward. */
+static bool drop_to_fill(struct fwd *f, struct port *p, uint64_t addr)
+{
+	uint32_t idx;
+
+	if (xsk_ring_prod__reserve(&p->r.fill, 1, &idx) != 1)
+		return false;
+	addr = umem_frame_addr(umem_frame_of(addr));
+	if (!track(f, p, addr, ST_RX, ST_FILL))
+		return false;
+	fill_order_push(&p->order, addr);
+	MARK(f, p, "%s 0x%llx RX -> FILL", p->name, (unsigned long long)addr);
+	*xsk_ring_prod__fill_addr(&p->r.fill, idx) = addr;
+	xsk_ring_prod__submit(&p->r.fill, 1);
+	BUMP(p->st.fill, 1);
+	BUMP(p->st.drops, 1);
+	return true;
+}
+
+/* The checks of one RX descriptor, in the post's order: FILL order (and so
+ * the poison), state machine, XDP length. */
+static bool check_rx(struct fwd *f, struct port *p, uint64_t addr, uint32_t len)
+{
+	struct anomaly extra = { 0 };
+	struct xdp_meta *meta;
+	char line[2048], rest[1800];
+	uint64_t exp = 0;
+
+	if (fill_order_pop(&p->order, &exp) < 0 || addr != exp) {
+		fill_order_format(&p->order, REMAINING_MAX, rest, sizeof(rest));
+		snprintf(line, sizeof(line), "%s 0x%llx FILL -> RX: expected 0x%llx remaining: %s",
+			 p->name, (unsigned long long)addr, (unsigned long long)exp, rest);
+		extra.expected = exp;
+		raise_anomaly(f, p, addr == POISON ? "poison" : "fill_order", addr, ST_FILL, ST_RX,
+			      line, &extra);
+		return false;
+	}
+	if (!track(f, p, addr, ST_FILL, ST_RX))
+		return false;
+	if (addr >= sizeof(*meta) && addr + len <= f->umem.size) {
+		meta = umem_ptr(&f->umem, addr - sizeof(*meta));
+		if (meta->magic == XDP_META_MAGIC && meta->len != len) {
+			extra.len = len;
+			extra.xdp_len = meta->len;
+			snprintf(line, sizeof(line), "%s 0x%llx FILL -> RX: len %u xdp_len %u",
+				 p->name, (unsigned long long)addr, len, meta->len);
+			raise_anomaly(f, p, "len_mismatch", addr, ST_FILL, ST_RX, line, &extra);
+			return false;
+		}
+		if (meta->magic == XDP_META_MAGIC)
+			BUMP(p->st.meta_checked, 1);
+		meta->magic = 0; /* a later packet without metadata must not match */
+	}
+	return true;
+}
+
+/* RX -> the peer's fwd_in (its thread puts them on its TX). */
+static uint32_t do_receive(struct fwd *f, struct port *p)
+{
+	struct handoff *fwd = &p->peer->fwd_in;
+	uint32_t idx, i, n, nfwd = 0, space;
+
+	n = xsk_ring_cons__peek(&p->r.rx, f->opt.batch, &idx);
+	if (!n)
+		return 0;
+	space = handoff_space(fwd);
+	for (i = 0; i < n; i++) {
+		struct xdp_desc *d = (struct xdp_desc *)xsk_ring_cons__rx_desc(&p->r.rx, idx + i);
+		uint64_t addr = d->addr;
+		uint32_t len = d->len;
+
+		/* poison the slot: reading it back means the kernel published a
+		 * slot it had not written */
+		d->addr = POISON;
+		if (!check_rx(f, p, addr, len)) {
+			xsk_ring_cons__release(&p->r.rx, i + 1);
+			return i + 1;
+		}
+		MARK(f, p, "%s 0x%llx FILL -> RX", p->name, (unsigned long long)addr);
+		if (nfwd < space && len && len <= FRAME_SIZE - FRAME_DATA_OFFSET) {
+			struct handoff_item *it = handoff_slot(fwd, nfwd++);
+
+			it->addr = addr;
+			it->len = len;
+			MARK(f, p, "0x%llx egress_tx_queue forward", (unsigned long long)addr);
+			if (xsk_prod_nb_free(&p->r.fill, 1) && inject_due(f, INJECT_FILL_AND_TX)) {
+				uint32_t fidx;
+
+				/* fill-and-tx: also into our FILL, untracked */
+				xsk_ring_prod__reserve(&p->r.fill, 1, &fidx);
+				MARK(f, p, "%s 0x%llx RX -> FILL", p->name, (unsigned long long)addr);
+				*xsk_ring_prod__fill_addr(&p->r.fill, fidx) = addr;
+				xsk_ring_prod__submit(&p->r.fill, 1);
+			}
+		} else if (!drop_to_fill(f, p, addr)) {
+			xsk_ring_cons__release(&p->r.rx, i + 1);
+			return i + 1;
+		}
+	}
+	xsk_ring_cons__release(&p->r.rx, n);
+	handoff_publish(fwd, nfwd);
+	wake(p->peer);
+	__atomic_fetch_add(&f->rx_total, n, __ATOMIC_RELAXED);
+	BUMP(p->st.rx, n);
+	return n;
+}
+
+static bool tx_pending(const struct port *p)
+{
+	return __atomic_load_n(p->r.tx.consumer, __ATOMIC_ACQUIRE) != p->r.tx.cached_prod;
+}
+
+static void port_wait(struct fwd *f, struct port *p, int timeout_ms)
+{
+	struct pollfd pfd[2] = {
+		{ .fd = p->fd, .events = POLLIN },
+		{ .fd = p->efd, .events = POLLIN },
+	};
+	uint64_t v;
+
+	__atomic_store_n(&p->sleeping, 1, __ATOMIC_SEQ_CST);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	if (!handoff_avail(&p->fwd_in) && !handoff_avail(&p->ret_in) && !stopping(f))
+		poll(pfd, 2, timeout_ms);
+	__atomic_store_n(&p->sleeping, 0, __ATOMIC_SEQ_CST);
+	if (read(p->efd, &v, sizeof(v)) < 0) {
+		/* EAGAIN: nobody woke us */
+	}
+}
+
+static void *port_thread(void *arg)
+{
+	struct port *p = arg;
+	struct fwd *f = &g;
+	unsigned idle = 0;
+
+	while (!stopping(f)) {
+		uint32_t work = do_completions(f, p);
+
+		if (!stopping(f))
+			work += do_refill(f, p);
+		if (!stopping(f))
+			work += do_transmit(f, p);
+		if (!stopping(f))
+			work += do_receive(f, p);
+		if (work) {
+			idle = 0;
+			continue;
+		}
+		if (p->tx_outstanding) {
+			/* Low-rate TCP stalls if we wait for a full batch: keep kicking
+			 * until the kernel has taken and completed everything. */
+			if (tx_pending(p))
+				kick_tx(p);
+			if (++idle > 64)
+				port_wait(f, p, 1);
+			continue;
+		}
+		port_wait(f, p, 100);
+	}
+	return NULL;
+}
+
+/* ---- set-up and tear-down -------------------------------------------- */
+
+static uint32_t pow2_at_least(uint32_t v)
+{
+	uint32_t r = 1;
+
+	while (r < v)
+		r <<= 1;
+	return r;
+}
+
+static int ports_init(struct fwd *f)
+{
+	unsigned q, s, i;
+	uint32_t fps = f->opt.frames / (2 * f->opt.queues);
+
+	f->ports = calloc(2 * f->opt.queues, sizeof(*f->ports));
+	if (!f->ports)
+		return -1;
+	f->nports = 2 * f->opt.queues;
+	for (i = 0; i < f->nports; i++)
+		f->ports[i].efd = f->ports[i].fd = -1;
+	for (s = 0; s < 2; s++) {
+		for (q = 0; q < f->opt.queues; q++) {
+			struct port *p = &f->ports[s * f->opt.queues + q];
+
+			p->side = s;
+			p->queue = q;
+			p->owned = fps;
+			p->peer = &f->ports[(1 - s) * f->opt.queues + q];
+			snprintf(p->name, sizeof(p->name), "%s q:%u", s ? "inner" : "outer", q);
+			/* the deque has room for one injected extra; handoffs hold all
+			 * the frames a socket owns, so they never fill up */
+			if (fill_order_init(&p->order, f->umem.ring_size) ||
+			    handoff_init(&p->fwd_in, f->umem.ring_size) ||
+			    handoff_init(&p->ret_in, f->umem.ring_size))
+				return -1;
+			p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+			if (p->efd < 0)
+				return -1;
+		}
+	}
+	return 0;
+}
+
+static void ports_free(struct fwd *f)
+{
+	unsigned i;
+
+	if (!f->ports)
+		return;
+	for (i = 0; i < f->nports; i++) {
+		struct port *p = &f->ports[i];
+
+		if (p->xsk)
+			xsk_socket__delete(p->xsk);
+		if (p->efd >= 0)
+			close(p->efd);
+		fill_order_free(&p->order);
+		handoff_free(&p->fwd_in);
+		handoff_free(&p->ret_in);
+	}
+	free(f->ports);
+	f->ports = NULL;
+}
+
+/* Start-up: every frame a socket owns goes FREE -> FILL. */
+static int initial_fill(struct fwd *f, struct port *p, uint32_t first_frame)
+{
+	uint32_t idx, i;
+
+	if (xsk_ring_prod__reserve(&p->r.fill, p->owned, &idx) != p->owned) {
+		fprintf(stderr, "forwarder: FILL ring of %s too small for %u frames\n", p->name,
+			p->owned);
+		return -1;
+	}
+	for (i = 0; i < p->owned; i++) {
+		uint64_t addr = umem_frame_addr(first_frame + i);
+
+		if (!track(f, p, addr, ST_FREE, ST_FILL))
+			return -1;
+		fill_order_push(&p->order, addr);
+		MARK(f, p, "%s 0x%llx FREE -> FILL", p->name, (unsigned long long)addr);
+		*xsk_ring_prod__fill_addr(&p->r.fill, idx + i) = addr;
+	}
+	xsk_ring_prod__submit(&p->r.fill, p->owned);
+	BUMP(p->st.fill, p->owned);
+	return 0;
+}
+
+/* Rx queues of ifname in the current netns (ETHTOOL_GCHANNELS), 0 if unknown. */
+static unsigned rx_queues(const char *ifname)
+{
+	struct ethtool_channels ch = { .cmd = ETHTOOL_GCHANNELS };
+	struct ifreq ifr;
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	unsigned n = 0;
+
+	if (fd < 0)
+		return 0;
+	memset(&ifr, 0, sizeof(ifr));
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname);
+	ifr.ifr_data = (void *)&ch;
+	if (ioctl(fd, SIOCETHTOOL, &ifr) == 0)
+		n = ch.rx_count ? ch.rx_count : ch.combined_count;
+	close(fd);
+	return n;
+}
+
+static int setup_side(struct fwd *f, enum side s)
+{
+	const char *ifname = s ? f->opt.inner_if : f->opt.outer_if;
+	unsigned q;
+
+	if (netns_enter(&f->ns[s]))
+		return -1;
+	f->ifindex[s] = (int)if_nametoindex(ifname);
+	if (!f->ifindex[s]) {
+		fprintf(stderr, "forwarder: no interface %s in network namespace %s; check "
+			"`ip -n NAME link show`\n", ifname, f->ns[s].path);
+		return -1;
+	}
+	if (s == INNER && f->ifindex[INNER] == f->ifindex[OUTER]) {
+		/* libxdp keys a socket's FILL/COMP rings by (ifindex, queue), without
+		 * the namespace: equal ifindexes would share rings */
+		fprintf(stderr, "forwarder: %s and %s have the same ifindex %d in their namespaces; "
+			"recreate one with another index (ip link add ... index N)\n",
+			f->opt.outer_if, ifname, f->ifindex[s]);
+		return -1;
+	}
+	q = rx_queues(ifname);
+	if (q > f->opt.queues)
+		/* the XDP program passes what arrives on an unbound queue to the stack */
+		fprintf(stderr, "forwarder: %s has %u rx queues but --queues %u: packets on queues "
+			"%u..%u are not forwarded; pass --queues %u\n", ifname, q, f->opt.queues,
+			f->opt.queues, q - 1, q);
+	if (s == OUTER && umem_init(&f->umem, f->opt.frames, f->umem.ring_size))
+		return -1;
+	for (q = 0; q < f->opt.queues; q++) {
+		struct port *p = &f->ports[s * f->opt.queues + q];
+
+		if (umem_socket_create(&f->umem, &p->xsk, ifname, q, &p->r))
+			return -1;
+		p->fd = xsk_socket__fd(p->xsk);
+		if (initial_fill(f, p, (s * f->opt.queues + q) * p->owned))
+			return -1;
+		if (xdp_prog_set_xsk(&f->prog[s], q, p->fd))
+			return -1;
+	}
+	return xdp_prog_attach(&f->prog[s], f->ifindex[s], f->opt.skb_mode);
+}
+
+static int setup(struct fwd *f)
+{
+	uint32_t fps = f->opt.frames / (2 * f->opt.queues);
+	int s;
+
+	if (markers_init(&f->markers, f->opt.trace_dir)) /* before any setns */
+		return -1;
+	if (netns_open(&f->home, "-") || netns_open(&f->ns[OUTER], f->opt.outer_ns) ||
+	    netns_open(&f->ns[INNER], f->opt.inner_ns))
+		return -1;
+	for (s = 0; s < 2; s++)
+		if (xdp_prog_load(&f->prog[s], f->opt.xdp_prog,
+				  s ? f->opt.inner_if : f->opt.outer_if))
+			return -1;
+	/* RX at least as big as all a socket owns: a full RX ring makes the
+	 * kernel reuse a frame out of FILL order (xsk_buff_free -> free_list),
+	 * which the order check would call a bug. Twice that, because the kernel
+	 * publishes FILL's consumer index lazily (only when its cached entries
+	 * run out, __xskq_cons_peek), so FILL looks fuller than it is. */
+	f->umem.ring_size = pow2_at_least(2 * fps);
+	if (state_table_init(&f->states, f->opt.frames) || ports_init(f)) {
+		fprintf(stderr, "forwarder: out of memory; try fewer --frames\n");
+		return -1;
+	}
+	for (s = 0; s < 2; s++)
+		if (setup_side(f, s))
+			return -1;
+	return netns_enter(&f->home);
+}
+
+static void teardown(struct fwd *f)
+{
+	int s;
+
+	for (s = 0; s < 2; s++) {
+		if (f->prog[s].ifindex && f->ns[s].fd >= 0 && netns_enter(&f->ns[s]) == 0)
+			xdp_prog_detach(&f->prog[s]);
+	}
+	if (f->home.fd >= 0)
+		netns_enter(&f->home);
+	ports_free(f);
+	umem_free(&f->umem);
+	state_table_free(&f->states);
+	for (s = 0; s < 2; s++) {
+		xdp_prog_free(&f->prog[s]);
+		netns_close(&f->ns[s]);
+	}
+	netns_close(&f->home);
+	markers_free(&f->markers);
+}
+
+static int start_threads(struct fwd *f)
+{
+	cpu_set_t online, one;
+	int cpus[CPU_SETSIZE], ncpu = 0, c;
+	unsigned i;
+	sigset_t block, old;
+
+	if (sched_getaffinity(0, sizeof(online), &online) == 0)
+		for (c = 0; c < CPU_SETSIZE; c++)
+			if (CPU_ISSET(c, &online))
+				cpus[ncpu++] = c;
+	/* signals go to the main thread only */
+	sigemptyset(&block);
+	sigaddset(&block, SIGINT);
+	sigaddset(&block, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &block, &old);
+	for (i = 0; i < f->nports; i++) {
+		struct port *p = &f->ports[i];
+		char tname[16];
+
+		p->cpu = ncpu ? cpus[i % (unsigned)ncpu] : -1;
+		if (pthread_create(&p->thread, NULL, port_thread, p)) {
+			fprintf(stderr, "forwarder: cannot start a thread for %s\n", p->name);
+			pthread_sigmask(SIG_SETMASK, &old, NULL);
+			return -1;
+		}
+		p->thread_started = 1;
+		snprintf(tname, sizeof(tname), "fwd-%s-q%u", p->side ? "in" : "out", p->queue);
+		pthread_setname_np(p->thread, tname);
+		if (p->cpu >= 0) {
+			CPU_ZERO(&one);
+			CPU_SET(p->cpu, &one);
+			pthread_setaffinity_np(p->thread, sizeof(one), &one);
+		}
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return 0;
+}
+
+static void stop_threads(struct fwd *f)
+{
+	uint64_t one = 1;
+	unsigned i;
+
+	__atomic_store_n(&f->stop, 1, __ATOMIC_SEQ_CST);
+	for (i = 0; i < f->nports; i++)
+		if (f->ports[i].efd >= 0 && write(f->ports[i].efd, &one, sizeof(one)) < 0) {
+			/* the thread still wakes within its poll timeout */
+		}
+	for (i = 0; i < f->nports; i++)
+		if (f->ports[i].thread_started) {
+			pthread_join(f->ports[i].thread, NULL);
+			f->ports[i].thread_started = 0;
+		}
+}
+
+int main(int argc, char **argv)
+{
+	struct sigaction sa = { .sa_handler = on_signal };
+	int code = EXIT_SETUP, rc;
+	double t, next_stats = 1.0;
+	struct timespec tick = { 0, 100 * 1000 * 1000 };
+	unsigned s;
+
+	rc = options_parse(&g.opt, argc, argv);
+	if (rc)
+		return rc > 0 ? 0 : EXIT_SETUP;
+	for (s = 0; s < 2; s++) {
+		g.ns[s].fd = -1;
+		g.prog[s].prog_fd = -1;
+	}
+	g.home.fd = -1;
+	g.markers.marker_fd = g.markers.tracing_on_fd = -1;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if (setup(&g) || start_threads(&g)) {
+		g.exit_reason = "setup failed";
+		goto out;
+	}
+	g.t_start = now();
+	report_print_ready(&g);
+	for (;;) {
+		nanosleep(&tick, NULL); /* EINTR on a signal: fine */
+		t = now() - g.t_start;
+		if (LOAD(g.anomaly.raised)) {
+			g.exit_reason = "anomaly";
+			break;
+		}
+		if (stopping(&g)) {
+			g.exit_reason = "signal";
+			break;
+		}
+		if (g.opt.duration && t >= g.opt.duration) {
+			g.exit_reason = "duration";
+			break;
+		}
+		if (t >= next_stats) {
+			report_print_stats_event(&g, t);
+			next_stats += 1.0;
+		}
+	}
+	stop_threads(&g);
+	t = now() - g.t_start;
+	if (g.anomaly.raised) {
+		g.exit_reason = "anomaly";
+		code = EXIT_ANOMALY;
+		report_print_anomaly(&g);
+	} else {
+		code = EXIT_CLEAN;
+	}
+	report_print_stats_event(&g, t);
+	if (g.opt.stats_path)
+		report_write_stats(&g, g.opt.stats_path, code, t);
+	report_print_exit(&g, code, t);
+out:
+	stop_threads(&g);
+	if (code == EXIT_SETUP && g.opt.stats_path)
+		report_write_stats(&g, g.opt.stats_path, code, 0);
+	teardown(&g);
+	return code;
+}

@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* The forwarder's shared context: one port per AF_XDP socket. */
+#ifndef FLIGHTREC_FORWARDER_H
+#define FLIGHTREC_FORWARDER_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include "fill_order.h"
+#include "handoff.h"
+#include "markers.h"
+#include "netns.h"
+#include "options.h"
+#include "state.h"
+#include "umem.h"
+#include "xdp_prog.h"
+
+enum side { OUTER, INNER };
+
+struct port_stats {
+	uint64_t rx, tx, fill, comp, drops, kicks;
+	uint64_t meta_checked; /* RX packets whose XDP metadata was there to compare */
+	struct marker_counts markers;
+};
+
+struct port {
+	char name[48];          /* "outer q:0": the SOCK q:QUEUE of every marker line */
+	enum side side;
+	unsigned queue;
+	struct xsk_socket *xsk;
+	struct port_rings r;
+	int fd;
+	struct port *peer;      /* the other interface, same queue */
+	struct fill_order order;
+	/* fwd_in: packets the peer received, to send on our TX.
+	 * ret_in: our frames the peer finished sending, back to our FILL. */
+	struct handoff fwd_in, ret_in;
+	int efd;                /* wakes this port's thread */
+	int sleeping;
+	uint32_t tx_outstanding;
+	uint32_t owned;         /* frames this socket receives into */
+	struct port_stats st;
+	pthread_t thread;
+	int thread_started;
+	int cpu;
+};
+
+struct anomaly {
+	int raised;
+	char kind[32];          /* fill_order poison invalid_transition len_mismatch ... */
+	char sock[48];
+	uint64_t addr, expected;
+	char from[8], to[8], was[8];
+	uint32_t len, xdp_len;
+	char line[2048];        /* the detection line as written */
+	int tracing_stopped;
+};
+
+struct fwd {
+	struct options opt;
+	struct markers markers;
+	struct netns home, ns[2];
+	struct xdp_prog prog[2];
+	int ifindex[2];
+	struct umem umem;
+	struct state_table states;
+	struct port *ports;     /* [side * queues + queue] */
+	unsigned nports;
+	int stop;
+	struct anomaly anomaly;
+	uint64_t rx_total;      /* for --inject-after */
+	int injected;
+	double t_start;
+	const char *exit_reason;
+};
+
+int report_write_stats(const struct fwd *f, const char *path, int exit_code, double elapsed);
+void report_print_stats_event(const struct fwd *f, double t);
+void report_print_ready(const struct fwd *f);
+void report_print_anomaly(const struct fwd *f);
+void report_print_exit(const struct fwd *f, int code, double t);
+
+#endif

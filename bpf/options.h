@@ -1,0 +1,29 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+#ifndef FLIGHTREC_OPTIONS_H
+#define FLIGHTREC_OPTIONS_H
+
+#include <stdint.h>
+
+enum inject_kind { INJECT_NONE, INJECT_DOUBLE_FILL, INJECT_FILL_AND_TX };
+
+struct options {
+	char outer_ns[256], outer_if[32];
+	char inner_ns[256], inner_if[32];
+	unsigned queues;
+	const char *trace_dir; /* NULL: no markers */
+	double duration;       /* seconds, 0 = until SIGINT/SIGTERM */
+	enum inject_kind inject;
+	uint64_t inject_after; /* RX packets (all sockets) before the fault */
+	uint32_t frames;       /* UMEM frames */
+	uint32_t batch;
+	const char *stats_path;
+	char xdp_prog[4096];
+	int skb_mode;          /* force generic XDP */
+};
+
+/* Parses argv. Returns 0, 1 after --help (exit 0), -1 on bad input
+ * (message printed; exit 2). */
+int options_parse(struct options *o, int argc, char **argv);
+const char *inject_name(enum inject_kind k);
+
+#endif
