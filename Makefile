@@ -17,6 +17,8 @@ flightrec/_scan.so: flightrec/_scan.c
 setup:
 	bash scripts/install-deps.sh
 	$(PYTHON) -m pip install -q -e '.[test]'
+	# pyenv installs console scripts behind shims it makes on rehash.
+	-command -v pyenv >/dev/null && pyenv rehash
 	$(MAKE) build
 	# Debian's debug kernels for the probes resolver and its tests (cached).
 	sh scripts/fetch-debug-kernel.sh 6.1 6.12

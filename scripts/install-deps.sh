@@ -16,7 +16,7 @@ PACKAGES=(
     make gcc clang llvm pkg-config
     libxdp-dev libbpf-dev libelf-dev zlib1g-dev
     bpftool xdp-tools
-    iproute2 ethtool iperf3 procps
+    iproute2 iputils-ping ethtool iperf3 procps
     linux-perf trace-cmd binutils xz-utils
     qemu-system-x86 busybox-static
     chromium

@@ -22,10 +22,14 @@ COMMANDS = {
     "cleanup": "cleanup",
     "probes": "probes",
     "simulate": "simulate_cmd",
+    "export": "export",
+    "report": "report",
 }
 
 EPILOG = """\b
 Examples:
+  flightrec record                       # as root: record a forwarder for 20 s, then analyze
+  flightrec doctor
   flightrec analyze fixtures/seed-fill-order.txt
   flightrec analyze --json trace.txt
   cat /sys/kernel/tracing/trace | flightrec analyze -
