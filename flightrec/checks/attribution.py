@@ -78,7 +78,15 @@ def find_race(tl: Timeline, rp: Replay, xs: int, reserve_row: int, until_row: in
     return other, own
 
 
-def dup_anomaly(tl: Timeline, b: BadTransition, kind: str) -> Anomaly:
+def kernel_reserves(tl: Timeline, rp: Replay, addr: int, after_row: int, limit: int = 4) -> list[Evidence]:
+    """The kernel's own reserve events for a descriptor since a row: what it
+    did with the buffer the application gave it twice."""
+    rows = sorted(r for xs_rows in rp.reserves.values()
+                  for r in xs_rows[bisect.bisect_right(xs_rows, after_row):] if tl.addr[r] == addr)
+    return [ev(tl, r, f"the kernel took {hexa(addr)} from FILL on CPU {tl.cpu[r]}") for r in rows[:limit]]
+
+
+def dup_anomaly(tl: Timeline, b: BadTransition, kind: str, rp: Optional[Replay] = None) -> Anomaly:
     """An insertion into FILL or TX of a descriptor already in FILL or TX."""
     base = dict(kind=kind, line=tl.line[b.row], ts=tl.ts[b.row], sock=b.sock, queue=b.queue, read_cpu=tl.cpu[b.row])
     where = "FILL and TX at once" if {b.state_before, b.to} == {"FILL", "TX"} else f"{b.to} twice"
@@ -88,8 +96,9 @@ def dup_anomaly(tl: Timeline, b: BadTransition, kind: str) -> Anomaly:
             f"the application wrote {hexa(b.addr)} {b.state_before} -> {b.to} ({b.sock}): by its own account "
             f"it put a descriptor that was in {b.state_before} into {b.to}, one buffer in {where} (AF_XDP FAQ)"
         )
+        kernel = tuple(kernel_reserves(tl, rp, b.addr, b.row)) if rp is not None else ()
         return Anomaly(verdict=APPLICATION, addr=b.addr, explanation=text,
-                       evidence=(ev(tl, b.row, "the application's own marker"),), **base)
+                       evidence=(ev(tl, b.row, "the application's own marker"),) + kernel, **base)
     evidence = (ev(tl, b.state_row, f"{hexa(b.addr)} enters {b.state_before}"), ev(tl, b.row, f"and {b.to} again"))
     losses = causal_losses(tl, (b.state_row,), b.row)
     if losses:
@@ -99,6 +108,8 @@ def dup_anomaly(tl: Timeline, b: BadTransition, kind: str) -> Anomaly:
         f"{b.state_before} (line {tl.line[b.state_row]}), with no RX in between: one buffer in "
         f"{where}, which corrupts packets (AF_XDP FAQ)"
     )
+    if rp is not None:
+        evidence += tuple(kernel_reserves(tl, rp, b.addr, b.state_row))
     return Anomaly(verdict=APPLICATION, addr=b.addr, explanation=text, evidence=evidence, **base)
 
 
@@ -171,6 +182,7 @@ def attribute_read(tl: Timeline, rp: Replay, r: RxRead, kind: str, symptom: str)
             return _lossy(base, dup.addr, evidence, losses)
         evidence[:0] = [ev(tl, dup.state_row, f"{hexa(dup.addr)} enters {dup.state_before}"),
                         ev(tl, dup.row, f"{hexa(dup.addr)} enters {dup.to} again")]
+        evidence += kernel_reserves(tl, rp, dup.addr, dup.state_row)
         text = (
             f"{symptom}; root cause: the application put {hexa(dup.addr)} into {dup.to} at line "
             f"{tl.line[dup.row]} while it was still in {dup.state_before} (line {tl.line[dup.state_row]})"

@@ -15,7 +15,7 @@ def check_duplicate_insertion(tl: Timeline, rp: Replay) -> list[Anomaly]:
     lines prove it, whatever the kernel did afterwards.
     """
     return [
-        dup_anomaly(tl, b, "duplicate_insertion")
+        dup_anomaly(tl, b, "duplicate_insertion", rp)
         for b in rp.bad
         if b.to in KERNEL_OWNED and b.state_before in KERNEL_OWNED
     ]

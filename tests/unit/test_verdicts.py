@@ -73,6 +73,8 @@ def test_double_fill_is_application_with_that_descriptor():
     assert j["verdict"] == "application"
     assert all(x["verdict"] == "application" and x["addr"] == f"{a:#x}" for x in j["anomalies"])
     assert j["anomalies"][0]["kind"] == "duplicate_insertion"
+    # the kernel's own reserve events for that descriptor are part of the proof
+    assert sum("the kernel took" in e["why"] for e in j["anomalies"][0]["evidence"]) == 2
 
 
 def test_fill_and_tx_is_application():
