@@ -83,6 +83,7 @@ class ForwarderConfig:
     inject: Optional[str] = None
     inject_after: Optional[int] = None
     stats_path: Optional[Path] = None
+    frames: Optional[int] = None
 
     def argv(self, binary: Path) -> list[str]:
         argv = [str(binary), "--outer", self.outer, "--inner", self.inner, "--queues", str(self.queues),
@@ -95,6 +96,8 @@ class ForwarderConfig:
             argv += ["--inject-after", str(self.inject_after)]
         if self.stats_path is not None:
             argv += ["--stats", str(self.stats_path)]
+        if self.frames is not None:
+            argv += ["--frames", str(self.frames)]
         return argv
 
 

@@ -33,6 +33,7 @@ AF_XDP = getattr(socket, "AF_XDP", 44)
 EXIT_CLEAN, EXIT_ANOMALY, EXIT_ERROR = 0, 1, 2
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SLACK = 10.0  # seconds the forwarder may outlive the traffic before it is stopped
+INJECT_FRAMES = 1024
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,10 @@ class _Recording:
             # flightrec stops the forwarder when the traffic is done; its own
             # --duration is only the safety net should flightrec die.
             duration=opts.duration + SLACK,
+            # An injected duplicate is caught when the kernel reaches it in FILL,
+            # after up to a quarter of the UMEM's frames: a small UMEM keeps the
+            # injection inside the trace buffer.
+            frames=INJECT_FRAMES if opts.inject else None,
         )
         self.fwd = Forwarder(config, stderr_path=self.logs / "forwarder.stderr")
         self.fwd.start()
