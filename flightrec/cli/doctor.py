@@ -47,8 +47,16 @@ def check_kprobes() -> Check:
     root = tracefs.find_root() or tracefs.TRACEFS_CANDIDATES[0]
     why = kernel_events.kprobes_unavailable(root)
     return Check("kprobes", False, why is None, "kprobe events available" if why is None else why,
-                 "a kernel with CONFIG_KPROBES=y and CONFIG_KPROBE_EVENTS=y; record runs with markers alone "
-                 "meanwhile")
+                 "a kernel with CONFIG_KPROBES=y and CONFIG_KPROBE_EVENTS=y, or `flightrec vm record`; record "
+                 "uses the BPF tracepoint backend meanwhile where it loads")
+
+
+def check_bpf_events() -> Check:
+    root = tracefs.find_root() or tracefs.TRACEFS_CANDIDATES[0]
+    why = kernel_events.bpf_unavailable(root)
+    return Check("bpf events", False, why is None,
+                 "BTF tracepoint programs load and attach (kernel events without kprobes)" if why is None else why,
+                 "run `make` (bpf/xsk_trace), and a kernel with BTF that allows tp_btf programs")
 
 
 def check_btf() -> Check:
@@ -115,7 +123,7 @@ def check_forwarder() -> Check:
 
 
 CHECKS: list[Callable[[], object]] = [
-    check_root, check_tracefs, check_kprobes, check_btf, check_af_xdp, check_netns_veth, check_bpffs,
+    check_root, check_tracefs, check_kprobes, check_bpf_events, check_btf, check_af_xdp, check_netns_veth, check_bpffs,
     lambda: check_tool("perf", "linux-perf", False, "used to resolve probe sites"),
     lambda: check_tool("clang", "clang", False, "needed to build bpf/"),
     check_libxdp,

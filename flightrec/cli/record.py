@@ -172,7 +172,8 @@ saved, everything removed).
 @click.option("--inject-after", type=click.IntRange(min=0), default=None,
               help="Packets forwarded before the injected bug (forwarder default if unset).")
 @click.option("--kernel-events", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="Kernel probes beside the markers; auto uses kprobes when the kernel has them.")
+              help="Kernel events beside the markers: kprobes (perf probe sites), bpf (BTF tracepoint "
+                   "programs, where kprobes are refused) or none; auto takes the first that works.")
 @click.option("--plain", is_flag=True, help="One line per event (the default when stdout is not a TTY).")
 def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inject: Optional[str],
                inject_after: Optional[int], kernel_events: str, plain: bool) -> None:

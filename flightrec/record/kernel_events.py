@@ -2,23 +2,47 @@
 
 The analyzer reads three kernel events (docs/markers.md): the RX reserve in
 ``__xsk_rcv_zc``, the flush in ``xsk_flush`` and the TX read in
-``xp_raw_get_data``. They need kprobes. This module only decides the backend
-and says why; installing and removing the probes belongs to
-``flightrec.probes``, called from :func:`install` and :func:`remove` below —
-the only two places the recording touches probes.
+``xp_raw_get_data``. Two backends produce them:
+
+* ``kprobes``: probes on those functions. Installing and removing them
+  belongs to ``flightrec.probes``, called from :func:`install` and
+  :func:`remove` below — the only two places the recording touches probes.
+* ``bpf``: BTF tracepoint programs (bpf/xsk_trace.bpf.c, loaded by the
+  bpf/xsk_trace process, :class:`BpfTracer`) that print the same events with
+  ``bpf_trace_printk``, plus ring slot and producer, for kernels without
+  kprobes. Everything they load lives as long as that process.
+
+This module decides the backend by probing what the kernel allows, and says why.
 """
 
 from __future__ import annotations
 
 import gzip
 import importlib
+import json
+import os
+import select
+import signal
+import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from flightrec.errors import FlightrecError
+from flightrec.record.forwarder import REPO_ROOT, child_guard
 
-BACKENDS = ("auto", "kprobes", "none")
+BACKENDS = ("auto", "kprobes", "bpf", "none")
+
+LOADER_ENV = "FLIGHTREC_XSK_TRACE"
+# The event the BPF programs' lines arrive as; enabled in flightrec's instance.
+PRINTK_EVENT = Path("events/bpf_trace/bpf_trace_printk/enable")
+# The BPF events stand in for these kernel functions (docs/markers.md).
+BPF_TRACEPOINTS = {
+    "rx_reserve": "tp_btf/xdp_redirect",
+    "flush": "tp_btf/napi_poll",
+    "tx_get_data": "tp_btf/netif_rx",
+}
 
 # name in the trace -> kernel function it probes (docs/markers.md).
 KERNEL_EVENTS = {
@@ -32,7 +56,7 @@ KERNEL_EVENTS = {
 class Choice:
     """The backend chosen, why, and which kernel events the trace will lack."""
 
-    backend: str  # "kprobes" or "none"
+    backend: str  # "kprobes", "bpf" or "none"
     reason: str
     missing: tuple[str, ...] = field(default_factory=tuple)
 
@@ -82,21 +106,100 @@ def _missing_events() -> tuple[str, ...]:
     return tuple(f"{name} ({func})" for name, func in KERNEL_EVENTS.items())
 
 
+def loader_path() -> Path:
+    """The BPF backend's loader: $FLIGHTREC_XSK_TRACE or bpf/xsk_trace in the tree."""
+    env = os.environ.get(LOADER_ENV)
+    return Path(env) if env else REPO_ROOT / "bpf" / "xsk_trace"
+
+
+def toplevel_printk(tracefs_root: Path) -> Optional[str]:
+    """The top-level ``bpf_trace_printk`` enable ("0"/"1"), or None if absent."""
+    try:
+        return (tracefs_root / PRINTK_EVENT).read_text().strip()
+    except OSError:
+        return None
+
+
+def restore_toplevel_printk(tracefs_root: Path, before: Optional[str], settle: float = 0.0) -> Optional[str]:
+    """Put the top-level ``bpf_trace_printk`` enable back to ``before``.
+
+    Loading any program that calls bpf_trace_printk makes the kernel enable
+    that event in the top-level buffer too, and never disable it; flightrec
+    wants its lines only in its own instance, so it undoes that. The kernel
+    does it from a work item queued at load time, so it can land after the
+    loader is ready: wait up to ``settle`` seconds for it (and call this again
+    at teardown). Returns a problem line, or None.
+    """
+    if before is None:
+        return None
+    deadline = time.monotonic() + settle
+    while toplevel_printk(tracefs_root) == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if toplevel_printk(tracefs_root) in (None, before):
+        return None
+    try:
+        (tracefs_root / PRINTK_EVENT).write_text(before)
+    except OSError as err:
+        return f"cannot restore {tracefs_root / PRINTK_EVENT} to {before}: {err.strerror}"
+    return None
+
+
+def bpf_unavailable(tracefs_root: Optional[Path] = None, timeout: float = 20.0) -> Optional[str]:
+    """Why the BPF tracepoint backend cannot be used here, or None.
+
+    The honest test: ``xsk_trace --probe`` loads and attaches the programs,
+    then detaches them and exits (the verifier and the attach are the kernel's
+    answer, not a config file's).
+    """
+    loader = loader_path()
+    if not os.access(loader, os.X_OK):
+        if os.environ.get(LOADER_ENV):
+            return f"${LOADER_ENV} names {loader}, which is not an executable; unset it or build bpf/xsk_trace"
+        return f"BPF backend not built ({loader} missing); run `make -C {loader.parent}`"
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        return "no kernel BTF (/sys/kernel/btf/vmlinux); tp_btf programs need CONFIG_DEBUG_INFO_BTF"
+    before = toplevel_printk(tracefs_root) if tracefs_root else None
+    try:
+        proc = subprocess.run([str(loader), "--probe"], capture_output=True, text=True, timeout=timeout,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"{loader} --probe failed: {err}"
+    finally:
+        if tracefs_root:
+            restore_toplevel_printk(tracefs_root, before, settle=1.0)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        return lines[-1] if lines else f"{loader} --probe exited {proc.returncode}"
+    return None
+
+
 def choose_backend(requested: str, tracefs_root: Path) -> Choice:
     """Pick the kernel-event backend for ``--kernel-events``.
 
-    :raises FlightrecError: ``kprobes`` was asked for and cannot be had.
+    auto: kprobes where they work, the BPF tracepoint backend where they do
+    not, markers alone where neither does.
+
+    :raises FlightrecError: ``kprobes`` or ``bpf`` was asked for and cannot be had.
     """
     if requested not in BACKENDS:
         raise FlightrecError(f"--kernel-events must be one of {', '.join(BACKENDS)}, got {requested!r}")
     if requested == "none":
         return Choice("none", "not requested (--kernel-events none)", _missing_events())
+    if requested == "bpf":
+        why_not_bpf = bpf_unavailable(tracefs_root)
+        if why_not_bpf is not None:
+            raise FlightrecError(f"--kernel-events bpf: {why_not_bpf}; use --kernel-events auto to record "
+                                 "markers alone")
+        return Choice("bpf", "requested (--kernel-events bpf); BPF tracepoints load and attach", ())
     why_not = kprobes_unavailable(tracefs_root)
     if why_not is None:
         return Choice("kprobes", "kprobes available", ())
     if requested == "kprobes":
         raise FlightrecError(f"--kernel-events kprobes: {why_not}; use --kernel-events auto to record markers alone")
-    return Choice("none", f"recording markers alone: {why_not}", _missing_events())
+    why_not_bpf = bpf_unavailable(tracefs_root)
+    if why_not_bpf is None:
+        return Choice("bpf", f"kprobes unavailable: {why_not}; BPF tracepoints load and attach", ())
+    return Choice("none", f"recording markers alone: {why_not}; BPF backend: {why_not_bpf}", _missing_events())
 
 
 def install(choice: Choice, instance_dir: Path) -> tuple[Any, list[str]]:
@@ -140,3 +243,123 @@ def remove_all_flightrec_probes(tracefs_root: Path) -> list[str]:
         return []
     _removed, problems = remove_group(tracefs_root)
     return list(problems)
+
+
+# --- the BPF tracepoint backend --------------------------------------------------
+
+
+def netns_device(netns_path: Path, ifname: str) -> str:
+    """``INODE:IFINDEX`` of a device in a named namespace, as xsk_trace's --dev wants.
+
+    :raises FlightrecError: the namespace or device does not exist.
+    """
+    try:
+        inode = os.stat(netns_path).st_ino
+    except OSError as err:
+        raise FlightrecError(f"no network namespace {netns_path}: {err.strerror}") from err
+    proc = subprocess.run(["ip", "-n", netns_path.name, "-j", "link", "show", "dev", ifname],
+                          capture_output=True, text=True, timeout=10, check=False)
+    try:
+        ifindex = int(json.loads(proc.stdout)[0]["ifindex"])
+    except (ValueError, LookupError, TypeError) as err:
+        raise FlightrecError(f"no device {ifname} in {netns_path.name}: {proc.stderr.strip()}") from err
+    return f"{inode}:{ifindex}"
+
+
+class BpfTracer:
+    """The xsk_trace process: its programs are attached exactly while it runs.
+
+    Started with the parent-death signal set (a SIGKILL of flightrec takes it
+    down, and the kernel drops its links), in its own session so a terminal
+    Ctrl-C reaches flightrec only, which then stops it in order.
+    """
+
+    def __init__(self, devices: list[str], stderr_path: Path, binary: Optional[Path] = None) -> None:
+        self.binary = binary or loader_path()
+        self.devices = list(devices)
+        self.stderr_path = stderr_path
+        self.proc: Optional[subprocess.Popen] = None
+        self.ready: Optional[dict] = None
+        self.exit_event: Optional[dict] = None
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc else None
+
+    def argv(self) -> list[str]:
+        argv = [str(self.binary)]
+        for dev in self.devices:
+            argv += ["--dev", dev]
+        return argv
+
+    def start(self, on_process: Optional[Callable[[int, str], None]] = None, timeout: float = 20.0) -> dict:
+        """Start the loader and wait for its ready line; return it.
+
+        ``on_process(pid, what)`` is called as soon as the process exists (the
+        crash registry), before it has attached anything.
+
+        :raises FlightrecError: it could not start or the kernel refused (its stderr says why).
+        """
+        with open(self.stderr_path, "wb") as err:
+            try:
+                self.proc = subprocess.Popen(child_guard() + self.argv(), stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+            except OSError as e:
+                raise FlightrecError(f"cannot start {self.binary}: {e.strerror}") from e
+        if on_process is not None:
+            on_process(self.proc.pid, "xsk_trace")
+        assert self.proc.stdout is not None
+        line = self._readline(timeout)
+        try:
+            event = json.loads(line) if line else {}
+        except ValueError:
+            event = {}
+        if event.get("event") != "ready":
+            self.stop()
+            raise FlightrecError(f"BPF backend did not start: {self.stderr_tail() or 'no ready line'}")
+        self.ready = event
+        return event
+
+    def _readline(self, timeout: float) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready:
+                return self.proc.stdout.readline().decode(errors="replace")
+            if self.proc.poll() is not None:
+                return ""
+        return ""
+
+    def stop(self) -> Optional[int]:
+        """SIGINT (it detaches and exits 0), then SIGTERM, then SIGKILL; return the exit status."""
+        if self.proc is None:
+            return None
+        for sig, wait in ((signal.SIGINT, 5.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+            if self.proc.poll() is not None:
+                break
+            try:
+                self.proc.send_signal(sig)
+                self.proc.wait(wait)
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            rest = self.proc.stdout.read().decode(errors="replace") if self.proc.poll() is not None else ""
+            for line in rest.splitlines():
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if event.get("event") == "exit":
+                    self.exit_event = event
+            self.proc.stdout.close()
+        return self.proc.poll()
+
+    def stderr_tail(self, lines: int = 3) -> str:
+        try:
+            text = self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return " | ".join(ln for ln in text.splitlines()[-lines:] if ln.strip())

@@ -203,6 +203,12 @@ def remove_leftover_probes(extra: dict) -> list[str]:
     """Remove kernel probes a killed recording installed (its registry's extra)."""
     if not extra:
         return []
+    if "bpf_printk_toplevel" in extra:
+        # The BPF backend's loader died before flightrec put this back.
+        root = tracefs.find_root()
+        problem = kernel_events.restore_toplevel_printk(root, extra["bpf_printk_toplevel"]) if root else None
+        if problem:
+            return [problem]
     if extra.get("probes") is not None:
         return kernel_events.remove(extra["probes"])
     if extra.get("probes_pending"):
@@ -229,6 +235,7 @@ class _Recording:
         self.fwd: Optional[Forwarder] = None
         self.traffic: Optional[Traffic] = None
         self.probes_handle: Any = None
+        self.bpf: Optional[kernel_events.BpfTracer] = None
         self.meta: dict = {}
         self.teardown_errors: list[str] = []
 
@@ -303,6 +310,8 @@ class _Recording:
                 self.obs.warning(problem)
             events = kernel_events.installed_events(self.probes_handle)
             self.obs.step(f"kernel events: {', '.join(events) if events else 'none installed'}")
+        elif self.choice.backend == "bpf":
+            self._start_bpf()
 
         config = ForwarderConfig(
             outer=self.topo.outer_spec, inner=self.topo.inner_spec, queues=opts.queues,
@@ -329,6 +338,28 @@ class _Recording:
         self.obs.step(
             f"traffic: iperf3 TCP and UDP, {self.topo.client_addr} -> {self.topo.server_addr}, "
             f"{opts.duration:g} s"
+        )
+
+    def _start_bpf(self) -> None:
+        """Load the BPF tracepoint backend, its lines enabled in the instance only."""
+        assert self.topo is not None and self.instance is not None
+        topo = self.topo
+        devices = [kernel_events.netns_device(topo.netns_path(ns), dev)
+                   for ns, dev in ((topo.outer_ns, topo.outer_dev), (topo.inner_ns, topo.inner_dev))]
+        # Restored (to its old value) when the instance closes.
+        self.instance.set(kernel_events.PRINTK_EVENT, "1")
+        before = kernel_events.toplevel_printk(self.root)
+        self.reg.extra["bpf_printk_toplevel"] = before
+        self.reg.save()
+        self.bpf = kernel_events.BpfTracer(devices, self.logs / "xsk_trace.stderr")
+        ready = self.bpf.start(on_process=self.reg.add_process)
+        problem = kernel_events.restore_toplevel_printk(self.root, before, settle=1.0)
+        if problem:
+            self.obs.warning(problem)
+        self.obs.step(
+            f"kernel events: bpf ({self.choice.reason}); "
+            + ", ".join(f"{name} <- {tp}" for name, tp in kernel_events.BPF_TRACEPOINTS.items())
+            + f"; xsk_trace pid {ready.get('pid')}, sockets of {topo.outer_dev} and {topo.inner_dev}"
         )
 
     def _wait(self, t0: float) -> str:
@@ -424,6 +455,15 @@ class _Recording:
             self.fwd.stop()
         if self.traffic is not None:
             self.traffic.stop()
+        if self.bpf is not None:
+            code = self.bpf.stop()
+            if code != 0:
+                self.teardown_errors.append(
+                    f"BPF backend (xsk_trace) {fwdmod.describe_exit(code)}: {self.bpf.stderr_tail()}")
+            # Again: the kernel's late top-level enable may have come after setup's restore.
+            problem = kernel_events.restore_toplevel_printk(self.root, self.reg.extra.get("bpf_printk_toplevel"))
+            if problem:
+                self.teardown_errors.append(problem)
         if self.probes_handle is not None:
             try:
                 self.teardown_errors.extend(kernel_events.remove(self.probes_handle))
@@ -494,9 +534,14 @@ class _Recording:
             "kernel": {"release": platform.release(), "machine": platform.machine()},
             "kernel_events": {
                 **self.choice.as_dict(),
-                "installed": kernel_events.installed_events(self.probes_handle),
+                "installed": kernel_events.installed_events(self.probes_handle) if self.bpf is None
+                else [f"{name} ({tp})" for name, tp in kernel_events.BPF_TRACEPOINTS.items()],
                 "problems": list(self.probes_handle.get("problems", []))
                 if isinstance(self.probes_handle, dict) else [],
+                "bpf": None if self.bpf is None else {
+                    "argv": self.bpf.argv(), "ready": self.bpf.ready, "exit": self.bpf.exit_event,
+                    "exit_code": self.bpf.proc.returncode if self.bpf.proc else None,
+                },
             },
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.opts).items()},
             "topology": self.topo.as_dict() if self.topo else None,
