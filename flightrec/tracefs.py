@@ -345,7 +345,8 @@ class TraceInstance:
         """
         if kb <= 0:
             raise FlightrecError(f"buffer size must be positive, got {kb} KB")
-        self.set("buffer_size_kb", str(kb))
+        # A new instance reads "7 (expanded: 1408)" on 6.1: only the number can be written back.
+        self.set("buffer_size_kb", str(kb), restore=self.read("buffer_size_kb").split()[0])
 
     @property
     def buffer_size_kb(self) -> int:

@@ -673,7 +673,8 @@ def build_id(path: Path) -> str | None:
             for sec in elf.iter_sections():
                 if sec["sh_type"] == "SHT_NOTE":
                     for note in sec.iter_notes():
-                        if note["n_type"] == "NT_GNU_BUILD_ID":
+                        # type 3 is also a Xen note's type: only the GNU one is the build ID
+                        if note["n_type"] == "NT_GNU_BUILD_ID" and note["n_name"] == "GNU":
                             return note["n_desc"]
     except (OSError, *_PARSE_ERRORS):
         return None

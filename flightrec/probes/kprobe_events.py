@@ -8,6 +8,7 @@ in flightrec's tracefs instance (a plain directory, ``instances/<name>``).
 from __future__ import annotations
 
 import errno
+import os
 import re
 from pathlib import Path
 from typing import TypedDict
@@ -45,8 +46,7 @@ def kprobes_unavailable_reason(tracefs: Path = TRACEFS) -> str | None:
         return ("this kernel has no kprobe events (CONFIG_KPROBE_EVENTS is not set): "
                 "use `flightrec vm record` to record under a kernel that has them")
     try:
-        with open(tracefs / "kprobe_events", "a"):
-            pass
+        os.close(os.open(tracefs / "kprobe_events", os.O_WRONLY | os.O_APPEND))
     except PermissionError:
         return f"{tracefs / 'kprobe_events'} is not writable: run as root"
     except OSError as e:
@@ -58,10 +58,15 @@ def _write(path: Path, text: str) -> None:
     """One write(2) per line, as tracefs wants; the kernel's error comes back as OSError.
 
     Always append: opening kprobe_events with O_TRUNC deletes every kprobe
-    on the system, everybody's.
+    on the system, everybody's. And never seek: Python's open(path, "a")
+    does, and kprobe_events (a write-only seq_file) refuses it with EINVAL
+    on 6.1, so this is a bare O_APPEND write.
     """
-    with open(path, "a") as f:
-        f.write(text + "\n")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, (text + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 def group_events(tracefs: Path, group: str = GROUP) -> list[str]:

@@ -202,20 +202,21 @@ def choose_backend(requested: str, tracefs_root: Path) -> Choice:
     return Choice("none", f"recording markers alone: {why_not}; BPF backend: {why_not_bpf}", _missing_events())
 
 
-def install(choice: Choice, instance_dir: Path) -> tuple[Any, list[str]]:
+def install(choice: Choice, instance_dir: Path, prepared: Optional[Any] = None) -> tuple[Any, list[str]]:
     """Install the kernel probes, enabled in the instance only.
 
     The one call site of ``flightrec.probes.install``. Returns the handle for
     :func:`remove` (a JSON-able dict, kept in the crash registry) and one
     line per probe that could not be had: those are warnings, the
-    recording goes on with the rest.
+    recording goes on with the rest. ``prepared`` holds definitions resolved
+    elsewhere (flightrec.probes.prepare), used instead of resolving here.
     """
     if choice.backend != "kprobes":
         return None, []
     probes = _probes_api()
     if probes is None:  # choose_backend already checked; keep the error clear anyway
         raise FlightrecError("kprobes chosen but flightrec.probes has no install API")
-    handle = probes.install(instance_dir)
+    handle = probes.install(instance_dir, prepared=prepared) if prepared is not None else probes.install(instance_dir)
     problems = list(handle.get("problems", [])) if isinstance(handle, dict) else []
     return handle, problems
 

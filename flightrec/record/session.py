@@ -34,6 +34,7 @@ EXIT_CLEAN, EXIT_ANOMALY, EXIT_ERROR = 0, 1, 2
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SLACK = 10.0  # seconds the forwarder may outlive the traffic before it is stopped
 INJECT_FRAMES = 1024
+TRAFFIC_GRACE = 3.0  # seconds the traffic may take past --duration before it is stopped
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class RecordOptions:
     inject: Optional[str] = None
     inject_after: Optional[int] = None
     kernel_events: str = "auto"
+    # Probe definitions resolved elsewhere (flightrec.probes.Prepared): a VM
+    # guest gets them from the host, where the debug vmlinux is quick to read.
+    probe_definitions: Optional[object] = None
 
     def check(self) -> None:
         """:raises FlightrecError: an option is out of range."""
@@ -303,7 +307,8 @@ class _Recording:
             # cleanup then removes flightrec's whole probe group.
             self.reg.extra["probes_pending"] = True
             self.reg.save()
-            self.probes_handle, problems = kernel_events.install(self.choice, self.instance.path)
+            self.probes_handle, problems = kernel_events.install(self.choice, self.instance.path,
+                                                                       opts.probe_definitions)
             self.reg.extra["probes"] = self.probes_handle
             self.reg.save()
             for problem in problems:
@@ -390,7 +395,9 @@ class _Recording:
             if event is not None and event.kind == "stats" or now - last_stats >= 2.0:
                 last_stats = now
                 self.obs.stats(self._live(now - t0))
-            if self.traffic.finished():
+            # iperf3 clients can linger past their -t swapping results over a
+            # slow control connection: the duration asked for is what counts.
+            if self.traffic.finished() or now - t0 >= self.opts.duration + TRAFFIC_GRACE:
                 return "duration"
             # The kernel trigger stops the buffer on a detection line even if
             # the forwarder hangs; give it a moment to exit by itself.
