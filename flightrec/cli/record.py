@@ -115,7 +115,8 @@ class LiveView(Observer):
 
 
 def summarize_analysis(trace: Path, out_dir: Path) -> str:
-    """Analyze the saved trace; write DIR/analysis.json; return the verdict line.
+    """Analyze the saved trace; write DIR/analysis.json, report.html and
+    trace.perfetto.json; return the verdict line.
 
     The analyzer runs as `flightrec analyze --json` in its own process, so
     whatever happens to it, the recording's result and exit code stand.
@@ -133,6 +134,13 @@ def summarize_analysis(trace: Path, out_dir: Path) -> str:
     except ValueError:
         return "analysis: no JSON from `flightrec analyze --json`"
     (out_dir / "analysis.json").write_text(json.dumps(data, indent=2) + "\n")
+    # Beside the trace, what a CI artifact opens in a browser.
+    for args in (["report", str(trace), "-o", str(out_dir / "report.html")],
+                 ["export", "perfetto", str(trace), "-o", str(out_dir / "trace.perfetto.json")]):
+        try:
+            subprocess.run([sys.executable, "-m", "flightrec", *args], capture_output=True, timeout=300, check=False)
+        except subprocess.TimeoutExpired:
+            pass
     line = f"verdict: {data.get('verdict')}"
     if data.get("anomalies"):
         first = data["anomalies"][0]

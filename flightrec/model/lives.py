@@ -1,10 +1,16 @@
-"""A descriptor's life: every event that names its address, in time order."""
+"""Views of the timeline a report needs: a descriptor's life, the events
+around a piece of evidence, and per-CPU statistics."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from flightrec.model.timeline import Timeline
+
+if TYPE_CHECKING:
+    from flightrec.checks.anomaly import Anomaly
 
 
 def life(tl: Timeline, addr: int) -> pd.DataFrame:
@@ -28,3 +34,24 @@ def per_cpu(tl: Timeline) -> pd.DataFrame:
     out = pd.DataFrame({"events": g.size(), "first": g["ts"].min(), "last": g["ts"].max()})
     kinds = df.groupby(["cpu", "kind"], observed=True).size().unstack(fill_value=0)
     return out.join(kinds)
+
+
+def context_rows(tl: Timeline, a: "Anomaly", around: int) -> tuple[list[int], list[int]]:
+    """The CPUs of the story and the rows around the evidence on them, in
+    time order: `around` events of those CPUs on each side of each piece."""
+    rows_ev = sorted({e.row for e in a.evidence if e.row >= 0})
+    cpus = list(a.cpus)
+    for r in rows_ev:
+        if tl.cpu[r] not in cpus:
+            cpus.append(tl.cpu[r])
+    chosen: set[int] = set(rows_ev)
+    cpu_col = tl.cpu
+    for r in rows_ev:
+        for step in (-1, 1):
+            i, taken = r + step, 0
+            while 0 <= i < len(cpu_col) and taken < around:
+                if cpu_col[i] in cpus:
+                    chosen.add(i)
+                    taken += 1
+                i += step
+    return cpus, sorted(chosen)

@@ -139,3 +139,24 @@ def scan(data: bytes, kernel_names: Sequence[tuple[str, int, int]]) -> Scan:
         for i in range(res.nsocks)
     ]
     return Scan(data, arrays, socks, meta, res.lines, res.long_lines, bool(res.cut))
+
+
+def take_strings(cols: Sequence[Sequence[str]], rows: np.ndarray) -> list[list[str]]:
+    """The strings of each column at `rows` (an index array), in bulk.
+
+    OffsetStrings decode one row per Python call; when the trace is ASCII
+    (the usual case) the buffer is decoded once and sliced instead. Plain
+    lists (the pure-Python parser's) are indexed.
+    """
+    out = []
+    text: Optional[str] = None
+    for col in cols:
+        if isinstance(col, OffsetStrings):
+            if text is None:
+                text = col._data.decode("ascii") if col._data.isascii() else ""
+            if text:
+                o = col._off[rows]
+                out.append(list(map(text.__getitem__, map(slice, o.tolist(), (o + col._len[rows]).tolist()))))
+                continue
+        out.append([col[i] for i in rows.tolist()])
+    return out

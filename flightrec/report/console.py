@@ -15,7 +15,7 @@ from rich.text import Text
 from flightrec.analysis import Result
 from flightrec.checks.anomaly import Anomaly
 from flightrec.model import kinds
-from flightrec.model.lives import life, per_cpu, rows_of
+from flightrec.model.lives import context_rows, life, per_cpu, rows_of
 from flightrec.model.replay import POISON
 from flightrec.model.timeline import Timeline
 
@@ -48,31 +48,17 @@ def summary(tl: Timeline, row: int) -> str:
 def side_by_side(tl: Timeline, a: Anomaly, around: int) -> Optional[Table]:
     """The post's "CPU 2 | CPU 0" figure: the events around the evidence,
     one column per CPU involved, one row per event, in time order."""
-    rows_ev = sorted({e.row for e in a.evidence if e.row >= 0})
-    if not rows_ev:
+    cpus, rows = context_rows(tl, a, around)
+    if not rows:
         return None
-    cpus = list(a.cpus)
-    for r in rows_ev:
-        if tl.cpu[r] not in cpus:
-            cpus.append(tl.cpu[r])
-    chosen: set[int] = set(rows_ev)
-    cpu_col = tl.cpu
-    for r in rows_ev:
-        for step in (-1, 1):
-            i, taken = r + step, 0
-            while 0 <= i < len(cpu_col) and taken < around:
-                if cpu_col[i] in cpus:
-                    chosen.add(i)
-                    taken += 1
-                i += step
-    t0 = tl.ts[min(chosen)]
+    t0 = tl.ts[rows[0]]
     table = Table(title=f"around line {a.line}: " + " | ".join(f"CPU {c}" for c in cpus), expand=False)
     table.add_column("line", justify="right", style="dim")
     table.add_column("+µs", justify="right")
     for c in cpus:
         table.add_column(f"CPU {c}", overflow="fold", max_width=58)
     evidence_rows = {e.row: e.why for e in a.evidence}
-    for r in sorted(chosen):
+    for r in rows:
         cells = [""] * len(cpus)
         text = Text(summary(tl, r))
         if r in evidence_rows:
