@@ -22,6 +22,7 @@ COMMANDS = {
     "cleanup": "cleanup",
     "probes": "probes",
     "simulate": "simulate_cmd",
+    "vm": "vm",
     "export": "export",
     "report": "report",
 }

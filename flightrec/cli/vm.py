@@ -1,0 +1,181 @@
+"""`flightrec vm`: record (or run a command) inside a disposable stock-kernel VM."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from flightrec.errors import FlightrecError
+from flightrec.vm.qemu import ACCELS, VmConfig
+from flightrec.vm.runner import DEFAULT_BOOT_TIMEOUT, Interrupted
+
+
+class _Progress:
+    """Host progress lines with the time since start: `[  4.2s] guest ready ...`."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.guest_error: Optional[str] = None  # the guest's last "flightrec: ..." line
+
+    def say(self, text: str) -> None:
+        click.echo(f"[{time.monotonic() - self.t0:6.1f}s] {text}")
+
+    def guest(self, line: str) -> None:
+        if line.startswith("flightrec: "):
+            self.guest_error = line.removeprefix("flightrec: ")
+        click.echo(f"  guest | {line}")
+
+
+def _vm_options(f):  # type: ignore[no-untyped-def]
+    """Options shared by `vm record` and `vm run`."""
+    for opt in reversed([
+        click.option("--kernel", "kernel", metavar="PKG|PATH", default=None,
+                     help="Debian kernel package or pattern (default: newest linux-image-6.1.*-cloud-amd64), "
+                          "or a bzImage path (modules built in; vmlinux beside it for probes)."),
+        click.option("--cpus", type=click.IntRange(1, 64), default=2, show_default=True, help="Guest vCPUs."),
+        click.option("--memory", "memory_mb", type=click.IntRange(256, 65536), default=1024, show_default=True,
+                     help="Guest memory in MB."),
+        click.option("--accel", type=click.Choice(ACCELS), default="tcg", show_default=True,
+                     help="tcg works everywhere; kvm where nested virtualisation works (it hangs on some hosts)."),
+        click.option("--boot-timeout", type=click.FloatRange(min=1), default=DEFAULT_BOOT_TIMEOUT,
+                     show_default=True, help="Watchdog: seconds for the guest to reach its command."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _fail(message: str) -> None:
+    click.echo(f"flightrec: {message}", err=True)
+    sys.exit(2)
+
+
+VM_EPILOG = """\b
+Examples:
+  flightrec vm record -o vm-out
+  flightrec vm record --duration 30 --inject double-fill -o vm-bug
+  flightrec vm run -- uname -a
+"""
+
+
+@click.group("vm", epilog=VM_EPILOG)
+def vm() -> None:
+    """Run flightrec inside a disposable VM whose kernel has kprobes.
+
+    The guest boots a stock Debian kernel under QEMU, sees the host's root
+    read-only (virtiofs under an overlay on tmpfs: its writes never reach the
+    host), and writes only into one scratch folder that flightrec copies back.
+    """
+
+
+RECORD_EPILOG = """\b
+Examples:
+  flightrec vm record -o vm-out                       # 20 s, 2 vCPUs, Debian 6.1 cloud kernel
+  flightrec vm record --duration 30 --cpus 2 -o vm-out -b 8192
+  flightrec vm record --inject double-fill --inject-after 3000 -o vm-bug
+  flightrec vm record --kernel /src/linux/arch/x86/boot/bzImage -o vm-own
+
+\b
+Any other option is passed to `flightrec record` in the guest (see
+`flightrec record --help`). Exit codes are record's: 0 clean, 1 anomaly
+caught, 2 error (QEMU or kernel missing, boot failure, watchdog), 128+N
+killed by signal N. Nothing is left behind on any of them.
+"""
+
+
+@vm.command("record", epilog=RECORD_EPILOG,
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@_vm_options
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+              help="Seconds of traffic through the forwarder in the guest.")
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("flightrec-vm-out"), show_default=True,
+              help="Host folder for trace.txt, meta.json, analysis.json, vm.json and the guest's logs.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=None,
+              help="Watchdog: seconds the guest's recording may take (default: duration + 150).")
+@click.pass_context
+def record_cmd(ctx: click.Context, kernel: Optional[str], cpus: int, memory_mb: int, accel: str,
+               boot_timeout: float, duration: float, out_dir: Path, timeout: Optional[float]) -> None:
+    """Record the AF_XDP forwarder with real kernel probes inside a VM.
+
+    Fetches the kernel and its -dbg package with apt (cached under
+    /var/cache/flightrec), resolves the probes on the host, boots the guest,
+    runs `flightrec record` there with kprobes installed, copies the trace to
+    DIR and analyzes it on the host.
+    """
+    from flightrec.vm.record import VmRecordOptions, vm_record
+
+    progress = _Progress()
+    opts = VmRecordOptions(out_dir=out_dir, duration=duration, kernel=kernel,
+                           config=VmConfig(cpus=cpus, memory_mb=memory_mb, accel=accel),
+                           record_args=tuple(ctx.args), timeout=timeout, boot_timeout=boot_timeout)
+    try:
+        result = vm_record(opts, progress.say, progress.guest)
+    except FlightrecError as e:
+        _fail(str(e))
+    except Interrupted as sig:
+        click.echo(f"flightrec: interrupted by {sig}; the VM was stopped", err=True)
+        sys.exit(128 + sig.signum)
+    t = result.timings
+    progress.say(f"done: exit {result.exit_code}; boot {t.get('boot_s', 0):.1f} s, recording "
+                 f"{t.get('guest_command_s', 0):.1f} s for {duration:g} s of traffic, wall {t.get('wall_s', 0):.1f} s")
+    saved = result.trace is not None and result.exit_code in (0, 1)
+    if saved:
+        click.echo(f"saved {result.trace} and {result.out_dir / 'vm.json'}")
+    if result.verdict_line:
+        click.echo(result.verdict_line)
+    if saved:
+        click.echo(f"details: flightrec analyze {result.trace}")
+    if result.exit_code == 2:
+        click.echo(f"flightrec: in the VM: {progress.guest_error or 'the recording failed (see vm-output.log)'}",
+                   err=True)
+    sys.exit(result.exit_code)
+
+
+RUN_EPILOG = """\b
+Examples:
+  flightrec vm run -- uname -a
+  flightrec vm run -- sh -c 'cat /proc/cmdline; ls /sys/kernel/tracing'
+  flightrec vm run -o out -- sh -c 'dmesg > $FLIGHTREC_VM_OUT/dmesg.txt'
+
+\b
+The command runs as root with the host's PATH and current folder; what it
+writes to $FLIGHTREC_VM_OUT is copied to -o DIR. Exit code: the command's,
+or 2 when the VM could not run it.
+"""
+
+
+@vm.command("run", epilog=RUN_EPILOG)
+@_vm_options
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Host folder to copy $FLIGHTREC_VM_OUT to.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="Watchdog: seconds the command may take.")
+@click.argument("command", nargs=-1, required=True)
+def run_cmd(kernel: Optional[str], cpus: int, memory_mb: int, accel: str, boot_timeout: float,
+            out_dir: Optional[Path], timeout: float, command: tuple[str, ...]) -> None:
+    """Boot the VM, run COMMAND in it, power off (for debugging the guest)."""
+    from flightrec.vm.kernel import guest_kernel
+    from flightrec.vm.qemu import tools_missing
+    from flightrec.vm.runner import run_in_guest
+
+    progress = _Progress()
+    try:
+        why = tools_missing()
+        if why:
+            raise FlightrecError(why)
+        k = guest_kernel(kernel, progress.say, with_vmlinux=False)
+        result = run_in_guest(list(command), k, VmConfig(cpus=cpus, memory_mb=memory_mb, accel=accel),
+                              timeout=timeout, boot_timeout=boot_timeout, out_dir=out_dir,
+                              say=progress.say, on_output=progress.guest)
+    except FlightrecError as e:
+        _fail(str(e))
+    except Interrupted as sig:
+        click.echo(f"flightrec: interrupted by {sig}; the VM was stopped", err=True)
+        sys.exit(128 + sig.signum)
+    progress.say(f"guest command exit {result.exit_code} after {result.command_s:.1f} s "
+                 f"(boot {result.boot_s:.1f} s, wall {result.wall_s:.1f} s)")
+    sys.exit(result.exit_code)

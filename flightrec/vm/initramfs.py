@@ -1,0 +1,237 @@
+"""A small busybox initramfs that turns the host's root into the guest's, safely.
+
+The init script (below) loads the modules the kernel needs to reach the
+host (virtio-pci, virtiofs, fuse, overlay; veth for the recording), mounts
+the host's ``/`` read-only over virtiofs as the lower layer of an overlay on
+tmpfs (guest writes never reach the host), mounts the job folder (a second
+virtiofs share, the only writable one) at its host path, chroots and runs
+``<job>/run.sh``, then powers off. Messages starting with ``flightrec-vm:``
+on the serial console tell the host where the guest is.
+
+The archive is written here in the kernel's ``newc`` cpio format (no cpio
+tool needed) and cached per kernel and init script.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import stat
+from pathlib import Path
+from typing import Iterable, Optional
+
+from flightrec.errors import FlightrecError
+from flightrec.vm.kernel import VM_CACHE, GuestKernel, find_busybox
+
+# Loaded in this order with their dependencies first; a module the kernel has
+# built in is simply absent from modules.dep and skipped.
+BOOT_MODULES = ("virtio_pci", "virtiofs", "overlay")
+# veth for the recording's topology: loaded here so the guest needs no kmod.
+EXTRA_MODULES = ("veth",)
+
+# Console markers the host waits for (qemu.py).
+READY = "flightrec-vm: ready"
+DONE = "flightrec-vm: done"
+FAIL = "flightrec-vm: FAIL"
+
+INIT = r"""#!/bin/busybox sh
+# flightrec VM init: host root read-only under an overlay, one writable job folder.
+/bin/busybox mkdir -p /proc /sys /dev /lower /rw /newroot /usr/bin /usr/sbin /sbin
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+
+fail() { echo "FAIL_MARKER $*"; sync; poweroff -f; sleep 5; }
+arg() { for kv in $(cat /proc/cmdline); do case $kv in "$1"=*) echo "${kv#*=}";; esac; done; }
+
+JOB=$(arg flightrec.job)
+MODDIR=$(arg flightrec.modules)
+[ -n "$JOB" ] || fail "no flightrec.job= on the kernel command line"
+
+if [ -f /modules.load ]; then
+    while read -r ko; do
+        insmod "/modules/$ko" || fail "insmod $ko failed"
+    done < /modules.load
+fi
+
+# The host's root, read-only; its sub-mounts (proc, sys...) are replaced below.
+mount -t virtiofs -o ro hostroot /lower || fail "cannot mount the host root (virtiofs tag hostroot)"
+mount -t tmpfs -o mode=0755 tmpfs /rw || fail "cannot mount tmpfs"
+mkdir -p /rw/upper /rw/work
+mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /newroot ||
+    fail "cannot mount the overlay (lower: virtiofs, upper: tmpfs)"
+R=/newroot
+mount -t proc proc $R/proc
+mount -t sysfs sys $R/sys
+mount -t devtmpfs dev $R/dev
+mkdir -p $R/dev/pts $R/dev/shm
+mount -t devpts devpts $R/dev/pts
+mount -t tmpfs tmpfs $R/dev/shm
+mount -t tmpfs tmpfs $R/run
+mount -t tmpfs tmpfs $R/tmp
+mount -t tracefs nodev $R/sys/kernel/tracing 2>/dev/null
+mount -t debugfs nodev $R/sys/kernel/debug 2>/dev/null
+mount -t bpf bpffs $R/sys/fs/bpf 2>/dev/null
+mkdir -p $R/run/netns
+# Last: the job folder may live under /tmp, which was just replaced by a tmpfs.
+mkdir -p "$R$JOB" && mount -t virtiofs job "$R$JOB" || fail "cannot mount the job folder $JOB (virtiofs tag job)"
+
+# The kernel's own modules at the usual place, and busybox's modprobe for
+# autoloading (the host may have no kmod).
+if [ -n "$MODDIR" ] && [ -d "$R$MODDIR" ]; then
+    rel=$(uname -r)
+    mkdir -p "$R/lib/modules/$rel" && mount --bind "$R$MODDIR" "$R/lib/modules/$rel"
+fi
+mkdir -p $R/run/flightrec-vm/bin
+cp /bin/busybox $R/run/flightrec-vm/busybox
+for a in modprobe insmod lsmod rmmod depmod; do ln -s ../busybox $R/run/flightrec-vm/bin/$a; done
+echo /run/flightrec-vm/bin/modprobe > /proc/sys/kernel/modprobe
+
+echo "READY_MARKER $(cut -d' ' -f1 /proc/uptime)"
+chroot $R /bin/sh "$JOB/run.sh" </dev/null
+echo "DONE_MARKER rc=$? $(cut -d' ' -f1 /proc/uptime)"
+sync
+umount "$R$JOB" 2>/dev/null
+poweroff -f
+sleep 5
+"""
+
+
+def init_script() -> str:
+    return INIT.replace("FAIL_MARKER", FAIL).replace("READY_MARKER", READY).replace("DONE_MARKER", DONE)
+
+
+def module_order(modules_dir: Path, wanted: Iterable[str]) -> list[str]:
+    """The .ko paths (relative to ``modules_dir``) to insmod, dependencies first.
+
+    :raises FlightrecError: no modules.dep (depmod did not run).
+    """
+    dep_file = modules_dir / "modules.dep"
+    try:
+        lines = dep_file.read_text().splitlines()
+    except OSError as e:
+        raise FlightrecError(f"cannot read {dep_file}: {e.strerror}") from None
+    deps: dict[str, list[str]] = {}
+    by_name: dict[str, str] = {}
+    for line in lines:
+        if ":" not in line:
+            continue
+        ko, rest = line.split(":", 1)
+        deps[ko] = rest.split()
+        # Module names use _ where file names may use -.
+        by_name[Path(ko).name.split(".ko", 1)[0].replace("-", "_")] = ko
+    order: list[str] = []
+
+    def visit(ko: str, stack: tuple[str, ...] = ()) -> None:
+        if ko in order or ko in stack:
+            return
+        for d in deps.get(ko, []):
+            visit(d, stack + (ko,))
+        order.append(ko)
+
+    for name in wanted:
+        ko = by_name.get(name)
+        if ko is not None:  # absent: built in, or not in this kernel at all
+            visit(ko)
+    return order
+
+
+class _Cpio:
+    """A newc cpio archive (Documentation/driver-api/early-userspace/buffer-format.rst)."""
+
+    def __init__(self) -> None:
+        self.buf = io.BytesIO()
+        self.ino = 1
+        self.dirs: set[str] = set()
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        fields = [self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0]
+        self.ino += 1
+        self.buf.write(b"070701" + b"".join(b"%08x" % f for f in fields))
+        self.buf.write(name.encode() + b"\0")
+        self._pad()
+        self.buf.write(data)
+        self._pad()
+
+    def _pad(self) -> None:
+        self.buf.write(b"\0" * (-self.buf.tell() % 4))
+
+    def dir(self, name: str) -> None:
+        if name not in self.dirs:
+            self.dirs.add(name)
+            self._entry(name, stat.S_IFDIR | 0o755)
+
+    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        self._entry(name, stat.S_IFREG | mode, data)
+
+    def chardev(self, name: str, major: int, minor: int) -> None:
+        self._entry(name, stat.S_IFCHR | 0o600, rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        return self.buf.getvalue()
+
+
+def build(kernel: GuestKernel, extra_modules: Iterable[str] = EXTRA_MODULES,
+          cache: Path = VM_CACHE / "initramfs") -> Path:
+    """The initramfs for ``kernel`` (built once per kernel, module list and init script).
+
+    :raises FlightrecError: no static busybox, or a needed module is missing.
+    """
+    busybox = Path(find_busybox())
+    wanted = list(BOOT_MODULES) + list(extra_modules)
+    modules: list[str] = []
+    if kernel.modules_dir is not None:
+        modules = module_order(kernel.modules_dir, wanted)
+        names = {Path(m).name.split(".ko", 1)[0] for m in modules}
+        for needed in BOOT_MODULES:
+            if needed not in names and not _builtin(kernel.modules_dir, needed):
+                raise FlightrecError(f"kernel {kernel.release} has no {needed} module and does not build it in: "
+                                     "the VM needs virtio-pci, virtiofs and overlay")
+    key = hashlib.sha256()
+    for part in (kernel.release, str(kernel.bzimage), init_script(), *modules):
+        key.update(part.encode() + b"\0")
+    key.update(str(busybox.stat().st_mtime_ns).encode())
+    path = cache / f"initramfs-{kernel.release}-{key.hexdigest()[:12]}.cpio.gz"
+    if path.is_file():
+        return path
+    archive = _Cpio()
+    for d in ("bin", "dev", "proc", "sys", "lower", "rw", "newroot", "modules"):
+        archive.dir(d)
+    # The kernel opens /dev/console for init's stdin/out/err before /dev is mounted.
+    archive.chardev("dev/console", 5, 1)
+    archive.file("bin/busybox", busybox.read_bytes(), 0o755)
+    archive.file("init", init_script().encode(), 0o755)
+    if modules:
+        assert kernel.modules_dir is not None
+        for ko in modules:
+            parts = Path(ko).parts
+            for i in range(1, len(parts)):
+                archive.dir("modules/" + "/".join(parts[:i]))
+            archive.file(f"modules/{ko}", (kernel.modules_dir / ko).read_bytes())
+        archive.file("modules.load", ("\n".join(modules) + "\n").encode())
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(gzip.compress(archive.finish(), compresslevel=6))
+    os.replace(tmp, path)
+    for old in cache.glob(f"initramfs-{kernel.release}-*.cpio.gz"):  # older init scripts' builds
+        if old != path:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def _builtin(modules_dir: Path, name: str) -> bool:
+    try:
+        text = (modules_dir / "modules.builtin").read_text()
+    except OSError:
+        return False
+    return any(Path(line).name.split(".ko", 1)[0] == name for line in text.splitlines())
+
+
+def module_cmdline(kernel: GuestKernel) -> Optional[str]:
+    """``flightrec.modules=<dir>`` for the init script, when the kernel has a modules folder."""
+    return None if kernel.modules_dir is None else f"flightrec.modules={kernel.modules_dir}"

@@ -1,0 +1,198 @@
+"""`flightrec vm record`: the whole recording, with real kprobes, inside a disposable VM.
+
+Host: fetch the kernel (cached), resolve the probes in its debug vmlinux
+with the probes resolver, boot the guest. Guest (flightrec/vm/guest.py):
+install the host's probe definitions, run the ordinary recording into the
+job folder. Host again: copy the trace back, analyze it, write vm.json with
+the timings. The exit code is the recording's (0 clean, 1 anomaly, 2 error).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from flightrec.errors import FlightrecError
+from flightrec.vm import runner
+from flightrec.vm.kernel import GuestKernel, gnu_build_id, guest_kernel
+from flightrec.vm.qemu import VmConfig, tools_missing
+
+# Seconds the guest may spend beyond --duration: python imports under TCG,
+# namespaces, forwarder start, teardown, writing the trace to the host.
+SLACK = 150.0
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class VmRecordOptions:
+    out_dir: Path
+    duration: float = 20.0
+    kernel: Optional[str] = None  # None: Debian 12's newest 6.1 cloud kernel
+    config: VmConfig = field(default_factory=VmConfig)
+    record_args: tuple[str, ...] = ()  # more `flightrec record` options, passed through
+    timeout: Optional[float] = None  # the guest's command; default duration + SLACK
+    boot_timeout: float = runner.DEFAULT_BOOT_TIMEOUT
+    analyze: bool = True
+    # Run the guest's recording under this command (e.g. a fault amplifier that
+    # wraps it: ("python3", "-m", "flightrec.probes.widen", "run", "--")).
+    guest_prefix: tuple[str, ...] = ()
+    # More files for the guest's job folder ($FLIGHTREC_VM_JOB/<name>), e.g. a plan.
+    guest_files: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class VmRecordResult:
+    exit_code: int
+    out_dir: Path
+    trace: Optional[Path]
+    verdict_line: Optional[str]
+    timings: dict
+
+
+def check_record_args(args: list[str]) -> dict:
+    """Parse the passed-through options with record's own parser, before anything boots.
+
+    :raises FlightrecError: an option record would refuse.
+    """
+    import click
+
+    from flightrec.cli.record import record_cmd
+
+    if any(a in ("-o", "--output") or a.startswith("--output=") for a in args):
+        raise FlightrecError("give -o to `flightrec vm record` itself (the guest writes into a scratch folder)")
+    try:
+        return dict(record_cmd.make_context("record", list(args)).params)
+    except click.UsageError as e:
+        raise FlightrecError(f"record options: {e.format_message()}") from None
+
+
+def probe_definitions(kernel: GuestKernel, kernel_events: str, say: Say) -> Optional[dict]:
+    """The kprobe_events definitions for the guest kernel, resolved here on the host.
+
+    None when the recording runs without kernel probes (--kernel-events none,
+    or auto with no debug vmlinux).
+
+    :raises FlightrecError: --kernel-events kprobes and nothing could be resolved.
+    """
+    from flightrec import probes
+
+    if kernel_events == "none":
+        return None
+    if kernel.vmlinux is None:
+        why = f"no debug vmlinux for {kernel.release} (for a bzImage: put vmlinux beside it)"
+        if kernel_events == "kprobes":
+            raise FlightrecError(f"--kernel-events kprobes: {why}")
+        say(f"warning: {why}; recording markers alone")
+        return None
+    t = time.monotonic()
+    prepared = probes.prepare(kernel.vmlinux, for_running_kernel=False)
+    for problem in prepared.problems:
+        say(f"warning: {problem}")
+    if not prepared.definitions:
+        if kernel_events == "kprobes":
+            raise FlightrecError(f"--kernel-events kprobes: no probe could be resolved in {kernel.vmlinux}")
+        return None
+    say(f"probes: {len(prepared.definitions)} kprobe definitions from {kernel.vmlinux} "
+        f"in {time.monotonic() - t:.1f} s ({', '.join(d.event for d in prepared.definitions)})")
+    return {"release": kernel.release, "build_id": gnu_build_id(kernel.vmlinux), "vmlinux": str(kernel.vmlinux),
+            "definitions": [asdict(d) for d in prepared.definitions], "problems": list(prepared.problems)}
+
+
+def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say = lambda _: None) -> VmRecordResult:
+    """Run `flightrec record` in a fresh VM and bring the trace back to ``opts.out_dir``.
+
+    :raises FlightrecError: QEMU or a kernel missing, bad options, boot failure, watchdog.
+    :raises runner.Interrupted: SIGINT/SIGTERM/SIGHUP (the VM is stopped, nothing left behind).
+    """
+    from flightrec.record.forwarder import forwarder_missing
+
+    t0 = time.monotonic()
+    opts.config.check()
+    params = check_record_args(["--duration", str(opts.duration), *opts.record_args])
+    why = tools_missing() or forwarder_missing()
+    if why:
+        raise FlightrecError(why)
+    _remove_stale(opts.out_dir)
+    kernel_events = params["kernel_events"]
+    if kernel_events == "auto":
+        kernel_events = "kprobes"  # the point of the VM: its kernel has them
+    timings: dict = {}
+    t = time.monotonic()
+    kernel = guest_kernel(opts.kernel, say, with_vmlinux=kernel_events != "none")
+    timings["kernel_s"] = round(time.monotonic() - t, 2)
+    t = time.monotonic()
+    defs = probe_definitions(kernel, kernel_events, say)
+    timings["probes_s"] = round(time.monotonic() - t, 2)
+    files = dict(opts.guest_files)
+    if defs:
+        files["probes.json"] = json.dumps(defs, indent=2)
+    args = [*opts.record_args, "--duration", str(opts.duration), "--plain"]
+    if defs is None:
+        args += ["--kernel-events", "none"]
+    elif not any(a.startswith("--kernel-events") for a in opts.record_args):
+        args += ["--kernel-events", "kprobes"]
+    # The guest finds probes.json in its job folder ($FLIGHTREC_VM_JOB).
+    command = [*opts.guest_prefix, sys.executable, "-m", "flightrec.vm.guest", "record", "--", *args]
+    timeout = opts.timeout or opts.duration + SLACK
+    say(f"recording: {opts.duration:g} s in the guest (watchdog {timeout:g} s after boot)")
+    guest = runner.run_in_guest(
+        command, kernel, opts.config, timeout=timeout, boot_timeout=opts.boot_timeout,
+        out_dir=opts.out_dir, files=files, say=say, on_output=on_output,
+        cwd=runner.REPO_ROOT)
+    timings.update(boot_s=guest.boot_s, guest_command_s=guest.command_s, qemu_peak_rss_mb=guest.qemu_peak_rss_mb,
+                   recording_overhead_s=round(guest.command_s - opts.duration, 2))
+    trace = opts.out_dir / "trace.txt"
+    _rewrite_paths(opts.out_dir / "meta.json", guest.guest_out, opts.out_dir)
+    verdict = None
+    if opts.analyze and trace.is_file() and guest.exit_code in (0, 1):
+        from flightrec.cli.record import summarize_analysis
+
+        say("analyzing the trace on the host")
+        t = time.monotonic()
+        verdict = summarize_analysis(trace, opts.out_dir)
+        timings["analysis_s"] = round(time.monotonic() - t, 2)
+    timings["wall_s"] = round(time.monotonic() - t0, 2)
+    _write_vm_json(opts, kernel, guest, defs, timings)
+    return VmRecordResult(guest.exit_code, opts.out_dir, trace if trace.is_file() else None, verdict, timings)
+
+
+STALE = ("trace.txt", "meta.json", "analysis.json", "forwarder-stats.json", "vm.json", "vm-console.log",
+         "vm-output.log")
+
+
+def _remove_stale(out_dir: Path) -> None:
+    """A previous run's files in DIR must not pass for this run's (copy-back merges)."""
+    for name in STALE:
+        try:
+            (out_dir / name).unlink(missing_ok=True)
+        except OSError as e:
+            raise FlightrecError(f"cannot clear {out_dir / name}: {e.strerror}") from None
+
+
+def _rewrite_paths(meta: Path, guest_out: str, out_dir: Path) -> None:
+    """meta.json names the guest's scratch folder, gone now: name the host's copy instead."""
+    if not guest_out or not meta.is_file():
+        return
+    try:
+        text = meta.read_text()
+        if guest_out in text:
+            meta.write_text(text.replace(guest_out, str(out_dir.resolve())))
+    except OSError as e:
+        raise FlightrecError(f"cannot update {meta}: {e.strerror}") from None
+
+
+def _write_vm_json(opts: VmRecordOptions, kernel: GuestKernel, guest: runner.GuestRun,
+                   defs: Optional[dict], timings: dict) -> None:
+    path = opts.out_dir / "vm.json"
+    data = {"kernel": kernel.as_dict(), "guest": guest.as_dict(), "timings": timings,
+            "vcpus": opts.config.cpus, "memory_mb": opts.config.memory_mb,
+            "probe_definitions": None if defs is None else [d["text"] for d in defs["definitions"]]}
+    try:
+        path.write_text(json.dumps(data, indent=2) + "\n")
+    except OSError as e:
+        raise FlightrecError(f"cannot write {path}: {e.strerror}") from None
