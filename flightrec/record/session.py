@@ -395,6 +395,10 @@ class _Recording:
             if event is not None and event.kind == "stats" or now - last_stats >= 2.0:
                 last_stats = now
                 self.obs.stats(self._live(now - t0))
+                if self.bpf is not None:
+                    # The kernel's late switch-on of the top-level printk
+                    # event can come after the settle wait under load.
+                    kernel_events.restore_toplevel_printk(self.root, self.reg.extra.get("bpf_printk_toplevel"))
             # iperf3 clients can linger past their -t swapping results over a
             # slow control connection: the duration asked for is what counts.
             if self.traffic.finished() or now - t0 >= self.opts.duration + TRAFFIC_GRACE:
