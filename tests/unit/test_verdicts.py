@@ -173,3 +173,18 @@ def test_bpf_backend_slot_published_before_written_is_kernel():
     assert (a0["verdict"], a0["kind"], a0["reserve_cpu"], a0["flush_cpu"], a0["expected"]) == \
         ("kernel", "publish_race", 1, 0, f"{b:#x}")
     assert any("past slot 1" in e["why"] for e in a0["evidence"])
+
+
+def test_real_ftrace_and_trace_cmd_output_read_alike(fixtures):
+    """The same events, as an instance's trace file and as trace-cmd report print them."""
+    docs = [analyze_path(str(fixtures / name)).to_json()
+            for name in ("ftrace-instance-fill-order.txt", "tracecmd-instance-fill-order.txt")]
+    assert docs[0]["stats"]["format"] == "ftrace" and docs[1]["stats"]["format"] == "trace-cmd"
+    for doc in docs:
+        assert doc["stats"]["events"]["marker"] == 10 and doc["stats"]["events"]["note"] == 1
+        a = doc["anomalies"][0]
+        assert (a["kind"], a["verdict"], a["addr"], a["expected"]) == ("fill_order", "undetermined", "0x16ce900", "0x13d3900")
+        assert any("reserve" in m for m in a["missing"])
+    strip = ("evidence", "explanation", "line", "source")
+    assert [{k: v for k, v in a.items() if k not in strip} for a in docs[0]["anomalies"]] == \
+           [{k: v for k, v in a.items() if k not in strip} for a in docs[1]["anomalies"]]
