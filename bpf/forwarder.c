@@ -54,8 +54,26 @@ static int stopping(const struct fwd *f)
 
 /* ---- anomalies ------------------------------------------------------- */
 
+/* --flagged: keep the bytes the descriptor points at (its len of them, up to
+ * FLAGGED_SNAP). Runs after tracing stopped; the frame is still ours. */
+static void flag_packet(struct fwd *f, const struct port *p, const char *kind, uint64_t addr,
+			uint32_t len, uint32_t xdp_len, const char *line)
+{
+	struct flagged_packet pkt = { .sock = p->name, .kind = kind, .addr = addr, .len = len,
+				      .xdp_len = xdp_len, .line = line };
+	uint32_t cap = len < FLAGGED_SNAP ? len : FLAGGED_SNAP;
+
+	/* the poison or a stray address: no bytes to keep */
+	if (cap && addr < f->umem.size && f->umem.size - addr >= cap) {
+		pkt.data = umem_ptr(&f->umem, addr);
+		pkt.caplen = cap;
+	}
+	flagged_write(&f->flagged, &pkt);
+}
+
 /* The first anomaly wins: mute the other threads' markers, write the
- * detection line, stop tracing at once, then record the details. */
+ * detection line, stop tracing at once, then record the details. extra->len
+ * is the descriptor's len where known (the flagged packet's length). */
 static void raise_anomaly(struct fwd *f, struct port *p, const char *kind, uint64_t addr,
 			  enum desc_state from, enum desc_state to, const char *line,
 			  const struct anomaly *extra)
@@ -93,14 +111,15 @@ static void raise_anomaly(struct fwd *f, struct port *p, const char *kind, uint6
 	snprintf(a->line, sizeof(a->line), "%s", line);
 	a->addr = addr;
 	__atomic_store_n(&f->stop, 1, __ATOMIC_SEQ_CST);
+	flag_packet(f, p, kind, addr, extra ? extra->len : 0, extra ? extra->xdp_len : 0, line);
 }
 
 /* Moves frame of addr from -> to; on an invalid transition reports it and
- * returns false. */
+ * returns false. len: the descriptor's, 0 where the ring has none. */
 static bool track(struct fwd *f, struct port *p, uint64_t addr, enum desc_state from,
-		  enum desc_state to)
+		  enum desc_state to, uint32_t len)
 {
-	struct anomaly extra = { 0 };
+	struct anomaly extra = { .len = len };
 	enum desc_state was;
 	char line[160];
 
@@ -161,7 +180,7 @@ static uint32_t do_completions(struct fwd *f, struct port *p)
 	for (i = 0; i < n; i++) {
 		uint64_t addr = *xsk_ring_cons__comp_addr(&p->r.comp, idx + i);
 
-		if (!track(f, p, addr, ST_TX, ST_COMP))
+		if (!track(f, p, addr, ST_TX, ST_COMP, 0))
 			return i + 1;
 		MARK(f, p, "%s 0x%llx TX -> COMP", p->name, (unsigned long long)addr);
 		handoff_slot(ret, i)->addr = addr;
@@ -189,7 +208,7 @@ static uint32_t do_refill(struct fwd *f, struct port *p)
 		return 0; /* cannot happen: FILL is as big as all we own */
 	for (i = 0; i < n; i++) {
 		addr = umem_frame_addr(umem_frame_of(handoff_peek(&p->ret_in, i)->addr));
-		if (!track(f, p, addr, ST_COMP, ST_FILL))
+		if (!track(f, p, addr, ST_COMP, ST_FILL, 0))
 			return i + 1;
 		fill_order_push(&p->order, addr);
 		MARK(f, p, "%s 0x%llx COMP -> FILL", p->name, (unsigned long long)addr);
@@ -231,7 +250,7 @@ static uint32_t do_transmit(struct fwd *f, struct port *p)
 		const struct handoff_item *it = handoff_peek(&p->fwd_in, i);
 		struct xdp_desc *d = xsk_ring_prod__tx_desc(&p->r.tx, idx + i);
 
-		if (!track(f, p, it->addr, ST_RX, ST_TX))
+		if (!track(f, p, it->addr, ST_RX, ST_TX, it->len))
 			return i + 1;
 		MARK(f, p, "%s 0x%llx RX -> TX", p->name, (unsigned long long)it->addr);
 		d->addr = it->addr;
@@ -254,7 +273,7 @@ static bool drop_to_fill(struct fwd *f, struct port *p, uint64_t addr)
 	if (xsk_ring_prod__reserve(&p->r.fill, 1, &idx) != 1)
 		return false;
 	addr = umem_frame_addr(umem_frame_of(addr));
-	if (!track(f, p, addr, ST_RX, ST_FILL))
+	if (!track(f, p, addr, ST_RX, ST_FILL, 0))
 		return false;
 	fill_order_push(&p->order, addr);
 	MARK(f, p, "%s 0x%llx RX -> FILL", p->name, (unsigned long long)addr);
@@ -279,11 +298,12 @@ static bool check_rx(struct fwd *f, struct port *p, uint64_t addr, uint32_t len)
 		snprintf(line, sizeof(line), "%s 0x%llx FILL -> RX: expected 0x%llx remaining: %s",
 			 p->name, (unsigned long long)addr, (unsigned long long)exp, rest);
 		extra.expected = exp;
+		extra.len = len;
 		raise_anomaly(f, p, addr == POISON ? "poison" : "fill_order", addr, ST_FILL, ST_RX,
 			      line, &extra);
 		return false;
 	}
-	if (!track(f, p, addr, ST_FILL, ST_RX))
+	if (!track(f, p, addr, ST_FILL, ST_RX, len))
 		return false;
 	if (addr >= sizeof(*meta) && addr + len <= f->umem.size) {
 		meta = umem_ptr(&f->umem, addr - sizeof(*meta));
@@ -302,6 +322,25 @@ static bool check_rx(struct fwd *f, struct port *p, uint64_t addr, uint32_t len)
 	return true;
 }
 
+/* short-len: the application shortens the len of one IPv4 descriptor (by up
+ * to 16 bytes, keeping the IPv4 header whole), a user error below the
+ * tracker that the XDP length check must catch. Returns the len to use. */
+static uint32_t inject_short_len(struct fwd *f, struct xdp_desc *d, uint64_t addr, uint32_t len)
+{
+	const uint8_t *eth;
+	uint32_t cut;
+
+	if (f->opt.inject != INJECT_SHORT_LEN || len <= 14 + 20 || addr >= f->umem.size ||
+	    f->umem.size - addr < len)
+		return len;
+	eth = umem_ptr(&f->umem, addr);
+	if (eth[12] != 0x08 || eth[13] != 0x00 || !inject_due(f, INJECT_SHORT_LEN))
+		return len;
+	cut = len - (14 + 20) < 16 ? len - (14 + 20) : 16;
+	d->len = len - cut; /* the ring slot itself, as the bug would */
+	return len - cut;
+}
+
 /* RX -> the peer's fwd_in (its thread puts them on its TX). */
 static uint32_t do_receive(struct fwd *f, struct port *p)
 {
@@ -315,7 +354,7 @@ static uint32_t do_receive(struct fwd *f, struct port *p)
 	for (i = 0; i < n; i++) {
 		struct xdp_desc *d = (struct xdp_desc *)xsk_ring_cons__rx_desc(&p->r.rx, idx + i);
 		uint64_t addr = d->addr;
-		uint32_t len = d->len;
+		uint32_t len = inject_short_len(f, d, addr, d->len);
 
 		/* poison the slot: reading it back means the kernel published a
 		 * slot it had not written */
@@ -488,7 +527,7 @@ static int initial_fill(struct fwd *f, struct port *p, uint32_t first_frame)
 	for (i = 0; i < p->owned; i++) {
 		uint64_t addr = umem_frame_addr(first_frame + i);
 
-		if (!track(f, p, addr, ST_FREE, ST_FILL))
+		if (!track(f, p, addr, ST_FREE, ST_FILL, 0))
 			return -1;
 		fill_order_push(&p->order, addr);
 		MARK(f, p, "%s 0x%llx FREE -> FILL", p->name, (unsigned long long)addr);
@@ -566,7 +605,8 @@ static int setup(struct fwd *f)
 	uint32_t fps = f->opt.frames / (2 * f->opt.queues);
 	int s;
 
-	if (markers_init(&f->markers, f->opt.trace_dir)) /* before any setns */
+	if (markers_init(&f->markers, f->opt.trace_dir) || /* before any setns */
+	    flagged_open(&f->flagged, f->opt.flagged_path))
 		return -1;
 	if (netns_open(&f->home, "-") || netns_open(&f->ns[OUTER], f->opt.outer_ns) ||
 	    netns_open(&f->ns[INNER], f->opt.inner_ns))
@@ -610,6 +650,7 @@ static void teardown(struct fwd *f)
 	}
 	netns_close(&f->home);
 	markers_free(&f->markers);
+	flagged_close(&f->flagged);
 }
 
 static int start_threads(struct fwd *f)
@@ -685,6 +726,7 @@ int main(int argc, char **argv)
 	}
 	g.home.fd = -1;
 	g.markers.marker_fd = g.markers.tracing_on_fd = -1;
+	g.flagged.fd = -1;
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);

@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include "fill_order.h"
+#include "flagged.h"
 #include "handoff.h"
 #include "markers.h"
 #include "netns.h"
@@ -67,6 +68,7 @@ struct fwd {
 	unsigned nports;
 	int stop;
 	struct anomaly anomaly;
+	struct flagged flagged; /* --flagged */
 	uint64_t rx_total;      /* for --inject-after */
 	int injected;
 	double t_start;

@@ -26,12 +26,13 @@ static const char usage[] =
 "  --no-markers           no tracing at all (the default without --trace-dir)\n"
 "  --duration S           stop after S seconds (decimals allowed); 0 = until\n"
 "                         SIGINT/SIGTERM (default)\n"
-"  --inject KIND          commit an application bug on purpose: double-fill or\n"
-"                         fill-and-tx\n"
+"  --inject KIND          commit an application bug on purpose: double-fill,\n"
+"                         fill-and-tx or short-len\n"
 "  --inject-after N       RX packets before the injected bug (default 2000)\n"
 "  --frames N             UMEM frames of 4096 bytes (default 8192)\n"
 "  --batch N              descriptors per ring operation (default 64)\n"
 "  --stats PATH           write counters (and a ring snapshot at an anomaly) as JSON\n"
+"  --flagged PATH         write the bytes of every flagged packet, one JSON line each\n"
 "  --xdp-prog PATH        XDP object (default: xdp_meta.bpf.o next to the binary)\n"
 "  --skb-mode             attach XDP in generic mode instead of trying native\n"
 "  -h, --help             this text\n"
@@ -44,13 +45,16 @@ static const char usage[] =
 "      --queues 2 --trace-dir /sys/kernel/tracing/instances/flightrec-1 --duration 10\n"
 "  forwarder --outer -:outer --inner -:inner --no-markers --stats /tmp/fwd.json\n"
 "  forwarder --outer /run/netns/o:outer --inner /run/netns/i:inner --queues 2 \\\n"
-"      --trace-dir /sys/kernel/tracing/instances/t --inject double-fill --inject-after 5000\n";
+"      --trace-dir /sys/kernel/tracing/instances/t --inject double-fill --inject-after 5000\n"
+"  forwarder --outer /run/netns/o:outer --inner /run/netns/i:inner \\\n"
+"      --trace-dir /sys/kernel/tracing/instances/t --inject short-len --flagged /tmp/flagged.jsonl\n";
 
 const char *inject_name(enum inject_kind k)
 {
 	switch (k) {
 	case INJECT_DOUBLE_FILL: return "double-fill";
 	case INJECT_FILL_AND_TX: return "fill-and-tx";
+	case INJECT_SHORT_LEN: return "short-len";
 	default: return "none";
 	}
 }
@@ -121,7 +125,7 @@ static void default_xdp_prog(struct options *o)
 int options_parse(struct options *o, int argc, char **argv)
 {
 	enum { O_OUTER = 256, O_INNER, O_QUEUES, O_TRACE, O_NOMARK, O_DUR, O_INJ, O_INJAFTER,
-	       O_FRAMES, O_BATCH, O_STATS, O_XDP, O_SKB };
+	       O_FRAMES, O_BATCH, O_STATS, O_XDP, O_SKB, O_FLAGGED };
 	static const struct option longopts[] = {
 		{ "outer", required_argument, NULL, O_OUTER },
 		{ "inner", required_argument, NULL, O_INNER },
@@ -134,6 +138,7 @@ int options_parse(struct options *o, int argc, char **argv)
 		{ "frames", required_argument, NULL, O_FRAMES },
 		{ "batch", required_argument, NULL, O_BATCH },
 		{ "stats", required_argument, NULL, O_STATS },
+		{ "flagged", required_argument, NULL, O_FLAGGED },
 		{ "xdp-prog", required_argument, NULL, O_XDP },
 		{ "skb-mode", no_argument, NULL, O_SKB },
 		{ "help", no_argument, NULL, 'h' },
@@ -181,9 +186,11 @@ int options_parse(struct options *o, int argc, char **argv)
 				o->inject = INJECT_DOUBLE_FILL;
 			} else if (!strcmp(optarg, "fill-and-tx")) {
 				o->inject = INJECT_FILL_AND_TX;
+			} else if (!strcmp(optarg, "short-len")) {
+				o->inject = INJECT_SHORT_LEN;
 			} else {
-				fprintf(stderr, "forwarder: --inject wants double-fill or fill-and-tx, "
-					"got '%s'\n", optarg);
+				fprintf(stderr, "forwarder: --inject wants double-fill, fill-and-tx or "
+					"short-len, got '%s'\n", optarg);
 				return -1;
 			}
 			break;
@@ -204,6 +211,9 @@ int options_parse(struct options *o, int argc, char **argv)
 			break;
 		case O_STATS:
 			o->stats_path = optarg;
+			break;
+		case O_FLAGGED:
+			o->flagged_path = optarg;
 			break;
 		case O_XDP:
 			snprintf(o->xdp_prog, sizeof(o->xdp_prog), "%s", optarg);

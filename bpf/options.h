@@ -4,7 +4,7 @@
 
 #include <stdint.h>
 
-enum inject_kind { INJECT_NONE, INJECT_DOUBLE_FILL, INJECT_FILL_AND_TX };
+enum inject_kind { INJECT_NONE, INJECT_DOUBLE_FILL, INJECT_FILL_AND_TX, INJECT_SHORT_LEN };
 
 struct options {
 	char outer_ns[256], outer_if[32];
@@ -17,6 +17,7 @@ struct options {
 	uint32_t frames;       /* UMEM frames */
 	uint32_t batch;
 	const char *stats_path;
+	const char *flagged_path; /* --flagged: bytes of flagged packets, NULL: off */
 	char xdp_prog[4096];
 	int skb_mode;          /* force generic XDP */
 };

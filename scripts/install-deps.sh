@@ -17,7 +17,7 @@ PACKAGES=(
     libxdp-dev libbpf-dev libelf-dev zlib1g-dev
     bpftool xdp-tools
     iproute2 iputils-ping ethtool iperf3 procps
-    linux-perf trace-cmd binutils xz-utils
+    linux-perf trace-cmd binutils xz-utils tshark
     qemu-system-x86 busybox-static
     chromium
 )

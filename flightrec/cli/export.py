@@ -1,4 +1,4 @@
-"""`flightrec export`: a saved trace in another tool's format (Perfetto; pcap later)."""
+"""`flightrec export`: a saved trace in another tool's format (Perfetto; flagged packets as pcapng)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ Examples:
   flightrec export perfetto fixtures/seed-fill-order.txt -o seed.perfetto.json
   flightrec export perfetto flightrec-out/trace.txt -o trace.perfetto.json
   trace-cmd report | flightrec export perfetto - -o trace.perfetto.json
+  flightrec export pcap flightrec-out -o flagged.pcapng
 """,
 )
 def export() -> None:
-    """Write a saved trace in another tool's format."""
+    """Write a saved trace (or a recording's flagged packets) in another tool's format."""
 
 
 @export.command(
@@ -69,3 +70,40 @@ def perfetto_cmd(trace: str, output: str, threads: bool) -> None:
                f"{stats.cpus} CPU tracks; verdict {verdict}"
                + (f" ({len(result.anomalies)} anomal{'y' if len(result.anomalies) == 1 else 'ies'})"
                   if result.anomalies else ""), err=True)
+
+
+@export.command(
+    "pcap",
+    epilog="""\b
+Examples:
+  flightrec record --inject short-len -o run1; flightrec export pcap run1 -o run1.pcapng
+  flightrec export pcap run1/logs/flagged.jsonl -o flagged.pcapng
+  tshark -r flagged.pcapng -V | grep -A1 'Packet comments'
+
+\b
+Exit codes: 0 written (also with no flagged packet: an empty capture), 2 bad input or usage.
+""",
+)
+@click.argument("source", metavar="DIR|FLAGGED")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The pcapng file to write.")
+def pcap_cmd(source: str, output: str) -> None:
+    """Write the packets the forwarder flagged as pcapng, for Wireshark.
+
+    SOURCE is a `flightrec record` folder (it reads DIR/logs/flagged.jsonl)
+    or the forwarder's --flagged file itself. Each packet (Ethernet, up to
+    2048 bytes, its length the descriptor's len) carries a packet comment
+    with the descriptor address, the socket, the reason and the detection
+    line. `flightrec record` writes the same as DIR/flagged.pcap.
+    """
+    from flightrec.report.pcap import flagged_source, read_flagged, write_pcapng
+
+    try:
+        packets = read_flagged(flagged_source(source))
+        count = write_pcapng(packets, output)
+    except FlightrecError as e:
+        click.echo(f"flightrec: {e}", err=True)
+        sys.exit(2)
+    kinds = sorted({p.kind for p in packets})
+    click.echo(f"{output}: {count} flagged packet{'' if count == 1 else 's'}"
+               + (f" ({', '.join(kinds)})" if kinds else ""), err=True)

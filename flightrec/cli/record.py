@@ -156,6 +156,7 @@ Examples:
   flightrec record                              # 20 s clean run into ./flightrec-out
   flightrec record -o /tmp/run1 --duration 60 --queues 4 -b 8192
   flightrec record --inject double-fill --inject-after 5000
+  flightrec record --inject short-len -o run1   # then: wireshark run1/flagged.pcap
   flightrec record --plain --kernel-events none > record.log
 
 \b
@@ -191,7 +192,8 @@ def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inje
     starts bpf/forwarder (one AF_XDP socket per queue, every descriptor
     transition written to trace_marker), drives iperf3 TCP and UDP through it,
     and stops tracing on the first anomaly. Saves DIR/trace.txt and
-    DIR/meta.json, removes everything it created, then analyzes the trace.
+    DIR/meta.json (and DIR/flagged.pcap, pcapng, when the forwarder flagged
+    packets), removes everything it created, then analyzes the trace.
     """
     opts = RecordOptions(out_dir=out_dir, duration=duration, queues=queues, buffer_kb=buffer_kb,
                          inject=inject, inject_after=inject_after, kernel_events=kernel_events)
@@ -224,6 +226,9 @@ def _report(result: RecordResult) -> None:
             f"saved {result.trace_path} ({trace.get('bytes', 0):,} bytes, "
             f"{trace.get('fill_to_rx_markers', 0):,} FILL -> RX markers) and {result.out_dir / 'meta.json'}"
         )
+        flagged = (result.meta.get("forwarder") or {}).get("flagged")
+        if flagged:
+            click.echo(f"flagged packets: {flagged['packets']} in {flagged['pcap']} (pcapng, for Wireshark)")
         click.echo(summarize_analysis(result.trace_path, result.out_dir))
         click.echo(f"details: flightrec analyze {result.trace_path}")
     if result.exit_code not in (0, 1):

@@ -35,7 +35,7 @@ EXIT_CLEAN = 0
 EXIT_SETUP = 2
 EXIT_ANOMALY = 3
 
-INJECT_FAULTS = ("double-fill", "fill-and-tx")
+INJECT_FAULTS = ("double-fill", "fill-and-tx", "short-len")
 
 
 def forwarder_path() -> Path:
@@ -84,6 +84,7 @@ class ForwarderConfig:
     inject_after: Optional[int] = None
     stats_path: Optional[Path] = None
     frames: Optional[int] = None
+    flagged_path: Optional[Path] = None  # --flagged: bytes of every flagged packet
 
     def argv(self, binary: Path) -> list[str]:
         argv = [str(binary), "--outer", self.outer, "--inner", self.inner, "--queues", str(self.queues),
@@ -98,6 +99,8 @@ class ForwarderConfig:
             argv += ["--stats", str(self.stats_path)]
         if self.frames is not None:
             argv += ["--frames", str(self.frames)]
+        if self.flagged_path is not None:
+            argv += ["--flagged", str(self.flagged_path)]
         return argv
 
 

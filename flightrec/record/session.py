@@ -28,6 +28,7 @@ from flightrec.record import forwarder as fwdmod
 from flightrec.record import kernel_events, state, topology
 from flightrec.record.forwarder import Forwarder, ForwarderConfig
 from flightrec.record.traffic import Traffic, TrafficPlan
+from flightrec.report import pcap
 
 AF_XDP = getattr(socket, "AF_XDP", 44)
 EXIT_CLEAN, EXIT_ANOMALY, EXIT_ERROR = 0, 1, 2
@@ -241,6 +242,7 @@ class _Recording:
         self.probes_handle: Any = None
         self.bpf: Optional[kernel_events.BpfTracer] = None
         self.meta: dict = {}
+        self.flagged: dict = {}  # what _save_flagged wrote, for meta.json
         self.teardown_errors: list[str] = []
 
     # --- the run -----------------------------------------------------------------
@@ -249,7 +251,8 @@ class _Recording:
             self.logs.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise FlightrecError(f"cannot create {self.logs}: {err.strerror}") from err
-        for stale in ("trace.txt", "meta.json", "forwarder-stats.json", "analysis.json"):
+        for stale in ("trace.txt", "meta.json", "forwarder-stats.json", "analysis.json", pcap.PCAP_NAME,
+                      f"logs/{pcap.FLAGGED_NAME}"):
             (self.out / stale).unlink(missing_ok=True)
         started = _now()
         interrupted: Optional[Interrupted] = None
@@ -329,6 +332,7 @@ class _Recording:
             # after up to a quarter of the UMEM's frames: a small UMEM keeps the
             # injection inside the trace buffer.
             frames=INJECT_FRAMES if opts.inject else None,
+            flagged_path=self.logs / pcap.FLAGGED_NAME,
         )
         self.fwd = Forwarder(config, stderr_path=self.logs / "forwarder.stderr")
         self.fwd.start()
@@ -447,6 +451,7 @@ class _Recording:
                 code = self.fwd.stop()
         if self.traffic is not None:
             self.traffic.stop()
+        self._save_flagged()
         if self.instance is not None and self.instance.created:
             trace_path = self.out / "trace.txt"
             try:
@@ -459,6 +464,20 @@ class _Recording:
             except (OSError, FlightrecError) as err:
                 self.teardown_errors.append(f"saving the trace: {err}")
         return code, info
+
+    def _save_flagged(self) -> None:
+        """The forwarder's flagged packets as DIR/flagged.pcap (only when it flagged any)."""
+        source = self.logs / pcap.FLAGGED_NAME
+        if self.fwd is None or not source.is_file():
+            return
+        try:
+            packets = pcap.read_flagged(source)
+            if packets:
+                pcap.write_pcapng(packets, self.out / pcap.PCAP_NAME)
+                self.flagged = {"packets": len(packets), "pcap": str(self.out / pcap.PCAP_NAME),
+                                "source": str(source)}
+        except FlightrecError as err:  # the trace still stands: a warning, not a failed run
+            self.obs.warning(f"no {pcap.PCAP_NAME}: {err}")
 
     def _teardown(self) -> None:
         """Undo everything in reverse order; collect, never raise."""
@@ -573,6 +592,7 @@ class _Recording:
                 "exit_event": fwd.exit_event if fwd else None,
                 # Ring producer/consumer/cached indexes and XDP_STATISTICS at exit.
                 "stats_file": fwd.read_stats_file() if fwd else None,
+                "flagged": self.flagged or None,
             },
             "traffic": [asdict(r) for r in traffic],
         }

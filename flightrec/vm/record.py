@@ -162,7 +162,7 @@ def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say =
 
 
 STALE = ("trace.txt", "meta.json", "analysis.json", "forwarder-stats.json", "vm.json", "vm-console.log",
-         "vm-output.log")
+         "vm-output.log", "report.html", "trace.perfetto.json", "flagged.pcap", "logs/flagged.jsonl")
 
 
 def _remove_stale(out_dir: Path) -> None:
