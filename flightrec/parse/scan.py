@@ -144,19 +144,20 @@ def scan(data: bytes, kernel_names: Sequence[tuple[str, int, int]]) -> Scan:
 def take_strings(cols: Sequence[Sequence[str]], rows: np.ndarray) -> list[list[str]]:
     """The strings of each column at `rows` (an index array), in bulk.
 
-    OffsetStrings decode one row per Python call; when the trace is ASCII
-    (the usual case) the buffer is decoded once and sliced instead. Plain
-    lists (the pure-Python parser's) are indexed.
+    OffsetStrings decode one row per Python call; here the rows' byte slices
+    are joined with newlines (no field holds one) and decoded in one go.
+    Plain lists (the pure-Python parser's) are indexed.
     """
     out = []
-    text: Optional[str] = None
     for col in cols:
-        if isinstance(col, OffsetStrings):
-            if text is None:
-                text = col._data.decode("ascii") if col._data.isascii() else ""
-            if text:
-                o = col._off[rows]
-                out.append(list(map(text.__getitem__, map(slice, o.tolist(), (o + col._len[rows]).tolist()))))
-                continue
-        out.append([col[i] for i in rows.tolist()])
+        if not isinstance(col, OffsetStrings):
+            out.append([col[i] for i in rows.tolist()])
+            continue
+        if len(rows) == 0:
+            out.append([])
+            continue
+        start = col._off[rows]
+        end = start + col._len[rows]
+        joined = b"\n".join(map(col._data.__getitem__, map(slice, start.tolist(), end.tolist())))
+        out.append(joined.decode("utf-8", "replace").split("\n"))
     return out
