@@ -11,7 +11,8 @@ fi
 # Record: iproute2 (netns, veth), ethtool (offloads), iperf3 (traffic), perf (probes).
 # Probes: binutils and xz-utils to unpack debug kernels; trace-cmd for its report format.
 # VM: QEMU (with its C virtiofsd) and a static busybox for the initramfs.
-# Reports: chromium renders the HTML report in the tests.
+# Reports: chromium renders the HTML report in the tests; tshark reads flagged.pcap.
+# veth-race kernels (built once, cached): Debian's kernel source and its build tools.
 PACKAGES=(
     make gcc clang llvm pkg-config
     libxdp-dev libbpf-dev libelf-dev zlib1g-dev
@@ -20,6 +21,7 @@ PACKAGES=(
     linux-perf trace-cmd binutils xz-utils tshark
     qemu-system-x86 busybox-static
     chromium
+    build-essential bc bison flex libssl-dev dwarves patch linux-source-6.1
 )
 
 missing=()

@@ -77,6 +77,8 @@ Examples:
   flightrec vm record --duration 30 --cpus 2 -o vm-out -b 8192
   flightrec vm record --inject double-fill --inject-after 3000 -o vm-bug
   flightrec vm record --kernel /src/linux/arch/x86/boot/bzImage -o vm-own
+  flightrec vm record --kernel veth-race --widen -o race     # the post's bug (docs/veth-race.md)
+  flightrec vm record --kernel veth-fixed --widen -o fixed   # the fixed kernel stays clean
 
 \b
 Any other option is passed to `flightrec record` in the guest (see
@@ -96,9 +98,23 @@ killed by signal N. Nothing is left behind on any of them.
               help="Host folder for trace.txt, meta.json, analysis.json, vm.json and the guest's logs.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=None,
               help="Watchdog: seconds the guest's recording may take (default: duration + 150).")
+@click.option("--widen", is_flag=True,
+              help="Widen the veth/AF_XDP race windows with busy-waiting kprobes: a fault amplifier, "
+                   "said so in the output and meta.json (docs/veth-race.md).")
+@click.option("--widen-flush-ms", type=click.FloatRange(0, 1000, min_open=True), default=10.0, show_default=True,
+              help="Busy-wait before a flush reads cached_prod.")
+@click.option("--widen-every", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Delay every Nth flush.")
+@click.option("--widen-reserve-ms", type=click.FloatRange(0, 1000, min_open=True), default=50.0,
+              show_default=True, help="Busy-wait between cached_prod++ and the descriptor write, only while "
+                                      "that queue is being flushed on another CPU.")
+@click.option("--widen-queue", type=click.IntRange(min=0), default=None,
+              help="Widen only flushes of sockets on this queue (default: any).")
 @click.pass_context
 def record_cmd(ctx: click.Context, kernel: Optional[str], cpus: int, memory_mb: int, accel: str,
-               boot_timeout: float, duration: float, out_dir: Path, timeout: Optional[float]) -> None:
+               boot_timeout: float, duration: float, out_dir: Path, timeout: Optional[float], widen: bool,
+               widen_flush_ms: float, widen_every: int, widen_reserve_ms: float,
+               widen_queue: Optional[int]) -> None:
     """Record the AF_XDP forwarder with real kernel probes inside a VM.
 
     Fetches the kernel and its -dbg package with apt (cached under
@@ -109,10 +125,18 @@ def record_cmd(ctx: click.Context, kernel: Optional[str], cpus: int, memory_mb: 
     from flightrec.vm.record import VmRecordOptions, vm_record
 
     progress = _Progress()
-    opts = VmRecordOptions(out_dir=out_dir, duration=duration, kernel=kernel,
-                           config=VmConfig(cpus=cpus, memory_mb=memory_mb, accel=accel),
-                           record_args=tuple(ctx.args), timeout=timeout, boot_timeout=boot_timeout)
     try:
+        prefix, files = (), ()
+        if widen:
+            from flightrec.probes.widen import WidenOptions, guest_setup
+            from flightrec.vm.kernel import guest_kernel
+
+            widening = WidenOptions(widen_flush_ms, widen_every, widen_reserve_ms, widen_queue)
+            prefix, files = guest_setup(guest_kernel(kernel, progress.say).vmlinux, widening, progress.say)
+        opts = VmRecordOptions(out_dir=out_dir, duration=duration, kernel=kernel,
+                               config=VmConfig(cpus=cpus, memory_mb=memory_mb, accel=accel),
+                               record_args=tuple(ctx.args), timeout=timeout, boot_timeout=boot_timeout,
+                               guest_prefix=prefix, guest_files=files)
         result = vm_record(opts, progress.say, progress.guest)
     except FlightrecError as e:
         _fail(str(e))

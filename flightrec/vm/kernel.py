@@ -271,6 +271,10 @@ def debug_vmlinux(base: str, release: str, progress: Progress = _quiet) -> Path:
 # `--kernel NAME` looks here before it looks for a file or a package.
 NAMED_KERNELS: dict[str, Callable[[Progress], GuestKernel]] = {}
 
+from flightrec.vm import build as _build  # noqa: E402  (veth-race, veth-fixed: docs/veth-race.md)
+
+NAMED_KERNELS.update(_build.named_kernels())
+
 
 def guest_kernel(spec: Optional[str], progress: Progress = _quiet, with_vmlinux: bool = True) -> GuestKernel:
     """``--kernel``: None for the default Debian kernel, a name in :data:`NAMED_KERNELS`,

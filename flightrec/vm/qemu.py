@@ -139,10 +139,12 @@ class Machine:
         if why:
             raise FlightrecError(why)
         # Socket paths relative to the scratch folder, where both run: a Unix
-        # socket's path must fit in 108 bytes, and TMPDIR may be long.
+        # socket's path must fit in 108 bytes, and TMPDIR may be long. The
+        # folder's unique name goes in too: virtiofsd names its pid-file lock
+        # after the socket path, so two VMs at once would collide.
         sockets: dict[str, Path] = {}
         for tag, source in self.shares.items():
-            sock = Path(f"virtiofsd-{tag}.sock")
+            sock = Path(f"virtiofsd-{self.work.name}-{tag}.sock")
             log = self.work / f"virtiofsd-{tag}.log"
             # cache=always for the read-only root (nothing changes it under the guest);
             # auto for the job folder, so the host sees the guest's writes at once.
