@@ -86,13 +86,7 @@ def load_specs(paths: list[Path] | None = None) -> list[ProbeSpec]:
             raise FlightrecError(f"no probe specs in {SPECS_DIR}")
     specs: list[ProbeSpec] = []
     for path in paths:
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except OSError as e:
-            raise FlightrecError(f"{path}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise FlightrecError(f"{path}: not valid TOML: {e}") from None
+        data = load_toml(path)
         tables = data.get("probe")
         if not isinstance(tables, list) or not tables:
             raise FlightrecError(f"{path}: no [[probe]] tables")
@@ -103,3 +97,17 @@ def load_specs(paths: list[Path] | None = None) -> list[ProbeSpec]:
     if dup:
         raise FlightrecError(f"probe name used twice: {', '.join(sorted(dup))}")
     return specs
+
+
+def load_toml(path: Path) -> dict:
+    """A spec file's data.
+
+    :raises FlightrecError: missing, unreadable, or not TOML.
+    """
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise FlightrecError(f"{path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise FlightrecError(f"{path}: not valid TOML: {e}") from None

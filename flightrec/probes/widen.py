@@ -37,7 +37,6 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -46,7 +45,7 @@ from elftools.dwarf.die import DIE
 
 from flightrec.errors import FlightrecError
 from flightrec.probes.dwarf import _PARSE_ERRORS, FetchArg, Vmlinux, _fetch_arg
-from flightrec.probes.specs import SPECS_DIR, ProbeSpec
+from flightrec.probes.specs import SPECS_DIR, ProbeSpec, load_toml
 
 SPEC_PATH = SPECS_DIR / "widen" / "veth-race.toml"
 LOADER = Path(__file__).resolve().parents[2] / "bpf" / "widen"
@@ -150,13 +149,7 @@ def load_widen_specs(path: Path = SPEC_PATH) -> dict[str, WidenSpec]:
 
     :raises FlightrecError: missing, not TOML, or a site malformed.
     """
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise FlightrecError(f"{path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise FlightrecError(f"{path}: not valid TOML: {e}") from None
+    data = load_toml(path)
     specs = {}
     for i, t in enumerate(data.get("site", [])):
         where = f"{path}: site {i + 1}"

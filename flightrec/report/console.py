@@ -45,6 +45,18 @@ def summary(tl: Timeline, row: int) -> str:
     return f"{p.event[row]}: {p.body[row][:40]}"
 
 
+def anomaly_facts(a: Anomaly) -> list[str]:
+    """The descriptors and CPUs of an anomaly, in words (both reports use them)."""
+    facts = []
+    for label, value in (("descriptor", a.addr), ("read", a.read_addr), ("expected", a.expected)):
+        if value is not None:
+            facts.append(f"{label} {value:#x}")
+    for label, cpu in (("reserved on", a.reserve_cpu), ("flushed on", a.flush_cpu)):
+        if cpu is not None:
+            facts.append(f"{label} CPU {cpu}")
+    return facts
+
+
 def side_by_side(tl: Timeline, a: Anomaly, around: int) -> Optional[Table]:
     """The post's "CPU 2 | CPU 0" figure: the events around the evidence,
     one column per CPU involved, one row per event, in time order."""
@@ -86,18 +98,7 @@ def anomaly_panel(tl: Timeline, a: Anomaly, around: int, index: int, total: int)
         head.append(f"  {a.sock}")
     if a.xs is not None:
         head.append(f"  xs {a.xs:#x}")
-    facts = []
-    if a.addr is not None:
-        facts.append(f"descriptor {a.addr:#x}")
-    if a.read_addr is not None:
-        facts.append(f"read {a.read_addr:#x}")
-    if a.expected is not None:
-        facts.append(f"expected {a.expected:#x}")
-    if a.reserve_cpu is not None:
-        facts.append(f"reserved on CPU {a.reserve_cpu}")
-    if a.flush_cpu is not None:
-        facts.append(f"flushed on CPU {a.flush_cpu}")
-    parts: list = [head, Text(", ".join(facts), style="dim"), Text(a.explanation)]
+    parts: list = [head, Text(", ".join(anomaly_facts(a)), style="dim"), Text(a.explanation)]
     if a.missing:
         parts.append(Text("missing from the trace: " + "; ".join(a.missing), style="magenta"))
     ev = Table.grid(padding=(0, 1))

@@ -26,7 +26,7 @@ from flightrec.model import kinds
 from flightrec.model.lives import context_rows, per_cpu, rows_of
 from flightrec.model.replay import POISON
 from flightrec.model.timeline import Timeline
-from flightrec.report.console import summary
+from flightrec.report.console import anomaly_facts, summary
 from flightrec.report.perfetto import descriptor_trips, write_atomically
 
 AROUND = 8  # events of context per CPU on each side of the evidence
@@ -147,16 +147,7 @@ def _anomaly(tl: Timeline, a: Anomaly, index: int, total: int, trips_by_addr, ar
         facts.append(f"socket {a.sock}")
     if a.xs is not None:
         facts.append(f"xs {a.xs:#x}")
-    if a.addr is not None:
-        facts.append(f"descriptor {a.addr:#x}")
-    if a.read_addr is not None:
-        facts.append(f"read {a.read_addr:#x}")
-    if a.expected is not None:
-        facts.append(f"expected {a.expected:#x}")
-    if a.reserve_cpu is not None:
-        facts.append(f"reserved on CPU {a.reserve_cpu}")
-    if a.flush_cpu is not None:
-        facts.append(f"flushed on CPU {a.flush_cpu}")
+    facts += anomaly_facts(a)
     if a.read_cpu is not None:
         facts.append(f"read on CPU {a.read_cpu}")
     parts = [
