@@ -1,7 +1,6 @@
 """`flightrec analyze` as a user runs it: a real process, real files."""
 
 import json
-import os
 import subprocess
 import sys
 

@@ -21,7 +21,7 @@ import pytest
 
 from flightrec import tracefs
 from flightrec.record import kernel_events, state
-from recordkit import REPO, interrupt, registry, run, skip_unless_can_record, snapshot, start, wait_forwarding
+from recordkit import interrupt, registry, run, skip_unless_can_record, snapshot, start, wait_forwarding
 
 pytestmark = [pytest.mark.kernel]
 
