@@ -72,12 +72,13 @@ mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts devpts $R/dev/pts
 mount -t tmpfs tmpfs $R/dev/shm
 mount -t tmpfs tmpfs $R/run
-mount -t tmpfs tmpfs $R/tmp
+# /tmp stays the host's, seen through the overlay (writes land in its tmpfs
+# upper): the checkout flightrec runs from may live there.
 mount -t tracefs nodev $R/sys/kernel/tracing 2>/dev/null
 mount -t debugfs nodev $R/sys/kernel/debug 2>/dev/null
 mount -t bpf bpffs $R/sys/fs/bpf 2>/dev/null
 mkdir -p $R/run/netns
-# Last: the job folder may live under /tmp, which was just replaced by a tmpfs.
+# Last: the job folder, writable, over whatever the overlay shows there.
 mkdir -p "$R$JOB" && mount -t virtiofs job "$R$JOB" || fail "cannot mount the job folder $JOB (virtiofs tag job)"
 
 # The kernel's own modules at the usual place, and busybox's modprobe for
