@@ -77,7 +77,12 @@ def analyze(traces: tuple[str, ...], as_json: bool, descriptor: Optional[int], a
                 print_cpu_stats(console, result)
 
     if as_json:
+        from flightrec.report.recording import widened
+
         docs = [r.to_json() for r in results]
+        for doc, r in zip(docs, results):
+            if widened(r.source):
+                doc["widened"] = widened(r.source)
         if descriptor is not None:
             for doc, r in zip(docs, results):
                 doc["descriptor"] = _life_json(r, descriptor)

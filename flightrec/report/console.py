@@ -18,6 +18,7 @@ from flightrec.model import kinds
 from flightrec.model.lives import context_rows, life, per_cpu, rows_of
 from flightrec.model.replay import POISON
 from flightrec.model.timeline import Timeline
+from flightrec.report.recording import widened
 
 VERDICT_STYLE = {"kernel": "bold red", "application": "bold yellow", "undetermined": "bold magenta", "clean": "bold green"}
 
@@ -131,6 +132,9 @@ def print_result(console: Console, result: Result, around: int = 8, descriptor: 
         title.append("CLEAN", style=VERDICT_STYLE["clean"])
         title.append(" — no anomaly")
     console.print(title)
+    amplified = widened(result.source)
+    if amplified:
+        console.print(Text(amplified, style="bold magenta"))
     if descriptor is not None:
         df_rows = life(tl, descriptor).index.tolist()
         console.print(life_table(tl, descriptor, df_rows, f"life of {descriptor:#x} ({len(df_rows)} events)"))

@@ -27,6 +27,7 @@ from flightrec.model.lives import context_rows, per_cpu, rows_of
 from flightrec.model.replay import POISON
 from flightrec.model.timeline import Timeline
 from flightrec.report.console import anomaly_facts, summary
+from flightrec.report.recording import widened
 from flightrec.report.perfetto import descriptor_trips, write_atomically
 
 AROUND = 8  # events of context per CPU on each side of the evidence
@@ -231,6 +232,11 @@ def render(result: Result, around: int = AROUND) -> str:
         f'<p class="source">{_e(result.source)}</p>',
         f'<div id="verdict" class="{_e(v)}" data-verdict="{_e(v)}" data-anomalies="{n}">{_e(v.upper())}'
         f'<span class="headline">{_e(headline)}</span></div></header>',
+    ]
+    amplified = widened(result.source)
+    if amplified:
+        body.append(f'<p id="widened" class="missing"><strong>{_e(amplified)}</strong></p>')
+    body += [
         '<main id="anomalies">',
     ]
     if not result.anomalies:

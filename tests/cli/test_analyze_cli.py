@@ -112,3 +112,18 @@ def test_every_command_help_ends_with_examples():
             for child in sub.commands:
                 q = run(name, child, "--help")
                 assert "Examples:" in q.stdout.decode(), f"{name} {child} --help has no examples"
+
+
+def test_a_widened_run_says_so_in_every_report(fixtures, tmp_path):
+    """A race-window widener is a fault amplifier: the verdict must carry that."""
+    (tmp_path / "trace.txt").write_bytes((fixtures / "seed-poison.txt").read_bytes())
+    summary = "race windows WIDENED (fault amplifier): flush side 10 ms busy-wait"
+    (tmp_path / "meta.json").write_text(json.dumps({"widened": {"summary": summary}}))
+    trace = str(tmp_path / "trace.txt")
+    assert summary in run("analyze", trace).stdout.decode()
+    assert json.loads(run("analyze", "--json", trace).stdout)["widened"] == summary
+    assert run("report", trace, "-o", str(tmp_path / "r.html")).returncode == 0
+    assert summary in (tmp_path / "r.html").read_text()
+    # and a plain run's report does not
+    (tmp_path / "meta.json").write_text("{}")
+    assert "WIDENED" not in run("analyze", trace).stdout.decode()
