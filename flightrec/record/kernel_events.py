@@ -18,7 +18,6 @@ This module decides the backend by probing what the kernel allows, and says why.
 from __future__ import annotations
 
 import gzip
-import importlib
 import json
 import os
 import select
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from flightrec import probes
 from flightrec.errors import FlightrecError
 from flightrec.record.forwarder import REPO_ROOT, child_guard
 
@@ -64,28 +64,13 @@ class Choice:
         return {"backend": self.backend, "reason": self.reason, "missing": list(self.missing)}
 
 
-def _probes_api() -> Optional[Any]:
-    """flightrec.probes if it offers install/remove, else None."""
-    try:
-        probes = importlib.import_module("flightrec.probes")
-    except ImportError:
-        return None
-    if callable(getattr(probes, "install", None)) and callable(getattr(probes, "remove", None)):
-        return probes
-    return None
-
-
 def kprobes_unavailable(tracefs_root: Path) -> Optional[str]:
     """Why kprobes cannot be used here, or None."""
     if not (tracefs_root / "kprobe_events").exists():
         config = _kernel_config("CONFIG_KPROBES")
         why = "CONFIG_KPROBES is not set" if config == "n" else "kprobe events are not enabled"
         return f"no kprobe_events in {tracefs_root} ({why} in this kernel)"
-    probes = _probes_api()
-    if probes is None:
-        return "flightrec.probes offers no install/remove API"
-    reason = getattr(probes, "kprobes_unavailable_reason", None)
-    return reason(tracefs_root) if callable(reason) else None
+    return probes.kprobes_unavailable_reason(tracefs_root)
 
 
 def _kernel_config(option: str) -> Optional[str]:
@@ -213,9 +198,6 @@ def install(choice: Choice, instance_dir: Path, prepared: Optional[Any] = None) 
     """
     if choice.backend != "kprobes":
         return None, []
-    probes = _probes_api()
-    if probes is None:  # choose_backend already checked; keep the error clear anyway
-        raise FlightrecError("kprobes chosen but flightrec.probes has no install API")
     handle = probes.install(instance_dir, prepared=prepared) if prepared is not None else probes.install(instance_dir)
     problems = list(handle.get("problems", [])) if isinstance(handle, dict) else []
     return handle, problems
@@ -230,19 +212,14 @@ def remove(handle: Any) -> list[str]:
     ``flightrec.probes.remove``. Returns problems (empty when clean)."""
     if handle is None:
         return []
-    probes = _probes_api()
-    if probes is None:
-        return ["flightrec.probes is gone; cannot remove kernel probes"]
     return list(probes.remove(handle) or [])
 
 
 def remove_all_flightrec_probes(tracefs_root: Path) -> list[str]:
     """After a crash mid-install (no handle saved): remove flightrec's whole probe group."""
-    probes = _probes_api()
-    remove_group = getattr(probes, "remove_group", None) if probes else None
-    if remove_group is None or not (tracefs_root / "kprobe_events").exists():
+    if not (tracefs_root / "kprobe_events").exists():
         return []
-    _removed, problems = remove_group(tracefs_root)
+    _removed, problems = probes.remove_group(tracefs_root)
     return list(problems)
 
 
