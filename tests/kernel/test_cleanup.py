@@ -9,17 +9,9 @@ import pytest
 
 from flightrec import tracefs
 from flightrec.record import state
-from recordkit import interrupt, registry, run, skip_unless_can_record, snapshot, start, wait_forwarding
+from recordkit import interrupt, registry, run, start, wait_forwarding
 
 pytestmark = [pytest.mark.kernel]
-
-
-@pytest.fixture
-def machine():
-    skip_unless_can_record()
-    before = snapshot()
-    yield before
-    assert snapshot() == before
 
 
 def kill_recording(tmp_path) -> dict:

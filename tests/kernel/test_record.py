@@ -15,19 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from recordkit import (forwarder_pid, interrupt, run, skip_unless_can_record, snapshot, start,
-                       wait_forwarding)
+from recordkit import forwarder_pid, interrupt, run, start, wait_forwarding
 
 pytestmark = [pytest.mark.kernel]
-
-
-@pytest.fixture
-def machine():
-    """Skip unless recording is possible; assert the machine is unchanged afterwards."""
-    skip_unless_can_record()
-    before = snapshot()
-    yield before
-    assert snapshot() == before
 
 
 def meta(out: Path) -> dict:
