@@ -189,13 +189,17 @@ def typed_from_scan(sc) -> Typed:
 def build_timeline(parsed: ParsedTrace, source: str, typed: Optional[Typed] = None) -> Timeline:
     """Type every event (unless the C scanner already did) and compute the
     complete window and the loss spans."""
-    if typed is not None and not _in_time_order(parsed.ts):
-        typed = None  # the Python path re-sorts rows before typing them
-    if typed is not None:
-        window, losses = _window_and_losses(parsed)
-        return Timeline(source, parsed, typed.kind, typed.addr, typed.xs, typed.length, typed.sock,
-                        typed.queue, typed.frm, typed.to, typed.detail, typed.slot, typed.prod, window, losses)
-    _sort_by_time(parsed)
+    if typed is None or not _in_time_order(parsed.ts):
+        # the Python path re-sorts rows before typing them
+        _sort_by_time(parsed)
+        typed = _type_rows(parsed)
+    window, losses = _window_and_losses(parsed)
+    return Timeline(source, parsed, typed.kind, typed.addr, typed.xs, typed.length, typed.sock,
+                    typed.queue, typed.frm, typed.to, typed.detail, typed.slot, typed.prod, window, losses)
+
+
+def _type_rows(parsed: ParsedTrace) -> Typed:
+    """What each event means, in Python (the C scanner's twin: tests/unit/test_scan.py)."""
     n = len(parsed.line)
     kind: list[str] = [kinds.OTHER] * n
     addr: list[Optional[int]] = [None] * n
@@ -277,8 +281,7 @@ def build_timeline(parsed: ParsedTrace, source: str, typed: Optional[Typed] = No
         kind[i] = k
         addr[i], xs[i] = a_val, x_val
 
-    window, losses = _window_and_losses(parsed)
-    return Timeline(source, parsed, kind, addr, xs, length, sock, queue, frm, to, detail, slot, prod, window, losses)
+    return Typed(kind, addr, xs, length, sock, queue, frm, to, detail, slot, prod)
 
 
 def _in_time_order(ts: list[float]) -> bool:
