@@ -81,8 +81,9 @@ def analyze(traces: tuple[str, ...], as_json: bool, descriptor: Optional[int], a
 
         docs = [r.to_json() for r in results]
         for doc, r in zip(docs, results):
-            if widened(r.source):
-                doc["widened"] = widened(r.source)
+            amplified = widened(r.source)
+            if amplified:
+                doc["widened"] = amplified
         if descriptor is not None:
             for doc, r in zip(docs, results):
                 doc["descriptor"] = _life_json(r, descriptor)
