@@ -7,11 +7,15 @@ PYTEST_ARGS ?=
 
 all: build
 
-build: flightrec/_scan.so
+build: flightrec/_scan.so flightrec/_bulk.so
 	$(MAKE) -C bpf
 
 # The analyzer's C scanner (flightrec/parse/scan.py loads it with ctypes).
 flightrec/_scan.so: flightrec/_scan.c
+	$(CC) -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $<
+
+# Interning and row printing for the exports (flightrec/bulk.py loads it).
+flightrec/_bulk.so: flightrec/_bulk.c
 	$(CC) -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $<
 
 setup:
@@ -28,4 +32,4 @@ test: build
 
 clean:
 	$(MAKE) -C bpf clean
-	rm -f flightrec/_scan.so
+	rm -f flightrec/_scan.so flightrec/_bulk.so

@@ -1,0 +1,163 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Two bulk text operations for a million rows, in C: interning byte strings
+ * (equal strings get one dense id) and printing rows from a template of
+ * literal pieces and column values. They know nothing of traces or of any
+ * output format; flightrec/bulk.py is their ctypes glue and holds the Python
+ * reference that tests/unit/test_bulk.py compares them with.
+ *
+ * Built by `make` as flightrec/_bulk.so.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/*
+ * ids[i] = dense id of the string data[off[i] .. off[i] + len[i]), ids
+ * numbered in order of first appearance; first[id] = the first i holding it.
+ * Returns the number of distinct strings, or -1 when out of memory.
+ */
+int64_t fr_intern(const char *data, const int64_t *off, const int32_t *len, int64_t n, int64_t *ids, int64_t *first)
+{
+	uint64_t size = 16;
+	int64_t *slot, distinct = 0;
+
+	while (size < (uint64_t)n * 2)
+		size <<= 1;
+	slot = malloc(size * sizeof(*slot)); /* first row of the string in this slot, -1: empty */
+	if (!slot)
+		return -1;
+	memset(slot, 0xff, size * sizeof(*slot));
+	for (int64_t i = 0; i < n; i++) {
+		const unsigned char *p = (const unsigned char *)data + off[i];
+		uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+
+		for (int32_t k = 0; k < len[i]; k++)
+			h = (h ^ p[k]) * 1099511628211ULL;
+		for (uint64_t s = h & (size - 1);; s = (s + 1) & (size - 1)) {
+			int64_t j = slot[s];
+
+			if (j < 0) {
+				slot[s] = i;
+				first[distinct] = i;
+				ids[i] = distinct++;
+				break;
+			}
+			if (len[j] == len[i] && !memcmp(data + off[j], p, len[i])) {
+				ids[i] = ids[j];
+				break;
+			}
+		}
+	}
+	free(slot);
+	return distinct;
+}
+
+enum { FR_INT = 0, FR_MICROS = 1, FR_PIECE = 2 };
+
+/* A template segment: a literal, then the row's value of one column. */
+struct fr_seg {
+	const char *lit;
+	int64_t lit_len;
+	int32_t how; /* FR_INT: decimal; FR_MICROS: value / 1000 as a decimal; FR_PIECE: pieces[value] */
+	const int64_t *values;
+	const char *pieces; /* FR_PIECE: piece k is pieces[piece_off[k] .. piece_off[k + 1]) */
+	const int64_t *piece_off;
+};
+
+static char *put_uint(char *o, uint64_t v)
+{
+	char tmp[20];
+	int n = 0;
+
+	do {
+		tmp[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	while (n)
+		*o++ = tmp[--n];
+	return o;
+}
+
+static char *put_int(char *o, int64_t v)
+{
+	if (v < 0) {
+		*o++ = '-';
+		return put_uint(o, -(uint64_t)v);
+	}
+	return put_uint(o, (uint64_t)v);
+}
+
+/* v / 1000 exactly: the integer part, then ".ddd" unless it is whole. */
+static char *put_micros(char *o, int64_t v)
+{
+	uint64_t a;
+
+	if (v < 0) {
+		*o++ = '-';
+		a = -(uint64_t)v;
+	} else {
+		a = (uint64_t)v;
+	}
+	o = put_uint(o, a / 1000);
+	if (a % 1000) {
+		*o++ = '.';
+		*o++ = (char)('0' + a % 1000 / 100);
+		*o++ = (char)('0' + a % 100 / 10);
+		*o++ = (char)('0' + a % 10);
+	}
+	return o;
+}
+
+/*
+ * Print rows row, row + 1, ... into out: each row is its segments then
+ * suffix, rows separated by sep. Stops before a row that might not fit in
+ * cap bytes; *used says how many were written. Returns the next row.
+ */
+int64_t fr_render(const struct fr_seg *segs, int32_t nseg, const char *suffix, int64_t suffix_len, const char *sep,
+		  int64_t sep_len, int64_t row, int64_t nrows, char *out, int64_t cap, int64_t *used)
+{
+	char *o = out, *end = out + cap;
+
+	for (; row < nrows; row++) {
+		int64_t need = suffix_len + (o == out ? 0 : sep_len);
+
+		for (int32_t s = 0; s < nseg; s++) {
+			need += segs[s].lit_len;
+			if (segs[s].how == FR_PIECE) {
+				int64_t k = segs[s].values[row];
+
+				need += segs[s].piece_off[k + 1] - segs[s].piece_off[k];
+			} else {
+				need += 25; /* sign, 20 digits, point, 3 decimals */
+			}
+		}
+		if (need > end - o)
+			break;
+		if (o != out) {
+			memcpy(o, sep, sep_len);
+			o += sep_len;
+		}
+		for (int32_t s = 0; s < nseg; s++) {
+			const struct fr_seg *g = &segs[s];
+			int64_t v = g->values[row];
+
+			memcpy(o, g->lit, g->lit_len);
+			o += g->lit_len;
+			if (g->how == FR_INT) {
+				o = put_int(o, v);
+			} else if (g->how == FR_MICROS) {
+				o = put_micros(o, v);
+			} else {
+				int64_t n = g->piece_off[v + 1] - g->piece_off[v];
+
+				memcpy(o, g->pieces + g->piece_off[v], n);
+				o += n;
+			}
+		}
+		memcpy(o, suffix, suffix_len);
+		o += suffix_len;
+	}
+	*used = o - out;
+	return row;
+}

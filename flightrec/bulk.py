@@ -1,0 +1,159 @@
+"""Bulk text work for a million rows: interning strings, printing rows from a template.
+
+Both run in C (flightrec/_bulk.c, loaded with ctypes, built by `make`) and, when
+that is not built or FLIGHTREC_PURE_PYTHON is set, in the Python below, which
+is their reference: tests/unit/test_bulk.py holds the two to the same output.
+Nothing here knows what the strings or rows mean.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pathlib
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+LIB_PATH = pathlib.Path(__file__).resolve().parent / "_bulk.so"
+
+INT, MICROS, PIECE = 0, 1, 2  # how a segment prints its column: decimal, value/1000 as a decimal, pieces[value]
+CHUNK_BYTES = 4 << 20
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+
+
+class _Seg(ctypes.Structure):
+    _fields_ = [("lit", _P), ("lit_len", _I64), ("how", ctypes.c_int32), ("values", _P), ("pieces", _P),
+                ("piece_off", _P)]
+
+
+_lib: Optional[ctypes.CDLL] = None
+
+
+def available() -> bool:
+    """True when the C half is built and not switched off."""
+    global _lib
+    if os.environ.get("FLIGHTREC_PURE_PYTHON"):
+        return False
+    if _lib is None:
+        try:
+            lib = ctypes.CDLL(str(LIB_PATH))
+        except OSError:
+            return False
+        lib.fr_intern.restype = _I64
+        lib.fr_intern.argtypes = [ctypes.c_char_p, _P, _P, _I64, _P, _P]
+        lib.fr_render.restype = _I64
+        lib.fr_render.argtypes = [ctypes.POINTER(_Seg), ctypes.c_int32, ctypes.c_char_p, _I64, ctypes.c_char_p, _I64,
+                                  _I64, _I64, ctypes.c_void_p, _I64, ctypes.POINTER(_I64)]
+        _lib = lib
+    return True
+
+
+def intern(data: bytes, off: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense ids of the strings data[off[i]:off[i] + length[i]], numbered in
+    order of first appearance, and the first index holding each id."""
+    if not available():
+        return _intern_py(data, off, length)
+    n = len(off)
+    off = np.ascontiguousarray(off, dtype=np.int64)
+    length = np.ascontiguousarray(length, dtype=np.int32)
+    ids = np.empty(n, np.int64)
+    first = np.empty(n, np.int64)
+    distinct = _lib.fr_intern(data, off.ctypes.data, length.ctypes.data, n, ids.ctypes.data, first.ctypes.data)
+    if distinct < 0:
+        raise MemoryError("interning strings")
+    return ids, first[:distinct].copy()
+
+
+def _intern_py(data: bytes, off: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    seen: dict[bytes, int] = {}
+    first: list[int] = []
+    ids = []
+    for i, (o, n) in enumerate(zip(np.asarray(off).tolist(), np.asarray(length).tolist())):
+        s = data[o:o + n]
+        k = seen.get(s)
+        if k is None:
+            k = seen[s] = len(first)
+            first.append(i)
+        ids.append(k)
+    return np.array(ids, dtype=np.int64), np.array(first, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Seg:
+    """A literal, then each row's value of one column, printed `how`."""
+
+    literal: bytes
+    how: int
+    values: np.ndarray  # one integer per row; for PIECE an index into pieces
+    pieces: Sequence[bytes] = ()
+
+
+def render(segs: Sequence[Seg], suffix: bytes, sep: bytes, rows: int, write: Callable[[bytes], object]) -> None:
+    """Print rows 0..rows-1 (each its segments, then `suffix`; `sep` between
+    rows) through `write`, a few MiB at a time. A chunk holds whole rows and
+    no leading `sep`; the bytes passed are only valid during the call."""
+    if rows <= 0:
+        return
+    for s in segs:
+        if len(s.values) < rows:
+            raise ValueError("a column is shorter than the rows to print")
+        if s.how == PIECE and (np.min(s.values[:rows]) < 0 or np.max(s.values[:rows]) >= len(s.pieces)):
+            raise ValueError("a piece index is out of range")
+    if not available():
+        return _render_py(segs, suffix, sep, rows, write)
+    keep = []  # what the C structs point into
+    arr = (_Seg * len(segs))()
+    bound = len(suffix) + len(sep)
+    for i, s in enumerate(segs):
+        values = np.ascontiguousarray(s.values, dtype=np.int64)
+        blob, offsets = b"", np.zeros(1, np.int64)
+        if s.how == PIECE:
+            blob = b"".join(s.pieces)
+            offsets = np.zeros(len(s.pieces) + 1, np.int64)
+            np.cumsum([len(p) for p in s.pieces], out=offsets[1:])
+            bound += int(np.diff(offsets).max(initial=0))
+        else:
+            bound += 25
+        bound += len(s.literal)
+        keep += [values, blob, offsets, s.literal]
+        arr[i] = _Seg(ctypes.cast(ctypes.c_char_p(s.literal), _P), len(s.literal), s.how, values.ctypes.data,
+                      ctypes.cast(ctypes.c_char_p(blob), _P), offsets.ctypes.data)
+    cap = max(CHUNK_BYTES, 2 * bound)
+    buf = ctypes.create_string_buffer(cap)
+    view = memoryview(buf).cast("B")
+    used = _I64()
+    row = 0
+    while row < rows:
+        nxt = _lib.fr_render(arr, len(segs), suffix, len(suffix), sep, len(sep), row, rows, buf, cap,
+                             ctypes.byref(used))
+        if nxt == row:
+            raise RuntimeError("a row does not fit the render buffer")
+        write(view[:used.value])
+        row = nxt
+
+
+def _render_py(segs: Sequence[Seg], suffix: bytes, sep: bytes, rows: int, write: Callable[[bytes], object],
+               chunk_rows: int = 50000) -> None:
+    cols = [(s.literal, s.how, np.asarray(s.values)[:rows].tolist(), s.pieces) for s in segs]
+    for lo in range(0, rows, chunk_rows):
+        out = []
+        for r in range(lo, min(rows, lo + chunk_rows)):
+            parts = []
+            for literal, how, values, pieces in cols:
+                v = values[r]
+                parts.append(literal)
+                parts.append(pieces[v] if how == PIECE else str(v).encode() if how == INT else micros(v).encode())
+            parts.append(suffix)
+            out.append(b"".join(parts))
+        write(sep.join(out))
+
+
+def micros(ns: int) -> str:
+    """ns / 1000 exactly, as a decimal: whole numbers bare, others with three decimals."""
+    sign, a = ("-", -ns) if ns < 0 else ("", ns)
+    whole, frac = divmod(a, 1000)
+    return f"{sign}{whole}.{frac:03d}" if frac else f"{sign}{whole}"

@@ -1,0 +1,100 @@
+"""flightrec.bulk: the C interning and row printing against their Python reference."""
+
+import random
+
+import numpy as np
+import pytest
+
+from flightrec import bulk
+from flightrec.bulk import INT, MICROS, PIECE, Seg, micros
+
+needs_c = pytest.mark.skipif(not bulk.available(), reason="flightrec/_bulk.so is not built: run `make`")
+
+
+def collect(segs, suffix, sep, rows, fn) -> bytes:
+    chunks = []
+    fn(segs, suffix, sep, rows, lambda c: chunks.append(bytes(c)))
+    return sep.join(chunks)
+
+
+def random_segs(rng: random.Random, rows: int) -> list[Seg]:
+    segs = []
+    for _ in range(rng.randint(1, 6)):
+        how = rng.choice([INT, MICROS, PIECE])
+        literal = bytes(rng.choice(b'{}",:ab\n\xc3\xa9') for _ in range(rng.randint(0, 12)))
+        if how == PIECE:
+            pieces = [bytes(rng.randrange(256) for _ in range(rng.randint(0, 40))) for _ in range(rng.randint(1, 30))]
+            values = np.array([rng.randrange(len(pieces)) for _ in range(rows)], dtype=np.int64)
+            segs.append(Seg(literal, how, values, pieces))
+        else:
+            edge = [0, 1, -1, 999, 1000, 1001, -999, -1000, -1001, 2**63 - 1, -2**63, 10**12 + 7]
+            values = np.array([rng.choice(edge) if rng.random() < 0.3 else rng.randint(-10**15, 10**15)
+                               for _ in range(rows)], dtype=np.int64)
+            segs.append(Seg(literal, how, values))
+    return segs
+
+
+def test_micros_is_exact():
+    assert [micros(v) for v in (0, 1, 999, 1000, 1001, 123456789, -1, -1000, -1500)] == \
+        ["0", "0.001", "0.999", "1", "1.001", "123456.789", "-0.001", "-1", "-1.500"]
+
+
+def test_python_render_shape():
+    segs = [Seg(b"<", INT, np.array([5, -7])), Seg(b"|", MICROS, np.array([1500, 2000])),
+            Seg(b"|", PIECE, np.array([1, 0]), [b"a", b"bc"])]
+    assert collect(segs, b">", b";", 2, bulk._render_py) == b"<5|1.500|bc>;<-7|2|a>"
+
+
+@needs_c
+@pytest.mark.parametrize("seed", range(40))
+def test_c_render_matches_python(seed):
+    rng = random.Random(seed)
+    rows = rng.choice([1, 2, 17, 500, 3000])
+    segs = random_segs(rng, rows)
+    suffix, sep = rng.choice([b"", b"}"]), rng.choice([b",\n", b"", b"\x00"])
+    assert collect(segs, suffix, sep, rows, bulk.render) == collect(segs, suffix, sep, rows, bulk._render_py)
+
+
+@needs_c
+def test_c_render_spans_chunks(monkeypatch):
+    """Rows never split across chunks, even when one row is most of a chunk."""
+    monkeypatch.setattr(bulk, "CHUNK_BYTES", 64)
+    big = [b"x" * 100, b"y"]
+    segs = [Seg(b"[", PIECE, np.array([i % 2 for i in range(1000)]), big), Seg(b"#", INT, np.arange(1000))]
+    chunks = []
+    bulk.render(segs, b"]", b",", 1000, lambda c: chunks.append(bytes(c)))
+    assert len(chunks) > 10
+    assert all(c.startswith(b"[") and c.endswith(b"]") for c in chunks)
+    assert b",".join(chunks) == collect(segs, b"]", b",", 1000, bulk._render_py)
+
+
+def test_render_refuses_bad_columns():
+    with pytest.raises(ValueError, match="shorter"):
+        bulk.render([Seg(b"", INT, np.arange(3))], b"", b"", 4, lambda c: None)
+    with pytest.raises(ValueError, match="out of range"):
+        bulk.render([Seg(b"", PIECE, np.array([0, 2]), [b"a", b"b"])], b"", b"", 2, lambda c: None)
+    with pytest.raises(ValueError, match="out of range"):
+        bulk.render([Seg(b"", PIECE, np.array([-1]), [b"a"])], b"", b"", 1, lambda c: None)
+
+
+def test_render_nothing_writes_nothing():
+    out = []
+    bulk.render([Seg(b"x", INT, np.zeros(0, np.int64))], b"", b",", 0, out.append)
+    assert out == []
+
+
+@needs_c
+@pytest.mark.parametrize("seed", range(10))
+def test_c_intern_matches_python(seed):
+    rng = random.Random(seed)
+    words = [bytes(rng.randrange(256) for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(1, 200))]
+    parts = [rng.choice(words) for _ in range(rng.choice([0, 1, 5000]))]
+    data = b"".join(parts)
+    length = np.array([len(p) for p in parts], dtype=np.int32)
+    off = np.concatenate(([0], np.cumsum(length)[:-1])).astype(np.int64) if parts else np.zeros(0, np.int64)
+    ids, first = bulk.intern(data, off, length)
+    ref_ids, ref_first = bulk._intern_py(data, off, length)
+    assert ids.tolist() == ref_ids.tolist() and first.tolist() == ref_first.tolist()
+    # what the ids mean: equal ids exactly for equal strings, first holds each id's first index
+    assert len(first) == len(set(parts))
+    assert [parts[i] for i in first] == list(dict.fromkeys(parts))
