@@ -17,6 +17,8 @@ from typing import Optional
 
 import numpy as np
 
+from flightrec import bulk
+
 LIB_PATH = pathlib.Path(__file__).resolve().parent.parent / "_scan.so"
 
 K_META, K_OTHER, K_MARKER, K_NOTE, K_RESERVE, K_FLUSH, K_TX = -1, 0, 1, 2, 3, 4, 5
@@ -161,3 +163,15 @@ def take_strings(cols: Sequence[Sequence[str]], rows: np.ndarray) -> list[list[s
         joined = b"\n".join(map(col._data.__getitem__, map(slice, start.tolist(), end.tolist())))
         out.append(joined.decode("utf-8", "replace").split("\n"))
     return out
+
+
+def string_ids(col: Sequence[str], rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Dense ids of the column's strings at `rows` (an index array), numbered
+    in order of first appearance, and the string of each id. An OffsetStrings
+    column is interned on its bytes, decoding each distinct string once."""
+    if isinstance(col, OffsetStrings):
+        ids, first = bulk.intern(col._data, col._off[rows], col._len[rows])
+        return ids, take_strings([col], rows[first])[0]
+    seen: dict[str, int] = {}
+    ids = [seen.setdefault(s, len(seen)) for s in map(col.__getitem__, rows.tolist())]
+    return np.array(ids, dtype=np.int64), list(seen)

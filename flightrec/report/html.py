@@ -258,4 +258,4 @@ def write_report(result: Result, path: str, around: int = AROUND) -> None:
 
         sys.stdout.write(page)
         return
-    write_atomically(path, lambda f: f.write(page))
+    write_atomically(path, lambda f: f.write(page.encode()))

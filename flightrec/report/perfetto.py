@@ -23,19 +23,20 @@ publishes several descriptors: those slices need several flow ids.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
 from dataclasses import dataclass
 from json.encoder import encode_basestring as _q  # the C-accelerated string quoter
-from typing import Callable, Optional, TextIO, TypeVar
+from typing import BinaryIO, Callable, Optional, TypeVar
 
 import numpy as np
 
+from flightrec import bulk
 from flightrec.analysis import Result, anomaly_json
+from flightrec.bulk import INT, MICROS, PIECE, Seg, micros
 from flightrec.errors import FlightrecError
-from flightrec.parse.scan import take_strings
+from flightrec.parse.scan import string_ids
 from flightrec.model import kinds
 from flightrec.model.replay import POISON
 from flightrec.model.timeline import Timeline
@@ -47,8 +48,6 @@ THREAD_PID = 2
 SLICE_NS = 1000  # a slice's width when the next event on its track is further away
 MIN_GAP_NS = 4  # events of one track that share a timestamp are spread this far apart
 FLOW_CAT, FLOW_NAME = "flow", "descriptor"
-CHUNK = 20000  # events per write
-BLOCK = 100000  # rows rendered at a time
 
 KERNEL_NAME = {kinds.RESERVE: "reserve", kinds.FLUSH: "xsk_flush", kinds.TX: "tx_get_data"}
 
@@ -170,21 +169,20 @@ def descriptor_trips(tl: Timeline) -> list[list[int]]:
     return sorted(part.tolist() for part in np.split(row, cuts))
 
 
-def _layout(tl: Timeline, arr: _Arrays) -> tuple[list[str], list[str]]:
-    """Start and width of every row's slice, as µs strings counted from the
-    trace's first event.
+def _layout(tl: Timeline, arr: _Arrays) -> tuple[np.ndarray, np.ndarray]:
+    """Start and width of every row's slice, in ns from the trace's first event.
 
     Slices on one track must not overlap, or a flow would bind to the wrong
     one: events that share a timestamp on one CPU are spread MIN_GAP_NS apart,
     and a slice ends before the next one on its CPU starts.
     """
     n = len(tl)
-    if not n:
-        return [], []
-    raw = np.rint((arr.ts - arr.ts[0]) * 1e9).astype(np.int64)
-    cpu = arr.cpu
     start = np.empty(n, np.int64)
     dur = np.empty(n, np.int64)
+    if not n:
+        return start, dur
+    raw = np.rint((arr.ts - arr.ts[0]) * 1e9).astype(np.int64)
+    cpu = arr.cpu
     for c in np.unique(cpu):
         idx = np.flatnonzero(cpu == c)
         step = np.arange(len(idx), dtype=np.int64) * MIN_GAP_NS
@@ -194,25 +192,11 @@ def _layout(tl: Timeline, arr: _Arrays) -> tuple[list[str], list[str]]:
         start[idx] = s
         # 1 ns short of the next slice: no reader can take a flow point at its start for this one's end
         dur[idx] = np.minimum(gap - 1, SLICE_NS)
-    widths = [_us(d) for d in range(SLICE_NS + 1)]
-    return _us_strings(start), list(map(widths.__getitem__, dur.tolist()))
+    return start, dur
 
 
-_FRACTION = [f".{r:03d}" for r in range(1000)]
-
-
-def _us_strings(ns) -> list[str]:
-    """ns as µs decimals, exactly (no float rounding): whole µs as integers,
-    which is all of them in a µs-resolution trace but the few spread apart."""
-    out = list(map(str, (ns // 1000).tolist()))
-    frac = ns % 1000
-    for i, r in zip(np.flatnonzero(frac).tolist(), frac[frac != 0].tolist()):
-        out[i] += _FRACTION[r]
-    return out
-
-
-def _us(ns: int) -> str:
-    return f"{ns // 1000}{_FRACTION[ns % 1000]}"
+def _ns(seconds: float) -> int:
+    return max(0, round(seconds * 1e9))
 
 
 def _kernel_args(event: str, body: str) -> str:
@@ -228,40 +212,78 @@ def _kernel_args(event: str, body: str) -> str:
     return ",".join(parts)
 
 
-def _kernel_tails(tl: Timeline, rows, events: list[str], bodies: list[str]) -> list[str]:
-    """The tail of each kernel probe hit and other event at `rows`."""
-    cache: dict[tuple, str] = {}
-    get = cache.get
+def _tails(tl: Timeline, arr: _Arrays) -> tuple[np.ndarray, list[bytes]]:
+    """Each row's tail (its own fields, name and category, closing the event)
+    as an id, and the tail of each id.
 
-    def make(key: tuple) -> str:
-        k, a, event, body = key
-        if k == kinds.OTHER:
-            tail = f'"body":{_q(body)}}},"name":{_q(event)},"cat":"other"}}'
-        else:
-            name = KERNEL_NAME[k] + (f" {a:#x}" if a is not None else "")
-            tail = f'{_kernel_args(event, body)}}},"name":"{name}","cat":"kernel"}}'
-        cache[key] = tail
-        return tail
+    Tails repeat: a marker's for every trip of its descriptor, a probe hit's
+    for every identical hit. Each distinct one is built once: markers and
+    notes are keyed by their typed fields, kernel and other events by their
+    event name and body (interned on the trace's bytes when the C scanner read
+    it), which decide everything else about them.
+    """
+    p = tl.parsed
+    MARKER, NOTE = kinds.MARKER, kinds.NOTE
+    keys: dict[tuple, int] = {}
+    get = keys.get
 
-    idx = rows.tolist()
-    kind, addr = tl.kind, tl.addr
-    return [get(key) or make(key) for key in zip([kind[i] for i in idx], [addr[i] for i in idx], events, bodies)]
+    def new(key: tuple) -> int:
+        keys[key] = len(keys) + 1  # from 1: `get(key) or` must not take an id for absent
+        return len(keys)
+
+    # every row, in one pass; kernel rows get their own ids below (their tails here stay empty)
+    ids = np.array([get(key) or new(key) for key in zip(tl.kind, tl.addr, tl.sock, tl.queue, tl.frm, tl.to,
+                                                          tl.detail)], dtype=np.int64)
+    tails = [b""] * (len(keys) + 1)
+    for (k, a, sock, queue, frm, to, d), i in keys.items():
+        if k == MARKER:
+            ah = f"{a:#x}"
+            name = f"{frm}->{to} {ah}" if a != POISON else f"{frm}->{to} POISON"
+            extra = f',"detail":{_q(d)}' if d else ""
+            tails[i] = (f'"sock":{_q(sock)},"queue":{queue},"addr":"{ah}","from":"{frm}","to":"{to}"{extra}}},'
+                        f'"name":"{name}","cat":"marker"}}').encode()
+        elif k == NOTE:
+            tails[i] = f'"addr":"{a:#x}","text":{_q(d or "")}}},"name":"note {a:#x}","cat":"note"}}'.encode()
+
+    kernel = np.flatnonzero((arr.kind != MARKER) & (arr.kind != NOTE))
+    if len(kernel):
+        e_ids, events = string_ids(p.event, kernel)
+        b_ids, bodies = string_ids(p.body, kernel)
+        _, first, inverse = np.unique(e_ids * len(bodies) + b_ids, return_index=True, return_inverse=True)
+        ids[kernel] = len(tails) + inverse.reshape(-1)
+        for j in first.tolist():
+            row, event, body = int(kernel[j]), events[e_ids[j]], bodies[b_ids[j]]
+            k, a = tl.kind[row], tl.addr[row]
+            if k == kinds.OTHER:
+                tail = f'"body":{_q(body)}}},"name":{_q(event)},"cat":"other"}}'
+            else:
+                name = KERNEL_NAME[k] + (f" {a:#x}" if a is not None else "")
+                tail = f'{_kernel_args(event, body)}}},"name":"{name}","cat":"kernel"}}'
+            tails.append(tail.encode())
+    return ids, tails
 
 
 class _Writer:
     """Comma-separated trace events, written a chunk at a time."""
 
-    def __init__(self, out: TextIO):
+    def __init__(self, out: BinaryIO):
         self.out, self.first, self.count = out, True, 0
 
-    def emit(self, chunk: list[str]) -> None:
-        if not chunk:
-            return
+    def _write(self, chunk) -> None:
         if not self.first:
-            self.out.write(",\n")
-        self.out.write(",\n".join(chunk))
+            self.out.write(b",\n")
+        self.out.write(chunk)
         self.first = False
-        self.count += len(chunk)
+
+    def emit(self, events: list[str]) -> None:
+        if events:
+            self._write(",\n".join(events).encode())
+            self.count += len(events)
+
+    def render(self, segs: list[Seg], suffix: bytes, rows: int) -> None:
+        """`rows` events printed from a template (flightrec.bulk)."""
+        bulk.render(segs, suffix, b",\n", rows, self._write)
+        self.count += rows
 
 
 def _cpu_metadata(cpus: list[int]) -> list[str]:
@@ -273,7 +295,7 @@ def _cpu_metadata(cpus: list[int]) -> list[str]:
     return meta
 
 
-def _thread_tracks(tl: Timeline, arr: _Arrays, start: list[str]) -> tuple[list[str], int]:
+def _thread_tracks(tl: Timeline, arr: _Arrays, start: np.ndarray) -> tuple[list[str], int]:
     """One track per application thread (a task that wrote markers), holding a
     slice "on CPU N" for each run of its markers on one CPU: where the
     application ran, and when it moved, beside the CPU tracks."""
@@ -301,27 +323,14 @@ def _thread_tracks(tl: Timeline, arr: _Arrays, start: list[str]) -> tuple[list[s
             begin_ns = round((ts[sel[b]] - t0) * 1e9)
             if nxt is not None:
                 dur = min(dur, max(1, nxt - begin_ns - 1))
-            out.append(f'{{"ph":"X","pid":{THREAD_PID},"tid":{tid},"ts":{start[rb]},"dur":{_us(dur)},'
-                       f'"name":"on CPU {int(c[b])}","cat":"thread","args":{{"cpu":{int(c[b])},'
+            out.append(f'{{"ph":"X","pid":{THREAD_PID},"tid":{tid},"ts":{micros(int(start[rb]))},'
+                       f'"dur":{micros(dur)},"name":"on CPU {int(c[b])}","cat":"thread","args":{{"cpu":{int(c[b])},'
                        f'"first_line":{tl.line[rb]},"last_line":{tl.line[re_]},"events":{e - b + 1}}}}}')
     return out, len(threads)
 
 
-def _write_flows(tl: Timeline, arr: _Arrays, start: list[str], emit: Callable[[list[str]], None]) -> int:
-    """Emit every flow event; returns the number of flows."""
-    fid, row, phase = flow_points(tl, arr)
-    cpu_col = tl.cpu
-    tail = f',"cat":"{FLOW_CAT}","name":"{FLOW_NAME}","bp":"e","id":'
-    heads = [f'{{"ph":"{ph}","pid":{CPU_PID},"tid":' for ph in "stf"]
-    step = CHUNK * 5
-    for i in range(0, len(fid), step):
-        emit([f'{heads[ph]}{cpu_col[r]},"ts":{start[r]}{tail}{f}}}' for f, r, ph in
-              zip(fid[i:i + step].tolist(), row[i:i + step].tolist(), phase[i:i + step].tolist())])
-    return int((phase == 0).sum())
-
-
-def write_trace(result: Result, out: TextIO, threads: bool = True) -> ExportStats:
-    """Write `result` as one trace-event JSON object to `out`.
+def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportStats:
+    """Write `result` as one trace-event JSON object (UTF-8) to `out`.
 
     `threads` adds the per-application-thread tracks.
     """
@@ -330,9 +339,8 @@ def write_trace(result: Result, out: TextIO, threads: bool = True) -> ExportStat
     arr = _arrays(tl)
     start, dur = _layout(tl, arr)
     t0 = tl.ts[0] if len(tl) else 0.0
-    MARKER, NOTE = kinds.MARKER, kinds.NOTE
 
-    out.write('{"traceEvents":[\n')
+    out.write(b'{"traceEvents":[\n')
     w = _Writer(out)
     cpus = sorted(set(p.cpu))
     w.emit(_cpu_metadata(cpus))
@@ -341,71 +349,42 @@ def write_trace(result: Result, out: TextIO, threads: bool = True) -> ExportStat
         meta, n_threads = _thread_tracks(tl, arr, start)
         w.emit(meta)
 
-    # An event is a head (track, time, line, task: a list comprehension) and a
-    # tail (its own fields, name and category), and tails repeat: a marker's
-    # for every trip of its descriptor, a probe hit's for every identical hit.
-    # Each distinct tail is built once. A million rows take a second.
-    # ftrace resolves a pid's task name when it prints the trace, so one pid has one name
-    pids, first = np.unique(arr.pid, return_index=True)
-    labels = {pid: _q(f"{p.task[i]}-{pid}") for pid, i in zip(pids.tolist(), first.tolist())}
-    kernel_rows = np.flatnonzero((arr.kind != MARKER) & (arr.kind != NOTE))
-    event_col, body_col = take_strings((p.event, p.body), kernel_rows)
-    kernel_tails = np.empty(len(tl), dtype=object)
-    kernel_tails[kernel_rows] = _kernel_tails(tl, kernel_rows, event_col, body_col)
-    del event_col, body_col
-    app: dict[tuple, str] = {}
-    get = app.get
-
-    def app_tail(key: tuple) -> str:
-        k, a, sock, queue, frm, to, d = key
-        if k == MARKER:
-            ah = f"{a:#x}"
-            name = f"{frm}->{to} {ah}" if a != POISON else f"{frm}->{to} POISON"
-            extra = f',"detail":{_q(d)}' if d else ""
-            tail = (f'"sock":{_q(sock)},"queue":{queue},"addr":"{ah}","from":"{frm}","to":"{to}"{extra}}},'
-                    f'"name":"{name}","cat":"marker"}}')
-        elif k == NOTE:
-            tail = f'"addr":"{a:#x}","text":{_q(d or "")}}},"name":"note {a:#x}","cat":"note"}}'
-        else:
-            tail = "-"  # a kernel or other event: its tail comes from kernel_tails
-        app[key] = tail
-        return tail
-
-    for lo in range(0, len(tl), BLOCK):
-        hi = lo + BLOCK
-        heads = [f'{{"ph":"X","pid":{CPU_PID},"tid":{cpu},"ts":{st},"dur":{du},"args":{{"line":{line},"task":{labels[pid]},'
-                 for cpu, st, du, line, pid in zip(p.cpu[lo:hi], start[lo:hi], dur[lo:hi], p.line[lo:hi], p.pid[lo:hi])]
-        tails = [get(key) or app_tail(key) for key in zip(tl.kind[lo:hi], tl.addr[lo:hi], tl.sock[lo:hi],
-                                                            tl.queue[lo:hi], tl.frm[lo:hi], tl.to[lo:hi],
-                                                            tl.detail[lo:hi])]
-        block_kernel = np.flatnonzero(kernel_tails[lo:hi] != None)  # noqa: E711 (elementwise)
-        for i, t in zip(block_kernel.tolist(), kernel_tails[lo:hi][block_kernel].tolist()):
-            tails[i] = t
-        w.emit(list(map(str.__add__, heads, tails)))
+    # Slices, one per row: a head (track, time, line, task) printed from the
+    # columns, then the row's tail. ftrace resolves a pid's task name when it
+    # prints the trace, so one pid has one name.
+    pids, first, label = np.unique(arr.pid, return_index=True, return_inverse=True)
+    labels = [_q(f"{p.task[i]}-{pid}").encode() for pid, i in zip(pids.tolist(), first.tolist())]
+    tail, tails = _tails(tl, arr)
+    w.render([Seg(b'{"ph":"X","pid":%d,"tid":' % CPU_PID, INT, arr.cpu), Seg(b',"ts":', MICROS, start),
+              Seg(b',"dur":', MICROS, dur), Seg(b',"args":{"line":', INT, np.asarray(p.line, dtype=np.int64)),
+              Seg(b',"task":', PIECE, label.reshape(-1), labels), Seg(b",", PIECE, tail, tails)], b"", len(tl))
 
     # Flows: each point at its slice's start, as Chrome itself writes them. An
     # importer binds it to the slice enclosing that instant on its track (bp
     # "e"); slices never overlap, and the file gives every slice before any
     # flow event, for importers that order equal timestamps by file position.
-    n_flows = _write_flows(tl, arr, start, w.emit)
+    fid, row, phase = flow_points(tl, arr)
+    heads = [b'{"ph":"%s","pid":%d,"tid":' % (ph, CPU_PID) for ph in (b"s", b"t", b"f")]
+    w.render([Seg(b"", PIECE, phase, heads), Seg(b"", INT, arr.cpu[row]), Seg(b',"ts":', MICROS, start[row]),
+              Seg(f',"cat":"{FLOW_CAT}","name":"{FLOW_NAME}","bp":"e","id":'.encode(), INT, fid)], b"}", len(fid))
+    n_flows = int((phase == 0).sum())
 
     chunk = []
     for a in result.anomalies:
         args = json.dumps(anomaly_json(a), separators=(",", ":"))
-        ts = _us(max(0, round((a.ts - t0) * 1e9)))
-        chunk.append(f'{{"ph":"i","s":"g","pid":{CPU_PID},"tid":0,"ts":{ts},'
+        chunk.append(f'{{"ph":"i","s":"g","pid":{CPU_PID},"tid":0,"ts":{micros(_ns(a.ts - t0))},'
                      f'"name":{_q(f"{a.verdict.upper()}: {a.kind} at line {a.line}")},"cat":"anomaly","args":{args}}}')
     for loss in tl.losses:
         # the loss happened somewhere after the CPU's last surviving event
         when = loss.after if loss.after != float("-inf") else t0
         what = f"{loss.count} events" if loss.count is not None else "events"
-        chunk.append(f'{{"ph":"i","s":"t","pid":{CPU_PID},"tid":{loss.cpu},"ts":{_us(max(0, round((when - t0) * 1e9)))},'
+        chunk.append(f'{{"ph":"i","s":"t","pid":{CPU_PID},"tid":{loss.cpu},"ts":{micros(_ns(when - t0))},'
                      f'"name":{_q(f"CPU {loss.cpu} lost {what}")},"cat":"loss","args":{{"line":{loss.line}}}}}')
     w.emit(chunk)
 
     other = {"source": result.source, "verdict": result.verdict, "first_timestamp": f"{t0:.6f}",
              "note": "ts are µs since first_timestamp; args.line is the line in the trace file"}
-    out.write(f'\n],"otherData":{json.dumps(other, ensure_ascii=False)}}}\n')
+    out.write(f'\n],"otherData":{json.dumps(other, ensure_ascii=False)}}}\n'.encode())
     return ExportStats(events=w.count, flows=n_flows, anomalies=len(result.anomalies), cpus=len(cpus),
                        threads=n_threads)
 
@@ -415,11 +394,12 @@ def write_trace_file(result: Result, path: str, threads: bool = True) -> ExportS
     if path == "-":
         import sys
 
-        return write_trace(result, sys.stdout, threads)
+        sys.stdout.flush()
+        return write_trace(result, sys.stdout.buffer, threads)
     return write_atomically(path, lambda f: write_trace(result, f, threads))
 
 
-def write_atomically(path: str, write: Callable[[TextIO], T]) -> T:
+def write_atomically(path: str, write: Callable[[BinaryIO], T]) -> T:
     """Write through a temporary file beside `path`, renamed into place: a
     failed export never leaves half a file where a good one was."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -432,7 +412,7 @@ def write_atomically(path: str, write: Callable[[TextIO], T]) -> T:
     except OSError as e:
         raise FlightrecError(f"{path}: cannot write: {e.strerror}") from None
     try:
-        with io.open(fd, "w", encoding="utf-8", buffering=1 << 20) as f:
+        with open(fd, "wb", buffering=1 << 20) as f:
             stats = write(f)
         umask = os.umask(0)
         os.umask(umask)

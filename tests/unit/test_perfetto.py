@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import pytest
 
-from flightrec.analysis import analyze_path, analyze_text
+from flightrec.analysis import analyze_bytes, analyze_path, analyze_text
 from flightrec.errors import FlightrecError
 from flightrec.report.perfetto import descriptor_trips, write_trace, write_trace_file
 from flightrec.simulate import SimConfig, simulate
@@ -24,7 +24,7 @@ INSERTION = "->FILL "
 
 
 def export(result, threads: bool = True) -> dict:
-    buf = io.StringIO()
+    buf = io.BytesIO()
     write_trace(result, buf, threads=threads)
     return json.loads(buf.getvalue())  # valid JSON or this raises
 
@@ -284,3 +284,39 @@ def test_write_errors_are_flightrec_errors(tmp_path, fixtures):
     assert json.loads(out.read_text())["otherData"]["verdict"] == "kernel"
     assert stats.flows == 2 and stats.anomalies == 1 and stats.cpus == 2
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary left behind
+
+
+def test_c_and_python_paths_write_the_same_bytes(monkeypatch, fixtures):
+    """The C scanner + flightrec.bulk path and the pure-Python one, byte for
+    byte, on a trace with odd task names, odd bodies and unknown events."""
+    sim = simulate(SimConfig(seed=21, cpus=3, packets=400, fault="double-fill", loss=True))
+    lines = sim.text.encode().splitlines(keepends=True)
+    odd = [b" t\xc3\xa9sk \"q\"-77  [001] d.Z1. %s: __xsk_rcv_zc_L7: (__xsk_rcv_zc+0x9b/0x250) addr=0x1000 "
+           b"len=0x42 n\xc3\xa9=\"\\\x01\" =x y= xs=0xffff1 fq=0x2\n",
+           b" bad\xff-78  [002] ..... %s: some_event: body \xff\xfe with=\"quotes\"\n",
+           b" bad\xff-78  [002] ..... %s: some_event: body \xff\xfe with=\"quotes\"\n"]
+    events = [i for i, line in enumerate(lines) if b"]" in line and not line.startswith(b"#")]
+    for k, line in enumerate(odd):
+        at = events[len(events) // 2 + k]
+        ts = lines[at].split(b": ", 1)[0].rsplit(b" ", 1)[1]
+        lines.insert(at + 1, line % ts)
+    data = b"".join(lines)
+
+    def write(pure: bool) -> bytes:
+        if pure:
+            monkeypatch.setenv("FLIGHTREC_PURE_PYTHON", "1")
+        else:
+            monkeypatch.delenv("FLIGHTREC_PURE_PYTHON", raising=False)
+        buf = io.BytesIO()
+        write_trace(analyze_bytes(data, "odd"), buf)
+        return buf.getvalue()
+
+    fast, slow = write(False), write(True)
+    assert fast == slow
+    doc = json.loads(fast)
+    names = {e.get("args", {}).get("task") for e in doc["traceEvents"] if e["ph"] == "X"}
+    assert 'tésk "q"-77' in names and "bad\ufffd-78" in names
+    hit = next(e for e in doc["traceEvents"] if e["ph"] == "X" and e["args"].get("n\u00e9") is not None)
+    assert hit["args"]["n\u00e9"] == '"\\\x01"' and hit["args"]["addr"] == "0x1000"
+    assert hit["args"]["y"] == "" and "" not in hit["args"]  # "=x" names nothing
+    assert sum(e["name"] == "some_event" and e["cat"] == "other" for e in doc["traceEvents"]) == 2
