@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -82,9 +83,12 @@ Examples:
 
 \b
 Any other option is passed to `flightrec record` in the guest (see
-`flightrec record --help`). Exit codes are record's: 0 clean, 1 anomaly
-caught, 2 error (QEMU or kernel missing, boot failure, watchdog), 128+N
-killed by signal N. Nothing is left behind on any of them.
+`flightrec record --help`). Ctrl-C (or SIGTERM, SIGHUP) while the guest
+records stops the recording early and keeps its trace, analyzed as usual;
+a second one stops the VM at once. Exit codes are record's: 0 clean, 1
+anomaly caught, 2 error (QEMU or kernel missing, boot failure, watchdog),
+128+N stopped by signal N (the trace is saved when the recording had
+started). Nothing is left behind on any of them.
 """
 
 
@@ -146,7 +150,7 @@ def record_cmd(ctx: click.Context, kernel: Optional[str], cpus: int, memory_mb: 
     t = result.timings
     progress.say(f"done: exit {result.exit_code}; boot {t.get('boot_s', 0):.1f} s, recording "
                  f"{t.get('guest_command_s', 0):.1f} s for {duration:g} s of traffic, wall {t.get('wall_s', 0):.1f} s")
-    saved = result.trace is not None and result.exit_code in (0, 1)
+    saved = result.trace is not None and (result.exit_code in (0, 1) or result.stopped_by is not None)
     if saved:
         click.echo(f"saved {result.trace} and {result.out_dir / 'vm.json'}")
     if result.verdict_line:
@@ -156,6 +160,10 @@ def record_cmd(ctx: click.Context, kernel: Optional[str], cpus: int, memory_mb: 
     if result.exit_code == 2:
         click.echo(f"flightrec: in the VM: {progress.guest_error or 'the recording failed (see vm-output.log)'}",
                    err=True)
+    elif result.stopped_by is not None and result.exit_code > 128:
+        name = signal.Signals(result.stopped_by).name
+        click.echo(f"flightrec: stopped early by {name}; "
+                   + ("the trace up to then is saved" if saved else "the recording had saved no trace"), err=True)
     sys.exit(result.exit_code)
 
 

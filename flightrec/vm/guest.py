@@ -11,14 +11,22 @@ that kernel, hands the definitions to the recording (RecordOptions.
 probe_definitions, which flightrec.probes.install takes as `prepared`) and runs
 the ordinary recording (``flightrec.record.session.record``) into
 ``$FLIGHTREC_VM_OUT``. The analysis is left to the host (numpy under TCG is
-slow). Exit codes are the recording's: 0 clean, 1 anomaly, 2 error.
+slow). Exit codes are the recording's: 0 clean, 1 anomaly, 2 error, 128+N
+stopped by signal N (trace saved).
+
+When the host's user presses Ctrl-C, the host writes ``$FLIGHTREC_VM_JOB/stop``
+(flightrec/vm/runner.py): this process then sends itself that signal, and the
+recording stops and saves its trace as it would on the host.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Optional
@@ -26,6 +34,30 @@ from typing import Optional
 from flightrec.errors import FlightrecError
 
 EXIT_ERROR = 2
+STOP_FILE = "stop"  # in the job folder: the host asks the recording to stop and save (flightrec.vm.runner)
+STOP_POLL_S = 0.2
+
+
+def watch_for_stop(job: Path) -> threading.Thread:
+    """Once the host has written job/stop, send this process the signal it names
+    (SIGINT, SIGTERM or SIGHUP; SIGINT for anything else), so the exit code
+    128+N names the signal the host got."""
+
+    def watch() -> None:
+        while True:
+            try:
+                name = (job / STOP_FILE).read_text().strip()
+            except OSError:
+                time.sleep(STOP_POLL_S)
+                continue
+            sig = signal.Signals[name] if name in ("SIGINT", "SIGTERM", "SIGHUP") else signal.SIGINT
+            print(f"flightrec: the host asked to stop ({sig.name}); saving the trace", flush=True)
+            os.kill(os.getpid(), sig)
+            return
+
+    thread = threading.Thread(target=watch, name="stop-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def load_prepared(path: Path) -> "object":
@@ -78,6 +110,8 @@ def record_main(probes_json: Optional[Path], args: list[str]) -> int:
     from flightrec.record.session import record as run_record
 
     out = Path(os.environ.get("FLIGHTREC_VM_OUT", "flightrec-out"))
+    if os.environ.get("FLIGHTREC_VM_JOB"):
+        watch_for_stop(Path(os.environ["FLIGHTREC_VM_JOB"]))
     prepared = load_prepared(probes_json) if probes_json is not None else None
     opts = record_options(args, out, prepared)
     try:
@@ -109,6 +143,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         probes_json = candidate if candidate.is_file() else None
     try:
         return record_main(probes_json, argv)
+    except KeyboardInterrupt:  # stopped before the recording could take the signal: nothing to save
+        print("flightrec: interrupted before the recording started", file=sys.stderr)
+        return 128 + signal.SIGINT
     except FlightrecError as e:
         print(f"flightrec: {e}", file=sys.stderr)
         return EXIT_ERROR

@@ -4,7 +4,8 @@ Host: fetch the kernel (cached), resolve the probes in its debug vmlinux
 with the probes resolver, boot the guest. Guest (flightrec/vm/guest.py):
 install the host's probe definitions, run the ordinary recording into the
 job folder. Host again: copy the trace back, analyze it, write vm.json with
-the timings. The exit code is the recording's (0 clean, 1 anomaly, 2 error).
+the timings. The exit code is the recording's (0 clean, 1 anomaly, 2 error,
+128+N stopped early by signal N).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class VmRecordResult:
     trace: Optional[Path]
     verdict_line: Optional[str]
     timings: dict
+    stopped_by: Optional[int] = None  # a signal asked the guest to stop early (its trace is saved)
 
 
 def check_record_args(args: list[str]) -> dict:
@@ -107,7 +109,9 @@ def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say =
     """Run `flightrec record` in a fresh VM and bring the trace back to ``opts.out_dir``.
 
     :raises FlightrecError: QEMU or a kernel missing, bad options, boot failure, watchdog.
-    :raises runner.Interrupted: SIGINT/SIGTERM/SIGHUP (the VM is stopped, nothing left behind).
+    :raises runner.Interrupted: SIGINT/SIGTERM/SIGHUP before the recording ran, or a second one
+        while the guest was stopping (the VM is stopped, nothing left behind). The first one
+        during the recording stops it early: the trace is saved and analyzed, the exit code is 128+N.
     """
     from flightrec.record.forwarder import forwarder_missing
 
@@ -143,13 +147,13 @@ def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say =
     guest = runner.run_in_guest(
         command, kernel, opts.config, timeout=timeout, boot_timeout=opts.boot_timeout,
         out_dir=opts.out_dir, files=files, say=say, on_output=on_output,
-        cwd=runner.REPO_ROOT)
+        cwd=runner.REPO_ROOT, graceful_stop=True)
     timings.update(boot_s=guest.boot_s, guest_command_s=guest.command_s, qemu_peak_rss_mb=guest.qemu_peak_rss_mb,
                    recording_overhead_s=round(guest.command_s - opts.duration, 2))
     trace = opts.out_dir / "trace.txt"
     _rewrite_paths(opts.out_dir / "meta.json", guest.guest_out, opts.out_dir)
     verdict = None
-    if opts.analyze and trace.is_file() and guest.exit_code in (0, 1):
+    if opts.analyze and trace.is_file() and (guest.exit_code in (0, 1) or guest.stopped_by is not None):
         from flightrec.cli.record import summarize_analysis
 
         say("analyzing the trace on the host")
@@ -158,7 +162,8 @@ def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say =
         timings["analysis_s"] = round(time.monotonic() - t, 2)
     timings["wall_s"] = round(time.monotonic() - t0, 2)
     _write_vm_json(opts, kernel, guest, defs, timings)
-    return VmRecordResult(guest.exit_code, opts.out_dir, trace if trace.is_file() else None, verdict, timings)
+    return VmRecordResult(guest.exit_code, opts.out_dir, trace if trace.is_file() else None, verdict, timings,
+                          guest.stopped_by)
 
 
 STALE = ("trace.txt", "meta.json", "analysis.json", "forwarder-stats.json", "vm.json", "vm-console.log",

@@ -9,6 +9,11 @@ writes under ``$FLIGHTREC_VM_OUT`` (``job/out``) is copied to the host's
 output folder once the guest has powered off. On every way out (done, boot
 failure, watchdog, Ctrl-C, SIGTERM) QEMU and virtiofsd are stopped and the
 scratch folder removed.
+
+With ``graceful_stop``, the first signal once the command runs only asks it
+to stop: the host writes ``job/stop`` (the signal's name), the guest side
+(flightrec/vm/guest.py) interrupts its recording, which saves its trace, and
+the run ends as usual; a second signal stops the VM at once.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Callable, Iterator, Optional
 
 from flightrec.errors import FlightrecError
 from flightrec.vm import initramfs
+from flightrec.vm.guest import STOP_FILE
 from flightrec.vm.kernel import GuestKernel
 from flightrec.vm.qemu import Machine, VmConfig
 
@@ -35,6 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_BOOT_TIMEOUT = 90.0  # seconds from QEMU's start to the guest's command (TCG boots in ~5 s)
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 WORK_PREFIX = "flightrec-vm-"  # /tmp/flightrec-vm-<pid>-XXXX: the pid tells a stale one
+STOP_GRACE = 120.0  # seconds a stopping guest may take to save and power off (TCG is slow)
 
 Say = Callable[[str], None]
 
@@ -61,6 +68,7 @@ class GuestRun:
     qemu_peak_rss_mb: float = 0.0
     guest_out: str = ""  # $FLIGHTREC_VM_OUT as the guest saw it (gone once the run is over)
     qemu_argv: tuple[str, ...] = ()
+    stopped_by: Optional[int] = None  # the signal that asked the command to stop early (graceful_stop)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -105,20 +113,32 @@ def _run_script(command: list[str], job: Path, cwd: Path, env: dict[str, str]) -
     return "\n".join(lines) + "\n"
 
 
+@dataclass
+class _Signals:
+    """What the signal handler does, set as the run goes."""
+
+    teardown: bool = False  # ignore signals: a second Ctrl-C must not cut the cleanup short
+    stoppable: bool = False  # the first signal asks the command to stop instead of raising
+    stop: Optional[int] = None  # that signal, once it came
+
+
 @contextmanager
-def _signals_raise() -> Iterator[list[str]]:
+def _signals_raise() -> Iterator[_Signals]:
     """SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` (main thread only), so the
-    VM is stopped by the same ``finally`` as every other way out. Once the caller
-    puts "teardown" in the yielded list, signals are ignored: a second Ctrl-C must
-    not cut the cleanup short. A signal the caller ignores (nohup) stays ignored."""
-    mode: list[str] = []
+    VM is stopped by the same ``finally`` as every other way out, unless the
+    yielded state says otherwise. A signal the caller ignores (nohup) stays ignored."""
+    mode = _Signals()
     if threading.current_thread() is not threading.main_thread():
         yield mode
         return
 
     def handler(signum: int, _frame: object) -> None:
-        if "teardown" not in mode:
-            raise Interrupted(signum)
+        if mode.teardown:
+            return
+        if mode.stoppable and mode.stop is None:
+            mode.stop = signum  # the watch loop passes it on to the guest
+            return
+        raise Interrupted(signum)
 
     old = {s: signal.signal(s, handler) for s in HANDLED_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
     try:
@@ -158,12 +178,14 @@ def run_in_guest(command: list[str], kernel: GuestKernel, config: VmConfig, *, t
                  boot_timeout: float = DEFAULT_BOOT_TIMEOUT, out_dir: Optional[Path] = None,
                  files: Optional[dict[str, str]] = None, env: Optional[dict[str, str]] = None,
                  cwd: Optional[Path] = None, say: Say = lambda _: None,
-                 on_output: Say = lambda _: None) -> GuestRun:
+                 on_output: Say = lambda _: None, graceful_stop: bool = False) -> GuestRun:
     """Boot ``kernel``, run ``command`` in the guest (as root, host root read-only), power off.
 
     ``files`` are written into the job folder first (name -> text); the
     command finds them under ``$FLIGHTREC_VM_JOB``. ``timeout`` bounds the
     command, ``boot_timeout`` the boot: past either, the watchdog stops QEMU.
+    ``graceful_stop``: see the module's notes; the command must watch for
+    ``$FLIGHTREC_VM_JOB/stop``.
 
     :raises FlightrecError: QEMU, virtiofsd or busybox missing; boot failure; watchdog.
     :raises Interrupted: SIGINT, SIGTERM or SIGHUP (the VM is stopped first).
@@ -198,7 +220,7 @@ def run_in_guest(command: list[str], kernel: GuestKernel, config: VmConfig, *, t
             machine.start()
             peak: list[float] = [0.0]
             ready_at, uptime, done_at = _watch(machine, job, t_start, timeout, boot_timeout, say, on_output,
-                                               peak)
+                                               peak, mode if graceful_stop else None)
             boot_s = ready_at - t_start
             command_s = (done_at or time.monotonic()) - ready_at
             rc_file = job / "rc"
@@ -212,21 +234,23 @@ def run_in_guest(command: list[str], kernel: GuestKernel, config: VmConfig, *, t
                 copied = _copy_back(job, work, out_dir)
             result = GuestRun(exit_code, copied, round(boot_s, 2), uptime, round(command_s, 2),
                               round(time.monotonic() - t0, 2), machine.accel, round(peak[0]), str(job / "out"),
-                              tuple(machine.argv))
+                              tuple(machine.argv), mode.stop)
             if copied is not None:
                 (copied / "vm.json").write_text(json.dumps({"kernel": kernel.as_dict(), **result.as_dict()},
                                                            indent=2) + "\n")
             return result
         finally:
-            mode.append("teardown")
+            mode.teardown = True
             if machine is not None:
                 machine.stop()
             shutil.rmtree(work, ignore_errors=True)
 
 
 def _watch(machine: Machine, job: Path, t_start: float, timeout: float, boot_timeout: float,
-           say: Say, on_output: Say, peak: list[float]) -> tuple[float, float, Optional[float]]:
+           say: Say, on_output: Say, peak: list[float],
+           signals: Optional[_Signals] = None) -> tuple[float, float, Optional[float]]:
     """Follow the console and the command's output until QEMU exits; the watchdog.
+    With ``signals`` (graceful stop), pass a stop request on to the guest.
 
     Returns (ready time, guest uptime at ready, done time or None).
     :raises FlightrecError: boot failure, or the watchdog fired.
@@ -234,19 +258,29 @@ def _watch(machine: Machine, job: Path, t_start: float, timeout: float, boot_tim
     console, output = _Tail(machine.console), _Tail(job / "output.log")
     ready_at: Optional[float] = None
     done_at: Optional[float] = None
+    stop_at: Optional[float] = None
     uptime = 0.0
     ticks = 0
     while True:
         ticks += 1
         if ticks % 10 == 0:  # once a second
             peak[0] = max(peak[0], machine.rss_mb())
+        if signals is not None and signals.stop is not None and stop_at is None:
+            stop_at = time.monotonic()
+            name = signal.Signals(signals.stop).name
+            (job / STOP_FILE).write_text(name + "\n")
+            say(f"got {name}: asking the guest to stop and save its trace (again to stop the VM at once)")
         for line in console.lines():
             if initramfs.READY in line and ready_at is None:
                 ready_at = time.monotonic()
                 uptime = _float_after(line, initramfs.READY)
                 say(f"guest ready in {ready_at - t_start:.1f} s (guest kernel uptime {uptime:.1f} s)")
+                if signals is not None:
+                    signals.stoppable = True  # from now on there is a command to stop
             elif initramfs.DONE in line:
                 done_at = time.monotonic()
+                if signals is not None:
+                    signals.stoppable = False  # nothing left to stop: a signal now stops the VM
             elif initramfs.FAIL in line:
                 raise FlightrecError(f"guest boot failed: {line.split(initramfs.FAIL, 1)[1].strip()}")
         for line in output.lines():
@@ -265,6 +299,9 @@ def _watch(machine: Machine, job: Path, t_start: float, timeout: float, boot_tim
                                  f"QEMU stopped; console: {_console_tail(machine)}")
         if ready_at is not None and done_at is None and now - ready_at > timeout:
             raise FlightrecError(f"watchdog: the guest's command ran over {timeout:g} s; QEMU stopped")
+        if stop_at is not None and done_at is None and now - stop_at > STOP_GRACE:
+            raise FlightrecError(f"watchdog: the guest's command did not stop within {STOP_GRACE:g} s of "
+                                 "the request; QEMU stopped")
         if done_at is not None and now - done_at > 30:
             raise FlightrecError("watchdog: the guest did not power off within 30 s of its command's end")
         time.sleep(0.1)

@@ -3,6 +3,7 @@ root stays untouched, and every failure is one line, exit 2, nothing left behind
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -90,17 +91,71 @@ def test_missing_qemu_and_missing_kernel_package(tmp_path):
     assert list(tmp.iterdir()) == []
 
 
-def test_sigint_stops_the_vm_and_leaves_nothing(guest_kernel, tmp_path):
-    """A real SIGINT to the process group, as a terminal's Ctrl-C sends it, mid-recording."""
-    tmp = tmp_path / "tmp"
-    proc, seen = run_until(flightrec("vm", "record", "--duration", "60", "-o", str(tmp_path / "out")),
+def test_sigint_stops_the_recording_early_and_keeps_its_trace(guest_kernel, tmp_path):
+    """A real SIGINT to the process group, as a terminal's Ctrl-C sends it, mid-recording:
+    the guest's recording stops, saves its trace, and the host analyzes it."""
+    tmp, out = tmp_path / "tmp", tmp_path / "out"
+    proc, seen = run_until(flightrec("vm", "record", "--duration", "600", "-o", str(out)),
                            vm_env(tmp), r"guest \| .*forwarder ready", timeout=150)
+    time.sleep(5)  # some traffic through the forwarder
+    t = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    rest, _ = proc.communicate(timeout=150)
+    stopped_in = time.monotonic() - t
+    assert proc.returncode == 128 + signal.SIGINT, seen + rest
+    assert "asking the guest to stop and save its trace" in rest
+    assert last_line(rest) == "flightrec: stopped early by SIGINT; the trace up to then is saved", rest
+    trace = (out / "trace.txt").read_text()
+    assert trace.count("tracing_mark_write:") > 100 and "__xsk_rcv_zc" in trace
+    assert json.loads((out / "analysis.json").read_text())["verdict"] == "clean"
+    assert json.loads((out / "vm.json").read_text())["guest"]["stopped_by"] == signal.SIGINT
+    assert "verdict: clean" in rest
+    assert stopped_in < 120, f"stopping took {stopped_in:.0f} s"
+    assert guest_netns(seen)  # the recording had made its namespaces (in the guest)
+    assert_nothing_left(tmp, seen + rest)
+
+
+def test_sigterm_stops_the_recording_early_too(guest_kernel, tmp_path):
+    """What a CI runner's timeout sends: the trace is kept, the exit code says SIGTERM."""
+    tmp, out = tmp_path / "tmp", tmp_path / "out"
+    proc, seen = run_until(flightrec("vm", "record", "--duration", "600", "-o", str(out)),
+                           vm_env(tmp), r"guest \| .*traffic: ", timeout=150)
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=150)
+    assert proc.returncode == 128 + signal.SIGTERM, seen + rest
+    assert "guest | [" in rest and "got SIGTERM; stopping and saving the trace" in rest
+    assert last_line(rest) == "flightrec: stopped early by SIGTERM; the trace up to then is saved", rest
+    assert (out / "trace.txt").stat().st_size > 0 and (out / "analysis.json").is_file()
+    assert_nothing_left(tmp, seen + rest)
+
+
+def test_second_sigint_stops_the_vm_at_once(guest_kernel, tmp_path):
+    tmp = tmp_path / "tmp"
+    proc, seen = run_until(flightrec("vm", "record", "--duration", "600", "-o", str(tmp_path / "out")),
+                           vm_env(tmp), r"guest \| .*forwarder ready", timeout=150)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the first one is passed on to the guest ...
+        seen += line
+        if "asking the guest to stop" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)  # ... the second one does not wait for it
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, seen + rest
+    assert last_line(rest) == "flightrec: interrupted by SIGINT; the VM was stopped"
+    assert_nothing_left(tmp, seen + rest)
+
+
+def test_sigint_while_booting_stops_the_vm(guest_kernel, tmp_path):
+    tmp = tmp_path / "tmp"
+    proc, seen = run_until(flightrec("vm", "record", "--duration", "600", "-o", str(tmp_path / "out")),
+                           vm_env(tmp), r"boot: ", timeout=150)
     os.killpg(proc.pid, signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGINT, seen + rest
     assert last_line(rest) == "flightrec: interrupted by SIGINT; the VM was stopped"
-    assert guest_netns(seen)  # the recording had made its namespaces (in the guest)
-    assert_nothing_left(tmp, seen)
+    assert not (tmp_path / "out" / "trace.txt").exists()
+    assert_nothing_left(tmp, seen + rest)
 
 
 def test_sigkill_takes_qemu_down_and_the_next_run_removes_the_scratch_folder(guest_kernel, tmp_path):
