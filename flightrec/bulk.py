@@ -9,14 +9,12 @@ Nothing here knows what the strings or rows mean.
 from __future__ import annotations
 
 import ctypes
-import os
-import pathlib
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-LIB_PATH = pathlib.Path(__file__).resolve().parent / "_bulk.so"
+from flightrec import native
 
 INT, MICROS, PIECE = 0, 1, 2  # how a segment prints its column: decimal, value/1000 as a decimal, pieces[value]
 CHUNK_BYTES = 4 << 20
@@ -30,26 +28,21 @@ class _Seg(ctypes.Structure):
                 ("piece_off", _P)]
 
 
-_lib: Optional[ctypes.CDLL] = None
+def _declare(lib: ctypes.CDLL) -> None:
+    lib.fr_intern.restype = _I64
+    lib.fr_intern.argtypes = [ctypes.c_char_p, _P, _P, _I64, _P, _P]
+    lib.fr_render.restype = _I64
+    lib.fr_render.argtypes = [ctypes.POINTER(_Seg), ctypes.c_int32, ctypes.c_char_p, _I64, ctypes.c_char_p, _I64,
+                              _I64, _I64, ctypes.c_void_p, _I64, ctypes.POINTER(_I64)]
+
+
+def _lib() -> Optional[ctypes.CDLL]:
+    return native.load("_bulk.so", _declare)
 
 
 def available() -> bool:
     """True when the C half is built and not switched off."""
-    global _lib
-    if os.environ.get("FLIGHTREC_PURE_PYTHON"):
-        return False
-    if _lib is None:
-        try:
-            lib = ctypes.CDLL(str(LIB_PATH))
-        except OSError:
-            return False
-        lib.fr_intern.restype = _I64
-        lib.fr_intern.argtypes = [ctypes.c_char_p, _P, _P, _I64, _P, _P]
-        lib.fr_render.restype = _I64
-        lib.fr_render.argtypes = [ctypes.POINTER(_Seg), ctypes.c_int32, ctypes.c_char_p, _I64, ctypes.c_char_p, _I64,
-                                  _I64, _I64, ctypes.c_void_p, _I64, ctypes.POINTER(_I64)]
-        _lib = lib
-    return True
+    return _lib() is not None
 
 
 def intern(data: bytes, off: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +55,7 @@ def intern(data: bytes, off: np.ndarray, length: np.ndarray) -> tuple[np.ndarray
     length = np.ascontiguousarray(length, dtype=np.int32)
     ids = np.empty(n, np.int64)
     first = np.empty(n, np.int64)
-    distinct = _lib.fr_intern(data, off.ctypes.data, length.ctypes.data, n, ids.ctypes.data, first.ctypes.data)
+    distinct = _lib().fr_intern(data, off.ctypes.data, length.ctypes.data, n, ids.ctypes.data, first.ctypes.data)
     if distinct < 0:
         raise MemoryError("interning strings")
     return ids, first[:distinct].copy()
@@ -128,7 +121,7 @@ def render(segs: Sequence[Seg], suffix: bytes, sep: bytes, rows: int, write: Cal
     used = _I64()
     row = 0
     while row < rows:
-        nxt = _lib.fr_render(arr, len(segs), suffix, len(suffix), sep, len(sep), row, rows, buf, cap,
+        nxt = _lib().fr_render(arr, len(segs), suffix, len(suffix), sep, len(sep), row, rows, buf, cap,
                              ctypes.byref(used))
         if nxt == row:
             raise RuntimeError("a row does not fit the render buffer")

@@ -9,17 +9,14 @@ use the Python path.
 from __future__ import annotations
 
 import ctypes
-import os
-import pathlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from flightrec import bulk
+from flightrec import bulk, native
 
-LIB_PATH = pathlib.Path(__file__).resolve().parent.parent / "_scan.so"
 
 K_META, K_OTHER, K_MARKER, K_NOTE, K_RESERVE, K_FLUSH, K_TX = -1, 0, 1, 2, 3, 4, 5
 STATE_NAMES = ("FREE", "FILL", "RX", "TX", "COMP")
@@ -55,25 +52,19 @@ class _Result(ctypes.Structure):
     ]
 
 
-_lib: Optional[ctypes.CDLL] = None
+def _declare(lib: ctypes.CDLL) -> None:
+    lib.fr_scan.restype = ctypes.c_int64
+    lib.fr_scan.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.POINTER(_Cols), ctypes.c_int64,
+                            ctypes.POINTER(_KernelName), ctypes.c_int32, ctypes.POINTER(_Result)]
+
+
+def _lib() -> Optional[ctypes.CDLL]:
+    return native.load("_scan.so", _declare)
 
 
 def available() -> bool:
     """True when the C scanner is built and not switched off."""
-    global _lib
-    if os.environ.get("FLIGHTREC_PURE_PYTHON"):
-        return False
-    if _lib is None:
-        if not LIB_PATH.exists():
-            return False
-        try:
-            _lib = ctypes.CDLL(str(LIB_PATH))
-        except OSError:
-            return False
-        _lib.fr_scan.restype = ctypes.c_int64
-        _lib.fr_scan.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.POINTER(_Cols), ctypes.c_int64,
-                                 ctypes.POINTER(_KernelName), ctypes.c_int32, ctypes.POINTER(_Result)]
-    return True
+    return _lib() is not None
 
 
 class OffsetStrings(Sequence):
@@ -125,7 +116,7 @@ def scan(data: bytes, kernel_names: Sequence[tuple[str, int, int]]) -> Scan:
         keep.append(b)
         names[i] = _KernelName(b, len(b), kind, need)
     res = _Result()
-    rows = _lib.fr_scan(data, len(data), ctypes.byref(cols), cap, names, len(kernel_names), ctypes.byref(res))
+    rows = _lib().fr_scan(data, len(data), ctypes.byref(cols), cap, names, len(kernel_names), ctypes.byref(res))
     if rows < 0:
         raise RuntimeError("scanner overflow")
     arrays = {k: v[:rows] for k, v in arrays.items()}

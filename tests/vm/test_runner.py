@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -91,12 +92,25 @@ def test_missing_qemu_and_missing_kernel_package(tmp_path):
     assert list(tmp.iterdir()) == []
 
 
+def long_record(tmp_path: Path, until: str) -> tuple[subprocess.Popen, str, Path, Path]:
+    """A 600 s `vm record`, started and read until ``until`` shows in its output."""
+    tmp, out = tmp_path / "tmp", tmp_path / "out"
+    proc, seen = run_until(flightrec("vm", "record", "--duration", "600", "-o", str(out)), vm_env(tmp), until,
+                           timeout=150)
+    return proc, seen, tmp, out
+
+
+def assert_stopped_at_once(proc: subprocess.Popen, seen: str, tmp: Path) -> None:
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, seen + rest
+    assert last_line(rest) == "flightrec: interrupted by SIGINT; the VM was stopped"
+    assert_nothing_left(tmp, seen + rest)
+
+
 def test_sigint_stops_the_recording_early_and_keeps_its_trace(guest_kernel, tmp_path):
     """A real SIGINT to the process group, as a terminal's Ctrl-C sends it, mid-recording:
     the guest's recording stops, saves its trace, and the host analyzes it."""
-    tmp, out = tmp_path / "tmp", tmp_path / "out"
-    proc, seen = run_until(flightrec("vm", "record", "--duration", "600", "-o", str(out)),
-                           vm_env(tmp), r"guest \| .*forwarder ready", timeout=150)
+    proc, seen, tmp, out = long_record(tmp_path, r"guest \| .*forwarder ready")
     time.sleep(5)  # some traffic through the forwarder
     t = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
@@ -117,22 +131,18 @@ def test_sigint_stops_the_recording_early_and_keeps_its_trace(guest_kernel, tmp_
 
 def test_sigterm_stops_the_recording_early_too(guest_kernel, tmp_path):
     """What a CI runner's timeout sends: the trace is kept, the exit code says SIGTERM."""
-    tmp, out = tmp_path / "tmp", tmp_path / "out"
-    proc, seen = run_until(flightrec("vm", "record", "--duration", "600", "-o", str(out)),
-                           vm_env(tmp), r"guest \| .*traffic: ", timeout=150)
+    proc, seen, tmp, out = long_record(tmp_path, r"guest \| .*traffic: ")
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=150)
     assert proc.returncode == 128 + signal.SIGTERM, seen + rest
-    assert "guest | [" in rest and "got SIGTERM; stopping and saving the trace" in rest
+    assert "got SIGTERM; stopping and saving the trace" in rest
     assert last_line(rest) == "flightrec: stopped early by SIGTERM; the trace up to then is saved", rest
     assert (out / "trace.txt").stat().st_size > 0 and (out / "analysis.json").is_file()
     assert_nothing_left(tmp, seen + rest)
 
 
 def test_second_sigint_stops_the_vm_at_once(guest_kernel, tmp_path):
-    tmp = tmp_path / "tmp"
-    proc, seen = run_until(flightrec("vm", "record", "--duration", "600", "-o", str(tmp_path / "out")),
-                           vm_env(tmp), r"guest \| .*forwarder ready", timeout=150)
+    proc, seen, tmp, _ = long_record(tmp_path, r"guest \| .*forwarder ready")
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.stdout is not None
     for line in proc.stdout:  # the first one is passed on to the guest ...
@@ -140,22 +150,14 @@ def test_second_sigint_stops_the_vm_at_once(guest_kernel, tmp_path):
         if "asking the guest to stop" in line:
             break
     os.killpg(proc.pid, signal.SIGINT)  # ... the second one does not wait for it
-    rest, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGINT, seen + rest
-    assert last_line(rest) == "flightrec: interrupted by SIGINT; the VM was stopped"
-    assert_nothing_left(tmp, seen + rest)
+    assert_stopped_at_once(proc, seen, tmp)
 
 
 def test_sigint_while_booting_stops_the_vm(guest_kernel, tmp_path):
-    tmp = tmp_path / "tmp"
-    proc, seen = run_until(flightrec("vm", "record", "--duration", "600", "-o", str(tmp_path / "out")),
-                           vm_env(tmp), r"boot: ", timeout=150)
+    proc, seen, tmp, out = long_record(tmp_path, r"boot: ")
     os.killpg(proc.pid, signal.SIGINT)
-    rest, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGINT, seen + rest
-    assert last_line(rest) == "flightrec: interrupted by SIGINT; the VM was stopped"
-    assert not (tmp_path / "out" / "trace.txt").exists()
-    assert_nothing_left(tmp, seen + rest)
+    assert_stopped_at_once(proc, seen, tmp)
+    assert not (out / "trace.txt").exists()
 
 
 def test_sigkill_takes_qemu_down_and_the_next_run_removes_the_scratch_folder(guest_kernel, tmp_path):
