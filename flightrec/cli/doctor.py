@@ -122,12 +122,28 @@ def check_forwarder() -> Check:
                  f"make -C {forwarder.REPO_ROOT}")
 
 
+def check_native() -> Check:
+    """The analyzer's C scanner and the exports' row printer (flightrec/_*.c)."""
+    from flightrec import bulk
+    from flightrec.parse import scan
+
+    missing = [name for name, ok in (("_scan.so", scan.available()), ("_bulk.so", bulk.available())) if not ok]
+    if os.environ.get("FLIGHTREC_PURE_PYTHON"):
+        return Check("C helpers", False, False, "switched off by FLIGHTREC_PURE_PYTHON (analyze and export run "
+                     "several times slower)", "unset FLIGHTREC_PURE_PYTHON")
+    return Check("C helpers", False, not missing,
+                 "analyzer scanner and export printer built" if not missing else
+                 f"flightrec/{', flightrec/'.join(missing)} not built (analyze and export run several times slower)",
+                 f"make -C {forwarder.REPO_ROOT} build")
+
+
 CHECKS: list[Callable[[], object]] = [
     check_root, check_tracefs, check_kprobes, check_bpf_events, check_btf, check_af_xdp, check_netns_veth, check_bpffs,
     lambda: check_tool("perf", "linux-perf", False, "used to resolve probe sites"),
     lambda: check_tool("clang", "clang", False, "needed to build bpf/"),
     check_libxdp,
     check_forwarder,
+    check_native,
     lambda: check_tool("iperf3", "iperf3", True, "drives traffic"),
     lambda: check_tool("ethtool", "ethtool", True, "turns veth offloads off"),
 ]
@@ -156,7 +172,8 @@ def doctor() -> None:
     """Check what this machine can do for flightrec, one line per capability.
 
     Each missing piece comes with its fix. Optional pieces (kprobes, BTF,
-    perf, clang, libxdp, bpffs) only limit what is recorded or built.
+    perf, clang, libxdp, bpffs, the C helpers) only limit what is recorded
+    or built, or how fast traces are read.
     """
     checks = run_checks()
     width = max(len(c.name) for c in checks)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -121,6 +122,8 @@ def test_doctor_says_record_can_run(machine):
     for name in ("root", "tracefs", "kprobes", "BTF", "AF_XDP", "veth", "netns", "bpffs", "perf", "clang",
                  "libxdp", "forwarder", "iperf3"):
         assert name in names
+    # `make` built the C helpers: the tests' traces are read by them
+    assert re.search(r"^C helpers +ok +analyzer scanner and export printer built$", proc.stdout, re.M)
     assert proc.stdout.strip().endswith("record can run")
 
 
