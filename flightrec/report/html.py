@@ -219,8 +219,9 @@ def render(result: Result, around: int = AROUND) -> str:
     else:
         headline = "no anomaly"
     trips_by_addr: dict[int, list[list[int]]] = {}
-    if result.anomalies:
-        for trip in descriptor_trips(tl):
+    named = {x for a in result.anomalies for x in (a.addr, a.expected, a.read_addr) if x not in (None, POISON)}
+    if named:
+        for trip in descriptor_trips(tl, named):
             trips_by_addr.setdefault(tl.addr[trip[0]], []).append(trip)
     body = [
         "<!DOCTYPE html>",

@@ -157,10 +157,18 @@ def flow_points(tl: Timeline, arr: Optional[_Arrays] = None):
     return p_trip[order] + 1, p_row[order], phase[order]
 
 
-def descriptor_trips(tl: Timeline) -> list[list[int]]:
-    """Each descriptor's trips as lists of timeline rows in time order, in
-    the order the trips start (see flow_points)."""
-    fid, row, _ = flow_points(tl)
+def descriptor_trips(tl: Timeline, addrs: Optional[set[int]] = None) -> list[list[int]]:
+    """Each descriptor's trips (of the descriptors in `addrs` only, when
+    given) as lists of timeline rows in time order, in the order the trips
+    start (see flow_points)."""
+    fid, row, phase = flow_points(tl)
+    if addrs is not None and len(fid):
+        # a trip starts at an event of its descriptor (phase 0), never at a flush
+        heads = np.flatnonzero(phase == 0)
+        addr = tl.addr
+        wanted = [f for f, r in zip(fid[heads].tolist(), row[heads].tolist()) if addr[r] in addrs]
+        keep = np.isin(fid, wanted)
+        fid, row = fid[keep], row[keep]
     if not len(fid):
         return []
     order = np.argsort(fid, kind="stable")

@@ -269,6 +269,8 @@ def test_simulated_traces_follow_the_rules(cfg):
         assert len(r.flows_of(f"{a:#x}")) >= insertions[a] - 1
     assert descriptor_trips(tl) == reference_trips(tl)
     assert len(r.flows) == len(reference_trips(tl))
+    some = set(reused[:3])
+    assert descriptor_trips(tl, some) == [t for t in reference_trips(tl) if tl.addr[t[0]] in some]
     if cfg.loss:
         assert any(e["cat"] == "loss" for e in r.instants)
 
