@@ -6,6 +6,7 @@ in COMMANDS; this module only assembles them and maps errors to exit codes.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 from typing import Optional
@@ -67,7 +68,17 @@ def cli() -> None:
 def main() -> None:
     """Entry point: click's own usage errors already exit 2."""
     try:
-        cli.main(prog_name="flightrec", standalone_mode=True)
+        try:
+            cli.main(prog_name="flightrec", standalone_mode=True)
+        finally:
+            sys.stdout.flush()  # a full disk fails here, not in the interpreter's exit
     except KeyboardInterrupt:
         click.echo("flightrec: interrupted", err=True)
         sys.exit(130)
+    except OSError as e:
+        # Commands turn the errors they expect into one line; what reaches here
+        # is mostly standard output failing (a full disk). Exit 1 would read as
+        # "anomaly found" to `analyze`'s callers.
+        where = f"{e.filename}: " if e.filename else "writing standard output: " if e.errno == errno.ENOSPC else ""
+        click.echo(f"flightrec: {where}{e.strerror or e}", err=True)
+        sys.exit(2)

@@ -127,3 +127,14 @@ def test_a_widened_run_says_so_in_every_report(fixtures, tmp_path):
     # and a plain run's report does not
     (tmp_path / "meta.json").write_text("{}")
     assert "WIDENED" not in run("analyze", trace).stdout.decode()
+
+
+@pytest.mark.parametrize("args", [["analyze", "--json"], ["analyze"], ["report", "-o", "-"],
+                                  ["export", "perfetto", "-o", "-"]])
+def test_full_standard_output_is_one_line_and_exit_2(fixtures, args):
+    """A full disk under standard output: one line, and not `analyze`'s exit 1 ("anomaly")."""
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([sys.executable, "-m", "flightrec", *args, str(fixtures / "seed-poison.txt")],
+                              stdout=full, stderr=subprocess.PIPE, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().splitlines() == ["flightrec: writing standard output: No space left on device"]
