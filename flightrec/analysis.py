@@ -9,7 +9,7 @@ import os
 import sys
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional
+from typing import BinaryIO, Optional
 
 from flightrec.checks import run_checks
 from flightrec.checks.anomaly import Anomaly
@@ -117,15 +117,29 @@ def analyze_text(text: str, source: str = "-") -> Result:
     return analyze_bytes(text.encode("utf-8", "surrogateescape"), source)
 
 
+HEAD_BYTES = 1 << 16
+
+
+def _read_text(f: BinaryIO, source: str) -> bytes:
+    """The whole stream, unless its start is binary: ftrace text never holds a
+    NUL byte, and /dev/zero or a binary pipe would otherwise be read forever."""
+    head = f.peek(HEAD_BYTES)[:HEAD_BYTES] if hasattr(f, "peek") else b""
+    nul = head.find(b"\0")
+    if nul >= 0:
+        raise FlightrecError(f"{source}: binary data (a NUL byte at offset {nul}), not ftrace text; give the "
+                             "text of /sys/kernel/tracing/trace or of `trace-cmd report`")
+    return f.read()
+
+
 def analyze_path(path: str) -> Result:
     """Analyze a trace file, or standard input for "-"."""
     if path == "-":
-        return analyze_bytes(sys.stdin.buffer.read(), "<stdin>")
+        return analyze_bytes(_read_text(sys.stdin.buffer, "<stdin>"), "<stdin>")
     if os.path.isdir(path):
         raise FlightrecError(f"{path}: is a directory, not a trace file")
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        with open(path, "rb", buffering=HEAD_BYTES) as f:
+            data = _read_text(f, path)
     except FileNotFoundError:
         raise FlightrecError(f"{path}: no such file") from None
     except PermissionError:

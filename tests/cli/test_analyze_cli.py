@@ -71,6 +71,21 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, name):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("source", ["/dev/zero", "-"])
+def test_endless_binary_input_is_refused_at_once(source):
+    """/dev/zero as a file or through a pipe: refused from its first bytes, not read until memory runs out."""
+    if source == "-":
+        with open("/dev/zero", "rb") as zero:
+            p = subprocess.run([sys.executable, "-m", "flightrec", "analyze", "-"], stdin=zero,
+                               capture_output=True, timeout=60)
+    else:
+        p = run("analyze", source)
+    assert p.returncode == 2
+    assert p.stderr.decode().splitlines() == [
+        f"flightrec: {'<stdin>' if source == '-' else source}: binary data (a NUL byte at offset 0), not ftrace "
+        "text; give the text of /sys/kernel/tracing/trace or of `trace-cmd report`"]
+
+
 def test_missing_path_and_directory(tmp_path):
     for target, words in ((tmp_path / "nope.txt", "no such file"), (tmp_path, "is a directory")):
         p = run("analyze", str(target))
