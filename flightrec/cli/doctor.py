@@ -127,10 +127,10 @@ def check_native() -> Check:
     from flightrec import bulk
     from flightrec.parse import scan
 
-    missing = [name for name, ok in (("_scan.so", scan.available()), ("_bulk.so", bulk.available())) if not ok]
     if os.environ.get("FLIGHTREC_PURE_PYTHON"):
         return Check("C helpers", False, False, "switched off by FLIGHTREC_PURE_PYTHON (analyze and export run "
                      "several times slower)", "unset FLIGHTREC_PURE_PYTHON")
+    missing = [name for name, ok in (("_scan.so", scan.available()), ("_bulk.so", bulk.available())) if not ok]
     return Check("C helpers", False, not missing,
                  "analyzer scanner and export printer built" if not missing else
                  f"flightrec/{', flightrec/'.join(missing)} not built (analyze and export run several times slower)",

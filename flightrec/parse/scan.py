@@ -17,7 +17,6 @@ import numpy as np
 
 from flightrec import bulk, native
 
-
 K_META, K_OTHER, K_MARKER, K_NOTE, K_RESERVE, K_FLUSH, K_TX = -1, 0, 1, 2, 3, 4, 5
 STATE_NAMES = ("FREE", "FILL", "RX", "TX", "COMP")
 NEED_ADDR, NEED_XS = 1, 2
