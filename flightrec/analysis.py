@@ -43,6 +43,7 @@ class Result:
         return {
             "lines": p.lines,
             "format": p.format,
+            "instances": list(p.instances),
             "events": {"total": len(tl), **{k: counts.get(k, 0) for k in ("reserve", "flush", "tx", "marker", "note", "other")}},
             "cpus": sorted(tl.window.cpu_first),
             "unparsed_lines": p.unparsed,

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from collections.abc import Sequence
 from typing import Iterable, Optional
 
+import numpy as np
+
 # task-pid [cpu] flags ts: event: body. Task names may hold spaces and dashes, so
 # the pid is the last "-digits" before the CPU column. trace-cmd omits flags;
 # the `record-tgid` option adds a "(tgid)" column.
@@ -23,6 +25,9 @@ _HEADER_ENTRIES = re.compile(r"#\s*entries-in-buffer/entries-written:\s*(\d+)/(\
 _CPU_STARTED = re.compile(r"#####\s*CPU\s+(\d+)\s+buffer started\s*####")
 _LOST = re.compile(r"CPU:(\d+)\s+\[(?:LOST\s+(\d+)\s+EVENTS|LOST EVENTS|(\d+)\s+EVENTS DROPPED|EVENTS DROPPED)\]")
 _TRACECMD_CPUS = re.compile(r"cpus=(\d+)\s*$")
+# `trace-cmd report` puts "name: " before each event of an instance's buffer,
+# then the task as usual (right-aligned): the regex above takes it for the task.
+_INSTANCE = re.compile(r"([^\s:]+): +(?=\S)")
 
 # Longer lines are not ftrace output (an event line is bounded by the kernel's
 # print buffer); skipping them keeps a garbage file from costing regex time.
@@ -59,6 +64,7 @@ class ParsedTrace:
     cpu_started: dict[int, int] = field(default_factory=dict)  # cpu -> line of "buffer started"
     losses: list[Loss] = field(default_factory=list)
     cut_last_line: bool = False
+    instances: tuple[str, ...] = ()  # trace-cmd: the instances whose prefix was taken off the task names
 
     @property
     def overrun(self) -> bool:
@@ -95,7 +101,27 @@ def parse_lines(lines: Iterable[str]) -> ParsedTrace:
             continue
         _meta_line(out, n, text)
     out.lines = n
+    if out.format == "trace-cmd":
+        out.task, out.instances = _without_instances(out.task)
     return out
+
+
+def _without_instances(tasks: Sequence[str]) -> tuple[Sequence[str], tuple[str, ...]]:
+    """Task names without trace-cmd's instance prefix, and the instances seen.
+    Tasks repeat: each distinct one is looked at once."""
+    from flightrec.parse.scan import OffsetStrings, string_ids
+
+    ids, distinct = string_ids(tasks, np.arange(len(tasks)))
+    cut = [_INSTANCE.match(t) for t in distinct]
+    if not any(cut):
+        return tasks, ()
+    instances = tuple(sorted({m.group(1) for m in cut if m}))
+    if isinstance(tasks, OffsetStrings):
+        # offsets are bytes: the prefix's length in bytes, per distinct task
+        skip = np.array([len(m.group(0).encode()) if m else 0 for m in cut], dtype=np.int64)[ids]
+        return OffsetStrings(tasks._data, tasks._off + skip, tasks._len - skip), instances
+    stripped = [t[m.end():] if m else t for t, m in zip(distinct, cut)]
+    return [stripped[i] for i in ids.tolist()], instances
 
 
 def parse_bytes(data: bytes) -> ParsedTrace:
@@ -130,6 +156,8 @@ def parsed_from_scan(sc) -> ParsedTrace:
         out.first_unparsed = (0, f"{sc.long_lines} line(s) longer than {MAX_LINE} bytes")
     for n, text in sc.meta:
         _meta_line(out, n, text)
+    if out.format == "trace-cmd":
+        out.task, out.instances = _without_instances(out.task)
     return out
 
 

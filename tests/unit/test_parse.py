@@ -28,6 +28,23 @@ def test_trace_cmd_lines_and_losses():
     assert p.task == ["<...>"] and p.flags == [""]
 
 
+def test_trace_cmd_instance_prefix_is_not_part_of_the_task():
+    lines = [
+        "cpus=2\n",
+        "frfix:            <...>-2109  [000]  4217.440421: print:                tracing_mark_write: x\n",
+        "frfix:     kworker/u8:2-77    [001]  4217.440422: print:                tracing_mark_write: y\n",
+        "    kworker/u8:2-78    [001]  4217.440423: print:                tracing_mark_write: z\n",
+        "other:  my fwd-thr 2-79    [001]  4217.440424: print:                tracing_mark_write: z\n",
+    ]
+    p = parse_lines(lines)
+    assert p.task == ["<...>", "kworker/u8:2", "kworker/u8:2", "my fwd-thr 2"]
+    assert p.pid == [2109, 77, 78, 79]
+    assert p.instances == ("frfix", "other")
+    # ftrace's own text has no instance prefix: a task that looks like one stays whole
+    p = parse_lines(["# tracer: nop\n", lines[1]])
+    assert p.task == ["frfix:            <...>"] and p.instances == ()
+
+
 def test_ftrace_header_and_wrap_annotations():
     p = parse_lines([
         "# tracer: nop\n",

@@ -29,7 +29,8 @@ def assert_same(data: bytes):
         assert list(getattr(fast.parsed, name)) == list(getattr(slow.parsed, name)), name
     for name in COLUMNS:
         assert getattr(fast, name) == getattr(slow, name), name
-    for name in ("lines", "unparsed", "entries", "header_cpus", "cpu_started", "losses", "format", "cut_last_line"):
+    for name in ("lines", "unparsed", "entries", "header_cpus", "cpu_started", "losses", "format", "cut_last_line",
+                 "instances"):
         assert getattr(fast.parsed, name) == getattr(slow.parsed, name), name
     assert fast.window == slow.window and fast.losses == slow.losses
 
