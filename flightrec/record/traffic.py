@@ -85,16 +85,19 @@ class Traffic:
             raise FlightrecError("iperf3 not found; apt-get install iperf3")
         t = max(1, int(self.plan.duration))
         addr = self.topo.server_addr
+        # -i 0: no per-second reports. With -J iperf3 keeps every one in memory
+        # until it exits (~0.5 MB a minute each): an hours-long run would grow.
         for name, port in (("tcp", TCP_PORT), ("udp", UDP_PORT)):
             self.servers[name] = self._spawn(
-                self.topo.server_ns, f"server-{name}", ["iperf3", "-s", "-1", "-J", "-B", addr, "-p", str(port)]
+                self.topo.server_ns, f"server-{name}",
+                ["iperf3", "-s", "-1", "-J", "-i", "0", "-B", addr, "-p", str(port)]
             )
         deadline = time.monotonic() + 5
         while not all(self._listening(p) for p in (TCP_PORT, UDP_PORT)):
             if time.monotonic() > deadline:
                 raise FlightrecError("iperf3 servers did not start listening within 5 s")
             time.sleep(0.1)
-        common = ["--connect-timeout", "5000", "-J", "-t", str(t)]
+        common = ["--connect-timeout", "5000", "-J", "-i", "0", "-t", str(t)]
         self.clients["tcp"] = self._spawn(
             self.topo.client_ns, "client-tcp",
             ["iperf3", "-c", addr, "-p", str(TCP_PORT), "-P", str(self.plan.tcp_flows), *common],
