@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Optional
 
 from flightrec.model import kinds
@@ -53,13 +54,10 @@ class Window:
     overrun: bool
 
 
-@dataclass
-class Timeline:
-    """Every event of one trace, typed, in time order."""
+@dataclass(frozen=True)
+class Typed:
+    """What each event means: the columns `build_timeline` would compute."""
 
-    source: str
-    parsed: ParsedTrace
-    # Columns, index-aligned with `frame` rows.
     kind: list[str]
     addr: list[Optional[int]]
     xs: list[Optional[int]]
@@ -69,11 +67,19 @@ class Timeline:
     frm: list[Optional[str]]
     to: list[Optional[str]]
     detail: list[Optional[str]]
-    slot: list[Optional[int]]  # BPF backend: RX index a reserve wrote
-    prod: list[Optional[int]]  # BPF backend: RX producer after a flush
+    slot: list[Optional[int]]
+    prod: list[Optional[int]]
+
+
+@dataclass(frozen=True)
+class Timeline(Typed):
+    """Every event of one trace, typed, in time order: the typed columns
+    (index-aligned with `frame` rows), plus the parsed rows they type."""
+
+    source: str
+    parsed: ParsedTrace
     window: Window
     losses: list[LossSpan]
-    _frame: Optional["pd.DataFrame"] = None
 
     def __len__(self) -> int:
         return len(self.kind)
@@ -90,36 +96,34 @@ class Timeline:
     def line(self) -> list[int]:
         return self.parsed.line
 
-    @property
+    @cached_property
     def frame(self) -> "pd.DataFrame":
         """The timeline as a frame, built on first use (pandas is imported
         here: a plain `analyze --json` never needs it)."""
-        if self._frame is None:
-            import pandas as pd
+        import pandas as pd
 
-            p = self.parsed
-            self._frame = pd.DataFrame(
-                {
-                    "line": p.line,
-                    "cpu": p.cpu,
-                    "ts": p.ts,
-                    "task": list(p.task),
-                    "pid": p.pid,
-                    "flags": list(p.flags),
-                    "event": list(p.event),
-                    "kind": pd.Categorical(self.kind),
-                    "addr": pd.Series(self.addr, dtype=object),
-                    "xs": pd.Series(self.xs, dtype=object),
-                    "len": pd.Series(self.length, dtype=object),
-                    "sock": self.sock,
-                    "queue": pd.Series(self.queue, dtype=object),
-                    "frm": self.frm,
-                    "to": self.to,
-                    "detail": self.detail,
-                    "body": list(p.body),
-                }
-            )
-        return self._frame
+        p = self.parsed
+        return pd.DataFrame(
+            {
+                "line": p.line,
+                "cpu": p.cpu,
+                "ts": p.ts,
+                "task": list(p.task),
+                "pid": p.pid,
+                "flags": list(p.flags),
+                "event": list(p.event),
+                "kind": pd.Categorical(self.kind),
+                "addr": pd.Series(self.addr, dtype=object),
+                "xs": pd.Series(self.xs, dtype=object),
+                "len": pd.Series(self.length, dtype=object),
+                "sock": self.sock,
+                "queue": pd.Series(self.queue, dtype=object),
+                "frm": self.frm,
+                "to": self.to,
+                "detail": self.detail,
+                "body": list(p.body),
+            }
+        )
 
     def text(self, row: int) -> str:
         """The event's line as ftrace printed it, in a normalised layout."""
@@ -132,23 +136,6 @@ class Timeline:
 
     def losses_between(self, start: float, end: float) -> list[LossSpan]:
         return [loss for loss in self.losses if loss.overlaps(start, end)]
-
-
-@dataclass(frozen=True)
-class Typed:
-    """What each event means: the columns `build_timeline` would compute."""
-
-    kind: list[str]
-    addr: list[Optional[int]]
-    xs: list[Optional[int]]
-    length: list[Optional[int]]
-    sock: list[Optional[str]]
-    queue: list[Optional[int]]
-    frm: list[Optional[str]]
-    to: list[Optional[str]]
-    detail: list[Optional[str]]
-    slot: list[Optional[int]]
-    prod: list[Optional[int]]
 
 
 def typed_from_scan(sc) -> Typed:
@@ -194,8 +181,7 @@ def build_timeline(parsed: ParsedTrace, source: str, typed: Optional[Typed] = No
         _sort_by_time(parsed)
         typed = _type_rows(parsed)
     window, losses = _window_and_losses(parsed)
-    return Timeline(source, parsed, typed.kind, typed.addr, typed.xs, typed.length, typed.sock,
-                    typed.queue, typed.frm, typed.to, typed.detail, typed.slot, typed.prod, window, losses)
+    return Timeline(**vars(typed), source=source, parsed=parsed, window=window, losses=losses)
 
 
 def _type_rows(parsed: ParsedTrace) -> Typed:
