@@ -84,17 +84,25 @@ void report_print_ready(const struct fwd *f)
 	fflush(stdout);
 }
 
-void report_print_stats_event(const struct fwd *f, double t)
+/* The counters that end a stats and an exit line, and the line itself. */
+static void json_counters_end(const struct fwd *f, int with_drops)
 {
-	printf("{\"event\":\"stats\",\"t\":%.3f,", t);
 	json_port_array(stdout, f, "rx", offsetof(struct port_stats, rx));
 	fputc(',', stdout);
 	json_port_array(stdout, f, "tx", offsetof(struct port_stats, tx));
-	fputc(',', stdout);
-	json_port_array(stdout, f, "drops", offsetof(struct port_stats, drops));
+	if (with_drops) {
+		fputc(',', stdout);
+		json_port_array(stdout, f, "drops", offsetof(struct port_stats, drops));
+	}
 	printf(",\"markers\":%llu,\"markers_failed\":%llu}\n",
 	       (unsigned long long)markers_total(f, 0), (unsigned long long)markers_total(f, 1));
 	fflush(stdout);
+}
+
+void report_print_stats_event(const struct fwd *f, double t)
+{
+	printf("{\"event\":\"stats\",\"t\":%.3f,", t);
+	json_counters_end(f, 1);
 }
 
 static void json_anomaly(FILE *out, const struct anomaly *a)
@@ -128,12 +136,7 @@ void report_print_exit(const struct fwd *f, int code, double t)
 	printf("{\"event\":\"exit\",\"code\":%d,\"reason\":", code);
 	json_str(stdout, f->exit_reason ? f->exit_reason : "unknown");
 	printf(",\"t\":%.3f,", t);
-	json_port_array(stdout, f, "rx", offsetof(struct port_stats, rx));
-	fputc(',', stdout);
-	json_port_array(stdout, f, "tx", offsetof(struct port_stats, tx));
-	printf(",\"markers\":%llu,\"markers_failed\":%llu}\n",
-	       (unsigned long long)markers_total(f, 0), (unsigned long long)markers_total(f, 1));
-	fflush(stdout);
+	json_counters_end(f, 0);
 }
 
 static void json_ring(FILE *out, const char *name, const uint32_t *prod, const uint32_t *cons,
