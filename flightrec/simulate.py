@@ -169,6 +169,12 @@ class _Pair:
         self.softirq_cpu = rng.randrange(cpus)
         self.poison = True
 
+    def take_slot(self) -> int:
+        """The kernel reserves the next RX slot (unpublished until a flush)."""
+        slot = self.rx_prod % self.rx_size
+        self.rx_prod += 1
+        return slot
+
 
 class _Sim:
     def __init__(self, cfg: SimConfig) -> None:
@@ -297,9 +303,7 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
         for _ in range(k):
             a = p.kfill.popleft()
             sim.reserve(p, t, cpu, a)
-            slot = p.rx_prod % p.rx_size
-            p.slots[slot] = a
-            p.rx_prod += 1
+            p.slots[p.take_slot()] = a
             got.append(a)
             t += _rr(rng, 300, 4000)
         t += _rr(rng, 200, 3000)
@@ -433,16 +437,13 @@ def _plant_race(sim: _Sim, p: _Pair, t: int, fault: str) -> dict:
     for _ in range(rng.randint(1, 4)):
         x = p.kfill.popleft()
         sim.reserve(p, t, b, x, "b_reserve" if not xs_got else None)
-        slot = p.rx_prod % p.rx_size
-        p.slots[slot] = x
-        p.rx_prod += 1
+        p.slots[p.take_slot()] = x
         xs_got.append(x)
         t += _rr(rng, 300, 3000)
     t += _rr(rng, 1000, 8000)
     e = p.kfill.popleft()
     sim.reserve(p, t, a, e, "reserve")
-    e_slot = p.rx_prod % p.rx_size
-    p.rx_prod += 1
+    e_slot = p.take_slot()  # reserved, not yet written: the race
     # What the slot holds before CPU a writes it: the poison the application
     # wrote back when it consumed the slot, or (no poisoning) the old address.
     stale = POISON if p.poison else p.slots[e_slot]
