@@ -32,9 +32,8 @@ from typing import BinaryIO, Callable, Optional, TypeVar
 
 import numpy as np
 
-from flightrec import bulk
 from flightrec.analysis import Result, anomaly_json
-from flightrec.bulk import INT, MICROS, PIECE, Seg, micros
+from flightrec.bulk import INT, MICROS, PIECE, Seg, micros, render
 from flightrec.errors import FlightrecError
 from flightrec.parse.scan import string_ids
 from flightrec.model import kinds
@@ -290,7 +289,7 @@ class _Writer:
 
     def render(self, segs: list[Seg], suffix: bytes, rows: int) -> None:
         """`rows` events printed from a template (flightrec.bulk)."""
-        bulk.render(segs, suffix, b",\n", rows, self._write)
+        render(segs, suffix, b",\n", rows, self._write)
         self.count += rows
 
 
