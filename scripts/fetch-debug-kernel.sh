@@ -9,8 +9,8 @@
 # scripts/apt/) and extracts only the vmlinux with dpkg-deb (Debian 12:
 # usr/lib/debug/boot/vmlinux-*; Debian 13: a link there to
 # usr/lib/debug/lib/modules/<release>/vmlinux). The .deb (~350 MB) is deleted
-# once the vmlinux (~600 MB) is out. It also takes net/xdp/ from the
-# linux-source-<series> of the same version (~140 MB .deb, deleted too), so
+# once the vmlinux (340-600 MB) is out. It also takes net/xdp/ from the
+# linux-source-<series> of the same version (~140-170 MB .deb, deleted too), so
 # tests can read the source line a probe site names. Cached: when both are
 # there, nothing is downloaded. Prints one vmlinux path per series.
 # A first run takes about 1-2 minutes on a fast mirror; a cached run < 1 s.
@@ -44,7 +44,7 @@ fetch_source() {
 		return 0
 	fi
 	rm -rf "$3/srcdeb" "$3/src" && mkdir -p "$3/srcdeb" "$3/src"
-	echo "fetch-debug-kernel: downloading $src=$version (~140 MB) for net/xdp/" >&2
+	echo "fetch-debug-kernel: downloading $src=$version (~140-170 MB) for net/xdp/" >&2
 	if (cd "$3/srcdeb" && apt-get download -q -o APT::Sandbox::User=root "$src=$version" >&2) &&
 		dpkg-deb --fsys-tarfile "$3"/srcdeb/*.deb | tar -xO "./usr/src/$src.tar.xz" | xz -dc |
 		tar -x -C "$3/src" --strip-components=1 --wildcards "$src/net/xdp/*"; then
@@ -88,7 +88,8 @@ for series in "$@"; do
 	deb=$(ls "$dir"/"$pkg"_*.deb 2>/dev/null | head -n1 || true)
 	if [ -z "$deb" ]; then
 		echo "fetch-debug-kernel: downloading $pkg=$version (~350 MB)" >&2
-		(cd "$dir" && apt-get download -q -o APT::Sandbox::User=root "$pkg=$version" >&2) || die "apt-get download $pkg=$version failed"
+		(cd "$dir" && apt-get download -q -o APT::Sandbox::User=root "$pkg=$version" >&2) ||
+			die "apt-get download $pkg=$version failed (if the mirror no longer has it: apt-get update)"
 		deb=$(ls "$dir"/"$pkg"_*.deb | head -n1)
 	fi
 	# One pass over the archive: unpack only the vmlinux (and the links to it)

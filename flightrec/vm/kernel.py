@@ -227,6 +227,8 @@ def _apt_download(packages: list[tuple[str, str]], into: Path, progress: Progres
     debs = [sorted(into.glob(f"{name}_*.deb")) for name, _version in packages]
     if proc.returncode != 0 or not all(debs):
         why = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        if "404" in proc.stderr:  # the lists name a version the mirror has since replaced
+            why += " (apt's lists are older than the mirror: run apt-get update)"
         raise FlightrecError(f"apt-get download {' '.join(wanted)} failed: {why}")
     return [found[-1] for found in debs]
 
