@@ -34,9 +34,10 @@ class _Progress:
 def _vm_options(f):  # type: ignore[no-untyped-def]
     """Options shared by `vm record` and `vm run`."""
     for opt in reversed([
-        click.option("--kernel", "kernel", metavar="PKG|PATH", default=None,
-                     help="Debian kernel package or pattern (default: newest linux-image-6.1.*-cloud-amd64), "
-                          "or a bzImage path (modules built in; vmlinux beside it for probes)."),
+        click.option("--kernel", "kernel", metavar="SERIES|PKG|PATH", default=None,
+                     help="6.1, 6.12 or 7.3: the newest stock Debian cloud kernel of that series (default 6.1; "
+                          "7.3 comes from trixie-backports, added by `make setup`); or a Debian kernel package "
+                          "or pattern; or a bzImage path (modules built in; vmlinux beside it for probes)."),
         click.option("--cpus", type=click.IntRange(1, 64), default=2, show_default=True, help="Guest vCPUs."),
         click.option("--memory", "memory_mb", type=click.IntRange(256, 65536), default=1024, show_default=True,
                      help="Guest memory in MB."),
@@ -77,6 +78,8 @@ Examples:
   flightrec vm record -o vm-out                       # 20 s, 2 vCPUs, Debian 6.1 cloud kernel
   flightrec vm record --duration 30 --cpus 2 -o vm-out -b 8192
   flightrec vm record --inject double-fill --inject-after 3000 -o vm-bug
+  flightrec vm record --kernel 7.3 -o vm-73           # Debian's 7.3, from trixie-backports
+  flightrec vm record --kernel 'linux-image-6.12.*-cloud-amd64' -o vm-612
   flightrec vm record --kernel /src/linux/arch/x86/boot/bzImage -o vm-own
   flightrec vm record --kernel veth-race --widen -o race     # the post's bug (docs/veth-race.md)
   flightrec vm record --kernel veth-fixed --widen -o fixed   # the fixed kernel stays clean
@@ -170,6 +173,7 @@ def record_cmd(ctx: click.Context, kernel: Optional[str], cpus: int, memory_mb: 
 RUN_EPILOG = """\b
 Examples:
   flightrec vm run -- uname -a
+  flightrec vm run --kernel 7.3 -- uname -r
   flightrec vm run -- sh -c 'cat /proc/cmdline; ls /sys/kernel/tracing'
   flightrec vm run -o out -- sh -c 'dmesg > $FLIGHTREC_VM_OUT/dmesg.txt'
 
