@@ -132,7 +132,7 @@ def print_result(console: Console, result: Result, around: int = 8, descriptor: 
         title.append("CLEAN", style=VERDICT_STYLE["clean"])
         title.append(" — no anomaly")
     console.print(title)
-    amplified = widened(result.source)
+    amplified = widened(result.source, result.meta)
     if amplified:
         console.print(Text(amplified, style="bold magenta"))
     if descriptor is not None:

@@ -234,7 +234,7 @@ def render(result: Result, around: int = AROUND) -> str:
         f'<div id="verdict" class="{_e(v)}" data-verdict="{_e(v)}" data-anomalies="{n}">{_e(v.upper())}'
         f'<span class="headline">{_e(headline)}</span></div></header>',
     ]
-    amplified = widened(result.source)
+    amplified = widened(result.source, result.meta)
     if amplified:
         body.append(f'<p id="widened" class="missing"><strong>{_e(amplified)}</strong></p>')
     body += [
