@@ -199,6 +199,7 @@ def replay(tl: Timeline) -> Replay:
     xs_sock: dict[int, str] = {}
     last: dict[int, tuple[int, Reserve, bool]] = {}  # xs -> (read row, reserve, matched) of its last paired read
     last_read: dict[str, int] = {}  # sock -> its last FILL -> RX read
+    broken: dict[int, tuple[Claim, ...]] = {}  # xs -> the claims that failed to align it, until it aligns again
 
     for i in range(len(kind)):
         k = kind[i]
@@ -260,6 +261,7 @@ def replay(tl: Timeline) -> Replay:
                     if pq and pq[0].addr == a:
                         slot = pend.pop()
                         aligned.add(x)
+                        broken.pop(x, None)
                         last[x] = (i, slot, True)
                     elif x in aligned and pq:
                         # The read disagrees with the slot order: if the history shows the
@@ -275,6 +277,7 @@ def replay(tl: Timeline) -> Replay:
                         else:
                             # The trace cannot tell which slot this was: align again on an address.
                             aligned.discard(x)
+                            broken[x] = alignment
                             if pend.has(a):
                                 slot, skipped = pend.take_latest(a)
                                 aligned.add(x)
@@ -284,6 +287,8 @@ def replay(tl: Timeline) -> Replay:
                         slot, skipped = pend.take_latest(a)
                         aligned.add(x)
                         last[x] = (i, slot, True)
+                    elif x in broken:
+                        alignment = broken[x]  # still unaligned since those claims failed
                 last_read[s] = i
                 bad_state = prev is not None and prev[0] != "FILL"
                 if mismatch or slot_mismatch or bad_state or det is not None or a == POISON:

@@ -283,3 +283,18 @@ def test_xs_is_the_one_that_reserved_the_address_last():
     )
     r = analyze_text(text)
     assert r.anomalies == () and r.replay.sock_xs == {"ingress q:0": XS}
+
+
+def test_a_read_after_an_alignment_the_history_broke_says_why():
+    """Once the slot order is lost to a CPU's late start, a later symptom says so, not 'too late'."""
+    a, b, c = ring(3)
+    text = (
+        OVERRUN + reserve(1.000, 0, a) + flush(1.0005, 0) + mark(1.001, 0, f"ingress q:0 {a:#x} FILL -> RX")
+        + "##### CPU 1 buffer started ####\n" + reserve(1.003, 1, c) + flush(1.0035, 0)
+        + mark(1.004, 0, f"ingress q:0 {b:#x} FILL -> RX")
+        + mark(1.005, 0, f"ingress q:0 {POISON} FILL -> RX")
+    )
+    x = first(analyze_text(text))
+    assert (x["kind"], x["verdict"], x["line"]) == ("poison_read", "undetermined", 9)
+    assert "cannot tell which RX slot" in x["explanation"]
+    assert any(m.startswith("CPU 1's events before 1.003000") for m in x["missing"]), x["missing"]
