@@ -298,3 +298,14 @@ def test_a_read_after_an_alignment_the_history_broke_says_why():
     assert (x["kind"], x["verdict"], x["line"]) == ("poison_read", "undetermined", 9)
     assert "cannot tell which RX slot" in x["explanation"]
     assert any(m.startswith("CPU 1's events before 1.003000") for m in x["missing"]), x["missing"]
+
+
+def test_a_length_verdict_names_the_events_it_rests_on():
+    a = ring(1)[0]
+    text = (
+        reserve(1.000, 1, a)  # len=0x4e: 78 bytes
+        + mark(1.001, 0, f"ingress q:0 {a:#x} FILL -> RX: len 78 xdp_len 60")
+    )
+    x = first(analyze_text(text))
+    assert (x["kind"], x["verdict"], x["reserve_cpu"]) == ("length_mismatch", "kernel", 1)
+    assert [c["lines"] for c in x["claims"]][-1] == [1, 2] and all(c["holds"] for c in x["claims"])
