@@ -748,10 +748,12 @@ def _judge(cfg: SimConfig, ev: list, keep: list[bool], story: dict[str, int], lo
 
     Kernel faults: the raced slot is the one after the slot the application
     read last, so that read and its reserve must survive, and no read of the
-    socket may be missing after it (every CPU recording from that read on);
-    the kernel's reserves in between are vouched for by the application's
-    FILL order (its detection line). The racing flush is named only when the
-    racing CPU was recording from its reserve to that flush. Duplicate
+    socket may be missing after it (every CPU recording from that read on).
+    That no reserve came in between is vouched for by the application's FILL
+    order (its detection line) when it read the poison; a stale address needs
+    the kernel's own events, every CPU recording from that reserve to the
+    raced one. The racing flush is named only when the racing CPU was
+    recording from its reserve to that flush. Duplicate
     insertions: no marker may be missing between the two insertions, on any
     CPU. A marker the application itself wrote as FILL -> TX needs nothing else.
     """
@@ -766,6 +768,9 @@ def _judge(cfg: SimConfig, ev: list, keep: list[bool], story: dict[str, int], lo
         need = [said[n] for n in said if n not in story or not keep[story[n]]]
         if not need and not h.clear(t("prev_read"), t("detection")):
             need = ["a CPU's events between the read before and the detection (its buffer began later, or lost)"]
+        if not need and cfg.fault == "stale-slot" and not h.clear(t("prev_reserve"), t("reserve")):
+            need = ["a CPU's kernel events between the reserve before and the raced one (its buffer began later, "
+                    "or lost)"]
         if need:
             return {"verdict": "undetermined", "reserve_cpu": None, "flush_cpu": None, "missing": need}
         a = ev[story["reserve"]][2]

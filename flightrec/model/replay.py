@@ -334,11 +334,14 @@ def slot_alignment(tl: Timeline, sock: str, row: int, slot: Reserve, link: Optio
     The application reads RX slots in order and the kernel reserves them in
     order, so the slot after the previous read's is the next one reserved
     after the previous read's reserve, provided no read of the socket and no
-    reserve of its xs is missing in between. The reserves in between may also
-    be vouched for by the FILL order (`fill_order`, unless the FILL order is
-    what is in question): the kernel takes FILL in order, one entry per
-    reserve, and the application's detection line names the entry right after
-    the one it read last.
+    reserve of its xs is missing in between. For a poisoned slot the reserves
+    in between may also be vouched for by the FILL order (`fill_order`): the
+    kernel takes FILL in order, one entry per reserve, and the application's
+    detection line names the entry right after the one it read last. Only
+    for the poison: an entry the application put into FILL without a marker
+    would also explain a stale address read there (its own fault, which the
+    kernel's reserves alone can rule out), while a slot read back unwritten
+    is the kernel's fault whichever entry it was reserved for.
     """
     h = tl.history
     ts, cpu, line = tl.ts, tl.cpu, tl.line
@@ -365,7 +368,7 @@ def slot_alignment(tl: Timeline, sock: str, row: int, slot: Reserve, link: Optio
     claims.append(reads)
     reserves = absent(h, f"the kernel reserved no other RX slot of xs {xs:#x} between line {line[before.row]} "
                          f"and line {line[slot.row]}", before.ts, slot.ts, KERNEL)
-    if not reserves.holds and fill_order and _fill_adjacent(tl, link, det, slot):
+    if not reserves.holds and fill_order and _fill_adjacent(tl, row, link, det, slot):
         reserves = seen(f"{slot.addr:#x} comes right after {before.addr:#x} in {sock}'s FILL order (the "
                         f"application read {before.addr:#x} at line {line[prev]} as its deque's head, then "
                         f"expected {slot.addr:#x} at line {line[row]}); the kernel takes FILL in order, one "
@@ -375,12 +378,13 @@ def slot_alignment(tl: Timeline, sock: str, row: int, slot: Reserve, link: Optio
     return tuple(claims)
 
 
-def _fill_adjacent(tl: Timeline, link: Link, det: Optional[Detection], slot: Reserve) -> bool:
-    """The application's own deque puts `slot.addr` right after the previous read's address."""
+def _fill_adjacent(tl: Timeline, row: int, link: Link, det: Optional[Detection], slot: Reserve) -> bool:
+    """The poison read at `row`, and the application's own deque puts `slot.addr` right after
+    the previous read's address."""
     prev = link.read_row
     return (link.matched and not link.reads_between and tl.detail[prev] is None
             and tl.addr[prev] == link.slot.addr and det is not None and det.kind == "fill_order"
-            and det.expected == slot.addr)
+            and det.expected == slot.addr and tl.addr[row] == POISON)
 
 
 def _unpaired_gap(tl: Timeline, sock: str, prev: int, row: int) -> Gap:

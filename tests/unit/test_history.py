@@ -101,6 +101,19 @@ def test_an_absence_a_late_cpu_cannot_vouch_for_is_undetermined(fixtures):
     assert (whole["verdict"], whole["reserve_cpu"], whole["flush_cpu"]) == ("kernel", 2, 0)
 
 
+def test_the_fill_order_vouches_for_a_poisoned_slot_only(fixtures):
+    """Read a stale address instead of the poison: an entry the application put into FILL without a
+    marker would explain it too, and only CPU 2's kernel events could rule that out; CPU 2 was not
+    recording. Saved whole, the same lines are the kernel's race."""
+    lines = seed_lines(fixtures, "seed-poison-overrun.txt")
+    lines[-1] = lines[-1].replace(POISON, "0x1f64100")
+    a = first(analyze_text("".join(lines)))
+    assert (a["verdict"], a["addr"]) == ("undetermined", "0x1f64100")
+    assert any(m.startswith("CPU 2's events before 609766.698523") for m in a["missing"]), a["missing"]
+    whole = first(analyze_text("".join(lines[12:])))
+    assert (whole["verdict"], whole["kind"], whole["reserve_cpu"], whole["flush_cpu"]) == ("kernel", "publish_race", 2, 0)
+
+
 def test_a_loss_matters_only_to_the_claims_it_overlaps(fixtures):
     """CPU 1 lost events at a moment no claim of the race speaks of: still the kernel. A loss on
     CPU 2 while the application could have read from RX unseen: undetermined (tests/unit/test_verdicts.py)."""
