@@ -171,13 +171,14 @@ def symptom_claims(tl: Timeline, r: RxRead) -> list[Claim]:
 def merged(*parts: list[Claim]) -> tuple[Claim, ...]:
     """The claims in order, a seen claim on the very lines of an earlier one left out."""
     out: list[Claim] = []
-    lines = set()
+    said: set[tuple[int, ...]] = set()
     for part in parts:
         for c in part:
             if not c.absence and c.lines:
-                if c.lines in lines or tuple(sorted(c.lines)) in lines:
+                key = tuple(sorted(c.lines))
+                if key in said:
                     continue
-                lines.add(tuple(sorted(c.lines)))
+                said.add(key)
             out.append(c)
     return tuple(out)
 

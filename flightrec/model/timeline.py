@@ -38,9 +38,6 @@ class LossSpan:
     after: float  # last surviving event of that CPU before the loss (-inf: none)
     before: float  # first surviving event after it (+inf: none)
 
-    def overlaps(self, start: float, end: float) -> bool:
-        return self.after < end and self.before > start
-
 
 @dataclass(frozen=True)
 class Window:
@@ -137,12 +134,6 @@ class Timeline(Typed):
         p = self.parsed
         flags = f" {p.flags[row]}" if p.flags[row] else ""
         return f"{p.task[row]}-{p.pid[row]} [{p.cpu[row]:03d}]{flags} {p.ts[row]:.6f}: {p.event[row]}: {p.body[row]}"
-
-    def row_at_or_after(self, ts: float) -> int:
-        return bisect.bisect_left(self.parsed.ts, ts)
-
-    def losses_between(self, start: float, end: float) -> list[LossSpan]:
-        return [loss for loss in self.losses if loss.overlaps(start, end)]
 
 
 def typed_from_scan(sc) -> Typed:
