@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from flightrec.model import kinds
 from flightrec.model.history import KERNEL, MARKERS, Claim, Gap, absent, seen
@@ -51,9 +51,9 @@ VALID_BEFORE = {
 }
 
 
-@dataclass(frozen=True)
-class Reserve:
-    """A kernel reserve event: addr taken from FILL into an RX slot of xs."""
+class Reserve(NamedTuple):
+    """A kernel reserve event: addr taken from FILL into an RX slot of xs (a tuple: one per
+    reserve event, made in the replay's hot loop)."""
 
     row: int
     addr: int
@@ -77,13 +77,6 @@ class _Pending:
         self.queue: deque[Reserve] = deque()
         self.count: dict[int, int] = defaultdict(int)
         self.latest: dict[int, Reserve] = {}  # addr -> its most recent pending reserve
-
-    def push(self, r: Reserve) -> None:
-        self.queue.append(r)
-        self.count[r.addr] += 1
-        self.latest[r.addr] = r
-        if len(self.queue) > MAX_PENDING:
-            self.pop()
 
     def pop(self) -> Reserve:
         r = self.queue.popleft()
@@ -189,6 +182,7 @@ def replay(tl: Timeline) -> Replay:
     deque_from = states_from
     losses = sorted((g.after, g.before) for g in tl.history.gaps if g.why == "lost")
     next_loss = 0
+    loss_at = losses[0][0] if losses else float("inf")
 
     state: dict[int, tuple[str, int]] = {}
     fill: dict[str, deque[tuple[int, int]]] = defaultdict(deque)  # sock -> (addr, row of its FILL entry)
@@ -203,13 +197,14 @@ def replay(tl: Timeline) -> Replay:
 
     for i in range(len(kind)):
         k = kind[i]
-        while next_loss < len(losses) and ts_col[i] > losses[next_loss][0]:
+        while ts_col[i] > loss_at:
             # Lost events may have held FILL entries and reads: the deque starts over after them.
             fill.clear()
             fill_count.clear()
             fill_started.clear()
             deque_from = max(deque_from, losses[next_loss][1])
             next_loss += 1
+            loss_at = losses[next_loss][0] if next_loss < len(losses) else float("inf")
         if k == kinds.MARKER:
             a = addr[i]
             s = sock_col[i]
@@ -249,24 +244,23 @@ def replay(tl: Timeline) -> Replay:
                         out.ties[s] = (i, pending[x].latest[a].row)
                 slot: Optional[Reserve] = None
                 slot_mismatch = False
-                link: Optional[Link] = None
+                lp: Optional[tuple[int, Reserve, bool]] = None
                 skipped = 0
                 alignment: tuple[Claim, ...] = ()
                 if x is not None:
                     pend = pending[x]
                     pq = pend.queue
                     lp = last.get(x)
-                    if lp is not None:
-                        link = Link(lp[0], lp[1], lp[2], last_read.get(s) != lp[0])
                     if pq and pq[0].addr == a:
                         slot = pend.pop()
                         aligned.add(x)
-                        broken.pop(x, None)
+                        if broken:
+                            broken.pop(x, None)
                         last[x] = (i, slot, True)
                     elif x in aligned and pq:
                         # The read disagrees with the slot order: if the history shows the
                         # order, the slot read is the next one reserved.
-                        alignment = slot_alignment(tl, s, i, pq[0], link, det)
+                        alignment = slot_alignment(tl, s, i, pq[0], _link(lp, last_read.get(s)), det)
                         if all(c.holds for c in alignment):
                             slot, slot_mismatch = pq[0], True
                             if pend.has(a):
@@ -289,9 +283,11 @@ def replay(tl: Timeline) -> Replay:
                         last[x] = (i, slot, True)
                     elif x in broken:
                         alignment = broken[x]  # still unaligned since those claims failed
+                prev_read = last_read.get(s)
                 last_read[s] = i
                 bad_state = prev is not None and prev[0] != "FILL"
                 if mismatch or slot_mismatch or bad_state or det is not None or a == POISON:
+                    link = _link(lp, prev_read)
                     rem = tuple(e[0] for e in list(dq)[:8]) if mismatch else ()
                     out.reads.append(
                         RxRead(
@@ -316,7 +312,15 @@ def replay(tl: Timeline) -> Replay:
                 state[a] = (to, i)
         elif k == kinds.RESERVE:
             x = xs_col[i]
-            pending[x].push(Reserve(i, addr[i], x, cpu_col[i], ts_col[i]))
+            pend = pending[x]
+            a = addr[i]
+            r = Reserve(i, a, x, cpu_col[i], ts_col[i])
+            # _Pending.push, inline: one call fewer per reserve event
+            pend.queue.append(r)
+            pend.count[a] += 1
+            pend.latest[a] = r
+            if len(pend.queue) > MAX_PENDING:
+                pend.pop()
             out.reserves[x].append(i)
             out.kernel_events[k] += 1
         elif k == kinds.FLUSH:
@@ -325,6 +329,11 @@ def replay(tl: Timeline) -> Replay:
         elif k == kinds.TX:
             out.kernel_events[k] += 1
     return out
+
+
+def _link(lp: Optional[tuple[int, Reserve, bool]], last_read: Optional[int]) -> Optional[Link]:
+    """The socket's previous paired read as a Link (made only where a claim needs it)."""
+    return None if lp is None else Link(lp[0], lp[1], lp[2], last_read != lp[0])
 
 
 def slot_alignment(tl: Timeline, sock: str, row: int, slot: Reserve, link: Optional[Link],
