@@ -98,6 +98,13 @@ cp /bin/busybox $R/run/flightrec-vm/busybox
 for a in modprobe insmod lsmod rmmod depmod; do ln -s ../busybox $R/run/flightrec-vm/bin/$a; done
 echo /run/flightrec-vm/bin/modprobe > /proc/sys/kernel/modprobe
 
+# Under TCG the kernel boots on one vCPU (maxcpus=1, flightrec/vm/qemu.py): the others
+# come online here, after the boot's live code patching.
+for c in /sys/devices/system/cpu/cpu[0-9]*; do
+    [ -f "$c/online" ] && [ "$(cat "$c/online")" = 0 ] || continue
+    echo 1 > "$c/online" || fail "cannot bring ${c##*/} online"
+done
+
 # Progress heartbeat for the host's watchdog (flightrec/vm/runner.py): one loop per
 # vCPU, pinned there at normal priority, rewrites $JOB/heartbeat.<cpu> ("count uptime")
 # every second. A vCPU that stops running ordinary tasks (a kernel spinning with

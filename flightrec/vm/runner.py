@@ -365,7 +365,7 @@ class _Attempt:
                   "mitigations=off", f"flightrec.job={job}"]
         if self.kernel.modules_dir is not None:
             params.append(f"flightrec.modules={self.kernel.modules_dir}")
-        params += list(self.config.cmdline)
+        params += list(self.config.kernel_params())
         self.machine = machine = Machine(self.kernel.bzimage, self.initrd, " ".join(params), self.config,
                                          {"hostroot": Path("/"), "job": job}, work)
         which = f"boot {boot} of {boots}" if boot > 1 else "boot"
