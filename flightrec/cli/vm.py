@@ -98,6 +98,14 @@ a second one stops the VM at once. Exit codes are record's: 0 clean, 1
 anomaly caught, 2 error (QEMU or kernel missing, boot failure, watchdog),
 128+N stopped by signal N (the trace is saved when the recording had
 started). Nothing is left behind on any of them.
+
+\b
+A guest that dies before the recording starts is booted again (up to
+--boot-attempts boots, said on the terminal and in vm.json). A guest whose
+vCPU stops running tasks for --stall-timeout seconds is stopped by the
+progress watchdog, with the guest kernel's own report in the error line.
+After any failure DIR keeps vm-console.log (the guest's console),
+vm-output.log and vm.json (docs/ci.md).
 """
 
 
