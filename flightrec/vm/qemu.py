@@ -51,7 +51,9 @@ TCG_THREAD = os.environ.get("FLIGHTREC_VM_TCG_THREAD", "multi")
 # in interrupt" 1-3 s into boot (6.12, 7.3), or, on 6.1 (whose kprobe handler takes a
 # vanished int3 for a removed probe and jumps back to it), a vCPU looping on the int3
 # with interrupts off and the guest hung. With one vCPU during boot nothing can race.
-TCG_CMDLINE = ("maxcpus=1",)
+# noreplace-smp: a kernel booted with maxcpus=1 rewrites its SMP code for one CPU and back
+# again when the second comes online (1.3 s of patching under TCG); keep the SMP code.
+TCG_CMDLINE = ("maxcpus=1", "noreplace-smp")
 PR_SET_PDEATHSIG = 1
 
 
