@@ -1,8 +1,8 @@
 """QEMU and virtiofsd: start them, watch the guest, and make sure they are gone.
 
 The recipe (measured on Debian 12 with QEMU 7.2): TCG with one thread per
-vCPU (``-accel tcg,thread=multi -cpu max``, ``nohz=off`` for the guest kernel: see
-TCG_CMDLINE), a shared memfd memory backend
+vCPU (``-accel tcg,thread=multi -cpu max``; the guest kernel boots on one vCPU:
+see TCG_CMDLINE), a shared memfd memory backend
 (vhost-user needs the guest's memory in a shareable fd), and two
 ``vhost-user-fs-pci`` devices served by the C virtiofsd that ships with QEMU:
 ``hostroot`` (the host's ``/``, mounted read-only by the guest) and ``job``
