@@ -21,6 +21,9 @@ from flightrec.record.topology import Topology
 
 TCP_PORT = 5201
 UDP_PORT = 5202
+# Seconds the servers may take to listen: well under one here, many in a
+# loaded TCG guest, where even `ss` can take seconds.
+LISTEN_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,13 @@ class Traffic:
     """iperf3 servers in the server namespace, clients in the client namespace."""
 
     def __init__(self, topo: Topology, plan: TrafficPlan, log_dir: Path,
-                 on_process: Optional[Callable[[int, str], None]] = None) -> None:
+                 on_process: Optional[Callable[[subprocess.Popen, str], None]] = None,
+                 check: Optional[Callable[[], None]] = None) -> None:
         self.topo = topo
         self.plan = plan
         self.log_dir = log_dir
-        self.on_process = on_process
+        self.on_process = on_process  # (process, "iperf3-<name>") as soon as it exists
+        self.check = check  # called while waiting for the servers; may raise to stop
         self.servers: dict[str, subprocess.Popen] = {}
         self.clients: dict[str, subprocess.Popen] = {}
 
@@ -69,21 +74,29 @@ class Traffic:
             out.close()
             err.close()
         if self.on_process:
-            self.on_process(proc.pid, f"iperf3-{name}")
+            self.on_process(proc, f"iperf3-{name}")
         return proc
 
     def _listening(self, port: int) -> bool:
-        proc = subprocess.run(
-            ["ip", "netns", "exec", self.topo.server_ns, "ss", "-Hltnu", f"sport = :{port}"],
-            capture_output=True, text=True, timeout=5, check=False,
-        )
+        try:
+            proc = subprocess.run(
+                ["ip", "netns", "exec", self.topo.server_ns, "ss", "-Hltnu", f"sport = :{port}"],
+                capture_output=True, text=True, timeout=10, check=False,
+            )
+        except subprocess.TimeoutExpired:  # a loaded TCG guest: ask again until the deadline
+            return False
         return bool(proc.stdout.strip())
+
+    @property
+    def seconds(self) -> int:
+        """How long each client sends (iperf3's -t takes whole seconds)."""
+        return max(1, int(self.plan.duration))
 
     def start(self) -> None:
         """Start the servers, wait until they listen, then start the clients."""
         if shutil.which("iperf3") is None:
             raise FlightrecError("iperf3 not found; apt-get install iperf3")
-        t = max(1, int(self.plan.duration))
+        t = self.seconds
         addr = self.topo.server_addr
         # -i 0: no per-second reports. With -J iperf3 keeps every one in memory
         # until it exits (~0.5 MB a minute each): an hours-long run would grow.
@@ -92,10 +105,12 @@ class Traffic:
                 self.topo.server_ns, f"server-{name}",
                 ["iperf3", "-s", "-1", "-J", "-i", "0", "-B", addr, "-p", str(port)]
             )
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + LISTEN_TIMEOUT
         while not all(self._listening(p) for p in (TCP_PORT, UDP_PORT)):
             if time.monotonic() > deadline:
-                raise FlightrecError("iperf3 servers did not start listening within 5 s")
+                raise FlightrecError(f"iperf3 servers did not start listening within {LISTEN_TIMEOUT:g} s")
+            if self.check:
+                self.check()
             time.sleep(0.1)
         common = ["--connect-timeout", "5000", "-J", "-i", "0", "-t", str(t)]
         self.clients["tcp"] = self._spawn(
