@@ -22,6 +22,10 @@
 #include "forwarder.h"
 #include "xdp_meta.h"
 
+#ifndef SOL_XDP
+#define SOL_XDP 283
+#endif
+
 #define POISON 0xdeadbeefdeadbeefULL
 #define REMAINING_MAX 100 /* deque entries in a detection line, like the post */
 #define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
@@ -97,6 +101,10 @@ static void raise_anomaly(struct fwd *f, struct port *p, const char *kind, uint6
 		markers_quiesce(&f->markers, others, n);
 		markers_detect(&f->markers, &p->st.markers, line);
 	}
+	/* The kernel's own counters at the detection, beside those at exit. */
+	for (unsigned i = 0; i < f->nports; i++)
+		f->ports[i].stats_ok =
+			port_xdp_statistics(&f->ports[i], &f->ports[i].stats_at_anomaly) == 0;
 	if (extra) {
 		a->expected = extra->expected;
 		a->len = extra->len;
@@ -468,8 +476,10 @@ static int ports_init(struct fwd *f)
 	if (!f->ports)
 		return -1;
 	f->nports = 2 * f->opt.queues;
-	for (i = 0; i < f->nports; i++)
+	for (i = 0; i < f->nports; i++) {
 		f->ports[i].efd = f->ports[i].fd = -1;
+		f->ports[i].zerocopy = -ENOTCONN;
+	}
 	for (s = 0; s < 2; s++) {
 		for (q = 0; q < f->opt.queues; q++) {
 			struct port *p = &f->ports[s * f->opt.queues + q];
@@ -557,10 +567,49 @@ static unsigned rx_queues(const char *ifname)
 	return n;
 }
 
+/* The driver of ifname in the current netns (ETHTOOL_GDRVINFO), "" if unknown. */
+static void driver_name(const char *ifname, char *out, size_t len)
+{
+	struct ethtool_drvinfo info = { .cmd = ETHTOOL_GDRVINFO };
+	struct ifreq ifr;
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	out[0] = '\0';
+	if (fd < 0)
+		return;
+	memset(&ifr, 0, sizeof(ifr));
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname);
+	ifr.ifr_data = (void *)&info;
+	if (ioctl(fd, SIOCETHTOOL, &ifr) == 0)
+		snprintf(out, len, "%s", info.driver);
+	close(fd);
+}
+
+int port_xdp_statistics(const struct port *p, struct xdp_statistics *xs)
+{
+	socklen_t len = sizeof(*xs);
+
+	memset(xs, 0, sizeof(*xs));
+	if (p->fd < 0 || getsockopt(p->fd, SOL_XDP, XDP_STATISTICS, xs, &len) < 0)
+		return -1;
+	return 0;
+}
+
+const char *port_mode_name(const struct port *p)
+{
+	return p->zerocopy == 1 ? "zerocopy" : p->zerocopy == 0 ? "copy" : "unknown";
+}
+
+static uint16_t bind_flags(enum bind_mode m)
+{
+	return m == MODE_ZEROCOPY ? XDP_ZEROCOPY : m == MODE_COPY ? XDP_COPY : 0;
+}
+
 static int setup_side(struct fwd *f, enum side s)
 {
 	const char *ifname = s ? f->opt.inner_if : f->opt.outer_if;
 	unsigned q;
+	bool zc = false;
 
 	if (netns_enter(&f->ns[s]))
 		return -1;
@@ -578,6 +627,7 @@ static int setup_side(struct fwd *f, enum side s)
 			f->opt.outer_if, ifname, f->ifindex[s]);
 		return -1;
 	}
+	driver_name(ifname, f->driver[s], sizeof(f->driver[s]));
 	q = rx_queues(ifname);
 	if (q > f->opt.queues)
 		/* the XDP program passes what arrives on an unbound queue to the stack */
@@ -589,15 +639,25 @@ static int setup_side(struct fwd *f, enum side s)
 	for (q = 0; q < f->opt.queues; q++) {
 		struct port *p = &f->ports[s * f->opt.queues + q];
 
-		if (umem_socket_create(&f->umem, &p->xsk, ifname, q, &p->r))
+		if (umem_socket_create(&f->umem, &p->xsk, ifname, q, &p->r, bind_flags(f->opt.mode),
+				       f->driver[s]))
 			return -1;
 		p->fd = xsk_socket__fd(p->xsk);
+		/* what the kernel gave, not what was asked: auto and the shared
+		 * sockets take the first socket's mode */
+		p->zerocopy = umem_socket_zerocopy(p->fd);
+		if (f->opt.mode == MODE_ZEROCOPY && p->zerocopy != 1) {
+			fprintf(stderr, "forwarder: --mode zerocopy: %s is bound but XDP_OPTIONS reads %s\n",
+				p->name, p->zerocopy == 0 ? "copy mode" : strerror(-p->zerocopy));
+			return -1;
+		}
+		zc = zc || p->zerocopy == 1;
 		if (initial_fill(f, p, (s * f->opt.queues + q) * p->owned))
 			return -1;
 		if (xdp_prog_set_xsk(&f->prog[s], q, p->fd))
 			return -1;
 	}
-	return xdp_prog_attach(&f->prog[s], f->ifindex[s], f->opt.skb_mode);
+	return xdp_prog_attach(&f->prog[s], f->ifindex[s], f->opt.skb_mode, zc);
 }
 
 static int setup(struct fwd *f)
