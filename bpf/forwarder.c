@@ -158,6 +158,20 @@ static void wake(struct port *q)
 	}
 }
 
+/* After producing to FILL: a zero-copy driver that found FILL empty stops
+ * refilling its own ring and sets need_wakeup (XDP_USE_NEED_WAKEUP, which
+ * the zero-copy and auto binds ask for); recvfrom wakes its NAPI. Without
+ * the flag virtio_net repolls NAPI for as long as FILL is empty
+ * (virtnet_receive returns the budget), a CPU spinning in softirq. */
+static void fill_kick(struct port *p)
+{
+	if (xsk_ring_prod__needs_wakeup(&p->r.fill) &&
+	    recvfrom(p->fd, NULL, 0, MSG_DONTWAIT, NULL, NULL) < 0 && errno != EAGAIN &&
+	    errno != EBUSY && errno != ENETDOWN) {
+		/* nothing useful to do: the next refill kicks again */
+	}
+}
+
 /* ---- the fault injector: below the tracker ---------------------------- */
 
 /* True once, when the injected bug is due. */
@@ -229,6 +243,7 @@ static uint32_t do_refill(struct fwd *f, struct port *p)
 		*xsk_ring_prod__fill_addr(&p->r.fill, idx + n) = addr;
 	}
 	xsk_ring_prod__submit(&p->r.fill, n + extra);
+	fill_kick(p);
 	handoff_release(&p->ret_in, n);
 	BUMP(p->st.fill, n + extra);
 	return n;
@@ -287,6 +302,7 @@ static bool drop_to_fill(struct fwd *f, struct port *p, uint64_t addr)
 	MARK(f, p, "%s 0x%llx RX -> FILL", p->name, (unsigned long long)addr);
 	*xsk_ring_prod__fill_addr(&p->r.fill, idx) = addr;
 	xsk_ring_prod__submit(&p->r.fill, 1);
+	fill_kick(p);
 	BUMP(p->st.fill, 1);
 	BUMP(p->st.drops, 1);
 	return true;
@@ -544,6 +560,7 @@ static int initial_fill(struct fwd *f, struct port *p, uint32_t first_frame)
 		*xsk_ring_prod__fill_addr(&p->r.fill, idx + i) = addr;
 	}
 	xsk_ring_prod__submit(&p->r.fill, p->owned);
+	fill_kick(p);
 	BUMP(p->st.fill, p->owned);
 	return 0;
 }
@@ -602,7 +619,10 @@ const char *port_mode_name(const struct port *p)
 
 static uint16_t bind_flags(enum bind_mode m)
 {
-	return m == MODE_ZEROCOPY ? XDP_ZEROCOPY : m == MODE_COPY ? XDP_COPY : 0;
+	/* need_wakeup where a driver may run zero-copy: see fill_kick(). Copy
+	 * mode keeps the bind veth has always been recorded with. */
+	return m == MODE_ZEROCOPY ? XDP_ZEROCOPY | XDP_USE_NEED_WAKEUP :
+	       m == MODE_COPY ? XDP_COPY : XDP_USE_NEED_WAKEUP;
 }
 
 static int setup_side(struct fwd *f, enum side s)

@@ -121,8 +121,8 @@ void report_print_ready(const struct fwd *f)
 	       markers_enabled(&f->markers) ? "true" : "false");
 	for (s = 0; s < 2; s++)
 		printf("%s\"%s\":\"%s\"", s ? "," : "", s ? "inner" : "outer", xdp_attach_name(f, s));
-	printf("},\"bind\":\"%s\",\"mode_requested\":\"%s\",\"sockets\":[", bind_read_back(f),
-	       mode_name(f->opt.mode));
+	printf("},\"bind\":\"%s\",\"mode_requested\":\"%s\",\"need_wakeup\":%s,\"sockets\":[",
+	       bind_read_back(f), mode_name(f->opt.mode), f->opt.mode == MODE_COPY ? "false" : "true");
 	for (i = 0; i < f->nports; i++) {
 		printf("%s{\"sock\":", i ? "," : "");
 		json_str(stdout, f->ports[i].name);
