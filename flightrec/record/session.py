@@ -25,7 +25,7 @@ from typing import Any, Iterator, Optional
 from flightrec import __version__, tracefs
 from flightrec.errors import FlightrecError
 from flightrec.record import forwarder as fwdmod
-from flightrec.record import kernel_events, state, topology
+from flightrec.record import afxdp, kernel_events, state, topology
 from flightrec.record.forwarder import Forwarder, ForwarderConfig
 from flightrec.record.traffic import Traffic, TrafficPlan
 from flightrec.report import pcap
@@ -36,6 +36,9 @@ HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SLACK = 10.0  # seconds the forwarder may outlive the traffic before it is stopped
 INJECT_FRAMES = 1024
 TRAFFIC_GRACE = 3.0  # seconds the traffic may take past --duration before it is stopped
+# The forwarder's own safety-net clock starts before the traffic does; starting
+# iperf3 took 9.4 s in a loaded TCG guest (vm record --nic virtio), past SLACK.
+TRAFFIC_START_SLACK = 60.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class RecordOptions:
     # Probe definitions resolved elsewhere (flightrec.probes.Prepared): a VM
     # guest gets them from the host, where the debug vmlinux is quick to read.
     probe_definitions: Optional[object] = None
+    nic: str = "veth"  # or "virtio": the VM's NICs (flightrec vm record --nic virtio)
+    mode: str = "copy"  # AF_XDP bind: copy, zerocopy or auto (flightrec/record/afxdp.py)
 
     def check(self) -> None:
         """:raises FlightrecError: an option is out of range."""
@@ -63,6 +68,10 @@ class RecordOptions:
             raise FlightrecError(f"--inject must be one of {', '.join(fwdmod.INJECT_FAULTS)}, got {self.inject!r}")
         if self.inject_after is not None and self.inject_after < 0:
             raise FlightrecError(f"--inject-after must be >= 0, got {self.inject_after}")
+        if self.nic not in topology.NIC_KINDS:
+            raise FlightrecError(f"--nic must be one of {', '.join(topology.NIC_KINDS)}, got {self.nic!r}")
+        if self.mode not in afxdp.MODES:
+            raise FlightrecError(f"--mode must be one of {', '.join(afxdp.MODES)}, got {self.mode!r}")
         if self.kernel_events not in kernel_events.BACKENDS:
             raise FlightrecError(f"--kernel-events must be one of {', '.join(kernel_events.BACKENDS)}")
 
@@ -243,6 +252,7 @@ class _Recording:
         self.bpf: Optional[kernel_events.BpfTracer] = None
         self.meta: dict = {}
         self.flagged: dict = {}  # what _save_flagged wrote, for meta.json
+        self.nics: list[dict] = []  # the VM's NICs before they were moved (--nic virtio)
         self.teardown_errors: list[str] = []
 
     # --- the run -----------------------------------------------------------------
@@ -289,9 +299,9 @@ class _Recording:
                 f"kernel events: {self.choice.reason}; missing: {', '.join(self.choice.missing)}"
             )
 
-        self.topo = topology.make_topology(str(os.getpid()), opts.queues)
+        self.topo = topology.make_topology(str(os.getpid()), opts.queues, opts.nic)
         self.obs.step(f"creating namespaces {', '.join(self.topo.namespaces)}")
-        topology.setup(self.topo, on_netns=self.reg.add_netns)
+        self.nics = topology.setup(self.topo, on_netns=self.reg.add_netns, mode=opts.mode)
 
         self.instance = tracefs.TraceInstance(root=self.root)
         self.reg.set_instance(self.instance.name)  # registered before it exists: a crash in between is covered
@@ -327,12 +337,13 @@ class _Recording:
             inject_after=opts.inject_after, stats_path=self.out / "forwarder-stats.json",
             # flightrec stops the forwarder when the traffic is done; its own
             # --duration is only the safety net should flightrec die.
-            duration=opts.duration + SLACK,
+            duration=opts.duration + SLACK + TRAFFIC_START_SLACK,
             # An injected duplicate is caught when the kernel reaches it in FILL,
             # after up to a quarter of the UMEM's frames: a small UMEM keeps the
             # injection inside the trace buffer.
             frames=INJECT_FRAMES if opts.inject else None,
             flagged_path=self.logs / pcap.FLAGGED_NAME,
+            mode=opts.mode,
         )
         self.fwd = Forwarder(config, stderr_path=self.logs / "forwarder.stderr")
         self.fwd.start()
@@ -340,6 +351,7 @@ class _Recording:
         self.reg.add_process(self.fwd.pid, "forwarder")
         self.fwd.wait_ready()
         self.obs.step(f"forwarder ready (pid {self.fwd.pid}, {opts.queues} queues per side)")
+        self.obs.step(afxdp.describe(opts.mode, self.fwd.ready))
 
         self.traffic = Traffic(self.topo, TrafficPlan(duration=opts.duration), self.logs,
                                on_process=self.reg.add_process)
@@ -575,6 +587,9 @@ class _Recording:
             },
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.opts).items()},
             "topology": self.topo.as_dict() if self.topo else None,
+            # Per socket: driver, queue, the mode read back (XDP_OPTIONS), XDP attach, rings, XDP_STATISTICS.
+            "af_xdp": afxdp.summary(self.opts.mode, self.opts.nic, fwd.ready if fwd else None,
+                                    fwd.read_stats_file() if fwd else None, self.nics),
             "trace": {
                 "instance": self.instance.name if self.instance else None,
                 "trigger": f'traceoff if buf ~ "{tracefs.DETECTION_GLOB}"',
