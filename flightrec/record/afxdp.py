@@ -11,7 +11,13 @@ terminal.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+from dataclasses import dataclass
 from typing import Optional
+
+from flightrec.errors import FlightrecError
 
 STAT_KEYS = ("rx_dropped", "rx_invalid_descs", "tx_invalid_descs", "rx_ring_full",
              "rx_fill_ring_empty_descs", "tx_ring_empty_descs")
@@ -72,3 +78,59 @@ def describe(requested: str, ready: Optional[dict]) -> str:
     if requested == "auto":
         line += "; auto took zero-copy" if got == "zerocopy" else "; auto fell back to copy: no zero-copy here"
     return line
+
+
+def _run(argv: list[str], timeout: float = 15) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@dataclass(frozen=True)
+class ModeProbe:
+    """What one bind on a scratch veth pair gave: ``mode`` read back, or ``error`` (one line)."""
+
+    asked: str
+    mode: Optional[str]
+    xdp_attach: Optional[str]
+    error: Optional[str]
+
+
+def probe_veth_modes(modes: tuple[str, ...] = ("copy", "zerocopy")) -> list[ModeProbe]:
+    """Bind the forwarder in each mode on two scratch veth pairs in a scratch namespace
+    (removed again), and say what the kernel gave: `flightrec doctor`'s modes.
+
+    :raises FlightrecError: not root, or the namespace or veths cannot be made.
+    """
+    from flightrec.record.forwarder import child_guard, forwarder_missing, forwarder_path
+
+    missing = forwarder_missing()
+    if missing:
+        raise FlightrecError(missing)
+    ns = f"flightrec-doctor-xdp-{os.getpid()}"
+    made = _run(["ip", "netns", "add", ns])
+    if made.returncode != 0:
+        raise FlightrecError(f"cannot create a namespace to bind in: {made.stderr.strip() or 'ip netns add failed'}")
+    try:
+        out = []
+        for i, mode in enumerate(modes):
+            # Fresh devices for each bind: a closed socket frees its queue later,
+            # in a work item (xp_release_deferred), and a rebind meanwhile gets EBUSY.
+            for a, b in ((f"fr{i}o", f"fr{i}p"), (f"fr{i}i", f"fr{i}q")):
+                link = _run(["ip", "-n", ns, "link", "add", a, "type", "veth", "peer", "name", b])
+                if link.returncode != 0:
+                    raise FlightrecError(f"cannot create veth pairs: {link.stderr.strip()}")
+                for dev in (a, b):
+                    _run(["ip", "-n", ns, "link", "set", dev, "up"])
+            argv = [*child_guard(), str(forwarder_path()), "--outer", f"/run/netns/{ns}:fr{i}o",
+                    "--inner", f"/run/netns/{ns}:fr{i}i", "--mode", mode, "--no-markers", "--duration", "0.1",
+                    "--frames", "256", "--batch", "16"]
+            proc = _run(argv)
+            ready = next((json.loads(line) for line in proc.stdout.splitlines() if '"event":"ready"' in line), None)
+            if ready is not None:
+                rows = sockets(ready, None)
+                out.append(ModeProbe(mode, bind_summary(rows), (rows[0].get("xdp_attach") if rows else None), None))
+            else:
+                lines = [ln.removeprefix("forwarder: ") for ln in proc.stderr.splitlines() if ln.strip()]
+                out.append(ModeProbe(mode, None, None, lines[-1] if lines else f"exit {proc.returncode}"))
+        return out
+    finally:
+        _run(["ip", "netns", "delete", ns])

@@ -25,7 +25,7 @@ import lzma
 from pathlib import Path
 from typing import Optional
 
-from flightrec.vm.kernel import GuestKernel
+from flightrec.vm.kernel import VM_CACHE, GuestKernel
 
 # The driver's AF_XDP wakeup (6.11, RX): without an ndo_xsk_wakeup xp_assign_dev refuses XDP_ZEROCOPY.
 VIRTIO_XSK_SYMBOL = "virtnet_xsk_wakeup"
@@ -92,3 +92,18 @@ def zerocopy_missing(kernel: GuestKernel, nic: str) -> Optional[str]:
                 f"{path.name}) and so no NETDEV_XDP_ACT_XSK_ZEROCOPY: the bind would fail with EOPNOTSUPP; "
                 "zero-copy came whole with Linux 6.13: use --kernel 7.3, or --mode copy")
     return None
+
+
+def cached_kernels(cache: Path = VM_CACHE) -> list[GuestKernel]:
+    """The Debian kernels fetched into ``cache`` (no apt, no network), oldest series first."""
+    out = []
+    for d in sorted(cache.glob("linux-image-*")):
+        try:
+            release = (d / "release").read_text().strip()
+        except OSError:
+            continue
+        bzimage = d / "boot" / f"vmlinuz-{release}"
+        if bzimage.is_file():
+            modules = d if (d / "lib" / "modules" / release / "modules.dep").is_file() else None
+            out.append(GuestKernel(d.name, release, bzimage, modules, None))
+    return sorted(out, key=lambda k: [int(p) if p.isdigit() else 0 for p in k.release.split("-")[0].split(".")[:2]])
