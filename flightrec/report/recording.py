@@ -1,36 +1,25 @@
 """What the recording said about itself (meta.json beside the trace), for the reports.
 
-The analysis reads the trace alone; a report must still say plainly when the
-run it explains was not a plain run: a race-window widener (flightrec vm
-record --widen) is a fault amplifier, and a verdict from such a run must
-carry that. And which AF_XDP mode each socket really ran in (copy or
-zero-copy, read back from the kernel) changes what the kernel did.
+The analysis reads the trace and, for the kernel-event source's end, meta.json
+(flightrec.parse.meta); a report must still say plainly when the run it
+explains was not a plain run: a race-window widener (flightrec vm record
+--widen) is a fault amplifier, and a verdict from such a run must carry that.
+And which AF_XDP mode each socket really ran in (copy or zero-copy, read back
+from the kernel) changes what the kernel did: the reports show it.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
-
-def _meta(source: str) -> Optional[dict]:
-    """DIR/meta.json when the trace is DIR/trace.txt, else None."""
-    try:
-        data = json.loads((Path(source).parent / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+from flightrec.parse.meta import read_meta, widened_summary
 
 
-def widened(source: str) -> Optional[str]:
-    """The widener's summary from DIR/meta.json when the trace is DIR/trace.txt, else None."""
-    data = _meta(source)
-    w = data.get("widened") if data else None
-    if isinstance(w, dict) and w.get("summary"):
-        return str(w["summary"])
-    return None
+def widened(source: str, meta: Optional[dict] = None) -> Optional[str]:
+    """The widener's summary from DIR/meta.json when the trace is DIR/trace.txt
+    (or from `meta`, already read), else None."""
+    return widened_summary(meta if meta is not None else read_meta(source))
 
 
 STAT_LABELS = (("rx_dropped", "rx dropped"), ("rx_invalid_descs", "rx invalid"), ("tx_invalid_descs", "tx invalid"),
@@ -40,7 +29,7 @@ STAT_LABELS = (("rx_dropped", "rx dropped"), ("rx_invalid_descs", "rx invalid"),
 
 @dataclass(frozen=True)
 class SocketRow:
-    """One AF_XDP socket as the recording saw it, in words for a table cell each."""
+    """One AF_XDP socket as the recording saw it (meta.json's af_xdp), in words for a table cell each."""
 
     sock: str
     device: str  # "outer (virtio_net)"
@@ -48,7 +37,7 @@ class SocketRow:
     mode: str  # read back from the kernel (XDP_OPTIONS); "?" when the recording did not say
     asked: str
     xdp: str  # XDP attach mode
-    rings: str  # "rx/tx/fill/comp 8192/8192/8192/8192"
+    rings: str  # rx/tx/fill/comp sizes: "8192/8192/8192/8192"
     stats: str  # XDP_STATISTICS at the end, non-zero counters only
     at_anomaly: str  # XDP_STATISTICS right after the anomaly stopped tracing, or ""
 
@@ -60,9 +49,10 @@ def _counters(stats: object) -> str:
     return ", ".join(shown) or "all 0"
 
 
-def sockets(source: str) -> list[SocketRow]:
-    """The AF_XDP sockets of the recording (meta.json's af_xdp), [] when it has none."""
-    data = _meta(source)
+def sockets(source: str, meta: Optional[dict] = None) -> list[SocketRow]:
+    """The recording's AF_XDP sockets and the mode each really got (which changes what
+    the kernel did: copy or zero-copy), [] when meta.json has none."""
+    data = meta if meta is not None else read_meta(source)
     section = data.get("af_xdp") if data else None
     rows = section.get("sockets") if isinstance(section, dict) else None
     out = []
