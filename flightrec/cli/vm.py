@@ -90,6 +90,8 @@ Examples:
   flightrec vm record --kernel 7.3 -o vm-73           # Debian's 7.3, from trixie-backports
   flightrec vm record --kernel 'linux-image-6.12.*-cloud-amd64' -o vm-612
   flightrec vm record --kernel /src/linux/arch/x86/boot/bzImage -o vm-own
+  flightrec vm record --kernel 7.3 --nic virtio --mode zerocopy -o vm-zc   # AF_XDP zero-copy on virtio-net
+  flightrec vm record --kernel 6.12 --nic virtio --mode auto -o vm-auto    # says which mode it got
   flightrec vm record --kernel veth-race --widen -o race     # the post's bug (docs/veth-race.md)
   flightrec vm record --kernel veth-fixed --widen -o fixed   # the fixed kernel stays clean
 
@@ -124,6 +126,13 @@ vm-output.log and vm.json (docs/ci.md).
               help="Watchdog: seconds the guest's recording may take (default: duration + 150).")
 @click.option("--boot-attempts", type=click.IntRange(1, 10), default=3, show_default=True,
               help="Boots in all when the guest dies before the recording starts (never once it has).")
+@click.option("--nic", type=click.Choice(("veth", "virtio")), default="veth", show_default=True,
+              help="veth: veth pairs in the guest. virtio: four QEMU virtio-net-pci NICs (iommu_platform=on), "
+                   "client<->outer and inner<->server joined by QEMU hubs (no host network); one queue pair "
+                   "each, so the recording runs with --queues 1.")
+@click.option("--mode", type=click.Choice(("copy", "zerocopy", "auto")), default="copy", show_default=True,
+              help="AF_XDP bind in the guest: copy, zerocopy (exit 2 with what is missing where the kernel or "
+                   "driver cannot: never a silent fallback) or auto (zero-copy where it binds, and says so).")
 @click.option("--widen", is_flag=True,
               help="Widen the veth/AF_XDP race windows with busy-waiting kprobes: a fault amplifier, "
                    "said so in the output and meta.json (docs/veth-race.md).")
@@ -139,7 +148,7 @@ vm-output.log and vm.json (docs/ci.md).
 @click.pass_context
 def record_cmd(ctx: click.Context, kernel: Optional[str], cpus: int, memory_mb: int, accel: str,
                boot_timeout: float, stall_timeout: float, duration: float, out_dir: Path, timeout: Optional[float],
-               boot_attempts: int, widen: bool,
+               boot_attempts: int, nic: str, mode: str, widen: bool,
                widen_flush_ms: float, widen_every: int, widen_reserve_ms: float,
                widen_queue: Optional[int]) -> None:
     """Record the AF_XDP forwarder with real kernel probes inside a VM.
@@ -164,7 +173,7 @@ def record_cmd(ctx: click.Context, kernel: Optional[str], cpus: int, memory_mb: 
                                config=VmConfig(cpus=cpus, memory_mb=memory_mb, accel=accel),
                                record_args=tuple(ctx.args), timeout=timeout, boot_timeout=boot_timeout,
                                boot_attempts=boot_attempts, stall_timeout=stall_timeout,
-                               guest_prefix=prefix, guest_files=files)
+                               guest_prefix=prefix, guest_files=files, nic=nic, mode=mode)
         result = vm_record(opts, progress.say, progress.guest)
     except FlightrecError as e:
         _fail(str(e))

@@ -19,7 +19,7 @@ from flightrec.model.history import History
 from flightrec.model.lives import context_rows, life, per_cpu, rows_of
 from flightrec.model.replay import POISON
 from flightrec.model.timeline import Timeline
-from flightrec.report.recording import widened
+from flightrec.report.recording import sockets, widened
 
 VERDICT_STYLE = {"kernel": "bold red", "application": "bold yellow", "undetermined": "bold magenta", "clean": "bold green"}
 
@@ -155,6 +155,24 @@ def anomaly_panel(tl: Timeline, a: Anomaly, around: int, index: int, total: int)
     return Panel(Group(*parts), title=f"anomaly {index}/{total}", expand=False)
 
 
+def sockets_table(source: str, meta: Optional[dict] = None) -> Optional[Table]:
+    """The recording's AF_XDP sockets (meta.json beside the trace): the mode each one
+    really got, read back from the kernel, and its XDP_STATISTICS."""
+    rows = sockets(source, meta)
+    if not rows:
+        return None
+    at_anomaly = any(r.at_anomaly for r in rows)
+    table = Table(title="AF_XDP sockets (meta.json; mode read back with XDP_OPTIONS)", expand=False)
+    for name in ("socket", "device", "queue", "mode", "asked", "XDP", "rings rx/tx/fill/comp",
+                 "XDP_STATISTICS at end", *(["at the anomaly"] if at_anomaly else [])):
+        table.add_column(name)
+    for r in rows:
+        mode = Text(r.mode, style="bold green" if r.mode == "zerocopy" else "bold")
+        table.add_row(r.sock, r.device, r.queue, mode, r.asked, r.xdp, r.rings, r.stats,
+                      *([r.at_anomaly] if at_anomaly else []))
+    return table
+
+
 def print_result(console: Console, result: Result, around: int = 8, descriptor: Optional[int] = None) -> None:
     tl = result.timeline
     v = result.verdict
@@ -171,6 +189,9 @@ def print_result(console: Console, result: Result, around: int = 8, descriptor: 
     amplified = widened(result.source, result.meta)
     if amplified:
         console.print(Text(amplified, style="bold magenta"))
+    socket_table = sockets_table(result.source, result.meta)
+    if socket_table is not None:
+        console.print(socket_table)
     if descriptor is not None:
         df_rows = life(tl, descriptor).index.tolist()
         console.print(life_table(tl, descriptor, df_rows, f"life of {descriptor:#x} ({len(df_rows)} events)"))

@@ -7,6 +7,7 @@ every verdict and piece of evidence was decided by the checks.
 Element ids and classes are an interface (tests and scripts read them):
   #verdict[data-verdict]            the first anomaly's verdict, or "clean"
   section.anomaly[data-kind][data-verdict][data-line]   one per anomaly
+  section#sockets tr[data-sock][data-mode]              one per AF_XDP socket (mode read back), when meta.json says
   table.evidence tr[data-line]      the lines that prove it
   table.claims tr[data-holds][data-cpus]   each step of the verdict and whose history it leans on
   table.cpu-timeline[data-cpus]     the side-by-side per-CPU view; td[data-cpu],
@@ -29,7 +30,7 @@ from flightrec.model.lives import context_rows, per_cpu, rows_of
 from flightrec.model.replay import POISON
 from flightrec.model.timeline import Timeline
 from flightrec.report.console import anomaly_facts, history_words, summary
-from flightrec.report.recording import widened
+from flightrec.report.recording import sockets, widened
 from flightrec.report.perfetto import descriptor_trips, write_atomically
 
 AROUND = 8  # events of context per CPU on each side of the evidence
@@ -240,6 +241,27 @@ def _stats(result: Result) -> str:
     return "\n".join(out)
 
 
+def _sockets(result: Result) -> str:
+    """The recording's AF_XDP sockets and the mode each really got (meta.json beside the trace)."""
+    rows = sockets(result.source, result.meta)
+    if not rows:
+        return ""
+    at_anomaly = any(r.at_anomaly for r in rows)
+    heads = ["socket", "device", "queue", "mode (read back)", "asked", "XDP", "rings rx/tx/fill/comp",
+             "XDP_STATISTICS at end", *(["at the anomaly"] if at_anomaly else [])]
+    out = ['<section id="sockets"><h2>AF_XDP sockets</h2>',
+           '<p>The mode each socket got, read back from the kernel after bind (<code>XDP_OPTIONS</code>), '
+           'and its <code>XDP_STATISTICS</code>, from the recording\'s meta.json.</p>',
+           '<table class="stats"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in heads) + "</tr></thead><tbody>"]
+    for r in rows:
+        cells = [r.sock, r.device, r.queue, r.mode, r.asked, r.xdp, r.rings, r.stats,
+                 *([r.at_anomaly] if at_anomaly else [])]
+        out.append(f'<tr data-sock="{_e(r.sock)}" data-mode="{_e(r.mode)}">'
+                   + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+    out.append("</tbody></table></section>")
+    return "\n".join(out)
+
+
 def render(result: Result, around: int = AROUND) -> str:
     """The whole page."""
     tl = result.timeline
@@ -276,7 +298,7 @@ def render(result: Result, around: int = AROUND) -> str:
         body.append('<p class="none">No anomaly: every descriptor followed the rings as the checks expect.</p>')
     for i, a in enumerate(result.anomalies, 1):
         body.append(_anomaly(tl, a, i, n, trips_by_addr, around))
-    body += ["</main>", _stats(result),
+    body += ["</main>", _sockets(result), _stats(result),
              f"<footer>flightrec {_e(__version__)} · open the same trace in ui.perfetto.dev with "
              f"<code>flightrec export perfetto</code></footer>",
              "</body></html>"]

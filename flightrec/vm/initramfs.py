@@ -29,8 +29,9 @@ from flightrec.vm.kernel import VM_CACHE, GuestKernel, find_busybox
 # Loaded in this order with their dependencies first; a module the kernel has
 # built in is simply absent from modules.dep and skipped.
 BOOT_MODULES = ("virtio_pci", "virtiofs", "overlay")
-# veth for the recording's topology: loaded here so the guest needs no kmod.
-EXTRA_MODULES = ("veth",)
+# veth and virtio_net (`vm record --nic virtio`) for the recording's topology:
+# loaded here so the guest needs no kmod, nor udev to load a PCI NIC's driver.
+EXTRA_MODULES = ("veth", "virtio_net")
 
 # Another checkout's build for the same kernel (another init script) is removed only once
 # unused for this long: two flightrecs of different versions may boot the same kernel at once.

@@ -69,6 +69,8 @@ class VmConfig:
     accel: str = "tcg"
     cmdline: tuple[str, ...] = field(default_factory=tuple)  # extra kernel parameters
     tcg_cmdline: tuple[str, ...] = TCG_CMDLINE  # kernel parameters added under TCG (the workarounds)
+    # More QEMU arguments: the guest NICs of `vm record --nic virtio` (flightrec.record.nics).
+    devices: tuple[str, ...] = field(default_factory=tuple)
 
     def check(self) -> None:
         """:raises FlightrecError: a value out of range."""
@@ -142,7 +144,7 @@ def qemu_argv(kernel: Path, initrd: Path, cmdline: str, config: VmConfig, socket
                  "-device", f"vhost-user-fs-pci,chardev=vfs{i},tag={tag}"]
     argv += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
              "-serial", f"file:{console}"]
-    return argv
+    return argv + list(config.devices)
 
 
 class Machine:
