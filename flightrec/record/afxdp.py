@@ -60,8 +60,9 @@ def summary(requested: str, nic: str, ready: Optional[dict], stats_file: Optiona
     """meta.json's ``af_xdp`` section."""
     rows = sockets(ready, stats_file)
     return {"mode_requested": requested, "bind": bind_summary(rows), "nic": nic,
-            "read_back_with": "getsockopt(SOL_XDP, XDP_OPTIONS) after bind", "sockets": rows,
-            "nics": nics or []}
+            "read_back_with": "getsockopt(SOL_XDP, XDP_OPTIONS) after bind",
+            # XDP_USE_NEED_WAKEUP: the zerocopy and auto binds ask for it (bpf/README.md, Mode)
+            "need_wakeup": (ready or {}).get("need_wakeup"), "sockets": rows, "nics": nics or []}
 
 
 def describe(requested: str, ready: Optional[dict]) -> str:

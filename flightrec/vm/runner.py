@@ -526,12 +526,13 @@ class _Watch:
         every = len(stalled) == a.config.cpus
         if self.stalled is None:
             self.stalled = self.beats.describe(stalled, a.stall_timeout) + self._last_lines()
-            if a.signals is not None and self.stop_at is None and not every:
+            if a.signals is not None and not every:
                 a.signals.stoppable = False  # a signal now stops the VM at once
-                self._ask_to_stop("SIGTERM", f"{self.stalled}; asking the guest to stop and save its trace")
+                if self.stop_at is None:
+                    self._ask_to_stop("SIGTERM", f"{self.stalled}; asking the guest to stop and save its trace")
                 self.stalled += "; the guest was asked to stop and save its trace"
                 return
-        elif not every:
+        elif a.signals is not None and not every:
             return  # asked to stop, and some vCPU still runs tasks: give it STOP_GRACE
         raise FlightrecError(self.stalled + "; QEMU stopped" + _kept_output(self.job))
 

@@ -97,7 +97,7 @@ def test_virtio_setup_outside_a_vm_is_one_clear_error(tmp_path, monkeypatch):
         nics.setup(topology.make_topology("7", 1, "virtio"), "copy")
 
 
-READY = {"event": "ready", "bind": "zerocopy", "sockets": [
+READY = {"event": "ready", "bind": "zerocopy", "need_wakeup": True, "sockets": [
     {"sock": "outer q:0", "ifname": "outer", "ifindex": 3, "driver": "virtio_net", "queue": 0,
      "mode": "zerocopy", "mode_requested": "auto", "xdp_attach": "native",
      "ring_sizes": {"rx": 8192, "tx": 8192, "fill": 8192, "comp": 8192}},
@@ -112,7 +112,7 @@ STATS = {"ports": [
 
 def test_summary_joins_ready_facts_and_kernel_counters_per_socket():
     s = afxdp.summary("auto", "virtio", READY, STATS)
-    assert s["bind"] == "zerocopy" and s["mode_requested"] == "auto"
+    assert s["bind"] == "zerocopy" and s["mode_requested"] == "auto" and s["need_wakeup"] is True
     outer, inner = s["sockets"]
     assert outer["driver"] == "virtio_net" and outer["mode"] == "zerocopy" and outer["xdp_attach"] == "native"
     assert outer["ring_sizes"]["fill"] == 8192 and "xdp_statistics_at_anomaly" not in outer
