@@ -43,6 +43,10 @@ struct port {
 	pthread_t thread;
 	int thread_started;
 	int cpu;
+	int zerocopy;           /* XDP_OPTIONS read back after bind: 1, 0, -errno */
+	/* XDP_STATISTICS right after an anomaly stopped tracing (stats_ok: read) */
+	struct xdp_statistics stats_at_anomaly;
+	int stats_ok;
 };
 
 struct anomaly {
@@ -62,6 +66,7 @@ struct fwd {
 	struct netns home, ns[2];
 	struct xdp_prog prog[2];
 	int ifindex[2];
+	char driver[2][32];     /* ETHTOOL_GDRVINFO of outer and inner */
 	struct umem umem;
 	struct state_table states;
 	struct port *ports;     /* [side * queues + queue] */
@@ -74,6 +79,11 @@ struct fwd {
 	double t_start;
 	const char *exit_reason;
 };
+
+/* getsockopt(XDP_STATISTICS) of p's socket; -1 when it cannot be read. */
+int port_xdp_statistics(const struct port *p, struct xdp_statistics *xs);
+/* "zerocopy", "copy", or "unknown" when XDP_OPTIONS could not be read */
+const char *port_mode_name(const struct port *p);
 
 int report_write_stats(const struct fwd *f, const char *path, int exit_code, double elapsed);
 void report_print_stats_event(const struct fwd *f, double t);

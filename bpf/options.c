@@ -35,6 +35,11 @@ static const char usage[] =
 "  --flagged PATH         write the bytes of every flagged packet, one JSON line each\n"
 "  --xdp-prog PATH        XDP object (default: xdp_meta.bpf.o next to the binary)\n"
 "  --skb-mode             attach XDP in generic mode instead of trying native\n"
+"  --mode MODE            AF_XDP bind: copy (XDP_COPY, the default), zerocopy\n"
+"                         (XDP_ZEROCOPY: fails where the driver cannot; needs\n"
+"                         native XDP) or auto (zero-copy where it binds, else\n"
+"                         copy); the mode each socket got is read back\n"
+"                         (XDP_OPTIONS) and printed in the ready line\n"
 "  -h, --help             this text\n"
 "\n"
 "stdout: one JSON object a line: ready, stats (every second), anomaly, exit.\n"
@@ -47,7 +52,17 @@ static const char usage[] =
 "  forwarder --outer /run/netns/o:outer --inner /run/netns/i:inner --queues 2 \\\n"
 "      --trace-dir /sys/kernel/tracing/instances/t --inject double-fill --inject-after 5000\n"
 "  forwarder --outer /run/netns/o:outer --inner /run/netns/i:inner \\\n"
-"      --trace-dir /sys/kernel/tracing/instances/t --inject short-len --flagged /tmp/flagged.jsonl\n";
+"      --trace-dir /sys/kernel/tracing/instances/t --inject short-len --flagged /tmp/flagged.jsonl\n"
+"  forwarder --outer /run/netns/o:outer --inner /run/netns/i:inner --mode zerocopy --no-markers\n";
+
+const char *mode_name(enum bind_mode m)
+{
+	switch (m) {
+	case MODE_ZEROCOPY: return "zerocopy";
+	case MODE_AUTO: return "auto";
+	default: return "copy";
+	}
+}
 
 const char *inject_name(enum inject_kind k)
 {
@@ -125,7 +140,7 @@ static void default_xdp_prog(struct options *o)
 int options_parse(struct options *o, int argc, char **argv)
 {
 	enum { O_OUTER = 256, O_INNER, O_QUEUES, O_TRACE, O_NOMARK, O_DUR, O_INJ, O_INJAFTER,
-	       O_FRAMES, O_BATCH, O_STATS, O_XDP, O_SKB, O_FLAGGED };
+	       O_FRAMES, O_BATCH, O_STATS, O_XDP, O_SKB, O_FLAGGED, O_MODE };
 	static const struct option longopts[] = {
 		{ "outer", required_argument, NULL, O_OUTER },
 		{ "inner", required_argument, NULL, O_INNER },
@@ -141,6 +156,7 @@ int options_parse(struct options *o, int argc, char **argv)
 		{ "flagged", required_argument, NULL, O_FLAGGED },
 		{ "xdp-prog", required_argument, NULL, O_XDP },
 		{ "skb-mode", no_argument, NULL, O_SKB },
+		{ "mode", required_argument, NULL, O_MODE },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -221,6 +237,19 @@ int options_parse(struct options *o, int argc, char **argv)
 		case O_SKB:
 			o->skb_mode = 1;
 			break;
+		case O_MODE:
+			if (!strcmp(optarg, "copy")) {
+				o->mode = MODE_COPY;
+			} else if (!strcmp(optarg, "zerocopy")) {
+				o->mode = MODE_ZEROCOPY;
+			} else if (!strcmp(optarg, "auto")) {
+				o->mode = MODE_AUTO;
+			} else {
+				fprintf(stderr, "forwarder: --mode wants copy, zerocopy or auto, got '%s'\n",
+					optarg);
+				return -1;
+			}
+			break;
 		case 'h':
 			fputs(usage, stdout);
 			return 1;
@@ -241,6 +270,10 @@ int options_parse(struct options *o, int argc, char **argv)
 	}
 	if (no_markers)
 		o->trace_dir = NULL;
+	if (o->mode == MODE_ZEROCOPY && o->skb_mode) {
+		fprintf(stderr, "forwarder: --mode zerocopy needs native XDP; drop --skb-mode\n");
+		return -1;
+	}
 	if (o->frames / (2 * o->queues) < 2 * o->batch) {
 		fprintf(stderr, "forwarder: --frames %u is too few for %u queues and batch %u; "
 			"give at least %u\n", o->frames, o->queues, o->batch,

@@ -5,6 +5,10 @@
 #include <stdint.h>
 
 enum inject_kind { INJECT_NONE, INJECT_DOUBLE_FILL, INJECT_FILL_AND_TX, INJECT_SHORT_LEN };
+/* --mode: the AF_XDP bind asked for. copy = XDP_COPY, zerocopy = XDP_ZEROCOPY
+ * (the bind fails where the driver cannot), auto = neither flag (the kernel
+ * tries zero-copy and falls back to copy, xp_assign_dev). */
+enum bind_mode { MODE_COPY, MODE_ZEROCOPY, MODE_AUTO };
 
 struct options {
 	char outer_ns[256], outer_if[32];
@@ -20,11 +24,13 @@ struct options {
 	const char *flagged_path; /* --flagged: bytes of flagged packets, NULL: off */
 	char xdp_prog[4096];
 	int skb_mode;          /* force generic XDP */
+	enum bind_mode mode;   /* --mode */
 };
 
 /* Parses argv. Returns 0, 1 after --help (exit 0), -1 on bad input
  * (message printed; exit 2). */
 int options_parse(struct options *o, int argc, char **argv);
 const char *inject_name(enum inject_kind k);
+const char *mode_name(enum bind_mode m);
 
 #endif

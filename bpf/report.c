@@ -68,9 +68,51 @@ static void json_socks(FILE *out, const struct fwd *f)
 	fputc(']', out);
 }
 
+static const char *xdp_attach_name(const struct fwd *f, enum side s)
+{
+	return f->prog[s].flags == XDP_FLAGS_DRV_MODE ? "native" : "generic";
+}
+
+/* zerocopy or copy when every socket reads the same back, else mixed */
+static const char *bind_read_back(const struct fwd *f)
+{
+	const char *mode = f->nports ? port_mode_name(&f->ports[0]) : "unknown";
+	unsigned i;
+
+	for (i = 1; i < f->nports; i++)
+		if (strcmp(port_mode_name(&f->ports[i]), mode))
+			return "mixed";
+	return mode;
+}
+
+static void json_xdp_statistics(FILE *out, const char *key, const struct xdp_statistics *xs)
+{
+	fprintf(out, ",\"%s\":{\"rx_dropped\":%llu,\"rx_invalid_descs\":%llu,"
+		"\"tx_invalid_descs\":%llu,\"rx_ring_full\":%llu,"
+		"\"rx_fill_ring_empty_descs\":%llu,\"tx_ring_empty_descs\":%llu}", key,
+		(unsigned long long)xs->rx_dropped, (unsigned long long)xs->rx_invalid_descs,
+		(unsigned long long)xs->tx_invalid_descs, (unsigned long long)xs->rx_ring_full,
+		(unsigned long long)xs->rx_fill_ring_empty_descs,
+		(unsigned long long)xs->tx_ring_empty_descs);
+}
+
+/* What one socket is: its device, driver, queue, the mode the kernel gave
+ * (XDP_OPTIONS), the XDP attach mode and its ring sizes. */
+static void json_socket_facts(FILE *out, const struct fwd *f, const struct port *p)
+{
+	fputs("\"ifname\":", out);
+	json_str(out, p->side ? f->opt.inner_if : f->opt.outer_if);
+	fprintf(out, ",\"ifindex\":%d,\"driver\":", f->ifindex[p->side]);
+	json_str(out, f->driver[p->side]);
+	fprintf(out, ",\"queue\":%u,\"mode\":\"%s\",\"mode_requested\":\"%s\",\"xdp_attach\":\"%s\","
+		"\"ring_sizes\":{\"rx\":%u,\"tx\":%u,\"fill\":%u,\"comp\":%u}",
+		p->queue, port_mode_name(p), mode_name(f->opt.mode), xdp_attach_name(f, p->side),
+		p->r.rx.size, p->r.tx.size, p->r.fill.size, p->r.comp.size);
+}
+
 void report_print_ready(const struct fwd *f)
 {
-	unsigned s;
+	unsigned s, i;
 
 	printf("{\"event\":\"ready\",");
 	json_socks(stdout, f);
@@ -78,9 +120,17 @@ void report_print_ready(const struct fwd *f)
 	       f->opt.queues, f->umem.frames, f->umem.ring_size,
 	       markers_enabled(&f->markers) ? "true" : "false");
 	for (s = 0; s < 2; s++)
-		printf("%s\"%s\":\"%s\"", s ? "," : "", s ? "inner" : "outer",
-		       f->prog[s].flags == XDP_FLAGS_DRV_MODE ? "native" : "generic");
-	printf("},\"bind\":\"copy\",\"pid\":%d}\n", (int)getpid());
+		printf("%s\"%s\":\"%s\"", s ? "," : "", s ? "inner" : "outer", xdp_attach_name(f, s));
+	printf("},\"bind\":\"%s\",\"mode_requested\":\"%s\",\"need_wakeup\":%s,\"sockets\":[",
+	       bind_read_back(f), mode_name(f->opt.mode), f->opt.mode == MODE_COPY ? "false" : "true");
+	for (i = 0; i < f->nports; i++) {
+		printf("%s{\"sock\":", i ? "," : "");
+		json_str(stdout, f->ports[i].name);
+		fputc(',', stdout);
+		json_socket_facts(stdout, f, &f->ports[i]);
+		fputc('}', stdout);
+	}
+	printf("],\"pid\":%d}\n", (int)getpid());
 	fflush(stdout);
 }
 
@@ -147,14 +197,15 @@ static void json_ring(FILE *out, const char *name, const uint32_t *prod, const u
 		cons ? __atomic_load_n(cons, __ATOMIC_ACQUIRE) : 0, cached_prod, cached_cons);
 }
 
-static void json_port(FILE *out, const struct port *p, int snapshot)
+static void json_port(FILE *out, const struct fwd *f, const struct port *p, int snapshot)
 {
 	struct xdp_statistics xs;
-	socklen_t optlen = sizeof(xs);
 	const struct port_rings *r = &p->r;
 
 	fputs("{\"sock\":", out);
 	json_str(out, p->name);
+	fputc(',', out);
+	json_socket_facts(out, f, p);
 	fprintf(out, ",\"cpu\":%d,\"rx\":%llu,\"tx\":%llu,\"fill\":%llu,\"comp\":%llu,"
 		"\"drops\":%llu,\"kicks\":%llu,\"meta_checked\":%llu,\"markers_written\":%llu,\"markers_failed\":%llu,"
 		"\"fill_order_len\":%u,\"tx_outstanding\":%u",
@@ -164,15 +215,10 @@ static void json_port(FILE *out, const struct port *p, int snapshot)
 		(unsigned long long)p->st.meta_checked,
 		(unsigned long long)p->st.markers.written, (unsigned long long)p->st.markers.failed,
 		fill_order_len(&p->order), p->tx_outstanding);
-	memset(&xs, 0, sizeof(xs));
-	if (p->fd >= 0 && getsockopt(p->fd, SOL_XDP, XDP_STATISTICS, &xs, &optlen) == 0)
-		fprintf(out, ",\"xdp_statistics\":{\"rx_dropped\":%llu,\"rx_invalid_descs\":%llu,"
-			"\"tx_invalid_descs\":%llu,\"rx_ring_full\":%llu,"
-			"\"rx_fill_ring_empty_descs\":%llu,\"tx_ring_empty_descs\":%llu}",
-			(unsigned long long)xs.rx_dropped, (unsigned long long)xs.rx_invalid_descs,
-			(unsigned long long)xs.tx_invalid_descs, (unsigned long long)xs.rx_ring_full,
-			(unsigned long long)xs.rx_fill_ring_empty_descs,
-			(unsigned long long)xs.tx_ring_empty_descs);
+	if (port_xdp_statistics(p, &xs) == 0)
+		json_xdp_statistics(out, "xdp_statistics", &xs);
+	if (p->stats_ok)
+		json_xdp_statistics(out, "xdp_statistics_at_anomaly", &p->stats_at_anomaly);
 	if (snapshot) {
 		fputs(",\"rings\":{", out);
 		json_ring(out, "rx", r->rx.producer, r->rx.consumer, r->rx.cached_prod, r->rx.cached_cons);
@@ -202,13 +248,15 @@ int report_write_stats(const struct fwd *f, const char *path, int exit_code, dou
 	fprintf(out, "{\"exit_code\":%d,\"exit_reason\":", exit_code);
 	json_str(out, f->exit_reason ? f->exit_reason : "unknown");
 	fprintf(out, ",\"elapsed\":%.3f,\"queues\":%u,\"frames\":%u,\"ring_size\":%u,"
+		"\"mode_requested\":\"%s\",\"bind\":\"%s\","
 		"\"inject\":\"%s\",\"injected\":%s,\"rx_total\":%llu,\"markers\":%s,\"ports\":[",
-		elapsed, f->opt.queues, f->umem.frames, f->umem.ring_size, inject_name(f->opt.inject),
+		elapsed, f->opt.queues, f->umem.frames, f->umem.ring_size, mode_name(f->opt.mode),
+		bind_read_back(f), inject_name(f->opt.inject),
 		f->injected ? "true" : "false", (unsigned long long)f->rx_total,
 		markers_enabled(&f->markers) ? "true" : "false");
 	for (i = 0; i < f->nports; i++) {
 		fputs(i ? "," : "", out);
-		json_port(out, &f->ports[i], f->anomaly.raised);
+		json_port(out, f, &f->ports[i], f->anomaly.raised);
 	}
 	fputc(']', out);
 	if (f->anomaly.raised) {

@@ -4,7 +4,12 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include "umem.h"
+
+#ifndef SOL_XDP
+#define SOL_XDP 283
+#endif
 
 int umem_init(struct umem *u, uint32_t frames, uint32_t ring_size)
 {
@@ -53,29 +58,73 @@ void umem_free(struct umem *u)
 	u->area = NULL;
 }
 
+/* Why a zero-copy bind failed, from its errno and the kernel's checks
+ * (xp_assign_dev; for virtio_net, virtnet_xsk_pool_enable in 7.3). */
+static const char *zerocopy_refusal(int err, const char *driver)
+{
+	int virtio = driver && !strcmp(driver, "virtio_net");
+
+	switch (err) {
+	case EOPNOTSUPP:
+		return "the driver offers no AF_XDP zero-copy on this kernel "
+		       "(no ndo_xsk_wakeup, or NETDEV_XDP_ACT_XSK_ZEROCOPY unset; "
+		       "virtio_net has it from Linux 6.13, veth never)";
+	case EINVAL:
+		return virtio ? "virtio_net refused the UMEM: it needs the DMA API "
+				"(VIRTIO_F_ACCESS_PLATFORM: QEMU iommu_platform=on), room for its "
+				"header in the headroom, and a queue below the current queue pairs "
+				"(ethtool -L DEV combined N)"
+			      : "the driver refused this UMEM or queue (queue id above the "
+				"current channels? see ethtool -l; frame too small for the MTU?)";
+	case ENOENT:
+		return virtio ? "virtio_net has no page pool on this queue (big-packets mode: "
+				"guest TSO/UFO or an MTU above 1500 turn XDP off)"
+			      : "the driver has no XDP setup on this queue";
+	case EBUSY:
+		return "the queue is taken (another AF_XDP socket, or a memory provider)";
+	default:
+		return "see dmesg for the driver's reason";
+	}
+}
+
 int umem_socket_create(struct umem *u, struct xsk_socket **xsk, const char *ifname,
-		       unsigned queue, struct port_rings *r)
+		       unsigned queue, struct port_rings *r, uint16_t bind_flags,
+		       const char *driver)
 {
 	struct xsk_socket_config cfg = {
 		.rx_size = u->ring_size,
 		.tx_size = u->ring_size,
 		.libxdp_flags = XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,
 		.xdp_flags = 0,
-		/* Copy mode is what veth supports for AF_XDP. */
-		.bind_flags = XDP_COPY,
+		.bind_flags = bind_flags,
 	};
 	int err;
 
 	memset(r, 0, sizeof(*r));
 	err = xsk_socket__create_shared(xsk, ifname, queue, u->xumem, &r->rx, &r->tx,
 					&r->fill, &r->comp, &cfg);
-	if (err) {
-		*xsk = NULL;
+	if (!err)
+		return 0;
+	*xsk = NULL;
+	if (bind_flags & XDP_ZEROCOPY)
+		/* never a silent fallback: one line that says what is missing */
+		fprintf(stderr, "forwarder: --mode zerocopy: %s q:%u (driver %s) refused "
+			"XDP_ZEROCOPY: %s; %s\n", ifname, queue, driver && *driver ? driver : "unknown",
+			strerror(-err), zerocopy_refusal(-err, driver));
+	else
 		fprintf(stderr, "forwarder: cannot bind an AF_XDP socket to %s q:%u: %s; "
 			"does %s exist in that namespace with at least %u queues "
-			"(ip link add ... numrxqueues N numtxqueues N)?\n",
+			"(ip link add ... numrxqueues N numtxqueues N, or ethtool -L)?\n",
 			ifname, queue, strerror(-err), ifname, queue + 1);
-		return -1;
-	}
-	return 0;
+	return -1;
+}
+
+int umem_socket_zerocopy(int fd)
+{
+	struct xdp_options opts = { 0 };
+	socklen_t len = sizeof(opts);
+
+	if (getsockopt(fd, SOL_XDP, XDP_OPTIONS, &opts, &len) < 0)
+		return -errno;
+	return (opts.flags & XDP_OPTIONS_ZEROCOPY) ? 1 : 0;
 }

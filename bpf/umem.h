@@ -36,11 +36,20 @@ struct port_rings {
 int umem_init(struct umem *u, uint32_t frames, uint32_t ring_size);
 void umem_free(struct umem *u);
 
-/* Creates the socket for ifname/queue in the calling thread's netns, in copy
- * mode, without libxdp's program (we load our own). r must be zeroed: libxdp
- * leaves cached_prod of some rings unset. */
+/* Creates the socket for ifname/queue in the calling thread's netns, without
+ * libxdp's program (we load our own). bind_flags (XDP_COPY, XDP_ZEROCOPY or 0
+ * for the kernel's choice) count for the UMEM's first socket only: the others
+ * share its UMEM and the kernel binds them in the mode the first one got
+ * (xp_assign_dev_shared). r must be zeroed: libxdp leaves cached_prod of some
+ * rings unset. On failure prints one line; driver names the device's driver
+ * in it. */
 int umem_socket_create(struct umem *u, struct xsk_socket **xsk, const char *ifname,
-		       unsigned queue, struct port_rings *r);
+		       unsigned queue, struct port_rings *r, uint16_t bind_flags,
+		       const char *driver);
+
+/* The mode the kernel gave a bound socket, read back with
+ * getsockopt(XDP_OPTIONS): 1 zero-copy, 0 copy, -errno when unreadable. */
+int umem_socket_zerocopy(int fd);
 
 static inline uint32_t umem_frame_of(uint64_t addr)
 {

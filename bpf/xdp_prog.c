@@ -40,7 +40,7 @@ int xdp_prog_load(struct xdp_prog *p, const char *path, const char *ifname)
 	return 0;
 }
 
-int xdp_prog_attach(struct xdp_prog *p, int ifindex, bool skb_only)
+int xdp_prog_attach(struct xdp_prog *p, int ifindex, bool skb_only, bool native_only)
 {
 	int err = -EOPNOTSUPP;
 
@@ -53,6 +53,12 @@ int xdp_prog_attach(struct xdp_prog *p, int ifindex, bool skb_only)
 		if (err == -EEXIST || err == -EBUSY) {
 			fprintf(stderr, "forwarder: %s already has an XDP program; remove it with "
 				"`ip link set dev %s xdp off` in its namespace\n", p->ifname, p->ifname);
+			return -1;
+		}
+		if (native_only) {
+			fprintf(stderr, "forwarder: zero-copy needs native XDP on %s, and the driver "
+				"refused it (%s); check dmesg (offloads, MTU) or use --mode copy\n",
+				p->ifname, strerror(-err));
 			return -1;
 		}
 		if (!skb_only)

@@ -21,8 +21,9 @@ struct xdp_prog {
 int xdp_prog_load(struct xdp_prog *p, const char *path, const char *ifname);
 /* Attaches to ifindex in the calling thread's netns: native mode first,
  * generic (SKB) mode if the driver refuses, with a message; skb_only skips
- * native mode. */
-int xdp_prog_attach(struct xdp_prog *p, int ifindex, bool skb_only);
+ * native mode; native_only fails instead of falling back (zero-copy sockets
+ * receive only through the driver's own XDP). */
+int xdp_prog_attach(struct xdp_prog *p, int ifindex, bool skb_only, bool native_only);
 /* Detaches only if our program is still the one attached (XDP_FLAGS_REPLACE). */
 void xdp_prog_detach(struct xdp_prog *p);
 int xdp_prog_set_xsk(struct xdp_prog *p, unsigned queue, int xsk_fd);

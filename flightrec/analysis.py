@@ -1,6 +1,8 @@
 """The analysis pipeline: trace text → parse → timeline → replay → checks → result.
 
 A library first: the CLI and `record` call `analyze_path` / `analyze_text`.
+`analyze_path` also reads DIR/meta.json beside DIR/trace.txt, for the moment
+the kernel-event source stopped (flightrec.parse.meta).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from flightrec.errors import FlightrecError
 from flightrec.model import kinds
 from flightrec.model.replay import Replay, replay
 from flightrec.model.timeline import Timeline, build_timeline, typed_from_scan
+from flightrec.model.history import History
 from flightrec.parse import scan
 from flightrec.parse.ftrace import parse_bytes, parsed_from_scan
+from flightrec.parse.meta import kernel_events_ended_at, meta_path, read_meta
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class Result:
     timeline: Timeline
     replay: Replay
     cut_last_line: bool = False
+    meta: Optional[dict] = None  # meta.json beside the trace, when there is one
 
     @property
     def verdict(self) -> str:
@@ -63,7 +68,45 @@ class Result:
             "anomalies": [anomaly_json(a) for a in self.anomalies],
             "stats": self.stats(),
             "window": {"start": w.start, "end": w.end, "complete_from": w.complete_from},
+            "history": history_json(self.timeline.history),
         }
+
+
+def _time(t: float) -> Optional[float]:
+    """A moment for JSON: ±inf (the whole trace, no end) is null."""
+    return t if abs(t) != float("inf") else None
+
+
+def history_json(h: History) -> dict:
+    """Per CPU, where its history begins (null: the whole trace), and the gaps."""
+    return {
+        "overrun": h.overrun,
+        "cpus": [{"cpu": c.cpu, "from": _time(c.since), "line": c.line, "events": c.events} for c in h.cpus.values()],
+        "idle_cpus": list(h.idle),
+        "kernel_events_ended_at": _time(h.kernel_until),
+        "gaps": [gap_json(g) for g in h.gaps],
+    }
+
+
+def gap_json(g) -> dict:
+    return {"cpu": g.cpu, "why": g.why, "events": g.events, "after": _time(g.after), "before": _time(g.before),
+            "line": g.line, "count": g.count, "text": g.describe()}
+
+
+def claim_json(c) -> dict:
+    return {
+        "claim": c.text,
+        "holds": c.holds,
+        "absence": c.absence,
+        "events": c.events,
+        "cpus": list(c.cpus),
+        "every_cpu": c.every_cpu,
+        "from": _time(c.start),
+        "to": _time(c.end),
+        "lines": list(c.lines),
+        "leans_on": c.leans_on(),
+        "missing": [g.describe() for g in c.gaps],
+    }
 
 
 def _hex(v: Optional[int]) -> Optional[str]:
@@ -88,11 +131,16 @@ def anomaly_json(a: Anomaly) -> dict:
         "evidence": [{"line": e.line, "text": e.text, "why": e.why} for e in a.evidence],
         "missing": list(a.missing),
         "explanation": a.explanation,
+        "claims": [claim_json(c) for c in a.claims],
     }
 
 
-def analyze_bytes(data: bytes, source: str) -> Result:
-    """Analyze ftrace text given as bytes; raises FlightrecError when it is not a trace."""
+def analyze_bytes(data: bytes, source: str, kernel_until: Optional[float] = None,
+                  meta: Optional[dict] = None) -> Result:
+    """Analyze ftrace text given as bytes; raises FlightrecError when it is not a trace.
+
+    `kernel_until`: when the kernel-event source stopped mid-run, on the trace's
+    clock (None: it ran to the end); `meta`: meta.json, kept on the result."""
     if scan.available():
         sc = scan.scan(data, kinds.scanner_table())
         parsed = parsed_from_scan(sc)
@@ -108,14 +156,14 @@ def analyze_bytes(data: bytes, source: str) -> Result:
             raise FlightrecError(f"{source}: not ftrace text ({where}); give the text of "
                                  "/sys/kernel/tracing/trace or of `trace-cmd report`")
         raise FlightrecError(f"{source}: no events in the trace (only a header)")
-    tl = build_timeline(parsed, source, typed)
+    tl = build_timeline(parsed, source, typed, kernel_until)
     rp = replay(tl)
-    return Result(source, tuple(run_checks(tl, rp)), tl, rp, parsed.cut_last_line)
+    return Result(source, tuple(run_checks(tl, rp)), tl, rp, parsed.cut_last_line, meta)
 
 
-def analyze_text(text: str, source: str = "-") -> Result:
+def analyze_text(text: str, source: str = "-", kernel_until: Optional[float] = None) -> Result:
     """Analyze ftrace text held in a string."""
-    return analyze_bytes(text.encode("utf-8", "surrogateescape"), source)
+    return analyze_bytes(text.encode("utf-8", "surrogateescape"), source, kernel_until)
 
 
 HEAD_BYTES = 1 << 16
@@ -149,4 +197,5 @@ def analyze_path(path: str) -> Result:
         raise FlightrecError(f"{path}: is a directory, not a trace file") from None
     except OSError as e:
         raise FlightrecError(f"{path}: cannot read: {e.strerror}") from None
-    return analyze_bytes(data, path)
+    meta = read_meta(path)
+    return analyze_bytes(data, path, kernel_events_ended_at(meta, str(meta_path(path))), meta)

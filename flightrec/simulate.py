@@ -17,7 +17,11 @@ contract it writes):
 Faults are planted near the end; the simulation then runs until the
 application notices. Ring buffers are per CPU: `wrap` keeps only the newest
 entries of each CPU (all CPUs have the same capacity, so a busy CPU's data
-starts later), `loss` drops a run of events inside one CPU's stream.
+starts later, before the fault's story), `tight` makes each CPU's buffer begin
+at its own point a few events before the fault (the racing CPU's exactly at
+its reserve), as a long recording ends, and `loss` drops a run of events
+inside one CPU's stream. The ground truth then says what the surviving events
+prove (`_judge`): a story whose needed events are gone is `undetermined`.
 
 Output is the text of /sys/kernel/tracing/trace (`fmt="ftrace"`) or of
 `trace-cmd report` (`fmt="trace-cmd"`, no latency columns, markers as the
@@ -74,6 +78,7 @@ class SimConfig:
     fault: str = "none"
     wrap: bool = False
     loss: bool = False
+    tight: bool = False  # each CPU's buffer begins a few of its events before the fault
     probes: str = "all"
     fmt: str = "ftrace"
     pairs: int = 0  # socket pairs (rx socket -> tx socket); 0: 1..3 drawn from the seed
@@ -92,6 +97,8 @@ class SimConfig:
             raise FlightrecError(f"unknown format {self.fmt!r}; one of: {', '.join(FORMATS)}")
         if not 0 <= self.pairs <= 3:
             raise FlightrecError(f"pairs must be 0..3, not {self.pairs}")
+        if self.wrap and self.tight:
+            raise FlightrecError("--wrap and --tight are two kinds of overrun: give one")
 
 
 @dataclass(frozen=True)
@@ -209,6 +216,10 @@ class _Sim:
     def emit(self, ts: int, cpu: int, task: int, flags: str, body: str, tag: Optional[str] = None) -> None:
         self.seq += 1
         self.ev.append((ts, self.seq, cpu, task, flags, body, tag))
+
+    def last_seq(self, before: int) -> Optional[int]:
+        """The sequence number of the event just emitted, None if nothing was (a probe left out)."""
+        return self.seq if self.seq > before else None
 
     def marker(self, p: _Pair, ts: int, text: str, tag: Optional[str] = None) -> None:
         if self.cfg.fmt == "ftrace":
@@ -434,14 +445,18 @@ def _plant_race(sim: _Sim, p: _Pair, t: int, fault: str) -> dict:
     a = rng.choice([c for c in range(cfg.cpus) if c != b])
     p.poison = fault == "publish-race"
     xs_got = []
+    prev_reserve = prev_read = None  # the last slot read before the raced one: its reserve and its read
     for _ in range(rng.randint(1, 4)):
         x = p.kfill.popleft()
+        seq = sim.seq
         sim.reserve(p, t, b, x, "b_reserve" if not xs_got else None)
+        prev_reserve = sim.last_seq(seq)
         p.slots[p.take_slot()] = x
         xs_got.append(x)
         t += _rr(rng, 300, 3000)
     t += _rr(rng, 1000, 8000)
     e = p.kfill.popleft()
+    reserve_ts = t
     sim.reserve(p, t, a, e, "reserve")
     e_slot = p.take_slot()  # reserved, not yet written: the race
     # What the slot holds before CPU a writes it: the poison the application
@@ -456,6 +471,7 @@ def _plant_race(sim: _Sim, p: _Pair, t: int, fault: str) -> dict:
         exp = p.afill.popleft()
         assert exp == x
         sim.marker(p, t, f"{p.rx} {x:#x} FILL -> RX", None if n else "x_read")
+        prev_read = sim.seq
         t += _rr(rng, 500, 3000)
         sim.marker(p, t, f"{x:#x} egress_tx_queue forward")
         t += _rr(rng, 500, 2000)
@@ -473,7 +489,8 @@ def _plant_race(sim: _Sim, p: _Pair, t: int, fault: str) -> dict:
     if not a_flush_first:
         sim.flush(p, t + _rr(rng, 1000, 8000), a, "own_flush")
     return {"addr": stale, "expected": e, "reserve_cpu": a, "flush_cpu": b, "detection_ts": t,
-            "ts": t, "stale": stale}
+            "ts": t, "stale": stale, "reserve_ts": reserve_ts,
+            "story": {"prev_reserve": prev_reserve, "prev_read": prev_read}}
 
 
 def simulate(cfg: SimConfig) -> Simulation:
@@ -550,6 +567,29 @@ def simulate(cfg: SimConfig) -> Simulation:
                 dropped_before[c] = n
         wrap_info = {"capacity": cap, "dropped": {str(c): n for c, n in sorted(dropped_before.items())},
                      "first_ts": {}}
+    elif cfg.tight:
+        # The fault's moment: the racing reserve, the application's first bad
+        # insertion, or a point late in a clean run. Each CPU's buffer begins
+        # a few of its own events before it, the racing CPU's exactly there.
+        racing = planted.get("reserve_cpu") if planted and cfg.fault in KERNEL_FAULTS else None
+        if racing is not None:
+            ref = next(i for i, e in enumerate(ev) if e[0] >= planted["reserve_ts"])
+        elif cfg.fault != "none":
+            ref = tag_idx["insert1"]
+        else:
+            ref = int(len(ev) * 0.6)
+        for c, idx in percpu.items():
+            before = [i for i in idx if i < ref]
+            k = 0 if c == racing else rng.randint(0 if cfg.fault in KERNEL_FAULTS else 1, 4)
+            if len(before) == len(idx):
+                k = max(k, 1)  # a CPU that wrote keeps its newest events, whatever it lost
+            gone = before[:len(before) - k]
+            for i in gone:
+                keep[i] = False
+            if gone:
+                dropped_before[c] = len(gone)
+        wrap_info = {"tight": True, "dropped": {str(c): n for c, n in sorted(dropped_before.items())},
+                     "first_ts": {}}
 
     # ---- loss inside one CPU's stream --------------------------------------
     loss_at: dict[int, tuple[int, int]] = {}  # index of the next surviving event -> (cpu, count)
@@ -561,7 +601,10 @@ def simulate(cfg: SimConfig) -> Simulation:
             lo, hi = tag_idx.get("insert1", -1), tag_idx[wend_tag]
             cand = [i for i in percpu[c] if keep[i] and wstart < ev[i][0] and lo < i < hi and ev[i][6] is None]
         else:
-            c = rng.choice(sorted(percpu))
+            busy = sorted(percpu)
+            if cfg.tight:  # a tight overrun leaves some CPUs a handful of events
+                busy = [c for c in busy if sum(keep[i] for i in percpu[c]) >= 8] or busy
+            c = rng.choice(busy)
             idx = [i for i in percpu[c] if keep[i]]
             cand = idx[len(idx) // 4: len(idx) * 3 // 4]
         if not cand:
@@ -587,7 +630,7 @@ def simulate(cfg: SimConfig) -> Simulation:
     lineno = header_lines
     prefix: dict[tuple, str] = {}
     started: set[int] = set()
-    annotate = cfg.wrap and bool(dropped_before)
+    annotate = (cfg.wrap or cfg.tight) and bool(dropped_before)
     tag_line: dict[str, int] = {}
     first_line = True
     for i, e in enumerate(ev):
@@ -596,7 +639,7 @@ def simulate(cfg: SimConfig) -> Simulation:
         ts, _, cpu, task, flags, body, tag = e
         if cpu not in started:
             started.add(cpu)
-            if cfg.wrap:
+            if cfg.wrap or cfg.tight:
                 wrap_info["first_ts"][str(cpu)] = ts / 1e9
             if cfg.fmt == "ftrace":
                 # trace.c test_cpu_buff_start(): once any CPU overran, each CPU's
@@ -648,10 +691,14 @@ def simulate(cfg: SimConfig) -> Simulation:
         if "symptom_addr" in planted:
             anomaly["symptom"] = {"addr": _hex(planted["symptom_addr"]),
                                   "expected": _hex(planted.get("symptom_expected"))}
-        if loss_truth and cfg.fault != "invalid-transition":
-            # Lost events could hide the RX that makes the story innocent. A FILL -> TX
-            # marker is wrong on its own: the application wrote it.
-            anomaly["verdict"] = "undetermined"
+        if anomaly["verdict"] != "undetermined":
+            story = {k: v for k, v in tag_idx.items()}
+            seq_idx = {e[1]: i for i, e in enumerate(ev)}
+            for name, seq in planted.get("story", {}).items():
+                if seq is not None:
+                    story[name] = seq_idx[seq]
+            anomaly.update(_judge(cfg, ev, keep, story, loss_at, overrun=(
+                kept < total_written if cfg.fmt == "ftrace" else bool(dropped_before))))
     socks = {}
     for p in pairs:
         socks[p.rx] = {"xs": _hex(p.xs), "fq": _hex(p.fq), "forward_to": p.tx, "app_cpu": p.app_cpu,
@@ -662,6 +709,78 @@ def simulate(cfg: SimConfig) -> Simulation:
         loss=loss_truth, wrap=wrap_info,
     )
     return Simulation(text, truth)
+
+
+class _Histories:
+    """What the surviving events of a simulated trace let a reader claim, per CPU
+    (the rule of flightrec.model.history, applied to the simulator's own events):
+    each CPU's history begins at its first surviving event when anything
+    overran, lost runs are gaps, and a claim that nothing happened between t1
+    and t2 needs the CPUs it speaks of to be recording over that span. Times
+    are microseconds, as the text prints them."""
+
+    def __init__(self, ev: list, keep: list[bool], loss_at: dict, overrun: bool) -> None:
+        self.since: dict[int, int] = {}
+        self.gaps: list[tuple[int, int, int]] = []  # (cpu, after, before)
+        last: dict[int, int] = {}
+        for i, e in enumerate(ev):
+            if i in loss_at:
+                c = loss_at[i][0]
+                if c in last:
+                    self.gaps.append((c, last[c], e[0] // 1000))
+                else:
+                    overrun = True  # lost before the CPU's first event: its buffer wrapped
+            if keep[i]:
+                self.since.setdefault(e[2], e[0] // 1000)
+                last[e[2]] = e[0] // 1000
+        if not overrun:
+            self.since = {}
+
+    def clear(self, t1: int, t2: int, cpus: Optional[tuple[int, ...]] = None) -> bool:
+        if any(since > t1 for c, since in self.since.items() if cpus is None or c in cpus):
+            return False
+        return not any(after < t2 and before > t1 for c, after, before in self.gaps if cpus is None or c in cpus)
+
+
+def _judge(cfg: SimConfig, ev: list, keep: list[bool], story: dict[str, int], loss_at: dict,
+           overrun: bool) -> dict:
+    """The verdict the surviving events prove, with what it lacks when they do not.
+
+    Kernel faults: the raced slot is the one after the slot the application
+    read last, so that read and its reserve must survive, and no read of the
+    socket may be missing after it (every CPU recording from that read on).
+    That no reserve came in between is vouched for by the application's FILL
+    order (its detection line) when it read the poison; a stale address needs
+    the kernel's own events, every CPU recording from that reserve to the
+    raced one. The racing flush is named only when the racing CPU was
+    recording from its reserve to that flush. Duplicate
+    insertions: no marker may be missing between the two insertions, on any
+    CPU. A marker the application itself wrote as FILL -> TX needs nothing else.
+    """
+    h = _Histories(ev, keep, loss_at, overrun)
+
+    def t(name: str) -> int:
+        return ev[story[name]][0] // 1000
+
+    if cfg.fault in KERNEL_FAULTS:
+        said = {"prev_reserve": "the reserve of the slot read just before the raced one",
+                "prev_read": "the read just before the raced slot's"}
+        need = [said[n] for n in said if n not in story or not keep[story[n]]]
+        if not need and not h.clear(t("prev_read"), t("detection")):
+            need = ["a CPU's events between the read before and the detection (its buffer began later, or lost)"]
+        if not need and cfg.fault == "stale-slot" and not h.clear(t("prev_reserve"), t("reserve")):
+            need = ["a CPU's kernel events between the reserve before and the raced one (its buffer began later, "
+                    "or lost)"]
+        if need:
+            return {"verdict": "undetermined", "reserve_cpu": None, "flush_cpu": None, "missing": need}
+        a = ev[story["reserve"]][2]
+        if cfg.probes == "all" and not h.clear(t("reserve"), t("flush"), (a,)):
+            return {"flush_cpu": None}
+        return {}
+    if cfg.fault in ("double-fill", "fill-and-tx") and not h.clear(t("insert1"), t("insert2")):
+        return {"verdict": "undetermined",
+                "missing": ["a CPU's events between the two insertions (its buffer began later, or lost)"]}
+    return {}
 
 
 def truth_json(truth: Truth) -> str:

@@ -24,6 +24,20 @@ PACKAGES=(
     build-essential bc bison flex libssl-dev dwarves patch linux-source-6.1
 )
 
+# Kernel 7.3 for the VMs comes from trixie-backports: its own sources file,
+# pinned so that nothing on this machine is installed or upgraded from it
+# (flightrec only runs `apt-get download NAME=VERSION` there). Refreshed alone
+# when new or changed, so a second run touches nothing.
+here=$(cd "$(dirname "$0")" && pwd)
+apt_sources=/etc/apt/sources.list.d/flightrec-kernels.sources
+apt_pref=/etc/apt/preferences.d/flightrec-kernels
+changed=0
+cmp -s "$here/apt/flightrec-kernels.pref" "$apt_pref" || { install -m 644 "$here/apt/flightrec-kernels.pref" "$apt_pref"; changed=1; }
+cmp -s "$here/apt/flightrec-kernels.sources" "$apt_sources" || { install -m 644 "$here/apt/flightrec-kernels.sources" "$apt_sources"; changed=1; }
+if [ $changed = 1 ] || ! ls /var/lib/apt/lists/*_dists_trixie-backports_InRelease >/dev/null 2>&1; then
+    apt-get update -qq -o Dir::Etc::SourceList="$apt_sources" -o Dir::Etc::SourceParts=- -o APT::Get::List-Cleanup=0
+fi
+
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

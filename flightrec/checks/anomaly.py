@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from flightrec.model.history import Claim
+
 KERNEL = "kernel"
 APPLICATION = "application"
 UNDETERMINED = "undetermined"
@@ -25,6 +27,8 @@ class Anomaly:
     `addr` is the root-cause descriptor (for a descriptor the application put
     into FILL twice, that descriptor even when the symptom was read on another
     address); `read_addr` is what the application read when that differs.
+    `claims` say which CPU's history each step of the verdict leans on; an
+    undetermined verdict's claims include the ones that do not hold.
     """
 
     kind: str
@@ -43,6 +47,7 @@ class Anomaly:
     read_cpu: Optional[int] = None
     evidence: tuple[Evidence, ...] = ()
     missing: tuple[str, ...] = field(default=())
+    claims: tuple[Claim, ...] = ()  # the steps of the argument and whose history each leans on
 
     @property
     def cpus(self) -> tuple[int, ...]:

@@ -11,7 +11,12 @@ arguments is the order of their strength:
    FILL ring held what the application's order did not expect (application);
 4. otherwise the events needed are missing (undetermined, saying which).
 
-A loss of events inside the causal window makes any of these undetermined.
+Each argument is a list of claims (flightrec.model.history): events seen in
+the trace, and claims that something did not happen, which need the CPUs
+they speak of to have been recording over their span (their buffers begun,
+no events lost, the kernel-event source still running). A verdict stands
+only when all its claims hold; otherwise it is undetermined, naming what the
+trace lacks.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import bisect
 from typing import Optional
 
 from flightrec.checks.anomaly import APPLICATION, KERNEL, UNDETERMINED, Anomaly, Evidence
-from flightrec.model.replay import KERNEL_OWNED, POISON, BadTransition, Replay, RxRead
+from flightrec.model.history import KERNEL as KERNEL_EVENTS
+from flightrec.model.history import MARKERS, Claim, Gap, absent, failed, seen
+from flightrec.model.replay import KERNEL_OWNED, POISON, BadTransition, Replay, Reserve, RxRead, slot_alignment
 from flightrec.model.timeline import Timeline
 
 MISSING_RESERVE = "reserve events (kprobe __xsk_rcv_zc at xskq_prod_reserve_desc)"
@@ -78,6 +85,22 @@ def find_race(tl: Timeline, rp: Replay, xs: int, reserve_row: int, until_row: in
     return other, own
 
 
+def race_claims(tl: Timeline, s: Reserve, other: int) -> list[Claim]:
+    """Why the flush at `other` published CPU s.cpu's slot before it was written."""
+    ts, cpu, line = tl.ts, tl.cpu, tl.line
+    b = cpu[other]
+    if tl.slot[s.row] is not None and other < s.row:
+        return [seen(f"CPU {b}'s flush of xs {s.xs:#x} (line {line[other]}) had the producer at {tl.prod[other]}, "
+                     f"past slot {tl.slot[s.row]}, before CPU {s.cpu} reported writing that slot (line {line[s.row]})",
+                     (b, s.cpu), (ts[other], s.ts), (line[other], line[s.row]))]
+    return [
+        seen(f"CPU {b} flushed xs {s.xs:#x} (line {line[other]}) after CPU {s.cpu} reserved the slot "
+             f"(line {line[s.row]})", (s.cpu, b), (s.ts, ts[other]), (line[s.row], line[other])),
+        absent(tl.history, f"CPU {s.cpu} did not flush xs {s.xs:#x} itself between line {line[s.row]} "
+                           f"and line {line[other]}", s.ts, ts[other], KERNEL_EVENTS, cpus=(s.cpu,)),
+    ]
+
+
 def kernel_reserves(tl: Timeline, rp: Replay, addr: int, after_row: int, limit: int = 4) -> list[Evidence]:
     """The kernel's own reserve events for a descriptor since a row: what it
     did with the buffer the application gave it twice."""
@@ -86,10 +109,41 @@ def kernel_reserves(tl: Timeline, rp: Replay, addr: int, after_row: int, limit: 
     return [ev(tl, r, f"the kernel took {hexa(addr)} from FILL on CPU {tl.cpu[r]}") for r in rows[:limit]]
 
 
+def earlier_copy(tl: Timeline, rp: Replay, r: RxRead, s: Reserve) -> list[Evidence]:
+    """The kernel's previous reserve of the same address on the same socket, when the
+    application read that copy and still held it (in RX) as the kernel took it again:
+    two copies of one buffer in FILL, seen from the kernel's side."""
+    if r.state_before != "RX" or r.state_row is None:
+        return []
+    rows = rp.reserves.get(s.xs, [])
+    for row in reversed(rows[:bisect.bisect_left(rows, min(r.state_row, s.row))]):
+        if tl.addr[row] == r.addr:
+            slot = f" (slot {hexa(tl.slot[row])})" if tl.slot[row] is not None else ""
+            return [ev(tl, row, f"CPU {tl.cpu[row]} took {hexa(r.addr)} from FILL before{slot}: "
+                                f"the copy the application read at line {tl.line[r.state_row]}")]
+    return []
+
+
+def transition_claims(tl: Timeline, b: BadTransition) -> list[Claim]:
+    """A marker history that does not allow b: both markers, and no marker of it in between on any CPU."""
+    ts, cpu, line = tl.ts, tl.cpu, tl.line
+    if b.claimed:
+        return [seen(f"the application wrote {hexa(b.addr)} {b.state_before} -> {b.to} itself (line {line[b.row]})",
+                     (cpu[b.row],), (ts[b.row],), (line[b.row],))]
+    return [
+        seen(f"{hexa(b.addr)} entered {b.state_before} (line {line[b.state_row]}) and {b.to} "
+             f"(line {line[b.row]})", (cpu[b.state_row], cpu[b.row]), (ts[b.state_row], ts[b.row]),
+             (line[b.state_row], line[b.row])),
+        absent(tl.history, f"no marker moved {hexa(b.addr)} between line {line[b.state_row]} and line {line[b.row]}",
+               ts[b.state_row], ts[b.row], MARKERS),
+    ]
+
+
 def dup_anomaly(tl: Timeline, b: BadTransition, kind: str, rp: Optional[Replay] = None) -> Anomaly:
     """An insertion into FILL or TX of a descriptor already in FILL or TX."""
     base = dict(kind=kind, line=tl.line[b.row], ts=tl.ts[b.row], sock=b.sock, queue=b.queue, read_cpu=tl.cpu[b.row])
     where = "FILL and TX at once" if {b.state_before, b.to} == {"FILL", "TX"} else f"{b.to} twice"
+    claims = transition_claims(tl, b)
     if b.claimed:
         # The marker itself says FILL -> TX (or the like): no lost history can excuse it.
         text = (
@@ -98,11 +152,10 @@ def dup_anomaly(tl: Timeline, b: BadTransition, kind: str, rp: Optional[Replay] 
         )
         kernel = tuple(kernel_reserves(tl, rp, b.addr, b.row)) if rp is not None else ()
         return Anomaly(verdict=APPLICATION, addr=b.addr, explanation=text,
-                       evidence=(ev(tl, b.row, "the application's own marker"),) + kernel, **base)
+                       evidence=(ev(tl, b.row, "the application's own marker"),) + kernel, claims=tuple(claims), **base)
     evidence = (ev(tl, b.state_row, f"{hexa(b.addr)} enters {b.state_before}"), ev(tl, b.row, f"and {b.to} again"))
-    losses = causal_losses(tl, (b.state_row,), b.row)
-    if losses:
-        return _lossy(base, b.addr, list(evidence), losses)
+    if not all(c.holds for c in claims):
+        return _unproven(base, b.addr, list(evidence), claims, "")
     text = (
         f"the application put {hexa(b.addr)} into {b.to} ({b.sock}) while it was still in "
         f"{b.state_before} (line {tl.line[b.state_row]}), with no RX in between: one buffer in "
@@ -110,15 +163,50 @@ def dup_anomaly(tl: Timeline, b: BadTransition, kind: str, rp: Optional[Replay] 
     )
     if rp is not None:
         evidence += tuple(kernel_reserves(tl, rp, b.addr, b.state_row))
-    return Anomaly(verdict=APPLICATION, addr=b.addr, explanation=text, evidence=evidence, **base)
+    return Anomaly(verdict=APPLICATION, addr=b.addr, explanation=text, evidence=evidence, claims=tuple(claims), **base)
 
 
-def causal_losses(tl: Timeline, rows: tuple[Optional[int], ...], end_row: int):
-    """Losses between the oldest fact a verdict rests on and the moment it is given."""
-    known = [r for r in rows if r is not None]
-    if not tl.losses or not known:
+def symptom_claims(tl: Timeline, r: RxRead) -> list[Claim]:
+    """What the symptom itself leans on: the application's word, or the analyzer's own deque and states."""
+    h, ts, cpu, line = tl.history, tl.ts, tl.cpu, tl.line
+    row = r.row
+    out: list[Claim] = []
+    if r.detection is not None:
+        out.append(seen(f"the application reported it itself (line {line[row]})", (cpu[row],), (ts[row],), (line[row],)))
+    elif r.fill_mismatch and r.expected_row is not None:
+        e = r.expected_row
+        out.append(absent(h, f"{hexa(r.fill_expected)} went into {r.sock}'s FILL at line {line[e]} and was not read "
+                             f"from RX before line {line[row]}", ts[e], ts[row], MARKERS))
+    if r.state_row is not None and r.state_before not in (None, "FILL"):
+        out.append(absent(h, f"no marker moved {hexa(r.addr)} between line {line[r.state_row]} ({r.state_before}) "
+                             f"and line {line[row]}", ts[r.state_row], ts[row], MARKERS))
+    return out
+
+
+def merged(*parts: list[Claim]) -> tuple[Claim, ...]:
+    """The claims in order, a seen claim on the very lines of an earlier one left out."""
+    out: list[Claim] = []
+    said: set[tuple[int, ...]] = set()
+    for part in parts:
+        for c in part:
+            if not c.absence and c.lines:
+                key = tuple(sorted(c.lines))
+                if key in said:
+                    continue
+                said.add(key)
+            out.append(c)
+    return tuple(out)
+
+
+def tie_claim(tl: Timeline, rp: Replay, sock: str) -> list[Claim]:
+    t = rp.ties.get(sock)
+    if t is None:
         return []
-    return tl.losses_between(tl.ts[min(known)], tl.ts[end_row])
+    read, res = t
+    ts, cpu, line = tl.ts, tl.cpu, tl.line
+    return [seen(f"xs {hexa(tl.xs[res])} is {sock}: CPU {cpu[res]} reserved {hexa(tl.addr[res])} (line {line[res]}) "
+                 f"and {sock} read it (line {line[read]})", (cpu[res], cpu[read]), (ts[res], ts[read]),
+                 (line[res], line[read]))]
 
 
 def attribute_read(tl: Timeline, rp: Replay, r: RxRead, kind: str, symptom: str) -> Anomaly:
@@ -129,6 +217,7 @@ def attribute_read(tl: Timeline, rp: Replay, r: RxRead, kind: str, symptom: str)
         r.slot.addr if r.slot_mismatch and r.slot else r.fill_expected
     )
     row = r.row
+    h = tl.history
     base = dict(
         kind=kind, line=tl.line[row], ts=tl.ts[row], expected=expected, xs=r.xs, sock=r.sock,
         queue=r.queue, read_cpu=tl.cpu[row],
@@ -140,10 +229,15 @@ def attribute_read(tl: Timeline, rp: Replay, r: RxRead, kind: str, symptom: str)
     if r.slot_mismatch and r.slot is not None:
         s = r.slot
         evidence.append(ev(tl, s.row, f"CPU {s.cpu} reserved the slot for {hexa(s.addr)}"))
+        claims = list(merged(tie_claim(tl, rp, r.sock), list(r.alignment)))
         other, own = find_race(tl, rp, s.xs, s.row, row)
-        losses = causal_losses(tl, (s.row, r.state_row, r.expected_row), row)
-        if losses:
-            return _lossy(base, r.addr, evidence, losses)
+        unnamed: tuple[Gap, ...] = ()
+        if other is not None:
+            race = race_claims(tl, s, other)
+            if all(c.holds for c in race):
+                claims += race
+            else:
+                unnamed, other = failed(race), None
         flush_cpu = None
         if other is not None:
             slot_said = f", producer {tl.prod[other]} past slot {tl.slot[s.row]}" if tl.slot[s.row] is not None else ""
@@ -165,21 +259,30 @@ def attribute_read(tl: Timeline, rp: Replay, r: RxRead, kind: str, symptom: str)
                 f"CPU {s.cpu} had written it (cross-CPU publish race, as in the veth NAPI race fixed by "
                 f"fa349e396e48)"
             )
+        elif unnamed:
+            missing = tuple(g.describe() for g in unnamed)
+            text += ("; the kernel published a slot it had not written (which CPU's flush did cannot be told: "
+                     + "; ".join(missing) + ")")
         elif not rp.flushes:
             missing = (MISSING_FLUSH,)
             text += "; the kernel published a slot it had not written (no flush events: the publishing CPU is unknown)"
+        elif h.kernel_until < tl.ts[row] and own is None:
+            missing = tuple(g.describe() for g in h.missing(s.ts, tl.ts[row], KERNEL_EVENTS) if g.why == "kernel-ended")
+            text += ("; the kernel published a slot it had not written (the publishing flush may be after the "
+                     "kernel-event source stopped)")
         else:
             text += "; the kernel published a slot it had not written"
         return Anomaly(
             verdict=KERNEL, addr=r.addr, reserve_cpu=s.cpu, flush_cpu=flush_cpu, explanation=text,
-            evidence=tuple(evidence), missing=missing, **base,
+            evidence=tuple(evidence), missing=missing, claims=tuple(claims), **base,
         )
 
     dup = root_duplicate(rp, row, (r.addr, expected))
     if dup is not None:
-        losses = causal_losses(tl, (dup.state_row, r.state_row, r.expected_row), row)
-        if losses:
-            return _lossy(base, dup.addr, evidence, losses)
+        claims = transition_claims(tl, dup) + symptom_claims(tl, r)
+        if not all(c.holds for c in claims):
+            # the duplicate may be the trace's own gap: no root cause is named
+            return _unproven(base, r.addr, evidence, claims, symptom)
         evidence[:0] = [ev(tl, dup.state_row, f"{hexa(dup.addr)} enters {dup.state_before}"),
                         ev(tl, dup.row, f"{hexa(dup.addr)} enters {dup.to} again")]
         evidence += kernel_reserves(tl, rp, dup.addr, dup.state_row)
@@ -188,36 +291,58 @@ def attribute_read(tl: Timeline, rp: Replay, r: RxRead, kind: str, symptom: str)
             f"{tl.line[dup.row]} while it was still in {dup.state_before} (line {tl.line[dup.state_row]})"
         )
         return Anomaly(verdict=APPLICATION, addr=dup.addr, read_addr=r.addr, explanation=text,
-                       evidence=tuple(evidence), **base)
+                       evidence=tuple(evidence), claims=tuple(claims), **base)
 
-    if r.slot is not None and not r.slot_mismatch and r.addr != POISON:
+    if r.slot is not None and not r.slot_mismatch and r.addr != POISON and not r.skipped:
         s = r.slot
         evidence.append(ev(tl, s.row, f"CPU {s.cpu} took {hexa(s.addr)} from FILL for this slot"))
-        losses = causal_losses(tl, (s.row, r.state_row, r.expected_row), row)
-        if losses:
-            return _lossy(base, r.addr, evidence, losses)
+        evidence += earlier_copy(tl, rp, r, s)
+        # The FILL order is in question here: only the kernel's own events may vouch for the slot.
+        claims = list(merged(tie_claim(tl, rp, r.sock),
+                             list(slot_alignment(tl, r.sock, row, s, r.prev, det, fill_order=False)),
+                             symptom_claims(tl, r)))
+        if not all(c.holds for c in claims):
+            return _unproven(base, r.addr, evidence, claims, symptom)
         text = (
             f"{symptom}; the kernel took {hexa(r.addr)} from the FILL ring for this slot (CPU {s.cpu}, "
             f"line {tl.line[s.row]}) and delivered it as reserved: the FILL ring held it where the "
             f"application's own order expected {hexa(expected)}, so the application put it there"
         )
         return Anomaly(verdict=APPLICATION, addr=r.addr, reserve_cpu=s.cpu, explanation=text,
-                       evidence=tuple(evidence), **base)
+                       evidence=tuple(evidence), claims=tuple(claims), **base)
 
-    losses = causal_losses(tl, (r.state_row, r.expected_row), row)
-    if losses:
-        return _lossy(base, r.addr, evidence, losses)
+    if r.alignment and not all(c.holds for c in r.alignment):
+        return _unproven(base, r.addr, evidence, list(r.alignment), symptom,
+                         "the trace cannot tell which RX slot this read came from")
+    claims = symptom_claims(tl, r)
+    if not all(c.holds for c in claims):
+        return _unproven(base, r.addr, evidence, claims, symptom)
     if not rp.kernel_events.get("reserve"):
         missing = (MISSING_RESERVE, MISSING_FLUSH) if not rp.flushes else (MISSING_RESERVE,)
         why = "the trace has no kernel reserve events to tell what the kernel put in that slot"
     elif r.xs is None:
-        missing = (MISSING_RESERVE,)
+        missing = (MISSING_RESERVE,) + _late(tl, row)
         why = f"no kernel reserve event could be tied to socket {r.sock}"
+    elif r.slot is not None and r.skipped:
+        missing = _late(tl, row)
+        why = (f"the read is paired with CPU {r.slot.cpu}'s reserve of {hexa(r.slot.addr)} (line "
+               f"{tl.line[r.slot.row]}) by its address alone, passing over {r.skipped} older reserve(s), so "
+               "which slot it came from cannot be told")
+    elif h.kernel_until < tl.ts[row]:
+        missing = tuple(g.describe() for g in h.gaps if g.why == "kernel-ended")
+        why = f"the kernel-event source stopped at {h.kernel_until:.6f}: no reserve in the trace pairs with this read"
     else:
-        missing = ()
+        missing = _late(tl, row)
         why = "the trace starts too late to align the kernel's reserves with the application's reads"
+    # no argument was made: the missing events say it all
     return Anomaly(verdict=UNDETERMINED, addr=r.addr, explanation=f"{symptom}; {why}",
                    evidence=tuple(evidence), missing=missing, **base)
+
+
+def _late(tl: Timeline, row: int) -> tuple[str, ...]:
+    """The CPUs whose history begins late, up to this row (what an overrun trace lacks)."""
+    return tuple(g.describe() for g in tl.history.gaps if g.why == "buffer" and g.before > tl.window.start
+                 and g.before <= tl.ts[row])
 
 
 def _order_held(tl: Timeline, rp: Replay, r: RxRead, s) -> str:
@@ -237,16 +362,24 @@ def _order_held(tl: Timeline, rp: Replay, r: RxRead, s) -> str:
         if agree:
             said += (f"; the kernel's next {agree} reserve(s) ({', '.join(hexa(a) for a in nxt[:agree])}) "
                      "follow the application's FILL order, so FILL itself was in order")
-    if pos >= 2 and tl.cpu[rows[pos - 2]] != s.cpu:
-        said += f"; the softirq had moved from CPU {tl.cpu[rows[pos - 2]]} to CPU {s.cpu} for this slot"
+    if r.prev is not None and r.prev.slot.cpu != s.cpu and pos >= 2 and rows[pos - 2] == r.prev.slot.row:
+        said += f"; the softirq had moved from CPU {r.prev.slot.cpu} to CPU {s.cpu} for this slot"
     return said
 
 
-def _lossy(base: dict, addr: Optional[int], evidence: list[Evidence], losses) -> Anomaly:
-    said = "; ".join(
-        f"CPU {loss.cpu} lost {loss.count if loss.count is not None else 'some'} events "
-        f"(line {loss.line}, between {loss.after:.6f} and {loss.before:.6f})"
-        for loss in losses
-    )
-    return Anomaly(verdict=UNDETERMINED, addr=addr, explanation=f"events were lost inside the causal window: {said}",
-                   evidence=tuple(evidence), missing=("lost events",), **base)
+def _unproven(base: dict, addr: Optional[int], evidence: list[Evidence], claims: list[Claim], symptom: str,
+              what: str = "") -> Anomaly:
+    """Undetermined: the argument needs history the trace does not hold."""
+    gaps = failed(claims)
+    lost = [g for g in gaps if g.why == "lost"]
+    said = "; ".join(g.describe() for g in gaps)
+    if what:
+        why = f"{what}: {said}"
+    elif lost and len(lost) == len(gaps):
+        why = f"events were lost inside the causal window: {said}"
+    else:
+        why = f"the trace lacks what the verdict needs: {said}"
+    text = f"{symptom}; {why}" if symptom else why
+    missing = tuple(dict.fromkeys("lost events" if g.why == "lost" else g.describe() for g in gaps))
+    return Anomaly(verdict=UNDETERMINED, addr=addr, explanation=text, evidence=tuple(evidence),
+                   missing=missing, claims=tuple(claims), **base)

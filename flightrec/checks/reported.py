@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from flightrec.checks.anomaly import APPLICATION, KERNEL, UNDETERMINED, Anomaly, Evidence
-from flightrec.checks.attribution import attribute_read, ev, hexa
+from flightrec.checks.attribution import attribute_read, ev, hexa, tie_claim
+from flightrec.model.history import seen
 from flightrec.model.replay import Replay
 from flightrec.model.timeline import Timeline
 
@@ -51,6 +52,10 @@ def _length(tl: Timeline, rp: Replay, row: int, det, symptom: str, r) -> Anomaly
                        missing=("reserve events with len",), **base)
     klen = tl.length[slot.row]
     evidence.append(ev(tl, slot.row, f"the kernel reserved {hexa(addr)} with len {klen}"))
+    claims = tuple(tie_claim(tl, rp, tl.sock[row])) + (
+        seen(f"CPU {slot.cpu} reserved {hexa(addr)} with len {klen} (line {tl.line[slot.row]}) and "
+             f"{tl.sock[row]} read it with len {det.length} (line {tl.line[row]})",
+             (slot.cpu, tl.cpu[row]), (slot.ts, tl.ts[row]), (tl.line[slot.row], tl.line[row])),)
     if klen == det.length != det.xdp_length:
         verdict, why = KERNEL, f"the kernel itself wrote len {klen} for a {det.xdp_length}-byte packet"
     elif klen == det.xdp_length != det.length:
@@ -58,4 +63,4 @@ def _length(tl: Timeline, rp: Replay, row: int, det, symptom: str, r) -> Anomaly
     else:
         verdict, why = UNDETERMINED, f"the kernel wrote len {klen}, matching neither side"
     return Anomaly("length_mismatch", verdict, explanation=f"{symptom}; {why}", evidence=tuple(evidence),
-                   reserve_cpu=slot.cpu, **base)
+                   reserve_cpu=slot.cpu, claims=claims, **base)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flightrec.checks.anomaly import APPLICATION, UNDETERMINED, Anomaly
-from flightrec.checks.attribution import attribute_read, causal_losses, ev, hexa, root_duplicate
+from flightrec.checks.attribution import attribute_read, ev, hexa, root_duplicate, transition_claims
 from flightrec.model.replay import KERNEL_OWNED, POISON, Replay
 from flightrec.model.timeline import Timeline
 
@@ -31,11 +31,14 @@ def check_transitions(tl: Timeline, rp: Replay) -> list[Anomaly]:
                     ev(tl, b.row, f"invalid {b.state_before} -> {b.to}"))
         text = f"{b.sock} moved {hexa(b.addr)} {b.state_before} -> {b.to}, which its history does not allow"
         verdict = UNDETERMINED
+        claims = tuple(transition_claims(tl, b))
+        gaps = [g for c in claims for g in c.gaps]
         if b.claimed:
             text = f"{b.sock} wrote {hexa(b.addr)} {b.state_before} -> {b.to}, not a valid transition"
             verdict = APPLICATION if b.to == "FREE" or b.state_before in KERNEL_OWNED else UNDETERMINED
-        elif causal_losses(tl, (b.state_row,), b.row):
-            text += "; events were lost in between, so the history may be incomplete"
+        elif gaps:
+            text += ("; events may be missing in between, so the history may be incomplete: "
+                     + "; ".join(dict.fromkeys(g.describe() for g in gaps)))
         elif b.to == "FREE":
             verdict = APPLICATION
             text += ": the application released a descriptor the kernel still holds"
@@ -45,5 +48,5 @@ def check_transitions(tl: Timeline, rp: Replay) -> list[Anomaly]:
                 verdict = APPLICATION
                 text += f"; explained by the application's duplicate insertion of {hexa(dup.addr)} at line {tl.line[dup.row]}"
         out.append(Anomaly("invalid_transition", verdict, tl.line[b.row], tl.ts[b.row], text, addr=b.addr,
-                           sock=b.sock, queue=b.queue, read_cpu=tl.cpu[b.row], evidence=evidence))
+                           sock=b.sock, queue=b.queue, read_cpu=tl.cpu[b.row], evidence=evidence, claims=claims))
     return out

@@ -81,7 +81,7 @@ def analyze(traces: tuple[str, ...], as_json: bool, descriptor: Optional[int], a
 
         docs = [r.to_json() for r in results]
         for doc, r in zip(docs, results):
-            amplified = widened(r.source)
+            amplified = widened(r.source, r.meta)
             if amplified:
                 doc["widened"] = amplified
         if descriptor is not None:

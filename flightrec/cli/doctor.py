@@ -137,8 +137,50 @@ def check_native() -> Check:
                  f"make -C {forwarder.REPO_ROOT} build")
 
 
+def check_afxdp_modes() -> list[Check]:
+    """Bind the forwarder on scratch veths in copy and in zero-copy mode: which this host can do."""
+    from flightrec.errors import FlightrecError
+    from flightrec.record import afxdp
+
+    if os.geteuid() != 0:
+        return [Check("AF_XDP modes", False, False, "needs root to test", "run as root")]
+    try:
+        probes = {p.asked: p for p in afxdp.probe_veth_modes(("copy", "zerocopy"))}
+    except FlightrecError as e:
+        return [Check("AF_XDP modes", False, False, f"not tested: {e}", "")]
+    copy, zc = probes["copy"], probes["zerocopy"]
+    return [
+        Check("XDP copy", False, copy.mode == "copy",
+              f"veth binds in copy mode, XDP {copy.xdp_attach} (what `record` uses)" if copy.mode == "copy"
+              else f"veth copy bind failed: {copy.error}", "see the line above; a kernel with CONFIG_XDP_SOCKETS"),
+        Check("XDP zero-copy", False, zc.mode == "zerocopy",
+              "veth binds zero-copy" if zc.mode == "zerocopy" else
+              f"not on veth here ({zc.error}); `record --mode auto` says copy",
+              "a driver with AF_XDP zero-copy: `flightrec vm record --kernel 7.3 --nic virtio --mode zerocopy`"),
+    ]
+
+
+def check_vm_zerocopy() -> Check:
+    """Which cached VM kernels can bind zero-copy on the guest's virtio-net NICs (no boot, no apt)."""
+    from flightrec.vm.zerocopy import cached_kernels, zerocopy_missing
+
+    kernels = cached_kernels()
+    if not kernels:
+        return Check("VM zero-copy", False, False, "no VM kernel cached yet",
+                     "flightrec vm record --kernel 7.3 --nic virtio --mode zerocopy (fetches it)")
+    said = []
+    for k in kernels:
+        why = zerocopy_missing(k, "virtio")
+        said.append(f"{k.release} " + ("zero-copy and copy" if why is None else
+                                        "copy only" + (" (virtio_net has the RX half)" if "RX only" in why else "")))
+    ok = any(zerocopy_missing(k, "virtio") is None for k in kernels)
+    return Check("VM zero-copy", False, ok, "virtio-net in `vm record --nic virtio`: " + "; ".join(said),
+                 "flightrec vm record --kernel 7.3 --nic virtio --mode zerocopy (fetches Debian's 7.3)")
+
+
 CHECKS: list[Callable[[], object]] = [
-    check_root, check_tracefs, check_kprobes, check_bpf_events, check_btf, check_af_xdp, check_netns_veth, check_bpffs,
+    check_root, check_tracefs, check_kprobes, check_bpf_events, check_btf, check_af_xdp, check_netns_veth,
+    check_afxdp_modes, check_vm_zerocopy, check_bpffs,
     lambda: check_tool("perf", "linux-perf", False, "used to resolve probe sites"),
     lambda: check_tool("clang", "clang", False, "needed to build bpf/"),
     check_libxdp,
@@ -173,7 +215,9 @@ def doctor() -> None:
 
     Each missing piece comes with its fix. Optional pieces (kprobes, BTF,
     perf, clang, libxdp, bpffs, the C helpers) only limit what is recorded
-    or built, or how fast traces are read.
+    or built, or how fast traces are read. The AF_XDP modes are measured:
+    the forwarder binds on scratch veths in copy and in zero-copy mode, and
+    the cached VM kernels' virtio_net is read for zero-copy support.
     """
     checks = run_checks()
     width = max(len(c.name) for c in checks)

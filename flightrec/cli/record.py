@@ -13,8 +13,10 @@ from typing import Optional
 import click
 
 from flightrec.errors import FlightrecError
+from flightrec.record.afxdp import MODES as AFXDP_MODES
 from flightrec.record.forwarder import INJECT_FAULTS, child_guard
 from flightrec.record.kernel_events import BACKENDS
+from flightrec.record.topology import NIC_KINDS
 from flightrec.record.session import Interrupted, LiveStats, Observer, RecordOptions, RecordResult
 from flightrec.record.session import record as run_record
 
@@ -168,6 +170,7 @@ Examples:
   flightrec record --inject double-fill --inject-after 5000
   flightrec record --inject short-len -o run1   # then: wireshark run1/flagged.pcap
   flightrec record --plain --kernel-events none > record.log
+  flightrec record --mode auto                  # says which AF_XDP mode veth gave (copy)
 
 \b
 Exit codes: 0 ran the whole duration with no anomaly; 1 anomaly caught, trace
@@ -193,9 +196,16 @@ by signal N (trace saved, everything removed).
 @click.option("--kernel-events", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Kernel events beside the markers: kprobes (perf probe sites), bpf (BTF tracepoint "
                    "programs, where kprobes are refused) or none; auto takes the first that works.")
+@click.option("--mode", type=click.Choice(AFXDP_MODES), default="copy", show_default=True,
+              help="AF_XDP bind: copy (XDP_COPY), zerocopy (XDP_ZEROCOPY: exit 2 with the reason where the "
+                   "driver cannot) or auto (zero-copy where it binds, else copy). Each socket's real mode is "
+                   "read back from the kernel and saved in meta.json (af_xdp).")
+@click.option("--nic", type=click.Choice(NIC_KINDS), default="veth", show_default=True,
+              help="veth pairs, or virtio: the VM's own virtio-net NICs (set up by `flightrec vm record "
+                   "--nic virtio`; there is none on the host).")
 @click.option("--plain", is_flag=True, help="One line per event (the default when stdout is not a TTY).")
 def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inject: Optional[str],
-               inject_after: Optional[int], kernel_events: str, plain: bool) -> None:
+               inject_after: Optional[int], kernel_events: str, mode: str, nic: str, plain: bool) -> None:
     """Record an AF_XDP forwarder into a private ftrace instance.
 
     Builds client, server and forwarder namespaces joined by multi-queue veth,
@@ -213,7 +223,8 @@ def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inje
     at a time: a second one refuses at once with one line, exit 2.
     """
     opts = RecordOptions(out_dir=out_dir, duration=duration, queues=queues, buffer_kb=buffer_kb,
-                         inject=inject, inject_after=inject_after, kernel_events=kernel_events)
+                         inject=inject, inject_after=inject_after, kernel_events=kernel_events, mode=mode,
+                         nic=nic)
     view: Observer = PlainView() if plain or not sys.stdout.isatty() else LiveView()
     try:
         result = run_record(opts, view)

@@ -18,6 +18,7 @@ Examples:
   flightrec simulate --seed 7 --cpus 4 -o clean.txt
   flightrec simulate --fault publish-race --cpus 3 -o race.txt --truth race.json
   flightrec simulate --fault double-fill --wrap --format trace-cmd -o dup.txt
+  flightrec simulate --fault publish-race --tight --cpus 8 -o late.txt --truth late.json
   flightrec simulate --fault stale-slot --probes none --loss | flightrec analyze -
   flightrec simulate --lines 1000000 -o big.txt 2>/dev/null
 """,
@@ -33,6 +34,9 @@ Examples:
 @click.option("--fault", type=click.Choice(FAULTS), default="none", show_default=True,
               help="What goes wrong near the end; the application then notices and stops tracing.")
 @click.option("--wrap", is_flag=True, help="Per-CPU ring buffers overflowed: each CPU keeps only its newest events.")
+@click.option("--tight", is_flag=True,
+              help="Each CPU's buffer begins a few of its events before the fault, the racing CPU's exactly at "
+                   "its reserve (the end of a long recording); the truth says what the surviving events prove.")
 @click.option("--loss", is_flag=True, help="One CPU loses a run of events (inside the fault's causal window).")
 @click.option("--probes", type=click.Choice(PROBES), default="all", show_default=True,
               help="Kernel events present: all, no xsk_flush probe, or none (markers only).")
@@ -43,7 +47,7 @@ Examples:
 @click.option("--truth", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the ground truth JSON here instead of standard error.")
 def simulate_cmd(seed: int, cpus: int, packets: int, lines: Optional[int], pairs: int, fault: str, wrap: bool,
-                 loss: bool, probes: str, fmt: str, output: Optional[str], truth: Optional[str]) -> None:
+                 tight: bool, loss: bool, probes: str, fmt: str, output: Optional[str], truth: Optional[str]) -> None:
     """Write a simulated AF_XDP forwarder trace with a known answer.
 
     The kernel side (NAPI softirqs reserving FILL descriptors into RX slots on
@@ -58,7 +62,7 @@ def simulate_cmd(seed: int, cpus: int, packets: int, lines: Optional[int], pairs
     if lines is not None:
         packets = max(50, int(lines / 7.3))
     cfg = SimConfig(seed=seed, cpus=cpus, packets=packets, fault=fault, wrap=wrap, loss=loss, probes=probes,
-                    fmt=fmt, pairs=pairs)
+                    fmt=fmt, pairs=pairs, tight=tight)
     try:
         sim = simulate(cfg)
         if output is None:

@@ -1,19 +1,23 @@
-"""Parsed rows → one cross-CPU timeline of typed events, and its complete window.
+"""Parsed rows → one cross-CPU timeline of typed events, its window and each CPU's history.
 
 The timeline is a pandas frame (one row per event, in time order) for the
 questions asked of it as a whole (window, statistics, a descriptor's life,
 the events around a moment); the replay walks the same columns as lists.
+Where each CPU's stream is whole (flightrec.model.history) is worked out
+here, once, from the text's overrun marks and lost-event lines.
 """
 
 from __future__ import annotations
 
 import bisect
 import re
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Optional
 
 from flightrec.model import kinds
+from flightrec.model.history import History, build_history
 from flightrec.parse.fields import marker_tuple, parse_hex
 from flightrec.parse.ftrace import ParsedTrace
 
@@ -34,17 +38,16 @@ class LossSpan:
     after: float  # last surviving event of that CPU before the loss (-inf: none)
     before: float  # first surviving event after it (+inf: none)
 
-    def overlaps(self, start: float, end: float) -> bool:
-        return self.after < end and self.before > start
-
 
 @dataclass(frozen=True)
 class Window:
-    """The span in which every CPU's events are present.
+    """The span of the trace, and from when every CPU's events are present.
 
     When the text says the per-CPU buffers overran, each CPU's oldest events
     are gone and its surviving data starts at its own time: only from the
-    latest of those starts is the picture complete.
+    latest of those starts (`complete_from`) is every CPU recording. The
+    analysis reasons per CPU instead (`Timeline.history`); the cut is kept
+    for the reports.
     """
 
     start: float
@@ -80,6 +83,7 @@ class Timeline(Typed):
     parsed: ParsedTrace
     window: Window
     losses: list[LossSpan]
+    history: History
 
     def __len__(self) -> int:
         return len(self.kind)
@@ -131,12 +135,6 @@ class Timeline(Typed):
         flags = f" {p.flags[row]}" if p.flags[row] else ""
         return f"{p.task[row]}-{p.pid[row]} [{p.cpu[row]:03d}]{flags} {p.ts[row]:.6f}: {p.event[row]}: {p.body[row]}"
 
-    def row_at_or_after(self, ts: float) -> int:
-        return bisect.bisect_left(self.parsed.ts, ts)
-
-    def losses_between(self, start: float, end: float) -> list[LossSpan]:
-        return [loss for loss in self.losses if loss.overlaps(start, end)]
-
 
 def typed_from_scan(sc) -> Typed:
     """The C scanner's typed columns as Python lists (None where absent)."""
@@ -173,15 +171,32 @@ def typed_from_scan(sc) -> Typed:
     )
 
 
-def build_timeline(parsed: ParsedTrace, source: str, typed: Optional[Typed] = None) -> Timeline:
+def build_timeline(parsed: ParsedTrace, source: str, typed: Optional[Typed] = None,
+                   kernel_until: Optional[float] = None) -> Timeline:
     """Type every event (unless the C scanner already did) and compute the
-    complete window and the loss spans."""
+    window, the loss spans and each CPU's history. `kernel_until` is when the
+    kernel-event source stopped mid-run (meta.json), on the trace's clock."""
     if typed is None or not _in_time_order(parsed.ts):
         # the Python path re-sorts rows before typing them
         _sort_by_time(parsed)
         typed = _type_rows(parsed)
     window, losses = _window_and_losses(parsed)
-    return Timeline(**vars(typed), source=source, parsed=parsed, window=window, losses=losses)
+    history = _history(parsed, window, losses, kernel_until)
+    return Timeline(**vars(typed), source=source, parsed=parsed, window=window, losses=losses, history=history)
+
+
+def _history(parsed: ParsedTrace, window: Window, losses: list[LossSpan], kernel_until: Optional[float]) -> History:
+    counts = Counter(parsed.cpu)
+    first: dict[int, tuple[float, int]] = {}
+    for cpu, t, line in zip(parsed.cpu, parsed.ts, parsed.line):
+        if cpu not in first:
+            # the "##### CPU c buffer started" line, when there is one, stands just before
+            first[cpu] = (t, parsed.cpu_started.get(cpu, line))
+            if len(first) == len(counts):
+                break
+    return build_history(first, counts, window.overrun,
+                         [(s.cpu, s.line, s.count, s.after, s.before) for s in losses], kernel_until,
+                         parsed.header_cpus)
 
 
 def _type_rows(parsed: ParsedTrace) -> Typed:

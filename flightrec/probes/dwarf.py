@@ -80,6 +80,16 @@ class Site:
     def location(self) -> str:
         return f"{self.symbol}+{self.offset}"
 
+    @property
+    def perf_location(self) -> str:
+        """The same place as perf probe takes it: FUNC+OFF by the DWARF function's name.
+
+        A gcc clone's symbol (Debian 7.3: ``__xsk_rcv_zc.constprop.0``) is no
+        DWARF name, so perf refuses it; asked for ``__xsk_rcv_zc+70`` it writes
+        the clone's symbol back in its definition.
+        """
+        return f"{self.symbol.split('.')[0]}+{self.offset}"
+
 
 @dataclass(frozen=True)
 class ResolvedProbe:
@@ -104,7 +114,7 @@ class ResolvedProbe:
 
     def perf_specs(self, group: str) -> list[str]:
         """perf probe requests for exactly the chosen sites, with flightrec's event names."""
-        return [f"{group}:{event}={site.location} {' '.join(self.args)}".rstrip()
+        return [f"{group}:{event}={site.perf_location} {' '.join(self.args)}".rstrip()
                 for event, site in zip(self.event_names(), self.sites)]
 
 

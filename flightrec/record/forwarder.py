@@ -85,6 +85,7 @@ class ForwarderConfig:
     stats_path: Optional[Path] = None
     frames: Optional[int] = None
     flagged_path: Optional[Path] = None  # --flagged: bytes of every flagged packet
+    mode: Optional[str] = None  # --mode copy|zerocopy|auto (the forwarder's default: copy)
 
     def argv(self, binary: Path) -> list[str]:
         argv = [str(binary), "--outer", self.outer, "--inner", self.inner, "--queues", str(self.queues),
@@ -101,6 +102,8 @@ class ForwarderConfig:
             argv += ["--frames", str(self.frames)]
         if self.flagged_path is not None:
             argv += ["--flagged", str(self.flagged_path)]
+        if self.mode is not None:
+            argv += ["--mode", self.mode]
         return argv
 
 
@@ -116,6 +119,7 @@ class Forwarder:
         self.last_stats: Optional[dict] = None
         self.anomalies: list[dict] = []
         self.exit_event: Optional[dict] = None
+        self.ready: Optional[dict] = None  # the ready line: per-socket mode read back, driver, rings
         self._reader: Optional[threading.Thread] = None
         self.killed_by_us = False
 
@@ -182,6 +186,7 @@ class Forwarder:
             if event is None:
                 continue
             if event.kind == "ready":
+                self.ready = event.data
                 return
             if event.kind in ("eof", "exit"):
                 code = self.wait(5)

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Optional
 from flightrec import __version__, tracefs
 from flightrec.errors import FlightrecError
 from flightrec.record import forwarder as fwdmod
-from flightrec.record import kernel_events, state, topology
+from flightrec.record import afxdp, kernel_events, state, topology
 from flightrec.record.forwarder import Forwarder, ForwarderConfig
 from flightrec.record.traffic import Traffic, TrafficPlan
 from flightrec.record.watch import Exit, Watch
@@ -43,7 +43,8 @@ EXIT_CLEAN, EXIT_ANOMALY, EXIT_ERROR = 0, 1, 2
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SLACK = 10.0  # seconds the forwarder may outlive the traffic before it is stopped
 # Seconds between the forwarder's start and the traffic's: its readiness and
-# the iperf3 start, which take many seconds in a loaded TCG guest.
+# the iperf3 start, which take many seconds in a loaded TCG guest (9.4 s seen
+# with vm record --nic virtio).
 SETUP_ALLOWANCE = 60.0
 CAUSE_WINDOW = 0.3  # seconds after a helper's death in which another's may be its cause
 INJECT_FRAMES = 1024
@@ -62,6 +63,8 @@ class RecordOptions:
     # Probe definitions resolved elsewhere (flightrec.probes.Prepared): a VM
     # guest gets them from the host, where the debug vmlinux is quick to read.
     probe_definitions: Optional[object] = None
+    nic: str = "veth"  # or "virtio": the VM's NICs (flightrec vm record --nic virtio)
+    mode: str = "copy"  # AF_XDP bind: copy, zerocopy or auto (flightrec/record/afxdp.py)
 
     def check(self) -> None:
         """:raises FlightrecError: an option is out of range."""
@@ -75,6 +78,10 @@ class RecordOptions:
             raise FlightrecError(f"--inject must be one of {', '.join(fwdmod.INJECT_FAULTS)}, got {self.inject!r}")
         if self.inject_after is not None and self.inject_after < 0:
             raise FlightrecError(f"--inject-after must be >= 0, got {self.inject_after}")
+        if self.nic not in topology.NIC_KINDS:
+            raise FlightrecError(f"--nic must be one of {', '.join(topology.NIC_KINDS)}, got {self.nic!r}")
+        if self.mode not in afxdp.MODES:
+            raise FlightrecError(f"--mode must be one of {', '.join(afxdp.MODES)}, got {self.mode!r}")
         if self.kernel_events not in kernel_events.BACKENDS:
             raise FlightrecError(f"--kernel-events must be one of {', '.join(kernel_events.BACKENDS)}")
 
@@ -279,6 +286,7 @@ class _Recording:
         self.bpf: Optional[kernel_events.BpfTracer] = None
         self.meta: dict = {}
         self.flagged: dict = {}  # what _save_flagged wrote, for meta.json
+        self.nics: list[dict] = []  # the VM's NICs before they were moved (--nic virtio)
         self.teardown_errors: list[str] = []  # something could not be removed: cleanup's job
         self.teardown_notes: list[str] = []  # went wrong while stopping, but nothing is left
         self.save_errors: list[str] = []  # the trace could not be frozen or saved
@@ -460,9 +468,9 @@ class _Recording:
                 f"kernel events: {self.choice.reason}; missing: {', '.join(self.choice.missing)}"
             )
 
-        self.topo = topology.make_topology(str(os.getpid()), opts.queues)
+        self.topo = topology.make_topology(str(os.getpid()), opts.queues, opts.nic)
         self.obs.step(f"creating namespaces {', '.join(self.topo.namespaces)}")
-        topology.setup(self.topo, on_netns=self.reg.add_netns)
+        self.nics = topology.setup(self.topo, on_netns=self.reg.add_netns, mode=opts.mode)
 
         self.instance = tracefs.TraceInstance(root=self.root)
         self.reg.set_instance(self.instance.name)  # registered before it exists: a crash in between is covered
@@ -506,6 +514,7 @@ class _Recording:
             # injection inside the trace buffer.
             frames=INJECT_FRAMES if opts.inject else None,
             flagged_path=self.logs / pcap.FLAGGED_NAME,
+            mode=opts.mode,
         )
         self.fwd = Forwarder(config, stderr_path=self.logs / "forwarder.stderr")
         self.fwd.start()
@@ -515,6 +524,7 @@ class _Recording:
         self.fwd.wait_ready(check=lambda: self._check_helpers(skip=("forwarder",)))
         self._check_helpers()
         self.obs.step(f"forwarder ready (pid {self.fwd.pid}, {opts.queues} queues per side)")
+        self.obs.step(afxdp.describe(opts.mode, self.fwd.ready))
 
         self.traffic = Traffic(self.topo, TrafficPlan(duration=opts.duration), self.logs,
                                on_process=self._started, check=self._check_helpers)
@@ -792,6 +802,9 @@ class _Recording:
             },
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.opts).items()},
             "topology": self.topo.as_dict() if self.topo else None,
+            # Per socket: driver, queue, the mode read back (XDP_OPTIONS), XDP attach, rings, XDP_STATISTICS.
+            "af_xdp": afxdp.summary(self.opts.mode, self.opts.nic, fwd.ready if fwd else None,
+                                    fwd.read_stats_file() if fwd else None, self.nics),
             "trace": {
                 "instance": self.instance.name if self.instance else None,
                 # Trace clock minus CLOCK_MONOTONIC (0 for the mono clock: the same clock).

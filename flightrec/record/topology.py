@@ -1,4 +1,6 @@
-"""The recording's network: four namespaces joined by two multi-queue veth pairs.
+"""The recording's network: four namespaces joined by two multi-queue veth pairs
+(or, inside `flightrec vm record --nic virtio`, by the VM's own virtio-net NICs:
+flightrec/record/nics.py).
 
     client ns            fwd-outer ns     fwd-inner ns          server ns
     veth-c 10.199.0.1 <-> outer           inner <-> veth-s 10.199.0.2
@@ -18,13 +20,14 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from flightrec.errors import FlightrecError
-from flightrec.record import state
+from flightrec.record import nics, state
 
 SUBNET = "10.199.0"
 CLIENT_ADDR = f"{SUBNET}.1"
 SERVER_ADDR = f"{SUBNET}.2"
 OUTER_INDEX = 11
 INNER_INDEX = 21
+NIC_KINDS = ("veth", *nics.NICS)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Topology:
     client_addr: str = CLIENT_ADDR
     server_addr: str = SERVER_ADDR
     prefix_len: int = 24
+    nic: str = "veth"  # or "virtio": the VM's NICs (nics.py)
 
     @property
     def namespaces(self) -> tuple[str, str, str, str]:
@@ -62,7 +66,27 @@ class Topology:
         return f"{self.netns_path(self.inner_ns)}:{self.inner_dev}"
 
     def as_dict(self) -> dict:
+        if self.nic != "veth":
+            how = "QEMU hubport pairs between guest virtio-net-pci NICs"
+            return {
+                "nic": self.nic, "queues": self.queues,
+                "namespaces": {
+                    "client": self.client_ns, "fwd_outer": self.outer_ns,
+                    "fwd_inner": self.inner_ns, "server": self.server_ns,
+                },
+                "links": [
+                    {"a": f"{self.client_ns}:{self.client_dev}", "b": f"{self.outer_ns}:{self.outer_dev}", "by": how},
+                    {"a": f"{self.server_ns}:{self.server_dev}", "b": f"{self.inner_ns}:{self.inner_dev}", "by": how},
+                ],
+                "addresses": {
+                    "client": f"{self.client_addr}/{self.prefix_len}",
+                    "server": f"{self.server_addr}/{self.prefix_len}",
+                },
+                # A hub peer has no vnet header: QEMU offers the NICs no checksum or TSO offload.
+                "offloads_off": "none offered by QEMU",
+            }
         return {
+            "nic": self.nic,
             "queues": self.queues,
             "namespaces": {
                 "client": self.client_ns, "fwd_outer": self.outer_ns,
@@ -80,14 +104,17 @@ class Topology:
         }
 
 
-def make_topology(tag: str, queues: int) -> Topology:
+def make_topology(tag: str, queues: int, nic: str = "veth") -> Topology:
     """Names for a recording tagged ``tag`` (flightrec uses its pid)."""
     if queues < 1 or queues > 64:
         raise FlightrecError(f"--queues must be between 1 and 64, got {queues}")
+    if nic not in NIC_KINDS:
+        raise FlightrecError(f"--nic must be one of {', '.join(NIC_KINDS)}, got {nic!r}")
     base = f"flightrec-{tag}"
+    devs = {} if nic == "veth" else {"client_dev": "nic-c", "server_dev": "nic-s"}
     return Topology(
         tag=tag, queues=queues, client_ns=f"{base}-client", outer_ns=f"{base}-outer",
-        inner_ns=f"{base}-inner", server_ns=f"{base}-server",
+        inner_ns=f"{base}-inner", server_ns=f"{base}-server", nic=nic, **devs,
     )
 
 
@@ -111,14 +138,25 @@ def _in_ns(ns: str, cmd: list[str], what: str) -> None:
         raise FlightrecError(f"{what}: `{' '.join(cmd)}` in {ns}: {proc.stderr.strip()}")
 
 
-def setup(topo: Topology, on_netns: Optional[Callable[[str], None]] = None) -> None:
-    """Create the namespaces, veth pairs, addresses and offload settings.
+def setup(topo: Topology, on_netns: Optional[Callable[[str], None]] = None, mode: str = "copy") -> list[dict]:
+    """Create the namespaces, veth pairs (or move the VM's NICs: nics.py),
+    addresses and offload settings. Returns, for the VM's NICs, what each
+    looked like before it was moved (none for veth).
 
     ``on_netns`` is called with each namespace name right after it exists, so
     the caller can register it for cleanup before anything can fail.
+    ``mode`` is the AF_XDP mode asked for: zerocopy refuses NICs that visibly
+    cannot do it before anything is made.
 
     :raises FlightrecError: a step failed (the caller tears down what exists).
     """
+    if topo.nic != "veth":
+        return [n.as_dict() for n in nics.setup(topo, mode, on_netns)]
+    _setup_veth(topo, on_netns)
+    return []
+
+
+def _setup_veth(topo: Topology, on_netns: Optional[Callable[[str], None]]) -> None:
     for ns in topo.namespaces:
         _ip(["netns", "add", ns], "creating network namespaces")
         if on_netns:

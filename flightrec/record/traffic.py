@@ -22,8 +22,10 @@ from flightrec.record.topology import Topology
 TCP_PORT = 5201
 UDP_PORT = 5202
 # Seconds the servers may take to listen: well under one here, many in a
-# loaded TCG guest, where even `ss` can take seconds.
+# loaded TCG guest, where one `ip netns exec ss` poll takes about a second and
+# iperf3 is read over virtiofs (5 s was missed there). Clients get 15 s to connect.
 LISTEN_TIMEOUT = 30.0
+CONNECT_TIMEOUT_MS = 15000
 
 
 @dataclass(frozen=True)
@@ -107,12 +109,16 @@ class Traffic:
             )
         deadline = time.monotonic() + LISTEN_TIMEOUT
         while not all(self._listening(p) for p in (TCP_PORT, UDP_PORT)):
+            dead = [f"iperf3 server-{name} exited with {proc.returncode}"
+                    for name, proc in self.servers.items() if proc.poll() is not None]
+            if dead:
+                raise FlightrecError(f"{dead[0]} before listening (see its log in {self.log_dir})")
             if time.monotonic() > deadline:
                 raise FlightrecError(f"iperf3 servers did not start listening within {LISTEN_TIMEOUT:g} s")
             if self.check:
                 self.check()
             time.sleep(0.1)
-        common = ["--connect-timeout", "5000", "-J", "-i", "0", "-t", str(t)]
+        common = ["--connect-timeout", str(CONNECT_TIMEOUT_MS), "-J", "-i", "0", "-t", str(t)]
         self.clients["tcp"] = self._spawn(
             self.topo.client_ns, "client-tcp",
             ["iperf3", "-c", addr, "-p", str(TCP_PORT), "-P", str(self.plan.tcp_flows), *common],

@@ -15,10 +15,11 @@ from rich.text import Text
 from flightrec.analysis import Result
 from flightrec.checks.anomaly import Anomaly
 from flightrec.model import kinds
+from flightrec.model.history import History
 from flightrec.model.lives import context_rows, life, per_cpu, rows_of
 from flightrec.model.replay import POISON
 from flightrec.model.timeline import Timeline
-from flightrec.report.recording import widened
+from flightrec.report.recording import sockets, widened
 
 VERDICT_STYLE = {"kernel": "bold red", "application": "bold yellow", "undetermined": "bold magenta", "clean": "bold green"}
 
@@ -56,6 +57,38 @@ def anomaly_facts(a: Anomaly) -> list[str]:
         if cpu is not None:
             facts.append(f"{label} CPU {cpu}")
     return facts
+
+
+def history_words(h: History) -> list[str]:
+    """Per CPU, where its history begins, and when the kernel side stopped (both reports use them)."""
+    if not h.overrun:
+        out = ["every CPU's history is the whole trace (no buffer overran)"]
+    else:
+        out = ["buffers overran; each CPU's history begins at its first event: " + ", ".join(
+            f"CPU {c.cpu} from {c.since:.6f} (line {c.line})" for c in h.cpus.values())]
+    if h.idle:
+        out.append(f"CPU{'s' if len(h.idle) > 1 else ''} {', '.join(map(str, h.idle))}: no event, so nothing "
+                   "written: a whole, empty history")
+    if h.kernel_until != float("inf"):
+        out.append(f"kernel events end at {h.kernel_until:.6f}: the kernel-event source stopped then "
+                   "(meta.json), so their absence after it proves nothing")
+    return out
+
+
+def claims_table(a: Anomaly) -> Optional[Table]:
+    """Each step of the verdict and whose history it leaned on."""
+    if not a.claims:
+        return None
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column()
+    grid.add_column()
+    for c in a.claims:
+        mark = Text("✓", style="green") if c.holds else Text("✗", style="bold magenta")
+        body = Text(c.text) + Text(f"  ← {c.leans_on()}", style="cyan")
+        for g in c.gaps:
+            body.append(f"\n  missing: {g.describe()}", style="magenta")
+        grid.add_row(mark, body)
+    return grid
 
 
 def side_by_side(tl: Timeline, a: Anomaly, around: int) -> Optional[Table]:
@@ -109,6 +142,9 @@ def anomaly_panel(tl: Timeline, a: Anomaly, around: int, index: int, total: int)
         text = e.text if len(e.text) <= 200 else e.text[:200] + " …"
         ev.add_row(str(e.line), Text(text, style="bold") + Text(f"  ← {e.why}", style="cyan"))
     parts += [Text("evidence:"), ev]
+    claims = claims_table(a)
+    if claims is not None:
+        parts += [Text("claims (✓ holds; each leans on the history named):"), claims]
     table = side_by_side(tl, a, around)
     if table is not None:
         parts.append(table)
@@ -117,6 +153,24 @@ def anomaly_panel(tl: Timeline, a: Anomaly, around: int, index: int, total: int)
         if rows:
             parts.append(life_table(tl, addr, rows, f"life of {addr:#x} (last {around} events)"))
     return Panel(Group(*parts), title=f"anomaly {index}/{total}", expand=False)
+
+
+def sockets_table(source: str, meta: Optional[dict] = None) -> Optional[Table]:
+    """The recording's AF_XDP sockets (meta.json beside the trace): the mode each one
+    really got, read back from the kernel, and its XDP_STATISTICS."""
+    rows = sockets(source, meta)
+    if not rows:
+        return None
+    at_anomaly = any(r.at_anomaly for r in rows)
+    table = Table(title="AF_XDP sockets (meta.json; mode read back with XDP_OPTIONS)", expand=False)
+    for name in ("socket", "device", "queue", "mode", "asked", "XDP", "rings rx/tx/fill/comp",
+                 "XDP_STATISTICS at end", *(["at the anomaly"] if at_anomaly else [])):
+        table.add_column(name)
+    for r in rows:
+        mode = Text(r.mode, style="bold green" if r.mode == "zerocopy" else "bold")
+        table.add_row(r.sock, r.device, r.queue, mode, r.asked, r.xdp, r.rings, r.stats,
+                      *([r.at_anomaly] if at_anomaly else []))
+    return table
 
 
 def print_result(console: Console, result: Result, around: int = 8, descriptor: Optional[int] = None) -> None:
@@ -132,9 +186,12 @@ def print_result(console: Console, result: Result, around: int = 8, descriptor: 
         title.append("CLEAN", style=VERDICT_STYLE["clean"])
         title.append(" — no anomaly")
     console.print(title)
-    amplified = widened(result.source)
+    amplified = widened(result.source, result.meta)
     if amplified:
         console.print(Text(amplified, style="bold magenta"))
+    socket_table = sockets_table(result.source, result.meta)
+    if socket_table is not None:
+        console.print(socket_table)
     if descriptor is not None:
         df_rows = life(tl, descriptor).index.tolist()
         console.print(life_table(tl, descriptor, df_rows, f"life of {descriptor:#x} ({len(df_rows)} events)"))
@@ -151,9 +208,10 @@ def _print_stats(console: Console, result: Result) -> None:
     console.print(
         f"[dim]{s['lines']} lines ({s['format']}), {ev['total']} events: {ev['reserve']} reserve, "
         f"{ev['flush']} flush, {ev['tx']} tx, {ev['marker']} markers, {ev['other']} other; "
-        f"CPUs {s['cpus']}; window {w.start:.6f}–{w.end:.6f}"
-        + (f", complete from {w.complete_from:.6f} (buffers overran)" if w.overrun else "") + "[/dim]"
+        f"CPUs {s['cpus']}; window {w.start:.6f}–{w.end:.6f}[/dim]"
     )
+    for said in history_words(result.timeline.history):
+        console.print(Text(f"history: {said}", style="dim"))
     if not ev["reserve"] and not ev["flush"]:
         console.print("[magenta]no kernel events in this trace: kernel-side verdicts are undetermined[/magenta]")
     for loss in result.timeline.losses:

@@ -7,11 +7,14 @@ every verdict and piece of evidence was decided by the checks.
 Element ids and classes are an interface (tests and scripts read them):
   #verdict[data-verdict]            the first anomaly's verdict, or "clean"
   section.anomaly[data-kind][data-verdict][data-line]   one per anomaly
+  section#sockets tr[data-sock][data-mode]              one per AF_XDP socket (mode read back), when meta.json says
   table.evidence tr[data-line]      the lines that prove it
+  table.claims tr[data-holds][data-cpus]   each step of the verdict and whose history it leans on
   table.cpu-timeline[data-cpus]     the side-by-side per-CPU view; td[data-cpu],
                                     tr.evidence for the evidence rows
   table.life[data-addr]             a descriptor's recent life
   #stats, table.per-cpu             the trace's statistics
+  table.history tr[data-cpu][data-from]    where each CPU's history begins (data-from "": the whole trace)
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from flightrec.model import kinds
 from flightrec.model.lives import context_rows, per_cpu, rows_of
 from flightrec.model.replay import POISON
 from flightrec.model.timeline import Timeline
-from flightrec.report.console import anomaly_facts, summary
-from flightrec.report.recording import widened
+from flightrec.report.console import anomaly_facts, history_words, summary
+from flightrec.report.recording import sockets, widened
 from flightrec.report.perfetto import descriptor_trips, write_atomically
 
 AROUND = 8  # events of context per CPU on each side of the evidence
@@ -56,6 +59,8 @@ table.cpu-timeline td.cpu { min-width: 330px; max-width: 460px; }
 table.cpu-timeline th.cpu { text-align: center; font-size: 15px; }
 tr.evidence td.cpu:not(:empty) { background: var(--ev); font-weight: 700; border: 2px solid #e0a800; }
 tr.evidence td.ev-text { background: var(--ev); }
+table.claims td.mark { font-weight: 700; text-align: center; } tr[data-holds="true"] td.mark { color: var(--clean); }
+tr[data-holds="false"] td.mark { color: var(--undetermined); } table.claims td.leans { color: #00695c; }
 td.cpu:empty { background: #fafafa; }
 details summary { cursor: pointer; color: #555; }
 footer { color: #888; margin-top: 28px; font-size: 12px; }
@@ -118,6 +123,34 @@ def _evidence(a: Anomaly) -> str:
     return "\n".join(out)
 
 
+def _claims(a: Anomaly) -> str:
+    if not a.claims:
+        return ""
+    out = ['<h3>Claims</h3><table class="claims"><thead><tr><th></th><th>claim</th><th>leans on</th></tr></thead><tbody>']
+    for c in a.claims:
+        missing = "".join(f'<span class="why missing">missing: {_e(g.describe())}</span>' for g in c.gaps)
+        out.append(f'<tr data-holds="{"true" if c.holds else "false"}" data-cpus="{",".join(map(str, c.cpus))}" '
+                   f'data-absence="{"true" if c.absence else "false"}"><td class="mark">{"✓" if c.holds else "✗"}</td>'
+                   f'<td>{_e(c.text)}{missing}</td><td class="leans">{_e(c.leans_on())}</td></tr>')
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def _history(result: Result) -> str:
+    h = result.timeline.history
+    out = ['<h3>History per CPU</h3>']
+    out += [f"<p>{_e(said)}</p>" for said in history_words(h)]
+    out.append('<table class="history"><thead><tr><th>CPU</th><th>history from</th><th>line</th><th>events</th>'
+               "</tr></thead><tbody>")
+    for c in h.cpus.values():
+        since = "" if c.since == float("-inf") else f"{c.since:.6f}"
+        out.append(f'<tr data-cpu="{c.cpu}" data-from="{since}"><td class="num">{c.cpu}</td>'
+                   f'<td class="num">{since or "the whole trace"}</td><td class="num">{c.line or ""}</td>'
+                   f'<td class="num">{c.events}</td></tr>')
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
 def _lives(tl: Timeline, a: Anomaly, trips_by_addr: dict[int, list[list[int]]], around: int) -> str:
     """Each descriptor the anomaly names: its recent events, with the flushes
     that published it (the Perfetto export's trips)."""
@@ -161,8 +194,8 @@ def _anomaly(tl: Timeline, a: Anomaly, index: int, total: int, trips_by_addr, ar
     ]
     if a.missing:
         parts.append(f'<p class="missing">Missing from the trace: {_e("; ".join(a.missing))}</p>')
-    parts += ["<h3>Evidence</h3>", _evidence(a), _cpu_timeline(tl, a, around), _lives(tl, a, trips_by_addr, around),
-              "</section>"]
+    parts += ["<h3>Evidence</h3>", _evidence(a), _claims(a), _cpu_timeline(tl, a, around),
+              _lives(tl, a, trips_by_addr, around), "</section>"]
     return "\n".join(p for p in parts if p)
 
 
@@ -177,8 +210,7 @@ def _stats(result: Result) -> str:
         ("events", f"{ev['total']}: {ev['reserve']} reserve, {ev['flush']} flush, {ev['tx']} tx, "
                    f"{ev['marker']} markers, {ev['note']} notes, {ev['other']} other"),
         ("CPUs", ", ".join(map(str, s["cpus"]))),
-        ("window", f"{w.start:.6f} – {w.end:.6f} ({(w.end - w.start) * 1e3:.3f} ms)"
-                   + (f", complete from {w.complete_from:.6f} (buffers overran)" if w.overrun else "")),
+        ("window", f"{w.start:.6f} – {w.end:.6f} ({(w.end - w.start) * 1e3:.3f} ms)"),
     ]
     if s["entries"]:
         rows.append(("entries in buffer / written", f"{s['entries']['in_buffer']} / {s['entries']['written']}"))
@@ -194,6 +226,7 @@ def _stats(result: Result) -> str:
     out = ['<section id="stats"><h2>Trace statistics</h2><table class="stats"><tbody>']
     out += [f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows]
     out.append("</tbody></table>")
+    out.append(_history(result))
     if len(tl):
         df = per_cpu(tl)
         out.append('<h3>Per CPU</h3><table class="per-cpu"><thead><tr><th>CPU</th>'
@@ -205,6 +238,27 @@ def _stats(result: Result) -> str:
             out.append(f'<tr data-cpu="{cpu}"><td class="num">{cpu}</td>{cells}</tr>')
         out.append("</tbody></table>")
     out.append("</section>")
+    return "\n".join(out)
+
+
+def _sockets(result: Result) -> str:
+    """The recording's AF_XDP sockets and the mode each really got (meta.json beside the trace)."""
+    rows = sockets(result.source, result.meta)
+    if not rows:
+        return ""
+    at_anomaly = any(r.at_anomaly for r in rows)
+    heads = ["socket", "device", "queue", "mode (read back)", "asked", "XDP", "rings rx/tx/fill/comp",
+             "XDP_STATISTICS at end", *(["at the anomaly"] if at_anomaly else [])]
+    out = ['<section id="sockets"><h2>AF_XDP sockets</h2>',
+           '<p>The mode each socket got, read back from the kernel after bind (<code>XDP_OPTIONS</code>), '
+           'and its <code>XDP_STATISTICS</code>, from the recording\'s meta.json.</p>',
+           '<table class="stats"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in heads) + "</tr></thead><tbody>"]
+    for r in rows:
+        cells = [r.sock, r.device, r.queue, r.mode, r.asked, r.xdp, r.rings, r.stats,
+                 *([r.at_anomaly] if at_anomaly else [])]
+        out.append(f'<tr data-sock="{_e(r.sock)}" data-mode="{_e(r.mode)}">'
+                   + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+    out.append("</tbody></table></section>")
     return "\n".join(out)
 
 
@@ -234,7 +288,7 @@ def render(result: Result, around: int = AROUND) -> str:
         f'<div id="verdict" class="{_e(v)}" data-verdict="{_e(v)}" data-anomalies="{n}">{_e(v.upper())}'
         f'<span class="headline">{_e(headline)}</span></div></header>',
     ]
-    amplified = widened(result.source)
+    amplified = widened(result.source, result.meta)
     if amplified:
         body.append(f'<p id="widened" class="missing"><strong>{_e(amplified)}</strong></p>')
     body += [
@@ -244,7 +298,7 @@ def render(result: Result, around: int = AROUND) -> str:
         body.append('<p class="none">No anomaly: every descriptor followed the rings as the checks expect.</p>')
     for i, a in enumerate(result.anomalies, 1):
         body.append(_anomaly(tl, a, i, n, trips_by_addr, around))
-    body += ["</main>", _stats(result),
+    body += ["</main>", _sockets(result), _stats(result),
              f"<footer>flightrec {_e(__version__)} · open the same trace in ui.perfetto.dev with "
              f"<code>flightrec export perfetto</code></footer>",
              "</body></html>"]

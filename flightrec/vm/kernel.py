@@ -4,11 +4,15 @@ A :class:`GuestKernel` is everything the VM needs from a kernel: the bzImage
 to boot, the folder of its modules (None when everything is built in) and
 the debug vmlinux the probes resolver reads on the host. Two ways to get one:
 
-- :func:`debian_kernel` (``--kernel linux-image-6.1.*-cloud-amd64``, the
-  default): ``apt-get download`` of the newest matching image package
-  (``-unsigned`` preferred, the signed one otherwise), ``dpkg-deb -x`` and
-  ``busybox depmod -b`` into ``/var/cache/flightrec/vm/<package>/``, once;
-  its ``-dbg`` package's vmlinux into the probes' kernel cache, once.
+- :func:`debian_kernel` (``--kernel 6.1|6.12|7.3``, a package name or a
+  pattern; the default is 6.1): ``apt-get download NAME=VERSION`` of the
+  newest matching image package (``-unsigned`` preferred, the signed one
+  otherwise) and, for Debian 13's split packages, of the ``linux-binary-``,
+  ``linux-modules-`` and ``linux-base-`` it depends on; ``dpkg-deb -x`` and
+  ``busybox depmod -b`` into ``/var/cache/flightrec/vm/<package>/`` in the
+  layout Debian 12 uses (``boot/vmlinuz-<release>``,
+  ``lib/modules/<release>/``), once; its ``-dbg`` package's vmlinux into the
+  probes' kernel cache, once.
 - :func:`bzimage_kernel` (``--kernel /path/to/bzImage``): a self-built kernel
   with the modules the VM needs built in; a ``vmlinux`` beside it is used
   for the probes.
@@ -30,7 +34,15 @@ from typing import Callable, Optional
 from flightrec.errors import FlightrecError
 
 VM_CACHE = Path(os.environ.get("FLIGHTREC_VM_CACHE", "/var/cache/flightrec/vm"))
-DEFAULT_KERNEL = "linux-image-6.1.*-cloud-amd64"
+# --kernel SERIES: the newest stock Debian cloud kernel of the series, and where apt finds it.
+SERIES: dict[str, tuple[str, str]] = {
+    "6.1": ("linux-image-6.1.*-cloud-amd64", "bookworm"),
+    "6.12": ("linux-image-6.12.*-cloud-amd64", "bookworm-security"),
+    "7.3": ("linux-image-7.3.*+deb13-cloud-amd64", "trixie-backports"),
+}
+DEFAULT_KERNEL = SERIES["6.1"][0]
+# scripts/install-deps.sh installs it from scripts/apt/, pinned so apt installs nothing from it.
+APT_SOURCES = Path("/etc/apt/sources.list.d/flightrec-kernels.sources")
 APT_TIMEOUT = 600  # seconds for one apt-get download (a -dbg package is ~300 MB)
 
 Progress = Callable[[str], None]
@@ -118,11 +130,69 @@ def _apt_names(pattern: str) -> list[str]:
     return sorted(wanted, key=_natural)
 
 
-def choose_package(pattern: str) -> tuple[str, str]:
-    """(image package to download, its base name) for ``pattern``.
+@dataclass(frozen=True)
+class KernelPackage:
+    """The image package to download and what comes with it, all at one version."""
 
-    The newest base name wins; its ``-unsigned`` package is preferred (the same
-    kernel without the Secure Boot signature), else the signed one.
+    package: str  # the image package: linux-image-<release>[-unsigned]
+    base: str  # without -unsigned: the cache folder's name and the -dbg package's stem
+    version: str
+    # Debian 13 splits the image: an empty linux-image-* depending on linux-binary-*
+    # (usr/lib/modules/<release>/vmlinuz), linux-modules-* (.ko.xz) and linux-base-*
+    # (System.map, config, modules.builtin), each "(= version)". Debian 12: none.
+    parts: tuple[str, ...] = ()
+
+
+def _apt_records(names: list[str]) -> dict[str, dict[str, str]]:
+    """The newest record apt has of each name (apt-cache show lists versions newest first).
+
+    A name no version provides is absent. Local lists only; works for pinned-away
+    suites too (trixie-backports at -1 has no candidate, but its records are there).
+    """
+    if not names:
+        return {}
+    proc = subprocess.run(["apt-cache", "show", *names], capture_output=True, text=True, timeout=120, check=False)
+    records: dict[str, dict[str, str]] = {}
+    for para in proc.stdout.split("\n\n"):
+        fields = {}
+        for line in para.splitlines():
+            if line[:1] not in (" ", "\t") and ":" in line:
+                key, value = line.split(":", 1)
+                fields[key] = value.strip()
+        if "Package" in fields and "Version" in fields:
+            records.setdefault(fields["Package"], fields)
+    return records
+
+
+def _parts(record: dict[str, str]) -> tuple[str, ...]:
+    """The packages ``record`` depends on at exactly its own version (Debian 13's split image)."""
+    parts = []
+    for group in record.get("Depends", "").split(","):
+        m = re.fullmatch(r"\s*([a-z0-9][a-z0-9.+-]*)\s*\(\s*=\s*(\S+)\s*\)\s*", group)
+        if m and m[2] == record["Version"]:
+            parts.append(m[1])
+    return tuple(parts)
+
+
+def _no_package(pattern: str) -> str:
+    """One line saying why apt has no kernel for ``pattern`` and what to run."""
+    series = next((name for name, (pat, _suite) in SERIES.items() if pat == pattern), None)
+    if series is not None:
+        suite = SERIES[series][1]
+        if suite == "trixie-backports" and not APT_SOURCES.is_file():
+            return (f"kernel {series} comes from trixie-backports, which is not in apt's sources: "
+                    f"run `make setup` (scripts/install-deps.sh adds {APT_SOURCES}, pinned)")
+        return f"no kernel package matches {pattern!r} in apt's lists: run apt-get update ({series} is in {suite})"
+    return (f"no kernel package matches {pattern!r} in apt's lists "
+            "(run apt-get update, or pass --kernel 6.1|6.12|7.3 or /path/to/bzImage)")
+
+
+def choose_package(pattern: str) -> KernelPackage:
+    """The image package to download for ``pattern``.
+
+    The newest base name that apt has a version of wins; its ``-unsigned``
+    package is preferred (the same kernel without the Secure Boot signature),
+    else the signed one.
 
     :raises FlightrecError: apt knows no such package.
     """
@@ -130,42 +200,73 @@ def choose_package(pattern: str) -> tuple[str, str]:
     bases = sorted({n.removesuffix("-unsigned") for n in names
                     if not n.endswith(("-dbg", "-dbgsym"))}, key=_natural)
     bases = [b for b in bases if fnmatch.fnmatchcase(b, pattern)]
-    if not bases:
-        raise FlightrecError(f"no kernel package matches {pattern!r} in apt's lists "
-                             "(run apt-get update, or pass --kernel /path/to/bzImage)")
-    base = bases[-1]
-    return (base + "-unsigned" if base + "-unsigned" in names else base), base
+    # pkgnames also lists names only mentioned by other packages: keep those with a version.
+    records = _apt_records(sorted(names))
+    for base in reversed(bases):
+        for package in (base + "-unsigned", base):
+            if package in records:
+                record = records[package]
+                return KernelPackage(package, base, record["Version"], _parts(record))
+    raise FlightrecError(_no_package(pattern))
 
 
-def _apt_download(package: str, into: Path, progress: Progress) -> Path:
-    """``apt-get download`` one package into ``into``; returns the .deb."""
-    progress(f"download: apt-get download {package}")
+def _apt_download(packages: list[tuple[str, str]], into: Path, progress: Progress) -> list[Path]:
+    """``apt-get download NAME=VERSION...`` into ``into``; returns the .debs in the same order.
+
+    By exact version: a pinned-away suite gives apt no candidate to pick.
+    """
+    wanted = [f"{name}={version}" for name, version in packages]
+    progress(f"download: apt-get download {' '.join(wanted)}")
     try:
         proc = subprocess.run(
             # The _apt sandbox user cannot write root's cache folder; the download is verified by apt anyway.
-            ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", package],
+            ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", *wanted],
             cwd=into, capture_output=True, text=True, timeout=APT_TIMEOUT, check=False)
     except subprocess.TimeoutExpired:
-        raise FlightrecError(f"apt-get download {package} took over {APT_TIMEOUT} s") from None
-    debs = sorted(into.glob(f"{package}_*.deb"))
-    if proc.returncode != 0 or not debs:
+        raise FlightrecError(f"apt-get download {' '.join(wanted)} took over {APT_TIMEOUT} s") from None
+    debs = [sorted(into.glob(f"{name}_*.deb")) for name, _version in packages]
+    if proc.returncode != 0 or not all(debs):
         why = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-        raise FlightrecError(f"apt-get download {package} failed: {why}")
-    return debs[-1]
+        if "404" in proc.stderr:  # the lists name a version the mirror has since replaced
+            why += " (apt's lists are older than the mirror: run apt-get update)"
+        raise FlightrecError(f"apt-get download {' '.join(wanted)} failed: {why}")
+    return [found[-1] for found in debs]
 
 
-def _extract_image(deb: Path, dest: Path) -> str:
-    """``dpkg-deb -x`` the image package; ``busybox depmod -b``; returns the release."""
+def _extract_image(debs: list[Path], dest: Path) -> str:
+    """``dpkg-deb -x`` the image package (and its parts); ``busybox depmod -b``; returns the release.
+
+    Debian 13's kernel is ``usr/lib/modules/<release>/vmlinuz`` with the modules
+    beside it: moved to ``boot/vmlinuz-<release>`` and ``lib/modules/<release>``,
+    Debian 12's layout, which the rest of flightrec reads.
+    """
     if shutil.which("dpkg-deb") is None:
         raise FlightrecError("dpkg-deb not found (apt-get install dpkg)")
-    proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise FlightrecError(f"dpkg-deb -x {deb.name} failed: {proc.stderr.strip()[:300]}")
+    for deb in debs:
+        proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise FlightrecError(f"dpkg-deb -x {deb.name} failed: {proc.stderr.strip()[:300]}")
     images = sorted((dest / "boot").glob("vmlinuz-*"))
     if not images:
-        raise FlightrecError(f"{deb.name} holds no boot/vmlinuz-*: not a kernel image package")
+        split = sorted((dest / "usr" / "lib" / "modules").glob("*/vmlinuz"))
+        if split:
+            (dest / "boot").mkdir(exist_ok=True)
+            images = [dest / "boot" / f"vmlinuz-{split[-1].parent.name}"]
+            os.rename(split[-1], images[0])
+    if not images:
+        raise FlightrecError(f"{', '.join(d.name for d in debs)} hold no boot/vmlinuz-* nor "
+                             "usr/lib/modules/*/vmlinuz: not a kernel image package")
     release = images[-1].name.removeprefix("vmlinuz-")
-    if (dest / "lib" / "modules" / release).is_dir():
+    merged = dest / "usr" / "lib" / "modules" / release
+    modules = dest / "lib" / "modules" / release
+    if merged.is_dir() and not modules.exists():
+        modules.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(merged, modules)
+        try:
+            merged.parent.rmdir()
+        except OSError:
+            pass  # other releases' folders in it: keep it
+    if modules.is_dir():
         depmod(dest, release)
     return release
 
@@ -198,12 +299,13 @@ def debian_kernel(pattern: str = DEFAULT_KERNEL, progress: Progress = _quiet,
 
     :raises FlightrecError: apt knows no such package, a download or an extraction failed.
     """
-    package, base = choose_package(pattern)
+    chosen = choose_package(pattern)
+    package, base = chosen.package, chosen.base
     dest = cache / base
     done = dest / "release"
     if done.is_file():
         release = done.read_text().strip()
-        progress(f"kernel: {package} (cached in {dest})")
+        progress(f"kernel: {package} {chosen.version} (cached in {dest})")
     else:
         try:
             cache.mkdir(parents=True, exist_ok=True)
@@ -212,9 +314,9 @@ def debian_kernel(pattern: str = DEFAULT_KERNEL, progress: Progress = _quiet,
         # Extract into a scratch folder and rename: an interrupted fetch leaves no half kernel.
         scratch = Path(tempfile.mkdtemp(prefix=f".{base}-", dir=cache))
         try:
-            deb = _apt_download(package, scratch, progress)
-            progress(f"kernel: extracting {deb.name}")
-            release = _extract_image(deb, scratch / "root")
+            debs = _apt_download([(name, chosen.version) for name in (package, *chosen.parts)], scratch, progress)
+            progress(f"kernel: extracting {', '.join(d.name for d in debs)}")
+            release = _extract_image(debs, scratch / "root")
             (scratch / "root" / "release").write_text(release + "\n")
             if not done.is_file():  # another flightrec may have finished first: keep its copy
                 shutil.rmtree(dest, ignore_errors=True)  # a partial one without "release"
@@ -241,23 +343,29 @@ def debug_vmlinux(base: str, release: str, progress: Progress = _quiet) -> Path:
     if found is not None:
         return found
     package = base + "-dbg"
+    record = _apt_records([package]).get(package)
+    if record is None:
+        raise FlightrecError(f"apt knows no {package}: no debug vmlinux for the probes (run apt-get update, "
+                             "or --kernel-events none)")
     dest = KERNEL_CACHE / package
     dest.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest))
     try:
-        progress(f"download: {package} (~300 MB, once) for the probes resolver")
-        deb = _apt_download(package, scratch, progress)
+        progress(f"download: {package} (~350 MB, once) for the probes resolver")
+        (deb,) = _apt_download([(package, record["Version"])], scratch, progress)
         progress(f"kernel: extracting the debug vmlinux from {deb.name}")
         tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
         try:
-            untar = subprocess.run(["tar", "-x", "-C", str(scratch), "--wildcards", "./usr/lib/debug/boot/vmlinux-*"],
+            # Debian 12: usr/lib/debug/boot/vmlinux-<release>. Debian 13: a link there to
+            # usr/lib/debug/lib/modules/<release>/vmlinux, unpacked too.
+            untar = subprocess.run(["tar", "-x", "-C", str(scratch), "--wildcards", "./usr/lib/debug/*vmlinux*"],
                                    stdin=tar.stdout, capture_output=True, text=True, check=False)
         finally:
             assert tar.stdout is not None
             tar.stdout.close()
             tar.wait()
-        image = scratch / "usr" / "lib" / "debug" / "boot" / f"vmlinux-{release}"
-        if untar.returncode != 0 or not image.is_file():
+        image = (scratch / "usr" / "lib" / "debug" / "boot" / f"vmlinux-{release}").resolve()
+        if untar.returncode != 0 or not image.is_file() or not image.is_relative_to(scratch.resolve()):
             raise FlightrecError(f"{deb.name} holds no usr/lib/debug/boot/vmlinux-{release}")
         os.rename(image, dest / "vmlinux")
         (dest / "release").write_text(f"vmlinux-{release}\n")
@@ -278,11 +386,14 @@ NAMED_KERNELS.update(_build.named_kernels())
 
 def guest_kernel(spec: Optional[str], progress: Progress = _quiet, with_vmlinux: bool = True) -> GuestKernel:
     """``--kernel``: None for the default Debian kernel, a name in :data:`NAMED_KERNELS`,
-    a path to a bzImage, or a package pattern."""
+    a series in :data:`SERIES`, a path to a bzImage (``./7.3`` for a file of that name),
+    or a package name or pattern."""
     if spec in NAMED_KERNELS:
         return NAMED_KERNELS[spec](progress)
     if spec is None:
         return debian_kernel(DEFAULT_KERNEL, progress, with_vmlinux)
+    if spec in SERIES:
+        return debian_kernel(SERIES[spec][0], progress, with_vmlinux)
     if "/" in spec or Path(spec).is_file():
         return bzimage_kernel(Path(spec))
     if not re.fullmatch(r"[a-z0-9][a-z0-9.+*?\[\]-]*", spec):

@@ -13,14 +13,16 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
 from flightrec.errors import FlightrecError
+from flightrec.record import afxdp, nics, topology
 from flightrec.vm import runner
 from flightrec.vm.kernel import GuestKernel, gnu_build_id, guest_kernel
 from flightrec.vm.qemu import VmConfig, tools_missing
+from flightrec.vm.zerocopy import zerocopy_missing
 
 # Seconds the guest may spend beyond --duration: python imports under TCG,
 # namespaces, forwarder start, teardown, writing the trace to the host.
@@ -38,12 +40,18 @@ class VmRecordOptions:
     record_args: tuple[str, ...] = ()  # more `flightrec record` options, passed through
     timeout: Optional[float] = None  # the guest's command; default duration + SLACK
     boot_timeout: float = runner.DEFAULT_BOOT_TIMEOUT
+    # Boots in all when the guest dies before the recording starts (an intermittent
+    # panic at boot under TCG); never retried once it has started.
+    boot_attempts: int = 3
+    stall_timeout: float = runner.STALL_TIMEOUT  # the progress watchdog (runner's notes)
     analyze: bool = True
     # Run the guest's recording under this command (e.g. a fault amplifier that
     # wraps it: ("python3", "-m", "flightrec.probes.widen", "run", "--")).
     guest_prefix: tuple[str, ...] = ()
     # More files for the guest's job folder ($FLIGHTREC_VM_JOB/<name>), e.g. a plan.
     guest_files: tuple[tuple[str, str], ...] = ()
+    nic: str = "veth"  # or "virtio": the guest's own virtio-net NICs (flightrec/record/nics.py)
+    mode: str = "copy"  # AF_XDP bind in the guest: copy, zerocopy or auto
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,45 @@ def check_record_args(args: list[str]) -> dict:
         return dict(record_cmd.make_context("record", list(args)).params)
     except click.UsageError as e:
         raise FlightrecError(f"record options: {e.format_message()}") from None
+
+
+def nic_record_args(nic: str, mode: str, record_args: tuple[str, ...]) -> list[str]:
+    """The guest recording's --nic/--mode (and --queues 1 for virtio unless given).
+
+    :raises FlightrecError: a bad value, or more queues than QEMU's hub netdevs give a virtio NIC.
+    """
+    if nic not in topology.NIC_KINDS:
+        raise FlightrecError(f"--nic must be one of {', '.join(topology.NIC_KINDS)}, got {nic!r}")
+    if mode not in afxdp.MODES:
+        raise FlightrecError(f"--mode must be one of {', '.join(afxdp.MODES)}, got {mode!r}")
+    if any(a in ("--nic", "--mode") or a.startswith(("--nic=", "--mode=")) for a in record_args):
+        raise FlightrecError("give --nic and --mode to `flightrec vm record` itself (they set up the VM's NICs too)")
+    args = ["--nic", nic, "--mode", mode]
+    if nic == "virtio":
+        queues = _queues_given(record_args)
+        if queues is not None and queues > nics.QUEUE_PAIRS:
+            raise FlightrecError(f"--nic virtio: QEMU's hubport netdevs give each virtio-net NIC {nics.QUEUE_PAIRS} "
+                                 f"queue pair (a virtio-net device has as many as its peer), so --queues {queues} "
+                                 f"cannot bind; pass --queues {nics.QUEUE_PAIRS}")
+        if queues is None:
+            args += ["--queues", str(nics.QUEUE_PAIRS)]
+    return args
+
+
+def _queues_given(record_args: tuple[str, ...]) -> Optional[int]:
+    """--queues among the passed-through record options, None when not given."""
+    import click
+    from click.core import ParameterSource
+
+    from flightrec.cli.record import record_cmd
+
+    try:
+        ctx = record_cmd.make_context("record", list(record_args))
+    except click.UsageError as e:
+        raise FlightrecError(f"record options: {e.format_message()}") from None
+    if ctx.get_parameter_source("queues") is not ParameterSource.COMMANDLINE:
+        return None
+    return int(ctx.params["queues"])
 
 
 def probe_definitions(kernel: GuestKernel, kernel_events: str, say: Say) -> Optional[dict]:
@@ -117,11 +164,14 @@ def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say =
 
     t0 = time.monotonic()
     opts.config.check()
-    params = check_record_args(["--duration", str(opts.duration), *opts.record_args])
+    nic_args = nic_record_args(opts.nic, opts.mode, opts.record_args)
+    params = check_record_args(["--duration", str(opts.duration), *opts.record_args, *nic_args])
     why = tools_missing() or forwarder_missing()
     if why:
         raise FlightrecError(why)
     _remove_stale(opts.out_dir)
+    if opts.boot_attempts < 1:
+        raise FlightrecError(f"boot attempts must be at least 1, got {opts.boot_attempts}")
     kernel_events = params["kernel_events"]
     if kernel_events == "auto":
         kernel_events = "kprobes"  # the point of the VM: its kernel has them
@@ -129,13 +179,22 @@ def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say =
     t = time.monotonic()
     kernel = guest_kernel(opts.kernel, say, with_vmlinux=kernel_events != "none")
     timings["kernel_s"] = round(time.monotonic() - t, 2)
+    if opts.mode == "zerocopy":
+        missing = zerocopy_missing(kernel, opts.nic)
+        if missing:
+            raise FlightrecError(f"--mode zerocopy: {missing}")
+    config = opts.config
+    if opts.nic == "virtio":
+        config = replace(config, devices=config.devices + nics.qemu_devices())
+        say(f"NICs: 4 virtio-net-pci (iommu_platform=on), client<->outer and inner<->server joined by QEMU hubs; "
+            f"AF_XDP mode asked: {opts.mode}")
     t = time.monotonic()
     defs = probe_definitions(kernel, kernel_events, say)
     timings["probes_s"] = round(time.monotonic() - t, 2)
     files = dict(opts.guest_files)
     if defs:
         files["probes.json"] = json.dumps(defs, indent=2)
-    args = [*opts.record_args, "--duration", str(opts.duration), "--plain"]
+    args = [*opts.record_args, *nic_args, "--duration", str(opts.duration), "--plain"]
     if defs is None:
         args += ["--kernel-events", "none"]
     elif not any(a.startswith("--kernel-events") for a in opts.record_args):
@@ -145,9 +204,10 @@ def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say =
     timeout = opts.timeout or opts.duration + SLACK
     say(f"recording: {opts.duration:g} s in the guest (watchdog {timeout:g} s after boot)")
     guest = runner.run_in_guest(
-        command, kernel, opts.config, timeout=timeout, boot_timeout=opts.boot_timeout,
+        command, kernel, config, timeout=timeout, boot_timeout=opts.boot_timeout,
         out_dir=opts.out_dir, files=files, say=say, on_output=on_output,
-        cwd=runner.REPO_ROOT, graceful_stop=True)
+        cwd=runner.REPO_ROOT, graceful_stop=True, boot_attempts=opts.boot_attempts,
+        stall_timeout=opts.stall_timeout)
     timings.update(boot_s=guest.boot_s, guest_command_s=guest.command_s, qemu_peak_rss_mb=guest.qemu_peak_rss_mb,
                    recording_overhead_s=round(guest.command_s - opts.duration, 2))
     trace = opts.out_dir / "trace.txt"
@@ -172,7 +232,8 @@ STALE = ("trace.txt", "meta.json", "analysis.json", "forwarder-stats.json", "vm.
 
 def _remove_stale(out_dir: Path) -> None:
     """A previous run's files in DIR must not pass for this run's (copy-back merges)."""
-    for name in STALE:
+    boots = [p.name for p in out_dir.glob("vm-console-boot*.log")] if out_dir.is_dir() else []
+    for name in (*STALE, *boots):
         try:
             (out_dir / name).unlink(missing_ok=True)
         except OSError as e:
@@ -195,7 +256,9 @@ def _write_vm_json(opts: VmRecordOptions, kernel: GuestKernel, guest: runner.Gue
                    defs: Optional[dict], timings: dict) -> None:
     path = opts.out_dir / "vm.json"
     data = {"kernel": kernel.as_dict(), "guest": guest.as_dict(), "timings": timings,
-            "vcpus": opts.config.cpus, "memory_mb": opts.config.memory_mb,
+            # How many boots it took, and why each failed one failed (runner.run_in_guest's retry).
+            "boots": guest.boots, "failed_boots": [asdict(b) for b in guest.failed_boots],
+            "vcpus": opts.config.cpus, "memory_mb": opts.config.memory_mb, "nic": opts.nic, "mode": opts.mode,
             "probe_definitions": None if defs is None else [d["text"] for d in defs["definitions"]]}
     try:
         path.write_text(json.dumps(data, indent=2) + "\n")

@@ -153,3 +153,33 @@ def test_full_standard_output_is_one_line_and_exit_2(fixtures, args):
                               stdout=full, stderr=subprocess.PIPE, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.decode().splitlines() == ["flightrec: writing standard output: No space left on device"]
+
+
+def test_overrun_trace_reports_each_cpus_history_and_the_claims(fixtures):
+    p = run("analyze", str(fixtures / "seed-poison-overrun.txt"))
+    assert p.returncode == 1
+    out = p.stdout.decode()
+    assert out.splitlines()[0].endswith("KERNEL — 1 anomaly, first: publish_race at line 18")
+    assert "history: buffers overran; each CPU's history begins at its first event: CPU 0 from 609766.698512 " \
+           "(line 13), CPU 2 from 609766.698523 (line 14)" in out
+    assert "CPU 2: no kernel events missing from 609766.698523 to 609766.698528" in out
+    doc = json.loads(run("analyze", "--json", str(fixtures / "seed-poison-overrun.txt")).stdout)
+    assert [(c["cpu"], c["from"]) for c in doc["history"]["cpus"]] == [(0, 609766.698512), (2, 609766.698523)]
+    assert doc["anomalies"][0]["claims"]
+
+
+def test_a_meta_json_with_a_bad_kernel_end_is_one_line_and_exit_2(fixtures, tmp_path):
+    (tmp_path / "trace.txt").write_bytes((fixtures / "seed-poison.txt").read_bytes())
+    (tmp_path / "meta.json").write_text(json.dumps({"kernel_events": {"ended_at": "later"}}))
+    p = run("analyze", str(tmp_path / "trace.txt"))
+    assert p.returncode == 2
+    assert p.stderr.decode().splitlines() == [
+        f"flightrec: {tmp_path / 'meta.json'}: kernel_events.ended_at is 'later', not seconds on the trace's clock"]
+
+
+def test_the_kernel_end_from_meta_json_shows_in_the_report(fixtures, tmp_path):
+    (tmp_path / "trace.txt").write_bytes((fixtures / "seed-poison.txt").read_bytes())
+    (tmp_path / "meta.json").write_text(json.dumps({"kernel_events": {"ended_at": 609766.698560}}))
+    p = run("analyze", str(tmp_path / "trace.txt"))
+    assert p.returncode == 1
+    assert "kernel events end at 609766.698560: the kernel-event source stopped then" in p.stdout.decode()

@@ -106,6 +106,30 @@ def test_seed_poison_page(fixtures, tmp_path):
     assert [r["attrs"]["data-cpu"] for r in descendants(page.by_class("per-cpu", "table")[0], "tr")[1:]] == ["0", "2"]
 
 
+def test_overrun_page_shows_each_cpus_history_and_the_claims(fixtures, tmp_path):
+    """Where each CPU's history begins, and which CPU's history each step of the verdict leaned on."""
+    out = tmp_path / "report.html"
+    p = run("report", str(fixtures / "seed-poison-overrun.txt"), "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    page = Page(out.read_text())
+    assert page.by_id("verdict")["attrs"]["data-verdict"] == "kernel"
+    (history,) = page.by_class("history", "table")
+    rows = {r["attrs"]["data-cpu"]: r["attrs"]["data-from"] for r in descendants(history, "tr")[1:]}
+    assert rows == {"0": "609766.698512", "2": "609766.698523"}
+    assert "CPUs 1, 3: no event" in page.by_id("stats")["text"]
+    (claims,) = page.by_class("claims", "table")
+    rows = descendants(claims, "tr")[1:]
+    assert rows and all(r["attrs"]["data-holds"] == "true" for r in rows)
+    leaning_on_2 = [r for r in rows if r["attrs"]["data-cpus"] == "2" and r["attrs"]["data-absence"] == "true"]
+    assert leaning_on_2 and "609766.698523" in leaning_on_2[0]["text"]
+    # a whole trace says so
+    whole = tmp_path / "whole.html"
+    assert run("report", str(fixtures / "seed-poison.txt"), "-o", str(whole)).returncode == 0
+    wpage = Page(whole.read_text())
+    assert {r["attrs"]["data-from"] for r in descendants(wpage.by_class("history", "table")[0], "tr")[1:]} == {""}
+    assert "no buffer overran" in wpage.by_id("stats")["text"]
+
+
 def test_page_is_self_contained(fixtures, tmp_path):
     out = tmp_path / "report.html"
     assert run("report", str(fixtures / "seed-fill-order.txt"), "-o", str(out)).returncode == 0

@@ -43,8 +43,26 @@ def gcc(out: Path, *flags: str, src: Path = MINI_SRC) -> Path:
 
 
 def cached_kernel(series: str) -> Path:
-    """The cached debug vmlinux of a Debian kernel series, or skip saying how to get it."""
+    """The debug vmlinux of a Debian kernel series, fetched into the cache on first use.
+
+    scripts/fetch-debug-kernel.sh does the work (apt-get download, ~1-2 min the first
+    time, < 1 s once cached); only a machine whose apt cannot give the package skips.
+    """
     found = sorted(KERNEL_CACHE.glob(f"linux-image-{series}.*-cloud-amd64-dbg/vmlinux"))
-    if not found:
-        pytest.skip(f"no Debian {series} debug kernel in {KERNEL_CACHE}: run scripts/fetch-debug-kernel.sh {series}")
-    return found[-1]
+    if found:
+        return found[-1]
+    proc = subprocess.run(["sh", str(ROOT / "scripts" / "fetch-debug-kernel.sh"), series],
+                          capture_output=True, text=True, timeout=1800)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines or not Path(lines[-1]).is_file():
+        why = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        pytest.skip(f"cannot fetch Debian's {series} debug kernel: {why}")
+    return Path(lines[-1])
+
+
+def kernel_source(vmlinux: Path) -> Path:
+    """net/xdp/ of the same source version, which fetch-debug-kernel.sh keeps beside the vmlinux."""
+    src = vmlinux.parent / "src"
+    if not (src / "net" / "xdp" / "xsk_queue.h").is_file():
+        pytest.skip(f"no net/xdp source beside {vmlinux} (apt has no linux-source of that version)")
+    return src

@@ -16,7 +16,7 @@ from elftools.elf.elffile import ELFFile
 
 from flightrec.errors import FlightrecError
 from flightrec.probes import load_specs, resolve
-from flightrec.probes.dwarf import Vmlinux
+from flightrec.probes.dwarf import Site, Vmlinux
 from flightrec.probes.perfprobe import dwarf_definitions
 
 from probekit import MINI_SRC, gcc
@@ -217,3 +217,13 @@ def test_dwarf4_gives_the_same_sites(mini_elf, mini_specs, tmp_path):
                 for r in resolve(path, specs)]
 
     assert sites(v4) == sites(mini_elf)
+
+
+def test_perf_is_asked_for_a_gcc_clone_by_its_dwarf_name():
+    """A clone's symbol (Debian 7.3: __xsk_rcv_zc.constprop.0) names no DWARF function, so
+    perf probe refuses it as FUNC; the kprobe itself goes on the symbol kallsyms has."""
+    site = Site("__xsk_rcv_zc.constprop.0", 70, 0xFFFFFFFF820DEC16, "net/xdp/xsk.c", 198, 7, None, "", ())
+    assert site.location == "__xsk_rcv_zc.constprop.0+70"
+    assert site.perf_location == "__xsk_rcv_zc+70"
+    plain = Site("rcv", 12, 0x401000, "mini_xsk.c", 30, 5, None, "", ())
+    assert plain.perf_location == plain.location == "rcv+12"

@@ -18,9 +18,7 @@ from flightrec.errors import FlightrecError
 from flightrec.probes.widen import (
     LOADER, SPEC_PATH, WidenOptions, WidenPlan, load_widen_specs, loader_argv, main, resolve_widen,
 )
-from probekit import KERNEL_CACHE, cached_kernel
-
-SOURCE_TREE = KERNEL_CACHE / "src" / "linux-source-6.1"
+from probekit import cached_kernel, kernel_source
 
 
 def test_spec_names_both_sites_by_source_not_offsets():
@@ -55,17 +53,20 @@ def test_bad_options_are_refused(opts, why):
 
 
 @pytest.fixture(scope="module")
-def debian_plan() -> WidenPlan:
-    """Debian 12's stock 6.1 kernel (has the fix; sites are the same code), source from linux-source-6.1."""
-    vmlinux = cached_kernel("6.1")
-    if not (SOURCE_TREE / "net" / "xdp" / "xsk_queue.h").is_file():
-        pytest.skip(f"no linux-source-6.1 tree in {SOURCE_TREE} (flightrec.vm.build extracts it)")
-    return resolve_widen(vmlinux, source_dir=SOURCE_TREE)
+def debian_source() -> Path:
+    """net/xdp/ of linux-source-6.1 at the debug kernel's own version (fetched with it)."""
+    return kernel_source(cached_kernel("6.1"))
 
 
-def test_sites_resolve_in_debian_61(debian_plan):
-    queue_h = (SOURCE_TREE / "net" / "xdp" / "xsk_queue.h").read_text().splitlines()
-    xsk_c = (SOURCE_TREE / "net" / "xdp" / "xsk.c").read_text().splitlines()
+@pytest.fixture(scope="module")
+def debian_plan(debian_source) -> WidenPlan:
+    """Debian 12's stock 6.1 kernel (has the fix; sites are the same code)."""
+    return resolve_widen(cached_kernel("6.1"), source_dir=debian_source)
+
+
+def test_sites_resolve_in_debian_61(debian_plan, debian_source):
+    queue_h = (debian_source / "net" / "xdp" / "xsk_queue.h").read_text().splitlines()
+    xsk_c = (debian_source / "net" / "xdp" / "xsk.c").read_text().splitlines()
     flush, reserve = debian_plan.flush, debian_plan.reserve
     assert flush.symbol == "__xsk_map_flush" and reserve.symbol == "__xsk_rcv_zc"
     assert flush.file == "net/xdp/xsk.c" and xsk_c[flush.line - 1].startswith("static void xsk_flush(")

@@ -1,9 +1,12 @@
 """`flightrec analyze` on simulated traces it has never seen, checked against ground truth.
 
-Across seeds, CPU counts 2..8, both text formats, wrapped buffers, missing
-kernel probes and lost events: a clean trace must stay clean, and each planted
-fault's FIRST anomaly must carry the truth's verdict and root-cause address
-(plus the CPUs and the expected address for the kernel's publish race).
+Across seeds, CPU counts 2..8, both text formats, wrapped buffers, tight
+overruns (each CPU's buffer beginning a few events before the fault, the
+racing CPU's at its reserve), missing kernel probes and lost events: a clean
+trace must stay clean, and each planted fault's FIRST anomaly must carry the
+truth's verdict and root-cause address (plus the CPUs and the expected address
+for the kernel's publish race); where the truth says the surviving events
+prove nothing, the verdict is undetermined and names what is missing.
 Comparisons use the `--json` shape (`Result.to_json()`), not internals.
 """
 
@@ -25,6 +28,8 @@ VARIANTS = {
     "wrap": {"wrap": True},
     "trace-cmd": {"fmt": "trace-cmd"},
     "trace-cmd-wrap": {"fmt": "trace-cmd", "wrap": True},
+    "tight": {"tight": True},
+    "trace-cmd-tight": {"fmt": "trace-cmd", "tight": True},
     "no-flush-probe": {"probes": "no-flush"},
     "markers-only": {"probes": "none"},
 }
@@ -71,6 +76,45 @@ def test_fault_verdict(seed, fault, variant):
     if want["verdict"] == "undetermined" and cfg.probes == "none":
         assert first.get("missing") or "kprobe" in first.get("explanation", ""), \
             f"{cfg}: an undetermined verdict must say which events are missing: {first}"
+    if want["verdict"] == "undetermined":
+        assert first.get("missing"), f"{cfg}: an undetermined verdict must name what is missing: {first}"
+
+
+TIGHT_SEEDS = range(24)
+
+
+@pytest.mark.parametrize("fmt", ["ftrace", "trace-cmd"])
+@pytest.mark.parametrize("fault", ["publish-race", "stale-slot"])
+def test_tight_overruns_prove_what_survives(fault, fmt):
+    """The racing CPU's buffer begins at its reserve, the others' a few events before. A poisoned
+    slot: where the slot read before the race survives, the trace proves `kernel` (reserve and
+    flush CPUs too), the application's FILL order vouching that no slot came between; where it
+    is gone, `undetermined`, naming what is gone. A stale address: only the kernel's own events
+    could rule out an entry the application put into FILL unmarked, and the racing CPU was not
+    recording then, so `undetermined`. Never a verdict the events cannot carry."""
+    outcomes = {"kernel": 0, "undetermined": 0}
+    for seed in TIGHT_SEEDS:
+        cfg, truth, anomalies = run(fault, seed, fmt=fmt, tight=True)
+        want = truth.anomaly
+        first = anomalies[0]
+        assert (first["verdict"], first["addr"]) == (want["verdict"], want["addr"]), \
+            f"{cfg}\ntruth {want}\nfirst anomalies {brief(anomalies)}"
+        judged = [a for a in anomalies if a["verdict"] != "undetermined"]
+        assert all(a["verdict"] == want["verdict"] and a["addr"] == want["addr"] for a in judged), brief(judged)
+        if want["verdict"] == "kernel":
+            assert (first["reserve_cpu"], first["flush_cpu"], first["expected"]) == \
+                (want["reserve_cpu"], want["flush_cpu"], want["expected"]), f"{cfg}: {brief(anomalies)}"
+            # the racing CPU's history begins at its reserve: a claim leans on exactly that
+            racing = want["reserve_cpu"]
+            assert any(c["holds"] and racing in c["cpus"] for c in first["claims"]), first["claims"]
+        else:
+            assert first["missing"], f"{cfg}: undetermined without naming what is missing: {first}"
+        outcomes[want["verdict"]] += 1
+    if fault == "publish-race":
+        # both outcomes occur, or the test would not test the rule
+        assert outcomes["kernel"] and outcomes["undetermined"], outcomes
+    else:
+        assert outcomes["kernel"] == 0, outcomes
 
 
 @pytest.mark.parametrize("fault", FAULTS)

@@ -225,6 +225,41 @@ def test_wrap(fmt):
     assert t.evidence_lines.keys() >= {"b_reserve", "reserve", "flush", "detection"}
 
 
+@pytest.mark.parametrize("fmt", ["ftrace", "trace-cmd"])
+@pytest.mark.parametrize("seed,cpus", GRID[:6])
+def test_tight_overrun(seed, cpus, fmt):
+    """Each CPU's buffer begins at its own point a few of its events before the fault; the racing
+    CPU's first surviving event is its reserve, and the text says each CPU's buffer began late."""
+    sim = simulate(SimConfig(seed=seed, cpus=cpus, packets=1200, fault="publish-race", tight=True, fmt=fmt))
+    t = sim.truth
+    evs = events(sim.text, fmt)
+    first = {}
+    for n, cpu, ts, *_ in evs:
+        first.setdefault(cpu, n)
+    racing = next(c for n, c, *_ in evs if n == t.evidence_lines["reserve"])
+    assert first[racing] == t.evidence_lines["reserve"], "the racing CPU's buffer begins at its reserve"
+    assert t.wrap["tight"] and t.wrap["dropped"][str(racing)] > 0
+    detection = t.detection_line
+    for cpu, n in first.items():
+        assert n < detection, f"CPU {cpu}'s buffer begins after the detection"
+    if fmt == "ftrace":
+        m = re.search(r"entries-in-buffer/entries-written: (\d+)/(\d+)", sim.text)
+        assert int(m[1]) == len(evs) < int(m[2])
+        started = re.findall(r"^##### CPU (\d+) buffer started ####$", sim.text, re.M)
+        assert len(started) == len(first) - 1
+    else:
+        drops = dict(re.findall(r"^CPU:(\d+) \[(\d+) EVENTS DROPPED\]$", sim.text, re.M))
+        assert {int(c): int(n) for c, n in drops.items()} == {int(c): n for c, n in t.wrap["dropped"].items()}
+    assert t.anomaly["verdict"] in ("kernel", "undetermined")
+    if t.anomaly["verdict"] == "undetermined":
+        assert t.anomaly["missing"] and t.anomaly["reserve_cpu"] is None
+
+
+def test_tight_and_wrap_are_one_or_the_other():
+    with pytest.raises(FlightrecError):
+        simulate(SimConfig(tight=True, wrap=True))
+
+
 @pytest.mark.parametrize("fault", FAULTS)
 def test_loss_inside_window(fault):
     sim = simulate(SimConfig(seed=5, cpus=3, packets=1500, fault=fault, loss=True))

@@ -4,13 +4,19 @@ order, the initramfs as the kernel will unpack it (busybox cpio reads it back)."
 from __future__ import annotations
 
 import gzip
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from flightrec.errors import FlightrecError
 from flightrec.vm import initramfs
 from flightrec.vm.kernel import bzimage_release, gnu_build_id
+from flightrec.vm import kernel as vmkernel
+from flightrec.vm.runner import death_reason, kernel_reports
+from vmkit import REPO
 
 
 def test_bzimage_release_matches_the_package(guest_kernel):
@@ -55,3 +61,128 @@ def test_initramfs_unpacks_with_init_console_and_modules(guest_kernel, tmp_path)
     names = set(listing.stdout.decode().split())
     assert {"init", "bin/busybox", "dev/console", "modules.load"} <= names
     assert any(n.endswith("/virtiofs.ko") for n in names)
+
+
+# --- Debian kernels by series: --kernel 6.1|6.12|7.3 (fetched with apt, cached) ----------------------
+
+
+@pytest.fixture(scope="module", params=sorted(vmkernel.SERIES))
+def series_kernel(request):
+    """(series, GuestKernel) for 6.1, 6.12 and 7.3, without the debug vmlinux (not needed here)."""
+    try:
+        return request.param, vmkernel.guest_kernel(request.param, with_vmlinux=False)
+    except FlightrecError as e:
+        pytest.skip(f"cannot fetch Debian's {request.param} kernel: {e}")
+
+
+def test_series_is_a_kernel_of_that_series_in_debian12s_layout(series_kernel):
+    series, k = series_kernel
+    assert k.release.startswith(series + ".") and k.release.endswith("-cloud-amd64")
+    assert k.name.startswith(f"linux-image-{k.release}")  # the package, -unsigned where Debian has one
+    assert k.bzimage == k.bzimage.parent.parent / "boot" / f"vmlinuz-{k.release}"
+    assert bzimage_release(k.bzimage) == k.release  # the image's own header, not the package name
+    assert k.modules_dir is not None and (k.modules_dir / "modules.dep").is_file()
+    order = initramfs.module_order(k.modules_dir, ["overlay", "veth"])
+    assert {ko.rsplit("/", 1)[1].split(".ko", 1)[0] for ko in order} >= {"overlay", "veth"}
+
+
+def test_debian13_image_is_split_into_binary_modules_and_base():
+    """7.3's linux-image-* is empty: the kernel, its modules and its base files are packages
+    it depends on at exactly its version (apt-cache show's Depends); 6.1's is one package."""
+    try:
+        k73 = vmkernel.choose_package(vmkernel.SERIES["7.3"][0])
+        k61 = vmkernel.choose_package(vmkernel.SERIES["6.1"][0])
+    except FlightrecError as e:
+        pytest.skip(str(e))
+    release = k73.base.removeprefix("linux-image-")
+    assert sorted(k73.parts) == [f"linux-{part}-{release}" for part in ("base", "binary", "modules")]
+    assert k61.parts == ()
+
+
+def test_compressed_modules_are_read_by_the_initramfs_busybox(series_kernel, tmp_path):
+    """Debian's 6.12 and 7.3 ship modules as .ko.xz; the initramfs carries them as they are, and
+    its busybox insmod (like modprobe in the guest) decompresses them itself: each is an ELF
+    object once busybox reads it."""
+    series, k = series_kernel
+    path = initramfs.build(k, cache=tmp_path)
+    archive = gzip.decompress(path.read_bytes())
+    listed = subprocess.run(["busybox", "cpio", "-i", "--to-stdout", "modules.load"], input=archive,
+                            capture_output=True, timeout=60)
+    modules = listed.stdout.decode().split()
+    assert listed.returncode == 0 and modules, listed.stderr
+    if series != "6.1":
+        assert any(m.endswith(".ko.xz") for m in modules)
+    busybox = vmkernel.find_busybox()  # the binary the initramfs carries
+    for ko in modules:
+        if ko.endswith(".ko.xz"):
+            plain = subprocess.run([busybox, "unxz", "-c", str(k.modules_dir / ko)], capture_output=True,
+                                   timeout=60)
+            assert plain.returncode == 0 and plain.stdout[:4] == b"\x7fELF", ko
+
+
+def test_series_without_its_apt_source_is_one_line(tmp_path):
+    """apt without flightrec's trixie-backports source: `--kernel 7.3` says what to run, exit 2."""
+    empty = tmp_path / "sources.list.d"
+    empty.mkdir()
+    conf = tmp_path / "apt.conf"
+    # Real apt with no sources at all: no package lists, no cache files written.
+    conf.write_text(f'Dir::Etc::SourceList "/dev/null";\nDir::Etc::SourceParts "{empty}";\n'
+                    'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n')
+    out = subprocess.run([sys.executable, "-m", "flightrec", "vm", "run", "--kernel", "7.3", "--", "true"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120,
+                         env=dict(os.environ, APT_CONFIG=str(conf)))
+    if "flightrec: " in out.stderr and "trixie" not in out.stderr:
+        pytest.skip(f"vm run stops earlier here: {out.stderr.strip()}")
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr
+    hint = "make setup" if not Path(vmkernel.APT_SOURCES).is_file() else "apt-get update"
+    assert "trixie-backports" in lines[0] and hint in lines[0], lines[0]
+
+
+# Excerpts of real guest consoles (Debian's 6.12 and 6.1 cloud kernels under QEMU 7.2 TCG).
+OOPS_AT_BOOT = """\
+[   17.253698] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI
+[   17.253698] CPU: 0 UID: 0 PID: 1 Comm: swapper/0 Not tainted 6.12.117+deb12-cloud-amd64 #1  Debian 6.12.117-1~deb12u1
+[   17.253698] RIP: 0010:enqueue_timer+0xa5/0x100
+[   17.253698] Call Trace:
+[   17.253698]  <IRQ>
+[   17.253698]  add_timer_on+0xfb/0x160
+[   17.253698]  clocksource_watchdog+0x439/0x5a0
+[   17.253698]  </IRQ>
+[   17.253698]  <TASK>
+[   17.253698]  asm_sysvec_apic_timer_interrupt+0x1a/0x20
+[   17.253698] RIP: 0010:kfree+0x126/0x370
+[   17.253698] ---[ end trace 0000000000000000 ]---
+[   17.253698] RIP: 0010:enqueue_timer+0xa5/0x100
+[   17.253698] Kernel panic - not syncing: Fatal exception in interrupt
+[   17.253698] Shutting down cpus with NMI
+"""
+
+HUNG = """\
+[   30.520878] watchdog: BUG: soft lockup - CPU#0 stuck for 13s! [poke.sh:142]
+[   30.520878] RIP: 0010:smp_call_function_many_cond+0xf1/0x330
+[   30.520878] RIP: 0033:0x7fc807a5e350
+[   38.819141] Sending NMI from CPU 0 to CPUs 1:
+[   17.796992] NMI backtrace for cpu 1
+[   17.796992] RIP: 0010:kprobe_int3_handler+0xd1/0x1b0
+[   17.796992]  exc_int3+0x44/0x120
+[   17.796992] RIP: 0010:__schedule+0x1bd/0xa00
+[   52.530934] watchdog: BUG: soft lockup - CPU#0 stuck for 35s! [poke.sh:142]
+[   52.530934] RIP: 0010:smp_call_function_many_cond+0xf1/0x330
+"""
+
+
+def test_kernel_reports_say_what_and_where():
+    assert kernel_reports(HUNG) == [
+        "BUG: soft lockup - CPU#0 stuck for 13s! [poke.sh:142] at smp_call_function_many_cond+0xf1/0x330",
+        "NMI backtrace for cpu 1 at kprobe_int3_handler+0xd1/0x1b0 < __schedule+0x1bd/0xa00"]
+    assert kernel_reports("flightrec-vm: ready 5.6\n") == []
+
+
+def test_death_reason_puts_the_panic_first_then_its_oops():
+    assert death_reason(OOPS_AT_BOOT) == ("Kernel panic - not syncing: Fatal exception in interrupt; "
+                                          "Oops: int3: 0000 [#1] PREEMPT SMP NOPTI at enqueue_timer+0xa5/0x100 "
+                                          "< kfree+0x126/0x370")
+    assert death_reason("one\ntwo\n\nthree\n") == "one | two | three"
+    assert death_reason("") == "(no console output)"
