@@ -459,6 +459,7 @@ class _Recording:
                     self._teardown()
                 finally:
                     self.watch.close()
+                    self.exited = sorted(self.exited + self.watch.exits(), key=lambda e: e.at)
         return self._result(started, code, stopped_by, t_forwarding, trace_info, interrupted, error)
 
     def _setup(self) -> None:
@@ -728,6 +729,13 @@ class _Recording:
         if not self.teardown_errors and self.topo is not None:
             self.obs.step("teardown complete: namespaces, links, XDP programs and tracefs instance removed")
 
+    def _forwarder_died_after_freeze(self, code: Optional[int]) -> bool:
+        """The forwarder ended neither cleanly nor on an anomaly, but only once tracing was stopped."""
+        if code in (fwdmod.EXIT_CLEAN, fwdmod.EXIT_ANOMALY, None) or self.frozen_at is None or self.died:
+            return False
+        exits = [e for e in self.exited if e.what == "forwarder"]
+        return bool(exits) and exits[0].at >= self.frozen_at
+
     # --- the result ------------------------------------------------------------------
     def _result(self, started: str, code: Optional[int], stopped_by: str, t_forwarding: float,
                 trace_info: dict, interrupted: Optional[Interrupted],
@@ -737,6 +745,13 @@ class _Recording:
         detected = bool(anomalies) or code == fwdmod.EXIT_ANOMALY or stopped_by == "trigger"
         if error is not None and not trace_info.get("bytes"):
             raise error
+        status = code  # what decides the outcome; meta.json keeps the real exit code
+        if self._forwarder_died_after_freeze(code):
+            # The trace was complete: the run stands; only its exit statistics are missing.
+            self.teardown_notes.append(f"the forwarder {fwdmod.describe_exit(code)} while being stopped, after "
+                                       "the trace was frozen: no exit statistics")
+            self.obs.warning(self.teardown_notes[-1])
+            status = fwdmod.EXIT_CLEAN
         if interrupted is not None:
             outcome, exit_code = "interrupted", 128 + interrupted.signum
             message = f"interrupted by {interrupted}"
@@ -748,10 +763,10 @@ class _Recording:
             message = "anomaly caught; tracing stopped"
         elif error is not None:
             outcome, exit_code, message = "error", EXIT_ERROR, str(error)
-        elif code == fwdmod.EXIT_CLEAN and stopped_by == "duration" and t_forwarding >= self.opts.duration - 1:
+        elif status == fwdmod.EXIT_CLEAN and stopped_by == "duration" and t_forwarding >= self.opts.duration - 1:
             outcome, exit_code = "clean", EXIT_CLEAN
             message = f"ran {t_forwarding:.1f} s with no anomaly"
-        elif code == fwdmod.EXIT_CLEAN:
+        elif status == fwdmod.EXIT_CLEAN:
             outcome, exit_code = "short", EXIT_ERROR
             message = f"recording ended ({stopped_by}) after {t_forwarding:.1f} s of {self.opts.duration:g}"
         else:

@@ -49,11 +49,13 @@ def _status(pidfd: int, proc: subprocess.Popen) -> Optional[int]:
     """The exit status in subprocess's convention, leaving the zombie for Popen to reap."""
     try:
         info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOWAIT | os.WNOHANG)
-    except ChildProcessError:  # Popen reaped it first
-        info = None
-    except OSError:
+    except OSError:  # ECHILD: the Popen's own wait() reaped it first
         info = None
     if info is None:
+        # That wait() sets returncode just after its waitpid returns.
+        deadline = time.monotonic() + 1.0
+        while proc.returncode is None and time.monotonic() < deadline:
+            time.sleep(0.001)
         return proc.returncode
     if info.si_code == os.CLD_EXITED:
         return info.si_status

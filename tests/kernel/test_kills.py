@@ -157,3 +157,23 @@ def test_two_records_started_together(whole_machine, tmp_path):
     # At once: the refusal comes before the other's first step is done, not after its run.
     assert ended[loser] < 10 and ended[loser] < ended[winner] - 2, ended
     assert not (tmp_path / "ab"[loser] / "trace.txt").exists()
+
+
+def test_a_forwarder_that_dies_after_the_freeze_leaves_the_run_standing(whole_machine, tmp_path):
+    """Stopped (SIGSTOP) once record starts saving, the forwarder ignores record's
+    SIGINT and SIGTERM and dies by its SIGKILL: the trace was frozen before, so
+    the clean run stands, said with a warning, its real exit code in meta.json."""
+    out = tmp_path / "stuck"
+    proc = start("record", "-o", str(out), "--duration", "3", "--plain", "--kernel-events", "none")
+    lines = TimedLines(proc.stdout)
+    pid = next(p["pid"] for p in wait_forwarding(proc)["processes"] if p["what"] == "forwarder")
+    assert lines.wait_for("saving the trace", 60) is not None, lines.text()
+    os.kill(pid, signal.SIGSTOP)
+    stderr = proc.stderr.read()
+    code = proc.wait(timeout=60)
+    lines.thread.join(5)
+    assert code == 0, lines.text() + stderr
+    assert "forwarder killed by SIGKILL while being stopped, after the trace was frozen" in lines.text()
+    m = meta(out)
+    assert m["outcome"] == "clean" and m["died"] is None
+    assert m["forwarder"]["exit_code"] == -signal.SIGKILL

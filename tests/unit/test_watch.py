@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
-from flightrec.record.watch import Exit, Watch
+from flightrec.record.watch import Exit, Watch, _status
 
 
 @pytest.fixture
@@ -73,3 +75,20 @@ def test_close_is_idempotent_and_add_after_close_is_ignored():
     finally:
         proc.kill()
         proc.wait(5)
+
+
+def test_status_is_known_when_the_owner_reaps_first():
+    """Popen.wait() can reap the child between the pidfd waking and the watch's
+    waitid (ECHILD), and sets returncode just after: the status is waited for, not lost."""
+    proc = subprocess.Popen(["sleep", "5"])
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        proc.send_signal(signal.SIGKILL)
+        _, status = os.waitpid(proc.pid, 0)  # the owner's waitpid, returncode not yet set
+        assert proc.returncode is None
+        setter = threading.Timer(0.05, lambda: setattr(proc, "returncode", -os.WTERMSIG(status)))
+        setter.start()
+        assert _status(pidfd, proc) == -signal.SIGKILL
+        setter.join()
+    finally:
+        os.close(pidfd)
