@@ -109,6 +109,21 @@ def kernel_reserves(tl: Timeline, rp: Replay, addr: int, after_row: int, limit: 
     return [ev(tl, r, f"the kernel took {hexa(addr)} from FILL on CPU {tl.cpu[r]}") for r in rows[:limit]]
 
 
+def earlier_copy(tl: Timeline, rp: Replay, r: RxRead, s: Reserve) -> list[Evidence]:
+    """The kernel's previous reserve of the same address on the same socket, when the
+    application read that copy and still held it (in RX) as the kernel took it again:
+    two copies of one buffer in FILL, seen from the kernel's side."""
+    if r.state_before != "RX" or r.state_row is None:
+        return []
+    rows = rp.reserves.get(s.xs, [])
+    for row in reversed(rows[:bisect.bisect_left(rows, min(r.state_row, s.row))]):
+        if tl.addr[row] == r.addr:
+            slot = f" (slot {hexa(tl.slot[row])})" if tl.slot[row] is not None else ""
+            return [ev(tl, row, f"CPU {tl.cpu[row]} took {hexa(r.addr)} from FILL before{slot}: "
+                                f"the copy the application read at line {tl.line[r.state_row]}")]
+    return []
+
+
 def transition_claims(tl: Timeline, b: BadTransition) -> list[Claim]:
     """A marker history that does not allow b: both markers, and no marker of it in between on any CPU."""
     ts, cpu, line = tl.ts, tl.cpu, tl.line
@@ -281,6 +296,7 @@ def attribute_read(tl: Timeline, rp: Replay, r: RxRead, kind: str, symptom: str)
     if r.slot is not None and not r.slot_mismatch and r.addr != POISON and not r.skipped:
         s = r.slot
         evidence.append(ev(tl, s.row, f"CPU {s.cpu} took {hexa(s.addr)} from FILL for this slot"))
+        evidence += earlier_copy(tl, rp, r, s)
         # The FILL order is in question here: only the kernel's own events may vouch for the slot.
         claims = list(merged(tie_claim(tl, rp, r.sock),
                              list(slot_alignment(tl, r.sock, row, s, r.prev, det, fill_order=False)),

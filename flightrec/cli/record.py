@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -12,8 +13,8 @@ from typing import Optional
 import click
 
 from flightrec.errors import FlightrecError
-from flightrec.record.forwarder import INJECT_FAULTS
 from flightrec.record.afxdp import MODES as AFXDP_MODES
+from flightrec.record.forwarder import INJECT_FAULTS, child_guard
 from flightrec.record.kernel_events import BACKENDS
 from flightrec.record.topology import NIC_KINDS
 from flightrec.record.session import Interrupted, LiveStats, Observer, RecordOptions, RecordResult
@@ -56,6 +57,9 @@ class PlainView(Observer):
     def anomaly(self, data: dict) -> None:
         self._say(f"ANOMALY {describe_anomaly(data)}")
 
+    def error(self, message: str) -> None:
+        self._say(f"ERROR {message}")
+
 
 class LiveView(Observer):
     """A rich live panel: elapsed, packets per queue, markers, buffer fill."""
@@ -86,6 +90,9 @@ class LiveView(Observer):
 
     def anomaly(self, data: dict) -> None:
         self.console.print(f"[bold red]anomaly:[/bold red] {describe_anomaly(data)}", highlight=False)
+
+    def error(self, message: str) -> None:
+        self.console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
 
     def stats(self, live: LiveStats) -> None:
         from rich.progress_bar import ProgressBar
@@ -123,7 +130,9 @@ def summarize_analysis(trace: Path, out_dir: Path) -> str:
     The analyzer runs as `flightrec analyze --json` in its own process, so
     whatever happens to it, the recording's result and exit code stand.
     """
-    argv = [sys.executable, "-m", "flightrec", "analyze", "--json", str(trace)]
+    # Each dies with flightrec (parent-death signal): a killed recording leaves no analyzer running.
+    guard = child_guard()
+    argv = [*guard, sys.executable, "-m", "flightrec", "analyze", "--json", str(trace)]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     except subprocess.TimeoutExpired:
@@ -140,7 +149,8 @@ def summarize_analysis(trace: Path, out_dir: Path) -> str:
     for args in (["report", str(trace), "-o", str(out_dir / "report.html")],
                  ["export", "perfetto", str(trace), "-o", str(out_dir / "trace.perfetto.json")]):
         try:
-            subprocess.run([sys.executable, "-m", "flightrec", *args], capture_output=True, timeout=300, check=False)
+            subprocess.run([*guard, sys.executable, "-m", "flightrec", *args], capture_output=True, timeout=300,
+                           check=False)
         except subprocess.TimeoutExpired:
             pass
     line = f"verdict: {data.get('verdict')}"
@@ -164,9 +174,9 @@ Examples:
 
 \b
 Exit codes: 0 ran the whole duration with no anomaly; 1 anomaly caught, trace
-saved; 2 usage or environment error (one line says which), or the forwarder
-died or forwarded nothing (trace saved); 128+N stopped by signal N (trace
-saved, everything removed).
+saved; 2 usage or environment error (one line says which), another recording
+running, a helper died or nothing was forwarded (trace saved); 128+N stopped
+by signal N (trace saved, everything removed).
 """
 
 
@@ -204,6 +214,13 @@ def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inje
     and stops tracing on the first anomaly. Saves DIR/trace.txt and
     DIR/meta.json (and DIR/flagged.pcap, pcapng, when the forwarder flagged
     packets), removes everything it created, then analyzes the trace.
+
+    A helper that dies (the forwarder, bpf/xsk_trace, an iperf3) ends the
+    recording at once: flightrec says what died and how, saves and analyzes
+    the trace as on an anomaly, removes everything and exits 2. When the
+    kernel-event loader died, meta.json's kernel_events.ended_at says when, on
+    the trace clock: the trace has no kernel events after it. One recording
+    at a time: a second one refuses at once with one line, exit 2.
     """
     opts = RecordOptions(out_dir=out_dir, duration=duration, queues=queues, buffer_kb=buffer_kb,
                          inject=inject, inject_after=inject_after, kernel_events=kernel_events, mode=mode,
@@ -219,8 +236,17 @@ def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inje
         _close(view)
         click.echo(f"flightrec: interrupted by {sig}", err=True)
         sys.exit(128 + sig.signum)
+    except KeyboardInterrupt:  # Ctrl-C before the recording took over the signals (click would exit 1)
+        _close(view)
+        click.echo("flightrec: interrupted by SIGINT", err=True)
+        sys.exit(128 + signal.SIGINT)
     _close(view)
-    _report(result)
+    try:
+        _report(result)
+    except KeyboardInterrupt:  # during the analysis: the trace is saved, nothing is left
+        click.echo(f"flightrec: interrupted by SIGINT during the analysis; {result.out_dir} holds the trace",
+                   err=True)
+        sys.exit(128 + signal.SIGINT)
     sys.exit(result.exit_code)
 
 

@@ -12,7 +12,7 @@ import click
 
 from flightrec.errors import FlightrecError
 from flightrec.vm.qemu import ACCELS, VmConfig
-from flightrec.vm.runner import DEFAULT_BOOT_TIMEOUT, Interrupted
+from flightrec.vm.runner import DEFAULT_BOOT_TIMEOUT, STALL_TIMEOUT, Interrupted
 
 
 class _Progress:
@@ -45,6 +45,9 @@ def _vm_options(f):  # type: ignore[no-untyped-def]
                      help="tcg works everywhere; kvm where nested virtualisation works (it hangs on some hosts)."),
         click.option("--boot-timeout", type=click.FloatRange(min=1), default=DEFAULT_BOOT_TIMEOUT,
                      show_default=True, help="Watchdog: seconds for the guest to reach its command."),
+        click.option("--stall-timeout", type=click.FloatRange(min=3), default=STALL_TIMEOUT, show_default=True,
+                     help="Progress watchdog: seconds a vCPU may go without running its heartbeat task "
+                          "(a hung guest kernel) before the VM is stopped."),
     ]):
         f = opt(f)
     return f
@@ -53,6 +56,12 @@ def _vm_options(f):  # type: ignore[no-untyped-def]
 def _fail(message: str) -> None:
     click.echo(f"flightrec: {message}", err=True)
     sys.exit(2)
+
+
+def _interrupted(sig: Interrupted) -> None:
+    kept = f"; guest console: {sig.console}" if sig.console is not None else ""
+    click.echo(f"flightrec: interrupted by {sig}; the VM was stopped{kept}", err=True)
+    sys.exit(128 + sig.signum)
 
 
 VM_EPILOG = """\b
@@ -94,6 +103,14 @@ a second one stops the VM at once. Exit codes are record's: 0 clean, 1
 anomaly caught, 2 error (QEMU or kernel missing, boot failure, watchdog),
 128+N stopped by signal N (the trace is saved when the recording had
 started). Nothing is left behind on any of them.
+
+\b
+A guest that dies before the recording starts is booted again (up to
+--boot-attempts boots, said on the terminal and in vm.json). A guest whose
+vCPU stops running tasks for --stall-timeout seconds is stopped by the
+progress watchdog, with the guest kernel's own report in the error line.
+After any failure DIR keeps vm-console.log (the guest's console),
+vm-output.log and vm.json (docs/ci.md).
 """
 
 
@@ -107,6 +124,8 @@ started). Nothing is left behind on any of them.
               help="Host folder for trace.txt, meta.json, analysis.json, vm.json and the guest's logs.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=None,
               help="Watchdog: seconds the guest's recording may take (default: duration + 150).")
+@click.option("--boot-attempts", type=click.IntRange(1, 10), default=3, show_default=True,
+              help="Boots in all when the guest dies before the recording starts (never once it has).")
 @click.option("--nic", type=click.Choice(("veth", "virtio")), default="veth", show_default=True,
               help="veth: veth pairs in the guest. virtio: four QEMU virtio-net-pci NICs (iommu_platform=on), "
                    "client<->outer and inner<->server joined by QEMU hubs (no host network); one queue pair "
@@ -128,8 +147,8 @@ started). Nothing is left behind on any of them.
               help="Widen only flushes of sockets on this queue (default: any).")
 @click.pass_context
 def record_cmd(ctx: click.Context, kernel: Optional[str], cpus: int, memory_mb: int, accel: str,
-               boot_timeout: float, duration: float, out_dir: Path, timeout: Optional[float], nic: str, mode: str,
-               widen: bool,
+               boot_timeout: float, stall_timeout: float, duration: float, out_dir: Path, timeout: Optional[float],
+               boot_attempts: int, nic: str, mode: str, widen: bool,
                widen_flush_ms: float, widen_every: int, widen_reserve_ms: float,
                widen_queue: Optional[int]) -> None:
     """Record the AF_XDP forwarder with real kernel probes inside a VM.
@@ -153,13 +172,13 @@ def record_cmd(ctx: click.Context, kernel: Optional[str], cpus: int, memory_mb: 
         opts = VmRecordOptions(out_dir=out_dir, duration=duration, kernel=kernel,
                                config=VmConfig(cpus=cpus, memory_mb=memory_mb, accel=accel),
                                record_args=tuple(ctx.args), timeout=timeout, boot_timeout=boot_timeout,
+                               boot_attempts=boot_attempts, stall_timeout=stall_timeout,
                                guest_prefix=prefix, guest_files=files, nic=nic, mode=mode)
         result = vm_record(opts, progress.say, progress.guest)
     except FlightrecError as e:
         _fail(str(e))
     except Interrupted as sig:
-        click.echo(f"flightrec: interrupted by {sig}; the VM was stopped", err=True)
-        sys.exit(128 + sig.signum)
+        _interrupted(sig)
     t = result.timings
     progress.say(f"done: exit {result.exit_code}; boot {t.get('boot_s', 0):.1f} s, recording "
                  f"{t.get('guest_command_s', 0):.1f} s for {duration:g} s of traffic, wall {t.get('wall_s', 0):.1f} s")
@@ -200,9 +219,12 @@ or 2 when the VM could not run it.
               help="Host folder to copy $FLIGHTREC_VM_OUT to.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
               help="Watchdog: seconds the command may take.")
+@click.option("--boot-attempts", type=click.IntRange(1, 10), default=1, show_default=True,
+              help="Boots in all when the guest dies before the command starts (never once it has).")
 @click.argument("command", nargs=-1, required=True)
 def run_cmd(kernel: Optional[str], cpus: int, memory_mb: int, accel: str, boot_timeout: float,
-            out_dir: Optional[Path], timeout: float, command: tuple[str, ...]) -> None:
+            stall_timeout: float, out_dir: Optional[Path], timeout: float, boot_attempts: int,
+            command: tuple[str, ...]) -> None:
     """Boot the VM, run COMMAND in it, power off (for debugging the guest)."""
     from flightrec.vm.kernel import guest_kernel
     from flightrec.vm.qemu import tools_missing
@@ -216,12 +238,12 @@ def run_cmd(kernel: Optional[str], cpus: int, memory_mb: int, accel: str, boot_t
         k = guest_kernel(kernel, progress.say, with_vmlinux=False)
         result = run_in_guest(list(command), k, VmConfig(cpus=cpus, memory_mb=memory_mb, accel=accel),
                               timeout=timeout, boot_timeout=boot_timeout, out_dir=out_dir,
-                              say=progress.say, on_output=progress.guest)
+                              say=progress.say, on_output=progress.guest, boot_attempts=boot_attempts,
+                              stall_timeout=stall_timeout)
     except FlightrecError as e:
         _fail(str(e))
     except Interrupted as sig:
-        click.echo(f"flightrec: interrupted by {sig}; the VM was stopped", err=True)
-        sys.exit(128 + sig.signum)
+        _interrupted(sig)
     progress.say(f"guest command exit {result.exit_code} after {result.command_s:.1f} s "
                  f"(boot {result.boot_s:.1f} s, wall {result.wall_s:.1f} s)")
     sys.exit(result.exit_code)

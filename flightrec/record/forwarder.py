@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from flightrec.errors import FlightrecError
 
@@ -173,14 +173,16 @@ class Forwarder:
         except queue.Empty:
             return None
 
-    def wait_ready(self, timeout: float = 15.0) -> None:
-        """Block until the forwarder says ready.
+    def wait_ready(self, timeout: float = 15.0, check: Optional[Callable[[], None]] = None) -> None:
+        """Block until the forwarder says ready; call ``check`` (which may raise) meanwhile.
 
         :raises FlightrecError: it exited first or took longer than ``timeout``.
         """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             event = self.next_event(min(0.2, max(0.0, deadline - time.monotonic())))
+            if check is not None:
+                check()
             if event is None:
                 continue
             if event.kind == "ready":

@@ -270,11 +270,12 @@ class BpfTracer:
             argv += ["--dev", dev]
         return argv
 
-    def start(self, on_process: Optional[Callable[[int, str], None]] = None, timeout: float = 20.0) -> dict:
+    def start(self, on_process: Optional[Callable[[subprocess.Popen, str], None]] = None,
+              timeout: float = 20.0) -> dict:
         """Start the loader and wait for its ready line; return it.
 
-        ``on_process(pid, what)`` is called as soon as the process exists (the
-        crash registry), before it has attached anything.
+        ``on_process(process, what)`` is called as soon as the process exists
+        (the crash registry, the exit watch), before it has attached anything.
 
         :raises FlightrecError: it could not start or the kernel refused (its stderr says why).
         """
@@ -285,7 +286,7 @@ class BpfTracer:
             except OSError as e:
                 raise FlightrecError(f"cannot start {self.binary}: {e.strerror}") from e
         if on_process is not None:
-            on_process(self.proc.pid, "xsk_trace")
+            on_process(self.proc, "xsk_trace")
         assert self.proc.stdout is not None
         line = self._readline(timeout)
         try:

@@ -2,9 +2,16 @@
 
 ``can_run`` says why a recording is impossible here; :func:`record` does
 setup -> start -> wait -> stop -> save, and tears everything down on every
-path out: success, anomaly, the forwarder dying, Ctrl-C, SIGTERM, SIGHUP
+path out: success, anomaly, a helper dying, Ctrl-C, SIGTERM, SIGHUP
 (signals are turned into an exception so they reach the same ``finally``).
 A SIGKILL of flightrec itself is covered by the registry in state.py.
+
+Every process the recording starts (the forwarder, bpf/xsk_trace, the iperf3
+servers and clients) is watched (watch.py): one that dies before its time
+ends the recording at once, which is then saved and analyzed like an
+anomaly's and exits 2 naming what died. When the dead one is the BPF
+kernel-event loader, meta.json's ``kernel_events.ended_at`` says when, on the
+trace clock: the trace has no kernel events after it, whatever the kernel did.
 """
 
 from __future__ import annotations
@@ -28,17 +35,20 @@ from flightrec.record import forwarder as fwdmod
 from flightrec.record import afxdp, kernel_events, state, topology
 from flightrec.record.forwarder import Forwarder, ForwarderConfig
 from flightrec.record.traffic import Traffic, TrafficPlan
+from flightrec.record.watch import Exit, Watch
 from flightrec.report import pcap
 
 AF_XDP = getattr(socket, "AF_XDP", 44)
 EXIT_CLEAN, EXIT_ANOMALY, EXIT_ERROR = 0, 1, 2
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SLACK = 10.0  # seconds the forwarder may outlive the traffic before it is stopped
+# Seconds between the forwarder's start and the traffic's: its readiness and
+# the iperf3 start, which take many seconds in a loaded TCG guest (9.4 s seen
+# with vm record --nic virtio).
+SETUP_ALLOWANCE = 60.0
+CAUSE_WINDOW = 0.3  # seconds after a helper's death in which another's may be its cause
 INJECT_FRAMES = 1024
 TRAFFIC_GRACE = 3.0  # seconds the traffic may take past --duration before it is stopped
-# The forwarder's own safety-net clock starts before the traffic does; starting
-# iperf3 took 9.4 s in a loaded TCG guest (vm record --nic virtio), past SLACK.
-TRAFFIC_START_SLACK = 60.0
 
 
 @dataclass(frozen=True)
@@ -106,11 +116,14 @@ class Observer:
     def anomaly(self, data: dict) -> None:
         """The forwarder reported an anomaly."""
 
+    def error(self, message: str) -> None:
+        """Something ends the recording early (a helper died); said the moment it is known."""
+
 
 @dataclass(frozen=True)
 class RecordResult:
     exit_code: int
-    outcome: str  # clean | anomaly | forwarder-died | interrupted
+    outcome: str  # clean | anomaly | forwarder-died | helper-died | interrupted | short | no-traffic | error
     message: str
     out_dir: Path
     trace_path: Optional[Path]
@@ -123,6 +136,14 @@ class Interrupted(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+class HelperDied(Exception):
+    """A process the recording started ended before its time; carries its :class:`Exit`."""
+
+    def __init__(self, exit: Exit, message: str) -> None:
+        super().__init__(message)
+        self.exit = exit
 
 
 def can_run(opts: Optional[RecordOptions] = None) -> Optional[str]:
@@ -192,7 +213,8 @@ def record(opts: RecordOptions, observer: Optional[Observer] = None) -> RecordRe
     if reason:
         raise FlightrecError(reason)
     root = tracefs.ensure_mounted()
-    choice = kernel_events.choose_backend(opts.kernel_events, root)  # may refuse before anything exists
+    # The lock first: a second recording refuses at once, before probing
+    # anything (the BPF probe below loads programs and touches a tracing setting).
     with state.Lock(), signals_raise() as mode:
         left = state.find_leftovers()
         if left:
@@ -207,28 +229,40 @@ def record(opts: RecordOptions, observer: Optional[Observer] = None) -> RecordRe
                 raise FlightrecError(f"could not remove leftovers: {', '.join(failed)}")
         state.clear_registry()
         reg = state.new_registry()
+        rec: Optional[_Recording] = None
         try:
-            return _Recording(opts, obs, reg, mode, root, choice).run()
+            if opts.kernel_events != "none":
+                # Probing the BPF backend loads a bpf_trace_printk program, and the
+                # kernel then switches the top-level printk event on: registered
+                # first, so that a SIGKILL during the probe is undone by cleanup.
+                reg.extra["bpf_printk_toplevel"] = kernel_events.toplevel_printk(root)
+                reg.save()
+            choice = kernel_events.choose_backend(opts.kernel_events, root)
+            rec = _Recording(opts, obs, reg, mode, root, choice)
+            return rec.run()
         finally:
-            reg.remove()
+            # Kept when the teardown could not remove everything: `flightrec
+            # cleanup` then knows what is left.
+            if rec is None or not rec.left_behind:
+                reg.remove()
 
 
 def remove_leftover_probes(extra: dict) -> list[str]:
     """Remove kernel probes a killed recording installed (its registry's extra)."""
+    problems: list[str] = []
     if not extra:
-        return []
-    if "bpf_printk_toplevel" in extra:
-        # The BPF backend's loader died before flightrec put this back.
-        root = tracefs.find_root()
-        problem = kernel_events.restore_toplevel_printk(root, extra["bpf_printk_toplevel"]) if root else None
+        return problems
+    root = tracefs.find_root()
+    if "bpf_printk_toplevel" in extra and root:
+        # A BPF program was loaded (the backend, or its probe) before flightrec put this back.
+        problem = kernel_events.restore_toplevel_printk(root, extra["bpf_printk_toplevel"])
         if problem:
-            return [problem]
+            problems.append(problem)
     if extra.get("probes") is not None:
-        return kernel_events.remove(extra["probes"])
-    if extra.get("probes_pending"):
-        root = tracefs.find_root()
-        return kernel_events.remove_all_flightrec_probes(root) if root else []
-    return []
+        problems += kernel_events.remove(extra["probes"])
+    elif extra.get("probes_pending") and root:
+        problems += kernel_events.remove_all_flightrec_probes(root)
+    return problems
 
 
 class _Recording:
@@ -253,13 +287,143 @@ class _Recording:
         self.meta: dict = {}
         self.flagged: dict = {}  # what _save_flagged wrote, for meta.json
         self.nics: list[dict] = []  # the VM's NICs before they were moved (--nic virtio)
-        self.teardown_errors: list[str] = []
+        self.teardown_errors: list[str] = []  # something could not be removed: cleanup's job
+        self.teardown_notes: list[str] = []  # went wrong while stopping, but nothing is left
+        self.save_errors: list[str] = []  # the trace could not be frozen or saved
+        self.watch = Watch()
+        self.exited: list[Exit] = []  # every helper exit seen, earliest first
+        self.died: Optional[HelperDied] = None  # the helper death that ended the recording
+        self.t0: Optional[float] = None  # time.monotonic() when the traffic started
+        self.frozen_at: Optional[float] = None  # time.monotonic() when tracing was stopped
+        self.clock_offset: Optional[float] = None  # trace clock minus time.monotonic(), seconds
+
+    @property
+    def left_behind(self) -> bool:
+        """True when the teardown could not remove everything."""
+        return bool(self.teardown_errors)
+
+    # --- helpers that die ------------------------------------------------------------
+    def _started(self, proc: Any, what: str) -> None:
+        """A child exists: into the crash registry and the exit watch."""
+        self.reg.add_process(proc.pid, what)
+        self.watch.add(proc, what)
+
+    def _is_death(self, exit: Exit) -> bool:
+        """Whether this exit, before tracing was frozen, ends the recording early."""
+        if self.frozen_at is not None and exit.at >= self.frozen_at:
+            return False  # stopped by the teardown, or at least after the trace was complete
+        if exit.what == "forwarder":
+            return exit.code != fwdmod.EXIT_ANOMALY  # an anomaly is the forwarder's way to stop
+        if exit.what == "xsk_trace":
+            return True  # kernel events end with it, whatever its status
+        # iperf3: clients end after -t (started just before t0), servers after
+        # their one test. A failure once that time is up is told with the
+        # results; a clean exit half a second early is as much a death as a kill.
+        if self.t0 is None or self.traffic is None:
+            return True
+        due = self.t0 + self.traffic.seconds
+        return exit.at < due and (exit.code != 0 or exit.at < due - 0.5)
+
+    def _death(self, skip: tuple[str, ...] = ()) -> Optional[Exit]:
+        """The death that ends the recording, or None.
+
+        One death brings others (a killed iperf3 client makes its server exit
+        cleanly, sometimes first): of the deaths within CAUSE_WINDOW of the
+        first, the cause is a kill before a failure before a clean exit.
+        """
+        self.exited.extend(self.watch.exits())
+        self.exited.sort(key=lambda e: e.at)
+        deaths = [e for e in self.exited if e.what not in skip and self._is_death(e)]
+        if not deaths:
+            return None
+        wait = deaths[0].at + CAUSE_WINDOW - time.monotonic()
+        if wait > 0 and (deaths[0].code or 0) >= 0:  # a kill is the cause already: no wait
+            time.sleep(wait)
+            self.exited = sorted(self.exited + self.watch.exits(), key=lambda e: e.at)
+            deaths = [e for e in self.exited if e.what not in skip and self._is_death(e)]
+        window = [e for e in deaths if e.at <= deaths[0].at + CAUSE_WINDOW]
+        return min(window, key=lambda e: (0 if (e.code or 0) < 0 else 1 if e.code else 2, e.at))
+
+    def _check_helpers(self, skip: tuple[str, ...] = ()) -> None:
+        """:raises HelperDied: a helper (other than ``skip``) ended before its time."""
+        exit = self._death(skip)
+        if exit is not None:
+            self._raise_died(exit)
+
+    def _raise_died(self, exit: Exit) -> None:
+        message = self._describe_death(exit)
+        self.obs.error(f"{message}; stopping and saving the trace")
+        raise HelperDied(exit, message)
+
+    def _describe_death(self, exit: Exit) -> str:
+        names = {"forwarder": "the forwarder", "xsk_trace": "xsk_trace (the BPF kernel-event loader)"}
+        parts = exit.what.split("-")  # iperf3-client-tcp -> iperf3 tcp client
+        name = names.get(exit.what, " ".join([parts[0], *reversed(parts[1:])]))
+        how = exit.how()
+        if exit.what == "forwarder" and self.fwd is not None and self.fwd.exit_event:
+            reason = self.fwd.exit_event.get("reason")
+            how += f", reason: {reason}" if reason else ""
+        when = (f"{exit.at - self.t0:.1f} s into the recording" if self.t0 is not None and exit.at >= self.t0
+                else "during set-up")
+        message = f"{name} (pid {exit.pid}) {how} {when}"
+        last = self._last_stderr_line(exit.what)
+        if last:
+            message += f"; its last stderr line: {last}"
+        if exit.what == "xsk_trace":
+            ended = self._trace_time(exit.at)
+            message += ("; the trace holds no kernel events after "
+                        + (f"{ended:.6f} (trace clock)" if ended is not None else "that"))
+        return message
+
+    def _last_stderr_line(self, what: str) -> str:
+        path = {"forwarder": self.logs / "forwarder.stderr", "xsk_trace": self.logs / "xsk_trace.stderr"}.get(
+            what, self.logs / f"{what}.stderr")
+        try:
+            lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
+    def _trace_time(self, monotonic: float) -> Optional[float]:
+        """A time.monotonic() value on the trace clock (the same numbers when the clock is mono)."""
+        if self.clock_offset is None:
+            return None
+        return round(monotonic + self.clock_offset, 6)
+
+    def _measure_clock(self, clock: str) -> None:
+        """Trace clock minus time.monotonic().
+
+        The mono trace clock is ktime_get_mono_fast_ns, CLOCK_MONOTONIC itself
+        (tests/kernel/test_kills.py checks markers against time.monotonic()):
+        0. Another clock is measured from the "now ts" of CPU 0's buffer
+        statistics, read between two time.monotonic() readings; the tightest
+        of a few readings (under load one read can take milliseconds).
+        """
+        if clock == "mono":
+            self.clock_offset = 0.0
+            return
+        assert self.instance is not None
+        stats = self.instance.path / "per_cpu" / "cpu0" / "stats"
+        best: Optional[tuple[float, float]] = None  # (span, offset)
+        for _ in range(5):
+            try:
+                before = time.monotonic()
+                text = stats.read_text()
+                after = time.monotonic()
+            except OSError:
+                return
+            now_ts = tracefs.parse_cpu_stats(0, text).now_ts
+            if now_ts > 0 and (best is None or after - before < best[0]):
+                best = (after - before, now_ts - (before + after) / 2)
+        if best is not None:
+            self.clock_offset = best[1]
 
     # --- the run -----------------------------------------------------------------
     def run(self) -> RecordResult:
         try:
             self.logs.mkdir(parents=True, exist_ok=True)
         except OSError as err:
+            self.watch.close()
             raise FlightrecError(f"cannot create {self.logs}: {err.strerror}") from err
         for stale in ("trace.txt", "meta.json", "forwarder-stats.json", "analysis.json", pcap.PCAP_NAME,
                       f"logs/{pcap.FLAGGED_NAME}"):
@@ -271,25 +435,30 @@ class _Recording:
         code: Optional[int] = None
         trace_info: dict = {}
         stopped_by = "flightrec"
-        t0: Optional[float] = None
         try:
             self._setup()
-            t0 = time.monotonic()
-            stopped_by = self._wait(t0)
+            self.t0 = time.monotonic()
+            stopped_by = self._wait(self.t0)
         except Interrupted as sig:
             interrupted = sig
             self.obs.warning(f"got {sig}; stopping and saving the trace")
+        except HelperDied as died:
+            self.died = died
+            stopped_by = f"{died.exit.what} died"
         except FlightrecError as err:
             error = err
         finally:
             # From here on signals are only noted: a second Ctrl-C must not cut
             # the cleanup short. The teardown itself is bounded in time.
             self.mode.append("teardown")
-            t_forwarding = time.monotonic() - t0 if t0 is not None else 0.0
+            t_forwarding = time.monotonic() - self.t0 if self.t0 is not None else 0.0
             try:
                 code, trace_info = self._stop_and_save()
             finally:
-                self._teardown()
+                try:
+                    self._teardown()
+                finally:
+                    self.watch.close()
         return self._result(started, code, stopped_by, t_forwarding, trace_info, interrupted, error)
 
     def _setup(self) -> None:
@@ -310,6 +479,7 @@ class _Recording:
         self.instance.set_buffer_size_kb(opts.buffer_kb)
         trigger = self.instance.arm_traceoff_on_detection()
         self.instance.start()
+        self._measure_clock(clock)
         self.obs.step(
             f"tracing into {self.instance.path} (clock {clock}, {self.instance.buffer_size_kb} KB per CPU, "
             f"trigger `{trigger}`)"
@@ -336,8 +506,9 @@ class _Recording:
             trace_dir=self.instance.path, inject=opts.inject,
             inject_after=opts.inject_after, stats_path=self.out / "forwarder-stats.json",
             # flightrec stops the forwarder when the traffic is done; its own
-            # --duration is only the safety net should flightrec die.
-            duration=opts.duration + SLACK + TRAFFIC_START_SLACK,
+            # --duration (counted from its start, before the traffic's set-up)
+            # is only the safety net should flightrec hang.
+            duration=opts.duration + SLACK + SETUP_ALLOWANCE,
             # An injected duplicate is caught when the kernel reaches it in FILL,
             # after up to a quarter of the UMEM's frames: a small UMEM keeps the
             # injection inside the trace buffer.
@@ -347,15 +518,18 @@ class _Recording:
         )
         self.fwd = Forwarder(config, stderr_path=self.logs / "forwarder.stderr")
         self.fwd.start()
-        assert self.fwd.pid is not None
-        self.reg.add_process(self.fwd.pid, "forwarder")
-        self.fwd.wait_ready()
+        assert self.fwd.proc is not None
+        self._started(self.fwd.proc, "forwarder")
+        # Its own failure to start is told by wait_ready, with its stderr.
+        self.fwd.wait_ready(check=lambda: self._check_helpers(skip=("forwarder",)))
+        self._check_helpers()
         self.obs.step(f"forwarder ready (pid {self.fwd.pid}, {opts.queues} queues per side)")
         self.obs.step(afxdp.describe(opts.mode, self.fwd.ready))
 
         self.traffic = Traffic(self.topo, TrafficPlan(duration=opts.duration), self.logs,
-                               on_process=self.reg.add_process)
+                               on_process=self._started, check=self._check_helpers)
         self.traffic.start()
+        self._check_helpers()
         self.obs.step(
             f"traffic: iperf3 TCP and UDP, {self.topo.client_addr} -> {self.topo.server_addr}, "
             f"{opts.duration:g} s"
@@ -373,7 +547,7 @@ class _Recording:
         self.reg.extra["bpf_printk_toplevel"] = before
         self.reg.save()
         self.bpf = kernel_events.BpfTracer(devices, self.logs / "xsk_trace.stderr")
-        ready = self.bpf.start(on_process=self.reg.add_process)
+        ready = self.bpf.start(on_process=self._started)
         problem = kernel_events.restore_toplevel_printk(self.root, before, settle=1.0)
         if problem:
             self.obs.warning(problem)
@@ -387,8 +561,10 @@ class _Recording:
         """Follow the forwarder until the traffic is done or it exits.
 
         Returns what ended the recording: "duration" (the traffic ran its
-        course), "forwarder" (it exited: anomaly or crash), "trigger" (the
+        course), "forwarder" (it stopped on an anomaly), "trigger" (the
         kernel stopped tracing and the forwarder hangs) or "timeout".
+
+        :raises HelperDied: a helper died (the forwarder too), noticed within 0.25 s.
         """
         assert self.fwd is not None and self.instance is not None and self.traffic is not None
         deadline = t0 + self.opts.duration + SLACK
@@ -396,11 +572,18 @@ class _Recording:
         tracing_off_since: Optional[float] = None
         while True:
             event = self.fwd.next_event(0.25)
+            self._check_helpers()
             now = time.monotonic()
             if event is not None:
                 if event.kind == "anomaly":
                     self.obs.anomaly(event.data)
                 elif event.kind == "eof":
+                    # stdout closes as it exits: its status tells an anomaly from a death.
+                    code = self.fwd.wait(5.0)
+                    self.exited.extend(self.watch.exits())
+                    if not any(e.what == "forwarder" for e in self.exited):  # the watch lags behind
+                        self.exited.append(Exit("forwarder", self.fwd.pid or 0, time.monotonic(), code))
+                    self._check_helpers()
                     return "forwarder"
                 elif event.kind == "exit":
                     d = event.data
@@ -451,11 +634,22 @@ class _Recording:
         """Freeze the buffer, stop the children, save trace and stats."""
         info: dict = {}
         if self.instance is not None and self.instance.created:
+            self.obs.step("saving the trace")
             try:
                 info["tracing_on_at_stop"] = self.instance.tracing_on
                 self.instance.stop()  # freeze first: teardown traffic must not overwrite the story
             except (OSError, FlightrecError) as err:
-                self.teardown_errors.append(f"stopping tracing: {err}")
+                self.save_errors.append(f"stopping tracing: {err}")
+        self.frozen_at = time.monotonic()
+        if self.died is None and info.get("tracing_on_at_stop"):
+            # A death in the last moments before the freeze still cut the trace
+            # short (not so when the forwarder or the trigger had frozen it already).
+            exit = self._death()
+            if exit is not None:
+                try:
+                    self._raise_died(exit)
+                except HelperDied as died:
+                    self.died = died
         code = None
         if self.fwd is not None:
             code = self.fwd.wait(0.5)
@@ -474,7 +668,7 @@ class _Recording:
                 info["buffer_size_kb"] = self.instance.buffer_size_kb
                 info["fill_to_rx_markers"] = _count_fill_to_rx(trace_path)
             except (OSError, FlightrecError) as err:
-                self.teardown_errors.append(f"saving the trace: {err}")
+                self.save_errors.append(f"saving the trace: {err}")
         return code, info
 
     def _save_flagged(self) -> None:
@@ -493,15 +687,20 @@ class _Recording:
 
     def _teardown(self) -> None:
         """Undo everything in reverse order; collect, never raise."""
+        if self.topo is not None:
+            self.obs.step("tearing down")
         if self.fwd is not None:
             self.fwd.stop()
         if self.traffic is not None:
             self.traffic.stop()
         if self.bpf is not None:
             code = self.bpf.stop()
-            if code != 0:
-                self.teardown_errors.append(
-                    f"BPF backend (xsk_trace) {fwdmod.describe_exit(code)}: {self.bpf.stderr_tail()}")
+            reported = self.died is not None and self.died.exit.what == "xsk_trace"
+            if code != 0 and not reported:
+                # Its links went with the process: nothing is left, and the trace
+                # was frozen before it stopped. Worth saying, not cleanup's business.
+                self.teardown_notes.append(
+                    f"xsk_trace {fwdmod.describe_exit(code)} while stopping: {self.bpf.stderr_tail() or 'no stderr'}")
             # Again: the kernel's late top-level enable may have come after setup's restore.
             problem = kernel_events.restore_toplevel_printk(self.root, self.reg.extra.get("bpf_printk_toplevel"))
             if problem:
@@ -516,11 +715,15 @@ class _Recording:
                 self.instance.close()
             except FlightrecError as err:
                 self.teardown_errors.append(str(err))
+            # A signal between its mkdir and the note that it was made.
+            if not self.instance.created and self.instance.name in tracefs.list_instances(self.root):
+                if not tracefs.remove_instance(self.instance.name, self.root):
+                    self.teardown_errors.append(f"tracefs instance {self.instance.name} not removed")
         if self.topo is not None:
             left = topology.teardown(self.topo)
             if left:
                 self.teardown_errors.append(f"namespaces not removed: {', '.join(left)}")
-        for err in self.teardown_errors:
+        for err in self.save_errors + self.teardown_notes + self.teardown_errors:
             self.obs.warning(err)
         if not self.teardown_errors and self.topo is not None:
             self.obs.step("teardown complete: namespaces, links, XDP programs and tracefs instance removed")
@@ -537,6 +740,9 @@ class _Recording:
         if interrupted is not None:
             outcome, exit_code = "interrupted", 128 + interrupted.signum
             message = f"interrupted by {interrupted}"
+        elif self.died is not None:
+            outcome = "forwarder-died" if self.died.exit.what == "forwarder" else "helper-died"
+            exit_code, message = EXIT_ERROR, str(self.died)
         elif detected:
             outcome, exit_code = "anomaly", EXIT_ANOMALY
             message = "anomaly caught; tracing stopped"
@@ -555,16 +761,20 @@ class _Recording:
         traffic = self.traffic.results() if self.traffic else []
         if outcome == "clean":
             counts = (fwd.exit_event or fwd.last_stats or {}) if fwd else {}
-            failed = [f"{r.name} {r.error or f'exit {r.exit_code}'}" for r in traffic if r.exit_code != 0]
+            failed = [f"{r.name} {r.error or f'exit {r.exit_code}'}" for r in traffic if r.exit_code != 0 or r.error]
             if sum(int(n) for n in counts.get("rx", [])) == 0:
                 outcome, exit_code = "no-traffic", EXIT_ERROR
                 message = f"no packet reached the forwarder in {t_forwarding:.1f} s (iperf3: {'; '.join(failed)})"
             elif failed:
                 message += f"; iperf3 trouble: {'; '.join(failed)} (logs in {self.logs})"
+        if self.save_errors:
+            message += f" ({'; '.join(self.save_errors)})"
         if self.teardown_errors:
             message += f" (teardown: {'; '.join(self.teardown_errors)}; run `flightrec cleanup`)"
-            if exit_code == EXIT_CLEAN:
-                exit_code = EXIT_ERROR
+        if (self.save_errors or self.teardown_errors) and exit_code == EXIT_CLEAN:
+            exit_code = EXIT_ERROR
+        died = self.died.exit if self.died is not None else None
+        bpf_died = died is not None and died.what == "xsk_trace"
 
         self.meta = {
             "flightrec": __version__,
@@ -584,6 +794,11 @@ class _Recording:
                     "argv": self.bpf.argv(), "ready": self.bpf.ready, "exit": self.bpf.exit_event,
                     "exit_code": self.bpf.proc.returncode if self.bpf.proc else None,
                 },
+                # When the kernel-event source died before tracing was stopped:
+                # the moment it did, on the trace clock. No kernel event after
+                # it reached the trace, whatever the kernel did.
+                "ended_at": self._trace_time(died.at) if bpf_died and died is not None else None,
+                "ended_by": f"xsk_trace {died.how()}" if bpf_died and died is not None else None,
             },
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.opts).items()},
             "topology": self.topo.as_dict() if self.topo else None,
@@ -592,6 +807,8 @@ class _Recording:
                                     fwd.read_stats_file() if fwd else None, self.nics),
             "trace": {
                 "instance": self.instance.name if self.instance else None,
+                # Trace clock minus CLOCK_MONOTONIC (0 for the mono clock: the same clock).
+                "clock_offset_s": None if self.clock_offset is None else round(self.clock_offset, 6),
                 "trigger": f'traceoff if buf ~ "{tracefs.DETECTION_GLOB}"',
                 "stopped_by": "forwarder" if code == fwdmod.EXIT_ANOMALY else stopped_by,
                 **trace_info,
@@ -610,6 +827,14 @@ class _Recording:
                 "flagged": self.flagged or None,
             },
             "traffic": [asdict(r) for r in traffic],
+            # The helper whose death ended the recording early, if one did.
+            "died": None if died is None else {
+                "what": died.what, "pid": died.pid, "how": died.how(), "code": died.code,
+                "seconds_into_recording": None if self.t0 is None or died.at < self.t0
+                else round(died.at - self.t0, 3),
+                "trace_time": self._trace_time(died.at),
+                "stderr": self._last_stderr_line(died.what) or None,
+            },
         }
         meta_path = self.out / "meta.json"
         meta_path.write_text(json.dumps(self.meta, indent=2, default=str) + "\n")

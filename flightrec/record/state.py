@@ -102,10 +102,11 @@ class Registry:
         self.save()
 
     def remove(self) -> None:
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        for path in (self.path, self.path.with_suffix(".tmp")):  # .tmp: a signal inside save()
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
 
 
 class Lock:
@@ -128,8 +129,14 @@ class Lock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            # Started at the same instant, the holder may not have written its pid yet.
+            deadline = time.monotonic() + 0.5
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            while not holder and time.monotonic() < deadline:
+                time.sleep(0.02)
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
+            holder = holder or "?"
             raise FlightrecError(
                 f"another flightrec (pid {holder}) is recording; wait for it to finish "
                 f"or stop it (kill -INT {holder})"

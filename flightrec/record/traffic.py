@@ -21,8 +21,9 @@ from flightrec.record.topology import Topology
 
 TCP_PORT = 5201
 UDP_PORT = 5202
-# Under TCG on a loaded host one `ip netns exec ss` takes about a second and
-# iperf3 several to start (it is read over virtiofs): 5 s was missed there.
+# Seconds the servers may take to listen: well under one here, many in a
+# loaded TCG guest, where one `ip netns exec ss` poll takes about a second and
+# iperf3 is read over virtiofs (5 s was missed there). Clients get 15 s to connect.
 LISTEN_TIMEOUT = 30.0
 CONNECT_TIMEOUT_MS = 15000
 
@@ -51,11 +52,13 @@ class Traffic:
     """iperf3 servers in the server namespace, clients in the client namespace."""
 
     def __init__(self, topo: Topology, plan: TrafficPlan, log_dir: Path,
-                 on_process: Optional[Callable[[int, str], None]] = None) -> None:
+                 on_process: Optional[Callable[[subprocess.Popen, str], None]] = None,
+                 check: Optional[Callable[[], None]] = None) -> None:
         self.topo = topo
         self.plan = plan
         self.log_dir = log_dir
-        self.on_process = on_process
+        self.on_process = on_process  # (process, "iperf3-<name>") as soon as it exists
+        self.check = check  # called while waiting for the servers; may raise to stop
         self.servers: dict[str, subprocess.Popen] = {}
         self.clients: dict[str, subprocess.Popen] = {}
 
@@ -73,21 +76,29 @@ class Traffic:
             out.close()
             err.close()
         if self.on_process:
-            self.on_process(proc.pid, f"iperf3-{name}")
+            self.on_process(proc, f"iperf3-{name}")
         return proc
 
     def _listening(self, port: int) -> bool:
-        proc = subprocess.run(
-            ["ip", "netns", "exec", self.topo.server_ns, "ss", "-Hltnu", f"sport = :{port}"],
-            capture_output=True, text=True, timeout=5, check=False,
-        )
+        try:
+            proc = subprocess.run(
+                ["ip", "netns", "exec", self.topo.server_ns, "ss", "-Hltnu", f"sport = :{port}"],
+                capture_output=True, text=True, timeout=10, check=False,
+            )
+        except subprocess.TimeoutExpired:  # a loaded TCG guest: ask again until the deadline
+            return False
         return bool(proc.stdout.strip())
+
+    @property
+    def seconds(self) -> int:
+        """How long each client sends (iperf3's -t takes whole seconds)."""
+        return max(1, int(self.plan.duration))
 
     def start(self) -> None:
         """Start the servers, wait until they listen, then start the clients."""
         if shutil.which("iperf3") is None:
             raise FlightrecError("iperf3 not found; apt-get install iperf3")
-        t = max(1, int(self.plan.duration))
+        t = self.seconds
         addr = self.topo.server_addr
         # -i 0: no per-second reports. With -J iperf3 keeps every one in memory
         # until it exits (~0.5 MB a minute each): an hours-long run would grow.
@@ -104,6 +115,8 @@ class Traffic:
                 raise FlightrecError(f"{dead[0]} before listening (see its log in {self.log_dir})")
             if time.monotonic() > deadline:
                 raise FlightrecError(f"iperf3 servers did not start listening within {LISTEN_TIMEOUT:g} s")
+            if self.check:
+                self.check()
             time.sleep(0.1)
         common = ["--connect-timeout", str(CONNECT_TIMEOUT_MS), "-J", "-i", "0", "-t", str(t)]
         self.clients["tcp"] = self._spawn(

@@ -19,6 +19,7 @@ import hashlib
 import io
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -32,10 +33,15 @@ BOOT_MODULES = ("virtio_pci", "virtiofs", "overlay")
 # loaded here so the guest needs no kmod, nor udev to load a PCI NIC's driver.
 EXTRA_MODULES = ("veth", "virtio_net")
 
+# Another checkout's build for the same kernel (another init script) is removed only once
+# unused for this long: two flightrecs of different versions may boot the same kernel at once.
+STALE_S = 24 * 3600.0
+
 # Console markers the host waits for (qemu.py).
 READY = "flightrec-vm: ready"
 DONE = "flightrec-vm: done"
 FAIL = "flightrec-vm: FAIL"
+HEARTBEAT = "heartbeat."  # job/heartbeat.<cpu>, read by the host's progress watchdog
 
 INIT = r"""#!/bin/busybox sh
 # flightrec VM init: host root read-only under an overlay, one writable job folder.
@@ -93,9 +99,30 @@ cp /bin/busybox $R/run/flightrec-vm/busybox
 for a in modprobe insmod lsmod rmmod depmod; do ln -s ../busybox $R/run/flightrec-vm/bin/$a; done
 echo /run/flightrec-vm/bin/modprobe > /proc/sys/kernel/modprobe
 
+# Under TCG the kernel boots on one vCPU (maxcpus=1, flightrec/vm/qemu.py): the others
+# come online here, after the boot's live code patching.
+for c in /sys/devices/system/cpu/cpu[0-9]*; do
+    [ -f "$c/online" ] && [ "$(cat "$c/online")" = 0 ] || continue
+    echo 1 > "$c/online" || fail "cannot bring ${c##*/} online"
+done
+
+# Progress heartbeat for the host's watchdog (flightrec/vm/runner.py): one loop per
+# vCPU, pinned there at normal priority, rewrites $JOB/heartbeat.<cpu> ("count uptime")
+# every second. A vCPU that stops running ordinary tasks (a kernel spinning with
+# preemption off, a stuck softirq) stops its file.
+HB=
+cpu=0
+while [ $cpu -lt $(nproc) ]; do
+    taskset -c $cpu sh -c 'n=0; while :; do n=$((n + 1)); read up idle < /proc/uptime
+        echo "$n $up" > "$1"; sleep 1; done' heartbeat "$R$JOB/HEARTBEAT_FILE$cpu" </dev/null &
+    HB="$HB $!"
+    cpu=$((cpu + 1))
+done
+
 echo "READY_MARKER $(cut -d' ' -f1 /proc/uptime)"
 chroot $R /bin/sh "$JOB/run.sh" </dev/null
 echo "DONE_MARKER rc=$? $(cut -d' ' -f1 /proc/uptime)"
+kill $HB 2>/dev/null
 sync
 umount "$R$JOB" 2>/dev/null
 poweroff -f
@@ -104,7 +131,8 @@ sleep 5
 
 
 def init_script() -> str:
-    return INIT.replace("FAIL_MARKER", FAIL).replace("READY_MARKER", READY).replace("DONE_MARKER", DONE)
+    return (INIT.replace("FAIL_MARKER", FAIL).replace("READY_MARKER", READY).replace("DONE_MARKER", DONE)
+            .replace("HEARTBEAT_FILE", HEARTBEAT))
 
 
 def module_order(modules_dir: Path, wanted: Iterable[str]) -> list[str]:
@@ -200,6 +228,7 @@ def build(kernel: GuestKernel, extra_modules: Iterable[str] = EXTRA_MODULES,
     key.update(str(busybox.stat().st_mtime_ns).encode())
     path = cache / f"initramfs-{kernel.release}-{key.hexdigest()[:12]}.cpio.gz"
     if path.is_file():
+        os.utime(path)  # in use: another checkout's build() must not remove it (STALE_S)
         return path
     archive = _Cpio()
     for d in ("bin", "dev", "proc", "sys", "lower", "rw", "newroot", "modules"):
@@ -220,9 +249,13 @@ def build(kernel: GuestKernel, extra_modules: Iterable[str] = EXTRA_MODULES,
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_bytes(gzip.compress(archive.finish(), compresslevel=6))
     os.replace(tmp, path)
-    for old in cache.glob(f"initramfs-{kernel.release}-*.cpio.gz"):  # older init scripts' builds
-        if old != path:
-            old.unlink(missing_ok=True)
+    now = time.time()
+    for old in cache.glob(f"initramfs-{kernel.release}-*.cpio.gz"):  # other init scripts' builds
+        try:
+            if old != path and now - old.stat().st_mtime > STALE_S:
+                old.unlink()
+        except OSError:
+            pass  # removed meanwhile by another flightrec
     return path
 
 

@@ -1,7 +1,8 @@
 """QEMU and virtiofsd: start them, watch the guest, and make sure they are gone.
 
 The recipe (measured on Debian 12 with QEMU 7.2): TCG with one thread per
-vCPU (``-accel tcg,thread=multi -cpu qemu64``), a shared memfd memory backend
+vCPU (``-accel tcg,thread=multi -cpu max``; the guest kernel boots on one vCPU:
+see TCG_CMDLINE), a shared memfd memory backend
 (vhost-user needs the guest's memory in a shareable fd), and two
 ``vhost-user-fs-pci`` devices served by the C virtiofsd that ships with QEMU:
 ``hostroot`` (the host's ``/``, mounted read-only by the guest) and ``job``
@@ -34,6 +35,25 @@ ACCELS = ("tcg", "kvm")
 # TCG CPU model: "max" has SSE4.2/AVX2 (QEMU 7.2), which numpy >= 2 needs at import;
 # qemu64 lacks them and the analyzer dies with SIGILL in the guest.
 CPU_TCG = os.environ.get("FLIGHTREC_VM_CPU", "max")
+# One host thread per vCPU (multi) or all vCPUs in one (single). QEMU 7.2's multi-threaded
+# TCG can keep running a stale translation of kernel code another vCPU has just patched
+# (docs/ci.md, "Live-patched kernel code under TCG"); single avoids that at some speed and
+# with coarse interleaving of the vCPUs (each runs for up to 100 ms at a time).
+TCG_THREADS = ("multi", "single")
+TCG_THREAD = os.environ.get("FLIGHTREC_VM_TCG_THREAD", "multi")
+# Kernel parameters for a guest under TCG. maxcpus=1: boot on one vCPU, the init script
+# brings the others online before the command (flightrec/vm/initramfs.py). The kernel
+# live-patches its own code during boot (static keys: timers_nohz_active in enqueue_timer()
+# at the switch to tickless mode, __sched_clock_stable in sched_clock_cpu() at late init)
+# with text_poke_bp(), whose temporary int3 another vCPU must never execute once the patch
+# is done. Under QEMU 7.2's multi-threaded TCG it sometimes does, from a stale translation
+# of the patched page: "Oops: int3" in enqueue_timer or sched_clock_cpu, "Fatal exception
+# in interrupt" 1-3 s into boot (6.12, 7.3), or, on 6.1 (whose kprobe handler takes a
+# vanished int3 for a removed probe and jumps back to it), a vCPU looping on the int3
+# with interrupts off and the guest hung. With one vCPU during boot nothing can race.
+# noreplace-smp: a kernel booted with maxcpus=1 rewrites its SMP code for one CPU and back
+# again when the second comes online (1.3 s of patching under TCG); keep the SMP code.
+TCG_CMDLINE = ("maxcpus=1", "noreplace-smp")
 PR_SET_PDEATHSIG = 1
 
 
@@ -48,6 +68,7 @@ class VmConfig:
     # first console line, so kvm is never chosen for you.
     accel: str = "tcg"
     cmdline: tuple[str, ...] = field(default_factory=tuple)  # extra kernel parameters
+    tcg_cmdline: tuple[str, ...] = TCG_CMDLINE  # kernel parameters added under TCG (the workarounds)
     # More QEMU arguments: the guest NICs of `vm record --nic virtio` (flightrec.record.nics).
     devices: tuple[str, ...] = field(default_factory=tuple)
 
@@ -59,6 +80,13 @@ class VmConfig:
             raise FlightrecError(f"--memory must be between 256 and 65536 MB, got {self.memory_mb}")
         if self.accel not in ACCELS:
             raise FlightrecError(f"--accel must be one of {', '.join(ACCELS)}, got {self.accel!r}")
+        if TCG_THREAD not in TCG_THREADS:
+            raise FlightrecError(f"FLIGHTREC_VM_TCG_THREAD must be one of {', '.join(TCG_THREADS)}, "
+                                 f"got {TCG_THREAD!r}")
+
+    def kernel_params(self) -> tuple[str, ...]:
+        """The kernel parameters this configuration adds: the TCG workarounds, then ``cmdline``."""
+        return (self.tcg_cmdline if self.accel == "tcg" else ()) + self.cmdline
 
 
 def tools_missing() -> Optional[str]:
@@ -107,7 +135,7 @@ def qemu_argv(kernel: Path, initrd: Path, cmdline: str, config: VmConfig, socket
     if accel == "kvm":
         argv += ["-accel", "kvm", "-cpu", "host"]
     else:
-        argv += ["-accel", "tcg,thread=multi", "-cpu", CPU_TCG]
+        argv += ["-accel", f"tcg,thread={TCG_THREAD}", "-cpu", CPU_TCG]
     argv += ["-smp", str(config.cpus), "-m", mem,
              # vhost-user-fs needs guest memory that virtiofsd can map.
              "-object", f"memory-backend-memfd,id=mem,size={mem},share=on", "-numa", "node,memdev=mem"]

@@ -40,6 +40,10 @@ class VmRecordOptions:
     record_args: tuple[str, ...] = ()  # more `flightrec record` options, passed through
     timeout: Optional[float] = None  # the guest's command; default duration + SLACK
     boot_timeout: float = runner.DEFAULT_BOOT_TIMEOUT
+    # Boots in all when the guest dies before the recording starts (an intermittent
+    # panic at boot under TCG); never retried once it has started.
+    boot_attempts: int = 3
+    stall_timeout: float = runner.STALL_TIMEOUT  # the progress watchdog (runner's notes)
     analyze: bool = True
     # Run the guest's recording under this command (e.g. a fault amplifier that
     # wraps it: ("python3", "-m", "flightrec.probes.widen", "run", "--")).
@@ -166,6 +170,8 @@ def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say =
     if why:
         raise FlightrecError(why)
     _remove_stale(opts.out_dir)
+    if opts.boot_attempts < 1:
+        raise FlightrecError(f"boot attempts must be at least 1, got {opts.boot_attempts}")
     kernel_events = params["kernel_events"]
     if kernel_events == "auto":
         kernel_events = "kprobes"  # the point of the VM: its kernel has them
@@ -200,7 +206,8 @@ def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say =
     guest = runner.run_in_guest(
         command, kernel, config, timeout=timeout, boot_timeout=opts.boot_timeout,
         out_dir=opts.out_dir, files=files, say=say, on_output=on_output,
-        cwd=runner.REPO_ROOT, graceful_stop=True)
+        cwd=runner.REPO_ROOT, graceful_stop=True, boot_attempts=opts.boot_attempts,
+        stall_timeout=opts.stall_timeout)
     timings.update(boot_s=guest.boot_s, guest_command_s=guest.command_s, qemu_peak_rss_mb=guest.qemu_peak_rss_mb,
                    recording_overhead_s=round(guest.command_s - opts.duration, 2))
     trace = opts.out_dir / "trace.txt"
@@ -225,7 +232,8 @@ STALE = ("trace.txt", "meta.json", "analysis.json", "forwarder-stats.json", "vm.
 
 def _remove_stale(out_dir: Path) -> None:
     """A previous run's files in DIR must not pass for this run's (copy-back merges)."""
-    for name in STALE:
+    boots = [p.name for p in out_dir.glob("vm-console-boot*.log")] if out_dir.is_dir() else []
+    for name in (*STALE, *boots):
         try:
             (out_dir / name).unlink(missing_ok=True)
         except OSError as e:
@@ -248,6 +256,8 @@ def _write_vm_json(opts: VmRecordOptions, kernel: GuestKernel, guest: runner.Gue
                    defs: Optional[dict], timings: dict) -> None:
     path = opts.out_dir / "vm.json"
     data = {"kernel": kernel.as_dict(), "guest": guest.as_dict(), "timings": timings,
+            # How many boots it took, and why each failed one failed (runner.run_in_guest's retry).
+            "boots": guest.boots, "failed_boots": [asdict(b) for b in guest.failed_boots],
             "vcpus": opts.config.cpus, "memory_mb": opts.config.memory_mb, "nic": opts.nic, "mode": opts.mode,
             "probe_definitions": None if defs is None else [d["text"] for d in defs["definitions"]]}
     try:

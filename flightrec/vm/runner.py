@@ -10,6 +10,31 @@ output folder once the guest has powered off. On every way out (done, boot
 failure, watchdog, Ctrl-C, SIGTERM) QEMU and virtiofsd are stopped and the
 scratch folder removed.
 
+Failures keep their evidence: with an output folder, every failed run (boot
+failure, guest death, a watchdog, a signal) leaves the guest's console in
+``vm-console.log`` and the command's output in ``vm-output.log`` there, with
+whatever ``job/out`` held, and ``vm.json`` saying what went wrong; the error
+line names the console file.
+
+Retries (``boot_attempts`` > 1, opt-in): a guest that dies or hangs before its
+command starts (a kernel panic at boot, QEMU exiting, the boot watchdog) is
+booted again, up to that many boots in all, saying so. Each failed boot's
+console is kept as ``vm-console-boot<N>.log`` and listed in ``vm.json``.
+Nothing is retried once the command has started, nor a boot the init script
+refused (a missing module does not go away).
+
+Progress watchdog: the guest's init keeps one heartbeat loop per vCPU, pinned
+to it (flightrec/vm/initramfs.py), rewriting ``job/heartbeat.<cpu>`` every
+second. Once the command runs, a vCPU whose heartbeat stops for
+``stall_timeout`` seconds (:data:`STALL_TIMEOUT`) means the guest stopped making
+progress there: a kernel spinning with preemption off, a stuck softirq, a
+soft lockup. If some vCPUs still beat and the caller asked for
+``graceful_stop``, the guest is first asked to stop and save its trace (as for
+Ctrl-C, within :data:`STOP_GRACE`); otherwise, or when every vCPU has stopped,
+QEMU is stopped at once and whatever ``job/out`` holds is copied back. Either
+way the run fails with one line: the reason, the guest's last console and
+output lines and where the console is.
+
 With ``graceful_stop``, the first signal once the command runs only asks it
 to stop: the host writes ``job/stop`` (the signal's name), the guest side
 (flightrec/vm/guest.py) interrupts its recording, which saves its trace, and
@@ -20,6 +45,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -27,7 +53,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -42,16 +68,35 @@ DEFAULT_BOOT_TIMEOUT = 90.0  # seconds from QEMU's start to the guest's command 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 WORK_PREFIX = "flightrec-vm-"  # /tmp/flightrec-vm-<pid>-XXXX: the pid tells a stale one
 STOP_GRACE = 120.0  # seconds a stopping guest may take to save and power off (TCG is slow)
+# Progress watchdog: seconds without a heartbeat from a vCPU. Under TCG on a busy
+# 2-core host a heartbeat came at most ~3 s late while the guest recorded; 20 s
+# leaves room for a host that starves QEMU for a while, and still ends a hung
+# guest long before the whole-run watchdog (duration + 150 s for vm record).
+STALL_TIMEOUT = 20.0
 
 Say = Callable[[str], None]
 
 
 class Interrupted(Exception):
-    """A handled signal arrived while the guest ran; the VM has been stopped."""
+    """A handled signal arrived while the guest ran; the VM has been stopped.
+    ``console`` is where the guest's console was kept (with an output folder)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.console: Optional[Path] = None
+
+
+class BootDied(FlightrecError):
+    """The guest died (a panic, QEMU exiting) or hung before its command started: worth another boot."""
+
+
+@dataclass(frozen=True)
+class FailedBoot:
+    """One boot that died before the command started, and what was kept of it."""
+
+    reason: str
+    console: Optional[str] = None  # file name in the output folder
 
 
 @dataclass(frozen=True)
@@ -69,11 +114,15 @@ class GuestRun:
     guest_out: str = ""  # $FLIGHTREC_VM_OUT as the guest saw it (gone once the run is over)
     qemu_argv: tuple[str, ...] = ()
     stopped_by: Optional[int] = None  # the signal that asked the command to stop early (graceful_stop)
+    heartbeat_max_gap_s: float = 0.0  # the progress watchdog's margin: longest gap between heartbeats
+    boots: int = 1  # boots it took (boot_attempts)
+    failed_boots: tuple[FailedBoot, ...] = field(default_factory=tuple)
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["out_dir"] = None if self.out_dir is None else str(self.out_dir)
         d["qemu_argv"] = list(self.qemu_argv)
+        d["failed_boots"] = [asdict(b) for b in self.failed_boots]
         return d
 
 
@@ -178,19 +227,24 @@ def run_in_guest(command: list[str], kernel: GuestKernel, config: VmConfig, *, t
                  boot_timeout: float = DEFAULT_BOOT_TIMEOUT, out_dir: Optional[Path] = None,
                  files: Optional[dict[str, str]] = None, env: Optional[dict[str, str]] = None,
                  cwd: Optional[Path] = None, say: Say = lambda _: None,
-                 on_output: Say = lambda _: None, graceful_stop: bool = False) -> GuestRun:
+                 on_output: Say = lambda _: None, graceful_stop: bool = False,
+                 boot_attempts: int = 1, stall_timeout: float = STALL_TIMEOUT) -> GuestRun:
     """Boot ``kernel``, run ``command`` in the guest (as root, host root read-only), power off.
 
     ``files`` are written into the job folder first (name -> text); the
     command finds them under ``$FLIGHTREC_VM_JOB``. ``timeout`` bounds the
     command, ``boot_timeout`` the boot: past either, the watchdog stops QEMU.
+    ``stall_timeout``: the progress watchdog (see the module's notes).
     ``graceful_stop``: see the module's notes; the command must watch for
-    ``$FLIGHTREC_VM_JOB/stop``.
+    ``$FLIGHTREC_VM_JOB/stop``. ``boot_attempts``: boots in all when the guest
+    dies before its command starts (1: no retry).
 
-    :raises FlightrecError: QEMU, virtiofsd or busybox missing; boot failure; watchdog.
+    :raises FlightrecError: QEMU, virtiofsd or busybox missing; boot failure; a watchdog.
     :raises Interrupted: SIGINT, SIGTERM or SIGHUP (the VM is stopped first).
     """
     config.check()
+    if boot_attempts < 1:
+        raise FlightrecError(f"boot attempts must be at least 1, got {boot_attempts}")
     t0 = time.monotonic()
     with _signals_raise() as mode:
         initrd = initramfs.build(kernel)
@@ -199,112 +253,365 @@ def run_in_guest(command: list[str], kernel: GuestKernel, config: VmConfig, *, t
             # Both go on the kernel command line, which splits at whitespace.
             raise FlightrecError(f"the VM's folders must not contain spaces: {tempfile.gettempdir()} "
                                  "(set TMPDIR to another folder)")
-        work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-"))
-        machine: Optional[Machine] = None
-        try:
-            job = work / "job"
-            (job / "out").mkdir(parents=True)
-            for name, text in (files or {}).items():
-                (job / name).write_text(text)
-            (job / "run.sh").write_text(_run_script(command, job, (cwd or Path.cwd()).resolve(), env or {}))
-            params = ["console=ttyS0", "quiet", "loglevel=4", "panic=-1", "rdinit=/init",
-                      # TCG: no speculative-execution mitigations to pay for in a throwaway guest.
-                      "mitigations=off", f"flightrec.job={job}"]
-            if kernel.modules_dir is not None:
-                params.append(f"flightrec.modules={kernel.modules_dir}")
-            params += list(config.cmdline)
-            machine = Machine(kernel.bzimage, initrd, " ".join(params), config,
-                              {"hostroot": Path("/"), "job": job}, work)
-            say(f"boot: {kernel.release}, {config.cpus} vCPUs, {config.memory_mb} MB, accel {config.accel}")
-            t_start = time.monotonic()
-            machine.start()
-            peak: list[float] = [0.0]
-            ready_at, uptime, done_at = _watch(machine, job, t_start, timeout, boot_timeout, say, on_output,
-                                               peak, mode if graceful_stop else None)
-            boot_s = ready_at - t_start
-            command_s = (done_at or time.monotonic()) - ready_at
-            rc_file = job / "rc"
-            if not rc_file.is_file():
-                raise FlightrecError(f"the guest powered off without an exit code; console: "
-                                     f"{_console_tail(machine)}")
-            exit_code = int(rc_file.read_text().strip() or "2")
-            copied = None
-            if out_dir is not None:
-                say(f"copying back: {job / 'out'} -> {out_dir}")
-                copied = _copy_back(job, work, out_dir)
-            result = GuestRun(exit_code, copied, round(boot_s, 2), uptime, round(command_s, 2),
-                              round(time.monotonic() - t0, 2), machine.accel, round(peak[0]), str(job / "out"),
-                              tuple(machine.argv), mode.stop)
-            if copied is not None:
-                (copied / "vm.json").write_text(json.dumps({"kernel": kernel.as_dict(), **result.as_dict()},
-                                                           indent=2) + "\n")
+        attempt = _Attempt(command, kernel, config, initrd, timeout, boot_timeout, stall_timeout, out_dir,
+                           files or {}, env or {}, (cwd or Path.cwd()).resolve(), say, on_output,
+                           mode if graceful_stop else None)
+        failed: list[FailedBoot] = []
+        boot = 0
+        while True:
+            boot += 1
+            mode.teardown = False  # signals count again while this boot runs
+            try:
+                result = attempt.run(boot, boot_attempts)
+            except BootDied as e:
+                mode.teardown = True
+                attempt.stop()
+                kept = _keep_console(attempt.work, out_dir, f"vm-console-boot{boot}.log")
+                failed.append(FailedBoot(str(e), kept))
+                if boot == boot_attempts:
+                    raise _failure(attempt, out_dir, str(e), boot, failed, kernel) from None
+                say(f"boot {boot} of {boot_attempts} failed: {e}; booting again")
+                continue  # the finally below removes this boot's scratch folder
+            except FlightrecError as e:
+                mode.teardown = True
+                attempt.stop()
+                raise _failure(attempt, out_dir, str(e), boot, failed, kernel) from None
+            except Interrupted as e:
+                mode.teardown = True
+                attempt.stop()
+                e.console = _failure(attempt, out_dir, f"interrupted by {e}", boot, failed, kernel).console
+                raise
+            finally:
+                mode.teardown = True
+                attempt.cleanup()
+            result = replace(result, failed_boots=tuple(failed), boots=boot, wall_s=round(time.monotonic() - t0, 2))
+            if result.out_dir is not None:
+                (result.out_dir / "vm.json").write_text(
+                    json.dumps({"kernel": kernel.as_dict(), **result.as_dict()}, indent=2) + "\n")
             return result
-        finally:
-            mode.teardown = True
-            if machine is not None:
-                machine.stop()
-            shutil.rmtree(work, ignore_errors=True)
 
 
-def _watch(machine: Machine, job: Path, t_start: float, timeout: float, boot_timeout: float,
-           say: Say, on_output: Say, peak: list[float],
-           signals: Optional[_Signals] = None) -> tuple[float, float, Optional[float]]:
-    """Follow the console and the command's output until QEMU exits; the watchdog.
-    With ``signals`` (graceful stop), pass a stop request on to the guest.
+class RunFailed(FlightrecError):
+    """A run failed; ``console`` is the guest's console kept in the output folder, if any."""
 
-    Returns (ready time, guest uptime at ready, done time or None).
-    :raises FlightrecError: boot failure, or the watchdog fired.
-    """
-    console, output = _Tail(machine.console), _Tail(job / "output.log")
-    ready_at: Optional[float] = None
-    done_at: Optional[float] = None
-    stop_at: Optional[float] = None
-    uptime = 0.0
-    ticks = 0
-    while True:
-        ticks += 1
-        if ticks % 10 == 0:  # once a second
-            peak[0] = max(peak[0], machine.rss_mb())
-        if signals is not None and signals.stop is not None and stop_at is None:
-            stop_at = time.monotonic()
-            name = signal.Signals(signals.stop).name
-            (job / STOP_FILE).write_text(name + "\n")
-            say(f"got {name}: asking the guest to stop and save its trace (again to stop the VM at once)")
-        for line in console.lines():
-            if initramfs.READY in line and ready_at is None:
-                ready_at = time.monotonic()
-                uptime = _float_after(line, initramfs.READY)
-                say(f"guest ready in {ready_at - t_start:.1f} s (guest kernel uptime {uptime:.1f} s)")
-                if signals is not None:
-                    signals.stoppable = True  # from now on there is a command to stop
-            elif initramfs.DONE in line:
-                done_at = time.monotonic()
-                if signals is not None:
-                    signals.stoppable = False  # nothing left to stop: a signal now stops the VM
-            elif initramfs.FAIL in line:
-                raise FlightrecError(f"guest boot failed: {line.split(initramfs.FAIL, 1)[1].strip()}")
-        for line in output.lines():
-            on_output(line)
-        status = machine.poll()
-        if status is not None:
-            for line in output.flush():
-                on_output(line)
-            if ready_at is None:
-                why = machine.qemu_error() or _console_tail(machine)
-                raise FlightrecError(f"the guest did not boot (QEMU exit {status}): {why}")
-            return ready_at, uptime, done_at
-        now = time.monotonic()
-        if ready_at is None and now - t_start > boot_timeout:
-            raise FlightrecError(f"watchdog: the guest did not reach its command within {boot_timeout:g} s; "
-                                 f"QEMU stopped; console: {_console_tail(machine)}")
-        if ready_at is not None and done_at is None and now - ready_at > timeout:
-            raise FlightrecError(f"watchdog: the guest's command ran over {timeout:g} s; QEMU stopped")
-        if stop_at is not None and done_at is None and now - stop_at > STOP_GRACE:
-            raise FlightrecError(f"watchdog: the guest's command did not stop within {STOP_GRACE:g} s of "
+    def __init__(self, message: str, console: Optional[Path]) -> None:
+        super().__init__(message)
+        self.console = console
+
+
+def _failure(attempt: "_Attempt", out_dir: Optional[Path], reason: str, boots: int, failed: list[FailedBoot],
+             kernel: GuestKernel) -> RunFailed:
+    """Keep what the failed run left (console, output, job/out, vm.json) in ``out_dir``
+    (QEMU stopped first); the error names the console file."""
+    if out_dir is None or attempt.work is None:
+        return RunFailed(reason, None)
+    console = out_dir / "vm-console.log"
+    try:
+        _copy_back(attempt.work / "job", attempt.work, out_dir)
+        (out_dir / "vm.json").write_text(json.dumps({
+            "kernel": kernel.as_dict(), "error": reason, "boots": boots,
+            "failed_boots": [asdict(b) for b in failed], "accel": attempt.config.accel,
+            "qemu_argv": list(attempt.argv)}, indent=2) + "\n")
+    except (OSError, FlightrecError) as e:
+        return RunFailed(f"{reason} (and the guest's console could not be kept: {e})", None)
+    if not console.is_file():  # stopped before QEMU started: there is no console
+        return RunFailed(reason, None)
+    return RunFailed(f"{reason}; guest console: {console}", console)
+
+
+def _keep_console(work: Optional[Path], out_dir: Optional[Path], name: str) -> Optional[str]:
+    """A failed boot's console as ``out_dir/name`` (None without an output folder)."""
+    if out_dir is None or work is None or not (work / "console.log").is_file():
+        return None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(work / "console.log", out_dir / name)
+    except OSError:
+        return None
+    return name
+
+
+class _Attempt:
+    """One boot of the guest: its scratch folder, QEMU and watch loop."""
+
+    def __init__(self, command: list[str], kernel: GuestKernel, config: VmConfig, initrd: Path, timeout: float,
+                 boot_timeout: float, stall_timeout: float, out_dir: Optional[Path], files: dict[str, str],
+                 env: dict[str, str], cwd: Path, say: Say, on_output: Say, signals: Optional[_Signals]) -> None:
+        self.command, self.kernel, self.config, self.initrd = command, kernel, config, initrd
+        self.timeout, self.boot_timeout, self.stall_timeout = timeout, boot_timeout, stall_timeout
+        self.out_dir, self.files, self.env, self.cwd = out_dir, files, env, cwd
+        self.say, self.on_output, self.signals = say, on_output, signals
+        self.work: Optional[Path] = None
+        self.machine: Optional[Machine] = None
+        self.argv: list[str] = []
+
+    def run(self, boot: int, boots: int) -> GuestRun:
+        """:raises BootDied: the guest died before its command; FlightrecError: any other failure."""
+        t_start = time.monotonic()
+        self.work = work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-"))
+        job = work / "job"
+        (job / "out").mkdir(parents=True)
+        for name, text in self.files.items():
+            (job / name).write_text(text)
+        (job / "run.sh").write_text(_run_script(self.command, job, self.cwd, self.env))
+        params = ["console=ttyS0", "panic=-1", "rdinit=/init",
+                  # Warnings and unleveled lines too (a soft lockup's backtrace is unleveled),
+                  # not the boot's info chatter.
+                  "loglevel=5",
+                  # A stuck vCPU is reported after 10 s (not 20), before the progress watchdog
+                  # fires, with every vCPU's backtrace: the evidence lands in vm-console.log.
+                  "watchdog_thresh=5", "softlockup_all_cpu_backtrace=1",
+                  # TCG: no speculative-execution mitigations to pay for in a throwaway guest.
+                  "mitigations=off", f"flightrec.job={job}"]
+        if self.kernel.modules_dir is not None:
+            params.append(f"flightrec.modules={self.kernel.modules_dir}")
+        params += list(self.config.kernel_params())
+        self.machine = machine = Machine(self.kernel.bzimage, self.initrd, " ".join(params), self.config,
+                                         {"hostroot": Path("/"), "job": job}, work)
+        which = f"boot {boot} of {boots}" if boot > 1 else "boot"
+        c = self.config
+        self.say(f"{which}: {self.kernel.release}, {c.cpus} vCPUs, {c.memory_mb} MB, accel {c.accel}")
+        machine.start()
+        self.argv = machine.argv
+        watch = _Watch(machine, job, self, t_start)
+        watch.run()
+        assert watch.ready_at is not None
+        command_s = (watch.done_at or time.monotonic()) - watch.ready_at
+        rc_file = job / "rc"
+        if watch.stalled is not None:
+            raise FlightrecError(watch.stalled + _kept_output(job))
+        if not rc_file.is_file():
+            raise FlightrecError(f"the guest died while running its command (QEMU exit {machine.poll()}): "
+                                 f"{death_reason(_read(machine.console))}")
+        exit_code = int(rc_file.read_text().strip() or "2")
+        copied = None
+        if self.out_dir is not None:
+            self.say(f"copying back: {job / 'out'} -> {self.out_dir}")
+            copied = _copy_back(job, work, self.out_dir)
+        return GuestRun(exit_code, copied, round(watch.ready_at - t_start, 2), watch.uptime, round(command_s, 2),
+                        0.0, machine.accel, round(watch.peak_rss), str(job / "out"), tuple(machine.argv),
+                        None if self.signals is None else self.signals.stop, round(watch.beats.max_gap, 1))
+
+    def stop(self) -> None:
+        """Stop QEMU and virtiofsd (idempotent): the console is complete after this."""
+        if self.machine is not None:
+            self.machine.stop()
+
+    def cleanup(self) -> None:
+        """Stop QEMU and virtiofsd, remove the scratch folder (kept files are copied first)."""
+        self.stop()
+        if self.work is not None:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _kept_output(job: Path) -> str:
+    names = sorted(p.name for p in (job / "out").iterdir()) if (job / "out").is_dir() else []
+    return f"; the guest had written {', '.join(names[:6])}{' ...' if len(names) > 6 else ''}" if names else \
+        "; the guest had written nothing to its output folder"
+
+
+class _Heartbeats:
+    """The per-vCPU heartbeat files of the guest's init: which vCPU stopped beating."""
+
+    def __init__(self, job: Path, cpus: int) -> None:
+        self.job, self.cpus = job, cpus
+        self.seen: dict[int, str] = {}
+        self.changed: dict[int, float] = {}
+        self.max_gap = 0.0  # the longest a vCPU went without a new heartbeat, seen from the host
+
+    def start(self, now: float) -> None:
+        self.changed = {cpu: now for cpu in range(self.cpus)}
+
+    def poll(self, now: float) -> None:
+        for cpu in range(self.cpus):
+            try:
+                text = (self.job / f"{initramfs.HEARTBEAT}{cpu}").read_text().strip()
+            except OSError:
+                continue
+            if text and text != self.seen.get(cpu):  # empty: read between the guest's truncate and write
+                if cpu in self.seen:
+                    self.max_gap = max(self.max_gap, now - self.changed[cpu])
+                self.seen[cpu], self.changed[cpu] = text, now
+
+    def stalled(self, now: float, after: float) -> list[int]:
+        return [cpu for cpu, t in self.changed.items() if now - t > after]
+
+    def describe(self, cpus: list[int], after: float) -> str:
+        which = "every vCPU" if len(cpus) == self.cpus else \
+            ("vCPU " if len(cpus) == 1 else "vCPUs ") + ", ".join(map(str, cpus))
+        last = []
+        for cpu in cpus:
+            parts = self.seen.get(cpu, "").split()
+            if len(parts) == 2:
+                last.append(f"vCPU {cpu} at guest uptime {parts[1]} s")
+        when = f" (last heartbeat: {'; '.join(last)})" if last else " (no heartbeat at all)"
+        return f"progress watchdog: no heartbeat from {which} of the guest for {after:g} s{when}"
+
+
+class _Watch:
+    """Follow the console and the command's output until QEMU exits; the watchdogs.
+    With signals (graceful stop), pass a stop request on to the guest."""
+
+    def __init__(self, machine: Machine, job: Path, attempt: _Attempt, t_start: float) -> None:
+        self.machine, self.job, self.a, self.t_start = machine, job, attempt, t_start
+        self.ready_at: Optional[float] = None
+        self.done_at: Optional[float] = None
+        self.uptime = 0.0
+        self.peak_rss = 0.0
+        self.stalled: Optional[str] = None  # the progress watchdog's reason, once it fired
+        self.stop_at: Optional[float] = None
+        self.beats = _Heartbeats(job, attempt.config.cpus)
+
+    def run(self) -> None:
+        """:raises BootDied, FlightrecError: boot failure, or a watchdog fired."""
+        machine, a = self.machine, self.a
+        console, output = _Tail(machine.console), _Tail(self.job / "output.log")
+        ticks = 0
+        while True:
+            ticks += 1
+            now = time.monotonic()
+            if ticks % 10 == 0:  # once a second
+                self.peak_rss = max(self.peak_rss, machine.rss_mb())
+                if self.ready_at is not None and self.done_at is None:
+                    self.beats.poll(now)
+                    self._check_progress(now)
+            if a.signals is not None and a.signals.stop is not None and self.stop_at is None:
+                name = signal.Signals(a.signals.stop).name
+                self._ask_to_stop(name, f"got {name}: asking the guest to stop and save its trace "
+                                        "(again to stop the VM at once)")
+            for line in console.lines():
+                self._console_line(line)
+            for line in output.lines():
+                a.on_output(line)
+            status = machine.poll()
+            if status is not None:
+                for line in console.flush():  # what QEMU wrote just before it exited (an init FAIL line)
+                    self._console_line(line)
+                for line in output.flush():
+                    a.on_output(line)
+                if self.ready_at is None:
+                    why = machine.qemu_error() or death_reason(_read(machine.console))
+                    raise BootDied(f"the guest died before its command started (QEMU exit {status}): {why}")
+                return
+            self._check_time(time.monotonic())
+            time.sleep(0.1)
+
+    def _console_line(self, line: str) -> None:
+        a = self.a
+        if initramfs.READY in line and self.ready_at is None:
+            self.ready_at = time.monotonic()
+            self.uptime = _float_after(line, initramfs.READY)
+            self.beats.start(self.ready_at)
+            a.say(f"guest ready in {self.ready_at - self.t_start:.1f} s (guest kernel uptime {self.uptime:.1f} s)")
+            if a.signals is not None:
+                a.signals.stoppable = True  # from now on there is a command to stop
+        elif initramfs.DONE in line:
+            self.done_at = time.monotonic()
+            if a.signals is not None:
+                a.signals.stoppable = False  # nothing left to stop: a signal now stops the VM
+        elif initramfs.FAIL in line:
+            raise FlightrecError(f"guest boot failed: {line.split(initramfs.FAIL, 1)[1].strip()}")
+
+    def _ask_to_stop(self, name: str, why: str) -> None:
+        self.stop_at = time.monotonic()
+        (self.job / STOP_FILE).write_text(name + "\n")
+        self.a.say(why)
+
+    def _check_progress(self, now: float) -> None:
+        """The progress watchdog: a vCPU without a heartbeat for stall_timeout seconds."""
+        a = self.a
+        stalled = self.beats.stalled(now, a.stall_timeout)
+        if not stalled:
+            return
+        every = len(stalled) == a.config.cpus
+        if self.stalled is None:
+            self.stalled = self.beats.describe(stalled, a.stall_timeout) + self._last_lines()
+            if a.signals is not None and not every:
+                a.signals.stoppable = False  # a signal now stops the VM at once
+                if self.stop_at is None:
+                    self._ask_to_stop("SIGTERM", f"{self.stalled}; asking the guest to stop and save its trace")
+                self.stalled += "; the guest was asked to stop and save its trace"
+                return
+        elif a.signals is not None and not every:
+            return  # asked to stop, and some vCPU still runs tasks: give it STOP_GRACE
+        raise FlightrecError(self.stalled + "; QEMU stopped" + _kept_output(self.job))
+
+    def _last_lines(self) -> str:
+        """The guest kernel's reports (a soft lockup and the vCPUs' backtraces come within
+        10 s: watchdog_thresh=5), else its last console lines; the command's last output."""
+        text = _read(self.machine.console)
+        reports = kernel_reports(text)
+        console = f"guest kernel: {'; '.join(reports[:4])}" if reports else \
+            f"last console lines: {_tail_lines(text, 3) or '(none)'}"
+        output = _tail_lines(_read(self.job / "output.log"), 2)
+        return f"; {console}; last output: {output or '(none)'}"
+
+    def _check_time(self, now: float) -> None:
+        a = self.a
+        if self.ready_at is None and now - self.t_start > a.boot_timeout:
+            raise BootDied(f"watchdog: the guest did not reach its command within {a.boot_timeout:g} s; "
+                                 f"QEMU stopped; console: {_tail_lines(_read(self.machine.console), 4)}")
+        if self.ready_at is not None and self.done_at is None and now - self.ready_at > a.timeout:
+            raise FlightrecError(f"watchdog: the guest's command ran over {a.timeout:g} s; QEMU stopped")
+        if self.stop_at is not None and self.done_at is None and now - self.stop_at > STOP_GRACE:
+            reason = self.stalled + "; " if self.stalled else ""
+            raise FlightrecError(f"{reason}watchdog: the guest's command did not stop within {STOP_GRACE:g} s of "
                                  "the request; QEMU stopped")
-        if done_at is not None and now - done_at > 30:
+        if self.done_at is not None and now - self.done_at > 30:
             raise FlightrecError("watchdog: the guest did not power off within 30 s of its command's end")
-        time.sleep(0.1)
+
+
+# A kernel report starts with one of these lines; the RIP lines after it say where.
+_REPORT = re.compile(r"(Kernel panic - not syncing: .*|BUG: .*|Oops: .*|general protection fault.*|kernel BUG at .*|"
+                     r"WARNING: CPU: .*|rcu: INFO: .*|NMI backtrace for cpu \d+|invalid opcode: .*|divide error: .*)")
+_RIP = re.compile(r"RIP: 0010:(\S+)")  # kernel code (CS 0x10); a user RIP says nothing here
+
+
+def kernel_reports(console: str) -> list[str]:
+    """The guest kernel's own reports in its console, in order, each with where it happened:
+    "BUG: soft lockup - CPU#0 stuck for 13s! [sh:142] at smp_call_function_many_cond+0xf1/0x330",
+    "NMI backtrace for cpu 1 at kprobe_int3_handler+0xd1/0x1b0 < __schedule+0x1bd/0xa00" (the
+    second RIP is the code the first one interrupted)."""
+    reports: list[tuple[str, list[str]]] = []
+    for raw in console.splitlines():
+        line = re.sub(r"^\[\s*[\d.]+\]\s*", "", raw).strip()
+        m = _REPORT.search(line)
+        if m:
+            reports.append((m.group(1), []))
+            continue
+        r = _RIP.search(line)
+        if r and reports and len(reports[-1][1]) < 2 and r.group(1) not in reports[-1][1]:
+            reports[-1][1].append(r.group(1))
+    out: list[str] = []
+    seen: set[str] = set()
+    for head, rips in reports:
+        text = head + (" at " + " < ".join(rips) if rips else "")
+        key = re.sub(r"\d+s!", "Ns!", text)  # a soft lockup repeats with a longer "stuck for Ns!"
+        if key not in seen:
+            seen.add(key)
+            out.append(text)
+    return out
+
+
+def death_reason(console: str) -> str:
+    """What killed the guest, from its console: the panic and the reports before it, or its last lines."""
+    reports = kernel_reports(console)
+    panics = [r for r in reports if r.startswith("Kernel panic")]
+    if panics:
+        return "; ".join([panics[0], *[r for r in reports if not r.startswith("Kernel panic")][:3]])
+    return "; ".join(reports[:4]) or _tail_lines(console, 4) or "(no console output)"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _tail_lines(text: str, n: int) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " | ".join(lines[-n:])
 
 
 def _float_after(line: str, marker: str) -> float:
@@ -314,20 +621,12 @@ def _float_after(line: str, marker: str) -> float:
         return 0.0
 
 
-def _console_tail(machine: Machine, n: int = 4) -> str:
-    try:
-        text = machine.console.read_text(errors="replace")
-    except OSError:
-        return "(no console output)"
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return " | ".join(lines[-n:]) or "(no console output)"
-
-
 def _copy_back(job: Path, work: Path, out_dir: Path) -> Path:
     """Copy job/out to ``out_dir`` with the guest's console and command output beside it."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(job / "out", out_dir, dirs_exist_ok=True, symlinks=True)
+        if (job / "out").is_dir():
+            shutil.copytree(job / "out", out_dir, dirs_exist_ok=True, symlinks=True)
         for src, name in ((work / "console.log", "vm-console.log"), (job / "output.log", "vm-output.log")):
             if src.is_file():
                 shutil.copyfile(src, out_dir / name)

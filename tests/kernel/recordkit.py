@@ -7,9 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import IO, Optional
 
 import pytest
 
@@ -54,6 +55,103 @@ def snapshot() -> dict:
     }
 
 
+# Every BPF program flightrec loads, by name: the BPF kernel-event backend
+# (bpf/xsk_trace.bpf.c), the forwarder's XDP program, the VM's widener.
+XSK_TRACE_PROGRAMS = frozenset({"xsk_rx_reserve", "xsk_flush", "xsk_tx_get_data"})
+FLIGHTREC_PROGRAMS = XSK_TRACE_PROGRAMS | {"xdp_meta", "widen_flush", "widen_reserve"}
+# What `ps` calls the processes a recording starts.
+HELPER_COMMS = frozenset({"forwarder", "xsk_trace", "iperf3"})
+
+
+def _bpftool(*args: str) -> list:
+    out = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        raise RuntimeError(f"bpftool {' '.join(args)} failed: {out.stderr.strip()}")
+    return json.loads(out.stdout or "[]")
+
+
+def bpf_programs(names: frozenset = FLIGHTREC_PROGRAMS) -> dict[int, str]:
+    """id -> name of the loaded BPF programs named in ``names``."""
+    return {p["id"]: p.get("name", "") for p in _bpftool("prog", "show") if p.get("name") in names}
+
+
+def bpf_links(names: frozenset = FLIGHTREC_PROGRAMS) -> int:
+    """How many BPF links hold a program named in ``names``."""
+    ids = set(bpf_programs(names))
+    return sum(1 for link in _bpftool("link", "show") if link.get("prog_id") in ids)
+
+
+def helper_processes() -> list[str]:
+    """Live forwarder, xsk_trace and iperf3 processes ("pid comm")."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            comm = (d / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm in HELPER_COMMS and state.process_start_time(int(d.name)) is not None:
+            found.append(f"{d.name} {comm}")
+    return sorted(found)
+
+
+def root_xdp() -> list[str]:
+    """Links of the root namespace with an XDP program attached."""
+    out = subprocess.run(["ip", "-d", "-j", "link", "show"], capture_output=True, text=True, timeout=10).stdout
+    return sorted(link["ifname"] for link in json.loads(out or "[]") if link.get("xdp"))
+
+
+def kprobes(root: Path) -> list[str]:
+    """flightrec's lines of kprobe_events ([] on a kernel without kprobes)."""
+    try:
+        text = (root / "kprobe_events").read_text()
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if "flightrec" in line]
+
+
+def everything() -> dict:
+    """:func:`snapshot` and the rest of what a run may touch: BPF programs and
+    links, XDP on the root namespace's links, kprobes, the top-level
+    bpf_trace_printk enable, /run/flightrec's entries (the lock file aside)
+    and the helper processes. Equal before and after a run: nothing left."""
+    root = tracefs.ensure_mounted()
+    printk = root / "events" / "bpf_trace" / "bpf_trace_printk" / "enable"
+    try:
+        run_entries = sorted(p.name for p in state.STATE_DIR.iterdir() if p.name != "lock")
+    except FileNotFoundError:
+        run_entries = []
+    return {
+        **snapshot(),
+        "bpf_programs": sorted(bpf_programs().values()),
+        "bpf_links": bpf_links(),
+        "root_xdp": root_xdp(),
+        "kprobes": kprobes(root),
+        "printk_enable": printk.read_text().strip() if printk.exists() else None,
+        "run_flightrec": run_entries,
+        "helper_processes": helper_processes(),
+    }
+
+
+def differences(before: dict, after: dict) -> list[str]:
+    """One "key: before -> after" line per entry that changed."""
+    return [f"{key}: {before.get(key)} -> {after.get(key)}" for key in sorted(set(before) | set(after))
+            if before.get(key) != after.get(key)]
+
+
+def left_behind(before: dict, timeout: float = 10.0) -> list[str]:
+    """:func:`differences` from ``before`` to :func:`everything` now, asked again
+    for up to ``timeout`` s: BPF programs are freed after an RCU grace period,
+    and a killed run's children take a moment to die."""
+    deadline = time.monotonic() + timeout
+    left = differences(before, everything())
+    while left and time.monotonic() < deadline:
+        time.sleep(0.25)
+        left = differences(before, everything())
+    return left
+
+
 def flightrec(*args: str) -> list[str]:
     return [sys.executable, "-m", "flightrec", *args]
 
@@ -62,7 +160,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(flightrec(*args), capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
-def _default_signals() -> None:
+def default_signals() -> None:
     # A shell running the tests in the background ignores SIGINT, and flightrec
     # keeps an inherited SIG_IGN: give it the default, as a terminal would.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -70,7 +168,7 @@ def _default_signals() -> None:
 
 def start(*args: str) -> subprocess.Popen:
     return subprocess.Popen(flightrec(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            preexec_fn=_default_signals)
+                            preexec_fn=default_signals)
 
 
 def registry() -> Optional[dict]:
@@ -101,3 +199,43 @@ def forwarder_pid(reg: dict) -> int:
 def interrupt(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 30) -> tuple[str, str]:
     proc.send_signal(sig)
     return proc.communicate(timeout=timeout)
+
+
+class TimedLines:
+    """A child's output read by a thread, each line with the time.monotonic() it arrived."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[tuple[float, str]] = []
+        self.cond = threading.Condition()
+        self.done = False
+        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            with self.cond:
+                self.lines.append((time.monotonic(), line.rstrip("\n")))
+                self.cond.notify_all()
+        with self.cond:
+            self.done = True
+            self.cond.notify_all()
+
+    def wait_for(self, needle: str, timeout: float) -> Optional[float]:
+        """When a line containing ``needle`` arrived (waiting up to ``timeout``), or None."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                found = self.first_after(0.0, needle)
+                left = deadline - time.monotonic()
+                if found is not None or self.done or left <= 0:
+                    return found
+                self.cond.wait(min(left, 0.5))
+
+    def first_after(self, t: float, needle: str) -> Optional[float]:
+        """When the first line containing ``needle`` at or after ``t`` arrived, or None."""
+        with self.cond:
+            return next((at for at, line in self.lines if at >= t and needle in line), None)
+
+    def text(self) -> str:
+        with self.cond:
+            return "\n".join(line for _, line in self.lines)

@@ -21,11 +21,12 @@ import pytest
 
 from flightrec import tracefs
 from flightrec.record import kernel_events, state
-from recordkit import interrupt, registry, run, skip_unless_can_record, snapshot, start, wait_forwarding
+from recordkit import (XSK_TRACE_PROGRAMS, bpf_links, bpf_programs, interrupt, registry, run,
+                       skip_unless_can_record, snapshot, start, wait_forwarding)
 
 pytestmark = [pytest.mark.kernel]
 
-PROG_NAMES = {"xsk_rx_reserve", "xsk_flush", "xsk_tx_get_data"}
+PROG_NAMES = XSK_TRACE_PROGRAMS
 LINE = re.compile(r"\[(\d+)\][^:]*\s(\d+\.\d+): (\w+): (.*)$")
 FIELD = re.compile(r"(\w+)=(0x[0-9a-f]+)")
 
@@ -43,18 +44,12 @@ def printk_enable() -> str:
 
 def loaded_programs() -> set[str]:
     """Names of flightrec's tracepoint programs the kernel holds now."""
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, timeout=30)
-    if out.returncode != 0:
-        pytest.skip(f"bpftool prog show failed: {out.stderr.strip()}")
-    return {p.get("name", "") for p in json.loads(out.stdout or "[]")} & PROG_NAMES
+    return set(bpf_programs(PROG_NAMES).values())
 
 
 def tracing_links() -> int:
     """How many links of flightrec's programs exist (bpftool link)."""
-    progs = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, timeout=30)
-    ids = {p["id"] for p in json.loads(progs.stdout or "[]") if p.get("name") in PROG_NAMES}
-    links = subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True, timeout=30)
-    return sum(1 for link in json.loads(links.stdout or "[]") if link.get("prog_id") in ids)
+    return bpf_links(PROG_NAMES)
 
 
 def wait_unloaded(timeout: float = 10.0) -> set[str]:

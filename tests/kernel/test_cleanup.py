@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 
 import pytest
 
 from flightrec import tracefs
 from flightrec.record import state
-from recordkit import interrupt, registry, run, start, wait_forwarding
+from recordkit import REPO, flightrec, interrupt, registry, run, start, wait_forwarding
 
 pytestmark = [pytest.mark.kernel]
 
@@ -62,3 +64,22 @@ def test_cleanup_refuses_while_recording(machine, tmp_path):
     assert refused.returncode == 2
     assert "is recording" in refused.stderr
     assert still, "cleanup removed a running recording's namespaces"
+
+
+def test_cleanup_removes_scratch_folders_of_killed_vm_runs(machine, tmp_path):
+    """A SIGKILLed `vm record` leaves its scratch folder only (QEMU dies with it)."""
+    tmp = tmp_path / "tmp"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp / f"flightrec-vm-{gone.pid}-k1ll3d00"
+    (stale / "job" / "out").mkdir(parents=True)
+    live = tmp / f"flightrec-vm-{os.getpid()}-runn1ng0"  # a running vm's: not touched
+    live.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp))
+    dry = subprocess.run(flightrec("cleanup", "--dry-run"), capture_output=True, text=True, env=env, cwd=REPO,
+                         timeout=30)
+    assert dry.returncode == 0 and f"VM scratch folder {stale}" in dry.stdout, dry.stdout + dry.stderr
+    assert stale.is_dir()
+    done = subprocess.run(flightrec("cleanup"), capture_output=True, text=True, env=env, cwd=REPO, timeout=30)
+    assert done.returncode == 0 and "removed" in done.stdout, done.stdout + done.stderr
+    assert not stale.exists() and live.is_dir()

@@ -35,6 +35,17 @@ def test_seed_poison_is_kernel_race(fixtures):
     assert {2, 3, 6} <= {e["line"] for e in a["evidence"]}
 
 
+def test_double_fill_seen_only_by_the_kernel_shows_both_reserves(fixtures):
+    """A real BPF-backend recording (--inject double-fill) whose doubled FILL entry
+    fell before the trace: only the kernel's two reserves of 0x1cc100 show it."""
+    a = first(analyze_path(str(fixtures / "bpf-double-fill-overrun.txt")))
+    assert (a["verdict"], a["addr"], a["expected"]) == ("application", "0x1cc100", "0x1cd100")
+    reserves = [e for e in a["evidence"] if "rx_reserve" in e["text"]]
+    assert [e["line"] for e in reserves] == [39, 37]
+    assert {"slot=0x1cc", "slot=0x1cd"} == {w for e in reserves for w in e["text"].split() if w.startswith("slot=")}
+    assert "the copy the application read at line 1496" in reserves[1]["why"]
+
+
 def ring(n, start=0x1000):
     return [start + 0x800 * i for i in range(n)]
 

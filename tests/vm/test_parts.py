@@ -4,13 +4,19 @@ order, the initramfs as the kernel will unpack it (busybox cpio reads it back)."
 from __future__ import annotations
 
 import gzip
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from flightrec.errors import FlightrecError
 from flightrec.vm import initramfs
 from flightrec.vm.kernel import bzimage_release, gnu_build_id
+from flightrec.vm import kernel as vmkernel
+from flightrec.vm.runner import death_reason, kernel_reports
+from vmkit import REPO
 
 
 def test_bzimage_release_matches_the_package(guest_kernel):
@@ -58,14 +64,6 @@ def test_initramfs_unpacks_with_init_console_and_modules(guest_kernel, tmp_path)
 
 
 # --- Debian kernels by series: --kernel 6.1|6.12|7.3 (fetched with apt, cached) ----------------------
-
-import os  # noqa: E402  (this block's own imports: kept apart from the rest of the file)
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from flightrec.vm import kernel as vmkernel  # noqa: E402
-
-from vmkit import REPO  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=sorted(vmkernel.SERIES))
@@ -140,3 +138,51 @@ def test_series_without_its_apt_source_is_one_line(tmp_path):
     assert len(lines) == 1 and "Traceback" not in out.stderr
     hint = "make setup" if not Path(vmkernel.APT_SOURCES).is_file() else "apt-get update"
     assert "trixie-backports" in lines[0] and hint in lines[0], lines[0]
+
+
+# Excerpts of real guest consoles (Debian's 6.12 and 6.1 cloud kernels under QEMU 7.2 TCG).
+OOPS_AT_BOOT = """\
+[   17.253698] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI
+[   17.253698] CPU: 0 UID: 0 PID: 1 Comm: swapper/0 Not tainted 6.12.117+deb12-cloud-amd64 #1  Debian 6.12.117-1~deb12u1
+[   17.253698] RIP: 0010:enqueue_timer+0xa5/0x100
+[   17.253698] Call Trace:
+[   17.253698]  <IRQ>
+[   17.253698]  add_timer_on+0xfb/0x160
+[   17.253698]  clocksource_watchdog+0x439/0x5a0
+[   17.253698]  </IRQ>
+[   17.253698]  <TASK>
+[   17.253698]  asm_sysvec_apic_timer_interrupt+0x1a/0x20
+[   17.253698] RIP: 0010:kfree+0x126/0x370
+[   17.253698] ---[ end trace 0000000000000000 ]---
+[   17.253698] RIP: 0010:enqueue_timer+0xa5/0x100
+[   17.253698] Kernel panic - not syncing: Fatal exception in interrupt
+[   17.253698] Shutting down cpus with NMI
+"""
+
+HUNG = """\
+[   30.520878] watchdog: BUG: soft lockup - CPU#0 stuck for 13s! [poke.sh:142]
+[   30.520878] RIP: 0010:smp_call_function_many_cond+0xf1/0x330
+[   30.520878] RIP: 0033:0x7fc807a5e350
+[   38.819141] Sending NMI from CPU 0 to CPUs 1:
+[   17.796992] NMI backtrace for cpu 1
+[   17.796992] RIP: 0010:kprobe_int3_handler+0xd1/0x1b0
+[   17.796992]  exc_int3+0x44/0x120
+[   17.796992] RIP: 0010:__schedule+0x1bd/0xa00
+[   52.530934] watchdog: BUG: soft lockup - CPU#0 stuck for 35s! [poke.sh:142]
+[   52.530934] RIP: 0010:smp_call_function_many_cond+0xf1/0x330
+"""
+
+
+def test_kernel_reports_say_what_and_where():
+    assert kernel_reports(HUNG) == [
+        "BUG: soft lockup - CPU#0 stuck for 13s! [poke.sh:142] at smp_call_function_many_cond+0xf1/0x330",
+        "NMI backtrace for cpu 1 at kprobe_int3_handler+0xd1/0x1b0 < __schedule+0x1bd/0xa00"]
+    assert kernel_reports("flightrec-vm: ready 5.6\n") == []
+
+
+def test_death_reason_puts_the_panic_first_then_its_oops():
+    assert death_reason(OOPS_AT_BOOT) == ("Kernel panic - not syncing: Fatal exception in interrupt; "
+                                          "Oops: int3: 0000 [#1] PREEMPT SMP NOPTI at enqueue_timer+0xa5/0x100 "
+                                          "< kfree+0x126/0x370")
+    assert death_reason("one\ntwo\n\nthree\n") == "one | two | three"
+    assert death_reason("") == "(no console output)"
