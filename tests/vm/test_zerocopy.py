@@ -43,7 +43,8 @@ def _af_xdp(out: Path) -> dict:
 def test_zerocopy_on_73_reads_back_zerocopy_and_stays_clean(out_dir, tmp_path):
     _series("7.3", with_vmlinux=True)
     tmp = tmp_path / "tmp"
-    proc = vm_record(out_dir, tmp, "--kernel", "7.3", "--nic", "virtio", "--mode", "zerocopy", "--duration", "10")
+    proc = vm_record(out_dir, tmp, "--kernel", "7.3", "--nic", "virtio", "--mode", "zerocopy", "--duration", "10",
+                     timeout=240)
     assert proc.returncode == 0, proc.stderr
     assert "verdict: clean" in proc.stdout
     assert "(XDP_OPTIONS): zerocopy on outer q:0, inner q:0" in proc.stdout
@@ -70,7 +71,7 @@ def test_zerocopy_double_fill_on_73_is_caught_and_blamed_on_the_application(out_
     _series("7.3", with_vmlinux=True)
     tmp = tmp_path / "tmp"
     proc = vm_record(out_dir, tmp, "--kernel", "7.3", "--nic", "virtio", "--mode", "zerocopy", "--duration", "20",
-                     "--inject", "double-fill", "--inject-after", "2000")
+                     "--inject", "double-fill", "--inject-after", "2000", timeout=240)
     assert proc.returncode == 1, proc.stderr
     assert "verdict: application" in proc.stdout
     assert_nothing_left(tmp, proc.stdout)
@@ -104,7 +105,7 @@ def test_auto_takes_what_the_kernel_can_do_and_says_so(series, got, out_dir, tmp
     _series(series, with_vmlinux=False)
     tmp = tmp_path / "tmp"
     proc = vm_record(out_dir, tmp, "--kernel", series, "--nic", "virtio", "--mode", "auto", "--duration", "8",
-                     "--kernel-events", "none")
+                     "--kernel-events", "none", timeout=240)
     assert proc.returncode == 0, proc.stderr
     said = "auto took zero-copy" if got == "zerocopy" else "auto fell back to copy"
     assert said in proc.stdout
