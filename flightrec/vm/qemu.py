@@ -216,12 +216,7 @@ class Machine:
         """QEMU's last words, without its warning about hubs with no host netdev: `vm record
         --nic virtio` joins guest NICs by hubs alone on purpose, and the warning hid the
         console's account of a failed boot."""
-        try:
-            lines = [ln.strip() for ln in (self.work / "qemu.log").read_text(errors="replace").splitlines()
-                     if ln.strip() and "is not connected to host network" not in ln]
-        except OSError:
-            return ""
-        return " | ".join(lines[-3:])
+        return _tail(self.work / "qemu.log", 3, skip="is not connected to host network")
 
     def stop(self) -> None:
         """Stop QEMU first (virtiofsd then sees its client go), then every virtiofsd."""
@@ -240,9 +235,11 @@ class Machine:
         self.stop()
 
 
-def _tail(path: Path, n: int) -> str:
+def _tail(path: Path, n: int, skip: str = "") -> str:
+    """The last ``n`` non-blank lines of a log, joined; lines holding ``skip`` (when given) left out."""
     try:
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()
+                 if ln.strip() and not (skip and skip in ln)]
     except OSError:
         return ""
     return " | ".join(lines[-n:])
