@@ -376,8 +376,7 @@ class _Recording:
         return message
 
     def _last_stderr_line(self, what: str) -> str:
-        path = {"forwarder": self.logs / "forwarder.stderr", "xsk_trace": self.logs / "xsk_trace.stderr"}.get(
-            what, self.logs / f"{what}.stderr")
+        path = self.logs / f"{what}.stderr"  # forwarder.stderr, xsk_trace.stderr, iperf3-server-tcp.stderr ...
         try:
             lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
         except OSError:

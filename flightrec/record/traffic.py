@@ -110,15 +110,12 @@ class Traffic:
         deadline = time.monotonic() + LISTEN_TIMEOUT
         while not all(self._listening(p) for p in (TCP_PORT, UDP_PORT)):
             if self.check:
-                self.check()
-            dead = [f"iperf3 server-{name} exited with {proc.returncode}"
-                    for name, proc in self.servers.items() if proc.poll() is not None]
-            if dead:
-                # The caller's check names a death with its moment; give its watch a moment to see it.
-                for _ in range(5 if self.check else 0):
-                    time.sleep(0.1)
-                    self.check()  # type: ignore[misc]
-                raise FlightrecError(f"{dead[0]} before listening (see its log in {self.log_dir})")
+                self.check()  # the caller's watch names a dead server, with when and how
+            else:
+                dead = [f"iperf3 server-{name} exited with {proc.returncode}"
+                        for name, proc in self.servers.items() if proc.poll() is not None]
+                if dead:
+                    raise FlightrecError(f"{dead[0]} before listening (see its log in {self.log_dir})")
             if time.monotonic() > deadline:
                 raise FlightrecError(f"iperf3 servers did not start listening within {LISTEN_TIMEOUT:g} s")
             time.sleep(0.1)
