@@ -135,6 +135,12 @@ def init_script() -> str:
             .replace("HEARTBEAT_FILE", HEARTBEAT))
 
 
+def module_name(ko: str) -> str:
+    """A module's name from its file as modules.dep lists it: no .ko or .ko.xz, and _
+    where the file name may use -."""
+    return Path(ko).name.split(".ko", 1)[0].replace("-", "_")
+
+
 def module_order(modules_dir: Path, wanted: Iterable[str]) -> list[str]:
     """The .ko paths (relative to ``modules_dir``) to insmod, dependencies first.
 
@@ -152,8 +158,7 @@ def module_order(modules_dir: Path, wanted: Iterable[str]) -> list[str]:
             continue
         ko, rest = line.split(":", 1)
         deps[ko] = rest.split()
-        # Module names use _ where file names may use -.
-        by_name[Path(ko).name.split(".ko", 1)[0].replace("-", "_")] = ko
+        by_name[module_name(ko)] = ko
     order: list[str] = []
 
     def visit(ko: str, stack: tuple[str, ...] = ()) -> None:
@@ -264,7 +269,7 @@ def _builtin(modules_dir: Path, name: str) -> bool:
         text = (modules_dir / "modules.builtin").read_text()
     except OSError:
         return False
-    return any(Path(line).name.split(".ko", 1)[0] == name for line in text.splitlines())
+    return any(module_name(line) == name for line in text.splitlines())
 
 
 def module_cmdline(kernel: GuestKernel) -> Optional[str]:

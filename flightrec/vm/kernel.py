@@ -27,7 +27,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -323,12 +323,24 @@ def debian_kernel(pattern: str = DEFAULT_KERNEL, progress: Progress = _quiet,
                 os.rename(scratch / "root", dest)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+    kernel = cached_debian_kernel(dest, package)
+    if kernel is None:
+        raise FlightrecError(f"{dest / 'boot' / f'vmlinuz-{release}'} is missing: remove {dest} and run again")
+    return replace(kernel, vmlinux=debug_vmlinux(base, release, progress) if with_vmlinux else None)
+
+
+def cached_debian_kernel(dest: Path, name: str) -> Optional[GuestKernel]:
+    """The kernel fetched into ``dest`` (its release, bzImage and modules; no vmlinux), or None
+    when ``dest`` holds no complete one."""
+    try:
+        release = (dest / "release").read_text().strip()
+    except OSError:
+        return None
     bzimage = dest / "boot" / f"vmlinuz-{release}"
     if not bzimage.is_file():
-        raise FlightrecError(f"{bzimage} is missing: remove {dest} and run again")
+        return None
     modules = dest if (dest / "lib" / "modules" / release / "modules.dep").is_file() else None
-    vmlinux = debug_vmlinux(base, release, progress) if with_vmlinux else None
-    return GuestKernel(package, release, bzimage, modules, vmlinux)
+    return GuestKernel(name, release, bzimage, modules, None)
 
 
 def debug_vmlinux(base: str, release: str, progress: Progress = _quiet) -> Path:

@@ -25,7 +25,8 @@ import lzma
 from pathlib import Path
 from typing import Optional
 
-from flightrec.vm.kernel import VM_CACHE, GuestKernel
+from flightrec.vm.initramfs import module_name
+from flightrec.vm.kernel import VM_CACHE, GuestKernel, cached_debian_kernel
 
 # The driver's AF_XDP wakeup (6.11, RX): without an ndo_xsk_wakeup xp_assign_dev refuses XDP_ZEROCOPY.
 VIRTIO_XSK_SYMBOL = "virtnet_xsk_wakeup"
@@ -41,7 +42,7 @@ def module_path(modules_dir: Path, name: str) -> Optional[Path]:
         return None
     for line in lines:
         ko = line.split(":", 1)[0]
-        if Path(ko).name.split(".ko", 1)[0].replace("-", "_") == name:
+        if module_name(ko) == name:
             return modules_dir / ko
     return None
 
@@ -96,14 +97,5 @@ def zerocopy_missing(kernel: GuestKernel, nic: str) -> Optional[str]:
 
 def cached_kernels(cache: Path = VM_CACHE) -> list[GuestKernel]:
     """The Debian kernels fetched into ``cache`` (no apt, no network), oldest series first."""
-    out = []
-    for d in sorted(cache.glob("linux-image-*")):
-        try:
-            release = (d / "release").read_text().strip()
-        except OSError:
-            continue
-        bzimage = d / "boot" / f"vmlinuz-{release}"
-        if bzimage.is_file():
-            modules = d if (d / "lib" / "modules" / release / "modules.dep").is_file() else None
-            out.append(GuestKernel(d.name, release, bzimage, modules, None))
+    out = [k for k in (cached_debian_kernel(d, d.name) for d in sorted(cache.glob("linux-image-*"))) if k]
     return sorted(out, key=lambda k: [int(p) if p.isdigit() else 0 for p in k.release.split("-")[0].split(".")[:2]])
