@@ -151,7 +151,11 @@ def zerocopy_problem(nic: GuestNic, queues: int) -> Optional[str]:
     return None
 
 
-def _run(argv: list[str], what: str) -> None:
+def run(argv: list[str], what: str) -> None:
+    """One set-up command; its failure is one line saying ``what`` failed, the command and its stderr.
+
+    :raises FlightrecError: it could not run, or exited non-zero.
+    """
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError) as err:
@@ -181,7 +185,7 @@ def setup(topo: Topology, mode: str, on_netns: Optional[Callable[[str], None]] =
             if problem:
                 raise FlightrecError(f"--mode zerocopy: {problem}")
     for ns in topo.namespaces:
-        _run(["ip", "netns", "add", ns], "creating network namespaces")
+        run(["ip", "netns", "add", ns], "creating network namespaces")
         if on_netns:
             on_netns(ns)
     places = {"client": (topo.client_ns, topo.client_dev), "outer": (topo.outer_ns, topo.outer_dev),
@@ -190,19 +194,19 @@ def setup(topo: Topology, mode: str, on_netns: Optional[Callable[[str], None]] =
         ns, dev = places[nic.role]
         # Queue ids of zero-copy sockets must be below the current queue pairs.
         if nic.queue_pairs is not None and nic.queue_pairs_max and nic.queue_pairs < topo.queues:
-            _run(["ethtool", "-L", nic.name, "combined", str(topo.queues)], "setting queue pairs")
-        _run(["ip", "link", "set", "dev", nic.name, "netns", ns], "moving guest NICs into namespaces")
-        _run(["ip", "-n", ns, "link", "set", "dev", nic.name, "name", dev], "renaming guest NICs")
+            run(["ethtool", "-L", nic.name, "combined", str(topo.queues)], "setting queue pairs")
+        run(["ip", "link", "set", "dev", nic.name, "netns", ns], "moving guest NICs into namespaces")
+        run(["ip", "-n", ns, "link", "set", "dev", nic.name, "name", dev], "renaming guest NICs")
     for role, addr in (("client", topo.client_addr), ("server", topo.server_addr)):
         ns, dev = places[role]
-        _run(["ip", "-n", ns, "addr", "add", f"{addr}/{topo.prefix_len}", "dev", dev], "adding addresses")
+        run(["ip", "-n", ns, "addr", "add", f"{addr}/{topo.prefix_len}", "dev", dev], "adding addresses")
     for role in ("outer", "inner"):
         # QEMU's virtio-net drops unicast frames for other MACs unless the guest
         # asks for promiscuous mode (receive_filter): the forwarder passes the
         # client's and the server's frames, never addressed to its own NICs.
         ns, dev = places[role]
-        _run(["ip", "-n", ns, "link", "set", "dev", dev, "promisc", "on"], "setting promiscuous mode")
+        run(["ip", "-n", ns, "link", "set", "dev", dev, "promisc", "on"], "setting promiscuous mode")
     for ns, dev in places.values():
-        _run(["ip", "-n", ns, "link", "set", "dev", dev, "up"], "bringing links up")
-        _run(["ip", "-n", ns, "link", "set", "dev", "lo", "up"], "bringing lo up")
+        run(["ip", "-n", ns, "link", "set", "dev", dev, "up"], "bringing links up")
+        run(["ip", "-n", ns, "link", "set", "dev", "lo", "up"], "bringing lo up")
     return found

@@ -119,12 +119,7 @@ def make_topology(tag: str, queues: int, nic: str = "veth") -> Topology:
 
 
 def _ip(args: list[str], what: str) -> None:
-    try:
-        proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError) as err:
-        raise FlightrecError(f"{what}: `ip {' '.join(args)}` failed: {err}") from err
-    if proc.returncode != 0:
-        raise FlightrecError(f"{what}: `ip {' '.join(args)}`: {proc.stderr.strip()}")
+    nics.run(["ip", *args], what)
 
 
 def _in_ns(ns: str, cmd: list[str], what: str) -> None:
