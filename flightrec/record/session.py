@@ -295,6 +295,7 @@ class _Recording:
         self.died: Optional[HelperDied] = None  # the helper death that ended the recording
         self.t0: Optional[float] = None  # time.monotonic() when the traffic started
         self.frozen_at: Optional[float] = None  # time.monotonic() when tracing was stopped
+        self.frozen_by_death = False  # xsk_trace's death froze the trace before the stop
         self.clock_offset: Optional[float] = None  # trace clock minus time.monotonic(), seconds
 
     @property
@@ -306,7 +307,17 @@ class _Recording:
     def _started(self, proc: Any, what: str) -> None:
         """A child exists: into the crash registry and the exit watch."""
         self.reg.add_process(proc.pid, what)
-        self.watch.add(proc, what)
+        self.watch.add(proc, what, on_exit=self._freeze_at_once if what == "xsk_trace" else None)
+
+    def _freeze_at_once(self, exit: Exit) -> None:
+        """xsk_trace died: freeze the trace now, from the watch thread. The
+        markers go on without kernel events and, at their rate, would overwrite
+        the last kernel events within a tenth of a second, long before the
+        recording's loop gets round to stopping."""
+        if "teardown" in self.mode or self.instance is None or not self.instance.created:
+            return  # stopped by the teardown, or no trace yet
+        self.instance.stop()
+        self.frozen_by_death = True
 
     def _is_death(self, exit: Exit) -> bool:
         """Whether this exit, before tracing was frozen, ends the recording early."""
@@ -641,7 +652,7 @@ class _Recording:
             except (OSError, FlightrecError) as err:
                 self.save_errors.append(f"stopping tracing: {err}")
         self.frozen_at = time.monotonic()
-        if self.died is None and info.get("tracing_on_at_stop"):
+        if self.died is None and (info.get("tracing_on_at_stop") or self.frozen_by_death):
             # A death in the last moments before the freeze still cut the trace
             # short (not so when the forwarder or the trigger had frozen it already).
             exit = self._death()

@@ -6,7 +6,8 @@ readable in ``exit_notify``, after the process has closed its files: its BPF
 links and XSKs are gone by then), stamps ``time.monotonic()`` and reads the
 status with ``waitid(P_PIDFD, ..., WNOWAIT)`` — without reaping, so the
 ``subprocess.Popen`` that owns the child still gets its return code.
-The recording drains :meth:`Watch.exits` from its own loop.
+The recording drains :meth:`Watch.exits` from its own loop; an ``on_exit``
+callback runs in the watch thread itself, for what cannot wait for that loop.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class Exit:
         return f"exited with code {self.code}"
 
 
+OnExit = Callable[[Exit], None]
+
+
 def _status(pidfd: int, proc: subprocess.Popen) -> Optional[int]:
     """The exit status in subprocess's convention, leaving the zombie for Popen to reap."""
     try:
@@ -67,25 +71,27 @@ class Watch:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: list[tuple[int, subprocess.Popen, str]] = []
+        self._pending: list[tuple[int, subprocess.Popen, str, Optional[OnExit]]] = []
         self._exits: "queue.Queue[Exit]" = queue.Queue()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="flightrec-watch", daemon=True)
         self._thread.start()
 
-    def add(self, proc: subprocess.Popen, what: str) -> None:
-        """Watch ``proc`` (a child of this process), named ``what`` in reports."""
+    def add(self, proc: subprocess.Popen, what: str, on_exit: Optional[OnExit] = None) -> None:
+        """Watch ``proc`` (a child of this process), named ``what`` in reports;
+        ``on_exit`` is called with its :class:`Exit` from the watch thread the
+        moment it exits (keep it short; exceptions it raises are dropped)."""
         try:
             pidfd = os.pidfd_open(proc.pid)
         except ProcessLookupError:  # gone and reaped already: report it now
-            self._exits.put(Exit(what, proc.pid, time.monotonic(), proc.poll()))
+            self._report(Exit(what, proc.pid, time.monotonic(), proc.poll()), on_exit)
             return
         with self._lock:
             if self._closed:
                 os.close(pidfd)
                 return
-            self._pending.append((pidfd, proc, what))
+            self._pending.append((pidfd, proc, what, on_exit))
             os.write(self._wake_w, b"x")
 
     def exits(self) -> list[Exit]:
@@ -108,10 +114,18 @@ class Watch:
             os.close(self._wake_r)
             os.close(self._wake_w)
 
+    def _report(self, exit: Exit, on_exit: Optional[OnExit]) -> None:
+        if on_exit is not None:
+            try:
+                on_exit(exit)
+            except Exception:  # noqa: BLE001 - the exit is still reported below
+                pass
+        self._exits.put(exit)
+
     def _run(self) -> None:
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
-        watched: dict[int, tuple[subprocess.Popen, str]] = {}
+        watched: dict[int, tuple[subprocess.Popen, str, Optional[OnExit]]] = {}
         while True:
             for fd, _mask in poller.poll():
                 now = time.monotonic()
@@ -121,13 +135,13 @@ class Watch:
                     except BlockingIOError:
                         pass
                     continue
-                proc, what = watched.pop(fd)
+                proc, what, on_exit = watched.pop(fd)
                 poller.unregister(fd)
-                self._exits.put(Exit(what, proc.pid, now, _status(fd, proc)))
+                self._report(Exit(what, proc.pid, now, _status(fd, proc)), on_exit)
                 os.close(fd)
             with self._lock:
-                for pidfd, proc, what in self._pending:
-                    watched[pidfd] = (proc, what)
+                for pidfd, proc, what, on_exit in self._pending:
+                    watched[pidfd] = (proc, what, on_exit)
                     poller.register(pidfd, select.POLLIN)
                 self._pending.clear()
                 if self._closed:
