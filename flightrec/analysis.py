@@ -2,7 +2,8 @@
 
 A library first: the CLI and `record` call `analyze_path` / `analyze_text`.
 `analyze_path` also reads DIR/meta.json beside DIR/trace.txt, for the moment
-the kernel-event source stopped (flightrec.parse.meta).
+the kernel-event source stopped and the sockets bound zero-copy
+(flightrec.parse.meta).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from flightrec.model.timeline import Timeline, build_timeline, typed_from_scan
 from flightrec.model.history import History
 from flightrec.parse import scan
 from flightrec.parse.ftrace import parse_bytes, parsed_from_scan
-from flightrec.parse.meta import kernel_events_ended_at, meta_path, read_meta
+from flightrec.parse.meta import kernel_events_ended_at, meta_path, read_meta, zerocopy_sockets
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class Result:
             "entries": {"in_buffer": p.entries[0], "written": p.entries[1]} if p.entries else None,
             "losses": [{"cpu": s.cpu, "line": s.line, "count": s.count} for s in tl.losses],
             "sockets": {s: f"{x:#x}" for s, x in sorted(self.replay.sock_xs.items())},
+            # zero-copy sockets: RX order is not FILL order there (docs/markers.md)
+            "fill_order_unchecked": sorted(self.replay.unordered),
             "cut_last_line": self.cut_last_line,
         }
 
@@ -157,7 +160,7 @@ def analyze_bytes(data: bytes, source: str, kernel_until: Optional[float] = None
                                  "/sys/kernel/tracing/trace or of `trace-cmd report`")
         raise FlightrecError(f"{source}: no events in the trace (only a header)")
     tl = build_timeline(parsed, source, typed, kernel_until)
-    rp = replay(tl)
+    rp = replay(tl, zerocopy_sockets(meta))
     return Result(source, tuple(run_checks(tl, rp)), tl, rp, parsed.cut_last_line, meta)
 
 

@@ -18,6 +18,7 @@ def check_poison(tl: Timeline, rp: Replay) -> list[Anomaly]:
         if r.addr != POISON:
             continue
         exp = r.detection.expected if r.detection is not None and r.detection.expected is not None else r.fill_expected
-        symptom = f"{r.sock} read the poison {hexa(POISON)} from RX where {hexa(exp)} was due"
+        due = hexa(exp) if exp is not None else "a descriptor the kernel wrote"
+        symptom = f"{r.sock} read the poison {hexa(POISON)} from RX where {due} was due"
         out.append(attribute_read(tl, rp, r, "poison_read", symptom))
     return out

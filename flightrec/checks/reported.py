@@ -20,7 +20,7 @@ def check_reported(tl: Timeline, rp: Replay) -> list[Anomaly]:
     out = []
     reads = {r.row: r for r in rp.reads}
     for row, det in rp.detections:
-        if det.kind == "fill_order" and row in reads:
+        if det.kind in ("fill_order", "poison") and row in reads:
             continue  # fill_order / poison own these
         r = reads.get(row)
         addr = tl.addr[row]

@@ -168,11 +168,15 @@ class Replay:
     reserves: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))  # xs -> rows, in order
     kernel_events: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     states_from: float = float("-inf")  # descriptor states and the FILL-order deque count from here
+    unordered: frozenset[str] = frozenset()  # sockets whose FILL order was not checked (zero-copy)
 
 
-def replay(tl: Timeline) -> Replay:
-    """Walk the timeline once; see the module doc."""
-    out = Replay()
+def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
+    """Walk the timeline once; see the module doc. `unordered`: the sockets
+    whose RX order is not their FILL order (zero-copy: the driver takes FILL
+    ahead and recycles the buffers it drops first), for which only a read's
+    ownership (its state) is checked, not its place in the deque."""
+    out = Replay(unordered=unordered)
     kind, addr, xs_col, sock_col = tl.kind, tl.addr, tl.xs, tl.sock
     to_col, detail_col, queue_col, frm_col = tl.to, tl.detail, tl.queue, tl.frm
     cpu_col, ts_col = tl.cpu, tl.ts
@@ -221,7 +225,7 @@ def replay(tl: Timeline) -> Replay:
                 expected_row: Optional[int] = None
                 mismatch = False
                 dq = fill[s]
-                if ts_col[i] >= deque_from:
+                if ts_col[i] >= deque_from and s not in unordered:
                     counts = fill_count[s]
                     if dq and dq[0][0] == a:
                         dq.popleft()
@@ -306,7 +310,7 @@ def replay(tl: Timeline) -> Replay:
                     out.bad.append(BadTransition(i, s, queue_col[i], a, frm, i, to, det, claimed=True))
                 elif prev is not None and prev[0] not in VALID_BEFORE[to]:
                     out.bad.append(BadTransition(i, s, queue_col[i], a, prev[0], prev[1], to, det))
-                if to == "FILL" and ts_col[i] >= deque_from:
+                if to == "FILL" and ts_col[i] >= deque_from and s not in unordered:
                     fill[s].append((a, i))
                     fill_count[s][a] += 1
                 state[a] = (to, i)

@@ -101,7 +101,7 @@ def marker_tuple(body: str) -> Optional[tuple]:
 class Detection:
     """What a detection line's detail says the application found."""
 
-    kind: str  # "fill_order", "length", "invalid", "other"
+    kind: str  # "fill_order", "poison", "length", "invalid", "other"
     expected: Optional[int] = None
     remaining: tuple[int, ...] = ()
     remaining_cut: bool = False
@@ -138,6 +138,8 @@ def parse_detection(detail: str) -> Detection:
             return Detection("length", length=int(words[1]), xdp_length=int(words[3]))
         except ValueError:
             return Detection("other")
+    if words == ["poison"]:
+        return Detection("poison")
     if words and words[0] == "invalid" and len(words) >= 3 and words[1] == "was":
         return Detection("invalid", was=words[2])
     return Detection("other")

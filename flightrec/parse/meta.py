@@ -7,7 +7,9 @@ change what a trace can prove or how a verdict must be read:
   numbers of its timestamps) the kernel-event source (BPF loader or kprobes)
   stopped mid-run; after it the trace holds no kernel events, so their
   absence proves nothing;
-- `widened.summary`: the run's race windows were widened on purpose.
+- `widened.summary`: the run's race windows were widened on purpose;
+- `af_xdp.sockets[].mode`: the mode each socket read back after bind; a
+  zero-copy socket's RX order is not its FILL order (docs/markers.md).
 """
 
 from __future__ import annotations
@@ -62,3 +64,12 @@ def widened_summary(meta: Optional[dict]) -> Optional[str]:
     if isinstance(w, dict) and w.get("summary"):
         return str(w["summary"])
     return None
+
+
+def zerocopy_sockets(meta: Optional[dict]) -> frozenset[str]:
+    """The sockets (`SOCK q:QUEUE`, as in the markers) the kernel bound in
+    zero-copy mode, by meta.json's `af_xdp` section."""
+    section = meta.get("af_xdp") if meta else None
+    rows = section.get("sockets") if isinstance(section, dict) else None
+    return frozenset(str(r["sock"]) for r in rows if isinstance(r, dict) and r.get("mode") == "zerocopy"
+                     and r.get("sock")) if isinstance(rows, list) else frozenset()

@@ -162,7 +162,9 @@ def sockets_table(source: str, meta: Optional[dict] = None) -> Optional[Table]:
     if not rows:
         return None
     at_anomaly = any(r.at_anomaly for r in rows)
-    table = Table(title="AF_XDP sockets (meta.json; mode read back with XDP_OPTIONS)", expand=False)
+    caption = ("FILL order not checked on the zero-copy sockets: the driver reorders (docs/markers.md)"
+               if any(r.mode == "zerocopy" for r in rows) else None)
+    table = Table(title="AF_XDP sockets (meta.json; mode read back with XDP_OPTIONS)", caption=caption, expand=False)
     for name in ("socket", "device", "queue", "mode", "asked", "XDP", "rings rx/tx/fill/comp",
                  "XDP_STATISTICS at end", *(["at the anomaly"] if at_anomaly else [])):
         table.add_column(name)

@@ -251,7 +251,10 @@ def _sockets(result: Result) -> str:
              "XDP_STATISTICS at end", *(["at the anomaly"] if at_anomaly else [])]
     out = ['<section id="sockets"><h2>AF_XDP sockets</h2>',
            '<p>The mode each socket got, read back from the kernel after bind (<code>XDP_OPTIONS</code>), '
-           'and its <code>XDP_STATISTICS</code>, from the recording\'s meta.json.</p>',
+           'and its <code>XDP_STATISTICS</code>, from the recording\'s meta.json.'
+           + (' FILL order is not checked on the zero-copy sockets: the driver takes FILL ahead of the '
+              'packets and reuses the buffers it drops first, so only ownership is (docs/markers.md).'
+              if any(r.mode == "zerocopy" for r in rows) else '') + '</p>',
            '<table class="stats"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in heads) + "</tr></thead><tbody>"]
     for r in rows:
         cells = [r.sock, r.device, r.queue, r.mode, r.asked, r.xdp, r.rings, r.stats,
