@@ -18,7 +18,7 @@ from flightrec.errors import FlightrecError
 from flightrec.vm.qemu import VmConfig
 from flightrec.vm.runner import run_in_guest
 
-from vmkit import (REPO, assert_nothing_left, flightrec, guest_netns, last_line, processes_naming,
+from vmkit import (REPO, assert_nothing_left, finish, flightrec, guest_netns, last_line, processes_naming,
                                run_until, vm_env)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
@@ -117,7 +117,7 @@ def test_a_boot_killed_before_the_command_is_retried_and_said(guest_kernel, tmp_
         assert time.monotonic() < deadline, "QEMU never started"
         time.sleep(0.05)
     os.kill(int(qemu[0].split(":")[0]), signal.SIGKILL)
-    rest, _ = proc.communicate(timeout=150)
+    rest = finish(proc, 150)
     output = seen + rest
     assert proc.returncode == 0, output
     assert "boot 1 of 3 failed: the guest died before its command started (QEMU exit -9)" in output
@@ -169,7 +169,7 @@ def test_progress_watchdog_stops_a_guest_that_runs_no_task(guest_kernel, tmp_pat
     proc, seen = run_until(flightrec("vm", "run", "--stall-timeout", str(stall), "-o", str(out), "--",
                                      "sh", "-c", STALL_EVERY_VCPU), vm_env(tmp), r"guest \| stalling", timeout=90)
     t = time.monotonic()
-    rest, _ = proc.communicate(timeout=90)
+    rest = finish(proc, 90)
     took = time.monotonic() - t
     assert proc.returncode == 2, seen + rest
     line = last_line(rest)
@@ -253,7 +253,7 @@ def long_record(tmp_path: Path, until: str) -> tuple[subprocess.Popen, str, Path
 
 
 def assert_stopped_at_once(proc: subprocess.Popen, seen: str, tmp: Path) -> None:
-    rest, _ = proc.communicate(timeout=60)
+    rest = finish(proc, 60)
     assert proc.returncode == 128 + signal.SIGINT, seen + rest
     console = tmp.parent / "out" / "vm-console.log"
     # The console is named when there is one (a signal that lands before QEMU starts leaves none).
@@ -272,7 +272,7 @@ def test_sigint_stops_the_recording_early_and_keeps_its_trace(guest_kernel, tmp_
     time.sleep(5)  # some traffic through the forwarder
     t = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
-    rest, _ = proc.communicate(timeout=150)
+    rest = finish(proc, 150)
     stopped_in = time.monotonic() - t
     assert proc.returncode == 128 + signal.SIGINT, seen + rest
     assert "asking the guest to stop and save its trace" in rest
@@ -291,7 +291,7 @@ def test_sigterm_stops_the_recording_early_too(guest_kernel, tmp_path):
     """What a CI runner's timeout sends: the trace is kept, the exit code says SIGTERM."""
     proc, seen, tmp, out = long_record(tmp_path, r"guest \| .*traffic: ")
     proc.send_signal(signal.SIGTERM)
-    rest, _ = proc.communicate(timeout=150)
+    rest = finish(proc, 150)
     assert proc.returncode == 128 + signal.SIGTERM, seen + rest
     assert "got SIGTERM; stopping and saving the trace" in rest
     assert last_line(rest) == "flightrec: stopped early by SIGTERM; the trace up to then is saved", rest

@@ -81,10 +81,16 @@ def assert_nothing_left(tmp: Path, output: str = "") -> None:
     assert guest_netns(output) & host_netns() == set()
 
 
+def _default_sigint() -> None:
+    # Tests run from a script's background job inherit SIGINT ignored, and
+    # flightrec keeps an ignored SIGINT ignored: give it a terminal's default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_until(argv: list[str], env: dict, pattern: str, timeout: float) -> tuple[subprocess.Popen, str]:
-    """Start ``argv`` in its own session, read its output until ``pattern`` appears."""
+    """Start ``argv`` in its own session (SIGINT at its default), read its output until ``pattern`` appears."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=_default_sigint)
     seen = []
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
@@ -98,6 +104,18 @@ def run_until(argv: list[str], env: dict, pattern: str, timeout: float) -> tuple
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     raise AssertionError(f"{pattern!r} never appeared in:\n{''.join(seen)}")
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> str:
+    """The rest of ``proc``'s output once it exits; if it does not within
+    ``timeout``, its whole session is killed (nothing of a failed test keeps
+    running) and the test fails with what it printed."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        rest = proc.communicate()[0]
+        raise AssertionError(f"still running after {timeout:g} s; killed. Its output:\n{rest}") from None
 
 
 def last_line(text: str) -> Optional[str]:
