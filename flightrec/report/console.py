@@ -14,12 +14,12 @@ from rich.text import Text
 
 from flightrec.analysis import Result
 from flightrec.checks.anomaly import Anomaly
-from flightrec.model import kinds
 from flightrec.model.history import History
 from flightrec.model.lives import context_rows, life, per_cpu, rows_of
-from flightrec.model.replay import POISON
 from flightrec.model.timeline import Timeline
 from flightrec.report.recording import sockets, widened
+from flightrec.parse import format as kinds
+from flightrec.parse.format import POISON
 
 VERDICT_STYLE = {"kernel": "bold red", "application": "bold yellow", "undetermined": "bold magenta", "clean": "bold green"}
 

@@ -36,9 +36,9 @@ from flightrec.analysis import Result, anomaly_json
 from flightrec.bulk import INT, MICROS, PIECE, Seg, micros, render
 from flightrec.errors import FlightrecError
 from flightrec.parse.scan import string_ids
-from flightrec.model import kinds
-from flightrec.model.replay import POISON
 from flightrec.model.timeline import Timeline
+from flightrec.parse import format as kinds
+from flightrec.parse.format import POISON
 
 T = TypeVar("T")
 

@@ -4,22 +4,20 @@ import random
 
 import pytest
 
-from flightrec.model import kinds
-from flightrec.model.timeline import build_timeline, typed_from_scan
+from flightrec.model.timeline import build_timeline
 from flightrec.parse import scan
-from flightrec.parse.ftrace import parse_bytes, parsed_from_scan
+from flightrec.parse.events import parse_trace
 from flightrec.simulate import SimConfig, simulate
 
 pytestmark = pytest.mark.skipif(not scan.available(), reason="flightrec/_scan.so is not built: run `make`")
 
-COLUMNS = ("kind", "addr", "xs", "length", "sock", "queue", "frm", "to", "detail", "slot", "prod")
+COLUMNS = ("kind", "addr", "xs", "length", "sock", "queue", "frm", "to", "detail", "detection", "slot", "prod")
 PARSED = ("line", "pid", "cpu", "ts", "task", "flags", "event", "body")
 
 
 def both(data: bytes):
-    sc = scan.scan(data, kinds.scanner_table())
-    fast = build_timeline(parsed_from_scan(sc), "c", typed_from_scan(sc))
-    slow = build_timeline(parse_bytes(data), "py")
+    fast = build_timeline(*parse_trace(data), "c")
+    slow = build_timeline(*parse_trace(data, pure=True), "py")
     return fast, slow
 
 
@@ -27,8 +25,10 @@ def assert_same(data: bytes):
     fast, slow = both(data)
     for name in PARSED:
         assert list(getattr(fast.parsed, name)) == list(getattr(slow.parsed, name)), name
-    for name in COLUMNS:
+    assert fast.column_names() == slow.column_names()
+    for name in fast.column_names():
         assert getattr(fast, name) == getattr(slow, name), name
+    assert set(COLUMNS) <= set(fast.column_names())
     for name in ("lines", "unparsed", "entries", "header_cpus", "cpu_started", "losses", "format", "cut_last_line",
                  "instances"):
         assert getattr(fast.parsed, name) == getattr(slow.parsed, name), name
