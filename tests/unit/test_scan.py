@@ -89,3 +89,26 @@ def test_cut_and_long_lines():
     fast, slow = both(data)
     assert fast.parsed.cut_last_line and slow.parsed.cut_last_line
     assert fast.parsed.unparsed == slow.parsed.unparsed == 1
+
+
+def test_a_new_kernel_field_and_event_are_rows_of_the_format():
+    """The TX work's COMPLETION event with a `cons` field: one row of each table,
+    and both parsers read it alike, with no change to either."""
+    from flightrec.parse.format import CONTRACT, KernelField, Format
+
+    fmt = Format(kinds=CONTRACT.kinds + ("completion",), fields=CONTRACT.fields + (KernelField("cons", "cons"),),
+                 events=CONTRACT.events + (("completion", ("xsk_comp", "xskq_prod_submit_addr"), ("addr", "cons")),))
+    data = (
+        b"          <idle>-0       [001] ..s2.  1234.500000: bpf_trace_printk: flightrec xsk_comp xs=0xffff8881045f2000 cons=0x3e8 addr=0x1a000\n"
+        b"          <idle>-0       [001] ..s2.  1234.500001: xskq_prod_submit_addr_L2: (xskq+0x1/0x9) addr=0x1b000 cons=0x3e9\n"
+        b"          <idle>-0       [001] ..s2.  1234.500002: xsk_comp: addr=0x1c000\n"
+        b"          <idle>-0       [001] ..s2.  1234.500003: xsk_comp: addr=0x1c000 cons=zz\n"
+    )
+    fast = build_timeline(*parse_trace(data, fmt), "c")
+    slow = build_timeline(*parse_trace(data, fmt, pure=True), "py")
+    for t in (fast, slow):
+        assert t.kind == ["completion", "completion", "other", "other"]
+        assert t.cons == [0x3E8, 0x3E9, None, None] and t.addr[:2] == [0x1A000, 0x1B000]
+    assert fast.column_names() == slow.column_names()
+    for name in fast.column_names():
+        assert getattr(fast, name) == getattr(slow, name), name
