@@ -61,6 +61,7 @@ struct fr_result {
 	int32_t sock_len[MAX_SOCKS][2];
 };
 
+/* flightrec/parse/format.py STATES, in its order */
 static const char *const STATES[] = { "FREE", "FILL", "RX", "TX", "COMP" };
 
 static int is_space(char c)
@@ -107,10 +108,22 @@ static int parse_hex(const char *p, const char *e, int need_0x, uint64_t *out)
 
 static int state_of(const char *p, const char *e)
 {
+	static const int len[] = { 4, 4, 2, 2, 4 };
+
 	for (int i = 0; i < 5; i++)
-		if ((size_t)(e - p) == strlen(STATES[i]) && !memcmp(p, STATES[i], e - p))
+		if (e - p == len[i] && !memcmp(p, STATES[i], e - p))
 			return i;
 	return -1;
+}
+
+/* [p, e) holds only digits, at most 9 */
+static int64_t decimal(const char *p, const char *e)
+{
+	int64_t v = 0;
+
+	for (; p < e; p++)
+		v = v * 10 + (*p - '0');
+	return v;
 }
 
 static int sock_id(struct fr_result *r, const char *buf, const char *const ws[2], const char *const we[2])
@@ -281,6 +294,28 @@ static int is_flag(char ch)
 	return ch == '.' || ch == '_' || is_digit(ch) || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
 }
 
+/*
+ * "digits.digits" as a double, as Python's float() reads it: with at most 15
+ * digits and a power of ten up to 1e22 both operands are exact, so the one
+ * division rounds correctly (Clinger's fast path); else strtod.
+ */
+static double seconds(const char *p)
+{
+	static const double pow10[] = { 1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12,
+					1e13, 1e14, 1e15 };
+	const char *q = p;
+	uint64_t m = 0;
+	int digits = 0, frac = 0;
+
+	for (; is_digit(*q); q++, digits++)
+		m = m * 10 + (uint64_t)(*q - '0');
+	for (q++; is_digit(*q); q++, digits++, frac++)
+		m = m * 10 + (uint64_t)(*q - '0');
+	if (digits > 15)
+		return strtod(p, NULL);
+	return (double)m / pow10[frac];
+}
+
 /* "digits.digits:" then whitespace at *pp: advance past the colon. */
 static int timestamp(const char **pp, const char *e, const char **ts_s)
 {
@@ -371,9 +406,9 @@ static int event_line(const char *buf, const char *s, const char *e, struct fr_c
 		if (p < e && (*p == ' ' || *p == '\t' || *p == '\v' || *p == '\f' || *p == '\r'))
 			p++;
 		/* a match: fill the row */
-		c->pid[i] = (int32_t)strtol(pid_s, NULL, 10);
-		c->cpu[i] = (int32_t)strtol(cpu_s, NULL, 10);
-		c->ts[i] = strtod(ts_s, NULL);
+		c->pid[i] = (int32_t)decimal(pid_s, pid_e);
+		c->cpu[i] = (int32_t)decimal(cpu_s, cpu_e);
+		c->ts[i] = seconds(ts_s);
 		c->task_off[i] = t - buf;
 		c->task_len[i] = (int32_t)(dash - t);
 		c->flags_off[i] = fl_s ? fl_s - buf : 0;

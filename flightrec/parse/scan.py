@@ -21,6 +21,7 @@ from flightrec.parse.format import CONTRACT, Format
 K_META = -1
 MAX_SOCKS = 4096
 MAX_FIELDS = 16  # _scan.c's
+MIN_LINE = 24  # bytes: an ftrace event line is longer
 
 _P = ctypes.c_void_p
 _COLS = [
@@ -114,7 +115,18 @@ def scan(data: bytes, fmt: Format = CONTRACT) -> Scan:
         raise RuntimeError("the C scanner is not built")
     if len(fmt.fields) > MAX_FIELDS:
         raise RuntimeError(f"the C scanner reads at most {MAX_FIELDS} kernel fields")
-    cap = data.count(b"\n") + 1
+    # Rows for one line in MIN_LINE bytes: columns the scanner does not reach
+    # are never touched, so cost no memory; a trace of shorter lines is
+    # scanned again with a row per newline.
+    cap = len(data) // MIN_LINE + 64
+    while True:
+        got = _scan(data, fmt, cap)
+        if got is not None:
+            return got
+        cap = data.count(b"\n") + 1
+
+
+def _scan(data: bytes, fmt: Format, cap: int) -> Optional[Scan]:
     arrays = {name: np.empty(cap, dtype=dt) for name, dt in _COLS}
     values = [np.empty(cap, dtype=np.uint64) for _ in fmt.fields]
     fval = (_P * MAX_FIELDS)(*[v.ctypes.data for v in values])
@@ -136,7 +148,9 @@ def scan(data: bytes, fmt: Format = CONTRACT) -> Scan:
     rows = _lib().fr_scan(data, len(data), ctypes.byref(cols), cap, names, len(table), fields, len(fmt.fields),
                           ctypes.byref(res))
     if rows < 0:
-        raise RuntimeError("scanner overflow")
+        if cap > data.count(b"\n"):
+            raise RuntimeError("scanner overflow")
+        return None
     # meta rows sit at the end, last line first
     meta = [(line, data[off:off + ln].decode("utf-8", "replace"))
             for line, off, ln in zip(arrays["line"][cap - res.meta:][::-1].tolist(),

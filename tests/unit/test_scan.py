@@ -112,3 +112,23 @@ def test_a_new_kernel_field_and_event_are_rows_of_the_format():
     assert fast.column_names() == slow.column_names()
     for name in fast.column_names():
         assert getattr(fast, name) == getattr(slow, name), name
+
+
+def test_timestamps_read_as_python_floats():
+    """The C scanner's fast decimal path rounds as float() does, long or short."""
+    rng = random.Random(3)
+    stamps = [f"{rng.randrange(10 ** rng.randint(1, 12))}.{rng.randrange(10 ** rng.randint(1, 12))}" for _ in range(20000)]
+    data = "".join(f" a-1 [000] .... {t}: foo: bar\n" for t in stamps).encode()
+    fast, _ = parse_trace(data)
+    assert fast.ts == [float(t) for t in stamps]
+
+
+def test_short_lines_get_a_row_each():
+    """Rows are sized for ftrace's long lines; a text of short ones is scanned again."""
+    data = b"#\n" * 5000 + b"x\n" * 3000 + (FIXTURE_LINE * 3)
+    fast, slow = both(data)
+    assert len(fast) == 3 and fast.parsed.unparsed == slow.parsed.unparsed == 3000
+    assert_same(data)
+
+
+FIXTURE_LINE = b"  fwd-1 [000] ..... 1.000000: tracing_mark_write: outer q:0 0x1000 FREE -> FILL\n"
