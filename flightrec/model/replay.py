@@ -165,7 +165,7 @@ def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
     ownership (its state) is checked, not its place in the deque."""
     out = Replay(unordered=unordered)
     kind, addr, xs_col, sock_col = tl.kind, tl.addr, tl.xs, tl.sock
-    to_col, det_col, queue_col, frm_col = tl.to, tl.detection, tl.queue, tl.frm
+    to_col, det_col, frm_col = tl.to, tl.detection, tl.frm
     cpu_col, ts_col = tl.cpu, tl.ts
     # Markers say "nothing else happened to it" only where every CPU is recording.
     states_from = tl.history.all_since
@@ -186,8 +186,8 @@ def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
     last_read: dict[str, int] = {}  # sock -> its last FILL -> RX read
     broken: dict[int, tuple[Claim, ...]] = {}  # xs -> the claims that failed to align it, until it aligns again
 
-    for i in range(len(kind)):
-        k = kind[i]
+    states_cut = states_from > float("-inf")
+    for i, k in enumerate(kind):
         while ts_col[i] > loss_at:
             # Lost events may have held FILL entries and reads: the deque starts over after them.
             fill.clear()
@@ -201,7 +201,7 @@ def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
             s = sock_col[i]
             to = to_col[i]
             prev = state.get(a)
-            if prev is not None and ts_col[prev[1]] < states_from:
+            if states_cut and prev is not None and ts_col[prev[1]] < states_from:
                 prev = None  # a CPU not yet recording may have moved it since
             det = det_col[i]
             if det is not None:
@@ -282,7 +282,7 @@ def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
                     rem = tuple(e[0] for e in list(dq)[:8]) if mismatch else ()
                     out.reads.append(
                         RxRead(
-                            i, s, queue_col[i], a,
+                            i, s, tl.queue[i], a,
                             prev[0] if prev else None, prev[1] if prev else None,
                             expected, expected_row,
                             mismatch, x, slot, slot_mismatch, det, rem, link, skipped, alignment,
@@ -294,9 +294,9 @@ def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
                 frm = frm_col[i]
                 if frm not in VALID_BEFORE[to]:
                     # the application's own word: a fact wherever it stands
-                    out.bad.append(BadTransition(i, s, queue_col[i], a, frm, i, to, det, claimed=True))
+                    out.bad.append(BadTransition(i, s, tl.queue[i], a, frm, i, to, det, claimed=True))
                 elif prev is not None and prev[0] not in VALID_BEFORE[to]:
-                    out.bad.append(BadTransition(i, s, queue_col[i], a, prev[0], prev[1], to, det))
+                    out.bad.append(BadTransition(i, s, tl.queue[i], a, prev[0], prev[1], to, det))
                 if to == "FILL" and ts_col[i] >= deque_from and s not in unordered:
                     fill[s].append((a, i))
                     fill_count[s][a] += 1

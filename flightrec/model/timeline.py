@@ -10,10 +10,11 @@ here, once, from the text's overrun marks and lost-event lines.
 from __future__ import annotations
 
 import bisect
-from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Optional
+
+import numpy as np
 
 from flightrec.model.history import History, build_history
 from flightrec.parse.events import Typed
@@ -120,29 +121,40 @@ def build_timeline(parsed: ParsedTrace, typed: Typed, source: str, kernel_until:
     and each CPU's history. `kernel_until` is when the kernel-event source
     stopped mid-run (meta.json), on the trace's clock."""
     columns = typed.columns
-    if not _in_time_order(parsed.ts):
+    if not _in_time_order(parsed):
         columns = typed.permuted(_sort_by_time(parsed))
-    window, losses = _window_and_losses(parsed)
-    history = _history(parsed, window, losses, kernel_until)
+    cpus = _cpus(parsed)
+    window, losses = _window_and_losses(parsed, cpus)
+    history = _history(parsed, cpus, window, losses, kernel_until)
     return Timeline(typed.rows, columns, source=source, parsed=parsed, window=window, losses=losses, history=history)
 
 
-def _history(parsed: ParsedTrace, window: Window, losses: list[LossSpan], kernel_until: Optional[float]) -> History:
-    counts = Counter(parsed.cpu)
-    first: dict[int, tuple[float, int]] = {}
-    for cpu, t, line in zip(parsed.cpu, parsed.ts, parsed.line):
-        if cpu not in first:
-            # the "##### CPU c buffer started" line, when there is one, stands just before
-            first[cpu] = (t, parsed.cpu_started.get(cpu, line))
-            if len(first) == len(counts):
-                break
-    return build_history(first, counts, window.overrun,
+def _history(parsed: ParsedTrace, per_cpu: tuple[list[int], list[int], list[int]], window: Window,
+             losses: list[LossSpan], kernel_until: Optional[float]) -> History:
+    cpus, rows, counts = per_cpu
+    ts, line = parsed.array("ts"), parsed.array("line")
+    # the "##### CPU c buffer started" line, when there is one, stands just before
+    first = {c: (float(ts[r]), parsed.cpu_started.get(c, int(line[r]))) for c, r in zip(cpus, rows)}
+    return build_history(first, dict(zip(cpus, counts)), window.overrun,
                          [(s.cpu, s.line, s.count, s.after, s.before) for s in losses], kernel_until,
                          parsed.header_cpus)
 
 
-def _in_time_order(ts: list[float]) -> bool:
-    return all(a <= b for a, b in zip(ts, ts[1:]))
+def _cpus(parsed: ParsedTrace) -> tuple[list[int], list[int], list[int]]:
+    """The CPUs in order of their first event: each one's first row and event count."""
+    cpu = parsed.array("cpu")
+    if len(cpu) == 0:
+        return [], [], []
+    counts = np.bincount(cpu)
+    present = np.flatnonzero(counts)
+    first = [int((cpu == c).argmax()) for c in present.tolist()]
+    order = np.argsort(first, kind="stable")
+    return present[order].tolist(), np.asarray(first)[order].tolist(), counts[present][order].tolist()
+
+
+def _in_time_order(parsed: ParsedTrace) -> bool:
+    ts = parsed.array("ts")
+    return bool(np.all(ts[1:] >= ts[:-1]))
 
 
 def _sort_by_time(parsed: ParsedTrace) -> list[int]:
@@ -153,25 +165,26 @@ def _sort_by_time(parsed: ParsedTrace) -> list[int]:
     for name in ("line", "task", "pid", "cpu", "flags", "ts", "event", "body"):
         col = list(getattr(parsed, name))
         setattr(parsed, name, [col[i] for i in order])
+    parsed.arrays.clear()
     return order
 
 
-def _window_and_losses(parsed: ParsedTrace) -> tuple[Window, list[LossSpan]]:
+def _window_and_losses(parsed: ParsedTrace, per_cpu: tuple[list[int], list[int], list[int]]
+                       ) -> tuple[Window, list[LossSpan]]:
     """A loss before a CPU's first surviving event is that CPU's buffer wrapping
     (trace-cmd says so with "[N EVENTS DROPPED]"); only later ones are gaps."""
     spans = _loss_spans(parsed)
     gaps = [s for s in spans if s.after != float("-inf")]
-    return _window(parsed, overrun=parsed.overrun or len(gaps) < len(spans)), gaps
+    return _window(parsed, per_cpu, overrun=parsed.overrun or len(gaps) < len(spans)), gaps
 
 
-def _window(parsed: ParsedTrace, overrun: bool) -> Window:
+def _window(parsed: ParsedTrace, per_cpu: tuple[list[int], list[int], list[int]], overrun: bool) -> Window:
     if not parsed.ts:
         return Window(0.0, 0.0, 0.0, {}, overrun)
-    first: dict[int, float] = {}
-    for cpu, t in zip(parsed.cpu, parsed.ts):
-        if cpu not in first:
-            first[cpu] = t
-    start, end = parsed.ts[0], parsed.ts[-1]
+    cpus, rows, _ = per_cpu
+    ts = parsed.array("ts")
+    first = {c: float(ts[r]) for c, r in zip(cpus, rows)}
+    start, end = float(ts[0]), float(ts[-1])
     complete_from = max(first.values()) if overrun else start
     return Window(start, end, complete_from, first, overrun)
 

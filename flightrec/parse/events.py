@@ -183,15 +183,14 @@ def typed_from_scan(sc: scan.Scan, fmt: Format = CONTRACT) -> Typed:
 
 
 def _optional(values: np.ndarray, present: np.ndarray) -> list:
-    """values as Python ints, None where not present; the cost follows the rarer side."""
-    absent = np.flatnonzero(~present)
-    if len(absent) * 2 < len(values):
-        out = values.tolist()
-        for i in absent.tolist():
-            out[i] = None
-        return out
-    out = [None] * len(values)
+    """values as Python ints, None where not present."""
     idx = np.flatnonzero(present)
-    for i, v in zip(idx.tolist(), values[idx].tolist()):
-        out[i] = v
-    return out
+    if len(idx) == len(values):
+        return values.tolist()
+    if len(idx) * 8 < len(values):
+        # sparse (slot, prod): the cost follows the values present
+        out: list = [None] * len(values)
+        for i, v in zip(idx.tolist(), values[idx].tolist()):
+            out[i] = v
+        return out
+    return [v if p else None for v, p in zip(values.tolist(), present.tolist())]

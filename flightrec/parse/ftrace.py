@@ -65,6 +65,15 @@ class ParsedTrace:
     losses: list[Loss] = field(default_factory=list)
     cut_last_line: bool = False
     instances: tuple[str, ...] = ()  # trace-cmd: the instances whose prefix was taken off the task names
+    arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)  # see array()
+
+    def array(self, name: str) -> np.ndarray:
+        """A numeric column (line, pid, cpu, ts) as a numpy array, made once;
+        the C scanner's path has them already."""
+        a = self.arrays.get(name)
+        if a is None:
+            a = self.arrays[name] = np.asarray(getattr(self, name))
+        return a
 
     @property
     def overrun(self) -> bool:
@@ -149,6 +158,7 @@ def parsed_from_scan(sc) -> ParsedTrace:
         event=OffsetStrings(sc.data, c["event_off"], c["event_len"]),
         body=OffsetStrings(sc.data, c["body_off"], c["body_len"]),
     )
+    out.arrays.update((name, c[name]) for name in ("line", "pid", "cpu", "ts"))
     out.lines = sc.lines
     out.cut_last_line = sc.cut
     out.unparsed = sc.long_lines
