@@ -47,9 +47,9 @@ class Loss:
 class ParsedTrace:
     """Columns of every event line, plus what the text says about completeness."""
 
-    line: list[int] = field(default_factory=list)
+    line: Sequence[int] = field(default_factory=list)
     task: Sequence[str] = field(default_factory=list)
-    pid: list[int] = field(default_factory=list)
+    pid: Sequence[int] = field(default_factory=list)
     cpu: list[int] = field(default_factory=list)
     flags: Sequence[str] = field(default_factory=list)
     ts: list[float] = field(default_factory=list)
@@ -148,11 +148,11 @@ def parse_bytes(data: bytes) -> ParsedTrace:
 
 def parsed_from_scan(sc) -> ParsedTrace:
     """The ParsedTrace of a C scan (flightrec.parse.scan), strings left undecoded."""
-    from flightrec.parse.scan import OffsetStrings
+    from flightrec.parse.scan import IntColumn, OffsetStrings
 
     c = sc.cols
     out = ParsedTrace(
-        line=c["line"].tolist(), pid=c["pid"].tolist(), cpu=c["cpu"].tolist(), ts=c["ts"].tolist(),
+        line=IntColumn(c["line"]), pid=IntColumn(c["pid"]), cpu=c["cpu"].tolist(), ts=c["ts"].tolist(),
         task=OffsetStrings(sc.data, c["task_off"], c["task_len"]),
         flags=OffsetStrings(sc.data, c["flags_off"], c["flags_len"]),
         event=OffsetStrings(sc.data, c["event_off"], c["event_len"]),

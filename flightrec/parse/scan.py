@@ -95,6 +95,31 @@ class OffsetStrings(Sequence):
             yield data[o:o + n].decode("utf-8", "replace")
 
 
+class IntColumn(Sequence):
+    """A numeric column kept as numpy, read as Python ints (line, pid): a million
+    Python ints would cost more memory than the text's columns."""
+
+    def __init__(self, values: np.ndarray):
+        self._values = values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return self._values[i].tolist()
+        return int(self._values[i])
+
+    def __iter__(self):
+        return iter(self._values.tolist())
+
+    def __array__(self, dtype=None, copy=None):
+        return self._values if dtype is None else self._values.astype(dtype, copy=False)
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, IntColumn)) else NotImplemented
+
+
 @dataclass
 class Scan:
     """The scanner's columns, event rows only, plus the meta lines it left to Python."""
