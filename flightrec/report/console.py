@@ -94,7 +94,7 @@ def claims_table(a: Anomaly) -> Optional[Table]:
 def side_by_side(tl: Timeline, a: Anomaly, around: int) -> Optional[Table]:
     """The post's "CPU 2 | CPU 0" figure: the events around the evidence,
     one column per CPU involved, one row per event, in time order."""
-    cpus, rows = context_rows(tl, a, around)
+    cpus, rows = context_rows(tl, (e.row for e in a.evidence), a.cpus, around)
     if not rows:
         return None
     t0 = tl.ts[rows[0]]

@@ -79,7 +79,7 @@ def _hex(v: Optional[int]) -> str:
 
 
 def _cpu_timeline(tl: Timeline, a: Anomaly, around: int) -> str:
-    cpus, rows = context_rows(tl, a, around)
+    cpus, rows = context_rows(tl, (e.row for e in a.evidence), a.cpus, around)
     if not rows:
         return ""
     why: dict[int, str] = {}
