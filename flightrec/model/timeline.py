@@ -53,7 +53,7 @@ class Window:
     overrun: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Timeline(Typed):
     """Every event of one trace, typed, in time order: the typed columns
     (`kind`, `addr`, `xs`, `sock`, ... index-aligned with `frame` rows; see
@@ -120,13 +120,13 @@ def build_timeline(parsed: ParsedTrace, typed: Typed, source: str, kernel_until:
     """Put the typed rows in time order and compute the window, the loss spans
     and each CPU's history. `kernel_until` is when the kernel-event source
     stopped mid-run (meta.json), on the trace's clock."""
-    columns = typed.columns
+    columns, arrays = typed.columns, typed.arrays
     if not _in_time_order(parsed):
-        columns = typed.permuted(_sort_by_time(parsed))
+        columns, arrays = typed.permuted(_sort_by_time(parsed)), {}
     cpus = _cpus(parsed)
     window, losses = _window_and_losses(parsed, cpus)
     history = _history(parsed, cpus, window, losses, kernel_until)
-    return Timeline(typed.rows, columns, source=source, parsed=parsed, window=window, losses=losses, history=history)
+    return Timeline(typed.rows, columns, arrays, source=source, parsed=parsed, window=window, losses=losses, history=history)
 
 
 def _history(parsed: ParsedTrace, per_cpu: tuple[list[int], list[int], list[int]], window: Window,

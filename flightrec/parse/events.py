@@ -9,7 +9,7 @@ tests/unit/test_scan.py. Nothing after this module reads event text.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
@@ -38,6 +38,9 @@ class Typed:
 
     rows: int
     columns: dict[str, Union[list, Callable[[], list]]]
+    # the C path's numpy form of some columns: kind -> codes into kinds; a kernel
+    # field -> (values, present); for exports that read whole columns
+    arrays: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __getattr__(self, name: str) -> list:
         cols = self.__dict__.get("columns")
@@ -50,6 +53,22 @@ class Typed:
 
     def column_names(self) -> tuple[str, ...]:
         return tuple(self.columns)
+
+    def kind_array(self) -> np.ndarray:
+        """The kind column as an object array."""
+        codes = self.arrays.get("kind")
+        if codes is not None:
+            return np.array(self.arrays["kinds"], dtype=object)[codes]
+        return np.asarray(self.kind, dtype=object)
+
+    def field_array(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """A kernel field's column as (uint64 values, 0 where absent; present)."""
+        got = self.arrays.get(name)
+        if got is not None:
+            return got
+        col = getattr(self, name)
+        present = np.fromiter((v is not None for v in col), bool, len(col))
+        return np.fromiter((v or 0 for v in col), np.uint64, len(col)), present
 
     def permuted(self, order: list[int]) -> dict[str, list]:
         """The columns in another row order."""
@@ -176,21 +195,29 @@ def typed_from_scan(sc: scan.Scan, fmt: Format = CONTRACT) -> Typed:
         "kind": kinds, "sock": socks, "queue": lambda: _optional(c["queue"], c["queue"] >= 0),
         "frm": states("frm"), "to": states("to"), "detail": details, "detection": detections,
     }
+    arrays: dict[str, Any] = {"kind": c["kind"], "kinds": fmt.kinds}
     for f in fmt.fields:
         values, present = sc.fields[f.column]
         columns[f.column] = (lambda v=values, p=present: _optional(v, p))
-    return Typed(n, columns)
+        arrays[f.column] = (values, present)
+    return Typed(n, columns, arrays)
 
 
 def _optional(values: np.ndarray, present: np.ndarray) -> list:
-    """values as Python ints, None where not present."""
+    """values as Python ints, None where not present; the cost follows the rarer side."""
+    n = len(values)
+    absent = np.flatnonzero(~present)
+    if len(absent) * 8 < n:
+        out = values.tolist()
+        for i in absent.tolist():
+            out[i] = None
+        return out
     idx = np.flatnonzero(present)
-    if len(idx) == len(values):
-        return values.tolist()
-    if len(idx) * 8 < len(values):
-        # sparse (slot, prod): the cost follows the values present
-        out: list = [None] * len(values)
+    if len(idx) * 8 < n:
+        out = [None] * n
         for i, v in zip(idx.tolist(), values[idx].tolist()):
             out[i] = v
         return out
-    return [v if p else None for v, p in zip(values.tolist(), present.tolist())]
+    obj = values.astype(object)
+    obj[absent] = None
+    return obj.tolist()

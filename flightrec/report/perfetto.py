@@ -74,7 +74,7 @@ class _Arrays:
 
 def _arrays(tl: Timeline) -> _Arrays:
     p = tl.parsed
-    return _Arrays(np.asarray(tl.kind, dtype=object), np.asarray(p.cpu, dtype=np.int64),
+    return _Arrays(tl.kind_array(), np.asarray(p.cpu, dtype=np.int64),
                    np.asarray(p.pid, dtype=np.int64), np.asarray(p.ts, dtype=np.float64))
 
 
@@ -95,12 +95,11 @@ def flow_points(tl: Timeline, arr: Optional[_Arrays] = None):
     if not n:
         return empty, empty, empty
     kind = (arr or _arrays(tl)).kind
-    addr_obj = np.asarray(tl.addr, dtype=object)
-    has = (addr_obj != None) & (addr_obj != POISON)  # noqa: E711 (elementwise)
-    d_rows = np.flatnonzero(has)
+    addr, present = tl.field_array("addr")
+    d_rows = np.flatnonzero(present & (addr != np.uint64(POISON)))
     if not len(d_rows):
         return empty, empty, empty
-    d_addr = addr_obj[d_rows].astype(np.uint64)
+    d_addr = addr[d_rows]
     to = np.asarray(tl.to, dtype=object)
     d_ins = to[d_rows] == "FILL"
 
@@ -119,7 +118,7 @@ def flow_points(tl: Timeline, arr: Optional[_Arrays] = None):
     reserve = kind[d_rows] == kinds.RESERVE
     flush_rows = np.flatnonzero(kind == kinds.FLUSH)
     if reserve.any() and len(flush_rows):
-        xs_obj = np.asarray(tl.xs, dtype=object)
+        xs_obj = tl.field_array("xs")[0]
         f_xs = xs_obj[flush_rows]
         r_idx = np.flatnonzero(reserve)
         r_xs = xs_obj[d_rows[r_idx]]
