@@ -187,6 +187,7 @@ def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
     broken: dict[int, tuple[Claim, ...]] = {}  # xs -> the claims that failed to align it, until it aligns again
 
     states_cut = states_from > float("-inf")
+    new_reserve = tuple.__new__
     for i, k in enumerate(kind):
         while ts_col[i] > loss_at:
             # Lost events may have held FILL entries and reads: the deque starts over after them.
@@ -243,7 +244,11 @@ def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
                     pq = pend.queue
                     lp = last.get(x)
                     if pq and pq[0].addr == a:
-                        slot = pend.pop()
+                        # pend.pop(), inline: the read of every in-order slot comes here
+                        slot = pq.popleft()
+                        pend.count[a] -= 1
+                        if pend.latest.get(a) is slot:
+                            del pend.latest[a]
                         aligned.add(x)
                         if broken:
                             broken.pop(x, None)
@@ -305,7 +310,7 @@ def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
             x = xs_col[i]
             pend = pending[x]
             a = addr[i]
-            r = Reserve(i, a, x, cpu_col[i], ts_col[i])
+            r = new_reserve(Reserve, (i, a, x, cpu_col[i], ts_col[i]))  # Reserve(...) without its Python __new__
             # _Pending.push, inline: one call fewer per reserve event
             pend.queue.append(r)
             pend.count[a] += 1
