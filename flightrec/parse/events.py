@@ -38,8 +38,10 @@ class Typed:
 
     rows: int
     columns: dict[str, Union[list, Callable[[], list]]]
-    # the C path's numpy form of some columns: kind -> codes into kinds; a kernel
-    # field -> (values, present); for exports that read whole columns
+    # the C path's numpy form of the columns, for exports that read them whole:
+    # kind, sock, frm, to -> codes into kinds, socks, STATES (-1: none); queue
+    # (-1: none); detail -> (data, offsets, lengths, -1: none); a kernel field ->
+    # (values, present)
     arrays: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __getattr__(self, name: str) -> list:
@@ -195,7 +197,9 @@ def typed_from_scan(sc: scan.Scan, fmt: Format = CONTRACT) -> Typed:
         "kind": kinds, "sock": socks, "queue": lambda: _optional(c["queue"], c["queue"] >= 0),
         "frm": states("frm"), "to": states("to"), "detail": details, "detection": detections,
     }
-    arrays: dict[str, Any] = {"kind": c["kind"], "kinds": fmt.kinds}
+    arrays: dict[str, Any] = {"kind": c["kind"], "kinds": fmt.kinds, "sock": c["sock"], "socks": sc.socks,
+                              "queue": c["queue"], "frm": c["frm"], "to": c["to"],
+                              "detail": (sc.data, c["detail_off"], c["detail_len"])}
     for f in fmt.fields:
         values, present = sc.fields[f.column]
         columns[f.column] = (lambda v=values, p=present: _optional(v, p))

@@ -34,6 +34,7 @@ import numpy as np
 
 from flightrec.analysis import Result, anomaly_json
 from flightrec.bulk import INT, MICROS, PIECE, Seg, micros, render
+from flightrec import bulk
 from flightrec.errors import FlightrecError
 from flightrec.parse.scan import string_ids
 from flightrec.model.timeline import Timeline
@@ -230,26 +231,24 @@ def _tails(tl: Timeline, arr: _Arrays) -> tuple[np.ndarray, list[bytes]]:
     """
     p = tl.parsed
     MARKER, NOTE = kinds.MARKER, kinds.NOTE
-    keys: dict[tuple, int] = {}
-    get = keys.get
+    fast = _app_ids(tl, arr)
+    if fast is not None:
+        ids, tails = fast
+    else:
+        keys: dict[tuple, int] = {}
+        get = keys.get
 
-    def new(key: tuple) -> int:
-        keys[key] = len(keys) + 1  # from 1: `get(key) or` must not take an id for absent
-        return len(keys)
+        def new(key: tuple) -> int:
+            keys[key] = len(keys) + 1  # from 1: `get(key) or` must not take an id for absent
+            return len(keys)
 
-    # every row, in one pass; kernel rows get their own ids below (their tails here stay empty)
-    ids = np.array([get(key) or new(key) for key in zip(tl.kind, tl.addr, tl.sock, tl.queue, tl.frm, tl.to,
-                                                          tl.detail)], dtype=np.int64)
-    tails = [b""] * (len(keys) + 1)
-    for (k, a, sock, queue, frm, to, d), i in keys.items():
-        if k == MARKER:
-            ah = f"{a:#x}"
-            name = f"{frm}->{to} {ah}" if a != POISON else f"{frm}->{to} POISON"
-            extra = f',"detail":{_q(d)}' if d else ""
-            tails[i] = (f'"sock":{_q(sock)},"queue":{queue},"addr":"{ah}","from":"{frm}","to":"{to}"{extra}}},'
-                        f'"name":"{name}","cat":"marker"}}').encode()
-        elif k == NOTE:
-            tails[i] = f'"addr":"{a:#x}","text":{_q(d or "")}}},"name":"note {a:#x}","cat":"note"}}'.encode()
+        # every row, in one pass; kernel rows get their own ids below (their tails here stay empty)
+        ids = np.array([get(key) or new(key) for key in zip(tl.kind, tl.addr, tl.sock, tl.queue, tl.frm, tl.to,
+                                                              tl.detail)], dtype=np.int64)
+        tails = [b""] * (len(keys) + 1)
+        for key, i in keys.items():
+            if key[0] in (MARKER, NOTE):
+                tails[i] = _app_tail(*key)
 
     kernel = np.flatnonzero((arr.kind != MARKER) & (arr.kind != NOTE))
     if len(kernel):
@@ -266,6 +265,57 @@ def _tails(tl: Timeline, arr: _Arrays) -> tuple[np.ndarray, list[bytes]]:
                 name = KERNEL_NAME[k] + (f" {a:#x}" if a is not None else "")
                 tail = f'{_kernel_args(event, body)}}},"name":"{name}","cat":"kernel"}}'
             tails.append(tail.encode())
+    return ids, tails
+
+
+def _app_tail(k: str, a: int, sock: Optional[str], queue: Optional[int], frm: Optional[str], to: Optional[str],
+              d: Optional[str]) -> bytes:
+    """A marker's or note's tail."""
+    if k == kinds.MARKER:
+        ah = f"{a:#x}"
+        name = f"{frm}->{to} {ah}" if a != POISON else f"{frm}->{to} POISON"
+        extra = f',"detail":{_q(d)}' if d else ""
+        return (f'"sock":{_q(sock)},"queue":{queue},"addr":"{ah}","from":"{frm}","to":"{to}"{extra}}},'
+                f'"name":"{name}","cat":"marker"}}').encode()
+    return f'"addr":"{a:#x}","text":{_q(d or "")}}},"name":"note {a:#x}","cat":"note"}}'.encode()
+
+
+def _app_ids(tl: Timeline, arr: _Arrays) -> Optional[tuple[np.ndarray, list[bytes]]]:
+    """`_tails`' ids of the markers and notes (0 elsewhere) and their tails, from
+    the scanner's arrays: one integer key per row (note?, FROM, TO, socket,
+    detail, address) packed into 62 bits, so the distinct ones are found by a
+    sort instead of a million tuples. None on the Python path, or past 2**21 rows."""
+    A = tl.arrays
+    n = len(tl)
+    if "sock" not in A or n >= 1 << 21:
+        return None
+    ids = np.zeros(n, np.int64)
+    app = np.flatnonzero((arr.kind == kinds.MARKER) | (arr.kind == kinds.NOTE))
+    if not len(app):
+        return ids, [b""]
+    data, d_off, d_len = A["detail"]
+    has = d_len[app] >= 0
+    d_ids = np.zeros(len(app), np.int64)
+    if has.any():
+        d_ids[has] = bulk.intern(data, d_off[app][has], d_len[app][has])[0] + 1
+    _, a_ids = np.unique(A["addr"][0][app], return_inverse=True)
+    key = ((arr.kind[app] == kinds.NOTE).astype(np.int64) | ((A["frm"][app].astype(np.int64) + 1) << 1)
+           | ((A["to"][app].astype(np.int64) + 1) << 4) | ((A["sock"][app].astype(np.int64) + 1) << 7)
+           | (d_ids << 20) | (a_ids.reshape(-1).astype(np.int64) << 41))
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    ids[app] = 1 + inverse.reshape(-1)
+    tails = [b""]
+    rows = app[first]
+    socks, states = A["socks"], kinds.STATES
+    for r, k, a, sock, queue, frm, to, off, dl in zip(
+            rows.tolist(), arr.kind[rows].tolist(), A["addr"][0][rows].tolist(), A["sock"][rows].tolist(),
+            A["queue"][rows].tolist(), A["frm"][rows].tolist(), A["to"][rows].tolist(), d_off[rows].tolist(),
+            d_len[rows].tolist()):
+        d = data[off:off + dl].decode("utf-8", "replace") if dl >= 0 else None
+        if k == kinds.NOTE:
+            tails.append(_app_tail(k, a, None, None, None, None, d))
+        else:
+            tails.append(_app_tail(k, a, socks[sock], queue, states[frm], states[to], d))
     return ids, tails
 
 
