@@ -89,6 +89,11 @@ class Format:
     events: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = tuple(
         (k, names, need) for k, (names, need) in KERNEL_EVENTS.items())
 
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.fields]
+        if names[:1] != ["addr"] or len(set(names)) < len(names) or len(set(self.kinds)) < len(self.kinds):
+            raise ValueError("a Format's fields start with addr and are named once, its kinds too")
+
     def kernel_kind(self, event: str) -> Optional[tuple[str, tuple[str, ...]]]:
         """(kind, required fields) of a kernel event name, or None."""
         for kind, bases, need in self.events:
@@ -105,7 +110,6 @@ class Format:
 
 
 CONTRACT = Format()
-assert KERNEL_FIELDS[0].name == "addr"
 
 
 # -- detection lines: `SOCK q:Q ADDR FROM -> TO: DETAIL`, the application's own report.
