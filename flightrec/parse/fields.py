@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from flightrec.parse.format import STATES, Detection
+from flightrec.parse.format import DETECTION_FORMS, STATES, Detection
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 
@@ -139,16 +139,17 @@ def _invalid(words: list[str], detail: str) -> Optional[Detection]:
     return None
 
 
-DETECTION_READERS: tuple[Callable[[list[str], str], Optional[Detection]], ...] = (
-    _fill_order, _length, _poison, _invalid)
+# one reader per key of format.DETECTION_FORMS (tests/unit/test_parse.py holds them equal)
+DETECTION_READERS: dict[str, Callable[[list[str], str], Optional[Detection]]] = {
+    "fill_order": _fill_order, "length": _length, "poison": _poison, "invalid": _invalid}
 
 
 def parse_detection(detail: str) -> Detection:
     """Read the detail of a detection line (see docs/markers.md): the first
-    form that matches, else kind "other"."""
+    form of DETECTION_FORMS that matches, else kind "other"."""
     words = detail.replace(",", " ").replace("[", " ").replace("]", " ").split()
-    for read in DETECTION_READERS:
-        det = read(words, detail)
+    for kind in DETECTION_FORMS:
+        det = DETECTION_READERS[kind](words, detail)
         if det is not None:
             return det
     return Detection("other")

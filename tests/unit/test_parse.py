@@ -1,4 +1,5 @@
-from flightrec.parse.fields import kernel_fields, parse_detection, parse_marker
+from flightrec.parse.fields import DETECTION_READERS, kernel_fields, parse_detection, parse_marker
+from flightrec.parse.format import DETECTION_FORMS
 from flightrec.parse.ftrace import parse_lines
 
 
@@ -85,3 +86,11 @@ def test_detection_lines_with_and_without_space():
     assert glued.expected == 0x1000900 and glued.remaining == (0xFE4100, 0xF9C100)
     assert parse_detection("len 56 xdp_len 60") .xdp_length == 60
     assert parse_detection("invalid, was TX").was == "TX"
+
+
+def test_every_detection_form_has_its_reader():
+    assert list(DETECTION_READERS) == list(DETECTION_FORMS)
+    for kind, form in DETECTION_FORMS.items():
+        example = form.replace("EXP", "0x1").replace("HEX", "2").replace("LEN", "3").replace("XDP3", "4")
+        example = example.replace("STATE", "TX")
+        assert parse_detection(example).kind == kind, (kind, example)
