@@ -71,12 +71,22 @@ class _Arrays:
     cpu: np.ndarray
     pid: np.ndarray
     ts: np.ndarray
+    codes: Optional[np.ndarray] = None  # the scanner's kind codes into `names`, when there
+    names: tuple[str, ...] = ()
+
+    def is_(self, *wanted: str) -> np.ndarray:
+        """Rows whose kind is one of `wanted` (on the codes: comparing a million
+        strings one by one costs ~25 ms a kind)."""
+        if self.codes is not None:
+            return np.isin(self.codes, [self.names.index(k) for k in wanted if k in self.names])
+        return np.isin(self.kind, list(wanted))
 
 
 def _arrays(tl: Timeline) -> _Arrays:
     p = tl.parsed
     return _Arrays(tl.kind_array(), np.asarray(p.cpu, dtype=np.int64),
-                   np.asarray(p.pid, dtype=np.int64), np.asarray(p.ts, dtype=np.float64))
+                   np.asarray(p.pid, dtype=np.int64), np.asarray(p.ts, dtype=np.float64),
+                   tl.arrays.get("kind"), tl.arrays.get("kinds", ()))
 
 
 def flow_points(tl: Timeline, arr: Optional[_Arrays] = None):
@@ -95,14 +105,16 @@ def flow_points(tl: Timeline, arr: Optional[_Arrays] = None):
     empty = np.zeros(0, np.int64)
     if not n:
         return empty, empty, empty
-    kind = (arr or _arrays(tl)).kind
+    arr = arr or _arrays(tl)
     addr, present = tl.field_array("addr")
     d_rows = np.flatnonzero(present & (addr != np.uint64(POISON)))
     if not len(d_rows):
         return empty, empty, empty
     d_addr = addr[d_rows]
-    to = np.asarray(tl.to, dtype=object)
-    d_ins = to[d_rows] == "FILL"
+    if "to" in tl.arrays:
+        d_ins = tl.arrays["to"][d_rows] == kinds.STATES.index("FILL")
+    else:
+        d_ins = np.asarray(tl.to, dtype=object)[d_rows] == "FILL"
 
     # group by descriptor, rows in time order (a stable sort keeps them so),
     # then dense descriptor ids and a single sortable key per (descriptor, row)
@@ -116,8 +128,8 @@ def flow_points(tl: Timeline, arr: Optional[_Arrays] = None):
 
     # flushes: the first flush of the reserve's xs after it
     links_trip, links_row = [], []
-    reserve = kind[d_rows] == kinds.RESERVE
-    flush_rows = np.flatnonzero(kind == kinds.FLUSH)
+    reserve = arr.is_(kinds.RESERVE)[d_rows]
+    flush_rows = np.flatnonzero(arr.is_(kinds.FLUSH))
     if reserve.any() and len(flush_rows):
         xs_obj = tl.field_array("xs")[0]
         f_xs = xs_obj[flush_rows]
@@ -250,7 +262,7 @@ def _tails(tl: Timeline, arr: _Arrays) -> tuple[np.ndarray, list[bytes]]:
             if key[0] in (MARKER, NOTE):
                 tails[i] = _app_tail(*key)
 
-    kernel = np.flatnonzero((arr.kind != MARKER) & (arr.kind != NOTE))
+    kernel = np.flatnonzero(~arr.is_(MARKER, NOTE))
     if len(kernel):
         e_ids, events = string_ids(p.event, kernel)
         b_ids, bodies = string_ids(p.body, kernel)
@@ -290,7 +302,7 @@ def _app_ids(tl: Timeline, arr: _Arrays) -> Optional[tuple[np.ndarray, list[byte
     if "sock" not in A or n >= 1 << 21:
         return None
     ids = np.zeros(n, np.int64)
-    app = np.flatnonzero((arr.kind == kinds.MARKER) | (arr.kind == kinds.NOTE))
+    app = np.flatnonzero(arr.is_(kinds.MARKER, kinds.NOTE))
     if not len(app):
         return ids, [b""]
     data, d_off, d_len = A["detail"]
@@ -299,7 +311,7 @@ def _app_ids(tl: Timeline, arr: _Arrays) -> Optional[tuple[np.ndarray, list[byte
     if has.any():
         d_ids[has] = bulk.intern(data, d_off[app][has], d_len[app][has])[0] + 1
     _, a_ids = np.unique(A["addr"][0][app], return_inverse=True)
-    key = ((arr.kind[app] == kinds.NOTE).astype(np.int64) | ((A["frm"][app].astype(np.int64) + 1) << 1)
+    key = (arr.is_(kinds.NOTE)[app].astype(np.int64) | ((A["frm"][app].astype(np.int64) + 1) << 1)
            | ((A["to"][app].astype(np.int64) + 1) << 4) | ((A["sock"][app].astype(np.int64) + 1) << 7)
            | (d_ids << 20) | (a_ids.reshape(-1).astype(np.int64) << 41))
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
@@ -356,7 +368,7 @@ def _thread_tracks(tl: Timeline, arr: _Arrays, start: np.ndarray) -> tuple[list[
     slice "on CPU N" for each run of its markers on one CPU: where the
     application ran, and when it moved, beside the CPU tracks."""
     p = tl.parsed
-    app = np.flatnonzero((arr.kind == kinds.MARKER) | (arr.kind == kinds.NOTE))
+    app = np.flatnonzero(arr.is_(kinds.MARKER, kinds.NOTE))
     if not len(app):
         return [], 0
     pid, cpu, ts = arr.pid[app], arr.cpu[app], arr.ts[app]
