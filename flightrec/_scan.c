@@ -1,13 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * The hot loop of flightrec's parser, in C: one pass over a whole ftrace text
- * buffer that fills the timeline's columns. It implements exactly what
- * flightrec/parse/ftrace.py (line shape) and flightrec/parse/fields.py
- * (marker grammar, kprobe fields) do in Python; tests/unit/test_scan.py holds
- * the two to the same output. The table of kernel event names comes from the
- * caller (flightrec/model/kinds.py), so this file knows line shapes only.
+ * buffer that fills the typed columns. It implements exactly what
+ * flightrec/parse/ftrace.py (line shape, `parse_lines`) and
+ * flightrec/parse/events.py (`type_rows`: marker grammar, kernel event
+ * fields) do in Python; tests/unit/test_scan.py holds the two to the same
+ * output. The kernel event names and fields come from the caller
+ * (flightrec/parse/format.py), so a new field or event needs no change here.
  *
- * Loaded with ctypes; built by `make` as flightrec/_scan.so.
+ * Loaded with ctypes (flightrec/parse/scan.py); built by `make` as
+ * flightrec/_scan.so.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -15,9 +17,10 @@
 
 #define MAX_LINE (1 << 16)
 #define MAX_SOCKS 4096
+#define MAX_FIELDS 16
 
-enum { K_META = -1, K_OTHER = 0, K_MARKER = 1, K_NOTE = 2, K_RESERVE = 3, K_FLUSH = 4, K_TX = 5 };
-enum { NEED_ADDR = 1, NEED_XS = 2 };
+/* kind codes: index into flightrec/parse/format.py's KINDS; kernel kinds come from the caller */
+enum { K_META = -1, K_OTHER = 0, K_MARKER = 1, K_NOTE = 2 };
 
 struct fr_cols {
 	int32_t *line;
@@ -25,11 +28,8 @@ struct fr_cols {
 	int32_t *pid;
 	double *ts;
 	int8_t *kind;
-	uint64_t *addr;
-	int8_t *has_addr; /* bit 0: addr, bit 1: xs */
-	uint64_t *xs;
-	int64_t *len; /* -1: none */
-	int64_t *slot, *prod; /* BPF backend: RX ring index written / producer after a flush; -1: none */
+	uint32_t *fmask; /* bit j: kernel field j present (field 0 is addr, also a marker's ADDR) */
+	uint64_t *fval[MAX_FIELDS]; /* the fields' values, where present */
 	int32_t *queue; /* -1: none */
 	int8_t *frm, *to; /* state index, -1: none */
 	int32_t *sock; /* id into the sock table, -1: none */
@@ -41,11 +41,17 @@ struct fr_kernel_name {
 	const char *base;
 	int32_t base_len;
 	int8_t kind;
-	int8_t need;
+	uint32_t need; /* bit j: field j must be present */
+};
+
+struct fr_field {
+	const char *name;
+	int32_t len;
 };
 
 struct fr_result {
-	int64_t rows; /* event rows and meta rows written */
+	int64_t rows; /* event rows, written from row 0 up */
+	int64_t meta; /* meta rows, written from row cap - 1 down */
 	int64_t lines; /* complete lines seen */
 	int64_t long_lines; /* lines over MAX_LINE, skipped */
 	int32_t cut; /* the buffer ends inside a line */
@@ -55,6 +61,7 @@ struct fr_result {
 	int32_t sock_len[MAX_SOCKS][2];
 };
 
+/* flightrec/parse/format.py STATES, in its order */
 static const char *const STATES[] = { "FREE", "FILL", "RX", "TX", "COMP" };
 
 static int is_space(char c)
@@ -101,10 +108,22 @@ static int parse_hex(const char *p, const char *e, int need_0x, uint64_t *out)
 
 static int state_of(const char *p, const char *e)
 {
+	static const int len[] = { 4, 4, 2, 2, 4 };
+
 	for (int i = 0; i < 5; i++)
-		if ((size_t)(e - p) == strlen(STATES[i]) && !memcmp(p, STATES[i], e - p))
+		if (e - p == len[i] && !memcmp(p, STATES[i], e - p))
 			return i;
 	return -1;
+}
+
+/* [p, e) holds only digits, at most 9 */
+static int64_t decimal(const char *p, const char *e)
+{
+	int64_t v = 0;
+
+	for (; p < e; p++)
+		v = v * 10 + (*p - '0');
+	return v;
 }
 
 static int sock_id(struct fr_result *r, const char *buf, const char *const ws[2], const char *const we[2])
@@ -191,8 +210,8 @@ static void marker(const char *buf, const char *b, const char *e, struct fr_cols
 		c->kind[i] = K_MARKER;
 		c->sock[i] = s;
 		c->queue[i] = queue;
-		c->addr[i] = addr;
-		c->has_addr[i] = 1;
+		c->fval[0][i] = addr;
+		c->fmask[i] = 1;
 		c->frm[i] = (int8_t)frm;
 		c->to[i] = (int8_t)to;
 		if (det) {
@@ -211,17 +230,19 @@ static void marker(const char *buf, const char *b, const char *e, struct fr_cols
 			return;
 		strip(&dp, &de);
 		c->kind[i] = K_NOTE;
-		c->addr[i] = addr;
-		c->has_addr[i] = 1;
+		c->fval[0][i] = addr;
+		c->fmask[i] = 1;
 		c->detail_off[i] = dp - buf;
 		c->detail_len[i] = (int32_t)(de - dp);
 	}
 }
 
-static void kernel_event(const char *b, const char *e, int8_t kind, int8_t need, struct fr_cols *c, int64_t i)
+/* name=value words of a kernel event's body: the fields of the caller's table, in hex. */
+static void kernel_event(const char *b, const char *e, int8_t kind, uint32_t need, const struct fr_field *fields,
+			 int nfields, struct fr_cols *c, int64_t i)
 {
-	uint64_t addr = 0, xs = 0, len = 0, slot = 0, prod = 0;
-	int has_addr = 0, has_xs = 0, has_len = 0, has_slot = 0, has_prod = 0;
+	uint64_t val[MAX_FIELDS];
+	uint32_t mask = 0;
 	const char *p = b;
 
 	while (p < e) {
@@ -235,41 +256,26 @@ static void kernel_event(const char *b, const char *e, int8_t kind, int8_t need,
 		}
 		if (!eq)
 			continue;
-		size_t nl = eq - w;
-		if (nl == 4 && !memcmp(w, "addr", 4)) {
-			if (parse_hex(eq + 1, p, 0, &addr))
-				return;
-			has_addr = 1;
-		} else if (nl == 2 && !memcmp(w, "xs", 2)) {
-			if (parse_hex(eq + 1, p, 0, &xs))
-				return;
-			has_xs = 1;
-		} else if (nl == 3 && !memcmp(w, "len", 3)) {
-			if (parse_hex(eq + 1, p, 0, &len))
-				return;
-			has_len = 1;
-		} else if (nl == 4 && !memcmp(w, "slot", 4)) {
-			if (parse_hex(eq + 1, p, 0, &slot))
-				return;
-			has_slot = 1;
-		} else if (nl == 4 && !memcmp(w, "prod", 4)) {
-			if (parse_hex(eq + 1, p, 0, &prod))
-				return;
-			has_prod = 1;
-		}
+		int32_t nl = (int32_t)(eq - w);
+		for (int j = 0; j < nfields; j++)
+			if (fields[j].len == nl && !memcmp(w, fields[j].name, nl)) {
+				if (parse_hex(eq + 1, p, 0, &val[j]))
+					return;
+				mask |= 1u << j;
+				break;
+			}
 	}
-	if (((need & NEED_ADDR) && !has_addr) || ((need & NEED_XS) && !has_xs))
+	if ((mask & need) != need)
 		return;
 	c->kind[i] = kind;
-	c->addr[i] = addr;
-	c->has_addr[i] = (int8_t)(has_addr | (has_xs << 1));
-	c->xs[i] = xs;
-	c->len[i] = has_len ? (int64_t)len : -1;
-	c->slot[i] = has_slot ? (int64_t)(slot & INT64_MAX) : -1;
-	c->prod[i] = has_prod ? (int64_t)(prod & INT64_MAX) : -1;
+	c->fmask[i] = mask;
+	for (int j = 0; j < nfields; j++)
+		if (mask & (1u << j))
+			c->fval[j][i] = val[j];
 }
 
-static int8_t kernel_kind(const char *ev, const char *ee, const struct fr_kernel_name *names, int nnames, int8_t *need)
+static int8_t kernel_kind(const char *ev, const char *ee, const struct fr_kernel_name *names, int nnames,
+			  uint32_t *need)
 {
 	size_t n = ee - ev;
 
@@ -286,6 +292,28 @@ static int8_t kernel_kind(const char *ev, const char *ee, const struct fr_kernel
 static int is_flag(char ch)
 {
 	return ch == '.' || ch == '_' || is_digit(ch) || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
+}
+
+/*
+ * "digits.digits" as a double, as Python's float() reads it: with at most 15
+ * digits and a power of ten up to 1e22 both operands are exact, so the one
+ * division rounds correctly (Clinger's fast path); else strtod.
+ */
+static double seconds(const char *p)
+{
+	static const double pow10[] = { 1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12,
+					1e13, 1e14, 1e15 };
+	const char *q = p;
+	uint64_t m = 0;
+	int digits = 0, frac = 0;
+
+	for (; is_digit(*q); q++, digits++)
+		m = m * 10 + (uint64_t)(*q - '0');
+	for (q++; is_digit(*q); q++, digits++, frac++)
+		m = m * 10 + (uint64_t)(*q - '0');
+	if (digits > 15)
+		return strtod(p, NULL);
+	return (double)m / pow10[frac];
 }
 
 /* "digits.digits:" then whitespace at *pp: advance past the colon. */
@@ -309,7 +337,8 @@ static int timestamp(const char **pp, const char *e, const char **ts_s)
 
 /* task-pid [cpu] flags ts: event: body, as flightrec/parse/ftrace.py's _LINE. */
 static int event_line(const char *buf, const char *s, const char *e, struct fr_cols *c, int64_t i,
-		      const struct fr_kernel_name *names, int nnames, struct fr_result *r)
+		      const struct fr_kernel_name *names, int nnames, const struct fr_field *fields, int nfields,
+		      struct fr_result *r)
 {
 	const char *t = s;
 
@@ -377,9 +406,9 @@ static int event_line(const char *buf, const char *s, const char *e, struct fr_c
 		if (p < e && (*p == ' ' || *p == '\t' || *p == '\v' || *p == '\f' || *p == '\r'))
 			p++;
 		/* a match: fill the row */
-		c->pid[i] = (int32_t)strtol(pid_s, NULL, 10);
-		c->cpu[i] = (int32_t)strtol(cpu_s, NULL, 10);
-		c->ts[i] = strtod(ts_s, NULL);
+		c->pid[i] = (int32_t)decimal(pid_s, pid_e);
+		c->cpu[i] = (int32_t)decimal(cpu_s, cpu_e);
+		c->ts[i] = seconds(ts_s);
 		c->task_off[i] = t - buf;
 		c->task_len[i] = (int32_t)(dash - t);
 		c->flags_off[i] = fl_s ? fl_s - buf : 0;
@@ -410,9 +439,10 @@ static int event_line(const char *buf, const char *s, const char *e, struct fr_c
 					ke++;
 				kb = ke;
 			}
-			int8_t need = 0, k = kernel_kind(ks, ke, names, nnames, &need);
+			uint32_t need = 0;
+			int8_t k = kernel_kind(ks, ke, names, nnames, &need);
 			if (k != K_OTHER)
-				kernel_event(kb, e, k, need, c, i);
+				kernel_event(kb, e, k, need, fields, nfields, c, i);
 		}
 		return 1;
 	}
@@ -421,13 +451,8 @@ static int event_line(const char *buf, const char *s, const char *e, struct fr_c
 
 static void reset_row(struct fr_cols *c, int64_t i)
 {
-	c->kind[i] = K_META;
-	c->has_addr[i] = 0;
-	c->addr[i] = 0;
-	c->xs[i] = 0;
-	c->len[i] = -1;
-	c->slot[i] = -1;
-	c->prod[i] = -1;
+	c->kind[i] = K_OTHER;
+	c->fmask[i] = 0;
 	c->queue[i] = -1;
 	c->frm[i] = -1;
 	c->to[i] = -1;
@@ -438,17 +463,21 @@ static void reset_row(struct fr_cols *c, int64_t i)
 }
 
 /*
- * Scan buf[0, len): one row per complete, non-blank line (event rows with
- * their kind, meta rows with K_META and the line in body_off/body_len).
+ * Scan buf[0, len): one row per complete, non-blank line. Event rows, with
+ * their kind, fill the columns from row 0 up; meta rows (K_META, the line in
+ * body_off/body_len) from row cap - 1 down, so the event rows need no copy.
  * `cap` rows must fit in the columns (the number of newlines is enough).
+ * Returns the event rows, or -1 when they did not fit or the tables are too big.
  */
 int64_t fr_scan(const char *buf, int64_t len, struct fr_cols *c, int64_t cap, const struct fr_kernel_name *names,
-		int32_t nnames, struct fr_result *r)
+		int32_t nnames, const struct fr_field *fields, int32_t nfields, struct fr_result *r)
 {
 	const char *p = buf, *end = buf + len;
-	int64_t i = 0, lineno = 0;
+	int64_t i = 0, m = cap, lineno = 0;
 
 	memset(r, 0, sizeof(*r));
+	if (nfields < 1 || nfields > MAX_FIELDS)
+		return -1;
 	while (p < end) {
 		const char *nl = memchr(p, '\n', end - p);
 		if (!nl) {
@@ -467,18 +496,22 @@ int64_t fr_scan(const char *buf, int64_t len, struct fr_cols *c, int64_t cap, co
 			t++;
 		if (t == e)
 			continue;
-		if (i == cap)
+		if (i == m)
 			return -1;
 		reset_row(c, i);
 		c->line[i] = (int32_t)lineno;
-		if (!event_line(buf, s, e, c, i, names, nnames, r)) {
-			c->kind[i] = K_META;
-			c->body_off[i] = t - buf;
-			c->body_len[i] = (int32_t)(e - t);
+		if (event_line(buf, s, e, c, i, names, nnames, fields, nfields, r)) {
+			i++;
+			continue;
 		}
-		i++;
+		m--;
+		c->kind[m] = K_META;
+		c->line[m] = (int32_t)lineno;
+		c->body_off[m] = t - buf;
+		c->body_len[m] = (int32_t)(e - t);
 	}
 	r->lines = lineno;
 	r->rows = i;
+	r->meta = cap - m;
 	return i;
 }

@@ -1,4 +1,4 @@
-"""The analysis pipeline: trace text → parse → timeline → replay → checks → result.
+"""The analysis pipeline: trace text → parse (format) → model (timeline, replay) → checks → result.
 
 A library first: the CLI and `record` call `analyze_path` / `analyze_text`.
 `analyze_path` also reads DIR/meta.json beside DIR/trace.txt, for the moment
@@ -17,12 +17,10 @@ from typing import BinaryIO, Optional
 from flightrec.checks import run_checks
 from flightrec.checks.anomaly import Anomaly
 from flightrec.errors import FlightrecError
-from flightrec.model import kinds
 from flightrec.model.replay import Replay, replay
-from flightrec.model.timeline import Timeline, build_timeline, typed_from_scan
+from flightrec.model.timeline import Timeline, build_timeline
 from flightrec.model.history import History
-from flightrec.parse import scan
-from flightrec.parse.ftrace import parse_bytes, parsed_from_scan
+from flightrec.parse.events import parse_trace
 from flightrec.parse.meta import kernel_events_ended_at, meta_path, read_meta, zerocopy_sockets
 
 
@@ -144,12 +142,7 @@ def analyze_bytes(data: bytes, source: str, kernel_until: Optional[float] = None
 
     `kernel_until`: when the kernel-event source stopped mid-run, on the trace's
     clock (None: it ran to the end); `meta`: meta.json, kept on the result."""
-    if scan.available():
-        sc = scan.scan(data, kinds.scanner_table())
-        parsed = parsed_from_scan(sc)
-        typed = typed_from_scan(sc)
-    else:
-        parsed, typed = parse_bytes(data), None
+    parsed, typed = parse_trace(data)
     if not data:
         raise FlightrecError(f"{source}: empty trace")
     if not parsed.line:
@@ -159,7 +152,7 @@ def analyze_bytes(data: bytes, source: str, kernel_until: Optional[float] = None
             raise FlightrecError(f"{source}: not ftrace text ({where}); give the text of "
                                  "/sys/kernel/tracing/trace or of `trace-cmd report`")
         raise FlightrecError(f"{source}: no events in the trace (only a header)")
-    tl = build_timeline(parsed, source, typed, kernel_until)
+    tl = build_timeline(parsed, typed, source, kernel_until)
     rp = replay(tl, zerocopy_sockets(meta))
     return Result(source, tuple(run_checks(tl, rp)), tl, rp, parsed.cut_last_line, meta)
 

@@ -27,8 +27,9 @@ from typing import Optional
 from flightrec.checks.anomaly import APPLICATION, KERNEL, UNDETERMINED, Anomaly, Evidence
 from flightrec.model.history import KERNEL as KERNEL_EVENTS
 from flightrec.model.history import MARKERS, Claim, Gap, absent, failed, seen
-from flightrec.model.replay import KERNEL_OWNED, POISON, BadTransition, Replay, Reserve, RxRead, slot_alignment
+from flightrec.model.replay import BadTransition, Replay, Reserve, RxRead, slot_alignment
 from flightrec.model.timeline import Timeline
+from flightrec.parse.format import KERNEL_OWNED, POISON
 
 MISSING_RESERVE = "reserve events (kprobe __xsk_rcv_zc at xskq_prod_reserve_desc)"
 MISSING_FLUSH = "flush events (kprobe xsk_flush)"

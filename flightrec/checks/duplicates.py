@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from flightrec.checks.anomaly import Anomaly
 from flightrec.checks.attribution import dup_anomaly
-from flightrec.model.replay import KERNEL_OWNED, Replay
+from flightrec.model.replay import Replay
 from flightrec.model.timeline import Timeline
+from flightrec.parse.format import KERNEL_OWNED
 
 
 def check_duplicate_insertion(tl: Timeline, rp: Replay) -> list[Anomaly]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from flightrec.checks.anomaly import Anomaly
 from flightrec.checks.attribution import attribute_read, hexa
-from flightrec.model.replay import POISON, Replay
+from flightrec.model.replay import Replay
 from flightrec.model.timeline import Timeline
+from flightrec.parse.format import POISON
 
 
 def check_poison(tl: Timeline, rp: Replay) -> list[Anomaly]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from flightrec.checks.anomaly import APPLICATION, UNDETERMINED, Anomaly
 from flightrec.checks.attribution import attribute_read, ev, hexa, root_duplicate, transition_claims
-from flightrec.model.replay import KERNEL_OWNED, POISON, Replay
+from flightrec.model.replay import Replay
 from flightrec.model.timeline import Timeline
+from flightrec.parse.format import KERNEL_OWNED, POISON
 
 
 def check_transitions(tl: Timeline, rp: Replay) -> list[Anomaly]:

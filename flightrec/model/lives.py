@@ -3,14 +3,11 @@ around a piece of evidence, and per-CPU statistics."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
 
 import pandas as pd
 
 from flightrec.model.timeline import Timeline
-
-if TYPE_CHECKING:
-    from flightrec.checks.anomaly import Anomaly
 
 
 def life(tl: Timeline, addr: int) -> pd.DataFrame:
@@ -37,11 +34,12 @@ def per_cpu(tl: Timeline) -> pd.DataFrame:
     return out.join(kinds)
 
 
-def context_rows(tl: Timeline, a: "Anomaly", around: int) -> tuple[list[int], list[int]]:
-    """The CPUs of the story and the rows around the evidence on them, in
+def context_rows(tl: Timeline, evidence: Iterable[int], story_cpus: Iterable[int],
+                 around: int) -> tuple[list[int], list[int]]:
+    """The CPUs of the story and the rows around the evidence rows on them, in
     time order: `around` events of those CPUs on each side of each piece."""
-    rows_ev = sorted({e.row for e in a.evidence if e.row >= 0})
-    cpus = list(a.cpus)
+    rows_ev = sorted({r for r in evidence if r >= 0})
+    cpus = list(story_cpus)
     for r in rows_ev:
         if tl.cpu[r] not in cpus:
             cpus.append(tl.cpu[r])

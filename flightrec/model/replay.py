@@ -33,22 +33,9 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
-from flightrec.model import kinds
 from flightrec.model.history import KERNEL, MARKERS, Claim, Gap, absent, seen
 from flightrec.model.timeline import Timeline
-from flightrec.parse.fields import Detection, parse_detection
-
-POISON = 0xDEADBEEFDEADBEEF
-
-KERNEL_OWNED = ("FILL", "TX")
-# state a descriptor must be in (by its history) before entering each state
-VALID_BEFORE = {
-    "FILL": ("FREE", "RX", "COMP"),
-    "TX": ("FREE", "RX", "COMP"),
-    "RX": ("FILL",),
-    "COMP": ("TX",),
-    "FREE": ("FREE", "RX", "COMP"),
-}
+from flightrec.parse.format import FLUSH, MARKER, POISON, RESERVE, TX, VALID_BEFORE, Detection
 
 
 class Reserve(NamedTuple):
@@ -178,7 +165,7 @@ def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
     ownership (its state) is checked, not its place in the deque."""
     out = Replay(unordered=unordered)
     kind, addr, xs_col, sock_col = tl.kind, tl.addr, tl.xs, tl.sock
-    to_col, detail_col, queue_col, frm_col = tl.to, tl.detail, tl.queue, tl.frm
+    to_col, det_col, frm_col = tl.to, tl.detection, tl.frm
     cpu_col, ts_col = tl.cpu, tl.ts
     # Markers say "nothing else happened to it" only where every CPU is recording.
     states_from = tl.history.all_since
@@ -199,8 +186,9 @@ def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
     last_read: dict[str, int] = {}  # sock -> its last FILL -> RX read
     broken: dict[int, tuple[Claim, ...]] = {}  # xs -> the claims that failed to align it, until it aligns again
 
-    for i in range(len(kind)):
-        k = kind[i]
+    states_cut = states_from > float("-inf")
+    new_reserve = tuple.__new__
+    for i, k in enumerate(kind):
         while ts_col[i] > loss_at:
             # Lost events may have held FILL entries and reads: the deque starts over after them.
             fill.clear()
@@ -209,14 +197,14 @@ def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
             deque_from = max(deque_from, losses[next_loss][1])
             next_loss += 1
             loss_at = losses[next_loss][0] if next_loss < len(losses) else float("inf")
-        if k == kinds.MARKER:
+        if k == MARKER:
             a = addr[i]
             s = sock_col[i]
             to = to_col[i]
             prev = state.get(a)
-            if prev is not None and ts_col[prev[1]] < states_from:
+            if states_cut and prev is not None and ts_col[prev[1]] < states_from:
                 prev = None  # a CPU not yet recording may have moved it since
-            det = parse_detection(detail_col[i]) if detail_col[i] is not None else None
+            det = det_col[i]
             if det is not None:
                 out.detections.append((i, det))
             if to == "RX":
@@ -256,7 +244,11 @@ def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
                     pq = pend.queue
                     lp = last.get(x)
                     if pq and pq[0].addr == a:
-                        slot = pend.pop()
+                        # pend.pop(), inline: the read of every in-order slot comes here
+                        slot = pq.popleft()
+                        pend.count[a] -= 1
+                        if pend.latest.get(a) is slot:
+                            del pend.latest[a]
                         aligned.add(x)
                         if broken:
                             broken.pop(x, None)
@@ -295,7 +287,7 @@ def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
                     rem = tuple(e[0] for e in list(dq)[:8]) if mismatch else ()
                     out.reads.append(
                         RxRead(
-                            i, s, queue_col[i], a,
+                            i, s, tl.queue[i], a,
                             prev[0] if prev else None, prev[1] if prev else None,
                             expected, expected_row,
                             mismatch, x, slot, slot_mismatch, det, rem, link, skipped, alignment,
@@ -307,18 +299,18 @@ def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
                 frm = frm_col[i]
                 if frm not in VALID_BEFORE[to]:
                     # the application's own word: a fact wherever it stands
-                    out.bad.append(BadTransition(i, s, queue_col[i], a, frm, i, to, det, claimed=True))
+                    out.bad.append(BadTransition(i, s, tl.queue[i], a, frm, i, to, det, claimed=True))
                 elif prev is not None and prev[0] not in VALID_BEFORE[to]:
-                    out.bad.append(BadTransition(i, s, queue_col[i], a, prev[0], prev[1], to, det))
+                    out.bad.append(BadTransition(i, s, tl.queue[i], a, prev[0], prev[1], to, det))
                 if to == "FILL" and ts_col[i] >= deque_from and s not in unordered:
                     fill[s].append((a, i))
                     fill_count[s][a] += 1
                 state[a] = (to, i)
-        elif k == kinds.RESERVE:
+        elif k == RESERVE:
             x = xs_col[i]
             pend = pending[x]
             a = addr[i]
-            r = Reserve(i, a, x, cpu_col[i], ts_col[i])
+            r = new_reserve(Reserve, (i, a, x, cpu_col[i], ts_col[i]))  # Reserve(...) without its Python __new__
             # _Pending.push, inline: one call fewer per reserve event
             pend.queue.append(r)
             pend.count[a] += 1
@@ -327,10 +319,10 @@ def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
                 pend.pop()
             out.reserves[x].append(i)
             out.kernel_events[k] += 1
-        elif k == kinds.FLUSH:
+        elif k == FLUSH:
             out.flushes[xs_col[i]].append(i)
             out.kernel_events[k] += 1
-        elif k == kinds.TX:
+        elif k == TX:
             out.kernel_events[k] += 1
     return out
 
@@ -395,7 +387,7 @@ def _fill_adjacent(tl: Timeline, row: int, link: Link, det: Optional[Detection],
     """The poison read at `row`, and the application's own deque puts `slot.addr` right after
     the previous read's address."""
     prev = link.read_row
-    return (link.matched and not link.reads_between and tl.detail[prev] is None
+    return (link.matched and not link.reads_between and tl.detection[prev] is None
             and tl.addr[prev] == link.slot.addr and det is not None and det.kind == "fill_order"
             and det.expected == slot.addr and tl.addr[row] == POISON)
 

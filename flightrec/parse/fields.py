@@ -1,24 +1,12 @@
-"""Event bodies: kprobe `name=value` fields and the marker grammar (docs/markers.md)."""
+"""Event bodies in Python: the marker grammar, kernel event fields and the
+detection forms of flightrec.parse.format (docs/markers.md). The C scanner
+(flightrec/_scan.c) reads markers and kernel fields the same way."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
-STATES = frozenset(("FREE", "FILL", "RX", "TX", "COMP"))
-
-
-@dataclass(frozen=True)
-class Marker:
-    """One trace_marker line of the grammar in docs/markers.md."""
-
-    sock: Optional[str]  # "ingress q:1"; None for note lines
-    queue: Optional[int]
-    addr: int
-    frm: Optional[str]  # None for note lines
-    to: Optional[str]
-    detail: Optional[str]  # text after "FROM -> TO: ", or a note's words
-
+from flightrec.parse.format import DETECTION_FORMS, STATES, Detection
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 
@@ -46,33 +34,14 @@ def parse_int(text: str) -> Optional[int]:
         return None
 
 
-def parse_kprobe_fields(body: str) -> dict[str, str]:
-    """`(sym+0x9b/0x250) addr=0x16ce900 len=0x4e` → {"addr": "0x16ce900", "len": "0x4e"}.
+def parse_marker(body: str) -> Optional[tuple]:
+    """One marker body as (sock, queue, addr, frm, to, detail), None when it is
+    not of the grammar; a note line has sock, queue, frm and to None. A plain
+    tuple: it is called once per line, where a dataclass would cost.
 
-    The `(symbol+off/size)` or `(ffffffff81234567)` prefix is dropped: it differs
-    between kernels and between ftrace and trace-cmd.
+    >>> parse_marker("ingress q:1 0x16ce900 FILL -> RX")
+    ('ingress q:1', 1, 23914752, 'FILL', 'RX', None)
     """
-    out = {}
-    for word in body.split():
-        name, eq, value = word.partition("=")
-        if eq:
-            out[name] = value
-    return out
-
-
-def parse_marker(body: str) -> Optional[Marker]:
-    """Parse one marker body; None when it is not of the grammar.
-
-    >>> parse_marker("ingress q:1 0x16ce900 FILL -> RX").to
-    'RX'
-    """
-    t = marker_tuple(body)
-    return None if t is None else Marker(*t)
-
-
-def marker_tuple(body: str) -> Optional[tuple]:
-    """`parse_marker` as a plain tuple (sock, queue, addr, frm, to, detail):
-    the timeline calls it once per line, where a dataclass would cost."""
     head, colon, detail = body.partition(": ")
     if not colon and body.endswith(":"):
         head = body[:-1]
@@ -97,49 +66,90 @@ def marker_tuple(body: str) -> Optional[tuple]:
     return None
 
 
-@dataclass(frozen=True)
-class Detection:
-    """What a detection line's detail says the application found."""
+def kernel_fields(body: str, names: dict[str, int]) -> Optional[tuple[list, int]]:
+    """The `name=value` fields of a kernel event body whose name is in `names`
+    (field name -> index): (values by index, bit mask of those present), or
+    None when one of them is not hex (then the event is not one of ours).
 
-    kind: str  # "fill_order", "poison", "length", "invalid", "other"
-    expected: Optional[int] = None
-    remaining: tuple[int, ...] = ()
-    remaining_cut: bool = False
-    length: Optional[int] = None
-    xdp_length: Optional[int] = None
-    was: Optional[str] = None
+    The `(symbol+off/size)` or `(ffffffff81234567)` prefix of a kprobe is no
+    `name=value` word: it differs between kernels and between ftrace and
+    trace-cmd. A field given twice keeps its last value, as in the C scanner.
+    """
+    values: list = [None] * len(names)
+    mask = 0
+    for word in body.split():
+        name, eq, value = word.partition("=")
+        if not eq:
+            continue
+        j = names.get(name)
+        if j is None:
+            continue
+        v = parse_hex(value, False)
+        if v is None:
+            return None
+        values[j] = v
+        mask |= 1 << j
+    return values, mask
+
+
+# -- the detection forms (flightrec.parse.format.DETECTION_FORMS): one reader each,
+# taking the detail's words (commas and brackets made spaces) and the raw text,
+# returning the Detection or None when the detail is not of its form.
+
+def _fill_order(words: list[str], detail: str) -> Optional[Detection]:
+    if not (words and words[0] == "expected" and len(words) >= 2):
+        return None
+    exp_text = words[1]
+    # The post's second excerpt lost the space: "expected 0x1000900remaining:".
+    glued = exp_text.find("remaining")
+    if glued > 0:
+        exp_text = exp_text[:glued]
+        words = words[:1] + [exp_text, "remaining:"] + words[2:]
+    expected = parse_int(exp_text)
+    remaining: list[int] = []
+    cut = False
+    for w in words[3:]:
+        if w in ("…", "...", "…."):
+            cut = True
+            continue
+        v = parse_int(w)
+        if v is None:
+            cut = True
+            break
+        remaining.append(v)
+    return Detection("fill_order", expected, tuple(remaining), cut)
+
+
+def _length(words: list[str], detail: str) -> Optional[Detection]:
+    if not (words and words[0] == "len" and len(words) >= 4 and words[2] == "xdp_len"):
+        return None
+    try:
+        return Detection("length", length=int(words[1]), xdp_length=int(words[3]))
+    except ValueError:
+        return Detection("other")
+
+
+def _poison(words: list[str], detail: str) -> Optional[Detection]:
+    return Detection("poison") if words == ["poison"] else None
+
+
+def _invalid(words: list[str], detail: str) -> Optional[Detection]:
+    if words and words[0] == "invalid" and len(words) >= 3 and words[1] == "was":
+        return Detection("invalid", was=words[2])
+    return None
+
+
+# one reader per key of format.DETECTION_FORMS (tests/unit/test_parse.py holds them equal)
+DETECTION_READERS: dict[str, Callable[[list[str], str], Optional[Detection]]] = {
+    "fill_order": _fill_order, "length": _length, "poison": _poison, "invalid": _invalid}
 
 
 def parse_detection(detail: str) -> Detection:
-    """Read the detail of a detection line (see docs/markers.md)."""
+    """Read the detail of a detection line (see docs/markers.md): the first
+    form of DETECTION_FORMS that matches, else kind "other"."""
     words = detail.replace(",", " ").replace("[", " ").replace("]", " ").split()
-    if words and words[0] == "expected" and len(words) >= 2:
-        exp_text = words[1]
-        # The post's second excerpt lost the space: "expected 0x1000900remaining:".
-        glued = exp_text.find("remaining")
-        if glued > 0:
-            exp_text = exp_text[:glued]
-            words = words[:1] + [exp_text, "remaining:"] + words[2:]
-        expected = parse_int(exp_text)
-        remaining: list[int] = []
-        cut = False
-        for w in words[3:]:
-            if w in ("…", "...", "…."):
-                cut = True
-                continue
-            v = parse_int(w)
-            if v is None:
-                cut = True
-                break
-            remaining.append(v)
-        return Detection("fill_order", expected, tuple(remaining), cut)
-    if words and words[0] == "len" and len(words) >= 4 and words[2] == "xdp_len":
-        try:
-            return Detection("length", length=int(words[1]), xdp_length=int(words[3]))
-        except ValueError:
-            return Detection("other")
-    if words == ["poison"]:
-        return Detection("poison")
-    if words and words[0] == "invalid" and len(words) >= 3 and words[1] == "was":
-        return Detection("invalid", was=words[2])
+    for kind in DETECTION_FORMS:
+        det = DETECTION_READERS[kind](words, detail)
+        if det is not None:
+            return det
     return Detection("other")

@@ -47,9 +47,9 @@ class Loss:
 class ParsedTrace:
     """Columns of every event line, plus what the text says about completeness."""
 
-    line: list[int] = field(default_factory=list)
+    line: Sequence[int] = field(default_factory=list)
     task: Sequence[str] = field(default_factory=list)
-    pid: list[int] = field(default_factory=list)
+    pid: Sequence[int] = field(default_factory=list)
     cpu: list[int] = field(default_factory=list)
     flags: Sequence[str] = field(default_factory=list)
     ts: list[float] = field(default_factory=list)
@@ -65,6 +65,15 @@ class ParsedTrace:
     losses: list[Loss] = field(default_factory=list)
     cut_last_line: bool = False
     instances: tuple[str, ...] = ()  # trace-cmd: the instances whose prefix was taken off the task names
+    arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)  # see array()
+
+    def array(self, name: str) -> np.ndarray:
+        """A numeric column (line, pid, cpu, ts) as a numpy array, made once;
+        the C scanner's path has them already."""
+        a = self.arrays.get(name)
+        if a is None:
+            a = self.arrays[name] = np.asarray(getattr(self, name))
+        return a
 
     @property
     def overrun(self) -> bool:
@@ -139,16 +148,17 @@ def parse_bytes(data: bytes) -> ParsedTrace:
 
 def parsed_from_scan(sc) -> ParsedTrace:
     """The ParsedTrace of a C scan (flightrec.parse.scan), strings left undecoded."""
-    from flightrec.parse.scan import OffsetStrings
+    from flightrec.parse.scan import IntColumn, OffsetStrings
 
     c = sc.cols
     out = ParsedTrace(
-        line=c["line"].tolist(), pid=c["pid"].tolist(), cpu=c["cpu"].tolist(), ts=c["ts"].tolist(),
+        line=IntColumn(c["line"]), pid=IntColumn(c["pid"]), cpu=c["cpu"].tolist(), ts=c["ts"].tolist(),
         task=OffsetStrings(sc.data, c["task_off"], c["task_len"]),
         flags=OffsetStrings(sc.data, c["flags_off"], c["flags_len"]),
         event=OffsetStrings(sc.data, c["event_off"], c["event_len"]),
         body=OffsetStrings(sc.data, c["body_off"], c["body_len"]),
     )
+    out.arrays.update((name, c[name]) for name in ("line", "pid", "cpu", "ts"))
     out.lines = sc.lines
     out.cut_last_line = sc.cut
     out.unparsed = sc.long_lines

@@ -1,9 +1,9 @@
 """The C scanner (flightrec/_scan.c) through ctypes: whole buffer in, columns out.
 
-It produces exactly what `parse_lines` plus the timeline's typing produce in
-Python (tests/unit/test_scan.py compares them), about ten times faster. When
+It produces exactly what `parse_lines` and `type_rows` produce in Python
+(tests/unit/test_scan.py compares them), about ten times faster. When
 `_scan.so` is not built (`make`), or FLIGHTREC_PURE_PYTHON is set, callers
-use the Python path.
+use the Python path (flightrec.parse.events.parse_trace chooses).
 """
 
 from __future__ import annotations
@@ -16,36 +16,42 @@ from typing import Optional
 import numpy as np
 
 from flightrec import bulk, native
+from flightrec.parse.format import CONTRACT, Format
 
-K_META, K_OTHER, K_MARKER, K_NOTE, K_RESERVE, K_FLUSH, K_TX = -1, 0, 1, 2, 3, 4, 5
-STATE_NAMES = ("FREE", "FILL", "RX", "TX", "COMP")
-NEED_ADDR, NEED_XS = 1, 2
+K_META = -1
 MAX_SOCKS = 4096
+MAX_FIELDS = 16  # _scan.c's
+MIN_LINE = 24  # bytes: an ftrace event line is longer
 
 _P = ctypes.c_void_p
 _COLS = [
     ("line", np.int32), ("cpu", np.int32), ("pid", np.int32), ("ts", np.float64), ("kind", np.int8),
-    ("addr", np.uint64), ("has_addr", np.int8), ("xs", np.uint64), ("len", np.int64),
-    ("slot", np.int64), ("prod", np.int64), ("queue", np.int32),
-    ("frm", np.int8), ("to", np.int8), ("sock", np.int32),
+    ("fmask", np.uint32), ("queue", np.int32), ("frm", np.int8), ("to", np.int8), ("sock", np.int32),
     ("task_off", np.int64), ("event_off", np.int64), ("body_off", np.int64), ("detail_off", np.int64),
     ("flags_off", np.int64),
     ("task_len", np.int32), ("event_len", np.int32), ("body_len", np.int32), ("detail_len", np.int32),
     ("flags_len", np.int32),
 ]
+_FIELDS_AT = 6  # fval[] follows fmask in struct fr_cols
 
 
 class _Cols(ctypes.Structure):
-    _fields_ = [(name, _P) for name, _ in _COLS]
+    _fields_ = ([(name, _P) for name, _ in _COLS[:_FIELDS_AT]] + [("fval", _P * MAX_FIELDS)]
+                + [(name, _P) for name, _ in _COLS[_FIELDS_AT:]])
 
 
 class _KernelName(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_char_p), ("base_len", ctypes.c_int32), ("kind", ctypes.c_int8), ("need", ctypes.c_int8)]
+    _fields_ = [("base", ctypes.c_char_p), ("base_len", ctypes.c_int32), ("kind", ctypes.c_int8),
+                ("need", ctypes.c_uint32)]
+
+
+class _Field(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("len", ctypes.c_int32)]
 
 
 class _Result(ctypes.Structure):
     _fields_ = [
-        ("rows", ctypes.c_int64), ("lines", ctypes.c_int64), ("long_lines", ctypes.c_int64),
+        ("rows", ctypes.c_int64), ("meta", ctypes.c_int64), ("lines", ctypes.c_int64), ("long_lines", ctypes.c_int64),
         ("cut", ctypes.c_int32), ("nsocks", ctypes.c_int32),
         ("sock_off", (ctypes.c_int64 * 2) * MAX_SOCKS), ("sock_len", (ctypes.c_int32 * 2) * MAX_SOCKS),
     ]
@@ -54,7 +60,8 @@ class _Result(ctypes.Structure):
 def _declare(lib: ctypes.CDLL) -> None:
     lib.fr_scan.restype = ctypes.c_int64
     lib.fr_scan.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.POINTER(_Cols), ctypes.c_int64,
-                            ctypes.POINTER(_KernelName), ctypes.c_int32, ctypes.POINTER(_Result)]
+                            ctypes.POINTER(_KernelName), ctypes.c_int32, ctypes.POINTER(_Field), ctypes.c_int32,
+                            ctypes.POINTER(_Result)]
 
 
 def _lib() -> Optional[ctypes.CDLL]:
@@ -88,12 +95,38 @@ class OffsetStrings(Sequence):
             yield data[o:o + n].decode("utf-8", "replace")
 
 
+class IntColumn(Sequence):
+    """A numeric column kept as numpy, read as Python ints (line, pid): a million
+    Python ints would cost more memory than the text's columns."""
+
+    def __init__(self, values: np.ndarray):
+        self._values = values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return self._values[i].tolist()
+        return int(self._values[i])
+
+    def __iter__(self):
+        return iter(self._values.tolist())
+
+    def __array__(self, dtype=None, copy=None):
+        return self._values if dtype is None else self._values.astype(dtype, copy=False)
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, IntColumn)) else NotImplemented
+
+
 @dataclass
 class Scan:
     """The scanner's columns, event rows only, plus the meta lines it left to Python."""
 
     data: bytes
     cols: dict[str, np.ndarray]
+    fields: dict[str, tuple[np.ndarray, np.ndarray]]  # column -> (values, present), per format.KernelField
     socks: list[str]
     meta: list[tuple[int, str]]  # (line number, text) of non-event lines
     lines: int
@@ -101,36 +134,61 @@ class Scan:
     cut: bool
 
 
-def scan(data: bytes, kernel_names: Sequence[tuple[str, int, int]]) -> Scan:
-    """Run the C scanner; `kernel_names` are (event name base, kind code, needed fields)."""
+def scan(data: bytes, fmt: Format = CONTRACT) -> Scan:
+    """Run the C scanner with the format's kernel events and fields."""
     if not available():
         raise RuntimeError("the C scanner is not built")
-    cap = data.count(b"\n") + 1
+    if len(fmt.fields) > MAX_FIELDS:
+        raise RuntimeError(f"the C scanner reads at most {MAX_FIELDS} kernel fields")
+    # Rows for one line in MIN_LINE bytes: columns the scanner does not reach
+    # are never touched, so cost no memory; a trace of shorter lines is
+    # scanned again with a row per newline.
+    cap = len(data) // MIN_LINE + 64
+    while True:
+        got = _scan(data, fmt, cap)
+        if got is not None:
+            return got
+        cap = data.count(b"\n") + 1
+
+
+def _scan(data: bytes, fmt: Format, cap: int) -> Optional[Scan]:
     arrays = {name: np.empty(cap, dtype=dt) for name, dt in _COLS}
-    cols = _Cols(*[a.ctypes.data for a in arrays.values()])
-    names = (_KernelName * max(1, len(kernel_names)))()
+    values = [np.empty(cap, dtype=np.uint64) for _ in fmt.fields]
+    fval = (_P * MAX_FIELDS)(*[v.ctypes.data for v in values])
+    cols = _Cols(*[a.ctypes.data for name, a in list(arrays.items())[:_FIELDS_AT]], fval,
+                 *[a.ctypes.data for a in list(arrays.values())[_FIELDS_AT:]])
+    table = fmt.scanner_table()
+    names = (_KernelName * max(1, len(table)))()
     keep = []
-    for i, (base, kind, need) in enumerate(kernel_names):
+    for i, (base, kind, need) in enumerate(table):
         b = base.encode()
         keep.append(b)
         names[i] = _KernelName(b, len(b), kind, need)
+    fields = (_Field * len(fmt.fields))()
+    for j, f in enumerate(fmt.fields):
+        b = f.name.encode()
+        keep.append(b)
+        fields[j] = _Field(b, len(b))
     res = _Result()
-    rows = _lib().fr_scan(data, len(data), ctypes.byref(cols), cap, names, len(kernel_names), ctypes.byref(res))
+    rows = _lib().fr_scan(data, len(data), ctypes.byref(cols), cap, names, len(table), fields, len(fmt.fields),
+                          ctypes.byref(res))
     if rows < 0:
-        raise RuntimeError("scanner overflow")
+        if cap > data.count(b"\n"):
+            raise RuntimeError("scanner overflow")
+        return None
+    # meta rows sit at the end, last line first
+    meta = [(line, data[off:off + ln].decode("utf-8", "replace"))
+            for line, off, ln in zip(arrays["line"][cap - res.meta:][::-1].tolist(),
+                                     arrays["body_off"][cap - res.meta:][::-1].tolist(),
+                                     arrays["body_len"][cap - res.meta:][::-1].tolist())]
     arrays = {k: v[:rows] for k, v in arrays.items()}
-    meta_mask = arrays["kind"] == K_META
-    meta = []
-    if meta_mask.any():
-        for line, off, ln in zip(arrays["line"][meta_mask].tolist(), arrays["body_off"][meta_mask].tolist(),
-                                 arrays["body_len"][meta_mask].tolist()):
-            meta.append((line, data[off:off + ln].decode("utf-8", "replace")))
-        arrays = {k: v[~meta_mask] for k, v in arrays.items()}
+    mask = arrays.pop("fmask")
+    kv = {f.column: (v[:rows], (mask & (1 << j)) != 0) for j, (f, v) in enumerate(zip(fmt.fields, values))}
     socks = [
         " ".join(data[res.sock_off[i][w]:res.sock_off[i][w] + res.sock_len[i][w]].decode("utf-8", "replace") for w in (0, 1))
         for i in range(res.nsocks)
     ]
-    return Scan(data, arrays, socks, meta, res.lines, res.long_lines, bool(res.cut))
+    return Scan(data, arrays, kv, socks, meta, res.lines, res.long_lines, bool(res.cut))
 
 
 def take_strings(cols: Sequence[Sequence[str]], rows: np.ndarray) -> list[list[str]]:

@@ -14,12 +14,12 @@ from rich.text import Text
 
 from flightrec.analysis import Result
 from flightrec.checks.anomaly import Anomaly
-from flightrec.model import kinds
 from flightrec.model.history import History
 from flightrec.model.lives import context_rows, life, per_cpu, rows_of
-from flightrec.model.replay import POISON
 from flightrec.model.timeline import Timeline
 from flightrec.report.recording import sockets, widened
+from flightrec.parse import format as kinds
+from flightrec.parse.format import POISON
 
 VERDICT_STYLE = {"kernel": "bold red", "application": "bold yellow", "undetermined": "bold magenta", "clean": "bold green"}
 
@@ -94,7 +94,7 @@ def claims_table(a: Anomaly) -> Optional[Table]:
 def side_by_side(tl: Timeline, a: Anomaly, around: int) -> Optional[Table]:
     """The post's "CPU 2 | CPU 0" figure: the events around the evidence,
     one column per CPU involved, one row per event, in time order."""
-    cpus, rows = context_rows(tl, a, around)
+    cpus, rows = context_rows(tl, (e.row for e in a.evidence), a.cpus, around)
     if not rows:
         return None
     t0 = tl.ts[rows[0]]

@@ -25,13 +25,13 @@ from typing import Optional
 from flightrec import __version__
 from flightrec.analysis import Result
 from flightrec.checks.anomaly import Anomaly
-from flightrec.model import kinds
 from flightrec.model.lives import context_rows, per_cpu, rows_of
-from flightrec.model.replay import POISON
 from flightrec.model.timeline import Timeline
 from flightrec.report.console import anomaly_facts, history_words, summary
 from flightrec.report.recording import sockets, widened
 from flightrec.report.perfetto import descriptor_trips, write_atomically
+from flightrec.parse import format as kinds
+from flightrec.parse.format import POISON
 
 AROUND = 8  # events of context per CPU on each side of the evidence
 LONG_LINE = 240  # evidence lines longer than this fold the rest away
@@ -79,7 +79,7 @@ def _hex(v: Optional[int]) -> str:
 
 
 def _cpu_timeline(tl: Timeline, a: Anomaly, around: int) -> str:
-    cpus, rows = context_rows(tl, a, around)
+    cpus, rows = context_rows(tl, (e.row for e in a.evidence), a.cpus, around)
     if not rows:
         return ""
     why: dict[int, str] = {}

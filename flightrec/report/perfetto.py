@@ -34,11 +34,12 @@ import numpy as np
 
 from flightrec.analysis import Result, anomaly_json
 from flightrec.bulk import INT, MICROS, PIECE, Seg, micros, render
+from flightrec import bulk
 from flightrec.errors import FlightrecError
 from flightrec.parse.scan import string_ids
-from flightrec.model import kinds
-from flightrec.model.replay import POISON
 from flightrec.model.timeline import Timeline
+from flightrec.parse import format as kinds
+from flightrec.parse.format import POISON
 
 T = TypeVar("T")
 
@@ -70,12 +71,22 @@ class _Arrays:
     cpu: np.ndarray
     pid: np.ndarray
     ts: np.ndarray
+    codes: Optional[np.ndarray] = None  # the scanner's kind codes into `names`, when there
+    names: tuple[str, ...] = ()
+
+    def is_(self, *wanted: str) -> np.ndarray:
+        """Rows whose kind is one of `wanted` (on the codes: comparing a million
+        strings one by one costs ~25 ms a kind)."""
+        if self.codes is not None:
+            return np.isin(self.codes, [self.names.index(k) for k in wanted if k in self.names])
+        return np.isin(self.kind, list(wanted))
 
 
 def _arrays(tl: Timeline) -> _Arrays:
     p = tl.parsed
-    return _Arrays(np.asarray(tl.kind, dtype=object), np.asarray(p.cpu, dtype=np.int64),
-                   np.asarray(p.pid, dtype=np.int64), np.asarray(p.ts, dtype=np.float64))
+    return _Arrays(tl.kind_array(), np.asarray(p.cpu, dtype=np.int64),
+                   np.asarray(p.pid, dtype=np.int64), np.asarray(p.ts, dtype=np.float64),
+                   tl.arrays.get("kind"), tl.arrays.get("kinds", ()))
 
 
 def flow_points(tl: Timeline, arr: Optional[_Arrays] = None):
@@ -94,15 +105,16 @@ def flow_points(tl: Timeline, arr: Optional[_Arrays] = None):
     empty = np.zeros(0, np.int64)
     if not n:
         return empty, empty, empty
-    kind = (arr or _arrays(tl)).kind
-    addr_obj = np.asarray(tl.addr, dtype=object)
-    has = (addr_obj != None) & (addr_obj != POISON)  # noqa: E711 (elementwise)
-    d_rows = np.flatnonzero(has)
+    arr = arr or _arrays(tl)
+    addr, present = tl.field_array("addr")
+    d_rows = np.flatnonzero(present & (addr != np.uint64(POISON)))
     if not len(d_rows):
         return empty, empty, empty
-    d_addr = addr_obj[d_rows].astype(np.uint64)
-    to = np.asarray(tl.to, dtype=object)
-    d_ins = to[d_rows] == "FILL"
+    d_addr = addr[d_rows]
+    if "to" in tl.arrays:
+        d_ins = tl.arrays["to"][d_rows] == kinds.STATES.index("FILL")
+    else:
+        d_ins = np.asarray(tl.to, dtype=object)[d_rows] == "FILL"
 
     # group by descriptor, rows in time order (a stable sort keeps them so),
     # then dense descriptor ids and a single sortable key per (descriptor, row)
@@ -116,10 +128,10 @@ def flow_points(tl: Timeline, arr: Optional[_Arrays] = None):
 
     # flushes: the first flush of the reserve's xs after it
     links_trip, links_row = [], []
-    reserve = kind[d_rows] == kinds.RESERVE
-    flush_rows = np.flatnonzero(kind == kinds.FLUSH)
+    reserve = arr.is_(kinds.RESERVE)[d_rows]
+    flush_rows = np.flatnonzero(arr.is_(kinds.FLUSH))
     if reserve.any() and len(flush_rows):
-        xs_obj = np.asarray(tl.xs, dtype=object)
+        xs_obj = tl.field_array("xs")[0]
         f_xs = xs_obj[flush_rows]
         r_idx = np.flatnonzero(reserve)
         r_xs = xs_obj[d_rows[r_idx]]
@@ -231,28 +243,26 @@ def _tails(tl: Timeline, arr: _Arrays) -> tuple[np.ndarray, list[bytes]]:
     """
     p = tl.parsed
     MARKER, NOTE = kinds.MARKER, kinds.NOTE
-    keys: dict[tuple, int] = {}
-    get = keys.get
+    fast = _app_ids(tl, arr)
+    if fast is not None:
+        ids, tails = fast
+    else:
+        keys: dict[tuple, int] = {}
+        get = keys.get
 
-    def new(key: tuple) -> int:
-        keys[key] = len(keys) + 1  # from 1: `get(key) or` must not take an id for absent
-        return len(keys)
+        def new(key: tuple) -> int:
+            keys[key] = len(keys) + 1  # from 1: `get(key) or` must not take an id for absent
+            return len(keys)
 
-    # every row, in one pass; kernel rows get their own ids below (their tails here stay empty)
-    ids = np.array([get(key) or new(key) for key in zip(tl.kind, tl.addr, tl.sock, tl.queue, tl.frm, tl.to,
-                                                          tl.detail)], dtype=np.int64)
-    tails = [b""] * (len(keys) + 1)
-    for (k, a, sock, queue, frm, to, d), i in keys.items():
-        if k == MARKER:
-            ah = f"{a:#x}"
-            name = f"{frm}->{to} {ah}" if a != POISON else f"{frm}->{to} POISON"
-            extra = f',"detail":{_q(d)}' if d else ""
-            tails[i] = (f'"sock":{_q(sock)},"queue":{queue},"addr":"{ah}","from":"{frm}","to":"{to}"{extra}}},'
-                        f'"name":"{name}","cat":"marker"}}').encode()
-        elif k == NOTE:
-            tails[i] = f'"addr":"{a:#x}","text":{_q(d or "")}}},"name":"note {a:#x}","cat":"note"}}'.encode()
+        # every row, in one pass; kernel rows get their own ids below (their tails here stay empty)
+        ids = np.array([get(key) or new(key) for key in zip(tl.kind, tl.addr, tl.sock, tl.queue, tl.frm, tl.to,
+                                                              tl.detail)], dtype=np.int64)
+        tails = [b""] * (len(keys) + 1)
+        for key, i in keys.items():
+            if key[0] in (MARKER, NOTE):
+                tails[i] = _app_tail(*key)
 
-    kernel = np.flatnonzero((arr.kind != MARKER) & (arr.kind != NOTE))
+    kernel = np.flatnonzero(~arr.is_(MARKER, NOTE))
     if len(kernel):
         e_ids, events = string_ids(p.event, kernel)
         b_ids, bodies = string_ids(p.body, kernel)
@@ -267,6 +277,57 @@ def _tails(tl: Timeline, arr: _Arrays) -> tuple[np.ndarray, list[bytes]]:
                 name = KERNEL_NAME[k] + (f" {a:#x}" if a is not None else "")
                 tail = f'{_kernel_args(event, body)}}},"name":"{name}","cat":"kernel"}}'
             tails.append(tail.encode())
+    return ids, tails
+
+
+def _app_tail(k: str, a: int, sock: Optional[str], queue: Optional[int], frm: Optional[str], to: Optional[str],
+              d: Optional[str]) -> bytes:
+    """A marker's or note's tail."""
+    if k == kinds.MARKER:
+        ah = f"{a:#x}"
+        name = f"{frm}->{to} {ah}" if a != POISON else f"{frm}->{to} POISON"
+        extra = f',"detail":{_q(d)}' if d else ""
+        return (f'"sock":{_q(sock)},"queue":{queue},"addr":"{ah}","from":"{frm}","to":"{to}"{extra}}},'
+                f'"name":"{name}","cat":"marker"}}').encode()
+    return f'"addr":"{a:#x}","text":{_q(d or "")}}},"name":"note {a:#x}","cat":"note"}}'.encode()
+
+
+def _app_ids(tl: Timeline, arr: _Arrays) -> Optional[tuple[np.ndarray, list[bytes]]]:
+    """`_tails`' ids of the markers and notes (0 elsewhere) and their tails, from
+    the scanner's arrays: one integer key per row (note?, FROM, TO, socket,
+    detail, address) packed into 62 bits, so the distinct ones are found by a
+    sort instead of a million tuples. None on the Python path, or past 2**21 rows."""
+    A = tl.arrays
+    n = len(tl)
+    if "sock" not in A or n >= 1 << 21:
+        return None
+    ids = np.zeros(n, np.int64)
+    app = np.flatnonzero(arr.is_(kinds.MARKER, kinds.NOTE))
+    if not len(app):
+        return ids, [b""]
+    data, d_off, d_len = A["detail"]
+    has = d_len[app] >= 0
+    d_ids = np.zeros(len(app), np.int64)
+    if has.any():
+        d_ids[has] = bulk.intern(data, d_off[app][has], d_len[app][has])[0] + 1
+    _, a_ids = np.unique(A["addr"][0][app], return_inverse=True)
+    key = (arr.is_(kinds.NOTE)[app].astype(np.int64) | ((A["frm"][app].astype(np.int64) + 1) << 1)
+           | ((A["to"][app].astype(np.int64) + 1) << 4) | ((A["sock"][app].astype(np.int64) + 1) << 7)
+           | (d_ids << 20) | (a_ids.reshape(-1).astype(np.int64) << 41))
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    ids[app] = 1 + inverse.reshape(-1)
+    tails = [b""]
+    rows = app[first]
+    socks, states = A["socks"], kinds.STATES
+    for r, k, a, sock, queue, frm, to, off, dl in zip(
+            rows.tolist(), arr.kind[rows].tolist(), A["addr"][0][rows].tolist(), A["sock"][rows].tolist(),
+            A["queue"][rows].tolist(), A["frm"][rows].tolist(), A["to"][rows].tolist(), d_off[rows].tolist(),
+            d_len[rows].tolist()):
+        d = data[off:off + dl].decode("utf-8", "replace") if dl >= 0 else None
+        if k == kinds.NOTE:
+            tails.append(_app_tail(k, a, None, None, None, None, d))
+        else:
+            tails.append(_app_tail(k, a, socks[sock], queue, states[frm], states[to], d))
     return ids, tails
 
 
@@ -307,7 +368,7 @@ def _thread_tracks(tl: Timeline, arr: _Arrays, start: np.ndarray) -> tuple[list[
     slice "on CPU N" for each run of its markers on one CPU: where the
     application ran, and when it moved, beside the CPU tracks."""
     p = tl.parsed
-    app = np.flatnonzero((arr.kind == kinds.MARKER) | (arr.kind == kinds.NOTE))
+    app = np.flatnonzero(arr.is_(kinds.MARKER, kinds.NOTE))
     if not len(app):
         return [], 0
     pid, cpu, ts = arr.pid[app], arr.cpu[app], arr.ts[app]

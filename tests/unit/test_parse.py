@@ -1,4 +1,5 @@
-from flightrec.parse.fields import parse_detection, parse_kprobe_fields, parse_marker
+from flightrec.parse.fields import DETECTION_READERS, kernel_fields, parse_detection, parse_marker
+from flightrec.parse.format import DETECTION_FORMS
 from flightrec.parse.ftrace import parse_lines
 
 
@@ -60,26 +61,36 @@ def test_ftrace_header_and_wrap_annotations():
 
 
 def test_kprobe_fields_ignore_probe_location():
-    f = parse_kprobe_fields("(__xsk_rcv_zc+0x9b/0x250) addr=0x16ce900 len=0x4e xs=0xffffa0c6e26ab400")
-    assert f == {"addr": "0x16ce900", "len": "0x4e", "xs": "0xffffa0c6e26ab400"}
-    assert parse_kprobe_fields("(ffffffff81a2b3c4) xs=0x1") == {"xs": "0x1"}
+    names = {"addr": 0, "xs": 1, "len": 2}
+    f = kernel_fields("(__xsk_rcv_zc+0x9b/0x250) addr=0x16ce900 len=0x4e xs=0xffffa0c6e26ab400 fq=0x2", names)
+    assert f == ([0x16CE900, 0xFFFFA0C6E26AB400, 0x4E], 0b111)
+    assert kernel_fields("(ffffffff81a2b3c4) xs=0x1", names) == ([None, 1, None], 0b10)
+    assert kernel_fields("xs=0x1 len=-3", names) is None
 
 
 def test_markers_of_the_post():
     m = parse_marker("ingress q:1 0x16ce900 FILL -> RX")
-    assert (m.sock, m.queue, m.addr, m.frm, m.to, m.detail) == ("ingress q:1", 1, 0x16CE900, "FILL", "RX", None)
+    assert m == ("ingress q:1", 1, 0x16CE900, "FILL", "RX", None)
     n = parse_marker("0x16ce900 egress_tx_queue forward")
-    assert n.sock is None and n.addr == 0x16CE900 and n.detail == "egress_tx_queue forward"
+    assert n == (None, None, 0x16CE900, None, None, "egress_tx_queue forward")
     assert parse_marker("hello world") is None
     assert parse_marker("ingress q:1 0x16ce900 FILL -> NOWHERE") is None
 
 
 def test_detection_lines_with_and_without_space():
     d = parse_marker("ingress q:1 0x1229100 FILL -> RX: expected 0x13d3900 remaining: [1dba100, 1627100, …, ]")
-    det = parse_detection(d.detail)
+    det = parse_detection(d[5])
     assert det.kind == "fill_order" and det.expected == 0x13D3900
     assert det.remaining == (0x1DBA100, 0x1627100) and det.remaining_cut
     glued = parse_detection("expected 0x1000900remaining: [fe4100, f9c100, …,]")
     assert glued.expected == 0x1000900 and glued.remaining == (0xFE4100, 0xF9C100)
     assert parse_detection("len 56 xdp_len 60") .xdp_length == 60
     assert parse_detection("invalid, was TX").was == "TX"
+
+
+def test_every_detection_form_has_its_reader():
+    assert list(DETECTION_READERS) == list(DETECTION_FORMS)
+    for kind, form in DETECTION_FORMS.items():
+        example = form.replace("EXP", "0x1").replace("HEX", "2").replace("LEN", "3").replace("XDP3", "4")
+        example = example.replace("STATE", "TX")
+        assert parse_detection(example).kind == kind, (kind, example)

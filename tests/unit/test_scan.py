@@ -4,22 +4,20 @@ import random
 
 import pytest
 
-from flightrec.model import kinds
-from flightrec.model.timeline import build_timeline, typed_from_scan
+from flightrec.model.timeline import build_timeline
 from flightrec.parse import scan
-from flightrec.parse.ftrace import parse_bytes, parsed_from_scan
+from flightrec.parse.events import parse_trace
 from flightrec.simulate import SimConfig, simulate
 
 pytestmark = pytest.mark.skipif(not scan.available(), reason="flightrec/_scan.so is not built: run `make`")
 
-COLUMNS = ("kind", "addr", "xs", "length", "sock", "queue", "frm", "to", "detail", "slot", "prod")
+COLUMNS = ("kind", "addr", "xs", "length", "sock", "queue", "frm", "to", "detail", "detection", "slot", "prod")
 PARSED = ("line", "pid", "cpu", "ts", "task", "flags", "event", "body")
 
 
 def both(data: bytes):
-    sc = scan.scan(data, kinds.scanner_table())
-    fast = build_timeline(parsed_from_scan(sc), "c", typed_from_scan(sc))
-    slow = build_timeline(parse_bytes(data), "py")
+    fast = build_timeline(*parse_trace(data), "c")
+    slow = build_timeline(*parse_trace(data, pure=True), "py")
     return fast, slow
 
 
@@ -27,8 +25,10 @@ def assert_same(data: bytes):
     fast, slow = both(data)
     for name in PARSED:
         assert list(getattr(fast.parsed, name)) == list(getattr(slow.parsed, name)), name
-    for name in COLUMNS:
+    assert fast.column_names() == slow.column_names()
+    for name in fast.column_names():
         assert getattr(fast, name) == getattr(slow, name), name
+    assert set(COLUMNS) <= set(fast.column_names())
     for name in ("lines", "unparsed", "entries", "header_cpus", "cpu_started", "losses", "format", "cut_last_line",
                  "instances"):
         assert getattr(fast.parsed, name) == getattr(slow.parsed, name), name
@@ -89,3 +89,49 @@ def test_cut_and_long_lines():
     fast, slow = both(data)
     assert fast.parsed.cut_last_line and slow.parsed.cut_last_line
     assert fast.parsed.unparsed == slow.parsed.unparsed == 1
+
+
+def test_a_new_kernel_field_and_event_are_rows_of_the_format():
+    """The TX work's COMPLETION event with a `cons` field: one row of each table,
+    and both parsers read it alike, with no change to either."""
+    from flightrec.parse.format import CONTRACT, KernelField, Format
+
+    # (filtered first, so the test still means something once the contract has them)
+    fmt = Format(kinds=tuple(k for k in CONTRACT.kinds if k != "completion") + ("completion",),
+                 fields=tuple(f for f in CONTRACT.fields if f.name != "cons") + (KernelField("cons", "cons"),),
+                 events=tuple(e for e in CONTRACT.events if e[0] != "completion")
+                 + (("completion", ("xsk_comp", "xskq_prod_submit_addr"), ("addr", "cons")),))
+    data = (
+        b"          <idle>-0       [001] ..s2.  1234.500000: bpf_trace_printk: flightrec xsk_comp xs=0xffff8881045f2000 cons=0x3e8 addr=0x1a000\n"
+        b"          <idle>-0       [001] ..s2.  1234.500001: xskq_prod_submit_addr_L2: (xskq+0x1/0x9) addr=0x1b000 cons=0x3e9\n"
+        b"          <idle>-0       [001] ..s2.  1234.500002: xsk_comp: addr=0x1c000\n"
+        b"          <idle>-0       [001] ..s2.  1234.500003: xsk_comp: addr=0x1c000 cons=zz\n"
+    )
+    fast = build_timeline(*parse_trace(data, fmt), "c")
+    slow = build_timeline(*parse_trace(data, fmt, pure=True), "py")
+    for t in (fast, slow):
+        assert t.kind == ["completion", "completion", "other", "other"]
+        assert t.cons == [0x3E8, 0x3E9, None, None] and t.addr[:2] == [0x1A000, 0x1B000]
+    assert fast.column_names() == slow.column_names()
+    for name in fast.column_names():
+        assert getattr(fast, name) == getattr(slow, name), name
+
+
+def test_timestamps_read_as_python_floats():
+    """The C scanner's fast decimal path rounds as float() does, long or short."""
+    rng = random.Random(3)
+    stamps = [f"{rng.randrange(10 ** rng.randint(1, 12))}.{rng.randrange(10 ** rng.randint(1, 12))}" for _ in range(20000)]
+    data = "".join(f" a-1 [000] .... {t}: foo: bar\n" for t in stamps).encode()
+    fast, _ = parse_trace(data)
+    assert fast.ts == [float(t) for t in stamps]
+
+
+def test_short_lines_get_a_row_each():
+    """Rows are sized for ftrace's long lines; a text of short ones is scanned again."""
+    data = b"#\n" * 5000 + b"x\n" * 3000 + (FIXTURE_LINE * 3)
+    fast, slow = both(data)
+    assert len(fast) == 3 and fast.parsed.unparsed == slow.parsed.unparsed == 3000
+    assert_same(data)
+
+
+FIXTURE_LINE = b"  fwd-1 [000] ..... 1.000000: tracing_mark_write: outer q:0 0x1000 FREE -> FILL\n"
