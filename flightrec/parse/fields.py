@@ -98,16 +98,30 @@ def marker_tuple(body: str) -> Optional[tuple]:
 
 
 @dataclass(frozen=True)
+class PayloadFinding:
+    """A stamped payload that is not what its stamp says (bpf/stamp.h): at byte
+    `offset` of a `length`-byte UDP payload whose header claims packet
+    `expected`, the data of packet `found` (None: unknown, `?` in the line)."""
+
+    expected: Optional[int]
+    found: Optional[int]
+    offset: int
+    length: int
+    stamped: Optional[int]  # the length the payload was stamped with
+
+
+@dataclass(frozen=True)
 class Detection:
     """What a detection line's detail says the application found."""
 
-    kind: str  # "fill_order", "poison", "length", "invalid", "other"
+    kind: str  # "fill_order", "poison", "length", "invalid", "payload", "other"
     expected: Optional[int] = None
     remaining: tuple[int, ...] = ()
     remaining_cut: bool = False
     length: Optional[int] = None
     xdp_length: Optional[int] = None
     was: Optional[str] = None
+    payload: Optional[PayloadFinding] = None
 
 
 def parse_detection(detail: str) -> Detection:
@@ -140,6 +154,40 @@ def parse_detection(detail: str) -> Detection:
             return Detection("other")
     if words == ["poison"]:
         return Detection("poison")
+    if words and words[0] == "payload":
+        return _payload(words)
     if words and words[0] == "invalid" and len(words) >= 3 and words[1] == "was":
         return Detection("invalid", was=words[2])
     return Detection("other")
+
+
+def _payload(words: list[str]) -> Detection:
+    """`payload expected PKT found PKT at OFF len LEN stamped LEN`, `?` for unknown."""
+    if len(words) != 11 or words[1::2] != ["expected", "found", "at", "len", "stamped"]:
+        return Detection("other")
+    nums: list[Optional[int]] = []
+    for w in words[2::2]:
+        if w == "?":
+            nums.append(None)
+        elif w.isascii() and w.isdigit():
+            nums.append(int(w))
+        else:
+            return Detection("other")
+    expected, found, offset, length, stamped = nums
+    if offset is None or length is None:
+        return Detection("other")
+    return Detection("payload", length=length, payload=PayloadFinding(expected, found, offset, length, stamped))
+
+
+def parse_receiver_line(body: str) -> Optional[tuple[int, Detection]]:
+    """A receiving application's detection line, `receiver udp:PORT: DETAIL`
+    (docs/markers.md): (PORT, its detection), or None when the body is not one."""
+    head, colon, detail = body.partition(": ")
+    words = head.split()
+    if not colon or len(words) != 2 or words[0] != "receiver" or words[1][:4] != "udp:":
+        return None
+    port = words[1][4:]
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        return None
+    det = parse_detection(detail.strip())
+    return (int(port), det) if det.kind == "payload" else None
