@@ -50,6 +50,10 @@ static const char usage[] =
 "                     0 = as fast as possible)\n"
 "  --len MIN[-MAX]    send: payload bytes, varying between MIN and MAX\n"
 "                     (default 64-1400; 16 to 1472)\n"
+"  --stale-every N    send: every Nth packet of a flow carries its flow's\n"
+"                     previous packet's body under its own header, as a\n"
+"                     frame published before it was written would (a test\n"
+"                     of the checks; default 0: never)\n"
 "  --trace-dir DIR    recv: tracefs instance for the detection line\n"
 "  --keep-going       recv: count every corrupt datagram until the end\n"
 "                     instead of exiting 3 at the first\n"
@@ -69,7 +73,7 @@ struct opts {
 	int send;
 	const char *netns, *trace_dir, *stats;
 	struct sockaddr_in addr;
-	unsigned flows;
+	unsigned flows, stale_every;
 	double rate, duration;
 	uint32_t len_min, len_max;
 	int keep_going;
@@ -195,6 +199,10 @@ static int parse(struct opts *o, int argc, char **argv)
 			if (parse_num("flows", val, 1, MAX_FLOWS, &v))
 				return -1;
 			o->flows = (unsigned)v;
+		} else if (!strcmp(a, "--stale-every") && o->send) {
+			if (parse_num("stale-every", val, 0, 1e9, &v))
+				return -1;
+			o->stale_every = (unsigned)v;
 		} else if (!strcmp(a, "--rate") && o->send) {
 			if (parse_num("rate", val, 0, 1e8, &o->rate))
 				return -1;
@@ -298,6 +306,11 @@ static int do_send(const struct opts *o)
 			uint32_t pkt = (uint32_t)((counter[f] + i) * o->flows + f), len = payload_len(o, pkt);
 
 			stamp_fill(bufs[f][i], len, pkt);
+			if (o->stale_every && pkt >= o->flows && (counter[f] + i) % o->stale_every == 0) {
+				/* the previous packet's body, this packet's header and length */
+				stamp_fill(bufs[f][i], len, pkt - o->flows);
+				memcpy(bufs[f][i] + 4, &pkt, 4);
+			}
 			iov[i].iov_base = bufs[f][i];
 			iov[i].iov_len = len;
 			memset(&msgs[i], 0, sizeof(msgs[i]));
