@@ -267,7 +267,7 @@ static int do_send(const struct opts *o)
 	struct mmsghdr msgs[BATCH];
 	struct iovec iov[BATCH];
 	int fds[MAX_FLOWS], one = 1;
-	uint64_t counter[MAX_FLOWS] = { 0 }, sent = 0, errors = 0;
+	uint64_t counter[MAX_FLOWS] = { 0 }, sent = 0, errors = 0, bytes = 0;
 	unsigned f, i;
 	double t0, t, allowed;
 	FILE *st;
@@ -329,14 +329,17 @@ static int do_send(const struct opts *o)
 		/* numbers of datagrams not sent are used again: no gap on the wire */
 		counter[f] += (unsigned)r;
 		sent += (unsigned)r;
+		for (i = 0; i < (unsigned)r; i++)
+			bytes += iov[i].iov_len;
 	}
 	t = now() - t0;
 	printf("{\"event\":\"exit\",\"sent\":%llu,\"errors\":%llu,\"seconds\":%.3f,\"pps\":%.0f}\n",
 	       (unsigned long long)sent, (unsigned long long)errors, t, t > 0 ? sent / t : 0.0);
 	st = open_stats(o->stats);
 	if (st) {
-		fprintf(st, "{\"sent\":%llu,\"errors\":%llu,\"seconds\":%.3f,\"flows\":%u,\"rate\":%.0f}\n",
-			(unsigned long long)sent, (unsigned long long)errors, t, o->flows, o->rate);
+		fprintf(st, "{\"sent\":%llu,\"bytes\":%llu,\"errors\":%llu,\"seconds\":%.3f,\"flows\":%u,"
+			"\"rate\":%.0f}\n", (unsigned long long)sent, (unsigned long long)bytes,
+			(unsigned long long)errors, t, o->flows, o->rate);
 		fclose(st);
 	}
 	return 0;
@@ -350,7 +353,7 @@ struct flow_seen {
 };
 
 struct recv_stats {
-	uint64_t received, corrupt, out_of_order;
+	uint64_t received, bytes, corrupt, out_of_order;
 	uint32_t listed[MAX_LISTED];
 	long long listed_found[MAX_LISTED];
 	unsigned nlisted;
@@ -429,6 +432,7 @@ static int do_recv(const struct opts *o, int marker_fd, int tracing_on_fd)
 			uint32_t len = msgs[i].msg_len;
 
 			s.received++;
+			s.bytes += len;
 			if (stamp_check(bufs[i], len, &bad)) {
 				note_order(&s, ntohs(from[i].sin_port), stamp_load(bufs[i] + 4));
 				continue;
@@ -461,9 +465,9 @@ static int do_recv(const struct opts *o, int marker_fd, int tracing_on_fd)
 	if (st) {
 		unsigned k;
 
-		fprintf(st, "{\"exit_code\":%d,\"received\":%llu,\"corrupt\":%llu,\"out_of_order\":%llu,"
+		fprintf(st, "{\"exit_code\":%d,\"received\":%llu,\"bytes\":%llu,\"corrupt\":%llu,\"out_of_order\":%llu,"
 			"\"seconds\":%.3f,\"first\":\"%s\",\"corrupt_pkts\":[", code,
-			(unsigned long long)s.received, (unsigned long long)s.corrupt,
+			(unsigned long long)s.received, (unsigned long long)s.bytes, (unsigned long long)s.corrupt,
 			(unsigned long long)s.out_of_order, now() - t0, first);
 		for (k = 0; k < s.nlisted; k++)
 			fprintf(st, "%s%u", k ? "," : "", s.listed[k]);
