@@ -34,7 +34,7 @@ from flightrec.errors import FlightrecError
 from flightrec.record import forwarder as fwdmod
 from flightrec.record import afxdp, kernel_events, state, topology
 from flightrec.record.forwarder import Forwarder, ForwarderConfig
-from flightrec.record.traffic import STAMP_CORRUPT, STAMP_PORT, Traffic, TrafficPlan
+from flightrec.record.traffic import STAMP_CORRUPT, STAMP_PORT, Traffic, TrafficPlan, stamp_path
 from flightrec.record.watch import Exit, Watch
 from flightrec.report import pcap
 
@@ -155,6 +155,8 @@ def can_run(opts: Optional[RecordOptions] = None) -> Optional[str]:
     missing = fwdmod.forwarder_missing()
     if missing:
         return missing
+    if not os.access(stamp_path(), os.X_OK):
+        return f"{stamp_path()} (the stamped traffic) not built; run `make` in {fwdmod.REPO_ROOT}"
     for tool, package in (("ip", "iproute2"), ("ethtool", "ethtool"), ("iperf3", "iperf3"), ("ss", "iproute2")):
         if shutil.which(tool) is None:
             return f"{tool} not found; apt-get install {package}"
