@@ -54,7 +54,7 @@ class TrafficPlan:
     # payload sizes. 20 kpps of 64-1400 bytes keeps every queue of the
     # forwarder busy beside TCP on the host (bench/forwarder moves ~60-110 kpps).
     stamp_rate: int = 20000
-    stamp_flows: int = 4
+    stamp_flows: int = 8  # sockets, each hashed onto a veth queue at random (sk_txhash): 8 leave none idle
     stamp_len: str = "64-1400"
 
 
