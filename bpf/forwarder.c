@@ -2,7 +2,8 @@
 /* flightrec's AF_XDP forwarder: outer queue q <-> inner queue q over one
  * shared UMEM, one pinned thread per socket, a trace_marker line for every
  * descriptor transition, and the post's checks (FILL order, poison, state
- * machine, XDP length) that stop tracing on the first anomaly.
+ * machine, XDP length, and with --payload-port the stamped payload) that stop
+ * tracing on the first anomaly.
  * See README.md for the interface. */
 #include <errno.h>
 #include <net/if.h>
@@ -20,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "forwarder.h"
+#include "stamp.h"
 #include "xdp_meta.h"
 
 #ifndef SOL_XDP
@@ -397,6 +399,66 @@ static uint32_t inject_short_len(struct fwd *f, const struct port *p, struct xdp
 	return len - cut;
 }
 
+/* --payload-port: a stamped UDP payload (bpf/stamp.h) must be what its stamp
+ * and length say before the frame is forwarded. *pkt gets the packet number
+ * (-1 when the frame is no stamped packet). False after raising the anomaly. */
+static bool check_payload(struct fwd *f, struct port *p, uint64_t addr, uint32_t len, long long *pkt)
+{
+	struct anomaly extra = { .len = len };
+	const uint8_t *payload;
+	struct stamp_bad bad;
+	uint32_t have;
+	char line[256];
+	int n;
+
+	*pkt = -1;
+	if (!f->opt.payload_port || addr >= f->umem.size || f->umem.size - addr < len ||
+	    stamp_udp_payload(umem_ptr(&f->umem, addr), len, f->opt.payload_port, &payload, &have) < 0)
+		return true;
+	BUMP(p->st.payload_checked, 1);
+	if (stamp_check(payload, have, &bad)) {
+		*pkt = stamp_load(payload + 4);
+		return true;
+	}
+	n = snprintf(line, sizeof(line), "%s 0x%llx FILL -> RX: ", p->name, (unsigned long long)addr);
+	stamp_format(line + n, sizeof(line) - (size_t)n, &bad);
+	extra.expected = bad.expected < 0 ? 0 : (uint64_t)bad.expected;
+	raise_anomaly(f, p, "payload", addr, ST_FILL, ST_RX, line, &extra);
+	return false;
+}
+
+/* flip-payload: after the frame was checked and handed to the peer's TX, the
+ * application scribbles on it (bytes of the stamped body, never the header,
+ * so the receiver still knows which packet it was): a user bug below every
+ * check of the forwarder, for the receiver's check to catch. Every stamped
+ * packet whose number is a multiple of 61, from --inject-after on, up to
+ * --inject-count of them. */
+static void inject_flip(struct fwd *f, uint64_t addr, uint32_t len, uint32_t pkt)
+{
+	const uint8_t *payload;
+	uint8_t *b;
+	uint32_t have, at, nflip, i;
+	int n;
+
+	if (f->opt.inject != INJECT_FLIP_PAYLOAD || pkt % 61 ||
+	    __atomic_load_n(&f->rx_total, __ATOMIC_RELAXED) < f->opt.inject_after ||
+	    stamp_udp_payload(umem_ptr(&f->umem, addr), len, f->opt.payload_port, &payload, &have) < 0 ||
+	    have <= STAMP_HDR_LEN)
+		return;
+	n = LOAD(f->injected);
+	do {
+		if (n >= (int)f->opt.inject_count)
+			return;
+	} while (!__atomic_compare_exchange_n(&f->injected, &n, n + 1, 0, __ATOMIC_SEQ_CST,
+					      __ATOMIC_SEQ_CST));
+	f->flipped[n] = pkt;
+	b = (uint8_t *)payload;
+	nflip = 1 + pkt % 3; /* 1 to 3 neighbouring bytes */
+	at = STAMP_HDR_LEN + (pkt * 7919u) % (have - STAMP_HDR_LEN);
+	for (i = 0; i < nflip && at + i < have; i++)
+		b[at + i] ^= 0xff;
+}
+
 /* RX -> the peer's fwd_in (its thread puts them on its TX). */
 static uint32_t do_receive(struct fwd *f, struct port *p)
 {
@@ -411,11 +473,12 @@ static uint32_t do_receive(struct fwd *f, struct port *p)
 		struct xdp_desc *d = (struct xdp_desc *)xsk_ring_cons__rx_desc(&p->r.rx, idx + i);
 		uint64_t addr = d->addr;
 		uint32_t len = inject_short_len(f, p, d, addr, d->len);
+		long long pkt = -1;
 
 		/* poison the slot: reading it back means the kernel published a
 		 * slot it had not written */
 		d->addr = POISON;
-		if (!check_rx(f, p, addr, len)) {
+		if (!check_rx(f, p, addr, len) || !check_payload(f, p, addr, len, &pkt)) {
 			xsk_ring_cons__release(&p->r.rx, i + 1);
 			return i + 1;
 		}
@@ -425,7 +488,14 @@ static uint32_t do_receive(struct fwd *f, struct port *p)
 
 			it->addr = addr;
 			it->len = len;
-			MARK(f, p, "0x%llx egress_tx_queue forward", (unsigned long long)addr);
+			/* a stamped packet's number ties what the receiver reports to this frame */
+			if (pkt >= 0)
+				MARK(f, p, "0x%llx egress_tx_queue forward pkt %lld", (unsigned long long)addr,
+				     pkt);
+			else
+				MARK(f, p, "0x%llx egress_tx_queue forward", (unsigned long long)addr);
+			if (pkt >= 0)
+				inject_flip(f, addr, len, (uint32_t)pkt);
 			if (xsk_prod_nb_free(&p->r.fill, 1) && inject_due(f, p, INJECT_FILL_AND_TX)) {
 				uint32_t fidx;
 

@@ -20,6 +20,7 @@ enum side { OUTER, INNER };
 struct port_stats {
 	uint64_t rx, tx, fill, comp, drops, kicks;
 	uint64_t meta_checked; /* RX packets whose XDP metadata was there to compare */
+	uint64_t payload_checked; /* RX packets to --payload-port whose stamp was checked */
 	struct marker_counts markers;
 };
 
@@ -75,7 +76,8 @@ struct fwd {
 	struct anomaly anomaly;
 	struct flagged flagged; /* --flagged */
 	uint64_t rx_total;      /* for --inject-after */
-	int injected;
+	int injected;           /* faults committed (flip-payload: up to inject_count) */
+	uint32_t flipped[INJECT_COUNT_MAX]; /* flip-payload: the packet numbers corrupted */
 	double t_start;
 	const char *exit_reason;
 };

@@ -27,8 +27,11 @@ static const char usage[] =
 "  --duration S           stop after S seconds (decimals allowed); 0 = until\n"
 "                         SIGINT/SIGTERM (default)\n"
 "  --inject KIND          commit an application bug on purpose: double-fill,\n"
-"                         fill-and-tx or short-len\n"
+"                         fill-and-tx, short-len or flip-payload\n"
 "  --inject-after N       RX packets before the injected bug (default 2000)\n"
+"  --inject-count N       flip-payload: stamped packets to corrupt (default 1)\n"
+"  --payload-port PORT    check the stamped payload (bpf/stamp.h) of every UDP\n"
+"                         packet to PORT before forwarding it (default 0: off)\n"
 "  --frames N             UMEM frames of 4096 bytes (default 8192)\n"
 "  --batch N              descriptors per ring operation (default 64)\n"
 "  --stats PATH           write counters (and a ring snapshot at an anomaly) as JSON\n"
@@ -53,6 +56,8 @@ static const char usage[] =
 "      --trace-dir /sys/kernel/tracing/instances/t --inject double-fill --inject-after 5000\n"
 "  forwarder --outer /run/netns/o:outer --inner /run/netns/i:inner \\\n"
 "      --trace-dir /sys/kernel/tracing/instances/t --inject short-len --flagged /tmp/flagged.jsonl\n"
+"  forwarder --outer /run/netns/o:outer --inner /run/netns/i:inner --payload-port 5203 \\\n"
+"      --inject flip-payload --inject-count 20 --stats /tmp/fwd.json\n"
 "  forwarder --outer /run/netns/o:outer --inner /run/netns/i:inner --mode zerocopy --no-markers\n";
 
 const char *mode_name(enum bind_mode m)
@@ -70,6 +75,7 @@ const char *inject_name(enum inject_kind k)
 	case INJECT_DOUBLE_FILL: return "double-fill";
 	case INJECT_FILL_AND_TX: return "fill-and-tx";
 	case INJECT_SHORT_LEN: return "short-len";
+	case INJECT_FLIP_PAYLOAD: return "flip-payload";
 	default: return "none";
 	}
 }
@@ -140,7 +146,8 @@ static void default_xdp_prog(struct options *o)
 int options_parse(struct options *o, int argc, char **argv)
 {
 	enum { O_OUTER = 256, O_INNER, O_QUEUES, O_TRACE, O_NOMARK, O_DUR, O_INJ, O_INJAFTER,
-	       O_FRAMES, O_BATCH, O_STATS, O_XDP, O_SKB, O_FLAGGED, O_MODE };
+	       O_FRAMES, O_BATCH, O_STATS, O_XDP, O_SKB, O_FLAGGED, O_MODE, O_INJCOUNT,
+	       O_PAYLOAD };
 	static const struct option longopts[] = {
 		{ "outer", required_argument, NULL, O_OUTER },
 		{ "inner", required_argument, NULL, O_INNER },
@@ -150,6 +157,8 @@ int options_parse(struct options *o, int argc, char **argv)
 		{ "duration", required_argument, NULL, O_DUR },
 		{ "inject", required_argument, NULL, O_INJ },
 		{ "inject-after", required_argument, NULL, O_INJAFTER },
+		{ "inject-count", required_argument, NULL, O_INJCOUNT },
+		{ "payload-port", required_argument, NULL, O_PAYLOAD },
 		{ "frames", required_argument, NULL, O_FRAMES },
 		{ "batch", required_argument, NULL, O_BATCH },
 		{ "stats", required_argument, NULL, O_STATS },
@@ -166,6 +175,7 @@ int options_parse(struct options *o, int argc, char **argv)
 	memset(o, 0, sizeof(*o));
 	o->queues = 1;
 	o->inject_after = 2000;
+	o->inject_count = 1;
 	o->frames = 8192;
 	o->batch = 64;
 	default_xdp_prog(o);
@@ -204,9 +214,11 @@ int options_parse(struct options *o, int argc, char **argv)
 				o->inject = INJECT_FILL_AND_TX;
 			} else if (!strcmp(optarg, "short-len")) {
 				o->inject = INJECT_SHORT_LEN;
+			} else if (!strcmp(optarg, "flip-payload")) {
+				o->inject = INJECT_FLIP_PAYLOAD;
 			} else {
-				fprintf(stderr, "forwarder: --inject wants double-fill, fill-and-tx or "
-					"short-len, got '%s'\n", optarg);
+				fprintf(stderr, "forwarder: --inject wants double-fill, fill-and-tx, "
+					"short-len or flip-payload, got '%s'\n", optarg);
 				return -1;
 			}
 			break;
@@ -214,6 +226,16 @@ int options_parse(struct options *o, int argc, char **argv)
 			if (parse_uint("inject-after", optarg, 0, UINT64_MAX / 2, &v))
 				return -1;
 			o->inject_after = v;
+			break;
+		case O_INJCOUNT:
+			if (parse_uint("inject-count", optarg, 1, INJECT_COUNT_MAX, &v))
+				return -1;
+			o->inject_count = (uint32_t)v;
+			break;
+		case O_PAYLOAD:
+			if (parse_uint("payload-port", optarg, 0, 65535, &v))
+				return -1;
+			o->payload_port = (uint16_t)v;
 			break;
 		case O_FRAMES:
 			if (parse_uint("frames", optarg, 64, 1u << 20, &v))
@@ -272,6 +294,11 @@ int options_parse(struct options *o, int argc, char **argv)
 		o->trace_dir = NULL;
 	if (o->mode == MODE_ZEROCOPY && o->skb_mode) {
 		fprintf(stderr, "forwarder: --mode zerocopy needs native XDP; drop --skb-mode\n");
+		return -1;
+	}
+	if (o->inject == INJECT_FLIP_PAYLOAD && !o->payload_port) {
+		fprintf(stderr, "forwarder: --inject flip-payload corrupts stamped packets; give "
+			"--payload-port PORT\n");
 		return -1;
 	}
 	if (o->frames / (2 * o->queues) < 2 * o->batch) {

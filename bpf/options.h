@@ -4,7 +4,9 @@
 
 #include <stdint.h>
 
-enum inject_kind { INJECT_NONE, INJECT_DOUBLE_FILL, INJECT_FILL_AND_TX, INJECT_SHORT_LEN };
+enum inject_kind { INJECT_NONE, INJECT_DOUBLE_FILL, INJECT_FILL_AND_TX, INJECT_SHORT_LEN,
+		   INJECT_FLIP_PAYLOAD };
+#define INJECT_COUNT_MAX 4096
 /* --mode: the AF_XDP bind asked for. copy = XDP_COPY, zerocopy = XDP_ZEROCOPY
  * (the bind fails where the driver cannot), auto = neither flag (the kernel
  * tries zero-copy and falls back to copy, xp_assign_dev). */
@@ -18,6 +20,8 @@ struct options {
 	double duration;       /* seconds, 0 = until SIGINT/SIGTERM */
 	enum inject_kind inject;
 	uint64_t inject_after; /* RX packets (all sockets) before the fault */
+	uint32_t inject_count; /* flip-payload: packets to corrupt (default 1) */
+	uint16_t payload_port; /* --payload-port: UDP port of stamped traffic, 0 = no check */
 	uint32_t frames;       /* UMEM frames */
 	uint32_t batch;
 	const char *stats_path;

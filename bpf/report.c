@@ -207,12 +207,12 @@ static void json_port(FILE *out, const struct fwd *f, const struct port *p, int 
 	fputc(',', out);
 	json_socket_facts(out, f, p);
 	fprintf(out, ",\"cpu\":%d,\"rx\":%llu,\"tx\":%llu,\"fill\":%llu,\"comp\":%llu,"
-		"\"drops\":%llu,\"kicks\":%llu,\"meta_checked\":%llu,\"markers_written\":%llu,\"markers_failed\":%llu,"
+		"\"drops\":%llu,\"kicks\":%llu,\"meta_checked\":%llu,\"payload_checked\":%llu,\"markers_written\":%llu,\"markers_failed\":%llu,"
 		"\"fill_order_len\":%u,\"tx_outstanding\":%u",
 		p->cpu, (unsigned long long)p->st.rx, (unsigned long long)p->st.tx,
 		(unsigned long long)p->st.fill, (unsigned long long)p->st.comp,
 		(unsigned long long)p->st.drops, (unsigned long long)p->st.kicks,
-		(unsigned long long)p->st.meta_checked,
+		(unsigned long long)p->st.meta_checked, (unsigned long long)p->st.payload_checked,
 		(unsigned long long)p->st.markers.written, (unsigned long long)p->st.markers.failed,
 		fill_order_len(&p->order), p->tx_outstanding);
 	if (port_xdp_statistics(p, &xs) == 0)
@@ -258,6 +258,11 @@ int report_write_stats(const struct fwd *f, const char *path, int exit_code, dou
 		fputs(i ? "," : "", out);
 		json_port(out, f, &f->ports[i], f->anomaly.raised);
 	}
+	/* flip-payload: which packets the forwarder corrupted after checking them */
+	fprintf(out, "],\"payload_port\":%u,\"flipped\":[", f->opt.payload_port);
+	for (i = 0; f->opt.inject == INJECT_FLIP_PAYLOAD && i < (unsigned)f->injected &&
+		    i < INJECT_COUNT_MAX; i++)
+		fprintf(out, "%s%u", i ? "," : "", f->flipped[i]);
 	fputc(']', out);
 	if (f->anomaly.raised) {
 		fputs(",\"anomaly\":{", out);

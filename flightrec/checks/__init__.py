@@ -12,6 +12,7 @@ from typing import Callable
 from flightrec.checks.anomaly import Anomaly
 from flightrec.checks.duplicates import check_duplicate_insertion
 from flightrec.checks.fill_order import check_fill_order
+from flightrec.checks.payload import check_payload
 from flightrec.checks.poison import check_poison
 from flightrec.checks.publish_race import check_publish_race
 from flightrec.checks.reported import check_reported
@@ -27,6 +28,7 @@ CHECKS: tuple[Check, ...] = (
     check_duplicate_insertion,
     check_poison,
     check_fill_order,
+    check_payload,
     check_transitions,
     check_reported,
 )

@@ -20,8 +20,8 @@ def check_reported(tl: Timeline, rp: Replay) -> list[Anomaly]:
     out = []
     reads = {r.row: r for r in rp.reads}
     for row, det in rp.detections:
-        if det.kind in ("fill_order", "poison") and row in reads:
-            continue  # fill_order / poison own these
+        if det.kind in ("fill_order", "poison") and row in reads or det.kind == "payload":
+            continue  # fill_order / poison / payload own these
         r = reads.get(row)
         addr = tl.addr[row]
         if det.kind == "length":

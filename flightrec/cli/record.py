@@ -169,6 +169,7 @@ Examples:
   flightrec record -o /tmp/run1 --duration 60 --queues 4 -b 8192
   flightrec record --inject double-fill --inject-after 5000
   flightrec record --inject short-len -o run1   # then: wireshark run1/flagged.pcap
+  flightrec record --inject flip-payload        # corrupt a checked frame: the receiver catches it
   flightrec record --plain --kernel-events none > record.log
   flightrec record --mode auto                  # says which AF_XDP mode veth gave (copy)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from flightrec.parse.format import DETECTION_FORMS, STATES, Detection
+from flightrec.parse.format import DETECTION_FORMS, STATES, Detection, PayloadFinding
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 
@@ -133,6 +133,10 @@ def _poison(words: list[str], detail: str) -> Optional[Detection]:
     return Detection("poison") if words == ["poison"] else None
 
 
+def _payload_form(words: list[str], detail: str) -> Optional[Detection]:
+    return _payload(words) if words and words[0] == "payload" else None
+
+
 def _invalid(words: list[str], detail: str) -> Optional[Detection]:
     if words and words[0] == "invalid" and len(words) >= 3 and words[1] == "was":
         return Detection("invalid", was=words[2])
@@ -141,7 +145,8 @@ def _invalid(words: list[str], detail: str) -> Optional[Detection]:
 
 # one reader per key of format.DETECTION_FORMS (tests/unit/test_parse.py holds them equal)
 DETECTION_READERS: dict[str, Callable[[list[str], str], Optional[Detection]]] = {
-    "fill_order": _fill_order, "length": _length, "poison": _poison, "invalid": _invalid}
+    "fill_order": _fill_order, "length": _length, "poison": _poison, "payload": _payload_form,
+    "invalid": _invalid}
 
 
 def parse_detection(detail: str) -> Detection:
@@ -153,3 +158,35 @@ def parse_detection(detail: str) -> Detection:
         if det is not None:
             return det
     return Detection("other")
+
+
+def _payload(words: list[str]) -> Detection:
+    """`payload expected PKT found PKT at OFF len LEN stamped LEN`, `?` for unknown."""
+    if len(words) != 11 or words[1::2] != ["expected", "found", "at", "len", "stamped"]:
+        return Detection("other")
+    nums: list[Optional[int]] = []
+    for w in words[2::2]:
+        if w == "?":
+            nums.append(None)
+        elif w.isascii() and w.isdigit():
+            nums.append(int(w))
+        else:
+            return Detection("other")
+    expected, found, offset, length, stamped = nums
+    if offset is None or length is None:
+        return Detection("other")
+    return Detection("payload", length=length, payload=PayloadFinding(expected, found, offset, length, stamped))
+
+
+def parse_receiver_line(body: str) -> Optional[tuple[int, Detection]]:
+    """A receiving application's detection line, `receiver udp:PORT: DETAIL`
+    (docs/markers.md): (PORT, its detection), or None when the body is not one."""
+    head, colon, detail = body.partition(": ")
+    words = head.split()
+    if not colon or len(words) != 2 or words[0] != "receiver" or words[1][:4] != "udp:":
+        return None
+    port = words[1][4:]
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        return None
+    det = parse_detection(detail.strip())
+    return (int(port), det) if det.kind == "payload" else None

@@ -119,8 +119,22 @@ DETECTION_FORMS = {
     "fill_order": "expected EXP remaining: [HEX, HEX, ...]",
     "length": "len LEN xdp_len XDPLEN",
     "poison": "poison",
+    "payload": "payload expected PKT found PKT at OFF len LEN stamped LEN",
     "invalid": "invalid, was STATE",
 }
+
+
+@dataclass(frozen=True)
+class PayloadFinding:
+    """A stamped payload that is not what its stamp says (bpf/stamp.h): at byte
+    `offset` of a `length`-byte UDP payload whose header claims packet
+    `expected`, the data of packet `found` (None: unknown, `?` in the line)."""
+
+    expected: Optional[int]
+    found: Optional[int]
+    offset: int
+    length: int
+    stamped: Optional[int]  # the length the payload was stamped with
 
 
 @dataclass(frozen=True)
@@ -134,3 +148,4 @@ class Detection:
     length: Optional[int] = None
     xdp_length: Optional[int] = None
     was: Optional[str] = None
+    payload: Optional[PayloadFinding] = None

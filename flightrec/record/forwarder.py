@@ -35,7 +35,7 @@ EXIT_CLEAN = 0
 EXIT_SETUP = 2
 EXIT_ANOMALY = 3
 
-INJECT_FAULTS = ("double-fill", "fill-and-tx", "short-len")
+INJECT_FAULTS = ("double-fill", "fill-and-tx", "short-len", "flip-payload")
 
 
 def forwarder_path() -> Path:
@@ -86,6 +86,8 @@ class ForwarderConfig:
     frames: Optional[int] = None
     flagged_path: Optional[Path] = None  # --flagged: bytes of every flagged packet
     mode: Optional[str] = None  # --mode copy|zerocopy|auto (the forwarder's default: copy)
+    payload_port: Optional[int] = None  # --payload-port: check stamped UDP payloads to it
+    inject_count: Optional[int] = None  # --inject-count (flip-payload)
 
     def argv(self, binary: Path) -> list[str]:
         argv = [str(binary), "--outer", self.outer, "--inner", self.inner, "--queues", str(self.queues),
@@ -104,6 +106,10 @@ class ForwarderConfig:
             argv += ["--flagged", str(self.flagged_path)]
         if self.mode is not None:
             argv += ["--mode", self.mode]
+        if self.payload_port is not None:
+            argv += ["--payload-port", str(self.payload_port)]
+        if self.inject_count is not None:
+            argv += ["--inject-count", str(self.inject_count)]
         return argv
 
 

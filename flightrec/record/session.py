@@ -34,7 +34,7 @@ from flightrec.errors import FlightrecError
 from flightrec.record import forwarder as fwdmod
 from flightrec.record import afxdp, kernel_events, state, topology
 from flightrec.record.forwarder import Forwarder, ForwarderConfig
-from flightrec.record.traffic import Traffic, TrafficPlan
+from flightrec.record.traffic import STAMP_CORRUPT, STAMP_PORT, Traffic, TrafficPlan, stamp_path
 from flightrec.record.watch import Exit, Watch
 from flightrec.report import pcap
 
@@ -155,6 +155,8 @@ def can_run(opts: Optional[RecordOptions] = None) -> Optional[str]:
     missing = fwdmod.forwarder_missing()
     if missing:
         return missing
+    if not os.access(stamp_path(), os.X_OK):
+        return f"{stamp_path()} (the stamped traffic) not built; run `make` in {fwdmod.REPO_ROOT}"
     for tool, package in (("ip", "iproute2"), ("ethtool", "ethtool"), ("iperf3", "iperf3"), ("ss", "iproute2")):
         if shutil.which(tool) is None:
             return f"{tool} not found; apt-get install {package}"
@@ -327,6 +329,8 @@ class _Recording:
             return exit.code != fwdmod.EXIT_ANOMALY  # an anomaly is the forwarder's way to stop
         if exit.what == "xsk_trace":
             return True  # kernel events end with it, whatever its status
+        if exit.what == "stamp-recv" and exit.code == STAMP_CORRUPT:
+            return False  # a corrupt payload received: its way to stop, like the forwarder's anomaly
         # iperf3: clients end after -t (started just before t0), servers after
         # their one test. A failure once that time is up is told with the
         # results; a clean exit half a second early is as much a death as a kill.
@@ -526,6 +530,7 @@ class _Recording:
             frames=INJECT_FRAMES if opts.inject else None,
             flagged_path=self.logs / pcap.FLAGGED_NAME,
             mode=opts.mode,
+            payload_port=STAMP_PORT,  # the stamped flows' payloads are checked before forwarding
         )
         self.fwd = Forwarder(config, stderr_path=self.logs / "forwarder.stderr")
         self.fwd.start()
@@ -537,13 +542,14 @@ class _Recording:
         self.obs.step(f"forwarder ready (pid {self.fwd.pid}, {opts.queues} queues per side)")
         self.obs.step(afxdp.describe(opts.mode, self.fwd.ready))
 
-        self.traffic = Traffic(self.topo, TrafficPlan(duration=opts.duration), self.logs,
-                               on_process=self._started, check=self._check_helpers)
+        plan = TrafficPlan(duration=opts.duration)
+        self.traffic = Traffic(self.topo, plan, self.logs, on_process=self._started, check=self._check_helpers,
+                               trace_dir=self.instance.path)
         self.traffic.start()
         self._check_helpers()
         self.obs.step(
-            f"traffic: iperf3 TCP and UDP, {self.topo.client_addr} -> {self.topo.server_addr}, "
-            f"{opts.duration:g} s"
+            f"traffic: iperf3 TCP and UDP, stamped UDP ({plan.stamp_rate} pkt/s, payloads checked by the "
+            f"forwarder and the receiver), {self.topo.client_addr} -> {self.topo.server_addr}, {opts.duration:g} s"
         )
 
     def _start_bpf(self) -> None:
@@ -584,6 +590,10 @@ class _Recording:
         while True:
             event = self.fwd.next_event(0.25)
             self._check_helpers()
+            if self.traffic.corrupt_seen():
+                self.obs.anomaly({"kind": "payload", "sock": f"stamp recv udp:{STAMP_PORT}",
+                                  "line": self.traffic.corrupt_line()})
+                return "receiver"  # it wrote its detection line and stopped tracing
             now = time.monotonic()
             if event is not None:
                 if event.kind == "anomaly":
@@ -752,7 +762,7 @@ class _Recording:
                 error: Optional[FlightrecError]) -> RecordResult:
         fwd = self.fwd
         anomalies = fwd.anomalies if fwd else []
-        detected = bool(anomalies) or code == fwdmod.EXIT_ANOMALY or stopped_by == "trigger"
+        detected = bool(anomalies) or code == fwdmod.EXIT_ANOMALY or stopped_by in ("trigger", "receiver")
         if error is not None and not trace_info.get("bytes"):
             raise error
         status = code  # what decides the outcome; meta.json keeps the real exit code

@@ -1,13 +1,20 @@
-"""Real traffic through the forwarder: iperf3, TCP and UDP, several flows.
+"""Real traffic through the forwarder: iperf3 TCP and UDP, and stamped UDP.
 
 Several flows (-P) hash onto several veth queues, so every queue's XSK is
-busy. Everything is bounded: clients run for ``-t`` seconds, servers serve
-one test (``-1``), and :meth:`Traffic.stop` kills whatever is left.
+busy. iperf3's TCP brings congestion control and ACKs the other way; the
+stamped flows (``bpf/stamp``) carry payloads that say what they must contain,
+checked by the forwarder before it forwards them (``--payload-port``) and by
+``stamp recv`` in the server namespace, which writes a detection line into
+the trace and exits 3 on the first corrupt one. Everything is bounded:
+clients run for ``-t`` seconds, iperf3 servers serve one test (``-1``), the
+stamp receiver runs a little longer than its sender, and
+:meth:`Traffic.stop` ends whatever is left.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -16,11 +23,17 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from flightrec.errors import FlightrecError
-from flightrec.record.forwarder import child_guard
+from flightrec.record.forwarder import REPO_ROOT, child_guard
 from flightrec.record.topology import Topology
 
 TCP_PORT = 5201
 UDP_PORT = 5202
+STAMP_PORT = 5203
+STAMP_ENV = "FLIGHTREC_STAMP"
+# Seconds the stamp receiver outlives its sender's time: what is in flight
+# when the sender stops is still checked; Traffic.stop ends it sooner.
+STAMP_RECV_EXTRA = 30
+STAMP_CORRUPT = 3  # stamp recv's exit status on a corrupt payload
 # Seconds the servers may take to listen: well under one here, many in a
 # loaded TCG guest, where one `ip netns exec ss` poll takes about a second and
 # iperf3 is read over virtiofs (5 s was missed there). Clients get 15 s to connect.
@@ -37,6 +50,12 @@ class TrafficPlan:
     # keep every queue busy between TCP bursts.
     udp_rate: str = "20M"
     udp_len: int = 1200
+    # Stamped UDP (bpf/stamp): packets per second over all its flows, and the
+    # payload sizes. 20 kpps of 64-1400 bytes keeps every queue of the
+    # forwarder busy beside TCP on the host (bench/forwarder moves ~60-110 kpps).
+    stamp_rate: int = 20000
+    stamp_flows: int = 8  # sockets, each hashed onto a veth queue at random (sk_txhash): 8 leave none idle
+    stamp_len: str = "64-1400"
 
 
 @dataclass(frozen=True)
@@ -46,19 +65,30 @@ class FlowResult:
     sent_bps: Optional[float]
     received_bps: Optional[float]
     error: Optional[str]
+    # stamped flows: datagrams sent and received, and how many arrived corrupt
+    packets_sent: Optional[int] = None
+    packets_received: Optional[int] = None
+    corrupt: Optional[int] = None
+
+
+def stamp_path() -> Path:
+    """The stamp binary: $FLIGHTREC_STAMP or bpf/stamp in the tree."""
+    env = os.environ.get(STAMP_ENV)
+    return Path(env) if env else REPO_ROOT / "bpf" / "stamp"
 
 
 class Traffic:
-    """iperf3 servers in the server namespace, clients in the client namespace."""
+    """iperf3 servers and the stamp receiver in the server namespace, clients in the client namespace."""
 
     def __init__(self, topo: Topology, plan: TrafficPlan, log_dir: Path,
                  on_process: Optional[Callable[[subprocess.Popen, str], None]] = None,
-                 check: Optional[Callable[[], None]] = None) -> None:
+                 check: Optional[Callable[[], None]] = None, trace_dir: Optional[Path] = None) -> None:
         self.topo = topo
         self.plan = plan
         self.log_dir = log_dir
-        self.on_process = on_process  # (process, "iperf3-<name>") as soon as it exists
+        self.on_process = on_process  # (process, "iperf3-<name>" or "stamp-<send|recv>") as soon as it exists
         self.check = check  # called while waiting for the servers; may raise to stop
+        self.trace_dir = trace_dir  # the stamp receiver's detection line goes there
         self.servers: dict[str, subprocess.Popen] = {}
         self.clients: dict[str, subprocess.Popen] = {}
 
@@ -77,6 +107,25 @@ class Traffic:
             err.close()
         if self.on_process:
             self.on_process(proc, f"iperf3-{name}")
+        return proc
+
+    def _spawn_stamp(self, role: str, argv: list[str]) -> subprocess.Popen:
+        """`stamp send|recv`; it enters its namespace itself (--netns), after
+        opening the trace files that `ip netns exec` would hide."""
+        out = open(self.log_dir / f"stamp-{role}.out", "wb")
+        err = open(self.log_dir / f"stamp-{role}.stderr", "wb")
+        try:
+            proc = subprocess.Popen(
+                child_guard() + [str(stamp_path()), role, *argv, "--stats", str(self.log_dir / f"stamp-{role}.json")],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+            )
+        except OSError as e:
+            raise FlightrecError(f"cannot start {stamp_path()}: {e.strerror}; run `make` in {REPO_ROOT}") from e
+        finally:
+            out.close()
+            err.close()
+        if self.on_process:
+            self.on_process(proc, f"stamp-{role}")
         return proc
 
     def _listening(self, port: int) -> bool:
@@ -98,6 +147,8 @@ class Traffic:
         """Start the servers, wait until they listen, then start the clients."""
         if shutil.which("iperf3") is None:
             raise FlightrecError("iperf3 not found; apt-get install iperf3")
+        if not os.access(stamp_path(), os.X_OK):
+            raise FlightrecError(f"{stamp_path()} not built; run `make` in {REPO_ROOT}")
         t = self.seconds
         addr = self.topo.server_addr
         # -i 0: no per-second reports. With -J iperf3 keeps every one in memory
@@ -107,17 +158,21 @@ class Traffic:
                 self.topo.server_ns, f"server-{name}",
                 ["iperf3", "-s", "-1", "-J", "-i", "0", "-B", addr, "-p", str(port)]
             )
+        recv = ["--netns", self.topo.netns_path(self.topo.server_ns), "--bind", f"{addr}:{STAMP_PORT}",
+                "--duration", str(t + STAMP_RECV_EXTRA)]
+        self.servers["stamp"] = self._spawn_stamp(
+            "recv", recv + (["--trace-dir", str(self.trace_dir)] if self.trace_dir is not None else []))
         deadline = time.monotonic() + LISTEN_TIMEOUT
-        while not all(self._listening(p) for p in (TCP_PORT, UDP_PORT)):
+        while not all(self._listening(p) for p in (TCP_PORT, UDP_PORT, STAMP_PORT)):
             if self.check:
                 self.check()  # the caller's watch names a dead server, with when and how
             else:
-                dead = [f"iperf3 server-{name} exited with {proc.returncode}"
+                dead = [f"{'stamp recv' if name == 'stamp' else f'iperf3 server-{name}'} exited with {proc.returncode}"
                         for name, proc in self.servers.items() if proc.poll() is not None]
                 if dead:
                     raise FlightrecError(f"{dead[0]} before listening (see its log in {self.log_dir})")
             if time.monotonic() > deadline:
-                raise FlightrecError(f"iperf3 servers did not start listening within {LISTEN_TIMEOUT:g} s")
+                raise FlightrecError(f"iperf3 servers or stamp recv did not start listening within {LISTEN_TIMEOUT:g} s")
             time.sleep(0.1)
         common = ["--connect-timeout", str(CONNECT_TIMEOUT_MS), "-J", "-i", "0", "-t", str(t)]
         self.clients["tcp"] = self._spawn(
@@ -129,6 +184,16 @@ class Traffic:
             ["iperf3", "-c", addr, "-p", str(UDP_PORT), "-u", "-b", self.plan.udp_rate,
              "-l", str(self.plan.udp_len), "-P", str(self.plan.udp_flows), *common],
         )
+        self.clients["stamp"] = self._spawn_stamp("send", [
+            "--netns", self.topo.netns_path(self.topo.client_ns), "--to", f"{addr}:{STAMP_PORT}",
+            "--flows", str(self.plan.stamp_flows), "--rate", str(self.plan.stamp_rate),
+            "--len", self.plan.stamp_len, "--duration", str(t)])
+
+    def corrupt_seen(self) -> bool:
+        """True once the stamp receiver exited 3: it received a corrupt payload
+        (its detection line is in the trace and tracing is stopped)."""
+        proc = self.servers.get("stamp")
+        return proc is not None and proc.poll() == STAMP_CORRUPT
 
     def finished(self) -> bool:
         """True once every client has exited (its -t is over, or it failed)."""
@@ -148,10 +213,24 @@ class Traffic:
                     proc.kill()
                     proc.wait(timeout=5)
 
+    def corrupt_line(self) -> str:
+        """The stamp receiver's detection line, from its anomaly event ("" if unread)."""
+        try:
+            for text in (self.log_dir / "stamp-recv.out").read_text(errors="replace").splitlines():
+                event = json.loads(text)
+                if event.get("event") == "anomaly":
+                    return str(event.get("line", ""))
+        except (OSError, ValueError):
+            pass
+        return ""
+
     def results(self) -> list[FlowResult]:
         """What each client achieved, from its -J output (missing if it was killed)."""
         results = []
         for name, proc in self.clients.items():
+            if name == "stamp":
+                results.append(self._stamp_result(proc))
+                continue
             path = self.log_dir / f"iperf3-client-{name}.json"
             sent = received = None
             error = None
@@ -172,3 +251,20 @@ class Traffic:
                 error = f"no result ({err.__class__.__name__})"
             results.append(FlowResult(name, proc.poll(), sent, received, error))
         return results
+
+    def _stamp_result(self, sender: subprocess.Popen) -> FlowResult:
+        """The stamped flows: the sender's and the receiver's --stats files."""
+        def read(role: str) -> dict:
+            try:
+                return json.loads((self.log_dir / f"stamp-{role}.json").read_text() or "{}")
+            except (OSError, ValueError):
+                return {}
+        sent, got = read("send"), read("recv")
+        seconds = sent.get("seconds") or 0
+        error = None if sent else "no result (stamp-send.json missing)"
+        if got.get("corrupt"):
+            error = f"{got['corrupt']} corrupt payloads, first: {got.get('first')}"
+        return FlowResult("stamp", sender.poll(),
+                          sent.get("bytes", 0) * 8 / seconds if seconds and "bytes" in sent else None,
+                          got.get("bytes", 0) * 8 / seconds if seconds and "bytes" in got else None,
+                          error, sent.get("sent"), got.get("received"), got.get("corrupt"))

@@ -60,7 +60,7 @@ def snapshot() -> dict:
 XSK_TRACE_PROGRAMS = frozenset({"xsk_rx_reserve", "xsk_flush", "xsk_tx_get_data"})
 FLIGHTREC_PROGRAMS = XSK_TRACE_PROGRAMS | {"xdp_meta", "widen_flush", "widen_reserve"}
 # What `ps` calls the processes a recording starts.
-HELPER_COMMS = frozenset({"forwarder", "xsk_trace", "iperf3"})
+HELPER_COMMS = frozenset({"forwarder", "xsk_trace", "iperf3", "stamp"})
 
 
 def _bpftool(*args: str) -> list:
@@ -82,7 +82,7 @@ def bpf_links(names: frozenset = FLIGHTREC_PROGRAMS) -> int:
 
 
 def helper_processes() -> list[str]:
-    """Live forwarder, xsk_trace and iperf3 processes ("pid comm")."""
+    """Live forwarder, xsk_trace, iperf3 and stamp processes ("pid comm")."""
     found = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():

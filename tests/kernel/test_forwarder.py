@@ -29,6 +29,8 @@ pytestmark = pytest.mark.kernel
 
 REPO = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("FLIGHTREC_FORWARDER", REPO / "bpf" / "forwarder"))
+STAMP = Path(os.environ.get("FLIGHTREC_STAMP", REPO / "bpf" / "stamp"))
+STAMP_PORT = 5203
 TRACEFS = Path("/sys/kernel/tracing")
 QUEUES = 2
 PREFIX = f"frt-{os.getpid() % 100000}"
@@ -39,7 +41,8 @@ TRANSITION = re.compile(r"^[A-Za-z][\w.-]* q:\d+ 0x[0-9a-f]+ (FREE|FILL|RX|TX|CO
 NOTE = re.compile(r"^0x[0-9a-f]+ \w+( \w+)*$")
 DETECTION = re.compile(
     r"^[A-Za-z][\w.-]* q:\d+ 0x[0-9a-f]+ (FREE|FILL|RX|TX|COMP) -> (FREE|FILL|RX|TX|COMP): "
-    r"(expected 0x[0-9a-f]+ ?remaining: \[[0-9a-fx, .…]*\]|len \d+ xdp_len \d+|invalid, was [A-Z]+)$"
+    r"(expected 0x[0-9a-f]+ ?remaining: \[[0-9a-fx, .…]*\]|len \d+ xdp_len \d+|invalid, was [A-Z]+"
+    r"|payload expected (\d+|\?) found (\d+|\?) at \d+ len \d+ stamped (\d+|\?))$"
 )
 AF_XDP = 44
 
@@ -344,3 +347,121 @@ def test_sigterm_exits_clean_and_detaches(topology) -> None:
     assert events(out)[-1]["reason"] == "signal"
     for role, dev in (("fo", "outer"), ("fi", "inner")):
         assert " xdp" not in sh(*nsexec(role, "ip", "link", "show", dev)).stdout
+
+
+def stamp_recv(tmp_path: Path, *extra: str) -> subprocess.Popen:
+    """bpf/stamp's receiver in the server namespace, once it listens."""
+    proc = subprocess.Popen([str(STAMP), "recv", "--netns", ns_path("sv"), "--bind", f"{SERVER_IP}:{STAMP_PORT}",
+                             "--stats", str(tmp_path / "recv.json"), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    if '"ready"' not in proc.stdout.readline():
+        proc.kill()
+        pytest.fail(f"stamp recv did not start: {proc.communicate()[1]}")
+    return proc
+
+
+def stamp_send(tmp_path: Path, *extra: str) -> dict:
+    out = sh(str(STAMP), "send", "--netns", ns_path("cl"), "--to", f"{SERVER_IP}:{STAMP_PORT}",
+             "--stats", str(tmp_path / "send.json"), *extra, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads((tmp_path / "send.json").read_text())
+
+
+def analyze(trace: Path) -> dict:
+    out = subprocess.run(["python3", "-m", "flightrec", "analyze", "--json", str(trace)], capture_output=True,
+                         text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 1, out.stdout + out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.mark.slow
+def test_payload_flipped_after_forwarding_is_caught_by_the_receiver(instance: Path, tmp_path: Path) -> None:
+    """The done-when of issue 13: bytes flipped in frames the forwarder already
+    checked and forwarded; the receiving side catches every one."""
+    if not STAMP.exists():
+        pytest.skip(f"{STAMP} not built; run `make -C bpf`")
+    count = 40
+    stats = tmp_path / "fwd.json"
+    proc = subprocess.Popen(forwarder_argv("--trace-dir", str(instance), "--duration", "30", "--stats", str(stats),
+                                           "--payload-port", str(STAMP_PORT), "--inject", "flip-payload",
+                                           "--inject-count", str(count), "--inject-after", "500"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    recv = None
+    try:
+        wait_ready(proc)
+        sh(*nsexec("cl", "ping", "-c", "2", "-i", "0.2", "-W", "2", SERVER_IP), check=False)  # ARP
+        recv = stamp_recv(tmp_path, "--keep-going", "--trace-dir", str(instance))
+        # 61 * 40 stamped packets reach the last flip: 5 s at 4 kpps is plenty
+        sent = stamp_send(tmp_path, "--rate", "4000", "--duration", "5", "--len", "64-1472")
+        time.sleep(0.5)
+        recv.send_signal(signal.SIGTERM)
+        recv.communicate(timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        for p in (recv, proc):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert proc.returncode == 0, err  # nothing the forwarder itself can see
+    final = json.loads(stats.read_text())
+    got = json.loads((tmp_path / "recv.json").read_text())
+    flipped = final["flipped"]
+    assert len(flipped) == count, f"only {len(flipped)} flips planted; sent {sent}"
+    assert sum(p["payload_checked"] for p in final["ports"]) >= sent["sent"] - 10
+    # every one caught, and nothing else (a flipped datagram lost on the way
+    # would show here: the loss is in the message)
+    lost = sent["sent"] - got["received"]
+    assert sorted(got["corrupt_pkts"]) == sorted(flipped) and got["corrupt"] == count, f"{lost} datagrams lost"
+    assert recv.returncode == 3
+
+    # The receiver's first finding is in the trace, tracing stopped there, and
+    # the analyzer ties it to the frame the forwarder checked that packet in.
+    assert (instance / "tracing_on").read_text().strip() == "0"
+    saved = tmp_path / "trace.txt"
+    saved.write_text((instance / "trace").read_text())
+    lines = marker_lines(saved.read_text())
+    first = [l for l in lines if l.startswith("receiver udp:")]
+    assert len(first) == 1 and first[0] == got["first"], first
+    pkt = int(first[0].split()[4])
+    notes = [l for l in lines if l.endswith(f" forward pkt {pkt}")]
+    assert notes, f"no forward note for packet {pkt}"
+    frame = notes[-1].split()[0]
+    result = analyze(saved)
+    corrupt = [a for a in result["anomalies"] if a["kind"] == "payload_corrupt"]
+    assert len(corrupt) == 1 and corrupt[0]["addr"] == frame, result["anomalies"][:2]
+    assert corrupt[0]["verdict"] == "undetermined" and corrupt[0]["sock"].startswith("inner q:")
+
+
+@pytest.mark.slow
+def test_stale_payload_is_caught_by_the_forwarder(instance: Path, tmp_path: Path) -> None:
+    """A packet carrying its flow's previous packet's body under its own header:
+    the forwarder's check names the packet whose data it found, and stops."""
+    if not STAMP.exists():
+        pytest.skip(f"{STAMP} not built; run `make -C bpf`")
+    proc = subprocess.Popen(forwarder_argv("--trace-dir", str(instance), "--duration", "30",
+                                           "--payload-port", str(STAMP_PORT)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(proc)
+        sh(*nsexec("cl", "ping", "-c", "2", "-i", "0.2", "-W", "2", SERVER_IP), check=False)
+        stamp_send(tmp_path, "--rate", "4000", "--duration", "3", "--flows", "4", "--stale-every", "1000")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 3, err
+    [anomaly] = [e for e in events(out) if e["event"] == "anomaly"]
+    assert anomaly["kind"] == "payload" and anomaly["tracing_stopped"] is True
+    words = anomaly["line"].split()
+    pkt, found = int(words[8]), int(words[10])
+    # flow f's packet 1000k (number 4 * 1000k + f) carries the body of its packet before (4 fewer)
+    assert pkt // 4 % 1000 == 0 and found == pkt - 4, anomaly["line"]
+    lines = marker_lines((instance / "trace").read_text())
+    assert DETECTION.match(lines[-1]) and lines[-1] == anomaly["line"]
+    saved = tmp_path / "trace.txt"
+    saved.write_text((instance / "trace").read_text())
+    [a] = [x for x in analyze(saved)["anomalies"] if x["kind"] == "payload_mismatch"]
+    assert a["addr"] == anomaly["addr"] and f"packet {pkt} held packet {found}'s data" in a["explanation"]

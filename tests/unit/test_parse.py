@@ -92,5 +92,5 @@ def test_every_detection_form_has_its_reader():
     assert list(DETECTION_READERS) == list(DETECTION_FORMS)
     for kind, form in DETECTION_FORMS.items():
         example = form.replace("EXP", "0x1").replace("HEX", "2").replace("LEN", "3").replace("XDP3", "4")
-        example = example.replace("STATE", "TX")
+        example = example.replace("STATE", "TX").replace("PKT", "5").replace("OFF", "6")
         assert parse_detection(example).kind == kind, (kind, example)
