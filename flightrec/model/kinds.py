@@ -1,6 +1,6 @@
 """What an ftrace event means for flightrec: the one table of kernel event names.
 
-The names are those of the probe specs (probes/xsk.toml: rx_reserve, flush,
+The names are those of the probe specs (flightrec/probes/specs/xsk.toml: rx_reserve, flush,
 tx_get_data) and of the post's `perf probe` defaults (__xsk_rcv_zc_L7,
 xsk_flush, xp_raw_get_data); a suffix such as `_L7` or `_1` (perf numbers the
 inlined copies of a function) is ignored.

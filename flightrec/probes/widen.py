@@ -15,7 +15,7 @@ two kprobe BPF programs (bpf/widen.bpf.c) that busy-wait
 With the fix (fa349e396e48) a queue is never reserved in while it is being
 flushed, so the reserve side never waits and the recording stays clean.
 
-The sites come from probes/widen/veth-race.toml and the kernel's DWARF, by
+The sites come from flightrec/probes/specs/widen/veth-race.toml and the kernel's DWARF, by
 source line, never from offsets copied out of one build's disassembly::
 
     plan = resolve_widen(vmlinux)                 # WidenPlan; raises FlightrecError
@@ -43,19 +43,20 @@ from typing import Optional
 
 from elftools.dwarf.die import DIE
 
+from flightrec import locate
 from flightrec.errors import FlightrecError
 from flightrec.probes.dwarf import _PARSE_ERRORS, FetchArg, Vmlinux, _fetch_arg
 from flightrec.probes.specs import SPECS_DIR, ProbeSpec, load_toml
 
 SPEC_PATH = SPECS_DIR / "widen" / "veth-race.toml"
-LOADER = Path(__file__).resolve().parents[2] / "bpf" / "widen"
+LOADER = locate.program("widen")
 MAX_MS = 1000.0  # bpf/widen.h WIDEN_MAX_NS: a longer busy-wait would stall the guest
 READY_TIMEOUT = 120.0  # seconds for the loader to load and attach (the verifier under TCG)
 
 
 @dataclass(frozen=True)
 class WidenSpec:
-    """One site as probes/widen/*.toml asks for it."""
+    """One site as flightrec/probes/specs/widen/*.toml asks for it."""
 
     name: str
     function: str

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
+from flightrec import locate
 from flightrec.errors import FlightrecError
 from flightrec.record import afxdp, nics, topology
 from flightrec.vm import runner
@@ -206,7 +207,7 @@ def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say =
     guest = runner.run_in_guest(
         command, kernel, config, timeout=timeout, boot_timeout=opts.boot_timeout,
         out_dir=opts.out_dir, files=files, say=say, on_output=on_output,
-        cwd=runner.REPO_ROOT, graceful_stop=True, boot_attempts=opts.boot_attempts,
+        cwd=locate.IMPORT_ROOT, graceful_stop=True, boot_attempts=opts.boot_attempts,
         stall_timeout=opts.stall_timeout)
     timings.update(boot_s=guest.boot_s, guest_command_s=guest.command_s, qemu_peak_rss_mb=guest.qemu_peak_rss_mb,
                    recording_overhead_s=round(guest.command_s - opts.duration, 2))

@@ -57,13 +57,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from flightrec import locate
 from flightrec.errors import FlightrecError
 from flightrec.vm import initramfs
 from flightrec.vm.guest import STOP_FILE
 from flightrec.vm.kernel import GuestKernel
 from flightrec.vm.qemu import Machine, VmConfig
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_BOOT_TIMEOUT = 90.0  # seconds from QEMU's start to the guest's command (TCG boots in ~5 s)
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 WORK_PREFIX = "flightrec-vm-"  # /tmp/flightrec-vm-<pid>-XXXX: the pid tells a stale one
@@ -145,7 +145,7 @@ def _run_script(command: list[str], job: Path, cwd: Path, env: dict[str, str]) -
         "TERM": "dumb",  # nothing may wait for a terminal: no pager, no prompt
         "PAGER": "cat",
         "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": str(REPO_ROOT) + (":" + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
+        "PYTHONPATH": str(locate.IMPORT_ROOT) + (":" + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         "FLIGHTREC_IN_VM": "1",
         "FLIGHTREC_VM_JOB": str(job),
