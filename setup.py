@@ -40,6 +40,7 @@ class BuildPyWithPrograms(build_py):
     def _build_programs(self, dest: Path) -> None:
         work = Path(self.get_finalized_command("build").build_temp) / "bpf"
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(dest, ignore_errors=True)  # a failed build must not ship an earlier one
         # Only the sources: a checkout's own build outputs (vmlinux.h of another kernel) stay out.
         shutil.copytree("bpf", work, ignore=shutil.ignore_patterns("*.o", "vmlinux.h", "*.skel.h", *PROGRAMS))
         # bpftool lives in /usr/sbin, which a user's PATH (pipx) may lack.
@@ -49,7 +50,9 @@ class BuildPyWithPrograms(build_py):
         try:
             proc = subprocess.run(["make", "-C", str(work), "-j", jobs, f"BPFTOOL={bpftool}", *PROGRAMS],
                                   capture_output=True, text=True, check=False)
-            lines = (proc.stderr or proc.stdout).strip().splitlines()
+            # The compiler's or pkg-config's own words, not make's "Error 1" after them.
+            lines = [ln for ln in (proc.stderr or proc.stdout).splitlines()
+                     if ln.strip() and not ln.startswith(("make:", "make["))]
             why = None if proc.returncode == 0 else lines[-1] if lines else f"make exit {proc.returncode}"
         except OSError as err:
             why = f"make: {err.strerror}"

@@ -393,7 +393,7 @@ class Widener:
         """:raises FlightrecError: no loader, or the kernel refused (its one line in the message)."""
         argv = loader_argv(self.plan, self.options, self.loader)
         if not self.loader.is_file():
-            raise FlightrecError(f"{self.loader} not built: run make -C bpf")
+            raise FlightrecError(f"{self.loader} not built; {locate.build_fix()}")
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self._proc.stdout is not None
         ready, _, _ = select.select([self._proc.stdout], [], [], timeout)

@@ -139,7 +139,7 @@ def bpf_unavailable(tracefs_root: Optional[Path] = None, timeout: float = 20.0) 
     if not os.access(loader, os.X_OK):
         if os.environ.get(LOADER_ENV):
             return f"${LOADER_ENV} names {loader}, which is not an executable; unset it or build bpf/xsk_trace"
-        return f"BPF backend not built ({loader} missing); {locate.build_fix()}"
+        return f"BPF backend not built ({loader} missing)"
     if not Path("/sys/kernel/btf/vmlinux").exists():
         return "no kernel BTF (/sys/kernel/btf/vmlinux); tp_btf programs need CONFIG_DEBUG_INFO_BTF"
     before = toplevel_printk(tracefs_root) if tracefs_root else None
