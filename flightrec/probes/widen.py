@@ -43,7 +43,7 @@ from typing import Optional
 
 from elftools.dwarf.die import DIE
 
-from flightrec import locate
+from flightrec import locate, runfolder
 from flightrec.errors import FlightrecError
 from flightrec.probes.dwarf import _PARSE_ERRORS, FetchArg, Vmlinux, _fetch_arg
 from flightrec.probes.specs import SPECS_DIR, ProbeSpec, load_toml
@@ -540,15 +540,11 @@ def run(plan_file: Path, command: list[str], out_dir: Optional[Path]) -> int:
           f"reserves seen", file=sys.stderr, flush=True)
     if out_dir is not None and out_dir.is_dir():
         note = meta(plan, options, stats)
-        (out_dir / "widen.json").write_text(json.dumps(note, indent=2) + "\n")
-        meta_json = out_dir / "meta.json"
-        if meta_json.is_file():
-            try:
-                m = json.loads(meta_json.read_text())
-                m["widened"] = note
-                meta_json.write_text(json.dumps(m, indent=2) + "\n")
-            except (OSError, ValueError) as e:
-                print(f"flightrec: widener: cannot note it in {meta_json}: {e}", file=sys.stderr)
+        try:
+            runfolder.write_json(out_dir, runfolder.WIDEN, note)
+            runfolder.update_meta(out_dir, lambda m: {**m, "widened": note})
+        except FlightrecError as e:
+            print(f"flightrec: widener: cannot note it in {out_dir}: {e}", file=sys.stderr)
     return code
 
 

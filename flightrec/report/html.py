@@ -31,7 +31,8 @@ from flightrec.model.replay import POISON
 from flightrec.model.timeline import Timeline
 from flightrec.report.console import anomaly_facts, history_words, summary
 from flightrec.report.recording import sockets, widened
-from flightrec.report.perfetto import descriptor_trips, write_atomically
+from flightrec.report.perfetto import descriptor_trips
+from flightrec.runfolder import write_atomically
 
 AROUND = 8  # events of context per CPU on each side of the evidence
 LONG_LINE = 240  # evidence lines longer than this fold the rest away

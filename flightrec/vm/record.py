@@ -15,9 +15,9 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
-from flightrec import locate
+from flightrec import locate, runfolder
 from flightrec.errors import FlightrecError
 from flightrec.record import afxdp, nics, topology
 from flightrec.vm import runner
@@ -170,7 +170,8 @@ def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say =
     why = tools_missing() or forwarder_missing()
     if why:
         raise FlightrecError(why)
-    _remove_stale(opts.out_dir)
+    # A previous run's files in DIR must not pass for this run's (the copy-back merges).
+    runfolder.clear(runfolder.replaced_by_vm_record(opts.out_dir))
     if opts.boot_attempts < 1:
         raise FlightrecError(f"boot attempts must be at least 1, got {opts.boot_attempts}")
     kernel_events = params["kernel_events"]
@@ -211,15 +212,15 @@ def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say =
         stall_timeout=opts.stall_timeout)
     timings.update(boot_s=guest.boot_s, guest_command_s=guest.command_s, qemu_peak_rss_mb=guest.qemu_peak_rss_mb,
                    recording_overhead_s=round(guest.command_s - opts.duration, 2))
-    trace = opts.out_dir / "trace.txt"
-    _rewrite_paths(opts.out_dir / "meta.json", guest.guest_out, opts.out_dir)
+    trace = opts.out_dir / runfolder.TRACE
+    _rewrite_paths(opts.out_dir, guest.guest_out)
     verdict = None
     if opts.analyze and trace.is_file() and (guest.exit_code in (0, 1) or guest.stopped_by is not None):
-        from flightrec.cli.record import summarize_analysis
+        from flightrec.report.summary import summarize
 
         say("analyzing the trace on the host")
         t = time.monotonic()
-        verdict = summarize_analysis(trace, opts.out_dir)
+        verdict = summarize(trace, opts.out_dir)
         timings["analysis_s"] = round(time.monotonic() - t, 2)
     timings["wall_s"] = round(time.monotonic() - t0, 2)
     _write_vm_json(opts, kernel, guest, defs, timings)
@@ -227,41 +228,29 @@ def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say =
                           guest.stopped_by)
 
 
-STALE = ("trace.txt", "meta.json", "analysis.json", "forwarder-stats.json", "vm.json", "vm-console.log",
-         "vm-output.log", "report.html", "trace.perfetto.json", "flagged.pcap", "logs/flagged.jsonl")
-
-
-def _remove_stale(out_dir: Path) -> None:
-    """A previous run's files in DIR must not pass for this run's (copy-back merges)."""
-    boots = [p.name for p in out_dir.glob("vm-console-boot*.log")] if out_dir.is_dir() else []
-    for name in (*STALE, *boots):
-        try:
-            (out_dir / name).unlink(missing_ok=True)
-        except OSError as e:
-            raise FlightrecError(f"cannot clear {out_dir / name}: {e.strerror}") from None
-
-
-def _rewrite_paths(meta: Path, guest_out: str, out_dir: Path) -> None:
+def _rewrite_paths(out_dir: Path, guest_out: str) -> None:
     """meta.json names the guest's scratch folder, gone now: name the host's copy instead."""
-    if not guest_out or not meta.is_file():
+    if not guest_out:
         return
-    try:
-        text = meta.read_text()
-        if guest_out in text:
-            meta.write_text(text.replace(guest_out, str(out_dir.resolve())))
-    except OSError as e:
-        raise FlightrecError(f"cannot update {meta}: {e.strerror}") from None
+    host = str(out_dir.resolve())
+
+    def rewrite(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace(guest_out, host)
+        if isinstance(value, dict):
+            return {k: rewrite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rewrite(v) for v in value]
+        return value
+
+    runfolder.update_meta(out_dir, rewrite)
 
 
 def _write_vm_json(opts: VmRecordOptions, kernel: GuestKernel, guest: runner.GuestRun,
                    defs: Optional[dict], timings: dict) -> None:
-    path = opts.out_dir / "vm.json"
     data = {"kernel": kernel.as_dict(), "guest": guest.as_dict(), "timings": timings,
             # How many boots it took, and why each failed one failed (runner.run_in_guest's retry).
             "boots": guest.boots, "failed_boots": [asdict(b) for b in guest.failed_boots],
             "vcpus": opts.config.cpus, "memory_mb": opts.config.memory_mb, "nic": opts.nic, "mode": opts.mode,
             "probe_definitions": None if defs is None else [d["text"] for d in defs["definitions"]]}
-    try:
-        path.write_text(json.dumps(data, indent=2) + "\n")
-    except OSError as e:
-        raise FlightrecError(f"cannot write {path}: {e.strerror}") from None
+    runfolder.write_json(opts.out_dir, runfolder.VM, data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,8 +94,7 @@ def _doctor_lines(flightrec: Path, cwd: Path) -> dict[str, str]:
     assert "Traceback" not in proc.stderr
     lines = {}
     for line in proc.stdout.splitlines():
-        name = line[:14].strip()  # doctor's first column is padded to its longest name
-        lines[name] = line
+        lines[re.split(r"\s{2,}", line, maxsplit=1)[0]] = line  # name, status, detail: 2+ spaces apart
     return lines
 
 
