@@ -7,7 +7,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 
@@ -19,6 +19,9 @@ from flightrec.record.kernel_events import BACKENDS
 from flightrec.record.topology import NIC_KINDS
 from flightrec.record.session import Interrupted, LiveStats, Observer, RecordOptions, RecordResult
 from flightrec.record.session import record as run_record
+
+if TYPE_CHECKING:
+    from flightrec.vm.record import RecordArgs
 
 
 def describe_anomaly(data: dict) -> str:
@@ -233,3 +236,20 @@ def _report(result: RecordResult) -> None:
     if result.exit_code not in (0, 1):
         click.echo(f"flightrec: {result.message}", err=True)
 
+
+def parse_record_args(args: list[str]) -> "RecordArgs":
+    """``args`` parsed by record's own command: what `vm record` checks before booting and the
+    guest records with (flightrec.vm.record.ParseRecordArgs).
+
+    :raises FlightrecError: an option record would refuse.
+    """
+    from click.core import ParameterSource
+
+    from flightrec.vm.record import RecordArgs
+
+    try:
+        ctx = record_cmd.make_context("record", list(args))
+    except click.UsageError as e:
+        raise FlightrecError(f"record options: {e.format_message()}") from None
+    given = frozenset(name for name in ctx.params if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE)
+    return RecordArgs(dict(ctx.params), given)

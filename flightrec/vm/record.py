@@ -65,25 +65,32 @@ class VmRecordResult:
     stopped_by: Optional[int] = None  # a signal asked the guest to stop early (its trace is saved)
 
 
-def check_record_args(args: list[str]) -> dict:
+@dataclass(frozen=True)
+class RecordArgs:
+    """`flightrec record`'s options as its own command parsed them."""
+
+    params: dict  # every option's value, defaults included
+    given: frozenset[str]  # the options given on the command line
+
+
+# record's parser: the command line is the CLI's, so `flightrec vm record` hands it in
+# (flightrec.cli.record.parse_record_args). :raises FlightrecError: an option record would refuse.
+ParseRecordArgs = Callable[[list[str]], RecordArgs]
+
+
+def check_record_args(args: list[str], parse: ParseRecordArgs) -> dict:
     """Parse the passed-through options with record's own parser, before anything boots.
 
     :raises FlightrecError: an option record would refuse.
     """
-    import click
-
-    from flightrec.cli.record import record_cmd
-
     if any(a in ("-o", "--output") or a.startswith("--output=") for a in args):
         raise FlightrecError("give -o to `flightrec vm record` itself (the guest writes into a scratch folder)")
-    try:
-        return dict(record_cmd.make_context("record", list(args)).params)
-    except click.UsageError as e:
-        raise FlightrecError(f"record options: {e.format_message()}") from None
+    return parse(list(args)).params
 
 
-def nic_record_args(nic: str, mode: str, record_args: tuple[str, ...]) -> list[str]:
-    """The guest recording's --nic/--mode (and --queues 1 for virtio unless given).
+def nic_record_args(nic: str, mode: str, record: RecordArgs) -> list[str]:
+    """The guest recording's --nic/--mode (and --queues 1 for virtio unless given),
+    ``record`` being the passed-through record options, parsed.
 
     :raises FlightrecError: a bad value, or more queues than QEMU's hub netdevs give a virtio NIC.
     """
@@ -91,11 +98,11 @@ def nic_record_args(nic: str, mode: str, record_args: tuple[str, ...]) -> list[s
         raise FlightrecError(f"--nic must be one of {', '.join(topology.NIC_KINDS)}, got {nic!r}")
     if mode not in afxdp.MODES:
         raise FlightrecError(f"--mode must be one of {', '.join(afxdp.MODES)}, got {mode!r}")
-    if any(a in ("--nic", "--mode") or a.startswith(("--nic=", "--mode=")) for a in record_args):
+    if {"nic", "mode"} & record.given:
         raise FlightrecError("give --nic and --mode to `flightrec vm record` itself (they set up the VM's NICs too)")
     args = ["--nic", nic, "--mode", mode]
     if nic == "virtio":
-        queues = _queues_given(record_args)
+        queues = int(record.params["queues"]) if "queues" in record.given else None
         if queues is not None and queues > nics.QUEUE_PAIRS:
             raise FlightrecError(f"--nic virtio: QEMU's hubport netdevs give each virtio-net NIC {nics.QUEUE_PAIRS} "
                                  f"queue pair (a virtio-net device has as many as its peer), so --queues {queues} "
@@ -103,22 +110,6 @@ def nic_record_args(nic: str, mode: str, record_args: tuple[str, ...]) -> list[s
         if queues is None:
             args += ["--queues", str(nics.QUEUE_PAIRS)]
     return args
-
-
-def _queues_given(record_args: tuple[str, ...]) -> Optional[int]:
-    """--queues among the passed-through record options, None when not given."""
-    import click
-    from click.core import ParameterSource
-
-    from flightrec.cli.record import record_cmd
-
-    try:
-        ctx = record_cmd.make_context("record", list(record_args))
-    except click.UsageError as e:
-        raise FlightrecError(f"record options: {e.format_message()}") from None
-    if ctx.get_parameter_source("queues") is not ParameterSource.COMMANDLINE:
-        return None
-    return int(ctx.params["queues"])
 
 
 def probe_definitions(kernel: GuestKernel, kernel_events: str, say: Say) -> Optional[dict]:
@@ -153,8 +144,10 @@ def probe_definitions(kernel: GuestKernel, kernel_events: str, say: Say) -> Opti
             "definitions": [asdict(d) for d in prepared.definitions], "problems": list(prepared.problems)}
 
 
-def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say = lambda _: None) -> VmRecordResult:
-    """Run `flightrec record` in a fresh VM and bring the trace back to ``opts.out_dir``.
+def vm_record(opts: VmRecordOptions, parse_record_args: ParseRecordArgs, say: Say = lambda _: None,
+              on_output: Say = lambda _: None) -> VmRecordResult:
+    """Run `flightrec record` in a fresh VM and bring the trace back to ``opts.out_dir``;
+    ``parse_record_args`` checks ``opts.record_args`` before anything boots.
 
     :raises FlightrecError: QEMU or a kernel missing, bad options, boot failure, watchdog.
     :raises runner.Interrupted: SIGINT/SIGTERM/SIGHUP before the recording ran, or a second one
@@ -165,8 +158,8 @@ def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say =
 
     t0 = time.monotonic()
     opts.config.check()
-    nic_args = nic_record_args(opts.nic, opts.mode, opts.record_args)
-    params = check_record_args(["--duration", str(opts.duration), *opts.record_args, *nic_args])
+    nic_args = nic_record_args(opts.nic, opts.mode, parse_record_args(list(opts.record_args)))
+    params = check_record_args(["--duration", str(opts.duration), *opts.record_args, *nic_args], parse_record_args)
     why = tools_missing() or forwarder_missing()
     if why:
         raise FlightrecError(why)
@@ -202,7 +195,7 @@ def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say =
     elif not any(a.startswith("--kernel-events") for a in opts.record_args):
         args += ["--kernel-events", "kprobes"]
     # The guest finds probes.json in its job folder ($FLIGHTREC_VM_JOB).
-    command = [*opts.guest_prefix, sys.executable, "-m", "flightrec.vm.guest", "record", "--", *args]
+    command = [*opts.guest_prefix, sys.executable, "-m", "flightrec.cli.guest", "record", "--", *args]
     timeout = opts.timeout or opts.duration + SLACK
     say(f"recording: {opts.duration:g} s in the guest (watchdog {timeout:g} s after boot)")
     guest = runner.run_in_guest(
