@@ -1,7 +1,7 @@
 """`flightrec vm record`: the whole recording, with real kprobes, inside a disposable VM.
 
 Host: fetch the kernel (cached), resolve the probes in its debug vmlinux
-with the probes resolver, boot the guest. Guest (flightrec/vm/guest.py):
+with the probes resolver, boot the guest. Guest (flightrec/cli/guest.py, with flightrec/vm/guest.py):
 install the host's probe definitions, run the ordinary recording into the
 job folder. Host again: copy the trace back, analyze it, write vm.json with
 the timings. The exit code is the recording's (0 clean, 1 anomaly, 2 error,
