@@ -48,21 +48,16 @@ def _can_build_bpf() -> bool:
     return subprocess.run(["pkg-config", "--exists", "libxdp", "libbpf"]).returncode == 0
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    """The `flightrec` script of a venv holding the wheel built from a fresh clone."""
+def _build_and_install(base: Path, env: dict[str, str]) -> Path:
+    """Clone, build the wheel with ``env``, install it into a fresh venv: its `flightrec` script."""
     if not (ROOT / ".git").exists() or shutil.which("git") is None:
         pytest.skip("needs git and a git checkout to clone")
-    base = tmp_path_factory.mktemp("wheel")
     clone = base / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
     env_dir = base / "venv"
     venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
     py = env_dir / "bin" / "python"
     dist = base / "dist"
-    env = dict(os.environ)
-    if _can_build_bpf():
-        env["FLIGHTREC_REQUIRE_PROGRAMS"] = "1"  # here a bpf/ build failure is a failure
     proc = subprocess.run([str(py), "-m", "pip", "--disable-pip-version-check", "wheel", "--no-deps", "-w",
                            str(dist), str(clone)], cwd=base, capture_output=True, text=True, timeout=900, env=env)
     if proc.returncode != 0 and any(w in proc.stdout + proc.stderr for w in OFFLINE):
@@ -73,6 +68,39 @@ def installed(tmp_path_factory) -> Path:
     assert len(wheels) == 1, wheels
     _pip(py, "install", "-q", str(wheels[0]), cwd=base)
     return env_dir / "bin" / "flightrec"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """The `flightrec` script of a venv holding the wheel built from a fresh clone."""
+    env = dict(os.environ)
+    if _can_build_bpf():
+        env["FLIGHTREC_REQUIRE_PROGRAMS"] = "1"  # here a bpf/ build failure is a failure
+    return _build_and_install(tmp_path_factory.mktemp("wheel"), env)
+
+
+def test_without_compilers_it_installs_analyzes_and_says_what_to_install(tmp_path):
+    # clang and the C compiler answer "not installed": bpf/ and the extensions fail to build.
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    for name in ("clang", "cc", "gcc"):
+        (shim / name).write_text('#!/bin/sh\necho "$0: not installed (test shim)" >&2\nexit 127\n')
+        (shim / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim}:{os.environ.get('PATH', '')}", "CC": str(shim / "cc")}
+    env.pop("FLIGHTREC_REQUIRE_PROGRAMS", None)
+    flightrec = _build_and_install(tmp_path / "build", env)
+    site = flightrec.parents[1]
+    assert not list(site.glob("lib/python*/site-packages/flightrec/bin")), "programs from a failed build"
+    assert not list(site.glob("lib/python*/site-packages/flightrec/_scan*.so"))
+    cwd = _empty_dir(tmp_path)
+    shutil.copyfile(FIXTURE, cwd / "trace.txt")
+    proc = _run(flightrec, "analyze", "--json", "trace.txt", cwd=cwd)
+    assert proc.returncode == 1 and json.loads(proc.stdout)["verdict"] == "kernel", proc.stderr
+    lines = _doctor_lines(flightrec, cwd)
+    for package in ("clang", "libxdp-dev", "libbpf-dev", "bpftool", "pkg-config"):
+        assert package in lines["forwarder"], lines["forwarder"]
+    assert "MISSING" in lines["forwarder"] and "reinstall flightrec" in lines["forwarder"]
+    assert "missing (optional)" in lines["C helpers"] and "apt-get install gcc" in lines["C helpers"]
 
 
 def _empty_dir(tmp_path: Path) -> Path:
