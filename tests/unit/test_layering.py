@@ -46,3 +46,13 @@ def test_only_locate_finds_paths_from_its_own_file():
             if isinstance(node, ast.Name) and node.id == "__file__":
                 offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert not offenders, offenders
+
+
+def test_the_package_build_ships_what_locate_looks_for():
+    """setup.py cannot import flightrec in its build environment: its list is checked here."""
+    from flightrec import locate
+
+    tree = ast.parse((PACKAGE.parent / "setup.py").read_text())
+    shipped = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                   and any(isinstance(t, ast.Name) and t.id == "PROGRAMS" for t in n.targets))
+    assert sorted(shipped) == sorted([*locate.PROGRAMS, *locate.BPF_OBJECTS])
