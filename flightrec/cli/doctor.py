@@ -119,8 +119,9 @@ def check_libxdp() -> Check:
 
 def check_forwarder() -> Check:
     why = forwarder.forwarder_missing()
-    return Check("forwarder", True, why is None, str(forwarder.forwarder_path()) if why is None else why,
-                 locate.build_fix("the forwarder and the BPF loaders"))
+    path = forwarder.forwarder_path()
+    detail = str(path) if why is None else f"not built ({path} missing)" if not path.exists() else why
+    return Check("forwarder", True, why is None, detail, locate.build_fix("the forwarder and the BPF loaders"))
 
 
 def check_native() -> Check:

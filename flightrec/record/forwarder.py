@@ -46,7 +46,7 @@ def forwarder_missing() -> Optional[str]:
     """Why the forwarder cannot be run, with the fix; None when it can."""
     path = forwarder_path()
     if not path.exists():
-        return f"forwarder not built ({path} missing)"
+        return f"forwarder not built ({path} missing); {locate.build_fix('the forwarder')}"
     if not os.access(path, os.X_OK):
         return f"{path} is not executable"
     return None
