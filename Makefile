@@ -32,4 +32,4 @@ test: build
 
 clean:
 	$(MAKE) -C bpf clean
-	rm -f flightrec/_scan.so flightrec/_bulk.so
+	rm -f flightrec/_scan*.so flightrec/_bulk*.so

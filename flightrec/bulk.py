@@ -37,7 +37,7 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 
 def _lib() -> Optional[ctypes.CDLL]:
-    return native.load("_bulk.so", _declare)
+    return native.load("_bulk", _declare)
 
 
 def available() -> bool:

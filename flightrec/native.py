@@ -1,4 +1,4 @@
-"""flightrec's C helpers (built by `make` beside this file), loaded with ctypes.
+"""flightrec's C helpers (built by `make build` or the package build), loaded with ctypes.
 
 Each has a Python twin that produces the same output; FLIGHTREC_PURE_PYTHON
 switches every C helper off, which the tests use to compare the two.
@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import ctypes
 import os
-import pathlib
 from typing import Callable, Optional
 
-HERE = pathlib.Path(__file__).resolve().parent
+from flightrec import locate
 
 _loaded: dict[str, Optional[ctypes.CDLL]] = {}
 
 
 def load(name: str, declare: Callable[[ctypes.CDLL], None]) -> Optional[ctypes.CDLL]:
-    """flightrec/<name> with its functions' types declared, or None when it is
-    not built, cannot be loaded, or FLIGHTREC_PURE_PYTHON is set."""
+    """The C helper ``name`` (``_scan``, ``_bulk``) with its functions' types declared,
+    or None when it is not built, cannot be loaded, or FLIGHTREC_PURE_PYTHON is set."""
     if os.environ.get("FLIGHTREC_PURE_PYTHON"):
         return None
     if name not in _loaded:
+        path = locate.native_library(name)
         try:
-            lib: Optional[ctypes.CDLL] = ctypes.CDLL(str(HERE / name))
+            lib: Optional[ctypes.CDLL] = ctypes.CDLL(str(path)) if path is not None else None
         except OSError:
             lib = None
         if lib is not None:

@@ -77,13 +77,9 @@ def analyze(traces: tuple[str, ...], as_json: bool, descriptor: Optional[int], a
                 print_cpu_stats(console, result)
 
     if as_json:
-        from flightrec.report.recording import widened
+        from flightrec.report.summary import analysis_document
 
-        docs = [r.to_json() for r in results]
-        for doc, r in zip(docs, results):
-            amplified = widened(r.source, r.meta)
-            if amplified:
-                doc["widened"] = amplified
+        docs = [analysis_document(r) for r in results]
         if descriptor is not None:
             for doc, r in zip(docs, results):
                 doc["descriptor"] = _life_json(r, descriptor)

@@ -12,7 +12,7 @@ from typing import Callable
 
 import click
 
-from flightrec import tracefs
+from flightrec import locate, tracefs
 from flightrec.record import forwarder, kernel_events, session
 
 
@@ -56,7 +56,8 @@ def check_bpf_events() -> Check:
     why = kernel_events.bpf_unavailable(root)
     return Check("bpf events", False, why is None,
                  "BTF tracepoint programs load and attach (kernel events without kprobes)" if why is None else why,
-                 "run `make` (bpf/xsk_trace), and a kernel with BTF that allows tp_btf programs")
+                 (locate.build_fix("bpf/xsk_trace") + "; and " if "not built" in (why or "") else "")
+                 + "a kernel with BTF that allows tp_btf programs")
 
 
 def check_btf() -> Check:
@@ -113,13 +114,14 @@ def check_tool(name: str, package: str, required: bool, why: str) -> Check:
 def check_libxdp() -> Check:
     ok = _run(["pkg-config", "--exists", "libxdp", "libbpf"]).returncode == 0 if shutil.which("pkg-config") else False
     return Check("libxdp", False, ok, "libxdp and libbpf headers found" if ok else "libxdp-dev/libbpf-dev missing",
-                 "apt-get install libxdp-dev libbpf-dev pkg-config (needed to build bpf/)")
+                 "apt-get install libxdp-dev libbpf-dev pkg-config (needed to build the forwarder and loaders)")
 
 
 def check_forwarder() -> Check:
     why = forwarder.forwarder_missing()
-    return Check("forwarder", True, why is None, str(forwarder.forwarder_path()) if why is None else why,
-                 f"make -C {forwarder.REPO_ROOT}")
+    path = forwarder.forwarder_path()
+    detail = str(path) if why is None else f"not built ({path} missing)" if not path.exists() else why
+    return Check("forwarder", True, why is None, detail, locate.build_fix("the forwarder and the BPF loaders"))
 
 
 def check_native() -> Check:
@@ -130,11 +132,12 @@ def check_native() -> Check:
     if os.environ.get("FLIGHTREC_PURE_PYTHON"):
         return Check("C helpers", False, False, "switched off by FLIGHTREC_PURE_PYTHON (analyze and export run "
                      "several times slower)", "unset FLIGHTREC_PURE_PYTHON")
-    missing = [name for name, ok in (("_scan.so", scan.available()), ("_bulk.so", bulk.available())) if not ok]
-    return Check("C helpers", False, not missing,
-                 "analyzer scanner and export printer built" if not missing else
-                 f"flightrec/{', flightrec/'.join(missing)} not built (analyze and export run several times slower)",
-                 f"make -C {forwarder.REPO_ROOT} build")
+    missing = [name for name, ok in (("_scan", scan.available()), ("_bulk", bulk.available())) if not ok]
+    if not missing:
+        return Check("C helpers", False, True, "analyzer scanner and export printer in use ("
+                     + ", ".join(str(locate.native_library(n)) for n in ("_scan", "_bulk")) + ")")
+    return Check("C helpers", False, False, f"{', '.join(missing)} not built or not loadable (analyze and export "
+                 "run several times slower)", locate.build_fix("the C helpers", "gcc"))
 
 
 def check_afxdp_modes() -> list[Check]:
@@ -182,7 +185,7 @@ CHECKS: list[Callable[[], object]] = [
     check_root, check_tracefs, check_kprobes, check_bpf_events, check_btf, check_af_xdp, check_netns_veth,
     check_afxdp_modes, check_vm_zerocopy, check_bpffs,
     lambda: check_tool("perf", "linux-perf", False, "used to resolve probe sites"),
-    lambda: check_tool("clang", "clang", False, "needed to build bpf/"),
+    lambda: check_tool("clang", "clang", False, "needed to build the forwarder and the BPF programs"),
     check_libxdp,
     check_forwarder,
     check_native,

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 
+from flightrec import runfolder
 from flightrec.errors import FlightrecError
 from flightrec.record.afxdp import MODES as AFXDP_MODES
-from flightrec.record.forwarder import INJECT_FAULTS, child_guard
+from flightrec.record.forwarder import INJECT_FAULTS
 from flightrec.record.kernel_events import BACKENDS
 from flightrec.record.topology import NIC_KINDS
 from flightrec.record.session import Interrupted, LiveStats, Observer, RecordOptions, RecordResult
 from flightrec.record.session import record as run_record
+
+if TYPE_CHECKING:
+    from flightrec.vm.record import RecordArgs
 
 
 def describe_anomaly(data: dict) -> str:
@@ -123,46 +126,6 @@ class LiveView(Observer):
         self.live.update(outer)
 
 
-def summarize_analysis(trace: Path, out_dir: Path) -> str:
-    """Analyze the saved trace; write DIR/analysis.json, report.html and
-    trace.perfetto.json; return the verdict line.
-
-    The analyzer runs as `flightrec analyze --json` in its own process, so
-    whatever happens to it, the recording's result and exit code stand.
-    """
-    # Each dies with flightrec (parent-death signal): a killed recording leaves no analyzer running.
-    guard = child_guard()
-    argv = [*guard, sys.executable, "-m", "flightrec", "analyze", "--json", str(trace)]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
-    except subprocess.TimeoutExpired:
-        return "analysis: timed out after 300 s"
-    if proc.returncode not in (0, 1):
-        why = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-        return f"analysis failed: {why}"
-    try:
-        data = json.loads(proc.stdout)
-    except ValueError:
-        return "analysis: no JSON from `flightrec analyze --json`"
-    (out_dir / "analysis.json").write_text(json.dumps(data, indent=2) + "\n")
-    # Beside the trace, what a CI artifact opens in a browser.
-    for args in (["report", str(trace), "-o", str(out_dir / "report.html")],
-                 ["export", "perfetto", str(trace), "-o", str(out_dir / "trace.perfetto.json")]):
-        try:
-            subprocess.run([*guard, sys.executable, "-m", "flightrec", *args], capture_output=True, timeout=300,
-                           check=False)
-        except subprocess.TimeoutExpired:
-            pass
-    line = f"verdict: {data.get('verdict')}"
-    if data.get("anomalies"):
-        first = data["anomalies"][0]
-        sock = first.get("sock") or "?"
-        if first.get("queue") is not None and "q:" not in sock:
-            sock += f" q:{first['queue']}"
-        line += f" ({first.get('kind')}, descriptor {first.get('addr')}, {sock})"
-    return line
-
-
 EPILOG = """\b
 Examples:
   flightrec record                              # 20 s clean run into ./flightrec-out
@@ -262,13 +225,32 @@ def _report(result: RecordResult) -> None:
     if result.trace_path is not None and result.outcome != "error":
         click.echo(
             f"saved {result.trace_path} ({trace.get('bytes', 0):,} bytes, "
-            f"{trace.get('fill_to_rx_markers', 0):,} FILL -> RX markers) and {result.out_dir / 'meta.json'}"
+            f"{trace.get('fill_to_rx_markers', 0):,} FILL -> RX markers) and {result.out_dir / runfolder.META}"
         )
         flagged = (result.meta.get("forwarder") or {}).get("flagged")
         if flagged:
             click.echo(f"flagged packets: {flagged['packets']} in {flagged['pcap']} (pcapng, for Wireshark)")
-        click.echo(summarize_analysis(result.trace_path, result.out_dir))
+        from flightrec.report.summary import summarize  # pandas: only once there is a trace
+
+        click.echo(summarize(result.trace_path, result.out_dir))
         click.echo(f"details: flightrec analyze {result.trace_path}")
     if result.exit_code not in (0, 1):
         click.echo(f"flightrec: {result.message}", err=True)
 
+
+def parse_record_args(args: list[str]) -> "RecordArgs":
+    """``args`` parsed by record's own command: what `vm record` checks before booting and the
+    guest records with (flightrec.vm.record.ParseRecordArgs).
+
+    :raises FlightrecError: an option record would refuse.
+    """
+    from click.core import ParameterSource
+
+    from flightrec.vm.record import RecordArgs
+
+    try:
+        ctx = record_cmd.make_context("record", list(args))
+    except click.UsageError as e:
+        raise FlightrecError(f"record options: {e.format_message()}") from None
+    given = frozenset(name for name in ctx.params if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE)
+    return RecordArgs(dict(ctx.params), given)

@@ -158,6 +158,7 @@ def record_cmd(ctx: click.Context, kernel: Optional[str], cpus: int, memory_mb: 
     runs `flightrec record` there with kprobes installed, copies the trace to
     DIR and analyzes it on the host.
     """
+    from flightrec.cli.record import parse_record_args
     from flightrec.vm.record import VmRecordOptions, vm_record
 
     progress = _Progress()
@@ -174,7 +175,7 @@ def record_cmd(ctx: click.Context, kernel: Optional[str], cpus: int, memory_mb: 
                                record_args=tuple(ctx.args), timeout=timeout, boot_timeout=boot_timeout,
                                boot_attempts=boot_attempts, stall_timeout=stall_timeout,
                                guest_prefix=prefix, guest_files=files, nic=nic, mode=mode)
-        result = vm_record(opts, progress.say, progress.guest)
+        result = vm_record(opts, parse_record_args, progress.say, progress.guest)
     except FlightrecError as e:
         _fail(str(e))
     except Interrupted as sig:

@@ -68,7 +68,7 @@ KERNEL_FIELDS = (
 )
 
 # semantic kind -> (event name bases, fields that must be present). The names
-# are those of the probe specs (probes/xsk.toml: rx_reserve, flush,
+# are those of the probe specs (flightrec/probes/specs/xsk.toml: rx_reserve, flush,
 # tx_get_data) and of the post's `perf probe` defaults (__xsk_rcv_zc_L7,
 # xsk_flush, xp_raw_get_data); a suffix such as `_L7` or `_1` (perf numbers
 # the inlined copies of a function) is ignored.

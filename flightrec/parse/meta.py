@@ -14,34 +14,25 @@ change what a trace can prove or how a verdict must be read:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Optional
 
+from flightrec import runfolder
 from flightrec.errors import FlightrecError
 
-META_NAME = "meta.json"
+META_NAME = runfolder.META
 
 
 def meta_path(source: str) -> Optional[Path]:
     """DIR/meta.json for the trace DIR/NAME (None for standard input)."""
-    if source in ("-", "<stdin>"):
-        return None
-    return Path(source).parent / META_NAME
+    return runfolder.meta_path_beside(source)
 
 
 def read_meta(source: str) -> Optional[dict]:
     """The meta.json beside the trace `source`, or None when there is none or
     it is not a JSON object (a side file never stops an analysis)."""
-    path = meta_path(source)
-    if path is None:
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return runfolder.meta_beside(source)
 
 
 def kernel_events_ended_at(meta: Optional[dict], source: str = "meta.json") -> Optional[float]:

@@ -65,7 +65,7 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 
 def _lib() -> Optional[ctypes.CDLL]:
-    return native.load("_scan.so", _declare)
+    return native.load("_scan", _declare)
 
 
 def available() -> bool:

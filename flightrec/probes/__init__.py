@@ -78,7 +78,7 @@ def running_build_id() -> str | None:
 
 
 def resolve(vmlinux: Path, specs: list[ProbeSpec] | None = None) -> list[ResolvedProbe]:
-    """Resolve the probe specs (default: probes/*.toml) in a vmlinux with DWARF.
+    """Resolve the probe specs (default: flightrec/probes/specs/*.toml) in a vmlinux with DWARF.
 
     :raises FlightrecError: not an ELF, truncated, no DWARF, or no AF_XDP in the kernel.
     """

@@ -1,4 +1,4 @@
-"""Probe specs: the data in probes/*.toml, loaded into frozen dataclasses.
+"""Probe specs: the data in flightrec/probes/specs/*.toml, loaded into frozen dataclasses.
 
 A spec says what a probe shows and where in the kernel's source it belongs
 (a function, or a call inside one), never a line number or an offset: those
@@ -12,10 +12,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from flightrec import locate
 from flightrec.errors import FlightrecError
 
-# probes/ sits at the top of the source tree, beside the flightrec package.
-SPECS_DIR = Path(__file__).resolve().parents[2] / "probes"
+SPECS_DIR = locate.PROBE_SPECS_DIR  # package data: installed with flightrec
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # perf probe's argument syntax, the subset flightrec uses: var, var->m->m, var.m
@@ -76,7 +76,7 @@ def _spec(table: dict, where: str) -> ProbeSpec:
 
 
 def load_specs(paths: list[Path] | None = None) -> list[ProbeSpec]:
-    """Load probe specs from TOML files (default: every probes/*.toml).
+    """Load probe specs from TOML files (default: every flightrec/probes/specs/*.toml).
 
     :raises FlightrecError: a file is missing, not TOML, or a spec is malformed.
     """

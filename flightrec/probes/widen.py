@@ -15,7 +15,7 @@ two kprobe BPF programs (bpf/widen.bpf.c) that busy-wait
 With the fix (fa349e396e48) a queue is never reserved in while it is being
 flushed, so the reserve side never waits and the recording stays clean.
 
-The sites come from probes/widen/veth-race.toml and the kernel's DWARF, by
+The sites come from flightrec/probes/specs/widen/veth-race.toml and the kernel's DWARF, by
 source line, never from offsets copied out of one build's disassembly::
 
     plan = resolve_widen(vmlinux)                 # WidenPlan; raises FlightrecError
@@ -43,19 +43,20 @@ from typing import Optional
 
 from elftools.dwarf.die import DIE
 
+from flightrec import locate, runfolder
 from flightrec.errors import FlightrecError
 from flightrec.probes.dwarf import _PARSE_ERRORS, FetchArg, Vmlinux, _fetch_arg
 from flightrec.probes.specs import SPECS_DIR, ProbeSpec, load_toml
 
 SPEC_PATH = SPECS_DIR / "widen" / "veth-race.toml"
-LOADER = Path(__file__).resolve().parents[2] / "bpf" / "widen"
+LOADER = locate.program("widen")
 MAX_MS = 1000.0  # bpf/widen.h WIDEN_MAX_NS: a longer busy-wait would stall the guest
 READY_TIMEOUT = 120.0  # seconds for the loader to load and attach (the verifier under TCG)
 
 
 @dataclass(frozen=True)
 class WidenSpec:
-    """One site as probes/widen/*.toml asks for it."""
+    """One site as flightrec/probes/specs/widen/*.toml asks for it."""
 
     name: str
     function: str
@@ -392,7 +393,7 @@ class Widener:
         """:raises FlightrecError: no loader, or the kernel refused (its one line in the message)."""
         argv = loader_argv(self.plan, self.options, self.loader)
         if not self.loader.is_file():
-            raise FlightrecError(f"{self.loader} not built: run make -C bpf")
+            raise FlightrecError(f"{self.loader} not built; {locate.build_fix()}")
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self._proc.stdout is not None
         ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
@@ -539,15 +540,11 @@ def run(plan_file: Path, command: list[str], out_dir: Optional[Path]) -> int:
           f"reserves seen", file=sys.stderr, flush=True)
     if out_dir is not None and out_dir.is_dir():
         note = meta(plan, options, stats)
-        (out_dir / "widen.json").write_text(json.dumps(note, indent=2) + "\n")
-        meta_json = out_dir / "meta.json"
-        if meta_json.is_file():
-            try:
-                m = json.loads(meta_json.read_text())
-                m["widened"] = note
-                meta_json.write_text(json.dumps(m, indent=2) + "\n")
-            except (OSError, ValueError) as e:
-                print(f"flightrec: widener: cannot note it in {meta_json}: {e}", file=sys.stderr)
+        try:
+            runfolder.write_json(out_dir, runfolder.WIDEN, note)
+            runfolder.update_meta(out_dir, lambda m: {**m, "widened": note})
+        except FlightrecError as e:
+            print(f"flightrec: widener: cannot note it in {out_dir}: {e}", file=sys.stderr)
     return code
 
 

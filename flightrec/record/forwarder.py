@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from flightrec import locate
 from flightrec.errors import FlightrecError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-FORWARDER_ENV = "FLIGHTREC_FORWARDER"
 
 EXIT_CLEAN = 0
 EXIT_SETUP = 2
@@ -39,18 +38,17 @@ INJECT_FAULTS = ("double-fill", "fill-and-tx", "short-len", "flip-payload")
 
 
 def forwarder_path() -> Path:
-    """Where the forwarder binary is: $FLIGHTREC_FORWARDER or bpf/forwarder in the tree."""
-    env = os.environ.get(FORWARDER_ENV)
-    return Path(env) if env else REPO_ROOT / "bpf" / "forwarder"
+    """Where the forwarder binary is ($FLIGHTREC_FORWARDER, bpf/ or the installed bin/)."""
+    return locate.program("forwarder")
 
 
 def forwarder_missing() -> Optional[str]:
     """Why the forwarder cannot be run, with the fix; None when it can."""
     path = forwarder_path()
     if not path.exists():
-        return f"forwarder not built ({path} missing); run `make` in {REPO_ROOT}"
+        return f"forwarder not built ({path} missing); {locate.build_fix('the forwarder')}"
     if not os.access(path, os.X_OK):
-        return f"{path} is not executable; run `make -C {path.parent}`"
+        return f"{path} is not executable"
     return None
 
 

@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from flightrec import probes
+from flightrec import locate, probes
 from flightrec.errors import FlightrecError
-from flightrec.record.forwarder import REPO_ROOT, child_guard
+from flightrec.record.forwarder import child_guard
 
 BACKENDS = ("auto", "kprobes", "bpf", "none")
 
-LOADER_ENV = "FLIGHTREC_XSK_TRACE"
+LOADER_ENV = locate.PROGRAMS["xsk_trace"]
 # The event the BPF programs' lines arrive as; enabled in flightrec's instance.
 PRINTK_EVENT = Path("events/bpf_trace/bpf_trace_printk/enable")
 # The BPF events stand in for these kernel functions (docs/markers.md).
@@ -92,9 +92,8 @@ def _missing_events() -> tuple[str, ...]:
 
 
 def loader_path() -> Path:
-    """The BPF backend's loader: $FLIGHTREC_XSK_TRACE or bpf/xsk_trace in the tree."""
-    env = os.environ.get(LOADER_ENV)
-    return Path(env) if env else REPO_ROOT / "bpf" / "xsk_trace"
+    """The BPF backend's loader ($FLIGHTREC_XSK_TRACE, bpf/ or the installed bin/)."""
+    return locate.program("xsk_trace")
 
 
 def toplevel_printk(tracefs_root: Path) -> Optional[str]:
@@ -140,7 +139,7 @@ def bpf_unavailable(tracefs_root: Optional[Path] = None, timeout: float = 20.0) 
     if not os.access(loader, os.X_OK):
         if os.environ.get(LOADER_ENV):
             return f"${LOADER_ENV} names {loader}, which is not an executable; unset it or build bpf/xsk_trace"
-        return f"BPF backend not built ({loader} missing); run `make -C {loader.parent}`"
+        return f"BPF backend not built ({loader} missing)"
     if not Path("/sys/kernel/btf/vmlinux").exists():
         return "no kernel BTF (/sys/kernel/btf/vmlinux); tp_btf programs need CONFIG_DEBUG_INFO_BTF"
     before = toplevel_printk(tracefs_root) if tracefs_root else None

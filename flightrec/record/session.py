@@ -16,7 +16,6 @@ trace clock: the trace has no kernel events after it, whatever the kernel did.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -29,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from flightrec import __version__, tracefs
+from flightrec import __version__, locate, runfolder, tracefs
 from flightrec.errors import FlightrecError
 from flightrec.record import forwarder as fwdmod
 from flightrec.record import afxdp, kernel_events, state, topology
@@ -156,7 +155,7 @@ def can_run(opts: Optional[RecordOptions] = None) -> Optional[str]:
     if missing:
         return missing
     if not os.access(stamp_path(), os.X_OK):
-        return f"{stamp_path()} (the stamped traffic) not built; run `make` in {fwdmod.REPO_ROOT}"
+        return f"{stamp_path()} (the stamped traffic) not built; {locate.build_fix('bpf/stamp')}"
     for tool, package in (("ip", "iproute2"), ("ethtool", "ethtool"), ("iperf3", "iperf3"), ("ss", "iproute2")):
         if shutil.which(tool) is None:
             return f"{tool} not found; apt-get install {package}"
@@ -279,7 +278,7 @@ class _Recording:
         self.reg = reg
         self.mode = mode
         self.out = opts.out_dir
-        self.logs = self.out / "logs"
+        self.logs = self.out / runfolder.LOGS
         self.topo: Optional[topology.Topology] = None
         self.instance: Optional[tracefs.TraceInstance] = None
         self.fwd: Optional[Forwarder] = None
@@ -439,9 +438,11 @@ class _Recording:
         except OSError as err:
             self.watch.close()
             raise FlightrecError(f"cannot create {self.logs}: {err.strerror}") from err
-        for stale in ("trace.txt", "meta.json", "forwarder-stats.json", "analysis.json", pcap.PCAP_NAME,
-                      f"logs/{pcap.FLAGGED_NAME}"):
-            (self.out / stale).unlink(missing_ok=True)
+        try:
+            runfolder.clear(runfolder.replaced_by_record(self.out))
+        except FlightrecError:
+            self.watch.close()
+            raise
         started = _now()
         interrupted: Optional[Interrupted] = None
         error: Optional[FlightrecError] = None
@@ -519,7 +520,7 @@ class _Recording:
         config = ForwarderConfig(
             outer=self.topo.outer_spec, inner=self.topo.inner_spec, queues=opts.queues,
             trace_dir=self.instance.path, inject=opts.inject,
-            inject_after=opts.inject_after, stats_path=self.out / "forwarder-stats.json",
+            inject_after=opts.inject_after, stats_path=self.out / runfolder.FORWARDER_STATS,
             # flightrec stops the forwarder when the traffic is done; its own
             # --duration (counted from its start, before the traffic's set-up)
             # is only the safety net should flightrec hang.
@@ -680,7 +681,7 @@ class _Recording:
             self.traffic.stop()
         self._save_flagged()
         if self.instance is not None and self.instance.created:
-            trace_path = self.out / "trace.txt"
+            trace_path = self.out / runfolder.TRACE
             try:
                 info["bytes"] = self.instance.save_trace(trace_path)
                 info["path"] = str(trace_path)
@@ -871,9 +872,8 @@ class _Recording:
                 "stderr": self._last_stderr_line(died.what) or None,
             },
         }
-        meta_path = self.out / "meta.json"
-        meta_path.write_text(json.dumps(self.meta, indent=2, default=str) + "\n")
-        trace_path = self.out / "trace.txt" if trace_info.get("bytes") is not None else None
+        runfolder.write_meta(self.out, self.meta)
+        trace_path = self.out / runfolder.TRACE if trace_info.get("bytes") is not None else None
         return RecordResult(exit_code, outcome, message, self.out, trace_path, self.meta)
 
 

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from flightrec.errors import FlightrecError
-from flightrec.record.forwarder import REPO_ROOT, child_guard
+from flightrec import locate
+from flightrec.record.forwarder import child_guard
 from flightrec.record.topology import Topology
 
 TCP_PORT = 5201
 UDP_PORT = 5202
 STAMP_PORT = 5203
-STAMP_ENV = "FLIGHTREC_STAMP"
 # Seconds the stamp receiver outlives its sender's time: what is in flight
 # when the sender stops is still checked; Traffic.stop ends it sooner.
 STAMP_RECV_EXTRA = 30
@@ -72,9 +72,8 @@ class FlowResult:
 
 
 def stamp_path() -> Path:
-    """The stamp binary: $FLIGHTREC_STAMP or bpf/stamp in the tree."""
-    env = os.environ.get(STAMP_ENV)
-    return Path(env) if env else REPO_ROOT / "bpf" / "stamp"
+    """The stamp binary: $FLIGHTREC_STAMP, the checkout's bpf/stamp or the installed one."""
+    return locate.program("stamp")
 
 
 class Traffic:
@@ -120,7 +119,7 @@ class Traffic:
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
             )
         except OSError as e:
-            raise FlightrecError(f"cannot start {stamp_path()}: {e.strerror}; run `make` in {REPO_ROOT}") from e
+            raise FlightrecError(f"cannot start {stamp_path()}: {e.strerror}; {locate.build_fix('bpf/stamp')}") from e
         finally:
             out.close()
             err.close()
@@ -148,7 +147,7 @@ class Traffic:
         if shutil.which("iperf3") is None:
             raise FlightrecError("iperf3 not found; apt-get install iperf3")
         if not os.access(stamp_path(), os.X_OK):
-            raise FlightrecError(f"{stamp_path()} not built; run `make` in {REPO_ROOT}")
+            raise FlightrecError(f"{stamp_path()} not built; {locate.build_fix('bpf/stamp')}")
         t = self.seconds
         addr = self.topo.server_addr
         # -i 0: no per-second reports. With -J iperf3 keeps every one in memory

@@ -29,7 +29,8 @@ from flightrec.model.lives import context_rows, per_cpu, rows_of
 from flightrec.model.timeline import Timeline
 from flightrec.report.console import anomaly_facts, history_words, summary
 from flightrec.report.recording import sockets, widened
-from flightrec.report.perfetto import descriptor_trips, write_atomically
+from flightrec.report.perfetto import descriptor_trips
+from flightrec.runfolder import write_atomically
 from flightrec.parse import format as kinds
 from flightrec.parse.format import POISON
 

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Union
 
-from flightrec import __version__
+from flightrec import __version__, runfolder
 from flightrec.errors import FlightrecError
 
 LINKTYPE_ETHERNET = 1
 SNAPLEN = 2048  # the forwarder's FLAGGED_SNAP
-FLAGGED_NAME = "flagged.jsonl"  # the forwarder's file, in DIR/logs/
-PCAP_NAME = "flagged.pcap"  # what record writes beside trace.txt
+FLAGGED_NAME = runfolder.FLAGGED  # the forwarder's file, in DIR/logs/
+PCAP_NAME = runfolder.PCAP  # what record writes beside trace.txt
 
 _SHB, _IDB, _EPB = 0x0A0D0D0A, 0x00000001, 0x00000006
 _BYTE_ORDER_MAGIC = 0x1A2B3C4D

@@ -24,11 +24,9 @@ publishes several descriptors: those slices need several flow ids.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from json.encoder import encode_basestring as _q  # the C-accelerated string quoter
-from typing import BinaryIO, Callable, Optional, TypeVar
+from typing import BinaryIO, Optional
 
 import numpy as np
 
@@ -40,8 +38,7 @@ from flightrec.parse.scan import string_ids
 from flightrec.model.timeline import Timeline
 from flightrec.parse import format as kinds
 from flightrec.parse.format import POISON
-
-T = TypeVar("T")
+from flightrec.runfolder import write_atomically
 
 CPU_PID = 1
 THREAD_PID = 2
@@ -465,31 +462,3 @@ def write_trace_file(result: Result, path: str, threads: bool = True) -> ExportS
         sys.stdout.flush()
         return write_trace(result, sys.stdout.buffer, threads)
     return write_atomically(path, lambda f: write_trace(result, f, threads))
-
-
-def write_atomically(path: str, write: Callable[[BinaryIO], T]) -> T:
-    """Write through a temporary file beside `path`, renamed into place: a
-    failed export never leaves half a file where a good one was."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise FlightrecError(f"{path}: is a directory; give a file name with -o")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".flightrec-", dir=directory)
-    except FileNotFoundError:
-        raise FlightrecError(f"{path}: directory {directory} does not exist") from None
-    except OSError as e:
-        raise FlightrecError(f"{path}: cannot write: {e.strerror}") from None
-    try:
-        with open(fd, "wb", buffering=1 << 20) as f:
-            stats = write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a plain open() would give
-        os.replace(tmp, path)
-    except OSError as e:
-        os.unlink(tmp)
-        raise FlightrecError(f"{path}: cannot write: {e.strerror}") from None
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return stats

@@ -13,13 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from flightrec.parse.meta import read_meta, widened_summary
+from flightrec import runfolder
+from flightrec.parse.meta import widened_summary
 
 
 def widened(source: str, meta: Optional[dict] = None) -> Optional[str]:
     """The widener's summary from DIR/meta.json when the trace is DIR/trace.txt
     (or from `meta`, already read), else None."""
-    return widened_summary(meta if meta is not None else read_meta(source))
+    return widened_summary(meta if meta is not None else runfolder.meta_beside(source))
 
 
 STAT_LABELS = (("rx_dropped", "rx dropped"), ("rx_invalid_descs", "rx invalid"), ("tx_invalid_descs", "tx invalid"),
@@ -52,7 +53,7 @@ def _counters(stats: object) -> str:
 def sockets(source: str, meta: Optional[dict] = None) -> list[SocketRow]:
     """The recording's AF_XDP sockets and the mode each really got (which changes what
     the kernel did: copy or zero-copy), [] when meta.json has none."""
-    data = meta if meta is not None else read_meta(source)
+    data = meta if meta is not None else runfolder.meta_beside(source)
     section = data.get("af_xdp") if data else None
     rows = section.get("sockets") if isinstance(section, dict) else None
     out = []

@@ -9,11 +9,11 @@ Two kernels, one build tree (``/var/cache/flightrec/kernels/src/linux-source-6.1
   fa349e396e48 ("veth: Fix race with AF_XDP exposing old or uninitialized
   descriptors"): ``veth_poll()`` calls ``xdp_do_flush()`` before
   ``napi_complete_done()``.
-- ``veth-race``: the same with ``kernels/veth-race.patch``, the project's own
+- ``veth-race``: the same with ``flightrec/vm/kernels/veth-race.patch``, the project's own
   revert of that fix (the flush after the napi-complete block again).
 
 The configuration is ``make defconfig``, ``make kvm_guest.config`` and
-``kernels/flightrec.config`` (virtio, virtiofs, overlay, veth, BPF, AF_XDP,
+``flightrec/vm/kernels/flightrec.config`` (virtio, virtiofs, overlay, veth, BPF, AF_XDP,
 kprobes, DWARF for the probes resolver), everything built in. The first build
 takes about 15 minutes on two cores; the second kernel only recompiles
 ``drivers/net/veth.c`` and relinks. Each kernel's ``bzImage``, ``vmlinux`` and
@@ -40,13 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
+from flightrec import locate
 from flightrec.errors import FlightrecError
 
 if TYPE_CHECKING:
     from flightrec.vm.kernel import GuestKernel
 
 CACHE = Path(os.environ.get("FLIGHTREC_KERNEL_CACHE", "/var/cache/flightrec/kernels"))
-KERNELS_DIR = Path(__file__).resolve().parents[2] / "kernels"
+KERNELS_DIR = locate.VM_KERNELS_DIR  # package data: the config fragment and veth patches
 FRAGMENT = KERNELS_DIR / "flightrec.config"
 RACE_PATCH = KERNELS_DIR / "veth-race.patch"
 SOURCE_PACKAGE = "linux-source-6.1"
@@ -326,7 +327,7 @@ def _configure(tree: Path, inputs: dict, progress: Progress) -> None:
     # Kconfig drops what a dependency forbids without a word: say which.
     wrong = [k for k, v in _fragment_options().items() if have.get(k, "n") != v]
     if wrong:
-        raise FlightrecError(f"kernels/flightrec.config asks for what Kconfig refused: {', '.join(wrong)} "
+        raise FlightrecError(f"flightrec/vm/kernels/flightrec.config asks for what Kconfig refused: {', '.join(wrong)} "
                              "(a dependency is off)")
     stamp.write_text(json.dumps({"fragment": inputs["fragment"]}) + "\n")
 
@@ -341,7 +342,7 @@ def veth_source(name: str, cache: Path = CACHE) -> bytes:
             proc = subprocess.run(["patch", "-s", "-p1", "-o", str(out), str(orig), str(KERNELS_DIR / patch)],
                                   capture_output=True, text=True, check=False)
             if proc.returncode != 0:
-                raise FlightrecError(f"kernels/{patch} does not apply to {SOURCE_PACKAGE}'s {VETH}: "
+                raise FlightrecError(f"flightrec/vm/kernels/{patch} does not apply to {SOURCE_PACKAGE}'s {VETH}: "
                                      f"{(proc.stdout + proc.stderr).strip().splitlines()[-1:]}")
             text = out.read_bytes()
     return text

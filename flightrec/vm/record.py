@@ -1,7 +1,7 @@
 """`flightrec vm record`: the whole recording, with real kprobes, inside a disposable VM.
 
 Host: fetch the kernel (cached), resolve the probes in its debug vmlinux
-with the probes resolver, boot the guest. Guest (flightrec/vm/guest.py):
+with the probes resolver, boot the guest. Guest (flightrec/cli/guest.py, with flightrec/vm/guest.py):
 install the host's probe definitions, run the ordinary recording into the
 job folder. Host again: copy the trace back, analyze it, write vm.json with
 the timings. The exit code is the recording's (0 clean, 1 anomaly, 2 error,
@@ -15,8 +15,9 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
+from flightrec import locate, runfolder
 from flightrec.errors import FlightrecError
 from flightrec.record import afxdp, nics, topology
 from flightrec.vm import runner
@@ -64,25 +65,32 @@ class VmRecordResult:
     stopped_by: Optional[int] = None  # a signal asked the guest to stop early (its trace is saved)
 
 
-def check_record_args(args: list[str]) -> dict:
+@dataclass(frozen=True)
+class RecordArgs:
+    """`flightrec record`'s options as its own command parsed them."""
+
+    params: dict  # every option's value, defaults included
+    given: frozenset[str]  # the options given on the command line
+
+
+# record's parser: the command line is the CLI's, so `flightrec vm record` hands it in
+# (flightrec.cli.record.parse_record_args). :raises FlightrecError: an option record would refuse.
+ParseRecordArgs = Callable[[list[str]], RecordArgs]
+
+
+def check_record_args(args: list[str], parse: ParseRecordArgs) -> dict:
     """Parse the passed-through options with record's own parser, before anything boots.
 
     :raises FlightrecError: an option record would refuse.
     """
-    import click
-
-    from flightrec.cli.record import record_cmd
-
     if any(a in ("-o", "--output") or a.startswith("--output=") for a in args):
         raise FlightrecError("give -o to `flightrec vm record` itself (the guest writes into a scratch folder)")
-    try:
-        return dict(record_cmd.make_context("record", list(args)).params)
-    except click.UsageError as e:
-        raise FlightrecError(f"record options: {e.format_message()}") from None
+    return parse(list(args)).params
 
 
-def nic_record_args(nic: str, mode: str, record_args: tuple[str, ...]) -> list[str]:
-    """The guest recording's --nic/--mode (and --queues 1 for virtio unless given).
+def nic_record_args(nic: str, mode: str, record: RecordArgs) -> list[str]:
+    """The guest recording's --nic/--mode (and --queues 1 for virtio unless given),
+    ``record`` being the passed-through record options, parsed.
 
     :raises FlightrecError: a bad value, or more queues than QEMU's hub netdevs give a virtio NIC.
     """
@@ -90,11 +98,11 @@ def nic_record_args(nic: str, mode: str, record_args: tuple[str, ...]) -> list[s
         raise FlightrecError(f"--nic must be one of {', '.join(topology.NIC_KINDS)}, got {nic!r}")
     if mode not in afxdp.MODES:
         raise FlightrecError(f"--mode must be one of {', '.join(afxdp.MODES)}, got {mode!r}")
-    if any(a in ("--nic", "--mode") or a.startswith(("--nic=", "--mode=")) for a in record_args):
+    if {"nic", "mode"} & record.given:
         raise FlightrecError("give --nic and --mode to `flightrec vm record` itself (they set up the VM's NICs too)")
     args = ["--nic", nic, "--mode", mode]
     if nic == "virtio":
-        queues = _queues_given(record_args)
+        queues = int(record.params["queues"]) if "queues" in record.given else None
         if queues is not None and queues > nics.QUEUE_PAIRS:
             raise FlightrecError(f"--nic virtio: QEMU's hubport netdevs give each virtio-net NIC {nics.QUEUE_PAIRS} "
                                  f"queue pair (a virtio-net device has as many as its peer), so --queues {queues} "
@@ -102,22 +110,6 @@ def nic_record_args(nic: str, mode: str, record_args: tuple[str, ...]) -> list[s
         if queues is None:
             args += ["--queues", str(nics.QUEUE_PAIRS)]
     return args
-
-
-def _queues_given(record_args: tuple[str, ...]) -> Optional[int]:
-    """--queues among the passed-through record options, None when not given."""
-    import click
-    from click.core import ParameterSource
-
-    from flightrec.cli.record import record_cmd
-
-    try:
-        ctx = record_cmd.make_context("record", list(record_args))
-    except click.UsageError as e:
-        raise FlightrecError(f"record options: {e.format_message()}") from None
-    if ctx.get_parameter_source("queues") is not ParameterSource.COMMANDLINE:
-        return None
-    return int(ctx.params["queues"])
 
 
 def probe_definitions(kernel: GuestKernel, kernel_events: str, say: Say) -> Optional[dict]:
@@ -152,8 +144,10 @@ def probe_definitions(kernel: GuestKernel, kernel_events: str, say: Say) -> Opti
             "definitions": [asdict(d) for d in prepared.definitions], "problems": list(prepared.problems)}
 
 
-def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say = lambda _: None) -> VmRecordResult:
-    """Run `flightrec record` in a fresh VM and bring the trace back to ``opts.out_dir``.
+def vm_record(opts: VmRecordOptions, parse_record_args: ParseRecordArgs, say: Say = lambda _: None,
+              on_output: Say = lambda _: None) -> VmRecordResult:
+    """Run `flightrec record` in a fresh VM and bring the trace back to ``opts.out_dir``;
+    ``parse_record_args`` checks ``opts.record_args`` before anything boots.
 
     :raises FlightrecError: QEMU or a kernel missing, bad options, boot failure, watchdog.
     :raises runner.Interrupted: SIGINT/SIGTERM/SIGHUP before the recording ran, or a second one
@@ -164,12 +158,13 @@ def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say =
 
     t0 = time.monotonic()
     opts.config.check()
-    nic_args = nic_record_args(opts.nic, opts.mode, opts.record_args)
-    params = check_record_args(["--duration", str(opts.duration), *opts.record_args, *nic_args])
+    nic_args = nic_record_args(opts.nic, opts.mode, parse_record_args(list(opts.record_args)))
+    params = check_record_args(["--duration", str(opts.duration), *opts.record_args, *nic_args], parse_record_args)
     why = tools_missing() or forwarder_missing()
     if why:
         raise FlightrecError(why)
-    _remove_stale(opts.out_dir)
+    # A previous run's files in DIR must not pass for this run's (the copy-back merges).
+    runfolder.clear(runfolder.replaced_by_vm_record(opts.out_dir))
     if opts.boot_attempts < 1:
         raise FlightrecError(f"boot attempts must be at least 1, got {opts.boot_attempts}")
     kernel_events = params["kernel_events"]
@@ -200,25 +195,25 @@ def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say =
     elif not any(a.startswith("--kernel-events") for a in opts.record_args):
         args += ["--kernel-events", "kprobes"]
     # The guest finds probes.json in its job folder ($FLIGHTREC_VM_JOB).
-    command = [*opts.guest_prefix, sys.executable, "-m", "flightrec.vm.guest", "record", "--", *args]
+    command = [*opts.guest_prefix, sys.executable, "-m", "flightrec.cli.guest", "record", "--", *args]
     timeout = opts.timeout or opts.duration + SLACK
     say(f"recording: {opts.duration:g} s in the guest (watchdog {timeout:g} s after boot)")
     guest = runner.run_in_guest(
         command, kernel, config, timeout=timeout, boot_timeout=opts.boot_timeout,
         out_dir=opts.out_dir, files=files, say=say, on_output=on_output,
-        cwd=runner.REPO_ROOT, graceful_stop=True, boot_attempts=opts.boot_attempts,
+        cwd=locate.IMPORT_ROOT, graceful_stop=True, boot_attempts=opts.boot_attempts,
         stall_timeout=opts.stall_timeout)
     timings.update(boot_s=guest.boot_s, guest_command_s=guest.command_s, qemu_peak_rss_mb=guest.qemu_peak_rss_mb,
                    recording_overhead_s=round(guest.command_s - opts.duration, 2))
-    trace = opts.out_dir / "trace.txt"
-    _rewrite_paths(opts.out_dir / "meta.json", guest.guest_out, opts.out_dir)
+    trace = opts.out_dir / runfolder.TRACE
+    _rewrite_paths(opts.out_dir, guest.guest_out)
     verdict = None
     if opts.analyze and trace.is_file() and (guest.exit_code in (0, 1) or guest.stopped_by is not None):
-        from flightrec.cli.record import summarize_analysis
+        from flightrec.report.summary import summarize
 
         say("analyzing the trace on the host")
         t = time.monotonic()
-        verdict = summarize_analysis(trace, opts.out_dir)
+        verdict = summarize(trace, opts.out_dir)
         timings["analysis_s"] = round(time.monotonic() - t, 2)
     timings["wall_s"] = round(time.monotonic() - t0, 2)
     _write_vm_json(opts, kernel, guest, defs, timings)
@@ -226,41 +221,29 @@ def vm_record(opts: VmRecordOptions, say: Say = lambda _: None, on_output: Say =
                           guest.stopped_by)
 
 
-STALE = ("trace.txt", "meta.json", "analysis.json", "forwarder-stats.json", "vm.json", "vm-console.log",
-         "vm-output.log", "report.html", "trace.perfetto.json", "flagged.pcap", "logs/flagged.jsonl")
-
-
-def _remove_stale(out_dir: Path) -> None:
-    """A previous run's files in DIR must not pass for this run's (copy-back merges)."""
-    boots = [p.name for p in out_dir.glob("vm-console-boot*.log")] if out_dir.is_dir() else []
-    for name in (*STALE, *boots):
-        try:
-            (out_dir / name).unlink(missing_ok=True)
-        except OSError as e:
-            raise FlightrecError(f"cannot clear {out_dir / name}: {e.strerror}") from None
-
-
-def _rewrite_paths(meta: Path, guest_out: str, out_dir: Path) -> None:
+def _rewrite_paths(out_dir: Path, guest_out: str) -> None:
     """meta.json names the guest's scratch folder, gone now: name the host's copy instead."""
-    if not guest_out or not meta.is_file():
+    if not guest_out:
         return
-    try:
-        text = meta.read_text()
-        if guest_out in text:
-            meta.write_text(text.replace(guest_out, str(out_dir.resolve())))
-    except OSError as e:
-        raise FlightrecError(f"cannot update {meta}: {e.strerror}") from None
+    host = str(out_dir.resolve())
+
+    def rewrite(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace(guest_out, host)
+        if isinstance(value, dict):
+            return {k: rewrite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rewrite(v) for v in value]
+        return value
+
+    runfolder.update_meta(out_dir, rewrite)
 
 
 def _write_vm_json(opts: VmRecordOptions, kernel: GuestKernel, guest: runner.GuestRun,
                    defs: Optional[dict], timings: dict) -> None:
-    path = opts.out_dir / "vm.json"
     data = {"kernel": kernel.as_dict(), "guest": guest.as_dict(), "timings": timings,
             # How many boots it took, and why each failed one failed (runner.run_in_guest's retry).
             "boots": guest.boots, "failed_boots": [asdict(b) for b in guest.failed_boots],
             "vcpus": opts.config.cpus, "memory_mb": opts.config.memory_mb, "nic": opts.nic, "mode": opts.mode,
             "probe_definitions": None if defs is None else [d["text"] for d in defs["definitions"]]}
-    try:
-        path.write_text(json.dumps(data, indent=2) + "\n")
-    except OSError as e:
-        raise FlightrecError(f"cannot write {path}: {e.strerror}") from None
+    runfolder.write_json(opts.out_dir, runfolder.VM, data)

@@ -43,7 +43,6 @@ the run ends as usual; a second signal stops the VM at once.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -57,13 +56,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from flightrec import locate, runfolder
 from flightrec.errors import FlightrecError
 from flightrec.vm import initramfs
 from flightrec.vm.guest import STOP_FILE
 from flightrec.vm.kernel import GuestKernel
 from flightrec.vm.qemu import Machine, VmConfig
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_BOOT_TIMEOUT = 90.0  # seconds from QEMU's start to the guest's command (TCG boots in ~5 s)
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 WORK_PREFIX = "flightrec-vm-"  # /tmp/flightrec-vm-<pid>-XXXX: the pid tells a stale one
@@ -145,7 +144,7 @@ def _run_script(command: list[str], job: Path, cwd: Path, env: dict[str, str]) -
         "TERM": "dumb",  # nothing may wait for a terminal: no pager, no prompt
         "PAGER": "cat",
         "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": str(REPO_ROOT) + (":" + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
+        "PYTHONPATH": str(locate.IMPORT_ROOT) + (":" + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         "FLIGHTREC_IN_VM": "1",
         "FLIGHTREC_VM_JOB": str(job),
@@ -286,8 +285,7 @@ def run_in_guest(command: list[str], kernel: GuestKernel, config: VmConfig, *, t
                 attempt.cleanup()
             result = replace(result, failed_boots=tuple(failed), boots=boot, wall_s=round(time.monotonic() - t0, 2))
             if result.out_dir is not None:
-                (result.out_dir / "vm.json").write_text(
-                    json.dumps({"kernel": kernel.as_dict(), **result.as_dict()}, indent=2) + "\n")
+                runfolder.write_json(result.out_dir, runfolder.VM, {"kernel": kernel.as_dict(), **result.as_dict()})
             return result
 
 
@@ -305,13 +303,13 @@ def _failure(attempt: "_Attempt", out_dir: Optional[Path], reason: str, boots: i
     (QEMU stopped first); the error names the console file."""
     if out_dir is None or attempt.work is None:
         return RunFailed(reason, None)
-    console = out_dir / "vm-console.log"
+    console = out_dir / runfolder.VM_CONSOLE
     try:
         _copy_back(attempt.work / "job", attempt.work, out_dir)
-        (out_dir / "vm.json").write_text(json.dumps({
+        runfolder.write_json(out_dir, runfolder.VM, {
             "kernel": kernel.as_dict(), "error": reason, "boots": boots,
             "failed_boots": [asdict(b) for b in failed], "accel": attempt.config.accel,
-            "qemu_argv": list(attempt.argv)}, indent=2) + "\n")
+            "qemu_argv": list(attempt.argv)})
     except (OSError, FlightrecError) as e:
         return RunFailed(f"{reason} (and the guest's console could not be kept: {e})", None)
     if not console.is_file():  # stopped before QEMU started: there is no console
@@ -627,7 +625,7 @@ def _copy_back(job: Path, work: Path, out_dir: Path) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
         if (job / "out").is_dir():
             shutil.copytree(job / "out", out_dir, dirs_exist_ok=True, symlinks=True)
-        for src, name in ((work / "console.log", "vm-console.log"), (job / "output.log", "vm-output.log")):
+        for src, name in ((work / "console.log", runfolder.VM_CONSOLE), (job / "output.log", runfolder.VM_OUTPUT)):
             if src.is_file():
                 shutil.copyfile(src, out_dir / name)
     except OSError as e:

@@ -155,7 +155,8 @@ def test_doctor_says_record_can_run(machine):
                  "libxdp", "forwarder", "iperf3"):
         assert name in names
     # `make` built the C helpers: the tests' traces are read by them
-    assert re.search(r"^C helpers +ok +analyzer scanner and export printer built$", proc.stdout, re.M)
+    assert re.search(r"^C helpers +ok +analyzer scanner and export printer in use \(\S+/_scan[^,]*\.so, "
+                     r"\S+/_bulk[^)]*\.so\)$", proc.stdout, re.M), proc.stdout
     assert proc.stdout.strip().endswith("record can run")
 
 

@@ -14,7 +14,7 @@ ROOT = HERE.parent.parent
 MINI_SRC = HERE / "mini_xsk.c"
 KERNEL_CACHE = Path(os.environ.get("FLIGHTREC_KERNEL_CACHE", "/var/cache/flightrec/kernels"))
 
-# The mini source's probes, in the same TOML as probes/xsk.toml.
+# The mini source's probes, in the same TOML as flightrec/probes/specs/xsk.toml.
 MINI_SPECS = """
 [[probe]]
 name = "rx_reserve"

@@ -11,6 +11,7 @@ import pytest
 
 from flightrec.errors import FlightrecError
 from flightrec.vm import kernel as vmkernel
+from flightrec.cli.record import parse_record_args
 from flightrec.vm.record import nic_record_args
 from flightrec.vm.zerocopy import VIRTIO_XSK_SYMBOL, VIRTIO_XSK_TX_SYMBOL, module_path, module_symbols, zerocopy_missing
 from vmkit import REPO, flightrec, processes_naming
@@ -41,13 +42,13 @@ def test_virtio_net_zerocopy_hooks_by_series(series, rx, tx):
 
 
 def test_nic_args_for_the_guest():
-    assert nic_record_args("virtio", "zerocopy", ()) == ["--nic", "virtio", "--mode", "zerocopy", "--queues", "1"]
-    assert nic_record_args("virtio", "copy", ("--queues", "1")) == ["--nic", "virtio", "--mode", "copy"]
-    assert nic_record_args("veth", "auto", ("--queues", "4")) == ["--nic", "veth", "--mode", "auto"]
+    assert nic_record_args("virtio", "zerocopy", parse_record_args([])) == ["--nic", "virtio", "--mode", "zerocopy", "--queues", "1"]
+    assert nic_record_args("virtio", "copy", parse_record_args(["--queues", "1"])) == ["--nic", "virtio", "--mode", "copy"]
+    assert nic_record_args("veth", "auto", parse_record_args(["--queues", "4"])) == ["--nic", "veth", "--mode", "auto"]
     with pytest.raises(FlightrecError, match="pass --queues 1"):
-        nic_record_args("virtio", "copy", ("--queues", "2"))
+        nic_record_args("virtio", "copy", parse_record_args(["--queues", "2"]))
     with pytest.raises(FlightrecError, match="give --nic and --mode to `flightrec vm record` itself"):
-        nic_record_args("veth", "copy", ("--mode", "auto"))
+        nic_record_args("veth", "copy", parse_record_args(["--mode", "auto"]))
 
 
 def test_zerocopy_on_61_exits_2_with_one_line_before_booting(tmp_path):

@@ -1,0 +1,70 @@
+"""A recording's summaries beside its trace: analysis.json, report.html, the Perfetto file.
+
+`flightrec record` and `flightrec vm record` call :func:`summarize` once the
+trace is saved; the trace is analyzed once and the three files are written
+from that one result (each whole or not at all), with the same content as
+`flightrec analyze --json`, `flightrec report` and `flightrec export perfetto`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flightrec import runfolder
+from flightrec.errors import FlightrecError
+
+if TYPE_CHECKING:
+    from flightrec.analysis import Result
+
+
+def analysis_document(result: "Result") -> dict:
+    """`flightrec analyze --json`'s object for one trace (analysis.json)."""
+    from flightrec.report.recording import widened
+
+    doc = result.to_json()
+    amplified = widened(result.source, result.meta)
+    if amplified:
+        doc["widened"] = amplified
+    return doc
+
+
+def verdict_line(doc: dict) -> str:
+    """The one line record prints: the verdict and the first anomaly."""
+    line = f"verdict: {doc.get('verdict')}"
+    if doc.get("anomalies"):
+        first = doc["anomalies"][0]
+        sock = first.get("sock") or "?"
+        if first.get("queue") is not None and "q:" not in sock:
+            sock += f" q:{first['queue']}"
+        line += f" ({first.get('kind')}, descriptor {first.get('addr')}, {sock})"
+    return line
+
+
+def summarize(trace: Path, out_dir: Path) -> str:
+    """Analyze ``trace``; write DIR/analysis.json, report.html and trace.perfetto.json;
+    return the verdict line, or one line saying why there is none.
+
+    Never raises for a bad trace or a failed write, nor for a bug in the analysis:
+    the recording's own result and exit code stand whatever happens here.
+    """
+    from flightrec.analysis import analyze_path
+    from flightrec.report.html import write_report
+    from flightrec.report.perfetto import write_trace_file
+
+    try:
+        result = analyze_path(str(trace))
+        doc = analysis_document(result)
+        runfolder.write_json(out_dir, runfolder.ANALYSIS, doc)
+    except FlightrecError as e:
+        return f"analysis failed: {e}"
+    except Exception as e:  # noqa: BLE001 - a bug in the analysis must not cost the recording
+        return f"analysis failed: {type(e).__name__}: {e}"
+    line = verdict_line(doc)
+    # Beside the trace, what a CI artifact opens in a browser.
+    for name, write in ((runfolder.REPORT, write_report), (runfolder.PERFETTO, write_trace_file)):
+        try:
+            write(result, str(out_dir / name))
+        except Exception as e:  # noqa: BLE001 - as above: the verdict is already known
+            line += f"; {name} not written ({type(e).__name__}: {e})"
+    return line

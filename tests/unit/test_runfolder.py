@@ -1,0 +1,82 @@
+"""The run folder contract: names, the one meta.json writer, what a new run replaces, reading back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+
+import pytest
+
+from flightrec import runfolder
+from flightrec.errors import FlightrecError
+from flightrec.report.summary import summarize
+
+
+def test_write_and_update_meta_whole_files(tmp_path):
+    runfolder.write_meta(tmp_path, {"outcome": "clean", "trace": {"bytes": 10}})
+    new = runfolder.update_meta(tmp_path, lambda m: {**m, "widened": {"summary": "x"}})
+    assert new == {"outcome": "clean", "trace": {"bytes": 10}, "widened": {"summary": "x"}}
+    assert json.loads((tmp_path / "meta.json").read_text()) == new
+    # Renamed into place: no temporary file left, and a plain file's mode (not mkstemp's 0600).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "meta.json").stat().st_mode) == 0o666 & ~umask
+
+
+def test_update_meta_never_invents_one(tmp_path):
+    assert runfolder.update_meta(tmp_path, lambda m: {**m, "widened": {}}) is None
+    assert not (tmp_path / "meta.json").exists()
+    (tmp_path / "meta.json").write_text("[1, 2]")  # not an object: left alone
+    assert runfolder.update_meta(tmp_path, lambda m: m) is None
+    assert (tmp_path / "meta.json").read_text() == "[1, 2]"
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path):
+    runfolder.write_meta(tmp_path, {"outcome": "clean"})
+    with pytest.raises(TypeError):
+        runfolder.write_atomically(str(tmp_path / "meta.json"), lambda f: f.write("not bytes"))  # type: ignore[arg-type]
+    assert json.loads((tmp_path / "meta.json").read_text()) == {"outcome": "clean"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"]
+    with pytest.raises(FlightrecError, match="does not exist"):
+        runfolder.write_meta(tmp_path / "missing", {})
+
+
+def test_what_a_new_run_replaces(tmp_path):
+    (tmp_path / "logs").mkdir()
+    kept = ["notes.txt", "logs/forwarder.log"]
+    for name in [*runfolder.VM_OUTPUTS, "vm-console-boot1.log", *kept]:
+        (tmp_path / name).write_text("old")
+    runfolder.clear(runfolder.replaced_by_record(tmp_path))
+    left = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+    assert left == {"vm.json", "vm-console.log", "vm-output.log", "vm-console-boot1.log", *kept}
+    runfolder.clear(runfolder.replaced_by_vm_record(tmp_path))
+    assert {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()} == set(kept)
+
+
+def test_read_back(tmp_path, fixtures):
+    with pytest.raises(FlightrecError, match="not a run folder"):
+        runfolder.read(tmp_path / "nope")
+    empty = runfolder.read(tmp_path)
+    assert (empty.trace, empty.meta, empty.analysis, empty.vm) == (None, None, None, None)
+    shutil.copyfile(fixtures / "seed-fill-order.txt", tmp_path / "trace.txt")
+    runfolder.write_meta(tmp_path, {"outcome": "anomaly"})
+    assert runfolder.meta_beside(str(tmp_path / "trace.txt")) == {"outcome": "anomaly"}
+    assert runfolder.meta_beside("-") is None
+    line = summarize(tmp_path / "trace.txt", tmp_path)
+    assert line == "verdict: kernel (fill_order, descriptor 0x1229100, ingress q:1)"
+    back = runfolder.read(tmp_path)
+    assert back.trace == tmp_path / "trace.txt" and back.meta == {"outcome": "anomaly"}
+    assert back.analysis is not None and back.analysis["verdict"] == "kernel"
+    assert back.file(runfolder.REPORT) is not None and back.file(runfolder.PERFETTO) is not None
+    assert json.loads((tmp_path / runfolder.PERFETTO).read_text())["traceEvents"]
+
+
+def test_summarize_never_raises(tmp_path):
+    assert summarize(tmp_path / "missing.txt", tmp_path).startswith("analysis failed: ")
+    (tmp_path / "trace.txt").write_text("not a trace at all\n")
+    line = summarize(tmp_path / "trace.txt", tmp_path)
+    assert line.startswith("analysis failed: ") and "not ftrace text" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trace.txt"]  # no half summary
