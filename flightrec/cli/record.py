@@ -138,7 +138,7 @@ Examples:
 
 \b
 Exit codes: 0 ran the whole duration with no anomaly; 1 anomaly caught, trace
-saved; 2 usage or environment error (one line says which), another recording
+saved (by the forwarder, or found by the analysis of the saved trace); 2 usage or environment error (one line says which), another recording
 running, a helper died or nothing was forwarded (trace saved); 128+N stopped
 by signal N (trace saved, everything removed).
 """
@@ -206,12 +206,12 @@ def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inje
         sys.exit(128 + signal.SIGINT)
     _close(view)
     try:
-        _report(result)
+        code = _report(result)
     except KeyboardInterrupt:  # during the analysis: the trace is saved, nothing is left
         click.echo(f"flightrec: interrupted by SIGINT during the analysis; {result.out_dir} holds the trace",
                    err=True)
         sys.exit(128 + signal.SIGINT)
-    sys.exit(result.exit_code)
+    sys.exit(code)
 
 
 def _close(view: Observer) -> None:
@@ -219,7 +219,9 @@ def _close(view: Observer) -> None:
         view.close()
 
 
-def _report(result: RecordResult) -> None:
+def _report(result: RecordResult) -> int:
+    """Say how the recording ended and what its analysis found; return the exit code."""
+    code = result.exit_code
     trace = result.meta.get("trace", {})
     click.echo(f"{result.outcome}: {result.message}")
     if result.trace_path is not None and result.outcome != "error":
@@ -232,10 +234,15 @@ def _report(result: RecordResult) -> None:
             click.echo(f"flagged packets: {flagged['packets']} in {flagged['pcap']} (pcapng, for Wireshark)")
         from flightrec.report.summary import summarize  # pandas: only once there is a trace
 
-        click.echo(summarize(result.trace_path, result.out_dir))
+        summary = summarize(result.trace_path, result.out_dir)
+        click.echo(summary.line)
         click.echo(f"details: flightrec analyze {result.trace_path}")
+        code = summary.exit_code(code)
+        if code != result.exit_code:
+            click.echo(f"exit {code}: the analysis found an anomaly the forwarder did not stop on")
     if result.exit_code not in (0, 1):
         click.echo(f"flightrec: {result.message}", err=True)
+    return code
 
 
 def parse_record_args(args: list[str]) -> "RecordArgs":

@@ -8,14 +8,33 @@ from that one result (each whole or not at all), with the same content as
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from flightrec import runfolder
 from flightrec.errors import FlightrecError
 
 if TYPE_CHECKING:
     from flightrec.analysis import Result
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What the analysis of a saved trace said: the line to print, and its verdict
+    (None when there is none: the analysis failed)."""
+
+    line: str
+    verdict: Optional[str]
+
+    def exit_code(self, recorded: int) -> int:
+        """The run's exit code once the analysis is in: a recording that ended clean
+        (0) whose trace the analysis finds an anomaly in exits 1, as when the
+        forwarder catches one itself; a CI job must not pass on it."""
+        return 1 if recorded == 0 and self.verdict not in (None, "clean") else recorded
+
+    def __str__(self) -> str:
+        return self.line
 
 
 def analysis_document(result: "Result") -> dict:
@@ -41,9 +60,9 @@ def verdict_line(doc: dict) -> str:
     return line
 
 
-def summarize(trace: Path, out_dir: Path) -> str:
+def summarize(trace: Path, out_dir: Path) -> Summary:
     """Analyze ``trace``; write DIR/analysis.json, report.html and trace.perfetto.json;
-    return the verdict line, or one line saying why there is none.
+    return the verdict and its line, or one line saying why there is none.
 
     Never raises for a bad trace or a failed write, nor for a bug in the analysis:
     the recording's own result and exit code stand whatever happens here.
@@ -57,9 +76,9 @@ def summarize(trace: Path, out_dir: Path) -> str:
         doc = analysis_document(result)
         runfolder.write_json(out_dir, runfolder.ANALYSIS, doc)
     except FlightrecError as e:
-        return f"analysis failed: {e}"
+        return Summary(f"analysis failed: {e}", None)
     except Exception as e:  # noqa: BLE001 - a bug in the analysis must not cost the recording
-        return f"analysis failed: {type(e).__name__}: {e}"
+        return Summary(f"analysis failed: {type(e).__name__}: {e}", None)
     line = verdict_line(doc)
     # Beside the trace, what a CI artifact opens in a browser.
     for name, write in ((runfolder.REPORT, write_report), (runfolder.PERFETTO, write_trace_file)):
@@ -67,4 +86,4 @@ def summarize(trace: Path, out_dir: Path) -> str:
             write(result, str(out_dir / name))
         except Exception as e:  # noqa: BLE001 - as above: the verdict is already known
             line += f"; {name} not written ({type(e).__name__}: {e})"
-    return line
+    return Summary(line, doc.get("verdict"))

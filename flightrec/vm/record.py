@@ -208,16 +208,21 @@ def vm_record(opts: VmRecordOptions, parse_record_args: ParseRecordArgs, say: Sa
     trace = opts.out_dir / runfolder.TRACE
     _rewrite_paths(opts.out_dir, guest.guest_out)
     verdict = None
+    exit_code = guest.exit_code
     if opts.analyze and trace.is_file() and (guest.exit_code in (0, 1) or guest.stopped_by is not None):
         from flightrec.report.summary import summarize
 
         say("analyzing the trace on the host")
         t = time.monotonic()
-        verdict = summarize(trace, opts.out_dir)
+        summary = summarize(trace, opts.out_dir)
         timings["analysis_s"] = round(time.monotonic() - t, 2)
+        verdict = summary.line
+        exit_code = summary.exit_code(guest.exit_code)
+        if exit_code != guest.exit_code:
+            say(f"exit {exit_code}: the analysis found an anomaly the guest's recording did not stop on")
     timings["wall_s"] = round(time.monotonic() - t0, 2)
     _write_vm_json(opts, kernel, guest, defs, timings)
-    return VmRecordResult(guest.exit_code, opts.out_dir, trace if trace.is_file() else None, verdict, timings,
+    return VmRecordResult(exit_code, opts.out_dir, trace if trace.is_file() else None, verdict, timings,
                           guest.stopped_by)
 
 

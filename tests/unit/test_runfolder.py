@@ -65,8 +65,11 @@ def test_read_back(tmp_path, fixtures):
     runfolder.write_meta(tmp_path, {"outcome": "anomaly"})
     assert runfolder.meta_beside(str(tmp_path / "trace.txt")) == {"outcome": "anomaly"}
     assert runfolder.meta_beside("-") is None
-    line = summarize(tmp_path / "trace.txt", tmp_path)
-    assert line == "verdict: kernel (fill_order, descriptor 0x1229100, ingress q:1)"
+    summary = summarize(tmp_path / "trace.txt", tmp_path)
+    assert summary.line == "verdict: kernel (fill_order, descriptor 0x1229100, ingress q:1)"
+    assert summary.verdict == "kernel"
+    # A recording that ended clean but whose trace holds an anomaly exits 1.
+    assert (summary.exit_code(0), summary.exit_code(1), summary.exit_code(2)) == (1, 1, 2)
     back = runfolder.read(tmp_path)
     assert back.trace == tmp_path / "trace.txt" and back.meta == {"outcome": "anomaly"}
     assert back.analysis is not None and back.analysis["verdict"] == "kernel"
@@ -75,8 +78,9 @@ def test_read_back(tmp_path, fixtures):
 
 
 def test_summarize_never_raises(tmp_path):
-    assert summarize(tmp_path / "missing.txt", tmp_path).startswith("analysis failed: ")
+    missing = summarize(tmp_path / "missing.txt", tmp_path)
+    assert missing.line.startswith("analysis failed: ") and missing.exit_code(0) == 0
     (tmp_path / "trace.txt").write_text("not a trace at all\n")
-    line = summarize(tmp_path / "trace.txt", tmp_path)
+    line = summarize(tmp_path / "trace.txt", tmp_path).line
     assert line.startswith("analysis failed: ") and "not ftrace text" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trace.txt"]  # no half summary
