@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flightrec.checks.anomaly import APPLICATION, KERNEL, UNDETERMINED, Anomaly, Evidence
-from flightrec.checks.attribution import attribute_read, ev, hexa, tie_claim
+from flightrec.checks.attribution import attribute_read, ev, hexa, root_duplicate, tie_claim
 from flightrec.model.history import seen
 from flightrec.model.replay import Replay
 from flightrec.model.timeline import Timeline
@@ -56,7 +56,14 @@ def _length(tl: Timeline, rp: Replay, row: int, det, symptom: str, r) -> Anomaly
         seen(f"CPU {slot.cpu} reserved {hexa(addr)} with len {klen} (line {tl.line[slot.row]}) and "
              f"{tl.sock[row]} read it with len {det.length} (line {tl.line[row]})",
              (slot.cpu, tl.cpu[row]), (slot.ts, tl.ts[row]), (tl.line[slot.row], tl.line[row])),)
-    if klen == det.length != det.xdp_length:
+    dup = root_duplicate(rp, row, (addr,))
+    if dup is not None and dup.addr == addr:
+        # In two kernel rings at once, the frame took two packets: the len and the
+        # XDP program's metadata may be of different ones, neither side wrong.
+        evidence.append(ev(tl, dup.row, f"{hexa(addr)} put into {dup.to} while in {dup.state_before}"))
+        verdict, why = APPLICATION, (f"the application had put {hexa(addr)} into {dup.to} while it was in "
+                                     f"{dup.state_before} (line {tl.line[dup.row]}): two packets shared the frame")
+    elif klen == det.length != det.xdp_length:
         verdict, why = KERNEL, f"the kernel itself wrote len {klen} for a {det.xdp_length}-byte packet"
     elif klen == det.xdp_length != det.length:
         verdict, why = APPLICATION, f"the kernel wrote len {klen}; the application saw {det.length}: it changed the descriptor"

@@ -199,3 +199,26 @@ def test_real_ftrace_and_trace_cmd_output_read_alike(fixtures):
     strip = ("evidence", "explanation", "line", "source")
     assert [{k: v for k, v in a.items() if k not in strip} for a in docs[0]["anomalies"]] == \
            [{k: v for k, v in a.items() if k not in strip} for a in docs[1]["anomalies"]]
+
+
+def test_a_length_mismatch_on_a_frame_the_application_put_in_two_rings_is_its_own():
+    # fill-and-tx: 0x1000 goes back to FILL while the peer also sends it; the kernel
+    # then receives another packet into it and writes its len, while the XDP
+    # program's metadata in the frame belongs to the other packet.
+    t, s = 1.0, "ingress q:0"
+    text = "".join([
+        mark(t, 0, f"{s} 0x1000 FREE -> FILL"),
+        reserve(t + 0.00001, 1, 0x1000),
+        mark(t + 0.00002, 0, f"{s} 0x1000 FILL -> RX"),
+        mark(t + 0.00003, 0, f"{s} 0x1000 RX -> FILL"),
+        mark(t + 0.00004, 0, "egress q:0 0x1000 RX -> TX"),
+        mark(t + 0.000041, 0, "egress q:0 0x1000 TX -> COMP"),
+        mark(t + 0.000042, 0, f"{s} 0x1000 COMP -> FILL"),
+        reserve(t + 0.00005, 1, 0x1000).replace("len=0x4e", "len=0x1d1"),
+        flush(t + 0.00006, 1),
+        mark(t + 0.00007, 0, f"{s} 0x1000 FILL -> RX: len 465 xdp_len 1204"),
+    ])
+    r = analyze_text(text)
+    verdicts = {a["kind"]: a["verdict"] for a in r.to_json()["anomalies"]}
+    assert verdicts.get("length_mismatch") == "application", r.to_json()["anomalies"]
+    assert "kernel" not in verdicts.values(), verdicts
