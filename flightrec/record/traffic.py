@@ -92,39 +92,31 @@ class Traffic:
         self.clients: dict[str, subprocess.Popen] = {}
 
     def _spawn(self, ns: str, name: str, argv: list[str]) -> subprocess.Popen:
-        out = open(self.log_dir / f"iperf3-{name}.json", "wb")
-        err = open(self.log_dir / f"iperf3-{name}.stderr", "wb")
-        try:
-            proc = subprocess.Popen(
-                child_guard() + ["ip", "netns", "exec", ns, *argv],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
-            )
-        except OSError as e:
-            raise FlightrecError(f"cannot start iperf3: {e.strerror}; apt-get install iperf3") from e
-        finally:
-            out.close()
-            err.close()
-        if self.on_process:
-            self.on_process(proc, f"iperf3-{name}")
-        return proc
+        return self._start(f"iperf3-{name}", ["ip", "netns", "exec", ns, *argv], f"iperf3-{name}.json",
+                           "iperf3", "apt-get install iperf3")
 
     def _spawn_stamp(self, role: str, argv: list[str]) -> subprocess.Popen:
         """`stamp send|recv`; it enters its namespace itself (--netns), after
         opening the trace files that `ip netns exec` would hide."""
-        out = open(self.log_dir / f"stamp-{role}.out", "wb")
-        err = open(self.log_dir / f"stamp-{role}.stderr", "wb")
+        return self._start(f"stamp-{role}",
+                           [str(stamp_path()), role, *argv, "--stats", str(self.log_dir / f"stamp-{role}.json")],
+                           f"stamp-{role}.out", str(stamp_path()), locate.build_fix("bpf/stamp"))
+
+    def _start(self, what: str, argv: list[str], stdout_name: str, program: str, fix: str) -> subprocess.Popen:
+        """Start one traffic process (named ``what``), its output in the logs,
+        dying with flightrec; tell ``on_process`` at once."""
+        out = open(self.log_dir / stdout_name, "wb")
+        err = open(self.log_dir / f"{what}.stderr", "wb")
         try:
-            proc = subprocess.Popen(
-                child_guard() + [str(stamp_path()), role, *argv, "--stats", str(self.log_dir / f"stamp-{role}.json")],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
-            )
+            proc = subprocess.Popen(child_guard() + argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    start_new_session=True)
         except OSError as e:
-            raise FlightrecError(f"cannot start {stamp_path()}: {e.strerror}; {locate.build_fix('bpf/stamp')}") from e
+            raise FlightrecError(f"cannot start {program}: {e.strerror}; {fix}") from e
         finally:
             out.close()
             err.close()
         if self.on_process:
-            self.on_process(proc, f"stamp-{role}")
+            self.on_process(proc, what)
         return proc
 
     def _listening(self, port: int) -> bool:
