@@ -167,9 +167,14 @@ by signal N (trace saved, everything removed).
 @click.option("--nic", type=click.Choice(NIC_KINDS), default="veth", show_default=True,
               help="veth pairs, or virtio: the VM's own virtio-net NICs (set up by `flightrec vm record "
                    "--nic virtio`; there is none on the host).")
+@click.option("--stamp-rate", type=click.IntRange(1, 1_000_000), default=RecordOptions.stamp_rate,
+              show_default=True, metavar="PKT/S",
+              help="Stamped, self-verifying UDP packets per second beside iperf3 (`vm record` asks for 2000: "
+                   "a TCG guest cannot send more without starving TCP).")
 @click.option("--plain", is_flag=True, help="One line per event (the default when stdout is not a TTY).")
 def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inject: Optional[str],
-               inject_after: Optional[int], kernel_events: str, mode: str, nic: str, plain: bool) -> None:
+               inject_after: Optional[int], kernel_events: str, mode: str, nic: str, stamp_rate: int,
+               plain: bool) -> None:
     """Record an AF_XDP forwarder into a private ftrace instance.
 
     Builds client, server and forwarder namespaces joined by multi-queue veth,
@@ -188,7 +193,7 @@ def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inje
     """
     opts = RecordOptions(out_dir=out_dir, duration=duration, queues=queues, buffer_kb=buffer_kb,
                          inject=inject, inject_after=inject_after, kernel_events=kernel_events, mode=mode,
-                         nic=nic)
+                         nic=nic, stamp_rate=stamp_rate)
     view: Observer = PlainView() if plain or not sys.stdout.isatty() else LiveView()
     try:
         result = run_record(opts, view)

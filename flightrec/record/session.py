@@ -64,6 +64,7 @@ class RecordOptions:
     probe_definitions: Optional[object] = None
     nic: str = "veth"  # or "virtio": the VM's NICs (flightrec vm record --nic virtio)
     mode: str = "copy"  # AF_XDP bind: copy, zerocopy or auto (flightrec/record/afxdp.py)
+    stamp_rate: int = TrafficPlan.stamp_rate  # stamped UDP packets per second (flightrec/record/traffic.py)
 
     def check(self) -> None:
         """:raises FlightrecError: an option is out of range."""
@@ -75,6 +76,8 @@ class RecordOptions:
             raise FlightrecError(f"-b must be at least 4 KB, got {self.buffer_kb}")
         if self.inject is not None and self.inject not in fwdmod.INJECT_FAULTS:
             raise FlightrecError(f"--inject must be one of {', '.join(fwdmod.INJECT_FAULTS)}, got {self.inject!r}")
+        if not 1 <= self.stamp_rate <= 1_000_000:
+            raise FlightrecError(f"--stamp-rate must be between 1 and 1000000 packets/s, got {self.stamp_rate}")
         if self.inject_after is not None and self.inject_after < 0:
             raise FlightrecError(f"--inject-after must be >= 0, got {self.inject_after}")
         if self.nic not in topology.NIC_KINDS:
@@ -543,7 +546,7 @@ class _Recording:
         self.obs.step(f"forwarder ready (pid {self.fwd.pid}, {opts.queues} queues per side)")
         self.obs.step(afxdp.describe(opts.mode, self.fwd.ready))
 
-        plan = TrafficPlan(duration=opts.duration)
+        plan = TrafficPlan(duration=opts.duration, stamp_rate=opts.stamp_rate)
         self.traffic = Traffic(self.topo, plan, self.logs, on_process=self._started, check=self._check_helpers,
                                trace_dir=self.instance.path)
         self.traffic.start()

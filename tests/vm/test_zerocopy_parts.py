@@ -12,7 +12,7 @@ import pytest
 from flightrec.errors import FlightrecError
 from flightrec.vm import kernel as vmkernel
 from flightrec.cli.record import parse_record_args
-from flightrec.vm.record import nic_record_args
+from flightrec.vm.record import VM_STAMP_RATE, nic_record_args
 from flightrec.vm.zerocopy import VIRTIO_XSK_SYMBOL, VIRTIO_XSK_TX_SYMBOL, module_path, module_symbols, zerocopy_missing
 from vmkit import REPO, flightrec, processes_naming
 
@@ -42,9 +42,13 @@ def test_virtio_net_zerocopy_hooks_by_series(series, rx, tx):
 
 
 def test_nic_args_for_the_guest():
-    assert nic_record_args("virtio", "zerocopy", parse_record_args([])) == ["--nic", "virtio", "--mode", "zerocopy", "--queues", "1"]
-    assert nic_record_args("virtio", "copy", parse_record_args(["--queues", "1"])) == ["--nic", "virtio", "--mode", "copy"]
-    assert nic_record_args("veth", "auto", parse_record_args(["--queues", "4"])) == ["--nic", "veth", "--mode", "auto"]
+    rate = ["--stamp-rate", str(VM_STAMP_RATE)]
+    assert nic_record_args("virtio", "zerocopy", parse_record_args([])) == ["--nic", "virtio", "--mode", "zerocopy",
+                                                                            "--queues", "1", *rate]
+    assert nic_record_args("virtio", "copy", parse_record_args(["--queues", "1"])) == ["--nic", "virtio", "--mode",
+                                                                                        "copy", *rate]
+    assert nic_record_args("veth", "auto", parse_record_args(["--queues", "4", "--stamp-rate", "500"])) == [
+        "--nic", "veth", "--mode", "auto"]
     with pytest.raises(FlightrecError, match="pass --queues 1"):
         nic_record_args("virtio", "copy", parse_record_args(["--queues", "2"]))
     with pytest.raises(FlightrecError, match="give --nic and --mode to `flightrec vm record` itself"):
