@@ -49,7 +49,8 @@ def cached_kernel(series: str) -> Path:
     time, < 1 s once cached); only a machine whose apt cannot give the package skips.
     """
     found = sorted(KERNEL_CACHE.glob(f"linux-image-{series}.*-cloud-amd64-dbg/vmlinux"))
-    if found:
+    # A vmlinux the VM code fetched alone has no src/ beside it: the script adds it.
+    if found and (found[-1].parent / "src" / "net" / "xdp" / "xsk.c").is_file():
         return found[-1]
     proc = subprocess.run(["sh", str(ROOT / "scripts" / "fetch-debug-kernel.sh"), series],
                           capture_output=True, text=True, timeout=1800)
