@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -165,6 +166,18 @@ def forwarder_argv(*extra: str) -> list[str]:
             "--queues", str(QUEUES), *extra]
 
 
+@contextmanager
+def running_forwarder(*extra: str) -> Iterator[subprocess.Popen]:
+    """The forwarder with ``extra`` options, text pipes; killed on the way out if still running."""
+    proc = subprocess.Popen(forwarder_argv(*extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def events(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
@@ -250,10 +263,7 @@ def test_missing_interface_is_setup_error(topology) -> None:
 @pytest.mark.slow
 def test_forwards_tcp_and_udp_with_markers(instance: Path, traffic: Traffic, tmp_path: Path) -> None:
     stats = tmp_path / "stats.json"
-    proc = subprocess.Popen(forwarder_argv("--trace-dir", str(instance), "--duration", "12",
-                                           "--stats", str(stats)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with running_forwarder("--trace-dir", str(instance), "--duration", "12", "--stats", str(stats)) as proc:
         ready = wait_ready(proc)
         assert ready["socks"] == ["outer q:0", "outer q:1", "inner q:0", "inner q:1"]
         ping = sh(*nsexec("cl", "ping", "-c", "3", "-i", "0.2", "-W", "2", SERVER_IP), check=False)
@@ -262,10 +272,6 @@ def test_forwards_tcp_and_udp_with_markers(instance: Path, traffic: Traffic, tmp
         tcp = json.loads(traffic.client("-t", "4", "-P", "8").stdout)
         udp = json.loads(traffic.client("-u", "-b", "50M", "-t", "2", "-P", "2").stdout)
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err
     assert tcp["end"]["sum_received"]["bytes"] > 1_000_000
     assert udp["end"]["sum"]["packets"] > 1000
@@ -293,20 +299,14 @@ def test_injected_bug_is_caught(kind: str, instance: Path, traffic: Traffic, tmp
     stats = tmp_path / "stats.json"
     # Few frames: the injected FILL entry comes out of RX soon, so the trace
     # still holds the injection when the forwarder catches it.
-    proc = subprocess.Popen(forwarder_argv("--trace-dir", str(instance), "--duration", "20", "--frames", "1024",
-                                           "--inject", kind, "--inject-after", "2000", "--stats", str(stats)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with running_forwarder("--trace-dir", str(instance), "--duration", "20", "--frames", "1024", "--inject", kind,
+                           "--inject-after", "2000", "--stats", str(stats)) as proc:
         wait_ready(proc)
         traffic.start_server()
         client = subprocess.Popen(nsexec("cl", "iperf3", "-c", SERVER_IP, "-t", "8", "-P", "4"),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         traffic.procs.append(client)
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 3, err
     anomaly = [e for e in events(out) if e["event"] == "anomaly"]
     assert len(anomaly) == 1 and anomaly[0]["tracing_stopped"] is True
@@ -332,17 +332,11 @@ def test_injected_bug_is_caught(kind: str, instance: Path, traffic: Traffic, tmp
 
 
 def test_sigterm_exits_clean_and_detaches(topology) -> None:
-    proc = subprocess.Popen(forwarder_argv("--no-markers"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
+    with running_forwarder("--no-markers") as proc:
         wait_ready(proc)
         assert "xdp" in sh(*nsexec("fo", "ip", "link", "show", "outer")).stdout
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err
     assert events(out)[-1]["reason"] == "signal"
     for role, dev in (("fo", "outer"), ("fi", "inner")):
@@ -383,27 +377,25 @@ def test_payload_flipped_after_forwarding_is_caught_by_the_receiver(instance: Pa
         pytest.skip(f"{STAMP} not built; run `make -C bpf`")
     count = 40
     stats = tmp_path / "fwd.json"
-    proc = subprocess.Popen(forwarder_argv("--trace-dir", str(instance), "--duration", "30", "--stats", str(stats),
-                                           "--payload-port", str(STAMP_PORT), "--inject", "flip-payload",
-                                           "--inject-count", str(count), "--inject-after", "500"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     recv = None
-    try:
-        wait_ready(proc)
-        sh(*nsexec("cl", "ping", "-c", "2", "-i", "0.2", "-W", "2", SERVER_IP), check=False)  # ARP
-        recv = stamp_recv(tmp_path, "--keep-going", "--trace-dir", str(instance))
-        # 61 * 40 stamped packets reach the last flip: 5 s at 4 kpps is plenty
-        sent = stamp_send(tmp_path, "--rate", "4000", "--duration", "5", "--len", "64-1472")
-        time.sleep(0.5)
-        recv.send_signal(signal.SIGTERM)
-        recv.communicate(timeout=10)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        for p in (recv, proc):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.communicate()
+    with running_forwarder("--trace-dir", str(instance), "--duration", "30", "--stats", str(stats),
+                           "--payload-port", str(STAMP_PORT), "--inject", "flip-payload",
+                           "--inject-count", str(count), "--inject-after", "500") as proc:
+        try:
+            wait_ready(proc)
+            sh(*nsexec("cl", "ping", "-c", "2", "-i", "0.2", "-W", "2", SERVER_IP), check=False)  # ARP
+            recv = stamp_recv(tmp_path, "--keep-going", "--trace-dir", str(instance))
+            # 61 * 40 stamped packets reach the last flip: 5 s at 4 kpps is plenty
+            sent = stamp_send(tmp_path, "--rate", "4000", "--duration", "5", "--len", "64-1472")
+            time.sleep(0.5)
+            recv.send_signal(signal.SIGTERM)
+            recv.communicate(timeout=10)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if recv is not None and recv.poll() is None:
+                recv.kill()
+                recv.communicate()
     assert proc.returncode == 0, err  # nothing the forwarder itself can see
     final = json.loads(stats.read_text())
     got = json.loads((tmp_path / "recv.json").read_text())
@@ -440,18 +432,12 @@ def test_stale_payload_is_caught_by_the_forwarder(instance: Path, tmp_path: Path
     the forwarder's check names the packet whose data it found, and stops."""
     if not STAMP.exists():
         pytest.skip(f"{STAMP} not built; run `make -C bpf`")
-    proc = subprocess.Popen(forwarder_argv("--trace-dir", str(instance), "--duration", "30",
-                                           "--payload-port", str(STAMP_PORT)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with running_forwarder("--trace-dir", str(instance), "--duration", "30",
+                           "--payload-port", str(STAMP_PORT)) as proc:
         wait_ready(proc)
         sh(*nsexec("cl", "ping", "-c", "2", "-i", "0.2", "-W", "2", SERVER_IP), check=False)
         stamp_send(tmp_path, "--rate", "4000", "--duration", "3", "--flows", "4", "--stale-every", "1000")
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 3, err
     [anomaly] = [e for e in events(out) if e["event"] == "anomaly"]
     assert anomaly["kind"] == "payload" and anomaly["tracing_stopped"] is True
