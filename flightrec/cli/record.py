@@ -137,10 +137,11 @@ Examples:
   flightrec record --mode auto                  # says which AF_XDP mode veth gave (copy)
 
 \b
-Exit codes: 0 ran the whole duration with no anomaly; 1 anomaly caught, trace
-saved (by the forwarder, or found by the analysis of the saved trace); 2 usage or environment error (one line says which), another recording
-running, a helper died or nothing was forwarded (trace saved); 128+N stopped
-by signal N (trace saved, everything removed).
+Exit codes: 0 ran the whole duration with no anomaly; 1 anomaly caught by the
+forwarder or found by the analysis of the saved trace; 2 usage or environment
+error (one line says which), another recording running, a helper died or
+nothing was forwarded (trace saved); 128+N stopped by signal N (trace saved,
+everything removed).
 """
 
 
