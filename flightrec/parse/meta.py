@@ -62,5 +62,7 @@ def zerocopy_sockets(meta: Optional[dict]) -> frozenset[str]:
     zero-copy mode, by meta.json's `af_xdp` section."""
     section = meta.get("af_xdp") if meta else None
     rows = section.get("sockets") if isinstance(section, dict) else None
-    return frozenset(str(r["sock"]) for r in rows if isinstance(r, dict) and r.get("mode") == "zerocopy"
-                     and r.get("sock")) if isinstance(rows, list) else frozenset()
+    if not isinstance(rows, list):
+        return frozenset()
+    return frozenset(str(r["sock"]) for r in rows
+                     if isinstance(r, dict) and r.get("sock") and r.get("mode") == "zerocopy")

@@ -33,9 +33,6 @@ class Summary:
         forwarder catches one itself; a CI job must not pass on it."""
         return 1 if recorded == 0 and self.verdict not in (None, "clean") else recorded
 
-    def __str__(self) -> str:
-        return self.line
-
 
 def analysis_document(result: "Result") -> dict:
     """`flightrec analyze --json`'s object for one trace (analysis.json)."""
