@@ -22,10 +22,9 @@ def zc_meta(mode: str = "zerocopy") -> dict:
 
 def trace(*marks: str, reserves: dict[int, float] | None = None) -> bytes:
     """Markers of SOCK, one per 10 µs on CPU 0; `reserves`: addr -> when the kernel reserved it, CPU 1."""
-    lines = [mark(1.0 + i * 1e-5, 0, f"{SOCK} {m}") for i, m in enumerate(marks)]
-    lines += [reserve(ts, 1, addr) for addr, ts in (reserves or {}).items()]
-    lines.sort(key=lambda ln: float(ln.split("]")[1].split()[1].rstrip(":")))
-    return ("# tracer: nop\n" + "".join(lines)).encode()
+    timed = [(1.0 + i * 1e-5, mark(1.0 + i * 1e-5, 0, f"{SOCK} {m}")) for i, m in enumerate(marks)]
+    timed += [(ts, reserve(ts, 1, addr)) for addr, ts in (reserves or {}).items()]
+    return ("# tracer: nop\n" + "".join(line for _, line in sorted(timed))).encode()
 
 
 # Three frames into FILL; the driver drops the first one's packet (XDP_PASS
