@@ -187,7 +187,8 @@ def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inje
 
     A helper that dies (the forwarder, bpf/xsk_trace, an iperf3) ends the
     recording at once: flightrec says what died and how, saves and analyzes
-    the trace as on an anomaly, removes everything and exits 2. When the
+    the trace as on an anomaly, removes everything and exits 2 (an iperf3
+    that gives up by itself while other traffic flows is only a warning). When the
     kernel-event loader died, meta.json's kernel_events.ended_at says when, on
     the trace clock: the trace has no kernel events after it. One recording
     at a time: a second one refuses at once with one line, exit 2.

@@ -9,7 +9,8 @@ A SIGKILL of flightrec itself is covered by the registry in state.py.
 Every process the recording starts (the forwarder, bpf/xsk_trace, the iperf3
 servers and clients) is watched (watch.py): one that dies before its time
 ends the recording at once, which is then saved and analyzed like an
-anomaly's and exits 2 naming what died. When the dead one is the BPF
+anomaly's and exits 2 naming what died (an iperf3 that gives up by itself
+while other traffic flows is a warning, not a death). When the dead one is the BPF
 kernel-event loader, meta.json's ``kernel_events.ended_at`` says when, on the
 trace clock: the trace has no kernel events after it, whatever the kernel did.
 """
@@ -296,6 +297,8 @@ class _Recording:
         self.save_errors: list[str] = []  # the trace could not be frozen or saved
         self.watch = Watch()
         self.exited: list[Exit] = []  # every helper exit seen, earliest first
+        self.gave_up: dict[int, bool] = {}  # iperf3 pid -> it gave up by itself while traffic went on
+        self.gave_up_notes: list[str] = []  # what was said of each, for meta.json
         self.died: Optional[HelperDied] = None  # the helper death that ended the recording
         self.t0: Optional[float] = None  # time.monotonic() when the traffic started
         self.frozen_at: Optional[float] = None  # time.monotonic() when tracing was stopped
@@ -339,7 +342,26 @@ class _Recording:
         if self.t0 is None or self.traffic is None:
             return True
         due = self.t0 + self.traffic.seconds
-        return exit.at < due and (exit.code != 0 or exit.at < due - 0.5)
+        early = exit.at < due and (exit.code != 0 or exit.at < due - 0.5)
+        return early and not self._gave_up(exit)
+
+    def _gave_up(self, exit: Exit) -> bool:
+        """An iperf3 that gave up by itself (not a kill, not an interrupt) while
+        other traffic still flows: said once as a warning, and the recording
+        goes on, since what it records is the forwarder, not iperf3. The last
+        sender giving up is a death: nothing would be left to record."""
+        if exit.pid not in self.gave_up:
+            reason = None
+            if exit.code is not None and exit.code >= 0 and self.traffic is not None:
+                reason = self.traffic.own_failure(exit.what)
+            left = self.traffic.senders_left() if reason is not None and self.traffic is not None else []
+            self.gave_up[exit.pid] = bool(left)
+            if left:
+                note = (f"{self._describe_death(exit)}; it gave up ({reason}), "
+                        f"the recording goes on with the traffic left: {', '.join(left)}")
+                self.gave_up_notes.append(note)
+                self.obs.warning(note)
+        return self.gave_up[exit.pid]
 
     def _death(self, skip: tuple[str, ...] = ()) -> Optional[Exit]:
         """The death that ends the recording, or None.
@@ -866,6 +888,8 @@ class _Recording:
                 "flagged": self.flagged or None,
             },
             "traffic": [asdict(r) for r in traffic],
+            # iperf3s that gave up by themselves while other traffic went on.
+            "gave_up": list(self.gave_up_notes),
             # The helper whose death ended the recording early, if one did.
             "died": None if died is None else {
                 "what": died.what, "pid": died.pid, "how": died.how(), "code": died.code,

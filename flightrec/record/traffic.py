@@ -186,6 +186,31 @@ class Traffic:
         proc = self.servers.get("stamp")
         return proc is not None and proc.poll() == STAMP_CORRUPT
 
+    def own_failure(self, what: str) -> Optional[str]:
+        """Why iperf3 ``what`` ("iperf3-client-udp" ...), which has exited with a
+        status, gave up by itself: its JSON error, or "ended early" when it
+        wrote none. None when it was interrupted (SIGINT or SIGTERM from
+        outside: its error then begins "interrupt").
+
+        An iperf3 also gives up by itself when its control connection fails
+        in a loaded TCG guest ("unable to read from stream socket: Resource
+        temporarily unavailable", 32 s into a 60 s run), or when its peer was
+        stopped ("the server has terminated").
+        """
+        if not what.startswith("iperf3-"):
+            return None
+        try:
+            error = json.loads((self.log_dir / f"{what}.json").read_text() or "{}").get("error")
+        except (OSError, ValueError, AttributeError):
+            error = None
+        if isinstance(error, str) and error.startswith("interrupt"):
+            return None
+        return str(error) if error else "ended early"
+
+    def senders_left(self) -> list[str]:
+        """The clients (iperf3 ones and the stamp sender) still sending."""
+        return [name for name, proc in self.clients.items() if proc.poll() is None]
+
     def finished(self) -> bool:
         """True once every client has exited (its -t is over, or it failed)."""
         return bool(self.clients) and all(p.poll() is not None for p in self.clients.values())

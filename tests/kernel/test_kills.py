@@ -183,3 +183,34 @@ def test_a_forwarder_that_dies_after_the_freeze_leaves_the_run_standing(whole_ma
     m = meta(out)
     assert m["outcome"] == "clean" and m["died"] is None
     assert m["forwarder"]["exit_code"] == -signal.SIGKILL
+
+
+def test_an_iperf3_that_gives_up_by_itself_is_a_warning_not_a_death(whole_machine, tmp_path):
+    """The UDP client's control connection destroyed (`ss -K`, as a failing
+    control connection in a loaded TCG guest ends it): no signal, no
+    interrupt, so the recording goes on with the TCP and stamped traffic,
+    says so once, and ends clean after its whole duration."""
+    out = tmp_path / "gave-up"
+    proc = start("record", "-o", str(out), "--duration", "8", "--plain", "--kernel-events", "none")
+    lines = TimedLines(proc.stdout)
+    reg = wait_forwarding(proc)
+    client_ns = next(n for n in reg["netns"] if n.endswith("-client"))
+    time.sleep(1.0)
+    t_cut = time.monotonic()
+    killed = subprocess.run(["ip", "netns", "exec", client_ns, "ss", "-K", "-t", "dport", "=", ":5202"],
+                            capture_output=True, text=True, timeout=10)
+    assert killed.returncode == 0 and ":5202" in killed.stdout, killed
+    stderr = proc.stderr.read()
+    code = proc.wait(timeout=60)
+    lines.thread.join(5)
+    assert code == 0, lines.text() + stderr
+    said = lines.first_after(t_cut, "warning: iperf3 udp client")
+    assert said is not None and said - t_cut < 1.0, lines.text()
+    # The client, and its server that lost it; each said once and kept in meta.json.
+    warnings = [ln.split("warning: ", 1)[1] for ln in lines.text().splitlines() if "warning: iperf3 udp" in ln]
+    assert warnings[0].startswith("iperf3 udp client (pid "), warnings
+    assert all("gave up (" in w and w.endswith("the traffic left: tcp, stamp") for w in warnings), warnings
+    m = meta(out)
+    assert m["outcome"] != "helper-died" and m["died"] is None, m["died"]
+    assert m["gave_up"] == warnings, m["gave_up"]
+    assert m["forwarder"]["forwarding_seconds"] >= 7.5, m["forwarder"]
