@@ -16,6 +16,7 @@ from typing import BinaryIO, Optional
 
 from flightrec.checks import run_checks
 from flightrec.checks.anomaly import Anomaly
+from flightrec.checks.coverage import not_run
 from flightrec.errors import FlightrecError
 from flightrec.model.replay import Replay, replay
 from flightrec.model.timeline import Timeline, build_timeline
@@ -57,6 +58,8 @@ class Result:
             "sockets": {s: f"{x:#x}" for s, x in sorted(self.replay.sock_xs.items())},
             # zero-copy sockets: RX order is not FILL order there (docs/markers.md)
             "fill_order_unchecked": sorted(self.replay.unordered),
+            # Checks that had nothing to read (no markers: record --app with an unmodified program).
+            "checks_not_run": [{"check": n.check, "why": n.why} for n in not_run(counts.get("marker", 0))],
             "cut_last_line": self.cut_last_line,
         }
 

@@ -135,6 +135,8 @@ Examples:
   flightrec record --inject flip-payload        # corrupt a checked frame: the receiver catches it
   flightrec record --plain --kernel-events none > record.log
   flightrec record --mode auto                  # says which AF_XDP mode veth gave (copy)
+  flightrec record --app './my-fwd -i {outer} -o {inner} -q {queues}'   # your own AF_XDP program
+  flightrec record --app 'bpf/forwarder --outer -:{outer} --inner -:{inner} --trace-dir {tracedir}'
 
 \b
 Exit codes: 0 ran the whole duration with no anomaly; 1 anomaly caught by the
@@ -172,10 +174,18 @@ everything removed).
               show_default=True, metavar="PKT/S",
               help="Stamped, self-verifying UDP packets per second beside iperf3 (`vm record` asks for 2000: "
                    "a TCG guest cannot send more without starving TCP).")
+@click.option("--app", metavar="'CMD ...'", default=None,
+              help="Run your AF_XDP program in the forwarder's place, unmodified: in one namespace holding both "
+                   "forwarder-side interfaces, its command line's {outer}, {inner}, {queues}, {marker} (the "
+                   "instance's trace_marker), {tracedir}, {out} and {netns} filled in, the same in its "
+                   "environment as FLIGHTREC_OUTER ... It loads its own XDP program; it is ready once one is "
+                   "attached and it holds an AF_XDP socket, and is stopped with SIGINT at the end.")
+@click.option("--app-ready-timeout", type=click.FloatRange(min=0, min_open=True), default=RecordOptions.app_ready_timeout,
+              show_default=True, metavar="S", help="Seconds the --app program may take to get ready.")
 @click.option("--plain", is_flag=True, help="One line per event (the default when stdout is not a TTY).")
 def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inject: Optional[str],
                inject_after: Optional[int], kernel_events: str, mode: str, nic: str, stamp_rate: int,
-               plain: bool) -> None:
+               app: Optional[str], app_ready_timeout: float, plain: bool) -> None:
     """Record an AF_XDP forwarder into a private ftrace instance.
 
     Builds client, server and forwarder namespaces joined by multi-queue veth,
@@ -192,10 +202,14 @@ def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inje
     kernel-event loader died, meta.json's kernel_events.ended_at says when, on
     the trace clock: the trace has no kernel events after it. One recording
     at a time: a second one refuses at once with one line, exit 2.
+
+    With --app your own program takes the forwarder's place (see --app); it
+    writes markers only if it was made to, and without them the analysis has
+    the kernel events alone.
     """
     opts = RecordOptions(out_dir=out_dir, duration=duration, queues=queues, buffer_kb=buffer_kb,
                          inject=inject, inject_after=inject_after, kernel_events=kernel_events, mode=mode,
-                         nic=nic, stamp_rate=stamp_rate)
+                         nic=nic, stamp_rate=stamp_rate, app=app, app_ready_timeout=app_ready_timeout)
     view: Observer = PlainView() if plain or not sys.stdout.isatty() else LiveView()
     try:
         result = run_record(opts, view)

@@ -31,6 +31,7 @@ from typing import Any, Iterator, Optional
 
 from flightrec import __version__, locate, runfolder, tracefs
 from flightrec.errors import FlightrecError
+from flightrec.record import app as appmod
 from flightrec.record import forwarder as fwdmod
 from flightrec.record import afxdp, kernel_events, state, topology
 from flightrec.record.forwarder import Forwarder, ForwarderConfig
@@ -66,6 +67,10 @@ class RecordOptions:
     nic: str = "veth"  # or "virtio": the VM's NICs (flightrec vm record --nic virtio)
     mode: str = "copy"  # AF_XDP bind: copy, zerocopy or auto (flightrec/record/afxdp.py)
     stamp_rate: int = TrafficPlan.stamp_rate  # stamped UDP packets per second (flightrec/record/traffic.py)
+    # The user's program in the forwarder's place (flightrec/record/app.py), and
+    # how long it may take to attach XDP and open an AF_XDP socket.
+    app: Optional[str] = None
+    app_ready_timeout: float = appmod.READY_TIMEOUT
 
     def check(self) -> None:
         """:raises FlightrecError: an option is out of range."""
@@ -87,6 +92,15 @@ class RecordOptions:
             raise FlightrecError(f"--mode must be one of {', '.join(afxdp.MODES)}, got {self.mode!r}")
         if self.kernel_events not in kernel_events.BACKENDS:
             raise FlightrecError(f"--kernel-events must be one of {', '.join(kernel_events.BACKENDS)}")
+        if self.app is not None:
+            if self.inject is not None:
+                raise FlightrecError("--inject commits a bug in flightrec's forwarder; with --app the program is "
+                                     "yours (inject in it)")
+            if self.nic != "veth":
+                raise FlightrecError("--app runs on the veth pairs only (not --nic virtio yet)")
+            if self.app_ready_timeout <= 0:
+                raise FlightrecError(f"--app-ready-timeout must be above 0 s, got {self.app_ready_timeout:g}")
+            appmod.check_command(self.app)
 
 
 @dataclass(frozen=True)
@@ -126,7 +140,7 @@ class Observer:
 @dataclass(frozen=True)
 class RecordResult:
     exit_code: int
-    outcome: str  # clean | anomaly | forwarder-died | helper-died | interrupted | short | no-traffic | error
+    outcome: str  # clean | anomaly | forwarder-died | app-died | helper-died | interrupted | short | no-traffic | error
     message: str
     out_dir: Path
     trace_path: Optional[Path]
@@ -285,7 +299,8 @@ class _Recording:
         self.logs = self.out / runfolder.LOGS
         self.topo: Optional[topology.Topology] = None
         self.instance: Optional[tracefs.TraceInstance] = None
-        self.fwd: Optional[Forwarder] = None
+        self.fwd: Optional[Forwarder | appmod.App] = None  # the forwarder, or the user's program (--app)
+        self.role = "app" if opts.app is not None else "forwarder"  # its name in the exits
         self.traffic: Optional[Traffic] = None
         self.probes_handle: Any = None
         self.bpf: Optional[kernel_events.BpfTracer] = None
@@ -332,6 +347,9 @@ class _Recording:
             return False  # stopped by the teardown, or at least after the trace was complete
         if exit.what == "forwarder":
             return exit.code != fwdmod.EXIT_ANOMALY  # an anomaly is the forwarder's way to stop
+        if exit.what == "app":
+            # Its detection line stopped tracing (the trigger): its way to stop.
+            return self.instance is None or self.instance.tracing_on
         if exit.what == "xsk_trace":
             return True  # kernel events end with it, whatever its status
         if exit.what == "stamp-recv" and exit.code == STAMP_CORRUPT:
@@ -395,7 +413,8 @@ class _Recording:
         raise HelperDied(exit, message)
 
     def _describe_death(self, exit: Exit) -> str:
-        names = {"forwarder": "the forwarder", "xsk_trace": "xsk_trace (the BPF kernel-event loader)"}
+        names = {"forwarder": "the forwarder", "xsk_trace": "xsk_trace (the BPF kernel-event loader)",
+                 "app": f"the app ({self.fwd.argv[0]})" if isinstance(self.fwd, appmod.App) else "the app"}
         parts = exit.what.split("-")  # iperf3-client-tcp -> iperf3 tcp client
         name = names.get(exit.what, " ".join([parts[0], *reversed(parts[1:])]))
         how = exit.how()
@@ -509,7 +528,7 @@ class _Recording:
                 f"kernel events: {self.choice.reason}; missing: {', '.join(self.choice.missing)}"
             )
 
-        self.topo = topology.make_topology(str(os.getpid()), opts.queues, opts.nic)
+        self.topo = topology.make_topology(str(os.getpid()), opts.queues, opts.nic, one_fwd_ns=opts.app is not None)
         self.obs.step(f"creating namespaces {', '.join(self.topo.namespaces)}")
         self.nics = topology.setup(self.topo, on_netns=self.reg.add_netns, mode=opts.mode)
 
@@ -542,6 +561,46 @@ class _Recording:
         elif self.choice.backend == "bpf":
             self._start_bpf()
 
+        if opts.app is not None:
+            self._start_app()
+        else:
+            self._start_forwarder()
+
+        plan = TrafficPlan(duration=opts.duration, stamp_rate=opts.stamp_rate)
+        self.traffic = Traffic(self.topo, plan, self.logs, on_process=self._started, check=self._check_helpers,
+                               trace_dir=self.instance.path)
+        self.traffic.start()
+        self._check_helpers()
+        checked = "the forwarder and the receiver" if opts.app is None else "the receiver"
+        self.obs.step(
+            f"traffic: iperf3 TCP and UDP, stamped UDP ({plan.stamp_rate} pkt/s, payloads checked by {checked}), "
+            f"{self.topo.client_addr} -> {self.topo.server_addr}, {opts.duration:g} s"
+        )
+
+    def _start_app(self) -> None:
+        """The user's program in the forwarder's namespace, its placeholders filled."""
+        assert self.topo is not None and self.instance is not None
+        topo, opts = self.topo, self.opts
+        values = {"outer": topo.outer_dev, "inner": topo.inner_dev, "queues": str(opts.queues),
+                  "marker": str(self.instance.path / "trace_marker"), "tracedir": str(self.instance.path),
+                  "out": str(self.out.resolve()), "netns": topo.outer_ns}
+        app = appmod.App(opts.app or "", values, topo.outer_ns, (topo.outer_dev, topo.inner_dev), self.logs)
+        self.fwd = app
+        self.obs.step(f"starting the app in {topo.outer_ns}: {' '.join(app.argv)}")
+        app.start()
+        assert app.proc is not None
+        self._started(app.proc, "app")
+        app.wait_ready(opts.app_ready_timeout, check=lambda: self._check_helpers(skip=("app",)))
+        self._check_helpers()
+        ready = app.ready or {}
+        socks = ready.get("sockets", [])
+        xdp = ", ".join(f"{dev} {how}" for dev, how in (ready.get("xdp") or {}).items() if how)
+        self.obs.step(f"app ready (pid {app.pid}): XDP on {xdp}; {len(socks)} AF_XDP socket(s) so far, mode "
+                      + ", ".join(sorted({s["mode"] for s in socks})) + " (XDP_OPTIONS)")
+
+    def _start_forwarder(self) -> None:
+        assert self.topo is not None and self.instance is not None
+        opts = self.opts
         config = ForwarderConfig(
             outer=self.topo.outer_spec, inner=self.topo.inner_spec, queues=opts.queues,
             trace_dir=self.instance.path, inject=opts.inject,
@@ -567,16 +626,6 @@ class _Recording:
         self._check_helpers()
         self.obs.step(f"forwarder ready (pid {self.fwd.pid}, {opts.queues} queues per side)")
         self.obs.step(afxdp.describe(opts.mode, self.fwd.ready))
-
-        plan = TrafficPlan(duration=opts.duration, stamp_rate=opts.stamp_rate)
-        self.traffic = Traffic(self.topo, plan, self.logs, on_process=self._started, check=self._check_helpers,
-                               trace_dir=self.instance.path)
-        self.traffic.start()
-        self._check_helpers()
-        self.obs.step(
-            f"traffic: iperf3 TCP and UDP, stamped UDP ({plan.stamp_rate} pkt/s, payloads checked by the "
-            f"forwarder and the receiver), {self.topo.client_addr} -> {self.topo.server_addr}, {opts.duration:g} s"
-        )
 
     def _start_bpf(self) -> None:
         """Load the BPF tracepoint backend, its lines enabled in the instance only."""
@@ -628,10 +677,10 @@ class _Recording:
                     # stdout closes as it exits: its status tells an anomaly from a death.
                     code = self.fwd.wait(5.0)
                     self.exited.extend(self.watch.exits())
-                    if not any(e.what == "forwarder" for e in self.exited):  # the watch lags behind
-                        self.exited.append(Exit("forwarder", self.fwd.pid or 0, time.monotonic(), code))
+                    if not any(e.what == self.role for e in self.exited):  # the watch lags behind
+                        self.exited.append(Exit(self.role, self.fwd.pid or 0, time.monotonic(), code))
                     self._check_helpers()
-                    return "forwarder"
+                    return "forwarder" if self.role == "forwarder" else "trigger"  # the app: tracing is off
                 elif event.kind == "exit":
                     d = event.data
                     self.obs.step(f"forwarder exit: code {d.get('code')} ({d.get('reason')}), "
@@ -792,6 +841,11 @@ class _Recording:
         if error is not None and not trace_info.get("bytes"):
             raise error
         status = code  # what decides the outcome; meta.json keeps the real exit code
+        if isinstance(fwd, appmod.App):
+            # The app's own status decides nothing: it was stopped by flightrec
+            # (whatever it returns on SIGINT), or it died (self.died), or its
+            # detection line stopped tracing (detected).
+            status = fwdmod.EXIT_CLEAN
         if self._forwarder_died_after_freeze(code):
             # The trace was complete: the run stands; only its exit statistics are missing.
             self.teardown_notes.append(f"the forwarder {fwdmod.describe_exit(code)} while being stopped, after "
@@ -802,7 +856,7 @@ class _Recording:
             outcome, exit_code = "interrupted", 128 + interrupted.signum
             message = f"interrupted by {interrupted}"
         elif self.died is not None:
-            outcome = "forwarder-died" if self.died.exit.what == "forwarder" else "helper-died"
+            outcome = {"forwarder": "forwarder-died", "app": "app-died"}.get(self.died.exit.what, "helper-died")
             exit_code, message = EXIT_ERROR, str(self.died)
         elif detected:
             outcome, exit_code = "anomaly", EXIT_ANOMALY
@@ -820,7 +874,7 @@ class _Recording:
             tail = fwd.stderr_tail(3) if fwd else ""
             message = f"forwarder {fwdmod.describe_exit(code)} after {t_forwarding:.1f} s (stderr: {tail})"
         traffic = self.traffic.results() if self.traffic else []
-        if outcome == "clean":
+        if outcome == "clean" and not isinstance(fwd, appmod.App):  # the app keeps no count flightrec can read
             counts = (fwd.exit_event or fwd.last_stats or {}) if fwd else {}
             failed = [f"{r.name} {r.error or f'exit {r.exit_code}'}" for r in traffic if r.exit_code != 0 or r.error]
             if sum(int(n) for n in counts.get("rx", [])) == 0:
@@ -864,8 +918,9 @@ class _Recording:
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.opts).items()},
             "topology": self.topo.as_dict() if self.topo else None,
             # Per socket: driver, queue, the mode read back (XDP_OPTIONS), XDP attach, rings, XDP_STATISTICS.
-            "af_xdp": afxdp.summary(self.opts.mode, self.opts.nic, fwd.ready if fwd else None,
-                                    fwd.read_stats_file() if fwd else None, self.nics),
+            "af_xdp": (fwd.af_xdp() if isinstance(fwd, appmod.App) else
+                       afxdp.summary(self.opts.mode, self.opts.nic, fwd.ready if fwd else None,
+                                     fwd.read_stats_file() if fwd else None, self.nics)),
             "trace": {
                 "instance": self.instance.name if self.instance else None,
                 # Trace clock minus CLOCK_MONOTONIC (0 for the mono clock: the same clock).
@@ -874,7 +929,9 @@ class _Recording:
                 "stopped_by": "forwarder" if code == fwdmod.EXIT_ANOMALY else stopped_by,
                 **trace_info,
             },
-            "forwarder": {
+            "app": {**fwd.as_meta(), "forwarding_seconds": round(t_forwarding, 3)}
+            if isinstance(fwd, appmod.App) else None,
+            "forwarder": None if isinstance(fwd, appmod.App) else {
                 "binary": str(fwd.binary) if fwd else None,
                 "argv": fwd.config.argv(fwd.binary) if fwd else None,
                 "exit_code": code,

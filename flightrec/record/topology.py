@@ -50,8 +50,9 @@ class Topology:
     nic: str = "veth"  # or "virtio": the VM's NICs (nics.py)
 
     @property
-    def namespaces(self) -> tuple[str, str, str, str]:
-        return (self.client_ns, self.outer_ns, self.inner_ns, self.server_ns)
+    def namespaces(self) -> tuple[str, ...]:
+        """Each namespace once (``record --app`` puts outer and inner in one)."""
+        return tuple(dict.fromkeys((self.client_ns, self.outer_ns, self.inner_ns, self.server_ns)))
 
     def netns_path(self, name: str) -> Path:
         return state.NETNS_DIR / name
@@ -104,17 +105,22 @@ class Topology:
         }
 
 
-def make_topology(tag: str, queues: int, nic: str = "veth") -> Topology:
-    """Names for a recording tagged ``tag`` (flightrec uses its pid)."""
+def make_topology(tag: str, queues: int, nic: str = "veth", one_fwd_ns: bool = False) -> Topology:
+    """Names for a recording tagged ``tag`` (flightrec uses its pid).
+
+    ``one_fwd_ns``: outer and inner in one namespace, ``<base>-fwd``, as an
+    unmodified program that takes two interface names expects (record --app).
+    """
     if queues < 1 or queues > 64:
         raise FlightrecError(f"--queues must be between 1 and 64, got {queues}")
     if nic not in NIC_KINDS:
         raise FlightrecError(f"--nic must be one of {', '.join(NIC_KINDS)}, got {nic!r}")
     base = f"flightrec-{tag}"
     devs = {} if nic == "veth" else {"client_dev": "nic-c", "server_dev": "nic-s"}
+    outer, inner = (f"{base}-fwd", f"{base}-fwd") if one_fwd_ns else (f"{base}-outer", f"{base}-inner")
     return Topology(
-        tag=tag, queues=queues, client_ns=f"{base}-client", outer_ns=f"{base}-outer",
-        inner_ns=f"{base}-inner", server_ns=f"{base}-server", nic=nic, **devs,
+        tag=tag, queues=queues, client_ns=f"{base}-client", outer_ns=outer,
+        inner_ns=inner, server_ns=f"{base}-server", nic=nic, **devs,
     )
 
 

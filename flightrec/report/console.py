@@ -216,6 +216,10 @@ def _print_stats(console: Console, result: Result) -> None:
         console.print(Text(f"history: {said}", style="dim"))
     if not ev["reserve"] and not ev["flush"]:
         console.print("[magenta]no kernel events in this trace: kernel-side verdicts are undetermined[/magenta]")
+    if s["checks_not_run"]:
+        console.print(f"[magenta]no application markers in this trace: not run: "
+                      f"{', '.join(n['check'] for n in s['checks_not_run'])} (they follow the application's "
+                      f"descriptors); the kernel events alone are no proof of a clean run[/magenta]")
     for loss in result.timeline.losses:
         console.print(f"[magenta]CPU {loss.cpu} lost {loss.count if loss.count is not None else 'some'} events at line {loss.line}[/magenta]")
     if s["unparsed_lines"]:

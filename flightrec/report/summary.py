@@ -54,6 +54,9 @@ def verdict_line(doc: dict) -> str:
         if first.get("queue") is not None and "q:" not in sock:
             sock += f" q:{first['queue']}"
         line += f" ({first.get('kind')}, descriptor {first.get('addr')}, {sock})"
+    not_run = (doc.get("stats") or {}).get("checks_not_run") or []
+    if not_run:
+        line += f" (no application markers: {len(not_run)} checks not run; kernel events only)"
     return line
 
 

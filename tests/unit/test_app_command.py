@@ -1,0 +1,48 @@
+"""record --app's command line: placeholders, environment, refusals; and what a
+trace without markers leaves unchecked."""
+
+from __future__ import annotations
+
+import pytest
+
+from flightrec.checks.coverage import NEED_MARKERS, not_run
+from flightrec.errors import FlightrecError
+from flightrec.record.app import PLACEHOLDERS, check_command, environment, expand
+
+VALUES = {"outer": "outer", "inner": "inner", "queues": "2", "marker": "/sys/kernel/tracing/instances/f-1/trace_marker",
+          "tracedir": "/sys/kernel/tracing/instances/f-1", "out": "/tmp/run 1", "netns": "flightrec-1-fwd"}
+
+
+def test_placeholders_are_filled_word_by_word_after_shell_splitting():
+    argv = expand("./fwd -i {outer} -o {inner} -q {queues} --log '{out}/fwd.log' --marker={marker}", VALUES)
+    assert argv == ["./fwd", "-i", "outer", "-o", "inner", "-q", "2", "--log", "/tmp/run 1/fwd.log",
+                    "--marker=/sys/kernel/tracing/instances/f-1/trace_marker"]
+
+
+def test_other_braces_are_left_alone():
+    assert expand("awk '{print $1}' {unknown}", VALUES) == ["awk", "{print $1}", "{unknown}"]
+
+
+def test_the_environment_carries_the_same_names():
+    env = environment(VALUES)
+    assert {k: env[f"FLIGHTREC_{k.upper()}"] for k in PLACEHOLDERS} == VALUES
+    assert "PATH" in env
+
+
+@pytest.mark.parametrize("command,said", [("", "the command is empty"), ("  ", "the command is empty"),
+                                          ("x 'y", "cannot split the command"),
+                                          ("/no/such/prog {outer}", "/no/such/prog: no such program")])
+def test_bad_commands_are_refused(command, said):
+    with pytest.raises(FlightrecError, match=said):
+        check_command(command)
+
+
+def test_a_program_on_path_is_accepted():
+    check_command("sleep {queues}")
+
+
+def test_without_markers_every_check_that_follows_descriptors_is_named():
+    names = [n.check for n in not_run(0)]
+    assert names == [name for name, _ in NEED_MARKERS] and "publish_race" in names
+    assert all(n.why.startswith("the application wrote no markers; ") for n in not_run(0))
+    assert not_run(1) == []
