@@ -12,6 +12,7 @@ from typing import Callable
 from flightrec.checks.anomaly import Anomaly
 from flightrec.checks.duplicates import check_duplicate_insertion
 from flightrec.checks.fill_order import check_fill_order
+from flightrec.checks.kernel_publish import check_kernel_publish
 from flightrec.checks.payload import check_payload
 from flightrec.checks.poison import check_poison
 from flightrec.checks.publish_race import check_publish_race
@@ -25,6 +26,7 @@ Check = Callable[[Timeline, Replay], list[Anomaly]]
 # Most specific first: on one line the first check's anomaly is kept.
 CHECKS: tuple[Check, ...] = (
     check_publish_race,
+    check_kernel_publish,
     check_duplicate_insertion,
     check_poison,
     check_fill_order,

@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
-from flightrec.cli.record import PlainView, parse_record_args
+from flightrec.cli.record import PlainView, options_from_params, parse_record_args
 from flightrec.errors import FlightrecError
 from flightrec.record.session import Interrupted, RecordOptions
 from flightrec.record.session import record as run_record
@@ -32,11 +32,7 @@ def record_options(args: list[str], out_dir: Path, prepared: Optional[object] = 
 
     :raises FlightrecError: bad options (the host checks them before booting, too).
     """
-    params = parse_record_args(list(args) + ["-o", str(out_dir)]).params
-    return RecordOptions(out_dir=out_dir, duration=params["duration"], queues=params["queues"],
-                         buffer_kb=params["buffer_kb"], inject=params["inject"],
-                         inject_after=params["inject_after"], kernel_events=params["kernel_events"],
-                         probe_definitions=prepared, mode=params["mode"], nic=params["nic"])
+    return options_from_params(parse_record_args(list(args) + ["-o", str(out_dir)]).params, prepared)
 
 
 def record_main(probes_json: Optional[Path], args: list[str]) -> int:

@@ -207,9 +207,7 @@ def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inje
     writes markers only if it was made to, and without them the analysis has
     the kernel events alone.
     """
-    opts = RecordOptions(out_dir=out_dir, duration=duration, queues=queues, buffer_kb=buffer_kb,
-                         inject=inject, inject_after=inject_after, kernel_events=kernel_events, mode=mode,
-                         nic=nic, stamp_rate=stamp_rate, app=app, app_ready_timeout=app_ready_timeout)
+    opts = options_from_params(click.get_current_context().params)
     view: Observer = PlainView() if plain or not sys.stdout.isatty() else LiveView()
     try:
         result = run_record(opts, view)
@@ -233,6 +231,17 @@ def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inje
                    err=True)
         sys.exit(128 + signal.SIGINT)
     sys.exit(code)
+
+
+def options_from_params(params: dict, prepared: Optional[object] = None) -> RecordOptions:
+    """RecordOptions from record's parsed options: here and in the VM's guest
+    (flightrec/cli/guest.py), so that no option is dropped on the way."""
+    return RecordOptions(out_dir=params["out_dir"], duration=params["duration"], queues=params["queues"],
+                         buffer_kb=params["buffer_kb"], inject=params["inject"],
+                         inject_after=params["inject_after"], kernel_events=params["kernel_events"],
+                         mode=params["mode"], nic=params["nic"], stamp_rate=params["stamp_rate"],
+                         app=params["app"], app_ready_timeout=params["app_ready_timeout"],
+                         probe_definitions=prepared)
 
 
 def _close(view: Observer) -> None:

@@ -3,6 +3,8 @@
 import sys
 import pathlib
 
+import pytest
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from flightrec.analysis import analyze_path, analyze_text  # noqa: E402
@@ -180,10 +182,60 @@ def test_bpf_backend_slot_published_before_written_is_kernel():
         + bpf(1.006, 1, f"flush xs={xs} q=0x0 prod=0x2")
         + mark(1.007, 0, f"ingress q:0 0xdeadbeefdeadbeef FILL -> RX: expected {b:#x} remaining: []")
     )
-    a0 = first(analyze_text(text))
+    found = analyze_text(text).to_json()["anomalies"]
+    # First the kernel's own events (checks/kernel_publish.py), at the late write...
+    k = found[0]
+    assert (k["verdict"], k["kind"], k["reserve_cpu"], k["flush_cpu"], k["addr"]) == \
+        ("kernel", "kernel_publish_race", 1, 0, f"{b:#x}")
+    # ...then the application's read of the stale slot, tied to the same race.
+    a0 = found[1]
     assert (a0["verdict"], a0["kind"], a0["reserve_cpu"], a0["flush_cpu"], a0["expected"]) == \
         ("kernel", "publish_race", 1, 0, f"{b:#x}")
     assert any("past slot 1" in e["why"] for e in a0["evidence"])
+
+
+def _bpf_ring(events: list[tuple[float, int, str]]) -> str:
+    xs = f"{XS:#x}"
+    return "".join(bpf(t, cpu, text.format(xs=xs)) for t, cpu, text in events)
+
+
+def test_kernel_events_alone_catch_a_slot_published_before_written():
+    """No marker at all: CPU 0's flush publishes slot 1 before CPU 1 writes it."""
+    text = _bpf_ring([
+        (1.000, 1, "rx_reserve xs={xs} q=0x0 slot=0x0 addr=0x1000 len=0x4e"),
+        (1.001, 1, "flush xs={xs} q=0x0 prod=0x1"),
+        (1.002, 0, "rx_reserve xs={xs} q=0x0 slot=0x2 addr=0x3000 len=0x4e"),
+        (1.003, 0, "flush xs={xs} q=0x0 prod=0x3"),
+        (1.004, 1, "rx_reserve xs={xs} q=0x0 slot=0x1 addr=0x2000 len=0x4e"),
+        (1.005, 1, "flush xs={xs} q=0x0 prod=0x3"),
+    ])
+    r = analyze_text(text)
+    [a] = r.to_json()["anomalies"]
+    assert (a["kind"], a["verdict"], a["reserve_cpu"], a["flush_cpu"], a["addr"]) == \
+        ("kernel_publish_race", "kernel", 1, 0, "0x2000")
+    assert "slot 1" in a["explanation"] and "1000 us later" in a["explanation"], a["explanation"]
+    assert [c["holds"] for c in a["claims"]] == [True] and not a["claims"][0]["absence"]
+    assert r.to_json()["stats"]["checks_not_run"], "no markers: the marker checks are said not to have run"
+
+
+@pytest.mark.parametrize("events", [
+    # Each CPU writes its slot before its flush publishes it, NAPI moving between CPUs.
+    [(1.000, 1, "rx_reserve xs={xs} q=0x0 slot=0x0 addr=0x1000 len=0x4e"),
+     (1.001, 1, "flush xs={xs} q=0x0 prod=0x1"),
+     (1.002, 0, "rx_reserve xs={xs} q=0x0 slot=0x1 addr=0x2000 len=0x4e"),
+     (1.003, 0, "flush xs={xs} q=0x0 prod=0x2"),
+     (1.004, 1, "rx_reserve xs={xs} q=0x0 slot=0x2 addr=0x3000 len=0x4e")],
+    # A flush line printed late, its producer past the other CPU's already written slots.
+    [(1.000, 0, "rx_reserve xs={xs} q=0x0 slot=0x0 addr=0x1000 len=0x4e"),
+     (1.001, 1, "rx_reserve xs={xs} q=0x0 slot=0x1 addr=0x2000 len=0x4e"),
+     (1.002, 0, "flush xs={xs} q=0x0 prod=0x2")],
+    # The socket freed and another made at the same address: its slots start at 0 again, seconds later.
+    [(1.000, 0, "rx_reserve xs={xs} q=0x0 slot=0x4ff addr=0x1000 len=0x4e"),
+     (1.001, 0, "flush xs={xs} q=0x0 prod=0x500"),
+     (3.000, 1, "rx_reserve xs={xs} q=0x0 slot=0x0 addr=0x2000 len=0x4e")],
+])
+def test_kernel_events_of_a_sound_kernel_stay_clean(events):
+    assert analyze_text(_bpf_ring(events)).anomalies == ()
 
 
 def test_real_ftrace_and_trace_cmd_output_read_alike(fixtures):
