@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-/* flightrec's kernel events on kernels without kprobes: three BTF
+/* flightrec's kernel events on kernels without kprobes: three
  * tracepoint programs that print the RX reserve, the RX flush and the TX read
  * of AF_XDP sockets with bpf_trace_printk, so they land in the same ftrace
  * buffer as the forwarder's markers. The line format is docs/markers.md's
@@ -7,8 +7,12 @@
  * u64 because %p prints hashed pointers.
  *
  * Stand-ins for the kprobe sites:
- *   __xsk_rcv_zc    -> tp_btf/xdp_redirect (fires right after the redirect
- *                      into the socket wrote its RX descriptor)
+ *   __xsk_rcv_zc    -> raw_tp/xdp_redirect (fires right after the redirect
+ *                      into the socket wrote its RX descriptor; raw, not
+ *                      tp_btf: 6.1's verifier refuses to read the void *tgt
+ *                      argument of a BTF tracepoint, "arg2 type UNKNOWN is
+ *                      not a struct", and every field here is read with
+ *                      BPF_CORE_READ anyway)
  *   xsk_flush       -> tp_btf/napi_poll (fires after the poll's xdp_do_flush)
  *   xp_raw_get_data -> tp_btf/netif_rx on the peer, for skbs an XSK sent
  *
@@ -64,7 +68,7 @@ static __always_inline bool wanted(struct xdp_sock *xs)
 	return bpf_map_lookup_elem(&devs, &key) != NULL;
 }
 
-SEC("tp_btf/xdp_redirect")
+SEC("raw_tp/xdp_redirect")
 int BPF_PROG(xsk_rx_reserve, const struct net_device *dev, const struct bpf_prog *xdp, const void *tgt,
 	     int err, enum bpf_map_type map_type, u32 map_id, u32 index)
 {

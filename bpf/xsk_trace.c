@@ -127,7 +127,7 @@ int main(int argc, char **argv)
 		xsk_trace_bpf__destroy(skel);
 		return 2;
 	}
-	printf("{\"event\":\"%s\",\"programs\":[\"tp_btf/xdp_redirect\",\"tp_btf/napi_poll\",\"tp_btf/netif_rx\"],"
+	printf("{\"event\":\"%s\",\"programs\":[\"raw_tp/xdp_redirect\",\"tp_btf/napi_poll\",\"tp_btf/netif_rx\"],"
 	       "\"devs\":%d,\"pid\":%d}\n", probe ? "probe" : "ready", ndevs, getpid());
 	fflush(stdout);
 

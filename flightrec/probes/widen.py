@@ -473,13 +473,16 @@ PROBES_WAIT = 120.0  # seconds for the recording to define its kprobes (python u
 
 def _wait_for_recording_probes(child: subprocess.Popen, tracefs: Path = Path("/sys/kernel/tracing"),
                                timeout: float = PROBES_WAIT) -> bool:
-    """Wait until the recording has defined its kprobes (or exited); False on timeout.
+    """Wait until the recording has its kernel events (or exited); False on timeout.
 
-    The widener must attach after them: where two kprobes share an address
-    (the flush site is the recording's flush probe), the kernel runs the
-    newest first (kernel/kprobes.c add_new_kprobe, list_add_rcu). So the
-    flush-side delay comes before the flush event, and the trace shows the
-    flush when it really reads cached_prod, after the other CPU's reserve.
+    The widener must attach after the recording's kprobes: where two kprobes
+    share an address (the flush site is the recording's flush probe), the
+    kernel runs the newest first (kernel/kprobes.c add_new_kprobe,
+    list_add_rcu). So the flush-side delay comes before the flush event, and
+    the trace shows the flush when it really reads cached_prod, after the
+    other CPU's reserve. With the BPF backend (--kernel-events bpf) there are
+    no kprobes to wait for: its printk lines enabled in the recording's
+    instance say its kernel events are on.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and child.poll() is None:
@@ -488,6 +491,12 @@ def _wait_for_recording_probes(child: subprocess.Popen, tracefs: Path = Path("/s
                 return True
         except OSError:
             pass
+        for enable in (tracefs / "instances").glob("flightrec-*/events/bpf_trace/bpf_trace_printk/enable"):
+            try:
+                if enable.read_text().strip() == "1":
+                    return True
+            except OSError:
+                pass
         time.sleep(0.05)
     return False
 
@@ -522,7 +531,7 @@ def run(plan_file: Path, command: list[str], out_dir: Optional[Path]) -> int:
         widener.start()
         t = time.monotonic()
         print(f"flightrec: {describe(plan, options)}"
-              + ("" if waited else f" (no {KPROBE_GROUP} kprobes appeared: attached anyway)"),
+              + ("" if waited else " (the recording's kernel events did not appear: attached anyway)"),
               file=sys.stderr, flush=True)
         code = child.wait()
     except BaseException:

@@ -7,7 +7,7 @@ The analyzer reads three kernel events (docs/markers.md): the RX reserve in
 * ``kprobes``: probes on those functions. Installing and removing them
   belongs to ``flightrec.probes``, called from :func:`install` and
   :func:`remove` below — the only two places the recording touches probes.
-* ``bpf``: BTF tracepoint programs (bpf/xsk_trace.bpf.c, loaded by the
+* ``bpf``: tracepoint programs (bpf/xsk_trace.bpf.c, loaded by the
   bpf/xsk_trace process, :class:`BpfTracer`) that print the same events with
   ``bpf_trace_printk``, plus ring slot and producer, for kernels without
   kprobes. Everything they load lives as long as that process.
@@ -39,7 +39,7 @@ LOADER_ENV = locate.PROGRAMS["xsk_trace"]
 PRINTK_EVENT = Path("events/bpf_trace/bpf_trace_printk/enable")
 # The BPF events stand in for these kernel functions (docs/markers.md).
 BPF_TRACEPOINTS = {
-    "rx_reserve": "tp_btf/xdp_redirect",
+    "rx_reserve": "raw_tp/xdp_redirect",
     "flush": "tp_btf/napi_poll",
     "tx_get_data": "tp_btf/netif_rx",
 }
