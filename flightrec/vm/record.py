@@ -217,7 +217,9 @@ def vm_record(opts: VmRecordOptions, parse_record_args: ParseRecordArgs, say: Sa
     _rewrite_paths(opts.out_dir, guest.guest_out)
     verdict = None
     exit_code = guest.exit_code
-    if opts.analyze and trace.is_file() and (guest.exit_code in (0, 1) or guest.stopped_by is not None):
+    # Exit 2 with a trace: a helper (or the --app program) died mid-run, and
+    # the trace it left is analyzed as `record` does on the host.
+    if opts.analyze and trace.is_file() and (guest.exit_code in (0, 1, 2) or guest.stopped_by is not None):
         from flightrec.report.summary import summarize
 
         say("analyzing the trace on the host")

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from flightrec.errors import FlightrecError
+from flightrec.record.forwarder import forwarder_path
 
 REPO = Path(__file__).resolve().parents[2]
 LOADER = REPO / "bpf" / "widen"
@@ -173,3 +174,43 @@ def test_fixed_kernel_stays_clean_under_the_same_widening(vm_ready, tmp_path):
     assert stats["flush_delays"] >= 1 and stats["reserve_delays"] == 0, stats
     assert stats["seconds"] >= RACE_DURATION
     assert took <= RACE_BUDGET, f"the fixed run took {took:.0f} s"
+
+
+# --- kernel events alone: a program that writes no markers ---------------------
+# bpf/forwarder with --no-markers, run as `record --app` runs any program; the
+# BPF backend (its reserve line comes after the descriptor write and carries
+# the slot) feeds checks/kernel_publish.py.
+FORWARDER = forwarder_path()  # the guest sees the host's root: the same path
+UNMARKED_APP = f"{FORWARDER} --outer -:{{outer}} --inner -:{{inner}} --queues {{queues}} --no-markers"
+
+
+def _vm_record_unmarked(kernel: str, out: Path) -> tuple[int, float, str]:
+    t = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "flightrec", "vm", "record", "--kernel", kernel, "--widen",
+                           "--kernel-events", "bpf", "--app", UNMARKED_APP,
+                           "--duration", str(RACE_DURATION), "-o", str(out)],
+                          capture_output=True, text=True, timeout=RACE_DURATION + 600, cwd=REPO)
+    return proc.returncode, time.monotonic() - t, proc.stdout + proc.stderr
+
+
+def test_kernel_events_alone_catch_the_race_in_a_program_without_markers(vm_ready, tmp_path):
+    out = tmp_path / "race-unmarked"
+    code, took, log = _vm_record_unmarked("veth-race", out)
+    assert code == 1, f"exit {code}, want 1 (the analysis finds the race):\n{log[-3000:]}"
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["stats"]["events"]["marker"] == 0 and analysis["stats"]["checks_not_run"]
+    race = analysis["anomalies"][0]
+    assert (race["verdict"], race["kind"]) == ("kernel", "kernel_publish_race"), race
+    assert race["reserve_cpu"] != race["flush_cpu"] and "before its own flush" in race["explanation"]
+    assert "WIDENED" in json.loads((out / "meta.json").read_text())["widened"]["summary"]
+    assert took <= RACE_BUDGET + 60, f"the run took {took:.0f} s"
+
+
+def test_the_fixed_kernel_stays_clean_for_kernel_events_alone(vm_ready, tmp_path):
+    out = tmp_path / "fixed-unmarked"
+    code, took, log = _vm_record_unmarked("veth-fixed", out)
+    assert code == 0, f"exit {code}, want 0 (clean for the whole duration):\n{log[-3000:]}"
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["widened"]["stats"]["flush_delays"] >= 1, meta["widened"]["stats"]
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["verdict"] == "clean" and analysis["stats"]["events"]["reserve"] > 1000, analysis["stats"]
