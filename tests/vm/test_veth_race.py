@@ -196,7 +196,10 @@ def _vm_record_unmarked(kernel: str, out: Path) -> tuple[int, float, str]:
 def test_kernel_events_alone_catch_the_race_in_a_program_without_markers(vm_ready, tmp_path):
     out = tmp_path / "race-unmarked"
     code, took, log = _vm_record_unmarked("veth-race", out)
-    assert code == 1, f"exit {code}, want 1 (the analysis finds the race):\n{log[-3000:]}"
+    # 1: stopped on the race; 2: the forwarder read a poisoned slot first and
+    # exited 3, which without markers cannot stop tracing (an app death): the
+    # trace it left is analyzed all the same.
+    assert code in (1, 2), f"exit {code}, want 1 or 2:\n{log[-3000:]}"
     analysis = json.loads((out / "analysis.json").read_text())
     assert analysis["stats"]["events"]["marker"] == 0 and analysis["stats"]["checks_not_run"]
     race = analysis["anomalies"][0]
