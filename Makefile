@@ -7,8 +7,9 @@ PYTEST_ARGS ?=
 
 all: build
 
+# The C programs (c/Makefile): built into build/c, where flightrec/locate.py finds them.
 build: flightrec/_scan.so flightrec/_bulk.so
-	$(MAKE) -C bpf
+	$(MAKE) -C c OUT=$(CURDIR)/build/c
 
 # The analyzer's C scanner (flightrec/parse/scan.py loads it with ctypes).
 flightrec/_scan.so: flightrec/_scan.c
@@ -31,5 +32,5 @@ test: build
 	$(PYTHON) -m pytest -ra $(PYTEST_ARGS) tests
 
 clean:
-	$(MAKE) -C bpf clean
+	$(MAKE) -C c clean OUT=$(CURDIR)/build/c
 	rm -f flightrec/_scan*.so flightrec/_bulk*.so

@@ -1,4 +1,4 @@
-"""Stamped payloads that are not what their stamp says (bpf/stamp.h).
+"""Stamped payloads that are not what their stamp says (c/stamp/stamp.h).
 
 Two parties check them: the forwarder, on the frame it read from RX before
 forwarding it (a detection line `... FILL -> RX: payload ...`), and the

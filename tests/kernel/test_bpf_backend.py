@@ -1,4 +1,4 @@
-"""The BPF tracepoint backend (bpf/xsk_trace): kernel events on kernels without kprobes.
+"""The BPF tracepoint backend (c/xsk_trace): kernel events on kernels without kprobes.
 
 Real programs on real tracepoints: the loader alone (attach, detach on
 SIGINT, nothing left after SIGKILL), then `flightrec record --kernel-events

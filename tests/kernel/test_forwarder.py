@@ -1,4 +1,4 @@
-"""End-to-end tests of the C forwarder (bpf/forwarder) on real veths, namespaces and tracefs.
+"""End-to-end tests of the C forwarder (c/forwarder) on real veths, namespaces and tracefs.
 
 Each test builds its own topology with `ip`:
 
@@ -26,11 +26,13 @@ from typing import Iterator, Optional
 
 import pytest
 
+from flightrec import locate
+
 pytestmark = pytest.mark.kernel
 
 REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("FLIGHTREC_FORWARDER", REPO / "bpf" / "forwarder"))
-STAMP = Path(os.environ.get("FLIGHTREC_STAMP", REPO / "bpf" / "stamp"))
+BINARY = locate.program("forwarder")
+STAMP = locate.program("stamp")
 STAMP_PORT = 5203
 TRACEFS = Path("/sys/kernel/tracing")
 QUEUES = 2
@@ -57,7 +59,7 @@ def why_cannot_run() -> Optional[str]:
     if os.geteuid() != 0:
         return "needs root (network namespaces, XDP, tracefs)"
     if not BINARY.exists() or not (BINARY.parent / "xdp_meta.bpf.o").exists():
-        return f"forwarder not built ({BINARY}); run `make -C bpf`"
+        return f"forwarder not built ({BINARY}); run `make build`"
     for tool in ("ip", "iperf3", "ethtool", "ping"):
         if not shutil.which(tool):
             return f"{tool} not installed (apt-get install iproute2 iperf3 ethtool iputils-ping)"
@@ -234,7 +236,7 @@ def traffic(topology) -> Iterator[Traffic]:
 
 def test_help_has_examples() -> None:
     if not BINARY.exists():
-        pytest.skip(f"forwarder not built ({BINARY}); run `make -C bpf`")
+        pytest.skip(f"forwarder not built ({BINARY}); run `make build`")
     out = sh(str(BINARY), "--help")
     assert "Examples:" in out.stdout and "--inject" in out.stdout
 
@@ -247,7 +249,7 @@ def test_help_has_examples() -> None:
 ])
 def test_bad_input_is_one_line_and_exit_2(argv: list[str]) -> None:
     if not BINARY.exists():
-        pytest.skip(f"forwarder not built ({BINARY}); run `make -C bpf`")
+        pytest.skip(f"forwarder not built ({BINARY}); run `make build`")
     out = sh(str(BINARY), *argv, check=False)
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("forwarder: ")
@@ -344,7 +346,7 @@ def test_sigterm_exits_clean_and_detaches(topology) -> None:
 
 
 def stamp_recv(tmp_path: Path, *extra: str) -> subprocess.Popen:
-    """bpf/stamp's receiver in the server namespace, once it listens."""
+    """c/stamp's receiver in the server namespace, once it listens."""
     proc = subprocess.Popen([str(STAMP), "recv", "--netns", ns_path("sv"), "--bind", f"{SERVER_IP}:{STAMP_PORT}",
                              "--stats", str(tmp_path / "recv.json"), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -374,7 +376,7 @@ def test_payload_flipped_after_forwarding_is_caught_by_the_receiver(instance: Pa
     """The done-when of issue 13: bytes flipped in frames the forwarder already
     checked and forwarded; the receiving side catches every one."""
     if not STAMP.exists():
-        pytest.skip(f"{STAMP} not built; run `make -C bpf`")
+        pytest.skip(f"{STAMP} not built; run `make build`")
     count = 40
     stats = tmp_path / "fwd.json"
     recv = None
@@ -431,7 +433,7 @@ def test_stale_payload_is_caught_by_the_forwarder(instance: Path, tmp_path: Path
     """A packet carrying its flow's previous packet's body under its own header:
     the forwarder's check names the packet whose data it found, and stops."""
     if not STAMP.exists():
-        pytest.skip(f"{STAMP} not built; run `make -C bpf`")
+        pytest.skip(f"{STAMP} not built; run `make build`")
     with running_forwarder("--trace-dir", str(instance), "--duration", "30",
                            "--payload-port", str(STAMP_PORT)) as proc:
         wait_ready(proc)

@@ -98,7 +98,7 @@ def test_loader_argv_and_queue_needs_queue_site(debian_plan):
 
 def _loader() -> Path:
     if not LOADER.is_file():
-        pytest.skip("bpf/widen not built (make -C bpf)")
+        pytest.skip("c/widen not built (make build)")
     return LOADER
 
 

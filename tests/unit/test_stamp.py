@@ -1,4 +1,4 @@
-"""bpf/stamp over loopback: the payload format, held to an independent Python
+"""c/stamp over loopback: the payload format, held to an independent Python
 writer and reader, and the receiver's detection line for each kind of damage."""
 
 import json
@@ -17,7 +17,7 @@ MAGIC = 0x50524C46
 
 
 def stamp(pkt: int, length: int) -> bytes:
-    """bpf/stamp.h's layout, written from its comment."""
+    """c/stamp/stamp.h's layout, written from its comment."""
     words = [MAGIC, pkt, length] + [((pkt << 12) | (i & 0xFFF)) & 0xFFFFFFFF for i in range(3, length // 4 + 1)]
     return struct.pack(f"<{len(words)}I", *words)[:length]
 
