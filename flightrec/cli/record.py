@@ -16,9 +16,9 @@ from flightrec.errors import FlightrecError
 from flightrec.record.afxdp import MODES as AFXDP_MODES
 from flightrec.record.forwarder import INJECT_FAULTS
 from flightrec.record.kernel_events import BACKENDS
-from flightrec.record.topology import NIC_KINDS
 from flightrec.record.session import Interrupted, LiveStats, Observer, RecordOptions, RecordResult
 from flightrec.record.session import record as run_record
+from flightrec.record.topology import NIC_KINDS
 
 if TYPE_CHECKING:
     from flightrec.vm.record import RecordArgs
@@ -180,8 +180,9 @@ everything removed).
                    "instance's trace_marker), {tracedir}, {out} and {netns} filled in, the same in its "
                    "environment as FLIGHTREC_OUTER ... It loads its own XDP program; it is ready once one is "
                    "attached and it holds an AF_XDP socket, and is stopped with SIGINT at the end.")
-@click.option("--app-ready-timeout", type=click.FloatRange(min=0, min_open=True), default=RecordOptions.app_ready_timeout,
-              show_default=True, metavar="S", help="Seconds the --app program may take to get ready.")
+@click.option("--app-ready-timeout", type=click.FloatRange(min=0, min_open=True),
+              default=RecordOptions.app_ready_timeout, show_default=True, metavar="S",
+              help="Seconds the --app program may take to get ready.")
 @click.option("--plain", is_flag=True, help="One line per event (the default when stdout is not a TTY).")
 def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inject: Optional[str],
                inject_after: Optional[int], kernel_events: str, mode: str, nic: str, stamp_rate: int,

@@ -29,7 +29,6 @@ from typing import Callable, Optional
 from flightrec import locate
 from flightrec.errors import FlightrecError
 
-
 EXIT_CLEAN = 0
 EXIT_SETUP = 2
 EXIT_ANOMALY = 3

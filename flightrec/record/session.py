@@ -31,9 +31,9 @@ from typing import Any, Iterator, Optional
 
 from flightrec import __version__, locate, runfolder, tracefs
 from flightrec.errors import FlightrecError
+from flightrec.record import afxdp, kernel_events, state, topology
 from flightrec.record import app as appmod
 from flightrec.record import forwarder as fwdmod
-from flightrec.record import afxdp, kernel_events, state, topology
 from flightrec.record.forwarder import Forwarder, ForwarderConfig
 from flightrec.record.traffic import STAMP_CORRUPT, STAMP_PORT, Traffic, TrafficPlan, stamp_path
 from flightrec.record.watch import Exit, Watch
@@ -804,7 +804,7 @@ class _Recording:
         if self.probes_handle is not None:
             try:
                 self.teardown_errors.extend(kernel_events.remove(self.probes_handle))
-            except Exception as err:  # a probe backend failing must not stop the teardown
+            except Exception as err:  # noqa: BLE001 - a probe backend failing must not stop the teardown
                 self.teardown_errors.append(f"removing probes: {err}")
         if self.instance is not None:
             try:

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from flightrec.errors import FlightrecError
 from flightrec import locate
+from flightrec.errors import FlightrecError
 from flightrec.record.forwarder import child_guard
 from flightrec.record.topology import Topology
 
@@ -163,7 +163,8 @@ class Traffic:
                 if dead:
                     raise FlightrecError(f"{dead[0]} before listening (see its log in {self.log_dir})")
             if time.monotonic() > deadline:
-                raise FlightrecError(f"iperf3 servers or stamp recv did not start listening within {LISTEN_TIMEOUT:g} s")
+                raise FlightrecError(
+                    f"iperf3 servers or stamp recv did not start listening within {LISTEN_TIMEOUT:g} s")
             time.sleep(0.1)
         common = ["--connect-timeout", str(CONNECT_TIMEOUT_MS), "-J", "-i", "0", "-t", str(t)]
         self.clients["tcp"] = self._spawn(

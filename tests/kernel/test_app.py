@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from flightrec.record import forwarder
+
 from recordkit import everything, left_behind, registry, run, skip_unless_can_record, start
 
 FWD = f"{forwarder.forwarder_path()} --outer -:{{outer}} --inner -:{{inner}} --queues {{queues}}"

@@ -21,8 +21,19 @@ import pytest
 
 from flightrec import tracefs
 from flightrec.record import kernel_events, state
-from recordkit import (XSK_TRACE_PROGRAMS, bpf_links, bpf_programs, interrupt, registry, run,
-                       skip_unless_can_record, snapshot, start, wait_forwarding)
+
+from recordkit import (
+    XSK_TRACE_PROGRAMS,
+    bpf_links,
+    bpf_programs,
+    interrupt,
+    registry,
+    run,
+    skip_unless_can_record,
+    snapshot,
+    start,
+    wait_forwarding,
+)
 
 pytestmark = [pytest.mark.kernel]
 

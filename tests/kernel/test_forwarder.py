@@ -85,7 +85,7 @@ def nsexec(role: str, *argv: str) -> list[str]:
 def leftovers() -> list[str]:
     """Namespaces, links and tracefs instances of ours still on the machine."""
     found = [n.split()[0] for n in sh("ip", "netns", "list").stdout.splitlines() if n.startswith(PREFIX)]
-    found += [l for l in sh("ip", "-o", "link", "show").stdout.split() if l.startswith(PREFIX.replace("-", ""))]
+    found += [w for w in sh("ip", "-o", "link", "show").stdout.split() if w.startswith(PREFIX.replace("-", ""))]
     inst = TRACEFS / "instances"
     if inst.is_dir():
         found += [str(p) for p in inst.iterdir() if p.name.startswith(PREFIX)]
@@ -289,9 +289,9 @@ def test_forwards_tcp_and_udp_with_markers(instance: Path, traffic: Traffic, tmp
 
     lines = marker_lines((instance / "trace").read_text())
     assert sum(line.endswith("FILL -> RX") for line in lines) >= 1000
-    bad = [l for l in lines if not (TRANSITION.match(l) or NOTE.match(l))]
+    bad = [ln for ln in lines if not (TRANSITION.match(ln) or NOTE.match(ln))]
     assert bad == [], f"lines outside the marker grammar: {bad[:5]}"
-    assert any(l.endswith("RX -> TX") for l in lines) and any(l.endswith("COMP -> FILL") for l in lines)
+    assert any(ln.endswith("RX -> TX") for ln in lines) and any(ln.endswith("COMP -> FILL") for ln in lines)
     assert (instance / "tracing_on").read_text().strip() == "1"
 
 
@@ -318,13 +318,13 @@ def test_injected_bug_is_caught(kind: str, instance: Path, traffic: Traffic, tmp
     assert DETECTION.match(lines[-1]), f"trace does not end with a detection line: {lines[-3:]}"
     assert lines[-1] == anomaly[0]["line"]
     addr = anomaly[0]["addr"]
-    mine = [l for l in lines[:-1] if TRANSITION.match(l) and l.split()[2] == addr]
+    mine = [ln for ln in lines[:-1] if TRANSITION.match(ln) and ln.split()[2] == addr]
     if kind == "double-fill":
         # the injected resubmit: two FILL lines in a row for the caught descriptor
         assert any(a.endswith("-> FILL") and b.endswith("-> FILL") for a, b in zip(mine, mine[1:])), mine[-8:]
     else:
         # the injected line: into FILL while on its way to TX
-        assert any(l.endswith("RX -> FILL") for l in mine), mine[-8:]
+        assert any(ln.endswith("RX -> FILL") for ln in mine), mine[-8:]
 
     final = json.loads(stats.read_text())
     assert final["exit_code"] == 3 and final["injected"] is True
@@ -416,10 +416,10 @@ def test_payload_flipped_after_forwarding_is_caught_by_the_receiver(instance: Pa
     saved = tmp_path / "trace.txt"
     saved.write_text((instance / "trace").read_text())
     lines = marker_lines(saved.read_text())
-    first = [l for l in lines if l.startswith("receiver udp:")]
+    first = [ln for ln in lines if ln.startswith("receiver udp:")]
     assert len(first) == 1 and first[0] == got["first"], first
     pkt = int(first[0].split()[4])
-    notes = [l for l in lines if l.endswith(f" forward pkt {pkt}")]
+    notes = [ln for ln in lines if ln.endswith(f" forward pkt {pkt}")]
     assert notes, f"no forward note for packet {pkt}"
     frame = notes[-1].split()[0]
     result = analyze(saved)

@@ -16,8 +16,16 @@ import pytest
 
 from flightrec.errors import FlightrecError
 from flightrec.probes.widen import (
-    LOADER, SPEC_PATH, WidenOptions, WidenPlan, load_widen_specs, loader_argv, main, resolve_widen,
+    LOADER,
+    SPEC_PATH,
+    WidenOptions,
+    WidenPlan,
+    load_widen_specs,
+    loader_argv,
+    main,
+    resolve_widen,
 )
+
 from probekit import cached_kernel, kernel_source
 
 
