@@ -1,10 +1,10 @@
-"""The package build's one custom step: build bpf/ and ship its programs.
+"""The package build's one custom step: build c/ and ship its programs.
 
 Everything declarative (metadata, the C helpers as extensions, package data)
 is in pyproject.toml. What setuptools cannot declare is the forwarder, the BPF
-loaders and the BPF objects: bpf/Makefile builds them (clang, libxdp, libbpf,
-bpftool), here in a copy of bpf/ under the build folder, and build_py puts them
-in flightrec/bin/ of the wheel, where flightrec/locate.py finds them.
+loaders and the BPF objects: c/Makefile builds them (clang, libxdp, libbpf,
+bpftool), here into a folder under the build folder, and build_py puts them in
+flightrec/bin/ of the wheel, where flightrec/locate.py finds them.
 
 They are built when the package is built, not on first use: `record` runs as
 root and must not start by compiling, and the machine that installs flightrec is
@@ -12,7 +12,7 @@ the one that runs it (the programs link the system's libxdp and libbpf). Without
 the build tools the package still builds and installs (analysis is pure Python
 where the C helpers are missing too) and `flightrec doctor` names what to
 install. An editable install (`make setup`) skips this: `make build` builds
-bpf/ in place, where locate.py looks in a checkout.
+c/ into build/c/, where locate.py looks in a checkout.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-# What bpf/Makefile builds that flightrec runs (keep in step with flightrec/locate.py).
+# What c/Makefile builds that flightrec runs (keep in step with flightrec/locate.py).
 PROGRAMS = ("forwarder", "xsk_trace", "widen", "stamp", "xdp_meta.bpf.o", "widen.bpf.o")
-REQUIRED_ENV = "FLIGHTREC_REQUIRE_PROGRAMS"  # "1": a failed bpf/ build fails the package build
+REQUIRED_ENV = "FLIGHTREC_REQUIRE_PROGRAMS"  # "1": a failed c/ build fails the package build
 
 
 class BuildPyWithPrograms(build_py):
@@ -38,17 +38,16 @@ class BuildPyWithPrograms(build_py):
         self._build_programs(Path(self.build_lib) / "flightrec" / "bin")
 
     def _build_programs(self, dest: Path) -> None:
-        work = Path(self.get_finalized_command("build").build_temp) / "bpf"
+        # A fresh output folder: a checkout's own build (vmlinux.h of another kernel) stays out.
+        work = (Path(self.get_finalized_command("build").build_temp) / "c").resolve()
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(dest, ignore_errors=True)  # a failed build must not ship an earlier one
-        # Only the sources: a checkout's own build outputs (vmlinux.h of another kernel) stay out.
-        shutil.copytree("bpf", work, ignore=shutil.ignore_patterns("*.o", "vmlinux.h", "*.skel.h", *PROGRAMS))
         # bpftool lives in /usr/sbin, which a user's PATH (pipx) may lack.
         path = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
         bpftool = shutil.which("bpftool", path=path) or "bpftool"
         jobs = str(os.cpu_count() or 1)
         try:
-            proc = subprocess.run(["make", "-C", str(work), "-j", jobs, f"BPFTOOL={bpftool}", *PROGRAMS],
+            proc = subprocess.run(["make", "-C", "c", "-j", jobs, f"OUT={work}", f"BPFTOOL={bpftool}", "all"],
                                   capture_output=True, text=True, check=False)
             # The compiler's or pkg-config's own words, not make's "Error 1" after them.
             lines = [ln for ln in (proc.stderr or proc.stdout).splitlines()
@@ -57,7 +56,7 @@ class BuildPyWithPrograms(build_py):
         except OSError as err:
             why = f"make: {err.strerror}"
         if why is not None:
-            msg = (f"flightrec: bpf/ not built ({why}); the forwarder and loaders are left out, so "
+            msg = (f"flightrec: c/ not built ({why}); the forwarder and loaders are left out, so "
                    "`flightrec record` cannot run from this install (`flightrec doctor` says what to install)")
             if os.environ.get(REQUIRED_ENV) == "1":
                 raise SystemExit(msg)

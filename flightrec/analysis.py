@@ -18,9 +18,9 @@ from flightrec.checks import run_checks
 from flightrec.checks.anomaly import Anomaly
 from flightrec.checks.coverage import not_run
 from flightrec.errors import FlightrecError
+from flightrec.model.history import History
 from flightrec.model.replay import Replay, replay
 from flightrec.model.timeline import Timeline, build_timeline
-from flightrec.model.history import History
 from flightrec.parse.events import parse_trace
 from flightrec.parse.meta import kernel_events_ended_at, meta_path, read_meta, zerocopy_sockets
 
@@ -49,7 +49,8 @@ class Result:
             "lines": p.lines,
             "format": p.format,
             "instances": list(p.instances),
-            "events": {"total": len(tl), **{k: counts.get(k, 0) for k in ("reserve", "flush", "tx", "marker", "note", "other")}},
+            "events": {"total": len(tl),
+                       **{k: counts.get(k, 0) for k in ("reserve", "flush", "tx", "marker", "note", "other")}},
             "cpus": sorted(tl.window.cpu_first),
             "unparsed_lines": p.unparsed,
             "overrun": tl.window.overrun,

@@ -3,7 +3,7 @@
 flightrec runs from two layouts:
 
 - a source checkout (``make setup``: an editable install), where ``make build``
-  leaves the programs and BPF objects in ``bpf/`` and the C helpers as
+  leaves the programs and BPF objects in ``build/c/`` and the C helpers as
   ``flightrec/_scan.so`` and ``flightrec/_bulk.so``;
 - an installed wheel (``pip install .``, ``pipx install .``), where the package
   build put the programs and BPF objects in ``flightrec/bin/`` and the C helpers
@@ -29,7 +29,7 @@ BIN_DIR = PACKAGE_DIR / "bin"
 PROBE_SPECS_DIR = PACKAGE_DIR / "probes" / "specs"
 VM_KERNELS_DIR = PACKAGE_DIR / "vm" / "kernels"
 
-# The programs and BPF objects bpf/Makefile builds that flightrec runs or loads,
+# The programs and BPF objects c/Makefile builds that flightrec runs or loads,
 # with the variable that points at another build of each. The objects are found
 # by the programs themselves, beside their own executable.
 PROGRAMS = {
@@ -40,26 +40,26 @@ PROGRAMS = {
 }
 BPF_OBJECTS = ("xdp_meta.bpf.o", "widen.bpf.o")
 
-# Debian 12 packages that building bpf/ needs (bpf/Makefile's header says why each).
+# Debian 12 packages that building c/ needs (c/Makefile's header says why each).
 BUILD_PACKAGES = "clang llvm gcc make pkg-config libxdp-dev libbpf-dev libelf-dev zlib1g-dev bpftool"
 
 
 def source_tree() -> Optional[Path]:
     """The checkout this package is imported from, or None for an installed wheel."""
     root = IMPORT_ROOT
-    if (root / "pyproject.toml").is_file() and (root / "bpf" / "Makefile").is_file():
+    if (root / "pyproject.toml").is_file() and (root / "c" / "Makefile").is_file():
         return root
     return None
 
 
 def program(name: str) -> Path:
     """The program ``name`` (a key of PROGRAMS): $FLIGHTREC_<NAME> when set, else the
-    checkout's bpf/<name> in a source tree, else the installed flightrec/bin/<name>."""
+    checkout's build/c/<name> in a source tree, else the installed flightrec/bin/<name>."""
     env = os.environ.get(PROGRAMS[name])
     if env:
         return Path(env)
     tree = source_tree()
-    return tree / "bpf" / name if tree is not None else BIN_DIR / name
+    return tree / "build" / "c" / name if tree is not None else BIN_DIR / name
 
 
 def native_library(stem: str) -> Optional[Path]:
@@ -75,7 +75,7 @@ def native_library(stem: str) -> Optional[Path]:
     return None
 
 
-def build_fix(what: str = "bpf/", packages: str = BUILD_PACKAGES) -> str:
+def build_fix(what: str = "c/", packages: str = BUILD_PACKAGES) -> str:
     """How to get the built parts on this layout, as a doctor's fix says it."""
     tree = source_tree()
     if tree is not None:

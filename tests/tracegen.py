@@ -16,7 +16,8 @@ def reserve(ts: float, cpu: int, addr: int, xs: int = XS, task: str = "ksoftirqd
 
 
 def flush(ts: float, cpu: int, xs: int = XS) -> str:
-    return line(ts, cpu, "xsk_flush", f"(__xsk_map_flush+0x4e/0x180) xs={xs:#x}", task="ksoftirqd", pid=15, flags="d.Z1.")
+    return line(ts, cpu, "xsk_flush", f"(__xsk_map_flush+0x4e/0x180) xs={xs:#x}", task="ksoftirqd", pid=15,
+                flags="d.Z1.")
 
 
 def mark(ts: float, cpu: int, text: str, task: str = "fwd") -> str:

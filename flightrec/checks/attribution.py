@@ -52,7 +52,8 @@ def root_duplicate(rp: Replay, before_row: int, addrs: tuple[Optional[int], ...]
     return dups[0] if dups else None
 
 
-def find_race(tl: Timeline, rp: Replay, xs: int, reserve_row: int, until_row: int) -> tuple[Optional[int], Optional[int]]:
+def find_race(tl: Timeline, rp: Replay, xs: int, reserve_row: int,
+              until_row: int) -> tuple[Optional[int], Optional[int]]:
     """(flush row on another CPU that published the slot early, the reserving CPU's own flush row).
 
     With kprobes the reserve fires before the descriptor write: the first
@@ -173,7 +174,8 @@ def symptom_claims(tl: Timeline, r: RxRead) -> list[Claim]:
     row = r.row
     out: list[Claim] = []
     if r.detection is not None:
-        out.append(seen(f"the application reported it itself (line {line[row]})", (cpu[row],), (ts[row],), (line[row],)))
+        out.append(seen(f"the application reported it itself (line {line[row]})",
+                        (cpu[row],), (ts[row],), (line[row],)))
     elif r.fill_mismatch and r.expected_row is not None:
         e = r.expected_row
         out.append(absent(h, f"{hexa(r.fill_expected)} went into {r.sock}'s FILL at line {line[e]} and was not read "

@@ -48,7 +48,7 @@ def _ahead(prod: int, slot: int) -> bool:
 def check_kernel_publish(tl: Timeline, rp: Replay) -> list[Anomaly]:
     """One anomaly per socket: its first slot written after another CPU's flush published it."""
     out = []
-    slot, prod, cpu, ts, line = tl.slot, tl.prod, tl.cpu, tl.ts, tl.line
+    slot, prod, cpu, ts = tl.slot, tl.prod, tl.cpu, tl.ts
     for xs, reserves in rp.reserves.items():
         flushes = rp.flushes.get(xs, [])
         best = -1  # the row of the flush with the furthest producer so far

@@ -1,4 +1,4 @@
-"""Stamped payloads that are not what their stamp says (bpf/stamp.h).
+"""Stamped payloads that are not what their stamp says (c/stamp/stamp.h).
 
 Two parties check them: the forwarder, on the frame it read from RX before
 forwarding it (a detection line `... FILL -> RX: payload ...`), and the
@@ -131,7 +131,8 @@ def _at_receiver(tl: Timeline, row: int, port: int, det: Detection, forwarded: d
             missing=(f"the forwarder's note `... forward pkt {p.expected}`",), **base)
     addr = tl.addr[note]
     evidence = [ev(tl, row, "the receiver's detection line"),
-                ev(tl, note, f"the forwarder checked packet {p.expected} intact in frame {hexa(addr)} and forwarded it")]
+                ev(tl, note,
+                   f"the forwarder checked packet {p.expected} intact in frame {hexa(addr)} and forwarded it")]
     later = _after(tl, addr, note, row)
     tx = next((r for r in later if tl.to[r] == "TX"), None)
     sock = tl.sock[tx] if tx is not None else None

@@ -66,7 +66,8 @@ def _length(tl: Timeline, rp: Replay, row: int, det, symptom: str, r) -> Anomaly
     elif klen == det.length != det.xdp_length:
         verdict, why = KERNEL, f"the kernel itself wrote len {klen} for a {det.xdp_length}-byte packet"
     elif klen == det.xdp_length != det.length:
-        verdict, why = APPLICATION, f"the kernel wrote len {klen}; the application saw {det.length}: it changed the descriptor"
+        verdict = APPLICATION
+        why = f"the kernel wrote len {klen}; the application saw {det.length}: it changed the descriptor"
     else:
         verdict, why = UNDETERMINED, f"the kernel wrote len {klen}, matching neither side"
     return Anomaly("length_mismatch", verdict, explanation=f"{symptom}; {why}", evidence=tuple(evidence),

@@ -23,7 +23,8 @@ def check_transitions(tl: Timeline, rp: Replay) -> list[Anomaly]:
     for r in rp.reads:
         if r.addr == POISON or r.state_before in (None, "FILL"):
             continue
-        symptom = f"{r.sock} read {hexa(r.addr)} from RX while it was in {r.state_before} (invalid {r.state_before} -> RX)"
+        symptom = (f"{r.sock} read {hexa(r.addr)} from RX while it was in {r.state_before} "
+                   f"(invalid {r.state_before} -> RX)")
         out.append(attribute_read(tl, rp, r, "invalid_transition", symptom))
     for b in rp.bad:
         if b.to in KERNEL_OWNED and b.state_before in KERNEL_OWNED:
@@ -47,7 +48,8 @@ def check_transitions(tl: Timeline, rp: Replay) -> list[Anomaly]:
             dup = root_duplicate(rp, b.row, (b.addr,))
             if dup is not None:
                 verdict = APPLICATION
-                text += f"; explained by the application's duplicate insertion of {hexa(dup.addr)} at line {tl.line[dup.row]}"
+                text += (f"; explained by the application's duplicate insertion of {hexa(dup.addr)} "
+                         f"at line {tl.line[dup.row]}")
         out.append(Anomaly("invalid_transition", verdict, tl.line[b.row], tl.ts[b.row], text, addr=b.addr,
                            sock=b.sock, queue=b.queue, read_cpu=tl.cpu[b.row], evidence=evidence, claims=claims))
     return out

@@ -36,9 +36,12 @@ Exit codes: 0 no anomaly, 1 anomaly found, 2 bad input or usage.
 """,
 )
 @click.argument("traces", nargs=-1, required=True, metavar="TRACE...")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (a list under \"traces\" for several files).")
-@click.option("--descriptor", callback=_addr, metavar="ADDR", help="Print this descriptor's whole life instead of the anomalies.")
-@click.option("--around", default=8, show_default=True, type=click.IntRange(0, 1000), help="Events of context around each piece of evidence.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (a list under \"traces\" for several files).")
+@click.option("--descriptor", callback=_addr, metavar="ADDR",
+              help="Print this descriptor's whole life instead of the anomalies.")
+@click.option("--around", default=8, show_default=True, type=click.IntRange(0, 1000),
+              help="Events of context around each piece of evidence.")
 @click.option("--stats", "cpu_stats", is_flag=True, help="Also print per-CPU statistics.")
 def analyze(traces: tuple[str, ...], as_json: bool, descriptor: Optional[int], around: int, cpu_stats: bool) -> None:
     """Explain a saved ftrace trace of an AF_XDP program.

@@ -56,7 +56,7 @@ def check_bpf_events() -> Check:
     why = kernel_events.bpf_unavailable(root)
     return Check("bpf events", False, why is None,
                  "BTF tracepoint programs load and attach (kernel events without kprobes)" if why is None else why,
-                 (locate.build_fix("bpf/xsk_trace") + "; and " if "not built" in (why or "") else "")
+                 (locate.build_fix("c/xsk_trace") + "; and " if "not built" in (why or "") else "")
                  + "a kernel with BTF that allows tp_btf programs")
 
 

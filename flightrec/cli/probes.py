@@ -66,7 +66,8 @@ Exit codes: 0 every probe resolved, 2 bad input or a probe that cannot be had.
 """)
 @click.option("--vmlinux", metavar="PATH", help="Kernel image with DWARF (default: the running kernel's, "
               "e.g. /usr/lib/debug/boot/vmlinux-$(uname -r)).")
-@click.option("--specs", multiple=True, metavar="TOML", help="Probe spec file (default: flightrec/probes/specs/*.toml).")
+@click.option("--specs", multiple=True, metavar="TOML",
+              help="Probe spec file (default: flightrec/probes/specs/*.toml).")
 @click.option("--no-perf", is_flag=True, help="Write the kprobe_events definitions from DWARF, not with perf probe -D.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def show(vmlinux: Optional[str], specs: tuple[str, ...], no_perf: bool, as_json: bool) -> None:

@@ -16,9 +16,9 @@ from flightrec.errors import FlightrecError
 from flightrec.record.afxdp import MODES as AFXDP_MODES
 from flightrec.record.forwarder import INJECT_FAULTS
 from flightrec.record.kernel_events import BACKENDS
-from flightrec.record.topology import NIC_KINDS
 from flightrec.record.session import Interrupted, LiveStats, Observer, RecordOptions, RecordResult
 from flightrec.record.session import record as run_record
+from flightrec.record.topology import NIC_KINDS
 
 if TYPE_CHECKING:
     from flightrec.vm.record import RecordArgs
@@ -136,7 +136,7 @@ Examples:
   flightrec record --plain --kernel-events none > record.log
   flightrec record --mode auto                  # says which AF_XDP mode veth gave (copy)
   flightrec record --app './my-fwd -i {outer} -o {inner} -q {queues}'   # your own AF_XDP program
-  flightrec record --app 'bpf/forwarder --outer -:{outer} --inner -:{inner} --trace-dir {tracedir}'
+  flightrec record --app 'build/c/forwarder --outer -:{outer} --inner -:{inner} --trace-dir {tracedir}'
 
 \b
 Exit codes: 0 ran the whole duration with no anomaly; 1 anomaly caught by the
@@ -180,8 +180,9 @@ everything removed).
                    "instance's trace_marker), {tracedir}, {out} and {netns} filled in, the same in its "
                    "environment as FLIGHTREC_OUTER ... It loads its own XDP program; it is ready once one is "
                    "attached and it holds an AF_XDP socket, and is stopped with SIGINT at the end.")
-@click.option("--app-ready-timeout", type=click.FloatRange(min=0, min_open=True), default=RecordOptions.app_ready_timeout,
-              show_default=True, metavar="S", help="Seconds the --app program may take to get ready.")
+@click.option("--app-ready-timeout", type=click.FloatRange(min=0, min_open=True),
+              default=RecordOptions.app_ready_timeout, show_default=True, metavar="S",
+              help="Seconds the --app program may take to get ready.")
 @click.option("--plain", is_flag=True, help="One line per event (the default when stdout is not a TTY).")
 def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inject: Optional[str],
                inject_after: Optional[int], kernel_events: str, mode: str, nic: str, stamp_rate: int,
@@ -189,13 +190,13 @@ def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inje
     """Record an AF_XDP forwarder into a private ftrace instance.
 
     Builds client, server and forwarder namespaces joined by multi-queue veth,
-    starts bpf/forwarder (one AF_XDP socket per queue, every descriptor
+    starts c/forwarder (one AF_XDP socket per queue, every descriptor
     transition written to trace_marker), drives iperf3 TCP and UDP through it,
     and stops tracing on the first anomaly. Saves DIR/trace.txt and
     DIR/meta.json (and DIR/flagged.pcap, pcapng, when the forwarder flagged
     packets), removes everything it created, then analyzes the trace.
 
-    A helper that dies (the forwarder, bpf/xsk_trace, an iperf3) ends the
+    A helper that dies (the forwarder, c/xsk_trace, an iperf3) ends the
     recording at once: flightrec says what died and how, saves and analyzes
     the trace as on an anomaly, removes everything and exits 2 (an iperf3
     that gives up by itself while other traffic flows is only a warning). When the

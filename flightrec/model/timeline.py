@@ -126,7 +126,8 @@ def build_timeline(parsed: ParsedTrace, typed: Typed, source: str, kernel_until:
     cpus = _cpus(parsed)
     window, losses = _window_and_losses(parsed, cpus)
     history = _history(parsed, cpus, window, losses, kernel_until)
-    return Timeline(typed.rows, columns, arrays, source=source, parsed=parsed, window=window, losses=losses, history=history)
+    return Timeline(typed.rows, columns, arrays, source=source, parsed=parsed, window=window, losses=losses,
+                    history=history)
 
 
 def _history(parsed: ParsedTrace, per_cpu: tuple[list[int], list[int], list[int]], window: Window,

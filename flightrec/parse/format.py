@@ -126,7 +126,7 @@ DETECTION_FORMS = {
 
 @dataclass(frozen=True)
 class PayloadFinding:
-    """A stamped payload that is not what its stamp says (bpf/stamp.h): at byte
+    """A stamped payload that is not what its stamp says (c/stamp/stamp.h): at byte
     `offset` of a `length`-byte UDP payload whose header claims packet
     `expected`, the data of packet `found` (None: unknown, `?` in the line)."""
 

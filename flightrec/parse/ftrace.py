@@ -8,8 +8,8 @@ and the event's body. What an event means is the model's business.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 import numpy as np

@@ -185,7 +185,8 @@ def _scan(data: bytes, fmt: Format, cap: int) -> Optional[Scan]:
     mask = arrays.pop("fmask")
     kv = {f.column: (v[:rows], (mask & (1 << j)) != 0) for j, (f, v) in enumerate(zip(fmt.fields, values))}
     socks = [
-        " ".join(data[res.sock_off[i][w]:res.sock_off[i][w] + res.sock_len[i][w]].decode("utf-8", "replace") for w in (0, 1))
+        " ".join(data[res.sock_off[i][w]:res.sock_off[i][w] + res.sock_len[i][w]].decode("utf-8", "replace")
+                 for w in (0, 1))
         for i in range(res.nsocks)
     ]
     return Scan(data, arrays, kv, socks, meta, res.lines, res.long_lines, bool(res.cut))

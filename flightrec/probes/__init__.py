@@ -23,11 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flightrec.errors import FlightrecError
+from flightrec.probes import kprobe_events as _kprobe_events
 from flightrec.probes.dwarf import ADVICE, FetchArg, ResolvedProbe, Site, Vmlinux, build_id, resolve_specs
 from flightrec.probes.kprobe_events import (
-    TRACEFS, Installed, group_events, kprobes_unavailable_reason, remove_group, tracefs_of,
+    TRACEFS,
+    Installed,
+    group_events,
+    kprobes_unavailable_reason,
+    remove_group,
+    tracefs_of,
 )
-from flightrec.probes import kprobe_events as _kprobe_events
 from flightrec.probes.perfprobe import GROUP, Definition, definitions
 from flightrec.probes.specs import ProbeSpec, load_specs
 

@@ -147,7 +147,8 @@ class Vmlinux:
         size = os.fstat(self._file.fileno()).st_size
         shoff, shnum, shentsize = (self.elf.header[k] for k in ("e_shoff", "e_shnum", "e_shentsize"))
         if shoff + shnum * shentsize > size:
-            raise FlightrecError(f"{self.path}: truncated ({size} bytes, section headers end at {shoff + shnum * shentsize})")
+            raise FlightrecError(f"{self.path}: truncated ({size} bytes, "
+                                 f"section headers end at {shoff + shnum * shentsize})")
         for sec in self.elf.iter_sections():
             if sec["sh_type"] != "SHT_NOBITS" and sec["sh_offset"] + sec["sh_size"] > size:
                 raise FlightrecError(f"{self.path}: truncated (section {sec.name} ends past the end of the file)")
@@ -480,7 +481,8 @@ def _type_suffix(vm: Vmlinux, t: DIE | None) -> str | None:
     return None
 
 
-def _fetch_arg(vm: Vmlinux, chain: list[DIE], addr: int, expr: str, spec: ProbeSpec) -> tuple[FetchArg | None, str | None]:
+def _fetch_arg(vm: Vmlinux, chain: list[DIE], addr: int, expr: str,
+               spec: ProbeSpec) -> tuple[FetchArg | None, str | None]:
     """(FetchArg, None) when ``expr`` can be read at ``addr``, else (None, why not)."""
     parts = expr.replace("->", " -> ").replace(".", " . ").split()
     var = vm.find_variable(chain, parts[0])
@@ -560,7 +562,8 @@ def _resolve_call(vm: Vmlinux, spec: ProbeSpec) -> ResolvedProbe:
     calls = []  # (file, line, entry address or None)
     for d in vm.walk(func, into_inlined=False):
         if d.tag == "DW_TAG_inlined_subroutine" and vm.name(d) == spec.at_call:
-            calls.append((vm.file_name(cu, vm.attr(d, "DW_AT_call_file")), vm.attr(d, "DW_AT_call_line"), vm.entry_pc(d)))
+            calls.append((vm.file_name(cu, vm.attr(d, "DW_AT_call_file")), vm.attr(d, "DW_AT_call_line"),
+                          vm.entry_pc(d)))
         elif d.tag in ("DW_TAG_call_site", "DW_TAG_GNU_call_site"):
             target = d.attributes.get("DW_AT_call_origin") or d.attributes.get("DW_AT_abstract_origin")
             if target is not None and vm.name(d.get_DIE_from_attribute(target.name)) == spec.at_call:

@@ -1,8 +1,8 @@
-"""The race-window widener: where to busy-wait (from DWARF), and running bpf/widen.
+"""The race-window widener: where to busy-wait (from DWARF), and running c/widen.
 
 The veth/AF_XDP race (docs/veth-race.md) is two store instructions wide: a
 recording at full speed never hits it. The widener is a fault amplifier:
-two kprobe BPF programs (bpf/widen.bpf.c) that busy-wait
+two kprobe BPF programs (c/widen/widen.bpf.c) that busy-wait
 
 - ``flush``: at the entry of ``xsk_flush()`` (inlined into ``__xsk_map_flush``),
   about to read ``xs->rx->cached_prod`` and publish it: ``flush_ms`` on every
@@ -19,7 +19,7 @@ The sites come from flightrec/probes/specs/widen/veth-race.toml and the kernel's
 source line, never from offsets copied out of one build's disassembly::
 
     plan = resolve_widen(vmlinux)                 # WidenPlan; raises FlightrecError
-    with Widener(plan, WidenOptions()) as w:      # in the guest: loads bpf/widen
+    with Widener(plan, WidenOptions()) as w:      # in the guest: loads c/widen
         ...                                       # record
     w.stats                                       # the BPF programs' counters
 
@@ -50,7 +50,7 @@ from flightrec.probes.specs import SPECS_DIR, ProbeSpec, load_toml
 
 SPEC_PATH = SPECS_DIR / "widen" / "veth-race.toml"
 LOADER = locate.program("widen")
-MAX_MS = 1000.0  # bpf/widen.h WIDEN_MAX_NS: a longer busy-wait would stall the guest
+MAX_MS = 1000.0  # c/widen/widen.h WIDEN_MAX_NS: a longer busy-wait would stall the guest
 READY_TIMEOUT = 120.0  # seconds for the loader to load and attach (the verifier under TCG)
 
 
@@ -362,7 +362,7 @@ def describe(plan: WidenPlan, options: WidenOptions) -> str:
 
 
 def loader_argv(plan: WidenPlan, options: WidenOptions, loader: Path = LOADER) -> list[str]:
-    """bpf/widen's command line for ``plan`` and ``options``.
+    """c/widen's command line for ``plan`` and ``options``.
 
     :raises FlightrecError: bad options, or --queue without a queue id at the flush site.
     """
@@ -381,7 +381,7 @@ def loader_argv(plan: WidenPlan, options: WidenOptions, loader: Path = LOADER) -
 
 @dataclass
 class Widener:
-    """bpf/widen attached for the life of a ``with`` block (in the guest: it needs kprobes)."""
+    """c/widen attached for the life of a ``with`` block (in the guest: it needs kprobes)."""
 
     plan: WidenPlan
     options: WidenOptions = field(default_factory=WidenOptions)

@@ -61,7 +61,7 @@ def summary(requested: str, nic: str, ready: Optional[dict], stats_file: Optiona
     rows = sockets(ready, stats_file)
     return {"mode_requested": requested, "bind": bind_summary(rows), "nic": nic,
             "read_back_with": "getsockopt(SOL_XDP, XDP_OPTIONS) after bind",
-            # XDP_USE_NEED_WAKEUP: the zerocopy and auto binds ask for it (bpf/README.md, Mode)
+            # XDP_USE_NEED_WAKEUP: the zerocopy and auto binds ask for it (c/README.md, Mode)
             "need_wakeup": (ready or {}).get("need_wakeup"), "sockets": rows, "nics": nics or []}
 
 

@@ -1,4 +1,4 @@
-"""Drive the C forwarder (``bpf/forwarder``) as a child process.
+"""Drive the C forwarder (``c/forwarder``) as a child process.
 
 The forwarder reports on stdout, one JSON object a line::
 
@@ -29,7 +29,6 @@ from typing import Callable, Optional
 from flightrec import locate
 from flightrec.errors import FlightrecError
 
-
 EXIT_CLEAN = 0
 EXIT_SETUP = 2
 EXIT_ANOMALY = 3
@@ -38,7 +37,7 @@ INJECT_FAULTS = ("double-fill", "fill-and-tx", "short-len", "flip-payload")
 
 
 def forwarder_path() -> Path:
-    """Where the forwarder binary is ($FLIGHTREC_FORWARDER, bpf/ or the installed bin/)."""
+    """Where the forwarder binary is ($FLIGHTREC_FORWARDER, build/c/ or the installed bin/)."""
     return locate.program("forwarder")
 
 

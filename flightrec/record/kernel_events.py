@@ -7,8 +7,8 @@ The analyzer reads three kernel events (docs/markers.md): the RX reserve in
 * ``kprobes``: probes on those functions. Installing and removing them
   belongs to ``flightrec.probes``, called from :func:`install` and
   :func:`remove` below — the only two places the recording touches probes.
-* ``bpf``: tracepoint programs (bpf/xsk_trace.bpf.c, loaded by the
-  bpf/xsk_trace process, :class:`BpfTracer`) that print the same events with
+* ``bpf``: tracepoint programs (c/xsk_trace/xsk_trace.bpf.c, loaded by the
+  c/xsk_trace process, :class:`BpfTracer`) that print the same events with
   ``bpf_trace_printk``, plus ring slot and producer, for kernels without
   kprobes. Everything they load lives as long as that process.
 
@@ -92,7 +92,7 @@ def _missing_events() -> tuple[str, ...]:
 
 
 def loader_path() -> Path:
-    """The BPF backend's loader ($FLIGHTREC_XSK_TRACE, bpf/ or the installed bin/)."""
+    """The BPF backend's loader ($FLIGHTREC_XSK_TRACE, build/c/ or the installed bin/)."""
     return locate.program("xsk_trace")
 
 
@@ -138,7 +138,7 @@ def bpf_unavailable(tracefs_root: Optional[Path] = None, timeout: float = 20.0) 
     loader = loader_path()
     if not os.access(loader, os.X_OK):
         if os.environ.get(LOADER_ENV):
-            return f"${LOADER_ENV} names {loader}, which is not an executable; unset it or build bpf/xsk_trace"
+            return f"${LOADER_ENV} names {loader}, which is not an executable; unset it or build c/xsk_trace"
         return f"BPF backend not built ({loader} missing)"
     if not Path("/sys/kernel/btf/vmlinux").exists():
         return "no kernel BTF (/sys/kernel/btf/vmlinux); tp_btf programs need CONFIG_DEBUG_INFO_BTF"

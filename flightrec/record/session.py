@@ -6,7 +6,7 @@ path out: success, anomaly, a helper dying, Ctrl-C, SIGTERM, SIGHUP
 (signals are turned into an exception so they reach the same ``finally``).
 A SIGKILL of flightrec itself is covered by the registry in state.py.
 
-Every process the recording starts (the forwarder, bpf/xsk_trace, the iperf3
+Every process the recording starts (the forwarder, c/xsk_trace, the iperf3
 servers and clients) is watched (watch.py): one that dies before its time
 ends the recording at once, which is then saved and analyzed like an
 anomaly's and exits 2 naming what died (an iperf3 that gives up by itself
@@ -31,9 +31,9 @@ from typing import Any, Iterator, Optional
 
 from flightrec import __version__, locate, runfolder, tracefs
 from flightrec.errors import FlightrecError
+from flightrec.record import afxdp, kernel_events, state, topology
 from flightrec.record import app as appmod
 from flightrec.record import forwarder as fwdmod
-from flightrec.record import afxdp, kernel_events, state, topology
 from flightrec.record.forwarder import Forwarder, ForwarderConfig
 from flightrec.record.traffic import STAMP_CORRUPT, STAMP_PORT, Traffic, TrafficPlan, stamp_path
 from flightrec.record.watch import Exit, Watch
@@ -173,7 +173,7 @@ def can_run(opts: Optional[RecordOptions] = None) -> Optional[str]:
     if missing:
         return missing
     if not os.access(stamp_path(), os.X_OK):
-        return f"{stamp_path()} (the stamped traffic) not built; {locate.build_fix('bpf/stamp')}"
+        return f"{stamp_path()} (the stamped traffic) not built; {locate.build_fix('c/stamp')}"
     for tool, package in (("ip", "iproute2"), ("ethtool", "ethtool"), ("iperf3", "iperf3"), ("ss", "iproute2")):
         if shutil.which(tool) is None:
             return f"{tool} not found; apt-get install {package}"
@@ -804,7 +804,7 @@ class _Recording:
         if self.probes_handle is not None:
             try:
                 self.teardown_errors.extend(kernel_events.remove(self.probes_handle))
-            except Exception as err:  # a probe backend failing must not stop the teardown
+            except Exception as err:  # noqa: BLE001 - a probe backend failing must not stop the teardown
                 self.teardown_errors.append(f"removing probes: {err}")
         if self.instance is not None:
             try:

@@ -2,7 +2,7 @@
 
 Several flows (-P) hash onto several veth queues, so every queue's XSK is
 busy. iperf3's TCP brings congestion control and ACKs the other way; the
-stamped flows (``bpf/stamp``) carry payloads that say what they must contain,
+stamped flows (``c/stamp``) carry payloads that say what they must contain,
 checked by the forwarder before it forwards them (``--payload-port``) and by
 ``stamp recv`` in the server namespace, which writes a detection line into
 the trace and exits 3 on the first corrupt one. Everything is bounded:
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from flightrec.errors import FlightrecError
 from flightrec import locate
+from flightrec.errors import FlightrecError
 from flightrec.record.forwarder import child_guard
 from flightrec.record.topology import Topology
 
@@ -50,7 +50,7 @@ class TrafficPlan:
     # keep every queue busy between TCP bursts.
     udp_rate: str = "20M"
     udp_len: int = 1200
-    # Stamped UDP (bpf/stamp): packets per second over all its flows, and the
+    # Stamped UDP (c/stamp): packets per second over all its flows, and the
     # payload sizes. 20 kpps of 64-1400 bytes keeps every queue of the
     # forwarder busy beside TCP on the host (bench/forwarder moves ~60-110 kpps).
     stamp_rate: int = 20000
@@ -72,7 +72,7 @@ class FlowResult:
 
 
 def stamp_path() -> Path:
-    """The stamp binary: $FLIGHTREC_STAMP, the checkout's bpf/stamp or the installed one."""
+    """The stamp binary: $FLIGHTREC_STAMP, the checkout's build/c/stamp or the installed one."""
     return locate.program("stamp")
 
 
@@ -100,7 +100,7 @@ class Traffic:
         opening the trace files that `ip netns exec` would hide."""
         return self._start(f"stamp-{role}",
                            [str(stamp_path()), role, *argv, "--stats", str(self.log_dir / f"stamp-{role}.json")],
-                           f"stamp-{role}.out", str(stamp_path()), locate.build_fix("bpf/stamp"))
+                           f"stamp-{role}.out", str(stamp_path()), locate.build_fix("c/stamp"))
 
     def _start(self, what: str, argv: list[str], stdout_name: str, program: str, fix: str) -> subprocess.Popen:
         """Start one traffic process (named ``what``), its output in the logs,
@@ -139,7 +139,7 @@ class Traffic:
         if shutil.which("iperf3") is None:
             raise FlightrecError("iperf3 not found; apt-get install iperf3")
         if not os.access(stamp_path(), os.X_OK):
-            raise FlightrecError(f"{stamp_path()} not built; {locate.build_fix('bpf/stamp')}")
+            raise FlightrecError(f"{stamp_path()} not built; {locate.build_fix('c/stamp')}")
         t = self.seconds
         addr = self.topo.server_addr
         # -i 0: no per-second reports. With -J iperf3 keeps every one in memory
@@ -163,7 +163,8 @@ class Traffic:
                 if dead:
                     raise FlightrecError(f"{dead[0]} before listening (see its log in {self.log_dir})")
             if time.monotonic() > deadline:
-                raise FlightrecError(f"iperf3 servers or stamp recv did not start listening within {LISTEN_TIMEOUT:g} s")
+                raise FlightrecError(
+                    f"iperf3 servers or stamp recv did not start listening within {LISTEN_TIMEOUT:g} s")
             time.sleep(0.1)
         common = ["--connect-timeout", str(CONNECT_TIMEOUT_MS), "-J", "-i", "0", "-t", str(t)]
         self.clients["tcp"] = self._spawn(

@@ -17,11 +17,12 @@ from flightrec.checks.anomaly import Anomaly
 from flightrec.model.history import History
 from flightrec.model.lives import context_rows, life, per_cpu, rows_of
 from flightrec.model.timeline import Timeline
-from flightrec.report.recording import sockets, widened
 from flightrec.parse import format as kinds
 from flightrec.parse.format import POISON
+from flightrec.report.recording import sockets, widened
 
-VERDICT_STYLE = {"kernel": "bold red", "application": "bold yellow", "undetermined": "bold magenta", "clean": "bold green"}
+VERDICT_STYLE = {"kernel": "bold red", "application": "bold yellow", "undetermined": "bold magenta",
+                 "clean": "bold green"}
 
 
 def summary(tl: Timeline, row: int) -> str:
@@ -120,7 +121,8 @@ def life_table(tl: Timeline, addr: int, rows: list[int], title: str) -> Table:
     for name, just in (("line", "right"), ("time", "right"), ("CPU", "right"), ("task", "left"), ("event", "left")):
         table.add_column(name, justify=just)
     for r in rows:
-        table.add_row(str(tl.line[r]), f"{tl.ts[r]:.6f}", str(tl.cpu[r]), f"{tl.parsed.task[r]}-{tl.parsed.pid[r]}", summary(tl, r))
+        table.add_row(str(tl.line[r]), f"{tl.ts[r]:.6f}", str(tl.cpu[r]), f"{tl.parsed.task[r]}-{tl.parsed.pid[r]}",
+                      summary(tl, r))
     return table
 
 
@@ -221,7 +223,8 @@ def _print_stats(console: Console, result: Result) -> None:
                       f"{', '.join(n['check'] for n in s['checks_not_run'])} (they follow the application's "
                       f"descriptors); the kernel events alone are no proof of a clean run[/magenta]")
     for loss in result.timeline.losses:
-        console.print(f"[magenta]CPU {loss.cpu} lost {loss.count if loss.count is not None else 'some'} events at line {loss.line}[/magenta]")
+        count = loss.count if loss.count is not None else "some"
+        console.print(f"[magenta]CPU {loss.cpu} lost {count} events at line {loss.line}[/magenta]")
     if s["unparsed_lines"]:
         console.print(f"[dim]{s['unparsed_lines']} lines were not ftrace events and were skipped[/dim]")
     if result.cut_last_line:

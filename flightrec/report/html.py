@@ -27,12 +27,12 @@ from flightrec.analysis import Result
 from flightrec.checks.anomaly import Anomaly
 from flightrec.model.lives import context_rows, per_cpu, rows_of
 from flightrec.model.timeline import Timeline
-from flightrec.report.console import anomaly_facts, history_words, summary
-from flightrec.report.recording import sockets, widened
-from flightrec.report.perfetto import descriptor_trips
-from flightrec.runfolder import write_atomically
 from flightrec.parse import format as kinds
 from flightrec.parse.format import POISON
+from flightrec.report.console import anomaly_facts, history_words, summary
+from flightrec.report.perfetto import descriptor_trips
+from flightrec.report.recording import sockets, widened
+from flightrec.runfolder import write_atomically
 
 AROUND = 8  # events of context per CPU on each side of the evidence
 LONG_LINE = 240  # evidence lines longer than this fold the rest away
@@ -40,9 +40,11 @@ LONG_LINE = 240  # evidence lines longer than this fold the rest away
 CSS = """
 :root { --kernel:#c62828; --application:#b26a00; --undetermined:#7b1fa2; --clean:#2e7d32; --ev:#fff3c4; }
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px 32px; color: #1d1d1f; }
-h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 0 0 8px; } h3 { font-size: 15px; margin: 18px 0 6px; }
+h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 0 0 8px; }
+h3 { font-size: 15px; margin: 18px 0 6px; }
 .source { color: #555; margin: 0 0 14px; font-family: ui-monospace, monospace; }
-#verdict { display: inline-block; padding: 10px 18px; border-radius: 8px; color: #fff; font-size: 22px; font-weight: 700; }
+#verdict { display: inline-block; padding: 10px 18px; border-radius: 8px; color: #fff;
+           font-size: 22px; font-weight: 700; }
 #verdict .headline { font-size: 15px; font-weight: 400; margin-left: 12px; }
 .kernel { background: var(--kernel); } .application { background: var(--application); }
 .undetermined { background: var(--undetermined); } .clean { background: var(--clean); }
@@ -53,7 +55,8 @@ table { border-collapse: collapse; margin: 4px 0 8px; }
 th, td { border: 1px solid #d8d8d8; padding: 3px 8px; vertical-align: top; text-align: left; }
 th { background: #f3f3f3; font-weight: 600; }
 td.num { text-align: right; color: #666; font-variant-numeric: tabular-nums; }
-code, td.ev-text, table.cpu-timeline td.cpu, table.life td.event { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12.5px; }
+code, td.ev-text, table.cpu-timeline td.cpu, table.life td.event {
+  font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12.5px; }
 table.evidence td.ev-text { word-break: break-all; max-width: 900px; }
 .why { color: #00695c; display: block; font-family: system-ui, sans-serif; font-size: 12.5px; }
 table.cpu-timeline td.cpu { min-width: 330px; max-width: 460px; }
@@ -127,7 +130,8 @@ def _evidence(a: Anomaly) -> str:
 def _claims(a: Anomaly) -> str:
     if not a.claims:
         return ""
-    out = ['<h3>Claims</h3><table class="claims"><thead><tr><th></th><th>claim</th><th>leans on</th></tr></thead><tbody>']
+    out = ['<h3>Claims</h3><table class="claims">'
+           '<thead><tr><th></th><th>claim</th><th>leans on</th></tr></thead><tbody>']
     for c in a.claims:
         missing = "".join(f'<span class="why missing">missing: {_e(g.describe())}</span>' for g in c.gaps)
         out.append(f'<tr data-holds="{"true" if c.holds else "false"}" data-cpus="{",".join(map(str, c.cpus))}" '
@@ -169,7 +173,8 @@ def _lives(tl: Timeline, a: Anomaly, trips_by_addr: dict[int, list[list[int]]], 
                    "<th>line</th><th>time</th><th>CPU</th><th>task</th><th>event</th></tr></thead><tbody>")
         for r in sorted(rows):
             p = tl.parsed
-            out.append(f'<tr data-line="{tl.line[r]}"><td class="num">{tl.line[r]}</td><td class="num">{tl.ts[r]:.6f}</td>'
+            out.append(f'<tr data-line="{tl.line[r]}"><td class="num">{tl.line[r]}</td>'
+                       f'<td class="num">{tl.ts[r]:.6f}</td>'
                        f'<td class="num">{tl.cpu[r]}</td><td>{_e(f"{p.task[r]}-{p.pid[r]}")}</td>'
                        f'<td class="event">{_e(summary(tl, r))}</td></tr>')
         out.append("</tbody></table>")

@@ -89,7 +89,8 @@ def read_flagged(path: Union[str, Path]) -> list[FlaggedPacket]:
                 addr=int(str(rec["addr"]), 16), len=int(rec["len"]), xdp_len=int(rec.get("xdp_len", 0)),
                 data=bytes.fromhex(rec.get("data", "")), line=str(rec.get("line", ""))))
         except (ValueError, KeyError, TypeError, AttributeError) as err:
-            raise FlightrecError(f"{path}:{no}: not a flagged-packet record ({err.__class__.__name__}: {err})") from None
+            raise FlightrecError(
+                f"{path}:{no}: not a flagged-packet record ({err.__class__.__name__}: {err})") from None
     return packets
 
 

@@ -30,14 +30,13 @@ from typing import BinaryIO, Optional
 
 import numpy as np
 
+from flightrec import bulk
 from flightrec.analysis import Result, anomaly_json
 from flightrec.bulk import INT, MICROS, PIECE, Seg, micros, render
-from flightrec import bulk
-from flightrec.errors import FlightrecError
-from flightrec.parse.scan import string_ids
 from flightrec.model.timeline import Timeline
 from flightrec.parse import format as kinds
 from flightrec.parse.format import POISON
+from flightrec.parse.scan import string_ids
 from flightrec.runfolder import write_atomically
 
 CPU_PID = 1

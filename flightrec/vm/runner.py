@@ -144,7 +144,7 @@ def _run_script(command: list[str], job: Path, cwd: Path, env: dict[str, str]) -
         "TERM": "dumb",  # nothing may wait for a terminal: no pager, no prompt
         "PAGER": "cat",
         "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": str(locate.IMPORT_ROOT) + (":" + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
+        "PYTHONPATH": ":".join([str(locate.IMPORT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         "FLIGHTREC_IN_VM": "1",
         "FLIGHTREC_VM_JOB": str(job),

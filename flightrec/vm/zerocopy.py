@@ -73,7 +73,8 @@ def zerocopy_missing(kernel: GuestKernel, nic: str) -> Optional[str]:
     """What keeps ``nic`` in ``kernel`` from AF_XDP zero-copy, seen from the host; None when
     nothing visible does."""
     if nic == "veth":
-        return "veth has no AF_XDP zero-copy in any kernel (it never sets NETDEV_XDP_ACT_XSK_ZEROCOPY): use --nic virtio"
+        return ("veth has no AF_XDP zero-copy in any kernel (it never sets NETDEV_XDP_ACT_XSK_ZEROCOPY): "
+                "use --nic virtio")
     if kernel.modules_dir is None:
         return None  # a bzImage with everything built in: the bind in the guest decides
     path = module_path(kernel.modules_dir, "virtio_net")

@@ -24,7 +24,8 @@ def test_json_shape(fixtures):
     assert p.returncode == 1
     doc = json.loads(p.stdout)
     a = doc["anomalies"][0]
-    for key in ("kind", "verdict", "addr", "expected", "xs", "queue", "reserve_cpu", "flush_cpu", "evidence", "explanation"):
+    for key in ("kind", "verdict", "addr", "expected", "xs", "queue", "reserve_cpu", "flush_cpu", "evidence",
+                "explanation"):
         assert key in a
     assert a["evidence"][0].keys() >= {"line", "text"}
     assert doc["stats"]["lines"] == 25 and doc["stats"]["cpus"] == [1, 2]

@@ -75,12 +75,12 @@ def installed(tmp_path_factory) -> Path:
     """The `flightrec` script of a venv holding the wheel built from a fresh clone."""
     env = dict(os.environ)
     if _can_build_bpf():
-        env["FLIGHTREC_REQUIRE_PROGRAMS"] = "1"  # here a bpf/ build failure is a failure
+        env["FLIGHTREC_REQUIRE_PROGRAMS"] = "1"  # here a c/ build failure is a failure
     return _build_and_install(tmp_path_factory.mktemp("wheel"), env)
 
 
 def test_without_compilers_it_installs_analyzes_and_says_what_to_install(tmp_path):
-    # clang and the C compiler answer "not installed": bpf/ and the extensions fail to build.
+    # clang and the C compiler answer "not installed": c/ and the extensions fail to build.
     shim = tmp_path / "shim"
     shim.mkdir()
     for name in ("clang", "cc", "gcc"):

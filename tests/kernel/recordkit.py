@@ -56,7 +56,7 @@ def snapshot() -> dict:
 
 
 # Every BPF program flightrec loads, by name: the BPF kernel-event backend
-# (bpf/xsk_trace.bpf.c), the forwarder's XDP program, the VM's widener.
+# (c/xsk_trace/xsk_trace.bpf.c), the forwarder's XDP program, the VM's widener.
 XSK_TRACE_PROGRAMS = frozenset({"xsk_rx_reserve", "xsk_flush", "xsk_tx_get_data"})
 FLIGHTREC_PROGRAMS = XSK_TRACE_PROGRAMS | {"xdp_meta", "widen_flush", "widen_reserve"}
 # What `ps` calls the processes a recording starts.

@@ -1,7 +1,7 @@
 """`flightrec record --app`: a program flightrec did not start as its forwarder
 takes the forwarder's place, on real namespaces, veth, XDP and AF_XDP.
 
-The program here is bpf/forwarder run as any program would be, through its
+The program here is c/forwarder run as any program would be, through its
 command line with the placeholders filled: with markers (every check),
 without (kernel events only, and the analysis says which checks did not run),
 and with a bug injected. Bad commands end in one line, exit 2, nothing left.
@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from flightrec.record import forwarder
+
 from recordkit import everything, left_behind, registry, run, skip_unless_can_record, start
 
 FWD = f"{forwarder.forwarder_path()} --outer -:{{outer}} --inner -:{{inner}} --queues {{queues}}"

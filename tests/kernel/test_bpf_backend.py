@@ -1,4 +1,4 @@
-"""The BPF tracepoint backend (bpf/xsk_trace): kernel events on kernels without kprobes.
+"""The BPF tracepoint backend (c/xsk_trace): kernel events on kernels without kprobes.
 
 Real programs on real tracepoints: the loader alone (attach, detach on
 SIGINT, nothing left after SIGKILL), then `flightrec record --kernel-events
@@ -21,8 +21,19 @@ import pytest
 
 from flightrec import tracefs
 from flightrec.record import kernel_events, state
-from recordkit import (XSK_TRACE_PROGRAMS, bpf_links, bpf_programs, interrupt, registry, run,
-                       skip_unless_can_record, snapshot, start, wait_forwarding)
+
+from recordkit import (
+    XSK_TRACE_PROGRAMS,
+    bpf_links,
+    bpf_programs,
+    interrupt,
+    registry,
+    run,
+    skip_unless_can_record,
+    snapshot,
+    start,
+    wait_forwarding,
+)
 
 pytestmark = [pytest.mark.kernel]
 

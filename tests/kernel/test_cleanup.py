@@ -11,6 +11,7 @@ import pytest
 
 from flightrec import tracefs
 from flightrec.record import state
+
 from recordkit import REPO, flightrec, interrupt, registry, run, start, wait_forwarding
 
 pytestmark = [pytest.mark.kernel]

@@ -1,4 +1,4 @@
-"""End-to-end tests of the C forwarder (bpf/forwarder) on real veths, namespaces and tracefs.
+"""End-to-end tests of the C forwarder (c/forwarder) on real veths, namespaces and tracefs.
 
 Each test builds its own topology with `ip`:
 
@@ -26,11 +26,13 @@ from typing import Iterator, Optional
 
 import pytest
 
+from flightrec import locate
+
 pytestmark = pytest.mark.kernel
 
 REPO = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("FLIGHTREC_FORWARDER", REPO / "bpf" / "forwarder"))
-STAMP = Path(os.environ.get("FLIGHTREC_STAMP", REPO / "bpf" / "stamp"))
+BINARY = locate.program("forwarder")
+STAMP = locate.program("stamp")
 STAMP_PORT = 5203
 TRACEFS = Path("/sys/kernel/tracing")
 QUEUES = 2
@@ -57,7 +59,7 @@ def why_cannot_run() -> Optional[str]:
     if os.geteuid() != 0:
         return "needs root (network namespaces, XDP, tracefs)"
     if not BINARY.exists() or not (BINARY.parent / "xdp_meta.bpf.o").exists():
-        return f"forwarder not built ({BINARY}); run `make -C bpf`"
+        return f"forwarder not built ({BINARY}); run `make build`"
     for tool in ("ip", "iperf3", "ethtool", "ping"):
         if not shutil.which(tool):
             return f"{tool} not installed (apt-get install iproute2 iperf3 ethtool iputils-ping)"
@@ -83,7 +85,7 @@ def nsexec(role: str, *argv: str) -> list[str]:
 def leftovers() -> list[str]:
     """Namespaces, links and tracefs instances of ours still on the machine."""
     found = [n.split()[0] for n in sh("ip", "netns", "list").stdout.splitlines() if n.startswith(PREFIX)]
-    found += [l for l in sh("ip", "-o", "link", "show").stdout.split() if l.startswith(PREFIX.replace("-", ""))]
+    found += [w for w in sh("ip", "-o", "link", "show").stdout.split() if w.startswith(PREFIX.replace("-", ""))]
     inst = TRACEFS / "instances"
     if inst.is_dir():
         found += [str(p) for p in inst.iterdir() if p.name.startswith(PREFIX)]
@@ -234,7 +236,7 @@ def traffic(topology) -> Iterator[Traffic]:
 
 def test_help_has_examples() -> None:
     if not BINARY.exists():
-        pytest.skip(f"forwarder not built ({BINARY}); run `make -C bpf`")
+        pytest.skip(f"forwarder not built ({BINARY}); run `make build`")
     out = sh(str(BINARY), "--help")
     assert "Examples:" in out.stdout and "--inject" in out.stdout
 
@@ -247,7 +249,7 @@ def test_help_has_examples() -> None:
 ])
 def test_bad_input_is_one_line_and_exit_2(argv: list[str]) -> None:
     if not BINARY.exists():
-        pytest.skip(f"forwarder not built ({BINARY}); run `make -C bpf`")
+        pytest.skip(f"forwarder not built ({BINARY}); run `make build`")
     out = sh(str(BINARY), *argv, check=False)
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("forwarder: ")
@@ -287,9 +289,9 @@ def test_forwards_tcp_and_udp_with_markers(instance: Path, traffic: Traffic, tmp
 
     lines = marker_lines((instance / "trace").read_text())
     assert sum(line.endswith("FILL -> RX") for line in lines) >= 1000
-    bad = [l for l in lines if not (TRANSITION.match(l) or NOTE.match(l))]
+    bad = [ln for ln in lines if not (TRANSITION.match(ln) or NOTE.match(ln))]
     assert bad == [], f"lines outside the marker grammar: {bad[:5]}"
-    assert any(l.endswith("RX -> TX") for l in lines) and any(l.endswith("COMP -> FILL") for l in lines)
+    assert any(ln.endswith("RX -> TX") for ln in lines) and any(ln.endswith("COMP -> FILL") for ln in lines)
     assert (instance / "tracing_on").read_text().strip() == "1"
 
 
@@ -316,13 +318,13 @@ def test_injected_bug_is_caught(kind: str, instance: Path, traffic: Traffic, tmp
     assert DETECTION.match(lines[-1]), f"trace does not end with a detection line: {lines[-3:]}"
     assert lines[-1] == anomaly[0]["line"]
     addr = anomaly[0]["addr"]
-    mine = [l for l in lines[:-1] if TRANSITION.match(l) and l.split()[2] == addr]
+    mine = [ln for ln in lines[:-1] if TRANSITION.match(ln) and ln.split()[2] == addr]
     if kind == "double-fill":
         # the injected resubmit: two FILL lines in a row for the caught descriptor
         assert any(a.endswith("-> FILL") and b.endswith("-> FILL") for a, b in zip(mine, mine[1:])), mine[-8:]
     else:
         # the injected line: into FILL while on its way to TX
-        assert any(l.endswith("RX -> FILL") for l in mine), mine[-8:]
+        assert any(ln.endswith("RX -> FILL") for ln in mine), mine[-8:]
 
     final = json.loads(stats.read_text())
     assert final["exit_code"] == 3 and final["injected"] is True
@@ -344,7 +346,7 @@ def test_sigterm_exits_clean_and_detaches(topology) -> None:
 
 
 def stamp_recv(tmp_path: Path, *extra: str) -> subprocess.Popen:
-    """bpf/stamp's receiver in the server namespace, once it listens."""
+    """c/stamp's receiver in the server namespace, once it listens."""
     proc = subprocess.Popen([str(STAMP), "recv", "--netns", ns_path("sv"), "--bind", f"{SERVER_IP}:{STAMP_PORT}",
                              "--stats", str(tmp_path / "recv.json"), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -374,7 +376,7 @@ def test_payload_flipped_after_forwarding_is_caught_by_the_receiver(instance: Pa
     """The done-when of issue 13: bytes flipped in frames the forwarder already
     checked and forwarded; the receiving side catches every one."""
     if not STAMP.exists():
-        pytest.skip(f"{STAMP} not built; run `make -C bpf`")
+        pytest.skip(f"{STAMP} not built; run `make build`")
     count = 40
     stats = tmp_path / "fwd.json"
     recv = None
@@ -414,10 +416,10 @@ def test_payload_flipped_after_forwarding_is_caught_by_the_receiver(instance: Pa
     saved = tmp_path / "trace.txt"
     saved.write_text((instance / "trace").read_text())
     lines = marker_lines(saved.read_text())
-    first = [l for l in lines if l.startswith("receiver udp:")]
+    first = [ln for ln in lines if ln.startswith("receiver udp:")]
     assert len(first) == 1 and first[0] == got["first"], first
     pkt = int(first[0].split()[4])
-    notes = [l for l in lines if l.endswith(f" forward pkt {pkt}")]
+    notes = [ln for ln in lines if ln.endswith(f" forward pkt {pkt}")]
     assert notes, f"no forward note for packet {pkt}"
     frame = notes[-1].split()[0]
     result = analyze(saved)
@@ -431,7 +433,7 @@ def test_stale_payload_is_caught_by_the_forwarder(instance: Path, tmp_path: Path
     """A packet carrying its flow's previous packet's body under its own header:
     the forwarder's check names the packet whose data it found, and stops."""
     if not STAMP.exists():
-        pytest.skip(f"{STAMP} not built; run `make -C bpf`")
+        pytest.skip(f"{STAMP} not built; run `make build`")
     with running_forwarder("--trace-dir", str(instance), "--duration", "30",
                            "--payload-port", str(STAMP_PORT)) as proc:
         wait_ready(proc)

@@ -19,6 +19,7 @@ import pytest
 
 from flightrec import tracefs
 from flightrec.record import kernel_events
+
 from recordkit import TimedLines, everything, left_behind, registry, skip_unless_can_record, start, wait_forwarding
 
 pytestmark = [pytest.mark.kernel]

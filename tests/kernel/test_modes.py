@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from flightrec.record import afxdp, forwarder
+
 from recordkit import REPO, flightrec, run
 
 pytestmark = [pytest.mark.kernel]

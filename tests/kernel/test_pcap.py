@@ -43,7 +43,7 @@ def test_short_len_is_caught_and_flagged_pcap_reads_back(tmp_path: Path) -> None
     length, xdp_len = anomaly["len"], anomaly["xdp_len"]
     assert 0 < xdp_len - length <= 16, anomaly
     # The trace ends with the forwarder's own detection line (docs/markers.md).
-    last = [l for l in (out / "trace.txt").read_text().splitlines() if "tracing_mark_write:" in l][-1]
+    last = [ln for ln in (out / "trace.txt").read_text().splitlines() if "tracing_mark_write:" in ln][-1]
     detection = f"{anomaly['sock']} {anomaly['addr']} FILL -> RX: len {length} xdp_len {xdp_len}"
     assert last.endswith("tracing_mark_write: " + detection), last
     assert meta["forwarder"]["flagged"]["packets"] == 1

@@ -66,7 +66,8 @@ def test_every_inlined_copy_of_flush_is_found(mini_elf, mini_specs):
 
 def test_optimised_out_variable_is_one_line_saying_what_to_do(mini_elf, tmp_path):
     spec = tmp_path / "gone.toml"
-    spec.write_text('[[probe]]\nname = "rx_reserve"\nfunction = "rcv"\nat_call = "reserve_desc"\nargs = ["addr", "gone"]\n')
+    spec.write_text('[[probe]]\nname = "rx_reserve"\nfunction = "rcv"\nat_call = "reserve_desc"\n'
+                    'args = ["addr", "gone"]\n')
     (rx,) = resolve(mini_elf, load_specs([spec]))
     assert rx.sites == ()
     assert "\n" not in rx.problem

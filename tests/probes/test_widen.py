@@ -16,8 +16,16 @@ import pytest
 
 from flightrec.errors import FlightrecError
 from flightrec.probes.widen import (
-    LOADER, SPEC_PATH, WidenOptions, WidenPlan, load_widen_specs, loader_argv, main, resolve_widen,
+    LOADER,
+    SPEC_PATH,
+    WidenOptions,
+    WidenPlan,
+    load_widen_specs,
+    loader_argv,
+    main,
+    resolve_widen,
 )
+
 from probekit import cached_kernel, kernel_source
 
 
@@ -98,7 +106,7 @@ def test_loader_argv_and_queue_needs_queue_site(debian_plan):
 
 def _loader() -> Path:
     if not LOADER.is_file():
-        pytest.skip("bpf/widen not built (make -C bpf)")
+        pytest.skip("c/widen not built (make build)")
     return LOADER
 
 

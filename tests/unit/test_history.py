@@ -10,10 +10,11 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from flightrec.analysis import analyze_path, analyze_text  # noqa: E402
-from flightrec.errors import FlightrecError  # noqa: E402
-from flightrec.model.history import build_history  # noqa: E402
-from tracegen import XS, flush, mark, reserve  # noqa: E402
+from flightrec.analysis import analyze_path, analyze_text
+from flightrec.errors import FlightrecError
+from flightrec.model.history import build_history
+
+from tracegen import XS, flush, mark, reserve
 
 OVERRUN = "# entries-in-buffer/entries-written: 918959/953688441   #P:4\n"
 POISON = "0xdeadbeefdeadbeef"
@@ -111,7 +112,8 @@ def test_the_fill_order_vouches_for_a_poisoned_slot_only(fixtures):
     assert (a["verdict"], a["addr"]) == ("undetermined", "0x1f64100")
     assert any(m.startswith("CPU 2's events before 609766.698523") for m in a["missing"]), a["missing"]
     whole = first(analyze_text("".join(lines[12:])))
-    assert (whole["verdict"], whole["kind"], whole["reserve_cpu"], whole["flush_cpu"]) == ("kernel", "publish_race", 2, 0)
+    assert (whole["verdict"], whole["kind"], whole["reserve_cpu"], whole["flush_cpu"]) == (
+        "kernel", "publish_race", 2, 0)
 
 
 def test_a_loss_matters_only_to_the_claims_it_overlaps(fixtures):
@@ -199,7 +201,8 @@ def test_a_misaligned_read_the_history_cannot_explain_is_no_anomaly():
     )
     assert analyze_text(OVERRUN + body).anomalies == ()
     whole = first(analyze_text(body.replace("##### CPU 1 buffer started ####\n", "")))
-    assert (whole["kind"], whole["verdict"], whole["reserve_cpu"], whole["flush_cpu"]) == ("publish_race", "kernel", 1, 0)
+    assert (whole["kind"], whole["verdict"], whole["reserve_cpu"], whole["flush_cpu"]) == (
+        "publish_race", "kernel", 1, 0)
 
 
 def test_history_unit():

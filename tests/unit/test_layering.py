@@ -37,6 +37,31 @@ def test_no_library_module_imports_the_cli():
     assert len(_modules()) > 50 and not offenders, offenders
 
 
+# The analysis, in the order its data flows (docs/architecture.md): each step may
+# import the steps before it, never one after it, and none imports recording.
+ANALYSIS_STEPS = ("flightrec.parse", "flightrec.model", "flightrec.checks", "flightrec.analysis", "flightrec.report")
+RECORDING = ("flightrec.record", "flightrec.vm", "flightrec.probes", "flightrec.tracefs", "flightrec.cli")
+
+
+def _step(module: str, steps: tuple[str, ...]) -> int | None:
+    return next((i for i, s in enumerate(steps) if module == s or module.startswith(s + ".")), None)
+
+
+def test_the_analysis_flows_one_way():
+    offenders = []
+    for path in _modules():
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        me = ".".join(p for p in rel.parts if p != "__init__")
+        mine = _step(me, ANALYSIS_STEPS)
+        if mine is None:
+            continue
+        for name in _imports(path):
+            later = _step(name, ANALYSIS_STEPS)
+            if (later is not None and later > mine) or _step(name, RECORDING) is not None:
+                offenders.append(f"{me} imports {name}")
+    assert not offenders, offenders
+
+
 def test_only_locate_finds_paths_from_its_own_file():
     offenders = []
     for path in _modules():

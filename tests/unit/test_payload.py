@@ -5,9 +5,10 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from flightrec.analysis import analyze_text  # noqa: E402
-from flightrec.parse.fields import PayloadFinding, parse_detection, parse_receiver_line  # noqa: E402
-from tracegen import mark  # noqa: E402
+from flightrec.analysis import analyze_text
+from flightrec.parse.fields import PayloadFinding, parse_detection, parse_receiver_line
+
+from tracegen import mark
 
 
 def test_payload_detail_parses_with_and_without_unknowns():

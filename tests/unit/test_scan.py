@@ -73,8 +73,10 @@ def test_mutated_lines_read_alike(fixtures):
 
 def test_bpf_backend_lines():
     data = (
-        b"          <idle>-0       [001] ..s2.  1234.500000: bpf_trace_printk: flightrec rx_reserve xs=0xffff8881045f2000 q=0x1 slot=0x3e8 addr=0x1a000 len=0x4e\n"
-        b"          <idle>-0       [001] ..s2.  1234.500001: bpf_trace_printk: flightrec flush xs=0xffff8881045f2000 q=0x1 prod=0x3e9\n"
+        b"          <idle>-0       [001] ..s2.  1234.500000: bpf_trace_printk: "
+        b"flightrec rx_reserve xs=0xffff8881045f2000 q=0x1 slot=0x3e8 addr=0x1a000 len=0x4e\n"
+        b"          <idle>-0       [001] ..s2.  1234.500001: bpf_trace_printk: "
+        b"flightrec flush xs=0xffff8881045f2000 q=0x1 prod=0x3e9\n"
         b"          <idle>-0       [001] ..s2.  1234.500002: bpf_trace_printk: flightrec\ttx_get_data addr=0x1a000\n"
         b"          <idle>-0       [001] ..s2.  1234.500003: bpf_trace_printk: somebody else's printk addr=0x1\n"
     )
@@ -94,7 +96,7 @@ def test_cut_and_long_lines():
 def test_a_new_kernel_field_and_event_are_rows_of_the_format():
     """The TX work's COMPLETION event with a `cons` field: one row of each table,
     and both parsers read it alike, with no change to either."""
-    from flightrec.parse.format import CONTRACT, KernelField, Format
+    from flightrec.parse.format import CONTRACT, Format, KernelField
 
     # (filtered first, so the test still means something once the contract has them)
     fmt = Format(kinds=tuple(k for k in CONTRACT.kinds if k != "completion") + ("completion",),
@@ -102,8 +104,10 @@ def test_a_new_kernel_field_and_event_are_rows_of_the_format():
                  events=tuple(e for e in CONTRACT.events if e[0] != "completion")
                  + (("completion", ("xsk_comp", "xskq_prod_submit_addr"), ("addr", "cons")),))
     data = (
-        b"          <idle>-0       [001] ..s2.  1234.500000: bpf_trace_printk: flightrec xsk_comp xs=0xffff8881045f2000 cons=0x3e8 addr=0x1a000\n"
-        b"          <idle>-0       [001] ..s2.  1234.500001: xskq_prod_submit_addr_L2: (xskq+0x1/0x9) addr=0x1b000 cons=0x3e9\n"
+        b"          <idle>-0       [001] ..s2.  1234.500000: bpf_trace_printk: "
+        b"flightrec xsk_comp xs=0xffff8881045f2000 cons=0x3e8 addr=0x1a000\n"
+        b"          <idle>-0       [001] ..s2.  1234.500001: xskq_prod_submit_addr_L2: "
+        b"(xskq+0x1/0x9) addr=0x1b000 cons=0x3e9\n"
         b"          <idle>-0       [001] ..s2.  1234.500002: xsk_comp: addr=0x1c000\n"
         b"          <idle>-0       [001] ..s2.  1234.500003: xsk_comp: addr=0x1c000 cons=zz\n"
     )
@@ -120,7 +124,8 @@ def test_a_new_kernel_field_and_event_are_rows_of_the_format():
 def test_timestamps_read_as_python_floats():
     """The C scanner's fast decimal path rounds as float() does, long or short."""
     rng = random.Random(3)
-    stamps = [f"{rng.randrange(10 ** rng.randint(1, 12))}.{rng.randrange(10 ** rng.randint(1, 12))}" for _ in range(20000)]
+    stamps = [f"{rng.randrange(10 ** rng.randint(1, 12))}.{rng.randrange(10 ** rng.randint(1, 12))}"
+              for _ in range(20000)]
     data = "".join(f" a-1 [000] .... {t}: foo: bar\n" for t in stamps).encode()
     fast, _ = parse_trace(data)
     assert fast.ts == [float(t) for t in stamps]

@@ -1,4 +1,4 @@
-"""bpf/stamp over loopback: the payload format, held to an independent Python
+"""c/stamp over loopback: the payload format, held to an independent Python
 writer and reader, and the receiver's detection line for each kind of damage."""
 
 import json
@@ -17,7 +17,7 @@ MAGIC = 0x50524C46
 
 
 def stamp(pkt: int, length: int) -> bytes:
-    """bpf/stamp.h's layout, written from its comment."""
+    """c/stamp/stamp.h's layout, written from its comment."""
     words = [MAGIC, pkt, length] + [((pkt << 12) | (i & 0xFFF)) & 0xFFFFFFFF for i in range(3, length // 4 + 1)]
     return struct.pack(f"<{len(words)}I", *words)[:length]
 
@@ -58,7 +58,8 @@ def run_receiver(stamp_bin: Path, tmp_path: Path, datagrams: list[bytes], keep_g
             s.sendto(d, ("127.0.0.1", port))
             time.sleep(0.001)  # loopback drops a burst into a busy receiver
     proc.wait(timeout=10)
-    return json.loads(stats.read_text()), (trace / "trace_marker").read_text(), (trace / "tracing_on").read_text(), proc.returncode
+    marker, tracing_on = (trace / "trace_marker").read_text(), (trace / "tracing_on").read_text()
+    return json.loads(stats.read_text()), marker, tracing_on, proc.returncode
 
 
 def finding(marker: str) -> PayloadFinding:
@@ -121,4 +122,5 @@ def test_sender_payloads_are_the_documented_format(stamp_bin):
 def test_bad_options_say_one_line(stamp_bin):
     for argv in (["send"], ["recv", "--bind", "1.2.3.4"], ["send", "--to", "127.0.0.1:9", "--len", "8"], ["bogus"]):
         out = subprocess.run([str(stamp_bin), *argv], capture_output=True, text=True, timeout=10)
-        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("stamp"), argv
+        assert out.returncode == 2, argv
+        assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("stamp"), argv

@@ -1,14 +1,15 @@
 """The analyzer's verdicts on the post's excerpts and on small hand-made traces."""
 
-import sys
 import pathlib
+import sys
 
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from flightrec.analysis import analyze_path, analyze_text  # noqa: E402
-from tracegen import XS, flush, mark, reserve  # noqa: E402
+from flightrec.analysis import analyze_path, analyze_text
+
+from tracegen import XS, flush, mark, reserve
 
 
 def first(result):
@@ -57,14 +58,17 @@ def test_clean_cycle_is_clean():
     t = 1.0
     text = ""
     for x in a:
-        text += mark(t, 0, f"ingress q:0 {x:#x} FREE -> FILL"); t += 0.001
+        text += mark(t, 0, f"ingress q:0 {x:#x} FREE -> FILL")
+        t += 0.001
     for x in a:
-        text += reserve(t, 1, x); t += 0.001
-        text += flush(t, 1); t += 0.001
-        text += mark(t, 0, f"ingress q:0 {x:#x} FILL -> RX"); t += 0.001
-        text += mark(t, 0, f"egress q:0 {x:#x} RX -> TX"); t += 0.001
-        text += mark(t, 0, f"egress q:0 {x:#x} TX -> COMP"); t += 0.001
-        text += mark(t, 0, f"ingress q:0 {x:#x} COMP -> FILL"); t += 0.001
+        text += reserve(t, 1, x)
+        t += 0.001
+        text += flush(t, 1)
+        t += 0.001
+        for transition in ("FILL -> RX", "RX -> TX", "TX -> COMP", "COMP -> FILL"):
+            side = "egress" if transition in ("RX -> TX", "TX -> COMP") else "ingress"
+            text += mark(t, 0, f"{side} q:0 {x:#x} {transition}")
+            t += 0.001
     r = analyze_text(text)
     assert r.anomalies == ()
     assert r.to_json()["stats"]["sockets"] == {"ingress q:0": f"{XS:#x}"}
@@ -128,7 +132,8 @@ def test_kernel_delivering_what_it_reserved_out_of_app_order_is_application():
         + mark(1.005, 0, f"ingress q:0 {c:#x} FILL -> RX")
     )
     a0 = first(analyze_text(text))
-    assert (a0["verdict"], a0["kind"], a0["addr"], a0["expected"]) == ("application", "fill_order", f"{c:#x}", f"{b:#x}")
+    assert (a0["verdict"], a0["kind"], a0["addr"], a0["expected"]) == (
+        "application", "fill_order", f"{c:#x}", f"{b:#x}")
 
 
 def test_loss_inside_the_causal_window_is_undetermined():
@@ -158,7 +163,8 @@ def test_history_before_the_window_gives_no_false_anomaly():
 
 
 def test_unknown_events_are_kept():
-    text = mark(1.0, 0, "ingress q:0 0x1000 FREE -> FILL") + "  sshd-5 [000] ..... 1.100000: sched_switch: prev=a next=b\n"
+    text = (mark(1.0, 0, "ingress q:0 0x1000 FREE -> FILL")
+            + "  sshd-5 [000] ..... 1.100000: sched_switch: prev=a next=b\n")
     r = analyze_text(text)
     assert r.to_json()["stats"]["events"]["other"] == 1
     assert r.timeline.frame["event"].tolist() == ["tracing_mark_write", "sched_switch"]
@@ -246,7 +252,8 @@ def test_real_ftrace_and_trace_cmd_output_read_alike(fixtures):
     for doc in docs:
         assert doc["stats"]["events"]["marker"] == 10 and doc["stats"]["events"]["note"] == 1
         a = doc["anomalies"][0]
-        assert (a["kind"], a["verdict"], a["addr"], a["expected"]) == ("fill_order", "undetermined", "0x16ce900", "0x13d3900")
+        assert (a["kind"], a["verdict"], a["addr"], a["expected"]) == (
+            "fill_order", "undetermined", "0x16ce900", "0x13d3900")
         assert any("reserve" in m for m in a["missing"])
     strip = ("evidence", "explanation", "line", "source")
     assert [{k: v for k, v in a.items() if k not in strip} for a in docs[0]["anomalies"]] == \

@@ -11,6 +11,7 @@ from __future__ import annotations
 from flightrec.analysis import analyze_bytes
 from flightrec.parse.fields import parse_detection
 from flightrec.parse.meta import zerocopy_sockets
+
 from tracegen import mark, reserve
 
 SOCK = "outer q:0"

@@ -13,9 +13,10 @@ import pytest
 
 from flightrec.errors import FlightrecError
 from flightrec.vm import initramfs
-from flightrec.vm.kernel import bzimage_release, gnu_build_id
 from flightrec.vm import kernel as vmkernel
+from flightrec.vm.kernel import bzimage_release, gnu_build_id
 from flightrec.vm.runner import death_reason, kernel_reports
+
 from vmkit import REPO
 
 

@@ -18,8 +18,17 @@ from flightrec.errors import FlightrecError
 from flightrec.vm.qemu import VmConfig
 from flightrec.vm.runner import run_in_guest
 
-from vmkit import (REPO, assert_nothing_left, finish, flightrec, guest_netns, last_line, processes_naming,
-                               run_until, vm_env)
+from vmkit import (
+    REPO,
+    assert_nothing_left,
+    finish,
+    flightrec,
+    guest_netns,
+    last_line,
+    processes_naming,
+    run_until,
+    vm_env,
+)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 

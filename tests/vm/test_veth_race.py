@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from flightrec import locate
 from flightrec.errors import FlightrecError
 from flightrec.record.forwarder import forwarder_path
 
 REPO = Path(__file__).resolve().parents[2]
-LOADER = REPO / "bpf" / "widen"
+LOADER = locate.program("widen")
 RACE_DURATION = 60  # seconds of traffic; the widened race is hit in ~5 s
 RACE_BUDGET = 120  # issue 8: each race run takes at most 2 minutes
 
@@ -98,7 +99,7 @@ def _build_id(path: Path) -> str:
 
 def test_widener_programs_pass_the_verifier(kernels):
     if not LOADER.is_file():
-        pytest.skip("bpf/widen not built (make -C bpf)")
+        pytest.skip("c/widen not built (make build)")
     from flightrec.probes.widen import WidenOptions, loader_argv, resolve_widen
 
     plan = resolve_widen(kernels["veth-race"].vmlinux)
@@ -141,7 +142,7 @@ def vm_ready(kernels):
     if why:
         pytest.skip(why)
     if not LOADER.is_file():
-        pytest.skip("bpf/widen not built (make -C bpf)")
+        pytest.skip("c/widen not built (make build)")
     return kernels
 
 

@@ -12,10 +12,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from test_vm_record import read_trace, vm_record
 
 from flightrec.errors import FlightrecError
 from flightrec.vm import kernel as vmkernel
-from test_vm_record import read_trace, vm_record
+
 from vmkit import REPO, assert_nothing_left, flightrec
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]

@@ -9,11 +9,12 @@ import time
 
 import pytest
 
+from flightrec.cli.record import parse_record_args
 from flightrec.errors import FlightrecError
 from flightrec.vm import kernel as vmkernel
-from flightrec.cli.record import parse_record_args
 from flightrec.vm.record import VM_STAMP_RATE, nic_record_args
 from flightrec.vm.zerocopy import VIRTIO_XSK_SYMBOL, VIRTIO_XSK_TX_SYMBOL, module_path, module_symbols, zerocopy_missing
+
 from vmkit import REPO, flightrec, processes_naming
 
 

@@ -4,7 +4,7 @@
  * descriptor transition, and the post's checks (FILL order, poison, state
  * machine, XDP length, and with --payload-port the stamped payload) that stop
  * tracing on the first anomaly.
- * See README.md for the interface. */
+ * See c/README.md for the interface. */
 #include <errno.h>
 #include <net/if.h>
 #include <poll.h>
@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "forwarder.h"
+#include "report.h"
 #include "stamp.h"
 #include "xdp_meta.h"
 
@@ -399,7 +400,7 @@ static uint32_t inject_short_len(struct fwd *f, const struct port *p, struct xdp
 	return len - cut;
 }
 
-/* --payload-port: a stamped UDP payload (bpf/stamp.h) must be what its stamp
+/* --payload-port: a stamped UDP payload (c/stamp/stamp.h) must be what its stamp
  * and length say before the frame is forwarded. *pkt gets the packet number
  * (-1 when the frame is no stamped packet). False after raising the anomaly. */
 static bool check_payload(struct fwd *f, struct port *p, uint64_t addr, uint32_t len, long long *pkt)

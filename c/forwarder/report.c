@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <linux/if_link.h>
 #include "forwarder.h"
+#include "report.h"
 
 #ifndef SOL_XDP
 #define SOL_XDP 283

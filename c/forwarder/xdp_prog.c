@@ -19,7 +19,7 @@ int xdp_prog_load(struct xdp_prog *p, const char *path, const char *ifname)
 	if (!p->obj) {
 		err = -errno;
 		p->obj = NULL;
-		fprintf(stderr, "forwarder: cannot open XDP object %s: %s; run `make -C bpf` "
+		fprintf(stderr, "forwarder: cannot open XDP object %s: %s; run `make build` "
 			"or pass --xdp-prog PATH\n", path, strerror(-err));
 		return -1;
 	}
@@ -34,7 +34,7 @@ int xdp_prog_load(struct xdp_prog *p, const char *path, const char *ifname)
 	p->xsks_fd = bpf_object__find_map_fd_by_name(p->obj, "xsks");
 	if (p->prog_fd < 0 || p->xsks_fd < 0) {
 		fprintf(stderr, "forwarder: %s has no program xdp_meta or map xsks; "
-			"is it bpf/xdp_meta.bpf.o?\n", path);
+			"is it xdp_meta.bpf.o (c/forwarder/xdp_meta.bpf.c)?\n", path);
 		return -1;
 	}
 	return 0;

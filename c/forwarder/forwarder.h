@@ -87,10 +87,4 @@ int port_xdp_statistics(const struct port *p, struct xdp_statistics *xs);
 /* "zerocopy", "copy", or "unknown" when XDP_OPTIONS could not be read */
 const char *port_mode_name(const struct port *p);
 
-int report_write_stats(const struct fwd *f, const char *path, int exit_code, double elapsed);
-void report_print_stats_event(const struct fwd *f, double t);
-void report_print_ready(const struct fwd *f);
-void report_print_anomaly(const struct fwd *f);
-void report_print_exit(const struct fwd *f, int code, double t);
-
 #endif

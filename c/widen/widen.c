@@ -247,7 +247,7 @@ int main(int argc, char **argv)
 	libbpf_set_print(print_libbpf);
 	obj = bpf_object__open_file(objpath, NULL);
 	if (!obj) {
-		fprintf(stderr, "widen: cannot open %s: %s (run make -C bpf)\n", objpath, strerror(errno));
+		fprintf(stderr, "widen: cannot open %s: %s (run make build)\n", objpath, strerror(errno));
 		return 2;
 	}
 	if (bpf_object__load(obj)) {
