@@ -178,7 +178,7 @@ def test_fixed_kernel_stays_clean_under_the_same_widening(vm_ready, tmp_path):
 
 
 # --- kernel events alone: a program that writes no markers ---------------------
-# bpf/forwarder with --no-markers, run as `record --app` runs any program; the
+# the forwarder (c/forwarder) with --no-markers, run as `record --app` runs any program; the
 # BPF backend (its reserve line comes after the descriptor write and carries
 # the slot) feeds checks/kernel_publish.py.
 FORWARDER = forwarder_path()  # the guest sees the host's root: the same path
