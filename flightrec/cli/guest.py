@@ -36,7 +36,8 @@ def record_options(args: list[str], out_dir: Path, prepared: Optional[object] = 
     return RecordOptions(out_dir=out_dir, duration=params["duration"], queues=params["queues"],
                          buffer_kb=params["buffer_kb"], inject=params["inject"],
                          inject_after=params["inject_after"], kernel_events=params["kernel_events"],
-                         probe_definitions=prepared, mode=params["mode"], nic=params["nic"])
+                         probe_definitions=prepared, mode=params["mode"], nic=params["nic"],
+                         markers=params["markers"])
 
 
 def record_main(probes_json: Optional[Path], args: list[str]) -> int:

@@ -17,6 +17,7 @@ from flightrec.record.afxdp import MODES as AFXDP_MODES
 from flightrec.record.forwarder import INJECT_FAULTS
 from flightrec.record.kernel_events import BACKENDS
 from flightrec.record.topology import NIC_KINDS
+from flightrec.parse.format import MARKER_FORMS
 from flightrec.record.session import Interrupted, LiveStats, Observer, RecordOptions, RecordResult
 from flightrec.record.session import record as run_record
 
@@ -135,6 +136,7 @@ Examples:
   flightrec record --inject flip-payload        # corrupt a checked frame: the receiver catches it
   flightrec record --plain --kernel-events none > record.log
   flightrec record --mode auto                  # says which AF_XDP mode veth gave (copy)
+  flightrec record --markers per-descriptor     # a trace_marker line per descriptor, not per ring operation
 
 \b
 Exit codes: 0 ran the whole duration with no anomaly; 1 anomaly caught by the
@@ -172,10 +174,14 @@ everything removed).
               show_default=True, metavar="PKT/S",
               help="Stamped, self-verifying UDP packets per second beside iperf3 (`vm record` asks for 2000: "
                    "a TCG guest cannot send more without starving TCP).")
+@click.option("--markers", type=click.Choice(MARKER_FORMS), default=MARKER_FORMS[0], show_default=True,
+              help="The forwarder's trace_marker lines: batched (one per ring operation, all its descriptors "
+                   "in order) or per-descriptor (one per descriptor, as the post's); both analyze alike "
+                   "(docs/markers.md). Saved in meta.json (trace.markers).")
 @click.option("--plain", is_flag=True, help="One line per event (the default when stdout is not a TTY).")
 def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inject: Optional[str],
                inject_after: Optional[int], kernel_events: str, mode: str, nic: str, stamp_rate: int,
-               plain: bool) -> None:
+               markers: str, plain: bool) -> None:
     """Record an AF_XDP forwarder into a private ftrace instance.
 
     Builds client, server and forwarder namespaces joined by multi-queue veth,
@@ -194,7 +200,7 @@ def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inje
     """
     opts = RecordOptions(out_dir=out_dir, duration=duration, queues=queues, buffer_kb=buffer_kb,
                          inject=inject, inject_after=inject_after, kernel_events=kernel_events, mode=mode,
-                         nic=nic, stamp_rate=stamp_rate)
+                         nic=nic, stamp_rate=stamp_rate, markers=markers)
     view: Observer = PlainView() if plain or not sys.stdout.isatty() else LiveView()
     try:
         result = run_record(opts, view)

@@ -30,6 +30,7 @@ from typing import Any, Iterator, Optional
 
 from flightrec import __version__, locate, runfolder, tracefs
 from flightrec.errors import FlightrecError
+from flightrec.parse.format import MARKER_FORMS
 from flightrec.record import forwarder as fwdmod
 from flightrec.record import afxdp, kernel_events, state, topology
 from flightrec.record.forwarder import Forwarder, ForwarderConfig
@@ -65,6 +66,7 @@ class RecordOptions:
     nic: str = "veth"  # or "virtio": the VM's NICs (flightrec vm record --nic virtio)
     mode: str = "copy"  # AF_XDP bind: copy, zerocopy or auto (flightrec/record/afxdp.py)
     stamp_rate: int = TrafficPlan.stamp_rate  # stamped UDP packets per second (flightrec/record/traffic.py)
+    markers: str = MARKER_FORMS[0]  # a trace_marker line per ring operation, or per descriptor (docs/markers.md)
 
     def check(self) -> None:
         """:raises FlightrecError: an option is out of range."""
@@ -84,6 +86,8 @@ class RecordOptions:
             raise FlightrecError(f"--nic must be one of {', '.join(topology.NIC_KINDS)}, got {self.nic!r}")
         if self.mode not in afxdp.MODES:
             raise FlightrecError(f"--mode must be one of {', '.join(afxdp.MODES)}, got {self.mode!r}")
+        if self.markers not in MARKER_FORMS:
+            raise FlightrecError(f"--markers must be one of {', '.join(MARKER_FORMS)}, got {self.markers!r}")
         if self.kernel_events not in kernel_events.BACKENDS:
             raise FlightrecError(f"--kernel-events must be one of {', '.join(kernel_events.BACKENDS)}")
 
@@ -535,6 +539,7 @@ class _Recording:
             flagged_path=self.logs / pcap.FLAGGED_NAME,
             mode=opts.mode,
             payload_port=STAMP_PORT,  # the stamped flows' payloads are checked before forwarding
+            markers=opts.markers,
         )
         self.fwd = Forwarder(config, stderr_path=self.logs / "forwarder.stderr")
         self.fwd.start()
@@ -850,6 +855,7 @@ class _Recording:
                 "clock_offset_s": None if self.clock_offset is None else round(self.clock_offset, 6),
                 "trigger": f'traceoff if buf ~ "{tracefs.DETECTION_GLOB}"',
                 "stopped_by": "forwarder" if code == fwdmod.EXIT_ANOMALY else stopped_by,
+                runfolder.MARKERS_KEY: self.opts.markers,
                 **trace_info,
             },
             "forwarder": {
