@@ -40,11 +40,12 @@ def test_fixtures(fixtures):
         assert_same(f.read_bytes())
 
 
+@pytest.mark.parametrize("markers", ["per-descriptor", "batched"])
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("fmt", ["ftrace", "trace-cmd"])
-def test_simulated(seed, fmt):
+def test_simulated(seed, fmt, markers):
     sim = simulate(SimConfig(seed=seed, cpus=2 + seed, packets=400, fault="double-fill", wrap=seed % 2 == 0,
-                             loss=seed % 3 == 0, fmt=fmt))
+                             loss=seed % 3 == 0, fmt=fmt, markers=markers))
     assert_same(sim.text.encode())
 
 
