@@ -30,6 +30,7 @@ from typing import Any, Iterator, Optional
 
 from flightrec import __version__, locate, runfolder, tracefs
 from flightrec.errors import FlightrecError
+from flightrec.parse.fields import parse_markers
 from flightrec.parse.format import MARKER_FORMS
 from flightrec.record import forwarder as fwdmod
 from flightrec.record import afxdp, kernel_events, state, topology
@@ -887,10 +888,12 @@ class _Recording:
 
 
 def _count_fill_to_rx(path: Path) -> int:
-    """How many ``FILL -> RX`` transition markers the saved trace holds."""
+    """How many ``FILL -> RX`` transitions the saved trace's markers hold (a
+    batched line's every descriptor counted)."""
     count = 0
     with open(path, encoding="utf-8", errors="replace") as trace:
         for line in trace:
             if "tracing_mark_write:" in line and "FILL -> RX" in line:
-                count += 1
+                events = parse_markers(line.rstrip("\n").split("tracing_mark_write: ", 1)[-1]) or ()
+                count += sum(1 for m in events if m[3] == "FILL" and m[4] == "RX")
     return count
