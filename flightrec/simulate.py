@@ -364,7 +364,7 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
                 # The bug: one descriptor both recycled to FILL (a submit of its
                 # own, at once) and forwarded to TX.
                 t += _rr(rng, 500, 3000)
-                sim.to_fill(p, t, a, "RX", "insert1")
+                sim.to_fill(p, t, a, "RX", "insert1", sim.new_op())
                 notes.append(f"{a:#x} egress_tx_queue forward")
                 forward.append((a, "insert2"))
                 planted = fresh = {"addr": a}
@@ -413,7 +413,7 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
         if dup_pending is not None:
             # The bug, second half: the descriptor refilled last round goes into
             # FILL again, with no RX of it in between.
-            sim.to_fill(p, t, dup_pending, "COMP", "insert2")
+            sim.to_fill(p, t, dup_pending, "COMP", "insert2", sim.new_op())
             dup_pending = None
             batch = (48, 64)
             pending_overwrite = rng.random() < 0.5
@@ -687,7 +687,8 @@ def simulate(cfg: SimConfig) -> Simulation:
         i = group[0]
         e = ev[i]
         ts, _, cpu, task, flags, body, tag, _ = e
-        if len(group) > 1:
+        if len(group) > 1 or (cfg.markers == "batched" and e[7] is not None):
+            # (a ring operation of one descriptor is a batched line too)
             body = _batched(body, [ev[j][5] for j in group])
         if cpu not in started:
             started.add(cpu)
