@@ -47,8 +47,8 @@ KINDS = (OTHER, MARKER, NOTE, RESERVE, FLUSH, TX)
 # order, with the line's timestamp and CPU. A writer keeps each line at most
 # BATCH_LINE_MAX bytes, splitting a longer batch into several lines in order:
 # a trace_marker write is cut at 1024 bytes before Linux 6.8 (TRACE_BUF_SIZE in
-# tracing_mark_write) and at the ring buffer's largest event after (4054 bytes
-# on 6.18 with 4 KiB sub-buffers, measured).
+# tracing_mark_write; measured on Debian's 6.1) and at the ring buffer's largest
+# event after (4054 bytes on 6.18 with 4 KiB sub-buffers, measured).
 NOTE_SEP = "; "
 BATCH_LINE_MAX = 1000
 MARKER_FORMS = ("batched", "per-descriptor")  # the forwarder's --markers; the first is its default
