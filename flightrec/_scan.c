@@ -171,12 +171,152 @@ static void strip(const char **p, const char **e)
 		(*e)--;
 }
 
-/* The marker grammar of docs/markers.md; fills the row or leaves it K_OTHER. */
-static void marker(const char *buf, const char *b, const char *e, struct fr_cols *c, int64_t i,
-		   struct fr_result *r)
+static void reset_row(struct fr_cols *c, int64_t i);
+
+/* Row j: another event of row i's line (a batched line's next descriptor). */
+static void copy_row(struct fr_cols *c, int64_t i, int64_t j)
+{
+	reset_row(c, j);
+	c->line[j] = c->line[i];
+	c->cpu[j] = c->cpu[i];
+	c->pid[j] = c->pid[i];
+	c->ts[j] = c->ts[i];
+	c->task_off[j] = c->task_off[i];
+	c->task_len[j] = c->task_len[i];
+	c->flags_off[j] = c->flags_off[i];
+	c->flags_len[j] = c->flags_len[i];
+	c->event_off[j] = c->event_off[i];
+	c->event_len[j] = c->event_len[i];
+	c->body_off[j] = c->body_off[i];
+	c->body_len[j] = c->body_len[i];
+}
+
+/* A note `ADDR WORD [WORD ...]` in [b, e) (no ": " in it): its address and text. */
+static int note(const char *b, const char *e, uint64_t *addr, const char **dp, const char **de)
+{
+	const char *ws[2], *we[2];
+
+	if (e > b && e[-1] == ':')
+		e--;
+	if (split(b, e, ws, we, 1) < 2 || parse_hex(ws[0], we[0], 1, addr))
+		return -1;
+	*dp = we[0];
+	*de = e;
+	strip(dp, de);
+	return 0;
+}
+
+static int is_sep(const char *q, const char *e)
+{
+	return q + 1 < e && q[0] == ';' && q[1] == ' ';
+}
+
+/* A batched note line `ADDR TEXT; ADDR TEXT; ...` in [b, e): rows from i on,
+ * or 0 when a piece is no note (then the line is one note, as before), -1
+ * past `limit`. */
+static int64_t batched_notes(const char *buf, const char *b, const char *e, struct fr_cols *c, int64_t i,
+			     int64_t limit)
+{
+	int64_t n = 0;
+
+	for (int pass = 0; pass < 2; pass++) {
+		const char *p = b;
+
+		n = 0;
+		while (1) {
+			const char *q = p, *dp, *de;
+			uint64_t addr;
+
+			while (q < e && !is_sep(q, e))
+				q++;
+			if (note(p, q, &addr, &dp, &de))
+				return 0;
+			if (pass) {
+				if (n)
+					copy_row(c, i, i + n);
+				c->kind[i + n] = K_NOTE;
+				c->fval[0][i + n] = addr;
+				c->fmask[i + n] = 1;
+				c->detail_off[i + n] = dp - buf;
+				c->detail_len[i + n] = (int32_t)(de - dp);
+			}
+			n++;
+			if (q == e)
+				break;
+			p = q + 2;
+		}
+		if (!pass && i + n > limit)
+			return -1;
+	}
+	return n;
+}
+
+/* A batched transition line `SOCK q:QUEUE FROM -> TO ADDR ... [FROM -> TO ADDR ...]`
+ * ending at e, its first two words (the socket) at ws/we: rows from i on, 0
+ * when it is not one, -1 past `limit`. */
+static int64_t batched_transitions(const char *buf, const char *const *ws, const char *const *we, int32_t queue,
+				   const char *e, struct fr_cols *c, int64_t i, int64_t limit, struct fr_result *r)
+{
+	int64_t n = 0;
+	int s = -1;
+
+	for (int pass = 0; pass < 2; pass++) {
+		const char *p = we[1], *w[3], *x[3];
+		int frm = -1, to = -1, fresh = 0;
+
+		n = 0;
+		while (split(p, e, w, x, 1) >= 1) {
+			uint64_t addr;
+			int st = state_of(w[0], x[0]);
+
+			if (st >= 0) {
+				if (fresh || split(x[0], e, w + 1, x + 1, 2) < 2 || x[1] - w[1] != 2 ||
+				    memcmp(w[1], "->", 2) || (to = state_of(w[2], x[2])) < 0)
+					return 0;
+				frm = st;
+				fresh = 1;
+				p = x[2];
+				continue;
+			}
+			if (frm < 0 || parse_hex(w[0], x[0], 1, &addr))
+				return 0;
+			if (pass) {
+				if (n)
+					copy_row(c, i, i + n);
+				c->kind[i + n] = K_MARKER;
+				c->sock[i + n] = s;
+				c->queue[i + n] = queue;
+				c->fval[0][i + n] = addr;
+				c->fmask[i + n] = 1;
+				c->frm[i + n] = (int8_t)frm;
+				c->to[i + n] = (int8_t)to;
+			}
+			n++;
+			fresh = 0;
+			p = x[0];
+		}
+		if (fresh || !n)
+			return 0;
+		if (!pass) {
+			if (i + n > limit)
+				return -1;
+			s = sock_id(r, buf, ws, we);
+			if (s < 0)
+				return 0;
+		}
+	}
+	return n;
+}
+
+/* The marker grammar of docs/markers.md: fills row i (and, for a batched
+ * line, the rows after it, up to `limit`) or leaves it K_OTHER. Returns the
+ * rows used, -1 when a batch does not fit. */
+static int64_t marker(const char *buf, const char *b, const char *e, struct fr_cols *c, int64_t i, int64_t limit,
+		      struct fr_result *r)
 {
 	const char *head_e = e, *det = NULL, *ws[8], *we[8];
-	int n;
+	int n, plain, seps = 0, qok = 0;
+	int32_t queue = 0;
 
 	for (const char *q = b; q + 1 < e; q++)
 		if (q[0] == ':' && q[1] == ' ') {
@@ -186,55 +326,72 @@ static void marker(const char *buf, const char *b, const char *e, struct fr_cols
 		}
 	if (!det && e > b && e[-1] == ':')
 		head_e = e - 1;
+	/* no detail: the line may be batched (a detection line never is) */
+	plain = !det && e > b && e[-1] != ':';
+	for (const char *q = b; plain && q < e; q++)
+		if (is_sep(q, e)) {
+			seps = 1;
+			break;
+		}
+	if (seps) {
+		/* a note holding "; " is one note only when a piece is no note */
+		int64_t got = batched_notes(buf, b, e, c, i, limit);
+		if (got)
+			return got;
+	}
 	n = split(b, head_e, ws, we, 7);
-	if (n == 6) {
-		uint64_t addr;
-		int frm = state_of(ws[3], we[3]), to = state_of(ws[5], we[5]);
-		int32_t queue = 0;
-
-		if (we[4] - ws[4] != 2 || memcmp(ws[4], "->", 2) || we[1] - ws[1] < 3 ||
-		    memcmp(ws[1], "q:", 2) || frm < 0 || to < 0)
-			return;
-		if (we[1] - ws[1] > 11)
-			return;
+	if (n >= 6 && we[1] - ws[1] >= 3 && we[1] - ws[1] <= 11 && !memcmp(ws[1], "q:", 2)) {
+		qok = 1;
 		for (const char *q = ws[1] + 2; q < we[1]; q++) {
 			if (!is_digit(*q))
-				return;
+				qok = 0;
 			queue = queue * 10 + (*q - '0');
 		}
-		if (parse_hex(ws[2], we[2], 1, &addr))
-			return;
-		int s = sock_id(r, buf, ws, we);
-		if (s < 0)
-			return;
-		c->kind[i] = K_MARKER;
-		c->sock[i] = s;
-		c->queue[i] = queue;
-		c->fval[0][i] = addr;
-		c->fmask[i] = 1;
-		c->frm[i] = (int8_t)frm;
-		c->to[i] = (int8_t)to;
-		if (det) {
-			const char *dp = det, *de = e;
-			strip(&dp, &de);
-			c->detail_off[i] = dp - buf;
-			c->detail_len[i] = (int32_t)(de - dp);
-		}
-		return;
 	}
-	if (n >= 2 && !det) {
+	if (n == 6 && qok) {
+		uint64_t addr;
+		int frm = state_of(ws[3], we[3]), to = state_of(ws[5], we[5]);
+
+		if (we[4] - ws[4] == 2 && !memcmp(ws[4], "->", 2) && frm >= 0 && to >= 0 &&
+		    !parse_hex(ws[2], we[2], 1, &addr)) {
+			int s = sock_id(r, buf, ws, we);
+			if (s < 0)
+				return 1;
+			c->kind[i] = K_MARKER;
+			c->sock[i] = s;
+			c->queue[i] = queue;
+			c->fval[0][i] = addr;
+			c->fmask[i] = 1;
+			c->frm[i] = (int8_t)frm;
+			c->to[i] = (int8_t)to;
+			if (det) {
+				const char *dp = det, *de = e;
+				strip(&dp, &de);
+				c->detail_off[i] = dp - buf;
+				c->detail_len[i] = (int32_t)(de - dp);
+			}
+			return 1;
+		}
+	} else if (n != 6 && n >= 2 && !det) {
 		uint64_t addr;
 		const char *dp = we[0], *de = head_e;
 
-		if (parse_hex(ws[0], we[0], 1, &addr))
-			return;
-		strip(&dp, &de);
-		c->kind[i] = K_NOTE;
-		c->fval[0][i] = addr;
-		c->fmask[i] = 1;
-		c->detail_off[i] = dp - buf;
-		c->detail_len[i] = (int32_t)(de - dp);
+		if (!parse_hex(ws[0], we[0], 1, &addr)) {
+			strip(&dp, &de);
+			c->kind[i] = K_NOTE;
+			c->fval[0][i] = addr;
+			c->fmask[i] = 1;
+			c->detail_off[i] = dp - buf;
+			c->detail_len[i] = (int32_t)(de - dp);
+			return 1;
+		}
 	}
+	if (plain && !seps && qok) {
+		int64_t got = batched_transitions(buf, ws, we, queue, e, c, i, limit, r);
+		if (got)
+			return got;
+	}
+	return 1;
 }
 
 /* name=value words of a kernel event's body: the fields of the caller's table, in hex. */
@@ -335,10 +492,12 @@ static int timestamp(const char **pp, const char *e, const char **ts_s)
 	return 1;
 }
 
-/* task-pid [cpu] flags ts: event: body, as flightrec/parse/ftrace.py's _LINE. */
-static int event_line(const char *buf, const char *s, const char *e, struct fr_cols *c, int64_t i,
-		      const struct fr_kernel_name *names, int nnames, const struct fr_field *fields, int nfields,
-		      struct fr_result *r)
+/* task-pid [cpu] flags ts: event: body, as flightrec/parse/ftrace.py's _LINE.
+ * Returns the rows it filled from i on (a batched marker line fills one per
+ * descriptor, up to `limit`), 0 when it is no event line, -1 past `limit`. */
+static int64_t event_line(const char *buf, const char *s, const char *e, struct fr_cols *c, int64_t i, int64_t limit,
+			  const struct fr_kernel_name *names, int nnames, const struct fr_field *fields, int nfields,
+			  struct fr_result *r)
 {
 	const char *t = s;
 
@@ -420,12 +579,11 @@ static int event_line(const char *buf, const char *s, const char *e, struct fr_c
 		c->kind[i] = K_OTHER;
 		size_t el = ev_e - ev_s;
 		if (el == 18 && !memcmp(ev_s, "tracing_mark_write", 18)) {
-			marker(buf, p, e, c, i, r);
+			return marker(buf, p, e, c, i, limit, r);
 		} else if (el == 5 && !memcmp(ev_s, "print", 5)) {
 			for (const char *q = p; q + 1 < e; q++)
 				if (q[0] == ':' && q[1] == ' ') {
-					marker(buf, q + 2, e, c, i, r);
-					break;
+					return marker(buf, q + 2, e, c, i, limit, r);
 				}
 		} else {
 			const char *ks = ev_s, *ke = ev_e, *kb = p;
@@ -466,7 +624,8 @@ static void reset_row(struct fr_cols *c, int64_t i)
  * Scan buf[0, len): one row per complete, non-blank line. Event rows, with
  * their kind, fill the columns from row 0 up; meta rows (K_META, the line in
  * body_off/body_len) from row cap - 1 down, so the event rows need no copy.
- * `cap` rows must fit in the columns (the number of newlines is enough).
+ * `cap` rows must fit in the columns (the number of newlines and of "0x" is
+ * enough: a batched line's every descriptor after its first has its own ADDR).
  * Returns the event rows, or -1 when they did not fit or the tables are too big.
  */
 int64_t fr_scan(const char *buf, int64_t len, struct fr_cols *c, int64_t cap, const struct fr_kernel_name *names,
@@ -500,8 +659,11 @@ int64_t fr_scan(const char *buf, int64_t len, struct fr_cols *c, int64_t cap, co
 			return -1;
 		reset_row(c, i);
 		c->line[i] = (int32_t)lineno;
-		if (event_line(buf, s, e, c, i, names, nnames, fields, nfields, r)) {
-			i++;
+		int64_t got = event_line(buf, s, e, c, i, m, names, nnames, fields, nfields, r);
+		if (got < 0)
+			return -1;
+		if (got) {
+			i += got;
 			continue;
 		}
 		m--;

@@ -116,6 +116,19 @@ def write_json(out_dir: Path, name: str, data: Any) -> Path:
     return path
 
 
+# meta.json's trace.markers: the forwarder's marker lines, "batched" (one per ring
+# operation) or "per-descriptor" (docs/markers.md); recordings made before
+# batched lines existed have none and are per-descriptor.
+MARKERS_KEY = "markers"
+
+
+def marker_form(meta: Optional[dict]) -> str:
+    """The marker form a recording's forwarder wrote, by its meta.json."""
+    trace = meta.get("trace") if isinstance(meta, dict) else None
+    form = trace.get(MARKERS_KEY) if isinstance(trace, dict) else None
+    return form if isinstance(form, str) else "per-descriptor"
+
+
 def write_meta(out_dir: Path, meta: dict) -> Path:
     """Write DIR/meta.json (the recording's own account), atomically."""
     return write_json(out_dir, META, meta)

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from flightrec.errors import FlightrecError
+from flightrec.parse.format import BATCH_LINE_MAX, MARKER_FORMS, NOTE_SEP
 
 POISON = 0xDEADBEEFDEADBEEF
 
@@ -66,6 +67,7 @@ APP_COMMS = ("flowtrackd-p9zw", "my fwd-thr 2", "flowtrackd-9chS", "xsk fwd-q", 
 # Whatever runs on a CPU when the NAPI softirq fires there.
 TRAFFIC_COMMS = ("iperf2", "iperf3", "ksoftirqd/{cpu}", "<idle>", "kworker/{cpu}:1")
 SOCKET_PAIRS = (("ingress", "egress"), ("outer", "inner"), ("rx-a", "tx-b"))
+MARK = "tracing_mark_write: "
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,9 @@ class SimConfig:
     probes: str = "all"
     fmt: str = "ftrace"
     pairs: int = 0  # socket pairs (rx socket -> tx socket); 0: 1..3 drawn from the seed
+    # the application's marker lines: one per descriptor, or one per ring operation
+    # (docs/markers.md "Batched lines"); the same run, events and truth either way
+    markers: str = "per-descriptor"
 
     def check(self) -> None:
         """Raise FlightrecError for a configuration the simulator cannot honour."""
@@ -95,6 +100,8 @@ class SimConfig:
             raise FlightrecError(f"unknown probes {self.probes!r}; one of: {', '.join(PROBES)}")
         if self.fmt not in FORMATS:
             raise FlightrecError(f"unknown format {self.fmt!r}; one of: {', '.join(FORMATS)}")
+        if self.markers not in MARKER_FORMS:
+            raise FlightrecError(f"unknown marker form {self.markers!r}; one of: {', '.join(MARKER_FORMS)}")
         if not 0 <= self.pairs <= 3:
             raise FlightrecError(f"pairs must be 0..3, not {self.pairs}")
         if self.wrap and self.tight:
@@ -187,8 +194,9 @@ class _Sim:
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
-        self.ev: list[tuple] = []  # (ts, seq, cpu, task, flags, name_body, tag)
+        self.ev: list[tuple] = []  # (ts, seq, cpu, task, flags, name_body, tag, op)
         self.seq = 0
+        self.ops = 0  # ring operations: the markers of one may share a batched line
         self.tags: dict[str, tuple] = {}
         self.tasks: list[tuple[str, int]] = []
         rng = self.rng
@@ -213,20 +221,26 @@ class _Sim:
         return len(self.tasks) - 1
 
     # ---- emitting ------------------------------------------------------
-    def emit(self, ts: int, cpu: int, task: int, flags: str, body: str, tag: Optional[str] = None) -> None:
+    def emit(self, ts: int, cpu: int, task: int, flags: str, body: str, tag: Optional[str] = None,
+             op: Optional[int] = None) -> None:
         self.seq += 1
-        self.ev.append((ts, self.seq, cpu, task, flags, body, tag))
+        self.ev.append((ts, self.seq, cpu, task, flags, body, tag, op))
+
+    def new_op(self) -> int:
+        """A ring operation's id, for the markers it writes (None: a line of its own)."""
+        self.ops += 1
+        return self.ops
 
     def last_seq(self, before: int) -> Optional[int]:
         """The sequence number of the event just emitted, None if nothing was (a probe left out)."""
         return self.seq if self.seq > before else None
 
-    def marker(self, p: _Pair, ts: int, text: str, tag: Optional[str] = None) -> None:
+    def marker(self, p: _Pair, ts: int, text: str, tag: Optional[str] = None, op: Optional[int] = None) -> None:
         if self.cfg.fmt == "ftrace":
-            body = "tracing_mark_write: " + text
+            body = MARK + text
         else:
-            body = f"{'print:':<21} tracing_mark_write: " + text
-        self.emit(ts, p.app_cpu, p.task, self.marker_flags, body, tag)
+            body = f"{'print:':<21} {MARK}" + text
+        self.emit(ts, p.app_cpu, p.task, self.marker_flags, body, tag, op)
 
     def _probe(self, name: str, sym: str, ip: int, args: str) -> str:
         if self.cfg.fmt == "ftrace":
@@ -256,9 +270,10 @@ class _Sim:
                                                              self.sym_raw, f"addr={addr:#x}"))
 
     # ---- the application's bookkeeping --------------------------------
-    def to_fill(self, p: _Pair, ts: int, addr: int, frm: str, tag: Optional[str] = None) -> None:
+    def to_fill(self, p: _Pair, ts: int, addr: int, frm: str, tag: Optional[str] = None,
+                op: Optional[int] = None) -> None:
         """The application produces addr to its rx socket's FILL ring (and its deque)."""
-        self.marker(p, ts, f"{p.rx} {addr:#x} {frm} -> FILL", tag)
+        self.marker(p, ts, f"{p.rx} {addr:#x} {frm} -> FILL", tag, op)
         p.kfill.append(addr)
         p.afill.append(addr)
         p.state[addr] = "FILL"
@@ -280,10 +295,11 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
     rng = sim.rng
     cfg = sim.cfg
     t = t0
-    # Start-up: every frame goes FREE -> FILL.
+    # Start-up: every frame goes FREE -> FILL, in one FILL submit.
+    op = sim.new_op()
     for a in p.frames:
-        sim.to_fill(p, t, a, "FREE")
-        t += _rr(rng, 300, 1500)
+        sim.to_fill(p, t, a, "FREE", op=op)
+        t += _rr(rng, 100, 600)
     t += _rr(rng, 50_000, 2_000_000)
     plant_at = max(int(budget * rng.uniform(0.8, 0.93)), p.rx_size + 16) if faulty else -1
     planted: Optional[dict] = None
@@ -320,9 +336,11 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
         t += _rr(rng, 200, 3000)
         sim.flush(p, t, cpu)
         p.delivered += k
-        # ---- application: read RX --------------------------------------
+        # ---- application: one RX peek (every FILL -> RX), its notes, the FILL
+        # submit of what it drops and the TX submit of what it forwards: ring
+        # operation by ring operation, as a forwarder does (docs/markers.md) ----
         t += _rr(rng, 2000, 20000)
-        sent = []
+        op = sim.new_op()
         for a in got:
             exp = p.afill.popleft() if p.afill else None
             st = p.state.get(a)
@@ -334,40 +352,57 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
             if st != "FILL":
                 sim.marker(p, t, f"{p.rx} {a:#x} FILL -> RX: invalid, was {st}", "detection")
                 return _finish(planted, t, {"symptom_addr": a})
-            sim.marker(p, t, f"{p.rx} {a:#x} FILL -> RX")
+            sim.marker(p, t, f"{p.rx} {a:#x} FILL -> RX", op=op)
             p.state[a] = "RX"
-            t += _rr(rng, 500, 3000)
+            t += _rr(rng, 100, 600)
+        notes: list[str] = []
+        refill: list[tuple[int, Optional[str]]] = []
+        forward: list[tuple[int, Optional[str]]] = []
+        fresh: Optional[dict] = None
+        for a in got:
             if planted is None and faulty and fault == "fill-and-tx" and p.delivered >= plant_at:
-                # The bug: one descriptor both recycled to FILL and forwarded to TX.
-                sim.to_fill(p, t, a, "RX", "insert1")
+                # The bug: one descriptor both recycled to FILL (a submit of its
+                # own, at once) and forwarded to TX.
                 t += _rr(rng, 500, 3000)
-                sim.marker(p, t, f"{a:#x} egress_tx_queue forward")
-                t += _rr(rng, 500, 2000)
-                sim.marker(p, t, f"{p.tx} {a:#x} RX -> TX", "insert2")
-                p.state[a] = "TX"
-                sent.append(a)
-                planted = {"addr": a, "ts": t}
+                sim.to_fill(p, t, a, "RX", "insert1", sim.new_op())
+                notes.append(f"{a:#x} egress_tx_queue forward")
+                forward.append((a, "insert2"))
+                planted = fresh = {"addr": a}
                 batch = (48, 64)
-                t += _rr(rng, 500, 2000)
                 continue
             if planted is None and faulty and fault == "invalid-transition" and p.delivered >= plant_at:
                 # The bug: a descriptor still in FILL (put there a while ago) is put into TX.
+                t += _rr(rng, 500, 3000)
                 victim = p.afill[-min(20, len(p.afill))]
                 _tag_last_insert(sim, p, victim)
                 sim.marker(p, t, f"{p.tx} {victim:#x} FILL -> TX" +
                            rng.choice(("", ": invalid, was FILL")), "detection")
                 return {"addr": victim, "ts": t, "detection_ts": t}
             if rng.random() < 0.03:
-                sim.marker(p, t, f"{a:#x} drop " + rng.choice(("no_flow", "bad_csum", "ttl")))
-                t += _rr(rng, 300, 1500)
-                sim.to_fill(p, t, a, "RX")
+                notes.append(f"{a:#x} drop " + rng.choice(("no_flow", "bad_csum", "ttl")))
+                refill.append((a, None))
             else:
-                sim.marker(p, t, f"{a:#x} egress_tx_queue forward")
-                t += _rr(rng, 300, 1500)
-                sim.marker(p, t, f"{p.tx} {a:#x} RX -> TX")
-                p.state[a] = "TX"
-                sent.append(a)
-            t += _rr(rng, 500, 3000)
+                notes.append(f"{a:#x} egress_tx_queue forward")
+                forward.append((a, None))
+        t += _rr(rng, 500, 3000)
+        op = sim.new_op()
+        for text in notes:
+            sim.marker(p, t, text, op=op)
+            t += _rr(rng, 100, 600)
+        op = sim.new_op()
+        for a, tag in refill:
+            t += _rr(rng, 100, 600)
+            sim.to_fill(p, t, a, "RX", tag, op=op)
+        t += _rr(rng, 500, 3000)
+        op = sim.new_op()
+        sent = []
+        for a, tag in forward:
+            sim.marker(p, t, f"{p.tx} {a:#x} RX -> TX", tag, op=op)
+            if fresh is not None and fresh["addr"] == a:
+                fresh["ts"] = t
+            p.state[a] = "TX"
+            sent.append(a)
+            t += _rr(rng, 100, 600)
         # ---- kernel: transmit (sendto, in the thread's context) ----------
         t += _rr(rng, 1000, 5000)
         for a in sent:
@@ -378,31 +413,35 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
         if dup_pending is not None:
             # The bug, second half: the descriptor refilled last round goes into
             # FILL again, with no RX of it in between.
-            sim.to_fill(p, t, dup_pending, "COMP", "insert2")
+            sim.to_fill(p, t, dup_pending, "COMP", "insert2", sim.new_op())
             dup_pending = None
             batch = (48, 64)
             pending_overwrite = rng.random() < 0.5
             t += _rr(rng, 500, 3000)
+        op = sim.new_op()
         for a in tx_done:
-            sim.marker(p, t, f"{p.tx} {a:#x} TX -> COMP")
+            sim.marker(p, t, f"{p.tx} {a:#x} TX -> COMP", op=op)
             p.state[a] = "COMP"
-            t += _rr(rng, 500, 2000)
+            t += _rr(rng, 100, 600)
+        t += _rr(rng, 500, 3000)
+        op = sim.new_op()
+        for a in tx_done:
             if pending_overwrite:
                 # The duplicate made the application miscount FILL's free slots: this
                 # insert overwrites the entry the kernel was about to consume.
                 pending_overwrite = False
-                sim.marker(p, t, f"{p.rx} {a:#x} COMP -> FILL")
+                sim.marker(p, t, f"{p.rx} {a:#x} COMP -> FILL", op=op)
                 p.afill.append(a)
                 p.state[a] = "FILL"
                 p.kfill[0] = a
                 p.kfill.append(a)
             elif planted is None and faulty and fault == "double-fill" and p.delivered >= plant_at:
-                sim.to_fill(p, t, a, "COMP", "insert1")
+                sim.to_fill(p, t, a, "COMP", "insert1", op)
                 planted = {"addr": a, "ts": t}
                 dup_pending = a
             else:
-                sim.to_fill(p, t, a, "COMP")
-            t += _rr(rng, 500, 3000)
+                sim.to_fill(p, t, a, "COMP", op=op)
+            t += _rr(rng, 100, 600)
         tx_done = sent
         # ---- idle until the next packets -----------------------------------
         r = rng.random()
@@ -423,7 +462,7 @@ def _tag_last_insert(sim: _Sim, p: _Pair, addr: int) -> None:
     for i in range(len(sim.ev) - 1, -1, -1):
         e = sim.ev[i]
         if e[2] == p.app_cpu and needle in e[5] and e[5].endswith("-> FILL"):
-            sim.ev[i] = e[:6] + ("insert1",)
+            sim.ev[i] = e[:6] + ("insert1",) + e[7:]
             return
     raise AssertionError("no FILL insert for the victim")
 
@@ -467,16 +506,21 @@ def _plant_race(sim: _Sim, p: _Pair, t: int, fault: str) -> dict:
     sim.flush(p, t, b, "flush")
     t_flush_a = t + _rr(rng, 5_000, 60_000)
     t += _rr(rng, 3000, 15000)
+    # one RX peek, its notes, one TX submit (ring operation by ring operation)
+    ops = (sim.new_op(), sim.new_op(), sim.new_op())
     for n, x in enumerate(xs_got):
         exp = p.afill.popleft()
         assert exp == x
-        sim.marker(p, t, f"{p.rx} {x:#x} FILL -> RX", None if n else "x_read")
+        sim.marker(p, t, f"{p.rx} {x:#x} FILL -> RX", None if n else "x_read", ops[0])
         prev_read = sim.seq
-        t += _rr(rng, 500, 3000)
-        sim.marker(p, t, f"{x:#x} egress_tx_queue forward")
-        t += _rr(rng, 500, 2000)
-        sim.marker(p, t, f"{p.tx} {x:#x} RX -> TX")
-        t += _rr(rng, 500, 3000)
+        t += _rr(rng, 100, 600)
+    for x in xs_got:
+        t += _rr(rng, 100, 600)
+        sim.marker(p, t, f"{x:#x} egress_tx_queue forward", op=ops[1])
+    t += _rr(rng, 500, 2000)
+    for x in xs_got:
+        sim.marker(p, t, f"{p.tx} {x:#x} RX -> TX", op=ops[2])
+        t += _rr(rng, 100, 600)
     a_flush_first = rng.random() < 0.5
     if a_flush_first:
         t = max(t, t_flush_a) + _rr(rng, 2000, 20000)
@@ -615,14 +659,20 @@ def simulate(cfg: SimConfig) -> Simulation:
         for i in gone:
             keep[i] = False
         nxt = next(i for i in percpu[c] if i > gone[-1] and keep[i])
+        if cfg.markers == "batched":
+            # the kernel counts lost lines: a ring operation's run of markers was one
+            n = sum(1 for j, i in enumerate(gone) if j == 0 or ev[i][7] is None or ev[i][7] != ev[gone[j - 1]][7])
         loss_at[nxt] = (c, n)
 
     # ---- render ------------------------------------------------------------
     out: list[str] = []
     kept = sum(keep)
+    groups = _lines(ev, keep, loss_at, cfg.markers == "batched")
     if cfg.fmt == "ftrace":
         out.append("# tracer: nop\n")
-        out.append(f"# entries-in-buffer/entries-written: {kept}/{total_written}   #P:{cfg.cpus}\n")
+        # the kernel counts its entries: lines (a batched line is one)
+        out.append(f"# entries-in-buffer/entries-written: {len(groups)}/{total_written - kept + len(groups)}"
+                   f"   #P:{cfg.cpus}\n")
         out.append(FTRACE_LEGEND)
     else:
         out.append(f"cpus={cfg.cpus}\n")
@@ -633,10 +683,13 @@ def simulate(cfg: SimConfig) -> Simulation:
     annotate = (cfg.wrap or cfg.tight) and bool(dropped_before)
     tag_line: dict[str, int] = {}
     first_line = True
-    for i, e in enumerate(ev):
-        if not keep[i]:
-            continue
-        ts, _, cpu, task, flags, body, tag = e
+    for group in groups:
+        i = group[0]
+        e = ev[i]
+        ts, _, cpu, task, flags, body, tag, _ = e
+        if len(group) > 1 or (cfg.markers == "batched" and e[7] is not None):
+            # (a ring operation of one descriptor is a batched line too)
+            body = _batched(body, [ev[j][5] for j in group])
         if cpu not in started:
             started.add(cpu)
             if cfg.wrap or cfg.tight:
@@ -670,8 +723,9 @@ def simulate(cfg: SimConfig) -> Simulation:
             prefix[key] = pf
         out.append(f"{pf}{ts // 1_000_000_000:5d}.{ts // 1000 % 1_000_000:06d}: {body}\n")
         lineno += 1
-        if tag is not None:
-            tag_line[tag] = lineno
+        for j in group:
+            if ev[j][6] is not None:
+                tag_line[ev[j][6]] = lineno
     text = "".join(out)
 
     anomaly = None
@@ -709,6 +763,48 @@ def simulate(cfg: SimConfig) -> Simulation:
         loss=loss_truth, wrap=wrap_info,
     )
     return Simulation(text, truth)
+
+
+def _lines(ev: list, keep: list[bool], loss_at: dict, batched: bool) -> list[list[int]]:
+    """The kept events, one list per trace line: one each, or (batched) each run
+    of one ring operation's markers that nothing else interrupts, kept under
+    BATCH_LINE_MAX bytes."""
+    lines: list[list[int]] = []
+    size = 0
+    for i, e in enumerate(ev):
+        if not keep[i]:
+            continue
+        if not batched or e[7] is None:
+            lines.append([i])
+            continue
+        text = e[5][e[5].index(MARK) + len(MARK):]
+        # what the descriptor adds to a batched line: "; " and the note, or a
+        # space and the address (and at most " COMP -> FILL" for a new group)
+        grow = len(text) + 2 if text.startswith("0x") else len(text.split()[2]) + 1 + 13
+        if lines and ev[lines[-1][-1]][7] == e[7] and i not in loss_at and size + grow <= BATCH_LINE_MAX:
+            lines[-1].append(i)
+            size += grow
+            continue
+        lines.append([i])
+        size = len(text) + 13
+    return lines
+
+
+def _batched(first: str, bodies: list[str]) -> str:
+    """One batched line of the marker bodies of one ring operation (docs/markers.md)."""
+    head = first[:first.index(MARK) + len(MARK)]
+    texts = [b[b.index(MARK) + len(MARK):] for b in bodies]
+    if texts[0].startswith("0x"):
+        return head + NOTE_SEP.join(texts)
+    out: list[str] = []
+    group = None
+    for t in texts:
+        sock, queue, addr, frm, _, to = t.split()
+        if group != (frm, to):
+            out += [f"{sock} {queue}" if group is None else "", f"{frm} -> {to}"]
+            group = (frm, to)
+        out.append(addr)
+    return head + " ".join(w for w in out if w)
 
 
 class _Histories:

@@ -61,6 +61,23 @@ static int stopping(const struct fwd *f)
 
 /* ---- anomalies ------------------------------------------------------- */
 
+/* A descriptor's transition: a line now, or a word of the ring operation's
+ * batched line, written by MARK_FLUSH before the operation makes it visible. */
+#define MARK(f, p, addr, from, to) \
+	do { \
+		if (markers_enabled(&(f)->markers)) \
+			markers_transition(&(f)->markers, &(p)->st.markers, &(p)->mb, (p)->name, (addr), \
+					   state_name(from), state_name(to)); \
+	} while (0)
+
+#define MARK_FLUSH(f, p) \
+	do { \
+		if (markers_enabled(&(f)->markers)) { \
+			markers_flush(&(f)->markers, &(p)->st.markers, &(p)->mb); \
+			markers_flush(&(f)->markers, &(p)->st.markers, &(p)->nb); \
+		} \
+	} while (0)
+
 /* --flagged: keep the bytes the descriptor points at (its len of them, up to
  * FLAGGED_SNAP). Runs after tracing stopped; the frame is still ours. */
 static void flag_packet(struct fwd *f, const struct port *p, const char *kind, uint64_t addr,
@@ -88,6 +105,8 @@ static void raise_anomaly(struct fwd *f, struct port *p, const char *kind, uint6
 	struct anomaly *a = &f->anomaly;
 	int expected = 0;
 
+	/* the descriptors of this ring operation before the bad one go first */
+	MARK_FLUSH(f, p);
 	if (!__atomic_compare_exchange_n(&a->raised, &expected, 1, 0, __ATOMIC_SEQ_CST,
 					 __ATOMIC_SEQ_CST)) {
 		STORE(f->stop, 1);
@@ -158,11 +177,6 @@ static bool track(struct fwd *f, struct port *p, uint64_t addr, enum desc_state 
 	return false;
 }
 
-#define MARK(f, p, fmt, ...) \
-	do { \
-		if (markers_enabled(&(f)->markers)) \
-			markers_printf(&(f)->markers, &(p)->st.markers, fmt, __VA_ARGS__); \
-	} while (0)
 
 static void wake(struct port *q)
 {
@@ -228,9 +242,10 @@ static uint32_t do_completions(struct fwd *f, struct port *p)
 
 		if (!track(f, p, addr, ST_TX, ST_COMP, 0))
 			return i + 1;
-		MARK(f, p, "%s 0x%llx TX -> COMP", p->name, (unsigned long long)addr);
+		MARK(f, p, addr, ST_TX, ST_COMP);
 		handoff_slot(ret, i)->addr = addr;
 	}
+	MARK_FLUSH(f, p);
 	xsk_ring_cons__release(&p->r.comp, n);
 	handoff_publish(ret, n);
 	wake(p->peer);
@@ -257,15 +272,16 @@ static uint32_t do_refill(struct fwd *f, struct port *p)
 		if (!track(f, p, addr, ST_COMP, ST_FILL, 0))
 			return i + 1;
 		order_push(p, addr);
-		MARK(f, p, "%s 0x%llx COMP -> FILL", p->name, (unsigned long long)addr);
+		MARK(f, p, addr, ST_COMP, ST_FILL);
 		*xsk_ring_prod__fill_addr(&p->r.fill, idx + i) = addr;
 	}
 	if (extra) {
 		/* double-fill: the ring write and its marker, but neither the deque
 		 * nor the state machine hears of it, as with a real resubmit bug */
-		MARK(f, p, "%s 0x%llx COMP -> FILL", p->name, (unsigned long long)addr);
+		MARK(f, p, addr, ST_COMP, ST_FILL);
 		*xsk_ring_prod__fill_addr(&p->r.fill, idx + n) = addr;
 	}
+	MARK_FLUSH(f, p);
 	xsk_ring_prod__submit(&p->r.fill, n + extra);
 	fill_kick(p);
 	handoff_release(&p->ret_in, n);
@@ -299,11 +315,12 @@ static uint32_t do_transmit(struct fwd *f, struct port *p)
 
 		if (!track(f, p, it->addr, ST_RX, ST_TX, it->len))
 			return i + 1;
-		MARK(f, p, "%s 0x%llx RX -> TX", p->name, (unsigned long long)it->addr);
+		MARK(f, p, it->addr, ST_RX, ST_TX);
 		d->addr = it->addr;
 		d->len = it->len;
 		d->options = 0;
 	}
+	MARK_FLUSH(f, p);
 	xsk_ring_prod__submit(&p->r.tx, n);
 	handoff_release(&p->fwd_in, n);
 	p->tx_outstanding += n;
@@ -323,7 +340,8 @@ static bool drop_to_fill(struct fwd *f, struct port *p, uint64_t addr)
 	if (!track(f, p, addr, ST_RX, ST_FILL, 0))
 		return false;
 	order_push(p, addr);
-	MARK(f, p, "%s 0x%llx RX -> FILL", p->name, (unsigned long long)addr);
+	MARK(f, p, addr, ST_RX, ST_FILL);
+	MARK_FLUSH(f, p);
 	*xsk_ring_prod__fill_addr(&p->r.fill, idx) = addr;
 	xsk_ring_prod__submit(&p->r.fill, 1);
 	fill_kick(p);
@@ -460,6 +478,32 @@ static void inject_flip(struct fwd *f, uint64_t addr, uint32_t len, uint32_t pkt
 		b[at + i] ^= 0xff;
 }
 
+/* The note `ADDR egress_tx_queue forward [pkt N]`: the frame goes to the peer's TX. */
+static void mark_forward(struct fwd *f, struct port *p, uint64_t addr, long long pkt)
+{
+	static const char text[] = "egress_tx_queue forward pkt ";
+	char buf[sizeof(text) + 24];
+	size_t n = sizeof(text) - 1;
+
+	if (!markers_enabled(&f->markers))
+		return;
+	memcpy(buf, text, n);
+	if (pkt < 0) {
+		n -= 5; /* no " pkt " */
+	} else {
+		char digits[24];
+		int k = 0;
+		unsigned long long v = (unsigned long long)pkt;
+
+		do
+			digits[k++] = (char)('0' + v % 10);
+		while (v /= 10);
+		while (k)
+			buf[n++] = digits[--k];
+	}
+	markers_note(&f->markers, &p->st.markers, &p->nb, addr, buf, n);
+}
+
 /* RX -> the peer's fwd_in (its thread puts them on its TX). */
 static uint32_t do_receive(struct fwd *f, struct port *p)
 {
@@ -483,34 +527,38 @@ static uint32_t do_receive(struct fwd *f, struct port *p)
 			xsk_ring_cons__release(&p->r.rx, i + 1);
 			return i + 1;
 		}
-		MARK(f, p, "%s 0x%llx FILL -> RX", p->name, (unsigned long long)addr);
+		MARK(f, p, addr, ST_FILL, ST_RX);
 		if (nfwd < space && len && len <= FRAME_SIZE - FRAME_DATA_OFFSET) {
 			struct handoff_item *it = handoff_slot(fwd, nfwd++);
 
 			it->addr = addr;
 			it->len = len;
 			/* a stamped packet's number ties what the receiver reports to this frame */
-			if (pkt >= 0)
-				MARK(f, p, "0x%llx egress_tx_queue forward pkt %lld", (unsigned long long)addr,
-				     pkt);
-			else
-				MARK(f, p, "0x%llx egress_tx_queue forward", (unsigned long long)addr);
+			mark_forward(f, p, addr, pkt);
 			if (pkt >= 0)
 				inject_flip(f, addr, len, (uint32_t)pkt);
 			if (xsk_prod_nb_free(&p->r.fill, 1) && inject_due(f, p, INJECT_FILL_AND_TX)) {
 				uint32_t fidx;
 
-				/* fill-and-tx: also into our FILL, untracked */
+				/* fill-and-tx: also into our FILL, untracked; its own ring
+				 * operation, so this RX's lines so far go first */
+				MARK_FLUSH(f, p);
 				xsk_ring_prod__reserve(&p->r.fill, 1, &fidx);
-				MARK(f, p, "%s 0x%llx RX -> FILL", p->name, (unsigned long long)addr);
+				MARK(f, p, addr, ST_RX, ST_FILL);
+				MARK_FLUSH(f, p);
 				*xsk_ring_prod__fill_addr(&p->r.fill, fidx) = addr;
 				xsk_ring_prod__submit(&p->r.fill, 1);
 			}
-		} else if (!drop_to_fill(f, p, addr)) {
-			xsk_ring_cons__release(&p->r.rx, i + 1);
-			return i + 1;
+		} else {
+			/* a FILL submit of its own: this RX's lines so far go first */
+			MARK_FLUSH(f, p);
+			if (!drop_to_fill(f, p, addr)) {
+				xsk_ring_cons__release(&p->r.rx, i + 1);
+				return i + 1;
+			}
 		}
 	}
+	MARK_FLUSH(f, p);
 	xsk_ring_cons__release(&p->r.rx, n);
 	handoff_publish(fwd, nfwd);
 	wake(p->peer);
@@ -659,9 +707,10 @@ static int initial_fill(struct fwd *f, struct port *p, uint32_t first_frame)
 		if (!track(f, p, addr, ST_FREE, ST_FILL, 0))
 			return -1;
 		order_push(p, addr);
-		MARK(f, p, "%s 0x%llx FREE -> FILL", p->name, (unsigned long long)addr);
+		MARK(f, p, addr, ST_FREE, ST_FILL);
 		*xsk_ring_prod__fill_addr(&p->r.fill, idx + i) = addr;
 	}
+	MARK_FLUSH(f, p);
 	xsk_ring_prod__submit(&p->r.fill, p->owned);
 	fill_kick(p);
 	BUMP(p->st.fill, p->owned);
@@ -791,6 +840,7 @@ static int setup(struct fwd *f)
 	if (markers_init(&f->markers, f->opt.trace_dir) || /* before any setns */
 	    flagged_open(&f->flagged, f->opt.flagged_path))
 		return -1;
+	f->markers.batched = !f->opt.per_descriptor;
 	if (netns_open(&f->home, "-") || netns_open(&f->ns[OUTER], f->opt.outer_ns) ||
 	    netns_open(&f->ns[INNER], f->opt.inner_ns))
 		return -1;

@@ -41,6 +41,7 @@ struct port {
 	uint32_t tx_outstanding;
 	uint32_t owned;         /* frames this socket receives into */
 	struct port_stats st;
+	struct marker_batch mb, nb; /* this ring operation's transitions and notes */
 	pthread_t thread;
 	int thread_started;
 	int cpu;

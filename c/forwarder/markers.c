@@ -3,15 +3,10 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <sched.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 #include "markers.h"
-
-/* Longest line we write; the kernel cuts trace_marker writes at
- * TRACE_MARKER_MAX_SIZE (4096 in kernel/trace/trace.h). */
-#define MARKER_LINE_MAX 2048
 
 int markers_init(struct markers *m, const char *dir)
 {
@@ -20,6 +15,7 @@ int markers_init(struct markers *m, const char *dir)
 	m->marker_fd = -1;
 	m->tracing_on_fd = -1;
 	m->muted = 0;
+	m->batched = 1;
 	if (!dir)
 		return 0;
 	snprintf(path, sizeof(path), "%s/trace_marker", dir);
@@ -59,24 +55,122 @@ static void write_line(struct markers *m, struct marker_counts *c, const char *b
 		__atomic_store_n(&c->failed, c->failed + 1, __ATOMIC_RELAXED);
 }
 
-void markers_printf(struct markers *m, struct marker_counts *c, const char *fmt, ...)
+/* write_line() unless muted; announced first, as markers_quiesce() expects (Dekker) */
+static void guarded_write(struct markers *m, struct marker_counts *c, const char *buf, size_t len)
 {
-	char buf[MARKER_LINE_MAX];
-	va_list ap;
-	int n;
+	if (m->marker_fd < 0 || !len)
+		return;
+	__atomic_store_n(&c->busy, 1, __ATOMIC_SEQ_CST);
+	if (!__atomic_load_n(&m->muted, __ATOMIC_SEQ_CST))
+		write_line(m, c, buf, len);
+	__atomic_store_n(&c->busy, 0, __ATOMIC_RELEASE);
+}
+
+size_t markers_hex(char *out, uint64_t v)
+{
+	static const char digits[] = "0123456789abcdef";
+	int n = 1;
+
+	while (n < 16 && v >> (4 * n))
+		n++;
+	out[0] = '0';
+	out[1] = 'x';
+	for (int i = n - 1; i >= 0; i--, v >>= 4)
+		out[2 + i] = digits[v & 15];
+	return (size_t)n + 2;
+}
+
+static size_t put(char *out, const char *s)
+{
+	size_t n = strlen(s);
+
+	memcpy(out, s, n);
+	return n;
+}
+
+/* " FROM -> TO" */
+static size_t put_group(char *out, const char *from, const char *to)
+{
+	size_t n = 0;
+
+	out[n++] = ' ';
+	n += put(out + n, from);
+	n += put(out + n, " -> ");
+	n += put(out + n, to);
+	return n;
+}
+
+void markers_flush(struct markers *m, struct marker_counts *c, struct marker_batch *b)
+{
+	guarded_write(m, c, b->line, b->len);
+	b->len = 0;
+}
+
+void markers_transition(struct markers *m, struct marker_counts *c, struct marker_batch *b, const char *sock,
+			uint64_t addr, const char *from, const char *to)
+{
+	char word[20];
+	size_t wl;
 
 	if (m->marker_fd < 0)
 		return;
-	/* Dekker with markers_quiesce(): announce, then look at muted */
-	__atomic_store_n(&c->busy, 1, __ATOMIC_SEQ_CST);
-	if (!__atomic_load_n(&m->muted, __ATOMIC_SEQ_CST)) {
-		va_start(ap, fmt);
-		n = vsnprintf(buf, sizeof(buf), fmt, ap);
-		va_end(ap);
-		if (n >= 0)
-			write_line(m, c, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+	if (!m->batched) {
+		/* SOCK ADDR FROM -> TO */
+		char line[128];
+		size_t n = put(line, sock);
+
+		line[n++] = ' ';
+		n += markers_hex(line + n, addr);
+		n += put_group(line + n, from, to);
+		guarded_write(m, c, line, n);
+		return;
 	}
-	__atomic_store_n(&c->busy, 0, __ATOMIC_RELEASE);
+	word[0] = ' ';
+	wl = 1 + markers_hex(word + 1, addr);
+	if (b->len && (b->sock != sock || b->from != from || b->to != to)) {
+		/* another group on the same line: " FROM -> TO" (another socket: a new line) */
+		if (b->sock != sock || b->len + 2 + strlen(from) + 4 + strlen(to) + wl > MARKER_BATCH_MAX)
+			markers_flush(m, c, b);
+		else
+			b->len += put_group(b->line + b->len, from, to);
+	} else if (b->len && b->len + wl > MARKER_BATCH_MAX) {
+		markers_flush(m, c, b);
+	}
+	b->sock = sock;
+	b->from = from;
+	b->to = to;
+	if (!b->len) {
+		b->len = put(b->line, sock);
+		b->len += put_group(b->line + b->len, from, to);
+	}
+	memcpy(b->line + b->len, word, wl);
+	b->len += wl;
+}
+
+void markers_note(struct markers *m, struct marker_counts *c, struct marker_batch *b, uint64_t addr,
+		  const char *text, size_t text_len)
+{
+	char line[MARKER_BATCH_MAX];
+	size_t n;
+
+	if (m->marker_fd < 0 || text_len > 200)
+		return;
+	n = markers_hex(line, addr);
+	line[n++] = ' ';
+	memcpy(line + n, text, text_len);
+	n += text_len;
+	if (!m->batched) {
+		guarded_write(m, c, line, n);
+		return;
+	}
+	if (b->len && b->len + 2 + n > MARKER_BATCH_MAX)
+		markers_flush(m, c, b);
+	if (b->len) {
+		b->line[b->len++] = ';';
+		b->line[b->len++] = ' ';
+	}
+	memcpy(b->line + b->len, line, n);
+	b->len += n;
 }
 
 void markers_quiesce(struct markers *m, struct marker_counts *const *counts, unsigned n)

@@ -12,9 +12,10 @@ static const char usage[] =
 "Usage: forwarder --outer NETNS:IFNAME --inner NETNS:IFNAME [options]\n"
 "\n"
 "AF_XDP L2 forwarder for flightrec: one UMEM shared by one socket per queue of\n"
-"two interfaces, forwarding outer queue q <-> inner queue q, writing a\n"
-"trace_marker line for every descriptor transition and stopping tracing on\n"
-"the first anomaly (FILL order, poison, invalid transition, XDP length).\n"
+"two interfaces, forwarding outer queue q <-> inner queue q, writing\n"
+"trace_marker lines for every descriptor transition (one per ring operation)\n"
+"and stopping tracing on the first anomaly (FILL order, poison, invalid\n"
+"transition, XDP length).\n"
 "\n"
 "Options:\n"
 "  --outer NETNS:IFNAME   outer interface; NETNS a netns file such as\n"
@@ -24,6 +25,9 @@ static const char usage[] =
 "  --trace-dir DIR        tracefs instance dir: write DIR/trace_marker and\n"
 "                         DIR/tracing_on (opened before entering namespaces)\n"
 "  --no-markers           no tracing at all (the default without --trace-dir)\n"
+"  --markers FORM         batched (default): one trace_marker line per ring\n"
+"                         operation with all its descriptors; per-descriptor:\n"
+"                         one line per descriptor (docs/markers.md)\n"
 "  --duration S           stop after S seconds (decimals allowed); 0 = until\n"
 "                         SIGINT/SIGTERM (default)\n"
 "  --inject KIND          commit an application bug on purpose: double-fill,\n"
@@ -54,6 +58,8 @@ static const char usage[] =
 "  forwarder --outer -:outer --inner -:inner --no-markers --stats /tmp/fwd.json\n"
 "  forwarder --outer /run/netns/o:outer --inner /run/netns/i:inner --queues 2 \\\n"
 "      --trace-dir /sys/kernel/tracing/instances/t --inject double-fill --inject-after 5000\n"
+"  forwarder --outer /run/netns/o:outer --inner /run/netns/i:inner \\\n"
+"      --trace-dir /sys/kernel/tracing/instances/t --markers per-descriptor\n"
 "  forwarder --outer /run/netns/o:outer --inner /run/netns/i:inner \\\n"
 "      --trace-dir /sys/kernel/tracing/instances/t --inject short-len --flagged /tmp/flagged.jsonl\n"
 "  forwarder --outer /run/netns/o:outer --inner /run/netns/i:inner --payload-port 5203 \\\n"
@@ -145,7 +151,7 @@ static void default_xdp_prog(struct options *o)
 
 int options_parse(struct options *o, int argc, char **argv)
 {
-	enum { O_OUTER = 256, O_INNER, O_QUEUES, O_TRACE, O_NOMARK, O_DUR, O_INJ, O_INJAFTER,
+	enum { O_OUTER = 256, O_INNER, O_QUEUES, O_TRACE, O_NOMARK, O_MARKERS, O_DUR, O_INJ, O_INJAFTER,
 	       O_FRAMES, O_BATCH, O_STATS, O_XDP, O_SKB, O_FLAGGED, O_MODE, O_INJCOUNT,
 	       O_PAYLOAD };
 	static const struct option longopts[] = {
@@ -154,6 +160,7 @@ int options_parse(struct options *o, int argc, char **argv)
 		{ "queues", required_argument, NULL, O_QUEUES },
 		{ "trace-dir", required_argument, NULL, O_TRACE },
 		{ "no-markers", no_argument, NULL, O_NOMARK },
+		{ "markers", required_argument, NULL, O_MARKERS },
 		{ "duration", required_argument, NULL, O_DUR },
 		{ "inject", required_argument, NULL, O_INJ },
 		{ "inject-after", required_argument, NULL, O_INJAFTER },
@@ -202,6 +209,17 @@ int options_parse(struct options *o, int argc, char **argv)
 			break;
 		case O_NOMARK:
 			no_markers = 1;
+			break;
+		case O_MARKERS:
+			if (!strcmp(optarg, "batched")) {
+				o->per_descriptor = 0;
+			} else if (!strcmp(optarg, "per-descriptor")) {
+				o->per_descriptor = 1;
+			} else {
+				fprintf(stderr, "forwarder: --markers wants batched or per-descriptor, got '%s'\n",
+					optarg);
+				return -1;
+			}
 			break;
 		case O_DUR:
 			if (parse_seconds("duration", optarg, &o->duration))

@@ -17,6 +17,7 @@ struct options {
 	char inner_ns[256], inner_if[32];
 	unsigned queues;
 	const char *trace_dir; /* NULL: no markers */
+	int per_descriptor;    /* --markers per-descriptor: a line per descriptor, not per ring operation */
 	double duration;       /* seconds, 0 = until SIGINT/SIGTERM */
 	enum inject_kind inject;
 	uint64_t inject_after; /* RX packets (all sockets) before the fault */

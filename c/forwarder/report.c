@@ -117,9 +117,10 @@ void report_print_ready(const struct fwd *f)
 
 	printf("{\"event\":\"ready\",");
 	json_socks(stdout, f);
-	printf(",\"queues\":%u,\"frames\":%u,\"ring_size\":%u,\"markers\":%s,\"xdp_mode\":{",
+	printf(",\"queues\":%u,\"frames\":%u,\"ring_size\":%u,\"markers\":%s,\"marker_form\":\"%s\",\"xdp_mode\":{",
 	       f->opt.queues, f->umem.frames, f->umem.ring_size,
-	       markers_enabled(&f->markers) ? "true" : "false");
+	       markers_enabled(&f->markers) ? "true" : "false",
+	       f->opt.per_descriptor ? "per-descriptor" : "batched");
 	for (s = 0; s < 2; s++)
 		printf("%s\"%s\":\"%s\"", s ? "," : "", s ? "inner" : "outer", xdp_attach_name(f, s));
 	printf("},\"bind\":\"%s\",\"mode_requested\":\"%s\",\"need_wakeup\":%s,\"sockets\":[",

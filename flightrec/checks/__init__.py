@@ -1,8 +1,9 @@
 """The checks: each `check_x(timeline, replay) -> list[Anomaly]`, one module each.
 
 Several checks may see the same moment (a poisoned read that is also a FILL
-order break and a publish race); `run_checks` keeps one anomaly per line, the
-most specific.
+order break and a publish race); `run_checks` keeps one anomaly per event, the
+most specific: per line, and on a batched line (docs/markers.md), which holds
+several events, per event of it.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ CHECKS: tuple[Check, ...] = (
 
 
 def run_checks(tl: Timeline, rp: Replay) -> list[Anomaly]:
-    """All anomalies, one per line, in trace order."""
-    kept: dict[int, Anomaly] = {}
+    """All anomalies, one per event, in trace order."""
+    lines = tl.parsed.array("line")
+    shared = set(lines[1:][lines[1:] == lines[:-1]].tolist())  # lines holding several events (batched)
+    kept: dict[tuple[int, int], Anomaly] = {}
     for check in CHECKS:
         for a in check(tl, rp):
-            kept.setdefault(a.line, a)
-    return [kept[line] for line in sorted(kept)]
+            kept.setdefault((a.line, a.row if a.line in shared and a.row is not None else -1), a)
+    return [kept[key] for key in sorted(kept)]

@@ -48,6 +48,8 @@ class Anomaly:
     evidence: tuple[Evidence, ...] = ()
     missing: tuple[str, ...] = field(default=())
     claims: tuple[Claim, ...] = ()  # the steps of the argument and whose history each leans on
+    # the event it was found at: a batched line (docs/markers.md) holds several
+    row: Optional[int] = field(default=None, compare=False, repr=False)
 
     @property
     def cpus(self) -> tuple[int, ...]:

@@ -143,7 +143,8 @@ def transition_claims(tl: Timeline, b: BadTransition) -> list[Claim]:
 
 def dup_anomaly(tl: Timeline, b: BadTransition, kind: str, rp: Optional[Replay] = None) -> Anomaly:
     """An insertion into FILL or TX of a descriptor already in FILL or TX."""
-    base = dict(kind=kind, line=tl.line[b.row], ts=tl.ts[b.row], sock=b.sock, queue=b.queue, read_cpu=tl.cpu[b.row])
+    base = dict(kind=kind, line=tl.line[b.row], ts=tl.ts[b.row], sock=b.sock, queue=b.queue, read_cpu=tl.cpu[b.row],
+                row=b.row)
     where = "FILL and TX at once" if {b.state_before, b.to} == {"FILL", "TX"} else f"{b.to} twice"
     claims = transition_claims(tl, b)
     if b.claimed:
@@ -223,7 +224,7 @@ def attribute_read(tl: Timeline, rp: Replay, r: RxRead, kind: str, symptom: str)
     h = tl.history
     base = dict(
         kind=kind, line=tl.line[row], ts=tl.ts[row], expected=expected, xs=r.xs, sock=r.sock,
-        queue=r.queue, read_cpu=tl.cpu[row],
+        queue=r.queue, read_cpu=tl.cpu[row], row=row,
     )
     evidence = [ev(tl, row, symptom)]
     if r.state_row is not None and r.state_before not in (None, "FILL"):

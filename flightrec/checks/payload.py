@@ -59,7 +59,7 @@ def _at_forwarder(tl: Timeline, rp: Replay, row: int, det: Detection) -> Anomaly
                                         "held before this RX"))
         why = (f"the frame still held its previous packet {prev[1]} at that byte: the kernel published the RX "
                "descriptor before writing the new packet over it, or wrote it short; no kernel event shows the copy")
-    return Anomaly("payload_mismatch", UNDETERMINED, tl.line[row], tl.ts[row], f"{symptom}; {why}", addr=addr,
+    return Anomaly("payload_mismatch", UNDETERMINED, tl.line[row], tl.ts[row], f"{symptom}; {why}", addr=addr, row=row,
                    sock=sock, queue=tl.queue[row], read_cpu=tl.cpu[row], xs=r.xs if r is not None else None,
                    evidence=tuple(evidence), missing=("the bytes the kernel wrote into the frame",))
 
@@ -121,7 +121,7 @@ def _at_receiver(tl: Timeline, row: int, port: int, det: Detection, forwarded: d
     assert det.payload is not None
     p = det.payload
     symptom = f"the receiver on udp:{port} got {describe(p)}"
-    base = dict(line=tl.line[row], ts=tl.ts[row], read_cpu=tl.cpu[row])
+    base = dict(line=tl.line[row], ts=tl.ts[row], read_cpu=tl.cpu[row], row=row)
     note = forwarded.get(p.expected) if p.expected is not None else None
     if note is None or note > row:
         return Anomaly("payload_corrupt", UNDETERMINED, explanation=(

@@ -32,7 +32,7 @@ def check_reported(tl: Timeline, rp: Replay) -> list[Anomaly]:
         if r is not None:
             out.append(attribute_read(tl, rp, r, "app_reported", symptom))
         else:
-            out.append(Anomaly("app_reported", UNDETERMINED, tl.line[row], tl.ts[row], symptom, addr=addr,
+            out.append(Anomaly("app_reported", UNDETERMINED, tl.line[row], tl.ts[row], symptom, addr=addr, row=row,
                                sock=tl.sock[row], queue=tl.queue[row], read_cpu=tl.cpu[row],
                                evidence=(ev(tl, row, "the application's detection line"),)))
     return out
@@ -43,7 +43,7 @@ def _length(tl: Timeline, rp: Replay, row: int, det, symptom: str, r) -> Anomaly
         return attribute_read(tl, rp, r, "length_mismatch", symptom)
     addr = tl.addr[row]
     base = dict(line=tl.line[row], ts=tl.ts[row], addr=addr, sock=tl.sock[row], queue=tl.queue[row],
-                read_cpu=tl.cpu[row], xs=r.xs if r is not None else None)
+                read_cpu=tl.cpu[row], xs=r.xs if r is not None else None, row=row)
     evidence: list[Evidence] = [ev(tl, row, symptom)]
     slot = r.slot if r is not None else None
     if slot is None or tl.length[slot.row] is None:

@@ -51,5 +51,6 @@ def check_transitions(tl: Timeline, rp: Replay) -> list[Anomaly]:
                 text += (f"; explained by the application's duplicate insertion of {hexa(dup.addr)} "
                          f"at line {tl.line[dup.row]}")
         out.append(Anomaly("invalid_transition", verdict, tl.line[b.row], tl.ts[b.row], text, addr=b.addr,
-                           sock=b.sock, queue=b.queue, read_cpu=tl.cpu[b.row], evidence=evidence, claims=claims))
+                           sock=b.sock, queue=b.queue, read_cpu=tl.cpu[b.row], evidence=evidence, claims=claims,
+                           row=b.row))
     return out

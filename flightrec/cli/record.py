@@ -13,6 +13,7 @@ import click
 
 from flightrec import runfolder
 from flightrec.errors import FlightrecError
+from flightrec.parse.format import MARKER_FORMS
 from flightrec.record.afxdp import MODES as AFXDP_MODES
 from flightrec.record.forwarder import INJECT_FAULTS
 from flightrec.record.kernel_events import BACKENDS
@@ -137,6 +138,7 @@ Examples:
   flightrec record --mode auto                  # says which AF_XDP mode veth gave (copy)
   flightrec record --app './my-fwd -i {outer} -o {inner} -q {queues}'   # your own AF_XDP program
   flightrec record --app 'build/c/forwarder --outer -:{outer} --inner -:{inner} --trace-dir {tracedir}'
+  flightrec record --markers per-descriptor     # a trace_marker line per descriptor, not per ring operation
 
 \b
 Exit codes: 0 ran the whole duration with no anomaly; 1 anomaly caught by the
@@ -183,10 +185,14 @@ everything removed).
 @click.option("--app-ready-timeout", type=click.FloatRange(min=0, min_open=True),
               default=RecordOptions.app_ready_timeout, show_default=True, metavar="S",
               help="Seconds the --app program may take to get ready.")
+@click.option("--markers", type=click.Choice(MARKER_FORMS), default=MARKER_FORMS[0], show_default=True,
+              help="The forwarder's trace_marker lines: batched (one per ring operation, all its descriptors "
+                   "in order) or per-descriptor (one per descriptor, as the post's); both analyze alike "
+                   "(docs/markers.md). Saved in meta.json (trace.markers).")
 @click.option("--plain", is_flag=True, help="One line per event (the default when stdout is not a TTY).")
 def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inject: Optional[str],
                inject_after: Optional[int], kernel_events: str, mode: str, nic: str, stamp_rate: int,
-               app: Optional[str], app_ready_timeout: float, plain: bool) -> None:
+               app: Optional[str], app_ready_timeout: float, markers: str, plain: bool) -> None:
     """Record an AF_XDP forwarder into a private ftrace instance.
 
     Builds client, server and forwarder namespaces joined by multi-queue veth,
@@ -241,7 +247,7 @@ def options_from_params(params: dict, prepared: Optional[object] = None) -> Reco
                          buffer_kb=params["buffer_kb"], inject=params["inject"],
                          inject_after=params["inject_after"], kernel_events=params["kernel_events"],
                          mode=params["mode"], nic=params["nic"], stamp_rate=params["stamp_rate"],
-                         app=params["app"], app_ready_timeout=params["app_ready_timeout"],
+                         app=params["app"], app_ready_timeout=params["app_ready_timeout"], markers=params["markers"],
                          probe_definitions=prepared)
 
 

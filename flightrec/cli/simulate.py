@@ -8,6 +8,7 @@ from typing import Optional
 import click
 
 from flightrec.errors import FlightrecError
+from flightrec.parse.format import MARKER_FORMS
 from flightrec.simulate import FAULTS, FORMATS, PROBES, SimConfig, simulate, truth_json
 
 
@@ -21,6 +22,7 @@ Examples:
   flightrec simulate --fault publish-race --tight --cpus 8 -o late.txt --truth late.json
   flightrec simulate --fault stale-slot --probes none --loss | flightrec analyze -
   flightrec simulate --lines 1000000 -o big.txt 2>/dev/null
+  flightrec simulate --fault double-fill --markers batched -o dup-batched.txt --truth dup-batched.json
 """,
 )
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed: same seed and options, same bytes.")
@@ -42,17 +44,22 @@ Examples:
               help="Kernel events present: all, no xsk_flush probe, or none (markers only).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="ftrace", show_default=True,
               help="Text of /sys/kernel/tracing/trace, or of `trace-cmd report`.")
+@click.option("--markers", type=click.Choice(MARKER_FORMS), default="per-descriptor", show_default=True,
+              help="The application's marker lines: one per descriptor, or one per ring operation (docs/markers.md "
+                   "\"Batched lines\"); the same run, events and ground truth (its line numbers are the text's).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the trace here instead of standard output.")
 @click.option("--truth", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the ground truth JSON here instead of standard error.")
 def simulate_cmd(seed: int, cpus: int, packets: int, lines: Optional[int], pairs: int, fault: str, wrap: bool,
-                 tight: bool, loss: bool, probes: str, fmt: str, output: Optional[str], truth: Optional[str]) -> None:
+                 tight: bool, loss: bool, probes: str, fmt: str, markers: str, output: Optional[str],
+                 truth: Optional[str]) -> None:
     """Write a simulated AF_XDP forwarder trace with a known answer.
 
     The kernel side (NAPI softirqs reserving FILL descriptors into RX slots on
     several CPUs, xsk_flush publishing them, transmits) and the application
-    side (one marker per descriptor transition, as docs/markers.md says, a
+    side (a marker per descriptor transition, or per ring operation with
+    --markers batched, as docs/markers.md says, a
     FILL-order deque, poisoned RX slots, a detection line on its first
     anomaly) are simulated together and rendered as ftrace text. FAULT plants
     one root cause; the ground truth (its kind, verdict, addresses, CPUs,
@@ -62,7 +69,7 @@ def simulate_cmd(seed: int, cpus: int, packets: int, lines: Optional[int], pairs
     if lines is not None:
         packets = max(50, int(lines / 7.3))
     cfg = SimConfig(seed=seed, cpus=cpus, packets=packets, fault=fault, wrap=wrap, loss=loss, probes=probes,
-                    fmt=fmt, pairs=pairs, tight=tight)
+                    fmt=fmt, pairs=pairs, tight=tight, markers=markers)
     try:
         sim = simulate(cfg)
         if output is None:

@@ -87,6 +87,7 @@ Examples:
   flightrec vm record -o vm-out                       # 20 s, 2 vCPUs, Debian 6.1 cloud kernel
   flightrec vm record --duration 30 --cpus 2 -o vm-out -b 8192
   flightrec vm record --inject double-fill --inject-after 3000 -o vm-bug
+  flightrec vm record --inject double-fill --markers per-descriptor -o vm-bug-pd
   flightrec vm record --kernel 7.3 -o vm-73           # Debian's 7.3, from trixie-backports
   flightrec vm record --kernel 'linux-image-6.12.*-cloud-amd64' -o vm-612
   flightrec vm record --kernel /src/linux/arch/x86/boot/bzImage -o vm-own

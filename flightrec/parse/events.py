@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 
 from flightrec.parse import scan
-from flightrec.parse.fields import kernel_fields, parse_detection, parse_marker
+from flightrec.parse.fields import kernel_fields, parse_detection, parse_markers
 from flightrec.parse.format import BPF_EVENT, BPF_PREFIX, CONTRACT, MARKER, MARKER_EVENTS, NOTE, OTHER, STATES, Format
 from flightrec.parse.ftrace import ParsedTrace, parse_bytes, parsed_from_scan
 
@@ -99,6 +99,7 @@ def type_rows(parsed: ParsedTrace, fmt: Format = CONTRACT) -> Typed:
     addr = fields[0]
     names = {f.name: j for j, f in enumerate(fmt.fields)}
 
+    batches: dict[int, list[tuple]] = {}  # row -> its batched line's descriptors
     kernel_cache: dict[str, Any] = {}
     events, bodies = parsed.event, parsed.body
     for i in range(n):
@@ -111,9 +112,12 @@ def type_rows(parsed: ParsedTrace, fmt: Format = CONTRACT) -> Typed:
                 if not sep:
                     continue
                 body = rest
-            m = parse_marker(body)
-            if m is None:
+            ms = parse_markers(body)
+            if ms is None:
                 continue
+            if len(ms) > 1:
+                batches[i] = ms
+            m = ms[0]
             addr[i] = m[2]
             detail[i] = m[5]
             if m[0] is None:
@@ -142,10 +146,42 @@ def type_rows(parsed: ParsedTrace, fmt: Format = CONTRACT) -> Typed:
             if v is not None:
                 fields[j][i] = v
 
-    columns: dict[str, Any] = {"kind": kind, "sock": sock, "queue": queue, "frm": frm, "to": to, "detail": detail,
-                               "detection": _detections(kind, detail)}
+    columns: dict[str, Any] = {"kind": kind, "sock": sock, "queue": queue, "frm": frm, "to": to, "detail": detail}
     columns.update((f.column, col) for f, col in zip(fmt.fields, fields))
-    return Typed(n, columns)
+    if batches:
+        n = _expand(parsed, columns, batches, fmt)
+    columns = {**columns, "detection": _detections(columns["kind"], columns["detail"])}
+    return Typed(n, {name: columns[name] for name in BASE_COLUMNS + tuple(f.column for f in fmt.fields)})
+
+
+def _expand(parsed: ParsedTrace, columns: dict[str, list], batches: dict[int, list[tuple]], fmt: Format) -> int:
+    """One row per descriptor of every batched line, after the line's first:
+    the same line, CPU and timestamp, in the line's order. Expands `parsed` in
+    place (as the C scanner's rows already are); returns the row count."""
+    src: list[int] = []
+    items: list[Optional[tuple]] = []
+    for i in range(len(parsed.line)):
+        ms = batches.get(i)
+        if ms is None:
+            src.append(i)
+            items.append(None)
+        else:
+            src.extend([i] * len(ms))
+            items.extend(ms)
+    for name in ("line", "task", "pid", "cpu", "flags", "ts", "event", "body"):
+        col = getattr(parsed, name)
+        setattr(parsed, name, [col[i] for i in src])
+    parsed.arrays.clear()
+    for name, col in list(columns.items()):
+        columns[name] = [col[i] for i in src]
+    kind, addr = columns["kind"], columns[fmt.fields[0].column]
+    for r, m in enumerate(items):
+        if m is not None:
+            kind[r] = NOTE if m[0] is None else MARKER
+            addr[r] = m[2]
+            columns["sock"][r], columns["queue"][r], columns["frm"][r], columns["to"][r] = m[0], m[1], m[3], m[4]
+            columns["detail"][r] = m[5]
+    return len(src)
 
 
 def _kind_and_need(fmt: Format, event: str, names: dict[str, int]) -> Optional[tuple[str, int]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from flightrec.parse.format import DETECTION_FORMS, STATES, Detection, PayloadFinding
+from flightrec.parse.format import DETECTION_FORMS, NOTE_SEP, STATES, Detection, PayloadFinding
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 
@@ -64,6 +64,69 @@ def parse_marker(body: str) -> Optional[tuple]:
             return None
         return (None, None, addr, None, None, head.split(None, 1)[1].strip())
     return None
+
+
+def parse_markers(body: str) -> Optional[list[tuple]]:
+    """Every descriptor event of one marker body, in order: one tuple of
+    parse_marker for a per-descriptor line, several for a batched one; None
+    when the body is of neither grammar. A note line holding `; ` is read as
+    batched notes when every piece is a note, else as one note, as before."""
+    if NOTE_SEP in body:
+        batch = parse_batch(body)
+        if batch is not None:
+            return batch
+    m = parse_marker(body)
+    if m is not None:
+        return [m]
+    return None if NOTE_SEP in body else parse_batch(body)
+
+
+def parse_batch(body: str) -> Optional[list[tuple]]:
+    """A batched line (docs/markers.md "Batched lines") as the per-descriptor
+    tuples of parse_marker, in order; None when the body is not one.
+
+    >>> parse_batch("ingress q:1 COMP -> FILL 0x1000 0x1800")
+    [('ingress q:1', 1, 4096, 'COMP', 'FILL', None), ('ingress q:1', 1, 6144, 'COMP', 'FILL', None)]
+    >>> parse_batch("0x1000 egress_tx_queue forward; 0x1800 egress_tx_queue forward pkt 7")[1]
+    (None, None, 6144, None, None, 'egress_tx_queue forward pkt 7')
+    """
+    if ": " in body or body.endswith(":"):
+        return None  # a detection line is never batched
+    if NOTE_SEP in body:
+        notes = [_note(piece) for piece in body.split(NOTE_SEP)]
+        return notes if all(n is not None for n in notes) else None
+    words = body.split()
+    if len(words) < 6 or words[1][:2] != "q:" or words[2] not in STATES:
+        return None
+    digits = words[1][2:]
+    if not 0 < len(digits) <= 9 or not digits.isascii() or not digits.isdigit():
+        return None
+    sock, queue = words[0] + " " + words[1], int(digits)
+    out: list[tuple] = []
+    i, n, frm, to, fresh = 2, len(words), None, None, False
+    while i < n:
+        if words[i] in STATES:
+            # a group: FROM -> TO, then at least one ADDR
+            if fresh or i + 2 >= n or words[i + 1] != "->" or words[i + 2] not in STATES:
+                return None
+            frm, to, fresh, i = words[i], words[i + 2], True, i + 3
+            continue
+        addr = parse_hex(words[i])
+        if addr is None:
+            return None
+        out.append((sock, queue, addr, frm, to, None))
+        fresh, i = False, i + 1
+    return None if fresh else out
+
+
+def _note(text: str) -> Optional[tuple]:
+    """`ADDR WORD [WORD ...]` (a trailing `:` dropped) as parse_marker's note tuple."""
+    head = text[:-1] if text.endswith(":") else text
+    words = head.split(None, 1)
+    addr = parse_hex(words[0]) if len(words) == 2 else None
+    if addr is None or not words[1].strip():
+        return None
+    return (None, None, addr, None, None, words[1].strip())
 
 
 def kernel_fields(body: str, names: dict[str, int]) -> Optional[tuple[list, int]]:

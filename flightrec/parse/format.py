@@ -41,6 +41,18 @@ FLUSH = "flush"  # kernel published the reserved RX slots of xs
 TX = "tx"  # kernel read the packet at addr to transmit it
 KINDS = (OTHER, MARKER, NOTE, RESERVE, FLUSH, TX)
 
+# Batched lines (docs/markers.md "Batched lines"): one write per ring operation.
+# `SOCK q:Q FROM -> TO ADDR ADDR ...` (more `FROM -> TO ADDR ...` groups may follow)
+# and `ADDR TEXT; ADDR TEXT; ...`; the parsers give one event per descriptor, in
+# order, with the line's timestamp and CPU. A writer keeps each line at most
+# BATCH_LINE_MAX bytes, splitting a longer batch into several lines in order:
+# a trace_marker write is cut at 1024 bytes before Linux 6.8 (TRACE_BUF_SIZE in
+# tracing_mark_write; measured on Debian's 6.1) and at the ring buffer's largest
+# event after (4054 bytes on 6.18 with 4 KiB sub-buffers, measured).
+NOTE_SEP = "; "
+BATCH_LINE_MAX = 1000
+MARKER_FORMS = ("batched", "per-descriptor")  # the forwarder's --markers; the first is its default
+
 # ftrace events that carry the application's marker lines (trace-cmd shows
 # the ftrace `print` event as "ip: text")
 MARKER_EVENTS = ("tracing_mark_write", "print")

@@ -141,14 +141,20 @@ def scan(data: bytes, fmt: Format = CONTRACT) -> Scan:
     if len(fmt.fields) > MAX_FIELDS:
         raise RuntimeError(f"the C scanner reads at most {MAX_FIELDS} kernel fields")
     # Rows for one line in MIN_LINE bytes: columns the scanner does not reach
-    # are never touched, so cost no memory; a trace of shorter lines is
-    # scanned again with a row per newline.
+    # are never touched, so cost no memory; a trace of shorter lines, or of
+    # batched lines (a row per descriptor), is scanned again with as many
+    # rows as it can need.
     cap = len(data) // MIN_LINE + 64
     while True:
         got = _scan(data, fmt, cap)
         if got is not None:
             return got
-        cap = data.count(b"\n") + 1
+        cap = max_rows(data)
+
+
+def max_rows(data: bytes) -> int:
+    """Rows a trace can need: one per line, and one per `0x` of a batched line."""
+    return data.count(b"\n") + data.count(b"0x") + data.count(b"0X") + 1
 
 
 def _scan(data: bytes, fmt: Format, cap: int) -> Optional[Scan]:
@@ -173,7 +179,7 @@ def _scan(data: bytes, fmt: Format, cap: int) -> Optional[Scan]:
     rows = _lib().fr_scan(data, len(data), ctypes.byref(cols), cap, names, len(table), fields, len(fmt.fields),
                           ctypes.byref(res))
     if rows < 0:
-        if cap > data.count(b"\n"):
+        if cap >= max_rows(data):
             raise RuntimeError("scanner overflow")
         return None
     # meta rows sit at the end, last line first

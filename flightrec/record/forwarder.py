@@ -85,6 +85,7 @@ class ForwarderConfig:
     mode: Optional[str] = None  # --mode copy|zerocopy|auto (the forwarder's default: copy)
     payload_port: Optional[int] = None  # --payload-port: check stamped UDP payloads to it
     inject_count: Optional[int] = None  # --inject-count (flip-payload)
+    markers: Optional[str] = None  # --markers batched|per-descriptor (the forwarder's default: batched)
 
     def argv(self, binary: Path) -> list[str]:
         argv = [str(binary), "--outer", self.outer, "--inner", self.inner, "--queues", str(self.queues),
@@ -107,6 +108,8 @@ class ForwarderConfig:
             argv += ["--payload-port", str(self.payload_port)]
         if self.inject_count is not None:
             argv += ["--inject-count", str(self.inject_count)]
+        if self.markers is not None:
+            argv += ["--markers", self.markers]
         return argv
 
 

@@ -31,6 +31,8 @@ from typing import Any, Iterator, Optional
 
 from flightrec import __version__, locate, runfolder, tracefs
 from flightrec.errors import FlightrecError
+from flightrec.parse.fields import parse_markers
+from flightrec.parse.format import MARKER_FORMS
 from flightrec.record import afxdp, kernel_events, state, topology
 from flightrec.record import app as appmod
 from flightrec.record import forwarder as fwdmod
@@ -71,6 +73,7 @@ class RecordOptions:
     # how long it may take to attach XDP and open an AF_XDP socket.
     app: Optional[str] = None
     app_ready_timeout: float = appmod.READY_TIMEOUT
+    markers: str = MARKER_FORMS[0]  # a trace_marker line per ring operation, or per descriptor (docs/markers.md)
 
     def check(self) -> None:
         """:raises FlightrecError: an option is out of range."""
@@ -90,6 +93,8 @@ class RecordOptions:
             raise FlightrecError(f"--nic must be one of {', '.join(topology.NIC_KINDS)}, got {self.nic!r}")
         if self.mode not in afxdp.MODES:
             raise FlightrecError(f"--mode must be one of {', '.join(afxdp.MODES)}, got {self.mode!r}")
+        if self.markers not in MARKER_FORMS:
+            raise FlightrecError(f"--markers must be one of {', '.join(MARKER_FORMS)}, got {self.markers!r}")
         if self.kernel_events not in kernel_events.BACKENDS:
             raise FlightrecError(f"--kernel-events must be one of {', '.join(kernel_events.BACKENDS)}")
         if self.app is not None:
@@ -616,6 +621,7 @@ class _Recording:
             flagged_path=self.logs / pcap.FLAGGED_NAME,
             mode=opts.mode,
             payload_port=STAMP_PORT,  # the stamped flows' payloads are checked before forwarding
+            markers=opts.markers,
         )
         self.fwd = Forwarder(config, stderr_path=self.logs / "forwarder.stderr")
         self.fwd.start()
@@ -927,6 +933,7 @@ class _Recording:
                 "clock_offset_s": None if self.clock_offset is None else round(self.clock_offset, 6),
                 "trigger": f'traceoff if buf ~ "{tracefs.DETECTION_GLOB}"',
                 "stopped_by": "forwarder" if code == fwdmod.EXIT_ANOMALY else stopped_by,
+                runfolder.MARKERS_KEY: self.opts.markers,
                 **trace_info,
             },
             "app": {**fwd.as_meta(), "forwarding_seconds": round(t_forwarding, 3)}
@@ -962,10 +969,12 @@ class _Recording:
 
 
 def _count_fill_to_rx(path: Path) -> int:
-    """How many ``FILL -> RX`` transition markers the saved trace holds."""
+    """How many ``FILL -> RX`` transitions the saved trace's markers hold (a
+    batched line's every descriptor counted)."""
     count = 0
     with open(path, encoding="utf-8", errors="replace") as trace:
         for line in trace:
             if "tracing_mark_write:" in line and "FILL -> RX" in line:
-                count += 1
+                events = parse_markers(line.rstrip("\n").split("tracing_mark_write: ", 1)[-1]) or ()
+                count += sum(1 for m in events if m[3] == "FILL" and m[4] == "RX")
     return count

@@ -184,3 +184,28 @@ def test_the_kernel_end_from_meta_json_shows_in_the_report(fixtures, tmp_path):
     p = run("analyze", str(tmp_path / "trace.txt"))
     assert p.returncode == 1
     assert "kernel events end at 609766.698560: the kernel-event source stopped then" in p.stdout.decode()
+
+
+def test_json_is_the_same_on_the_c_and_python_parsers(fixtures, tmp_path):
+    """`analyze --json` byte for byte, the C scanner against FLIGHTREC_PURE_PYTHON, on the
+    fixtures (per-descriptor lines) and on simulated traces of batched lines."""
+    import os
+
+    from flightrec.parse import scan
+
+    if not scan.available():
+        pytest.skip("flightrec/_scan.so is not built: run `make`")
+    traces = sorted(fixtures.glob("*.txt"))
+    for fault in ("double-fill", "publish-race"):
+        sim = tmp_path / f"{fault}-batched.txt"
+        assert run("simulate", "--fault", fault, "--markers", "batched", "--packets", "400", "-o", str(sim),
+                   "--truth", str(tmp_path / "truth.json")).returncode == 0
+        traces.append(sim)
+    for trace in traces:
+        fast = subprocess.run([sys.executable, "-m", "flightrec", "analyze", "--json", str(trace)],
+                              capture_output=True, timeout=60)
+        env = {**os.environ, "FLIGHTREC_PURE_PYTHON": "1"}
+        slow = subprocess.run([sys.executable, "-m", "flightrec", "analyze", "--json", str(trace)],
+                              capture_output=True, timeout=60, env=env)
+        assert fast.returncode == slow.returncode == 1, trace
+        assert fast.stdout == slow.stdout, trace

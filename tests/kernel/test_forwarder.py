@@ -27,6 +27,7 @@ from typing import Iterator, Optional
 import pytest
 
 from flightrec import locate
+from flightrec.parse.fields import parse_markers
 
 pytestmark = pytest.mark.kernel
 
@@ -189,6 +190,12 @@ def marker_lines(trace: str) -> list[str]:
             if "tracing_mark_write: " in line]
 
 
+def descriptor_events(lines: list[str]) -> list[tuple]:
+    """(sock, queue, addr, from, to, detail) of every descriptor in the marker
+    lines, batched lines expanded as flightrec's parser does."""
+    return [m for line in lines for m in (parse_markers(line) or [])]
+
+
 def wait_ready(proc: subprocess.Popen, timeout: float = 10) -> dict:
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
@@ -263,9 +270,11 @@ def test_missing_interface_is_setup_error(topology) -> None:
 
 
 @pytest.mark.slow
-def test_forwards_tcp_and_udp_with_markers(instance: Path, traffic: Traffic, tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", ["batched", "per-descriptor"])
+def test_forwards_tcp_and_udp_with_markers(form: str, instance: Path, traffic: Traffic, tmp_path: Path) -> None:
     stats = tmp_path / "stats.json"
-    with running_forwarder("--trace-dir", str(instance), "--duration", "12", "--stats", str(stats)) as proc:
+    with running_forwarder("--trace-dir", str(instance), "--duration", "12", "--stats", str(stats),
+                           "--markers", form) as proc:
         ready = wait_ready(proc)
         assert ready["socks"] == ["outer q:0", "outer q:1", "inner q:0", "inner q:1"]
         ping = sh(*nsexec("cl", "ping", "-c", "3", "-i", "0.2", "-W", "2", SERVER_IP), check=False)
@@ -288,21 +297,28 @@ def test_forwards_tcp_and_udp_with_markers(instance: Path, traffic: Traffic, tmp
     assert sum(p["meta_checked"] for p in final["ports"]) > 1000
 
     lines = marker_lines((instance / "trace").read_text())
-    assert sum(line.endswith("FILL -> RX") for line in lines) >= 1000
-    bad = [ln for ln in lines if not (TRANSITION.match(ln) or NOTE.match(ln))]
+    if form == "per-descriptor":
+        bad = [ln for ln in lines if not (TRANSITION.match(ln) or NOTE.match(ln))]
+    else:
+        bad = [ln for ln in lines if parse_markers(ln) is None or len(ln) > 1000]
+        # one line per ring operation: many descriptors a line
+        assert len(descriptor_events(lines)) > 4 * len(lines)
     assert bad == [], f"lines outside the marker grammar: {bad[:5]}"
-    assert any(ln.endswith("RX -> TX") for ln in lines) and any(ln.endswith("COMP -> FILL") for ln in lines)
+    moves = [(m[3], m[4]) for m in descriptor_events(lines)]
+    assert moves.count(("FILL", "RX")) >= 1000
+    assert ("RX", "TX") in moves and ("COMP", "FILL") in moves and ("TX", "COMP") in moves
     assert (instance / "tracing_on").read_text().strip() == "1"
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("form", ["batched", "per-descriptor"])
 @pytest.mark.parametrize("kind", ["double-fill", "fill-and-tx"])
-def test_injected_bug_is_caught(kind: str, instance: Path, traffic: Traffic, tmp_path: Path) -> None:
+def test_injected_bug_is_caught(kind: str, form: str, instance: Path, traffic: Traffic, tmp_path: Path) -> None:
     stats = tmp_path / "stats.json"
     # Few frames: the injected FILL entry comes out of RX soon, so the trace
     # still holds the injection when the forwarder catches it.
     with running_forwarder("--trace-dir", str(instance), "--duration", "20", "--frames", "1024", "--inject", kind,
-                           "--inject-after", "2000", "--stats", str(stats)) as proc:
+                           "--inject-after", "2000", "--stats", str(stats), "--markers", form) as proc:
         wait_ready(proc)
         traffic.start_server()
         client = subprocess.Popen(nsexec("cl", "iperf3", "-c", SERVER_IP, "-t", "8", "-P", "4"),
@@ -317,14 +333,14 @@ def test_injected_bug_is_caught(kind: str, instance: Path, traffic: Traffic, tmp
     lines = marker_lines((instance / "trace").read_text())
     assert DETECTION.match(lines[-1]), f"trace does not end with a detection line: {lines[-3:]}"
     assert lines[-1] == anomaly[0]["line"]
-    addr = anomaly[0]["addr"]
-    mine = [ln for ln in lines[:-1] if TRANSITION.match(ln) and ln.split()[2] == addr]
+    addr = int(anomaly[0]["addr"], 16)
+    mine = [(m[3], m[4]) for m in descriptor_events(lines[:-1]) if m[0] is not None and m[2] == addr]
     if kind == "double-fill":
-        # the injected resubmit: two FILL lines in a row for the caught descriptor
-        assert any(a.endswith("-> FILL") and b.endswith("-> FILL") for a, b in zip(mine, mine[1:])), mine[-8:]
+        # the injected resubmit: two FILL entries in a row for the caught descriptor
+        assert any(a[1] == b[1] == "FILL" for a, b in zip(mine, mine[1:])), mine[-8:]
     else:
-        # the injected line: into FILL while on its way to TX
-        assert any(ln.endswith("RX -> FILL") for ln in mine), mine[-8:]
+        # the injected entry: into FILL while on its way to TX
+        assert ("RX", "FILL") in mine, mine[-8:]
 
     final = json.loads(stats.read_text())
     assert final["exit_code"] == 3 and final["injected"] is True
@@ -419,9 +435,9 @@ def test_payload_flipped_after_forwarding_is_caught_by_the_receiver(instance: Pa
     first = [ln for ln in lines if ln.startswith("receiver udp:")]
     assert len(first) == 1 and first[0] == got["first"], first
     pkt = int(first[0].split()[4])
-    notes = [ln for ln in lines if ln.endswith(f" forward pkt {pkt}")]
+    notes = [m for m in descriptor_events(lines) if m[0] is None and m[5].endswith(f" forward pkt {pkt}")]
     assert notes, f"no forward note for packet {pkt}"
-    frame = notes[-1].split()[0]
+    frame = f"{notes[-1][2]:#x}"
     result = analyze(saved)
     corrupt = [a for a in result["anomalies"] if a["kind"] == "payload_corrupt"]
     assert len(corrupt) == 1 and corrupt[0]["addr"] == frame, result["anomalies"][:2]

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from flightrec.parse.fields import parse_markers
+
 from recordkit import forwarder_pid, interrupt, run, start, wait_forwarding
 
 pytestmark = [pytest.mark.kernel]
@@ -37,10 +39,14 @@ def test_clean_run_forwards_real_traffic(machine, tmp_path):
     assert m["trace"]["clock"] in ("mono", "global")
     assert m["trace"]["fill_to_rx_markers"] >= 1000
     assert m["trace"]["per_cpu"], "per-CPU buffer stats missing"
-    # The markers counted from the saved file, not from meta.json.
-    text = (out / "trace.txt").read_text()
-    assert text.count("FILL -> RX") >= 1000
-    assert "RX -> TX" in text and "TX -> COMP" in text and "COMP -> FILL" in text
+    # The markers counted from the saved file, not from meta.json: one line per ring
+    # operation (the default), every descriptor of it in the line.
+    assert m["trace"]["markers"] == "batched"
+    lines = [line.split("tracing_mark_write: ", 1)[1] for line in (out / "trace.txt").read_text().splitlines()
+             if "tracing_mark_write: " in line]
+    moves = [(e[3], e[4]) for line in lines for e in (parse_markers(line) or ())]
+    assert moves.count(("FILL", "RX")) >= 1000 and len(moves) > 4 * len(lines)
+    assert {("RX", "TX"), ("TX", "COMP"), ("COMP", "FILL")} <= set(moves)
     # Real traffic went through the forwarder, both ways and on both queues.
     tcp = next(t for t in m["traffic"] if t["name"] == "tcp")
     assert tcp["exit_code"] == 0 and tcp["received_bps"] > 1e7, tcp
@@ -58,15 +64,24 @@ def test_clean_run_forwards_real_traffic(machine, tmp_path):
         assert len(json.loads(log.read_text()).get("intervals", [])) <= 1, log.name
 
 
-@pytest.mark.parametrize("fault", ["double-fill", "fill-and-tx"])
-def test_inject_is_caught(machine, tmp_path, fault):
-    out = tmp_path / fault
+def record_fault(out: Path, fault: str, form: str) -> dict:
+    """`flightrec record --inject FAULT --markers FORM`: its meta.json, after the run's own checks."""
     # On the default buffer: record shrinks the UMEM for injected runs, so the
     # duplicate comes back out of FILL while its first insertion is still in
     # the buffer, and the analyzer can prove who did it.
-    proc = run("record", "-o", str(out), "--duration", "10", "--inject", fault, "--plain", timeout=60)
+    proc = run("record", "-o", str(out), "--duration", "10", "--inject", fault, "--markers", form, "--plain",
+               timeout=60)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     m = meta(out)
+    assert m["trace"]["markers"] == form and m["options"]["markers"] == form
+    return m
+
+
+@pytest.mark.parametrize("form", ["batched", "per-descriptor"])
+@pytest.mark.parametrize("fault", ["double-fill", "fill-and-tx"])
+def test_inject_is_caught(machine, tmp_path, fault, form):
+    out = tmp_path / fault
+    m = record_fault(out, fault, form)
     assert m["outcome"] == "anomaly"
     assert m["forwarder"]["exit_code"] == 3
     assert m["forwarder"]["anomalies"], "no anomaly event from the forwarder"
@@ -194,3 +209,22 @@ def test_kernel_events_backend_says_why(tmp_path):
     proc = run("record", "-o", str(tmp_path / "k"), "--kernel-events", "kprobes", timeout=30)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "k").exists()
+
+
+def test_an_injected_fault_gets_the_same_verdict_in_both_marker_forms(machine, tmp_path):
+    """Two recordings of the same injected bug, one trace_marker line per ring operation and
+    one per descriptor: the analysis of each names the same kind of anomaly, the same
+    verdict and the descriptor its forwarder caught."""
+    got = {}
+    for form in ("batched", "per-descriptor"):
+        out = tmp_path / form
+        m = record_fault(out, "double-fill", form)
+        lines = [line.split("tracing_mark_write: ", 1)[1] for line in (out / "trace.txt").read_text().splitlines()
+                 if "tracing_mark_write: " in line]
+        sizes = [len(parse_markers(line) or ()) for line in lines]
+        # batched lines in the one, none in the other
+        assert (max(sizes) > 1) == (form == "batched"), form
+        first = json.loads((out / "analysis.json").read_text())["anomalies"][0]
+        assert first["addr"] == m["forwarder"]["anomalies"][0]["addr"], (form, first)
+        got[form] = (first["kind"], first["verdict"], first["sock"].split()[0])
+    assert got["batched"] == got["per-descriptor"] and got["batched"][1] == "application", got

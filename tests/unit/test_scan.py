@@ -40,11 +40,12 @@ def test_fixtures(fixtures):
         assert_same(f.read_bytes())
 
 
+@pytest.mark.parametrize("markers", ["per-descriptor", "batched"])
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("fmt", ["ftrace", "trace-cmd"])
-def test_simulated(seed, fmt):
+def test_simulated(seed, fmt, markers):
     sim = simulate(SimConfig(seed=seed, cpus=2 + seed, packets=400, fault="double-fill", wrap=seed % 2 == 0,
-                             loss=seed % 3 == 0, fmt=fmt))
+                             loss=seed % 3 == 0, fmt=fmt, markers=markers))
     assert_same(sim.text.encode())
 
 
@@ -140,3 +141,73 @@ def test_short_lines_get_a_row_each():
 
 
 FIXTURE_LINE = b"  fwd-1 [000] ..... 1.000000: tracing_mark_write: outer q:0 0x1000 FREE -> FILL\n"
+
+
+BATCH_BODIES = [
+    "ingress q:1 COMP -> FILL 0x1000 0x1800 RX -> FILL 0x2000",
+    "ingress q:1 FILL -> RX 0x1000",
+    "0x10 egress_tx_queue forward; 0x20 egress_tx_queue forward pkt 7",
+    "0x10 a; zz b",  # a piece is no note: one note, as before
+    "0x10 a:; 0x20 b",
+    "0x1 q:1 FILL -> RX 0x10",
+    "0x1 q:1 FILL -> RX 0x10 0x20",  # a note about 0x1, as before
+    "s q:1 FILL -> RX 0x10: poison",  # detection lines are never batched
+    "s q:1 FILL -> RX 0x10 FILL",
+    "s q:1 FILL -> RX 0x10 FILL -> RX",
+    "s q:x FILL -> RX 0x10 0x20",
+    "s q:1 FILL -> RX 0x10 0x20:",
+    "s q:1 FILL -> RX 0x10; 0x20 x",
+]
+
+
+def batch_trace(bodies, event="tracing_mark_write"):
+    return "".join(f"  fwd-1 [001] ....  100.{i:06d}: {event}: {b}\n" for i, b in enumerate(bodies)).encode()
+
+
+def test_batched_lines_expand_alike():
+    """A batched line is one row per descriptor on both paths, with its line, CPU and time."""
+    fast, slow = both(batch_trace(BATCH_BODIES))
+    assert_same(batch_trace(BATCH_BODIES))
+    got = [(t.line[r], t.kind[r], t.sock[r], t.addr[r], t.frm[r], t.to[r], t.detail[r])
+           for t in (fast,) for r in range(len(t))]
+    assert got[:6] == [
+        (1, "marker", "ingress q:1", 0x1000, "COMP", "FILL", None),
+        (1, "marker", "ingress q:1", 0x1800, "COMP", "FILL", None),
+        (1, "marker", "ingress q:1", 0x2000, "RX", "FILL", None),
+        (2, "marker", "ingress q:1", 0x1000, "FILL", "RX", None),
+        (3, "note", None, 0x10, None, None, "egress_tx_queue forward"),
+        (3, "note", None, 0x20, None, None, "egress_tx_queue forward pkt 7"),
+    ]
+    assert got[6] == (4, "note", None, 0x10, None, None, "a; zz b")
+    assert [k for _, k, *_ in got[9:]] == ["marker", "note", "other", "other", "other", "other", "other", "other"]
+    assert fast.ts[:3] == [100.0] * 3 and fast.cpu[:3] == [1] * 3
+
+
+def test_batched_lines_grow_the_rows():
+    """Many descriptors per line: more rows than the first guess, scanned again."""
+    body = "outer q:0 COMP -> FILL " + " ".join(f"0x{a:x}" for a in range(0, 120 * 0x800, 0x800))
+    data = batch_trace([body] * 50 + ["0x1 a; " * 100 + "0x2 b"], event="print") .replace(
+        b"print: ", b"print: 0xffffffff81000000: ")
+    fast, slow = both(data)
+    assert len(fast) == 50 * 120 + 101
+    assert_same(data)
+
+
+def test_mutated_batched_lines_read_alike():
+    rng = random.Random(11)
+    base = [batch_trace([b]) for b in BATCH_BODIES]
+    alphabet = b" -:;.0x19afFILRXTCOMP>\t"
+    out = []
+    for _ in range(3000):
+        line = bytearray(rng.choice(base))
+        for _ in range(rng.randint(1, 4)):
+            pos = rng.randrange(len(line) - 1)
+            op = rng.random()
+            if op < 0.4:
+                line[pos] = rng.choice(alphabet)
+            elif op < 0.7:
+                del line[pos]
+            else:
+                line.insert(pos, rng.choice(alphabet))
+        out.append(bytes(line).replace(b"\n", b"") + b"\n")
+    assert_same(b"".join(out))
