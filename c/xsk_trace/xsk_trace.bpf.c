@@ -53,6 +53,14 @@ struct {
 	__type(value, struct pending);
 } pending SEC(".maps");
 
+/* Per socket: the furthest producer a flush published (struct xsk_trace_pub). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XSK_TRACE_MAX_SOCKS);
+	__type(key, __u64);
+	__type(value, struct xsk_trace_pub);
+} published SEC(".maps");
+
 static __always_inline bool wanted(struct xdp_sock *xs)
 {
 	struct xsk_trace_dev key = {};
@@ -66,6 +74,38 @@ static __always_inline bool wanted(struct xdp_sock *xs)
 	key.ifindex = BPF_CORE_READ(dev, ifindex);
 	key.netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
 	return bpf_map_lookup_elem(&devs, &key) != NULL;
+}
+
+/* The online twin of flightrec/checks/kernel_publish.py: this CPU has just
+ * written slot `slot` of xs, and a flush on another CPU had already published
+ * the producer past it. On a sound kernel the writer's own flush publishes
+ * its slots, after this program ran; so this is the veth race, and the line
+ * printed here stops tracing through the instance's trigger with the
+ * evidence (the flush line, this reserve line) still in the buffer. */
+static __always_inline void detect_race(struct xdp_sock *xs, __u32 slot)
+{
+	__u64 key = (__u64)xs, now = bpf_ktime_get_ns();
+	struct xsk_trace_pub *pub = bpf_map_lookup_elem(&published, &key);
+	__u32 cpu = bpf_get_smp_processor_id();
+
+	if (!pub || pub->cpu == cpu || now - pub->ns > XSK_TRACE_RACE_NS)
+		return;
+	if ((__u32)(pub->prod - slot - 1) >= XSK_TRACE_RACE_AHEAD)
+		return;
+	bpf_printk("flightrec race xs=0x%llx slot=0x%llx prod=0x%llx flush_cpu=0x%llx: " XSK_TRACE_RACE_TEXT,
+		   key, (__u64)slot, (__u64)pub->prod, (__u64)pub->cpu);
+}
+
+/* A flush published `prod` for xs on this CPU: remember it when it is the furthest yet. */
+static __always_inline void note_published(struct xdp_sock *xs, __u32 prod)
+{
+	__u64 key = (__u64)xs;
+	struct xsk_trace_pub *pub = bpf_map_lookup_elem(&published, &key);
+	struct xsk_trace_pub now = { .ns = bpf_ktime_get_ns(), .prod = prod, .cpu = bpf_get_smp_processor_id() };
+
+	if (pub && (__s32)(prod - pub->prod) <= 0)
+		return;
+	bpf_map_update_elem(&published, &key, &now, BPF_ANY);
 }
 
 SEC("raw_tp/xdp_redirect")
@@ -98,6 +138,7 @@ int BPF_PROG(xsk_rx_reserve, const struct net_device *dev, const struct bpf_prog
 		return 0;
 	bpf_printk("flightrec rx_reserve xs=0x%llx q=0x%llx slot=0x%llx addr=0x%llx len=0x%llx", (__u64)xs,
 		   (__u64)BPF_CORE_READ(xs, queue_id), slot, desc.addr, (__u64)desc.len);
+	detect_race(xs, (__u32)slot);
 
 	p = bpf_map_lookup_elem(&pending, &zero);
 	if (!p)
@@ -138,6 +179,7 @@ int BPF_PROG(xsk_flush, struct napi_struct *napi, int work, int budget)
 		prod = BPF_CORE_READ(rx, ring, producer);
 		bpf_printk("flightrec flush xs=0x%llx q=0x%llx prod=0x%llx", (__u64)xs,
 			   (__u64)BPF_CORE_READ(xs, queue_id), (__u64)prod);
+		note_published(xs, prod);
 	}
 	p->n = 0;
 	return 0;

@@ -85,7 +85,7 @@ def _race(tl: Timeline, rp: Replay, xs: int, r: int, f: int) -> Anomaly:
                    f"between reads a stale descriptor (the veth race of the post, fixed upstream by "
                    f"fa349e396e48); seen from the kernel's events alone")
     return Anomaly(
-        kind="kernel_publish_race", verdict=KERNEL, line=tl.line[r], ts=tl.ts[r], explanation=explanation,
+        kind="kernel_publish_race", verdict=KERNEL, line=tl.line[r], ts=tl.ts[r], explanation=explanation, row=r,
         addr=tl.addr[r], xs=xs, sock=sock, reserve_cpu=a, flush_cpu=b,
         evidence=(ev(tl, f, f"CPU {b} publishes the producer {p}: slot {s} is visible to the application"),
                   ev(tl, r, f"CPU {a} reports writing slot {s} only now")),

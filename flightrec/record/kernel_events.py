@@ -37,6 +37,12 @@ BACKENDS = ("auto", "kprobes", "bpf", "none")
 LOADER_ENV = locate.PROGRAMS["xsk_trace"]
 # The event the BPF programs' lines arrive as; enabled in flightrec's instance.
 PRINTK_EVENT = Path("events/bpf_trace/bpf_trace_printk/enable")
+# The BPF programs' online race detector prints a line ending in this text
+# (c/xsk_trace/xsk_trace.h XSK_TRACE_RACE_TEXT); a trigger on the printk event
+# stops the instance's tracing on it, as the print trigger does on the
+# application's detection lines.
+RACE_TRIGGER_FILE = Path("events/bpf_trace/bpf_trace_printk/trigger")
+RACE_TRIGGER = 'traceoff if bpf_string ~ "*published before written*"'
 # The BPF events stand in for these kernel functions (docs/markers.md).
 BPF_TRACEPOINTS = {
     "rx_reserve": "raw_tp/xdp_redirect",

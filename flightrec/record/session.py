@@ -641,6 +641,9 @@ class _Recording:
                    for ns, dev in ((topo.outer_ns, topo.outer_dev), (topo.inner_ns, topo.inner_dev))]
         # Restored (to its old value) when the instance closes.
         self.instance.set(kernel_events.PRINTK_EVENT, "1")
+        # The online race detector's line stops tracing, evidence in the buffer.
+        self.instance.set(kernel_events.RACE_TRIGGER_FILE, kernel_events.RACE_TRIGGER,
+                          restore=f"!{kernel_events.RACE_TRIGGER}")
         before = kernel_events.toplevel_printk(self.root)
         self.reg.extra["bpf_printk_toplevel"] = before
         self.reg.save()
@@ -705,11 +708,16 @@ class _Recording:
             if self.traffic.finished() or now - t0 >= self.opts.duration + TRAFFIC_GRACE:
                 return "duration"
             # The kernel trigger stops the buffer on a detection line even if
-            # the forwarder hangs; give it a moment to exit by itself.
+            # the forwarder hangs; give it a moment to exit by itself. With the
+            # BPF backend the trigger may also be its online race detector's,
+            # which no program exits on.
             if not self.instance.tracing_on:
+                if tracing_off_since is None and self.bpf is not None:
+                    self.obs.step("tracing stopped by a trigger (a detection line, or the BPF backend's "
+                                  "online race detector)")
                 tracing_off_since = tracing_off_since or now
-                if now - tracing_off_since > 3.0:
-                    self.obs.warning("tracing stopped (trigger) but the forwarder keeps running; stopping it")
+                if now - tracing_off_since > (3.0 if self.bpf is None else 0.5):
+                    self.obs.warning(f"tracing stopped (trigger) but the {self.role} keeps running; stopping it")
                     return "trigger"
             if now > deadline:
                 self.obs.warning(f"traffic still running {self.opts.duration + SLACK:g} s after start; stopping")
@@ -932,6 +940,8 @@ class _Recording:
                 # Trace clock minus CLOCK_MONOTONIC (0 for the mono clock: the same clock).
                 "clock_offset_s": None if self.clock_offset is None else round(self.clock_offset, 6),
                 "trigger": f'traceoff if buf ~ "{tracefs.DETECTION_GLOB}"',
+                # The BPF backend's online race detector (c/xsk_trace), when it ran.
+                "kernel_trigger": kernel_events.RACE_TRIGGER if self.bpf is not None else None,
                 "stopped_by": "forwarder" if code == fwdmod.EXIT_ANOMALY else stopped_by,
                 runfolder.MARKERS_KEY: self.opts.markers,
                 **trace_info,

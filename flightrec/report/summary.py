@@ -50,7 +50,7 @@ def verdict_line(doc: dict) -> str:
     line = f"verdict: {doc.get('verdict')}"
     if doc.get("anomalies"):
         first = doc["anomalies"][0]
-        sock = first.get("sock") or "?"
+        sock = first.get("sock") or (f"xs {first['xs']}" if first.get("xs") else "?")
         if first.get("queue") is not None and "q:" not in sock:
             sock += f" q:{first['queue']}"
         line += f" ({first.get('kind')}, descriptor {first.get('addr')}, {sock})"
