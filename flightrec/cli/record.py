@@ -137,7 +137,7 @@ Examples:
   flightrec record --plain --kernel-events none > record.log
   flightrec record --mode auto                  # says which AF_XDP mode veth gave (copy)
   flightrec record --app './my-fwd -i {outer} -o {inner} -q {queues}'   # your own AF_XDP program
-  flightrec record --app 'build/c/forwarder --outer -:{outer} --inner -:{inner} --trace-dir {tracedir}'
+  flightrec record --app '{forwarder} --outer -:{outer} --inner -:{inner} --trace-dir {tracedir}'
   flightrec record --markers per-descriptor     # a trace_marker line per descriptor, not per ring operation
 
 \b
@@ -179,9 +179,10 @@ everything removed).
 @click.option("--app", metavar="'CMD ...'", default=None,
               help="Run your AF_XDP program in the forwarder's place, unmodified: in one namespace holding both "
                    "forwarder-side interfaces, its command line's {outer}, {inner}, {queues}, {marker} (the "
-                   "instance's trace_marker), {tracedir}, {out} and {netns} filled in, the same in its "
-                   "environment as FLIGHTREC_OUTER ... It loads its own XDP program; it is ready once one is "
-                   "attached and it holds an AF_XDP socket, and is stopped with SIGINT at the end.")
+                   "instance's trace_marker), {tracedir}, {out}, {netns} and {forwarder} (flightrec's own) "
+                   "filled in, the same in its environment as FLIGHTREC_OUTER ... It loads its own XDP "
+                   "program; it is ready once one is attached and it holds an AF_XDP socket, and is stopped "
+                   "with SIGINT at the end.")
 @click.option("--app-ready-timeout", type=click.FloatRange(min=0, min_open=True),
               default=RecordOptions.app_ready_timeout, show_default=True, metavar="S",
               help="Seconds the --app program may take to get ready.")

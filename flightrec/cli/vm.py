@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 import signal
 import sys
 import time
@@ -69,6 +71,7 @@ Examples:
   flightrec vm record -o vm-out
   flightrec vm record --duration 30 --inject double-fill -o vm-bug
   flightrec vm run -- uname -a
+  flightrec vm bugs                          # the real kernel bugs it reproduces
 """
 
 
@@ -249,3 +252,36 @@ def run_cmd(kernel: Optional[str], cpus: int, memory_mb: int, accel: str, boot_t
     progress.say(f"guest command exit {result.exit_code} after {result.command_s:.1f} s "
                  f"(boot {result.boot_s:.1f} s, wall {result.wall_s:.1f} s)")
     sys.exit(result.exit_code)
+
+
+BUGS_EPILOG = """\b
+Examples:
+  flightrec vm bugs
+  flightrec vm bugs --json | jq -r '.[].name'
+  flightrec vm record --kernel veth-race --widen --duration 60 -o race   # the first one, by hand
+"""
+
+
+@vm.command("bugs", epilog=BUGS_EPILOG)
+@click.option("--json", "as_json", is_flag=True,
+              help="A JSON list of objects: name, fix_commit, bug_kernel, fixed_kernel, record_args, verdict, kind "
+                   "(and title, doc).")
+def bugs_cmd(as_json: bool) -> None:
+    """The real kernel bugs flightrec reproduces, and how.
+
+    For each: its upstream fix, the kernel built with the fix reverted and
+    the one with it (--kernel NAME), the vm record options that reproduce it,
+    and the verdict and anomaly kind the buggy kernel must give; the fixed
+    kernel must run clean under the same options.
+    """
+    from flightrec.vm.bugs import BUGS
+
+    if as_json:
+        click.echo(json.dumps([b.as_json() for b in BUGS], indent=2))
+        return
+    for b in BUGS:
+        args = " ".join(shlex.quote(a) for a in b.record_args)
+        click.echo(f"{b.name}: {b.title} (fixed upstream by {b.fix_commit})\n"
+                   f"  flightrec vm record --kernel {b.bug_kernel} {args}   # verdict {b.verdict}, {b.kind}\n"
+                   f"  flightrec vm record --kernel {b.fixed_kernel} {args}   # clean\n"
+                   f"  see {b.doc}")

@@ -33,9 +33,10 @@ from typing import Callable, Optional
 
 from flightrec.errors import FlightrecError
 from flightrec.record.afxdp import STAT_KEYS, bind_summary
-from flightrec.record.forwarder import Event, child_guard
+from flightrec.record.forwarder import Event, child_guard, forwarder_path
 
-PLACEHOLDERS = ("outer", "inner", "queues", "marker", "tracedir", "out", "netns")
+# {forwarder} is flightrec's own forwarder, to run it as an unmodified program would be.
+PLACEHOLDERS = ("outer", "inner", "queues", "marker", "tracedir", "out", "netns", "forwarder")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 READY_TIMEOUT = 30.0  # seconds the program may take to attach XDP and open a socket
 AF_XDP = 44
@@ -66,7 +67,7 @@ def expand(command: str, values: dict[str, str]) -> list[str]:
 
 def check_command(command: str) -> None:
     """:raises FlightrecError: the command is empty, badly quoted, or names no program."""
-    argv = expand(command, dict.fromkeys(PLACEHOLDERS, "x"))
+    argv = expand(command, {**dict.fromkeys(PLACEHOLDERS, "x"), "forwarder": str(forwarder_path())})
     if shutil.which(argv[0]) is None:
         raise FlightrecError(f"--app: {argv[0]}: no such program (not an executable path, nor on PATH)")
 

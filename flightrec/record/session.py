@@ -588,7 +588,7 @@ class _Recording:
         topo, opts = self.topo, self.opts
         values = {"outer": topo.outer_dev, "inner": topo.inner_dev, "queues": str(opts.queues),
                   "marker": str(self.instance.path / "trace_marker"), "tracedir": str(self.instance.path),
-                  "out": str(self.out.resolve()), "netns": topo.outer_ns}
+                  "out": str(self.out.resolve()), "netns": topo.outer_ns, "forwarder": str(fwdmod.forwarder_path())}
         app = appmod.App(opts.app or "", values, topo.outer_ns, (topo.outer_dev, topo.inner_dev), self.logs)
         self.fwd = app
         self.obs.step(f"starting the app in {topo.outer_ns}: {' '.join(app.argv)}")

@@ -10,7 +10,8 @@ from flightrec.errors import FlightrecError
 from flightrec.record.app import PLACEHOLDERS, check_command, environment, expand
 
 VALUES = {"outer": "outer", "inner": "inner", "queues": "2", "marker": "/sys/kernel/tracing/instances/f-1/trace_marker",
-          "tracedir": "/sys/kernel/tracing/instances/f-1", "out": "/tmp/run 1", "netns": "flightrec-1-fwd"}
+          "tracedir": "/sys/kernel/tracing/instances/f-1", "out": "/tmp/run 1", "netns": "flightrec-1-fwd",
+          "forwarder": "/opt/flightrec/bin/forwarder"}
 
 
 def test_placeholders_are_filled_word_by_word_after_shell_splitting():
