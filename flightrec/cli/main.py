@@ -18,6 +18,7 @@ from flightrec import __version__
 # module name -> attribute holding the click command; one line per command.
 COMMANDS = {
     "analyze": "analyze",
+    "attach": "attach_cmd",
     "record": "record_cmd",
     "doctor": "doctor",
     "cleanup": "cleanup",
