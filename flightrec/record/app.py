@@ -33,7 +33,7 @@ from typing import Callable, Optional
 
 from flightrec.errors import FlightrecError
 from flightrec.record.afxdp import STAT_KEYS, bind_summary
-from flightrec.record.forwarder import Event, child_guard, forwarder_path
+from flightrec.record.forwarder import Event, forwarder_path, last_lines, start_logged
 
 # {forwarder} is flightrec's own forwarder, to run it as an unmodified program would be.
 PLACEHOLDERS = ("outer", "inner", "queues", "marker", "tracedir", "out", "netns", "forwarder")
@@ -190,18 +190,11 @@ class App:
         nsenter = shutil.which("nsenter")
         if nsenter is None:
             raise FlightrecError("nsenter not found; apt-get install util-linux")
-        out = open(self.log_dir / "app.stdout", "wb")
-        err = open(self.stderr_path, "wb")
         try:
-            self.proc = subprocess.Popen(
-                child_guard() + [nsenter, f"--net=/run/netns/{self.netns}", "--", *self.argv],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=environment(self.values),
-                start_new_session=True)
+            self.proc = start_logged([nsenter, f"--net=/run/netns/{self.netns}", "--", *self.argv],
+                                     self.log_dir / "app.stdout", self.stderr_path, env=environment(self.values))
         except OSError as e:
             raise FlightrecError(f"--app: cannot start {self.argv[0]}: {e.strerror}") from e
-        finally:
-            out.close()
-            err.close()
 
     def _exited_early(self) -> FlightrecError:
         assert self.proc is not None
@@ -283,11 +276,7 @@ class App:
         return self.proc.returncode
 
     def stderr_tail(self, lines: int = 5) -> str:
-        try:
-            text = self.stderr_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join([ln for ln in text.splitlines() if ln.strip()][-lines:])
+        return "\n".join(last_lines(self.stderr_path, lines))
 
     def as_meta(self) -> dict:
         """meta.json's ``app`` section (its sockets are in ``af_xdp``)."""

@@ -61,6 +61,27 @@ def child_guard() -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
+def start_logged(argv: list[str], stdout_path: Path, stderr_path: Path,
+                 env: Optional[dict[str, str]] = None) -> subprocess.Popen:
+    """Start ``argv`` dying with flightrec (child_guard), in its own session,
+    its stdout and stderr into those files.
+
+    :raises OSError: it could not be started.
+    """
+    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+        return subprocess.Popen(child_guard() + argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+                                start_new_session=True)
+
+
+def last_lines(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` non-blank lines of a log file ([] when there is none)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [ln for ln in text.splitlines() if ln.strip()][-lines:]
+
+
 @dataclass(frozen=True)
 class Event:
     """One line of the forwarder's stdout; ``kind`` is its "event" field."""
@@ -233,11 +254,7 @@ class Forwarder:
         return code
 
     def stderr_tail(self, lines: int = 5) -> str:
-        try:
-            text = self.stderr_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return "none"
-        return " | ".join(text[-lines:]) if text else "none"
+        return " | ".join(last_lines(self.stderr_path, lines)) or "none"
 
     def read_stats_file(self) -> Optional[dict]:
         """The JSON the forwarder wrote at exit (--stats), if any."""

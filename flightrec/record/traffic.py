@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 from flightrec import locate
 from flightrec.errors import FlightrecError
-from flightrec.record.forwarder import child_guard
+from flightrec.record.forwarder import start_logged
 from flightrec.record.topology import Topology
 
 TCP_PORT = 5201
@@ -105,16 +105,10 @@ class Traffic:
     def _start(self, what: str, argv: list[str], stdout_name: str, program: str, fix: str) -> subprocess.Popen:
         """Start one traffic process (named ``what``), its output in the logs,
         dying with flightrec; tell ``on_process`` at once."""
-        out = open(self.log_dir / stdout_name, "wb")
-        err = open(self.log_dir / f"{what}.stderr", "wb")
         try:
-            proc = subprocess.Popen(child_guard() + argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                    start_new_session=True)
+            proc = start_logged(argv, self.log_dir / stdout_name, self.log_dir / f"{what}.stderr")
         except OSError as e:
             raise FlightrecError(f"cannot start {program}: {e.strerror}; {fix}") from e
-        finally:
-            out.close()
-            err.close()
         if self.on_process:
             self.on_process(proc, what)
         return proc

@@ -1,6 +1,8 @@
+import shutil
+
 import pytest
 
-from recordkit import skip_unless_can_record, snapshot
+from recordkit import everything, left_behind, skip_unless_can_record, snapshot
 
 
 @pytest.fixture
@@ -10,3 +12,15 @@ def machine():
     before = snapshot()
     yield before
     assert snapshot() == before
+
+
+@pytest.fixture
+def whole_machine():
+    """Skip unless recording is possible; nothing at all changed afterwards (BPF, printk, /run too)."""
+    skip_unless_can_record()
+    if shutil.which("bpftool") is None:
+        pytest.skip("bpftool not installed (apt-get install bpftool)")
+    before = everything()
+    assert before["helper_processes"] == [], "a recording's helpers run already"
+    yield before
+    assert left_behind(before) == []

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -20,20 +19,9 @@ import pytest
 
 from flightrec.record import forwarder
 
-from recordkit import everything, left_behind, registry, run, skip_unless_can_record, start
+from recordkit import registry, run, start
 
 FWD = f"{forwarder.forwarder_path()} --outer -:{{outer}} --inner -:{{inner}} --queues {{queues}}"
-
-
-@pytest.fixture
-def whole_machine():
-    """Skip unless recording is possible; nothing at all changed afterwards."""
-    skip_unless_can_record()
-    if shutil.which("bpftool") is None:
-        pytest.skip("bpftool not installed (apt-get install bpftool)")
-    before = everything()
-    yield before
-    assert left_behind(before) == []
 
 
 def record_app(out: Path, app: str, *extra: str, duration: str = "6"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -20,23 +19,11 @@ import pytest
 from flightrec import tracefs
 from flightrec.record import kernel_events
 
-from recordkit import TimedLines, everything, left_behind, registry, skip_unless_can_record, start, wait_forwarding
+from recordkit import TimedLines, registry, start, wait_forwarding
 
 pytestmark = [pytest.mark.kernel]
 
 BPF_LINE = re.compile(r"\s(\d+\.\d+): bpf_trace_printk: flightrec ")
-
-
-@pytest.fixture
-def whole_machine():
-    """Skip unless recording is possible; nothing at all changed afterwards (BPF, printk, /run too)."""
-    skip_unless_can_record()
-    if shutil.which("bpftool") is None:
-        pytest.skip("bpftool not installed (apt-get install bpftool)")
-    before = everything()
-    assert before["helper_processes"] == [], "a recording's helpers run already"
-    yield before
-    assert left_behind(before) == []
 
 
 def bpf_or_skip() -> None:
