@@ -493,7 +493,8 @@ def _wait_for_recording_probes(child: subprocess.Popen, tracefs: Path = Path("/s
             pass
         for enable in (tracefs / "instances").glob("flightrec-*/events/bpf_trace/bpf_trace_printk/enable"):
             try:
-                if enable.read_text().strip() == "1":
+                # "1*": enabled, in soft mode because a trigger sits on the event
+                if enable.read_text().strip().startswith("1"):
                     return True
             except OSError:
                 pass

@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 
-from recordkit import everything, left_behind, skip_unless_can_record, snapshot
+from recordkit import everything, left_behind, skip_unless_can_record, snapshot, stop_strays
 
 
 @pytest.fixture
@@ -11,6 +11,7 @@ def machine():
     skip_unless_can_record()
     before = snapshot()
     yield before
+    stop_strays()
     assert snapshot() == before
 
 
@@ -23,4 +24,13 @@ def whole_machine():
     before = everything()
     assert before["helper_processes"] == [], "a recording's helpers run already"
     yield before
+    stop_strays()
     assert left_behind(before) == []
+
+
+@pytest.fixture(autouse=True)
+def no_stray_recording():
+    """A test that fails halfway may leave its flightrec running: stop it (it
+    cleans up after itself on SIGINT) before the next test finds it recording."""
+    yield
+    stop_strays()

@@ -166,7 +166,32 @@ def default_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+# Every flightrec a test started: the conftest's stop_strays ends the ones a
+# failed assertion left running, so that one failure does not fail the next
+# tests with "another flightrec is recording".
+STARTED: list[subprocess.Popen] = []
+
+
+def stop_strays() -> list[int]:
+    """SIGINT (then SIGKILL) every flightrec a test started and left running; their pids."""
+    strays = [p for p in STARTED if p.poll() is None]
+    for p in strays:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate(timeout=30)
+    STARTED.clear()
+    return [p.pid for p in strays]
+
+
 def start(*args: str) -> subprocess.Popen:
+    STARTED.append(_popen(*args))
+    return STARTED[-1]
+
+
+def _popen(*args: str) -> subprocess.Popen:
     return subprocess.Popen(flightrec(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                             preexec_fn=default_signals)
 
