@@ -42,8 +42,11 @@ from flightrec.errors import FlightrecError
 
 POISON = 0xDEADBEEFDEADBEEF
 
-FAULTS = ("none", "publish-race", "stale-slot", "double-fill", "fill-and-tx", "invalid-transition")
+FAULTS = ("none", "publish-race", "stale-slot", "double-fill", "fill-and-tx", "invalid-transition",
+          "reuse-in-flight")
 KERNEL_FAULTS = ("publish-race", "stale-slot")
+# two insertions whose story needs no marker lost between them
+PAIR_FAULTS = ("double-fill", "fill-and-tx", "reuse-in-flight")
 PROBES = ("all", "no-flush", "none")
 FORMATS = ("ftrace", "trace-cmd")
 
@@ -384,6 +387,10 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
             pending_overwrite = rng.random() < 0.5
             t += _rr(rng, 500, 3000)
         for a in tx_done:
+            if p.state.get(a) != "TX":
+                # reuse-in-flight: its completion finds the frame back in FILL
+                sim.marker(p, t, f"{p.tx} {a:#x} TX -> COMP: invalid, was {p.state.get(a)}", "detection")
+                return _finish(planted, t, {})
             sim.marker(p, t, f"{p.tx} {a:#x} TX -> COMP")
             p.state[a] = "COMP"
             t += _rr(rng, 500, 2000)
@@ -403,6 +410,13 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
             else:
                 sim.to_fill(p, t, a, "COMP")
             t += _rr(rng, 500, 3000)
+        if planted is None and faulty and fault == "reuse-in-flight" and p.delivered >= plant_at and sent:
+            # The bug: a frame sendto() took is handed back to FILL as if completed.
+            a = sent[0]
+            _tag_last_insert(sim, p, a, f"{p.tx} {a:#x} ", "-> TX")
+            sim.to_fill(p, t, a, "COMP", "insert2")
+            planted = {"addr": a, "ts": t}
+            t += _rr(rng, 500, 3000)
         tx_done = sent
         # ---- idle until the next packets -----------------------------------
         r = rng.random()
@@ -417,12 +431,12 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
     return planted
 
 
-def _tag_last_insert(sim: _Sim, p: _Pair, addr: int) -> None:
-    """Tag the marker that last put addr into FILL: the start of the causal window."""
-    needle = f"{p.rx} {addr:#x} "
+def _tag_last_insert(sim: _Sim, p: _Pair, addr: int, needle: str = "", into: str = "-> FILL") -> None:
+    """Tag the marker that last put addr into FILL (or `into`): the start of the causal window."""
+    needle = needle or f"{p.rx} {addr:#x} "
     for i in range(len(sim.ev) - 1, -1, -1):
         e = sim.ev[i]
-        if e[2] == p.app_cpu and needle in e[5] and e[5].endswith("-> FILL"):
+        if e[2] == p.app_cpu and needle in e[5] and e[5].endswith(into):
             sim.ev[i] = e[:6] + ("insert1",)
             return
     raise AssertionError("no FILL insert for the victim")
@@ -538,7 +552,7 @@ def simulate(cfg: SimConfig) -> Simulation:
     wend_tag = "detection"
     if cfg.fault in KERNEL_FAULTS:
         wstart = ev[tag_idx["b_reserve" if "b_reserve" in tag_idx else "x_read"]][0]
-    elif cfg.fault in ("double-fill", "fill-and-tx"):
+    elif cfg.fault in PAIR_FAULTS:
         wstart = ev[tag_idx["insert1"]][0]
         wend_tag = "insert2"
     elif cfg.fault == "invalid-transition":
@@ -777,7 +791,7 @@ def _judge(cfg: SimConfig, ev: list, keep: list[bool], story: dict[str, int], lo
         if cfg.probes == "all" and not h.clear(t("reserve"), t("flush"), (a,)):
             return {"flush_cpu": None}
         return {}
-    if cfg.fault in ("double-fill", "fill-and-tx") and not h.clear(t("insert1"), t("insert2")):
+    if cfg.fault in PAIR_FAULTS and not h.clear(t("insert1"), t("insert2")):
         return {"verdict": "undetermined",
                 "missing": ["a CPU's events between the two insertions (its buffer began later, or lost)"]}
     return {}

@@ -16,6 +16,7 @@ from flightrec.checks.payload import check_payload
 from flightrec.checks.poison import check_poison
 from flightrec.checks.publish_race import check_publish_race
 from flightrec.checks.reported import check_reported
+from flightrec.checks.reuse import check_reuse_before_completion
 from flightrec.checks.transitions import check_transitions
 from flightrec.model.replay import Replay
 from flightrec.model.timeline import Timeline
@@ -25,6 +26,7 @@ Check = Callable[[Timeline, Replay], list[Anomaly]]
 # Most specific first: on one line the first check's anomaly is kept.
 CHECKS: tuple[Check, ...] = (
     check_publish_race,
+    check_reuse_before_completion,
     check_duplicate_insertion,
     check_poison,
     check_fill_order,
