@@ -58,7 +58,7 @@ def test_clean_run_forwards_real_traffic(machine, tmp_path):
         assert len(json.loads(log.read_text()).get("intervals", [])) <= 1, log.name
 
 
-@pytest.mark.parametrize("fault", ["double-fill", "fill-and-tx"])
+@pytest.mark.parametrize("fault", ["double-fill", "fill-and-tx", "reuse-in-flight"])
 def test_inject_is_caught(machine, tmp_path, fault):
     out = tmp_path / fault
     # On the default buffer: record shrinks the UMEM for injected runs, so the
@@ -87,6 +87,9 @@ def test_inject_is_caught(machine, tmp_path, fault):
     analysis = json.loads((out / "analysis.json").read_text())
     assert analysis["verdict"] == "application", analysis["anomalies"][:1]
     assert analysis["anomalies"][0]["addr"] == m["forwarder"]["anomalies"][0]["addr"]
+    if fault == "reuse-in-flight":
+        # the frame went back to FILL with no COMPLETION entry read: the markers prove it
+        assert analysis["anomalies"][0]["kind"] == "reuse_before_completion", analysis["anomalies"][:1]
 
 
 def test_flipped_payload_is_caught_by_the_receiver(machine, tmp_path):

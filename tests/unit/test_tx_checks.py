@@ -1,0 +1,92 @@
+"""The TX-side checks on small hand-made traces: a frame reused before its completion."""
+
+import sys
+import pathlib
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from flightrec.analysis import analyze_text  # noqa: E402
+from flightrec.simulate import SimConfig, simulate  # noqa: E402
+from tracegen import line, mark, reserve  # noqa: E402
+
+A = 0x1000
+OVERRUN = "# entries-in-buffer/entries-written: 10/999   #P:2\n"
+
+
+def tx_read(ts: float, cpu: int, addr: int) -> str:
+    return line(ts, cpu, "xp_raw_get_data", f"(xp_raw_get_data+0x0/0x60) addr={addr:#x}")
+
+
+def story(reuse: str) -> str:
+    """A frame received, forwarded to TX, then `reuse` (a marker line) before its completion."""
+    return (mark(1.000, 0, f"ingress q:0 {A:#x} FREE -> FILL") + reserve(1.001, 1, A)
+            + mark(1.002, 0, f"ingress q:0 {A:#x} FILL -> RX") + mark(1.003, 0, f"egress q:0 {A:#x} RX -> TX")
+            + mark(1.004, 1, reuse) + tx_read(1.005, 0, A)
+            # the real completion: it meets the frame where the reuse put it
+            + mark(1.006, 0, f"egress q:0 {A:#x} TX -> COMP" + ("" if reuse.endswith("TX") else ": invalid, was FILL")))
+
+
+def anomalies(text: str) -> list[dict]:
+    return analyze_text(text).to_json()["anomalies"]
+
+
+@pytest.mark.parametrize("reuse", [f"ingress q:0 {A:#x} COMP -> FILL", f"egress q:0 {A:#x} COMP -> TX",
+                                   f"ingress q:0 {A:#x} FREE -> FILL"])
+def test_a_frame_given_back_to_the_kernel_with_no_completion_read_is_the_applications(reuse):
+    first, *rest = anomalies(story(reuse))
+    assert (first["kind"], first["verdict"], first["addr"], first["line"]) == \
+        ("reuse_before_completion", "application", f"{A:#x}", 5)
+    why = {e["line"]: e["why"] for e in first["evidence"]}
+    assert "into its TX ring" in why[4]
+    assert "to transmit it after the reuse" in why[6]  # the kernel's own read, after the reuse
+    assert "came only here" in why[7]
+    assert all(c["holds"] for c in first["claims"])
+    # the completion that met the frame in FILL is explained by the reuse, not blamed on the kernel
+    assert all(a["verdict"] == "application" for a in rest), rest
+
+
+def test_the_applications_own_tx_to_fill_marker_is_its_word():
+    first = anomalies(OVERRUN + mark(1.000, 0, f"ingress q:0 {A:#x} TX -> FILL"))[0]
+    assert (first["kind"], first["verdict"], first["line"]) == ("reuse_before_completion", "application", 2)
+
+
+def test_rx_to_fill_of_a_frame_in_tx_stays_a_duplicate_insertion():
+    """The application believed the frame was in RX: one buffer in two rings (fill-and-tx), not a reuse."""
+    first = anomalies(story(f"ingress q:0 {A:#x} RX -> FILL"))[0]
+    assert (first["kind"], first["verdict"]) == ("duplicate_insertion", "application")
+
+
+def test_a_completion_read_in_between_is_clean():
+    text = (mark(1.000, 0, f"ingress q:0 {A:#x} FREE -> FILL") + reserve(1.001, 1, A)
+            + mark(1.002, 0, f"ingress q:0 {A:#x} FILL -> RX") + mark(1.003, 0, f"egress q:0 {A:#x} RX -> TX")
+            + tx_read(1.004, 0, A) + mark(1.005, 0, f"egress q:0 {A:#x} TX -> COMP")
+            + mark(1.006, 1, f"ingress q:0 {A:#x} COMP -> FILL"))
+    assert anomalies(text) == []
+
+
+def test_a_cpu_that_began_recording_in_between_leaves_it_undetermined():
+    """CPU 1's buffer begins after the TX: its missing markers may hold the completion."""
+    text = (OVERRUN + mark(1.003, 0, f"egress q:0 {A:#x} RX -> TX") + "##### CPU 1 buffer started ####\n"
+            + mark(1.004, 1, f"ingress q:0 {A:#x} COMP -> FILL"))
+    assert [a for a in anomalies(text) if a["verdict"] != "undetermined"] == []
+
+
+SEEDS = range(40)
+
+
+@pytest.mark.parametrize("variant", [{}, {"wrap": True}, {"fmt": "trace-cmd", "tight": True}, {"probes": "none"}])
+def test_simulated_reuse_is_named_with_its_mechanism(variant):
+    """Against the simulator's ground truth: where the truth says application, the first
+    anomaly is the reuse itself, at the line that reused the frame."""
+    judged = 0
+    for seed in SEEDS:
+        sim = simulate(SimConfig(seed=seed, cpus=2 + seed % 7, packets=800, fault="reuse-in-flight", **variant))
+        want, first = sim.truth.anomaly, anomalies(sim.text)[0]
+        assert (first["verdict"], first["addr"]) == (want["verdict"], want["addr"]), (seed, want, first)
+        if want["verdict"] == "application":
+            judged += 1
+            assert first["kind"] == "reuse_before_completion", (seed, first)
+            assert first["line"] == sim.truth.evidence_lines["insert2"], (seed, first)
+    assert judged >= len(SEEDS) // 2
