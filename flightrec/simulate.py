@@ -43,8 +43,10 @@ from flightrec.errors import FlightrecError
 POISON = 0xDEADBEEFDEADBEEF
 
 FAULTS = ("none", "publish-race", "stale-slot", "double-fill", "fill-and-tx", "invalid-transition",
-          "reuse-in-flight")
+          "reuse-in-flight", "early-completion")
 KERNEL_FAULTS = ("publish-race", "stale-slot")
+# the kernel publishes a frame's COMPLETION entry before it sends the frame (30f241fcf52a)
+TX_KERNEL_FAULTS = ("early-completion",)
 # two insertions whose story needs no marker lost between them
 PAIR_FAULTS = ("double-fill", "fill-and-tx", "reuse-in-flight")
 PROBES = ("all", "no-flush", "none")
@@ -176,6 +178,8 @@ class _Pair:
         self.slots = [0] * self.rx_size
         self.rx_prod = 0
         self.delivered = 0
+        self.pkts = 0  # stamped packets forwarded: the forward notes' `pkt N`
+        self.pkt_of: dict[int, int] = {}  # frame -> the packet it forwards
         self.softirq_cpu = rng.randrange(cpus)
         self.poison = True
 
@@ -252,11 +256,11 @@ class _Sim:
         self.emit(ts, cpu, task, "d.Z1.", self._probe(self.flush_name, "__xsk_map_flush+0x4e/0x180",
                                                       self.sym_flush + 0x4E, f"xs={p.xs:#x}"), tag)
 
-    def txget(self, p: _Pair, ts: int, addr: int) -> None:
+    def txget(self, p: _Pair, ts: int, addr: int, tag: Optional[str] = None) -> None:
         if self.cfg.probes == "none":
             return
         self.emit(ts, p.app_cpu, p.task, ".....", self._probe(self.raw_name, "xp_raw_get_data+0x0/0x60",
-                                                             self.sym_raw, f"addr={addr:#x}"))
+                                                             self.sym_raw, f"addr={addr:#x}"), tag)
 
     # ---- the application's bookkeeping --------------------------------
     def to_fill(self, p: _Pair, ts: int, addr: int, frm: str, tag: Optional[str] = None) -> None:
@@ -365,7 +369,9 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
                 t += _rr(rng, 300, 1500)
                 sim.to_fill(p, t, a, "RX")
             else:
-                sim.marker(p, t, f"{a:#x} egress_tx_queue forward")
+                p.pkts += 1
+                p.pkt_of[a] = p.pkts
+                sim.marker(p, t, f"{a:#x} egress_tx_queue forward pkt {p.pkts}")
                 t += _rr(rng, 300, 1500)
                 sim.marker(p, t, f"{p.tx} {a:#x} RX -> TX")
                 p.state[a] = "TX"
@@ -373,9 +379,16 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
             t += _rr(rng, 500, 3000)
         # ---- kernel: transmit (sendto, in the thread's context) ----------
         t += _rr(rng, 1000, 5000)
+        early = None
+        if planted is None and faulty and fault == "early-completion" and p.delivered >= plant_at and sent:
+            # The kernel bug: the frame's COMPLETION entry is published before it is sent.
+            early = sent.pop()
+            _tag_last_insert(sim, p, early, f"{p.tx} {early:#x} ", "-> TX")
         for a in sent:
             sim.txget(p, t, a)
             t += _rr(rng, 800, 4000)
+        if early is not None:
+            return _plant_early_completion(sim, p, t, early)
         # ---- application: read COMPLETION of the previous round, refill ----
         t += _rr(rng, 1000, 10000)
         if dup_pending is not None:
@@ -440,6 +453,24 @@ def _tag_last_insert(sim: _Sim, p: _Pair, addr: int, needle: str = "", into: str
             sim.ev[i] = e[:6] + ("insert1",)
             return
     raise AssertionError("no FILL insert for the victim")
+
+
+def _plant_early_completion(sim: _Sim, p: _Pair, t: int, a: int) -> dict:
+    """The application reads a's COMPLETION entry and refills a; the kernel sends a only then, and
+    the receiver gets the packet a held by then."""
+    rng = sim.rng
+    t += _rr(rng, 1000, 10000)
+    sim.marker(p, t, f"{p.tx} {a:#x} TX -> COMP", "comp")
+    t += _rr(rng, 500, 2000)
+    sim.to_fill(p, t, a, "COMP")
+    t += _rr(rng, 2000, 20000)
+    sim.txget(p, t, a, "late")
+    late = t
+    t += _rr(rng, 5000, 40000)
+    n = p.pkt_of[a]
+    sim.marker(p, t, f"receiver udp:5203: payload expected {n} found ? at {_rr(rng, 12, 900)} len 1000 stamped 1000",
+               "detection")
+    return {"addr": a, "ts": late, "detection_ts": t}
 
 
 def _finish(planted: Optional[dict], t: int, symptom: dict) -> dict:
@@ -552,6 +583,9 @@ def simulate(cfg: SimConfig) -> Simulation:
     wend_tag = "detection"
     if cfg.fault in KERNEL_FAULTS:
         wstart = ev[tag_idx["b_reserve" if "b_reserve" in tag_idx else "x_read"]][0]
+    elif cfg.fault in TX_KERNEL_FAULTS:
+        wstart = ev[tag_idx["insert1"]][0]
+        wend_tag = "late"
     elif cfg.fault in PAIR_FAULTS:
         wstart = ev[tag_idx["insert1"]][0]
         wend_tag = "insert2"
@@ -691,12 +725,15 @@ def simulate(cfg: SimConfig) -> Simulation:
     anomaly = None
     if fp is not None and planted is not None:
         anomaly = {
-            "kind": cfg.fault, "verdict": "kernel" if cfg.fault in KERNEL_FAULTS else "application",
+            "kind": cfg.fault,
+            "verdict": "kernel" if cfg.fault in KERNEL_FAULTS + TX_KERNEL_FAULTS else "application",
             "addr": _hex(planted["addr"]), "expected": _hex(planted.get("expected")),
             "xs": _hex(fp.xs), "sock": fp.rx, "queue": fp.queue,
             "reserve_cpu": planted.get("reserve_cpu"), "flush_cpu": planted.get("flush_cpu"),
             "missing": [],
         }
+        if cfg.fault in TX_KERNEL_FAULTS and cfg.probes == "none":
+            anomaly.update(verdict="undetermined", missing=["tx"])
         if cfg.fault in KERNEL_FAULTS:
             if cfg.probes == "none":
                 anomaly.update(verdict="undetermined", missing=["reserve", "flush"])
@@ -791,6 +828,10 @@ def _judge(cfg: SimConfig, ev: list, keep: list[bool], story: dict[str, int], lo
         if cfg.probes == "all" and not h.clear(t("reserve"), t("flush"), (a,)):
             return {"flush_cpu": None}
         return {}
+    if cfg.fault in TX_KERNEL_FAULTS and not h.clear(t("insert1"), t("late")):
+        return {"verdict": "undetermined",
+                "missing": ["a CPU's events between the frame's TX and the kernel's late send (its buffer began "
+                            "later, or lost)"]}
     if cfg.fault in PAIR_FAULTS and not h.clear(t("insert1"), t("insert2")):
         return {"verdict": "undetermined",
                 "missing": ["a CPU's events between the two insertions (its buffer began later, or lost)"]}

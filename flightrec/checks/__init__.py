@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from flightrec.checks.anomaly import Anomaly
+from flightrec.checks.completion import check_completion_in_flight
 from flightrec.checks.duplicates import check_duplicate_insertion
 from flightrec.checks.fill_order import check_fill_order
 from flightrec.checks.payload import check_payload
@@ -26,6 +27,7 @@ Check = Callable[[Timeline, Replay], list[Anomaly]]
 # Most specific first: on one line the first check's anomaly is kept.
 CHECKS: tuple[Check, ...] = (
     check_publish_race,
+    check_completion_in_flight,
     check_reuse_before_completion,
     check_duplicate_insertion,
     check_poison,

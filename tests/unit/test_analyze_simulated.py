@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from flightrec.simulate import FAULTS, SimConfig, simulate
+from flightrec.simulate import FAULTS, KERNEL_FAULTS, SimConfig, simulate
 
 try:
     from flightrec.analysis import analyze_text
@@ -64,7 +64,7 @@ def test_fault_verdict(seed, fault, variant):
     got = {k: first.get(k) for k in ("verdict", "addr")}
     assert got == {"verdict": want["verdict"], "addr": want["addr"]}, \
         f"{cfg}\ntruth {want}\nfirst anomalies {brief(anomalies)}"
-    if want["verdict"] == "kernel":
+    if want["verdict"] == "kernel" and fault in KERNEL_FAULTS:  # the RX publish race's story
         assert first.get("expected") == want["expected"], f"{cfg}: {brief(anomalies)}"
         assert first.get("reserve_cpu") == want["reserve_cpu"], f"{cfg}: {brief(anomalies)}"
         if cfg.probes == "all":

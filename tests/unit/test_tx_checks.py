@@ -90,3 +90,57 @@ def test_simulated_reuse_is_named_with_its_mechanism(variant):
             assert first["kind"] == "reuse_before_completion", (seed, first)
             assert first["line"] == sim.truth.evidence_lines["insert2"], (seed, first)
     assert judged >= len(SEEDS) // 2
+
+
+def sent_early(tx_at: float, cpu1_from: str = "") -> str:
+    """A frame read from COMPLETION at 1.004, sent by the kernel at `tx_at`."""
+    return (mark(1.000, 0, f"ingress q:0 {A:#x} FREE -> FILL") + reserve(1.001, 1, A)
+            + mark(1.002, 0, f"ingress q:0 {A:#x} FILL -> RX") + mark(1.003, 0, f"egress q:0 {A:#x} RX -> TX")
+            + cpu1_from + mark(1.004, 0, f"egress q:0 {A:#x} TX -> COMP")
+            + mark(1.005, 0, f"ingress q:0 {A:#x} COMP -> FILL") + tx_read(tx_at, 1, A))
+
+
+def test_a_frame_the_kernel_sends_after_its_completion_was_read_is_the_kernels():
+    first = anomalies(sent_early(1.006))[0]
+    assert (first["kind"], first["verdict"], first["addr"], first["line"]) == \
+        ("completion_in_flight", "kernel", f"{A:#x}", 7)
+    assert [e["line"] for e in first["evidence"]] == [4, 5, 7]
+    assert all(c["holds"] for c in first["claims"]) and any(c["absence"] and c["events"] == "kernel"
+                                                            for c in first["claims"])
+
+
+def test_a_frame_sent_before_its_completion_is_clean():
+    text = (mark(1.003, 0, f"egress q:0 {A:#x} RX -> TX") + tx_read(1.0035, 1, A)
+            + mark(1.004, 0, f"egress q:0 {A:#x} TX -> COMP") + mark(1.005, 0, f"egress q:0 {A:#x} COMP -> TX")
+            + tx_read(1.006, 1, A))
+    assert anomalies(text) == []
+
+
+def test_without_the_kernels_whole_history_the_early_completion_is_undetermined():
+    """CPU 1 began recording after the TX: its send of the frame before the read may be lost."""
+    text = (OVERRUN + mark(1.003, 0, f"egress q:0 {A:#x} RX -> TX") + "##### CPU 1 buffer started ####\n"
+            + reserve(1.0035, 1, 0x9000) + mark(1.004, 0, f"egress q:0 {A:#x} TX -> COMP") + tx_read(1.006, 1, A))
+    first = anomalies(text)[0]
+    assert (first["kind"], first["verdict"]) == ("completion_in_flight", "undetermined")
+    assert any("CPU 1" in m for m in first["missing"])
+
+
+@pytest.mark.parametrize("variant", [{}, {"wrap": True}, {"fmt": "trace-cmd", "tight": True}, {"probes": "none"},
+                                     {"loss": True}])
+def test_simulated_early_completion_against_ground_truth(variant):
+    """The kernel publishes a frame's COMPLETION entry before it sends it; the application
+    reuses the frame and the receiver gets other data. With the kernel's TX events the
+    verdict is kernel at the late send; without them the receiver's report is undetermined,
+    naming the TX events it lacks."""
+    for seed in range(24):
+        sim = simulate(SimConfig(seed=seed, cpus=2 + seed % 7, packets=800, fault="early-completion", **variant))
+        want, found = sim.truth.anomaly, anomalies(sim.text)
+        first = found[0]
+        assert (first["verdict"], first["addr"]) == (want["verdict"], want["addr"]), (seed, want, first)
+        if want["verdict"] == "kernel":
+            assert first["kind"] == "completion_in_flight" and first["line"] == sim.truth.evidence_lines["late"]
+            receiver = next(a for a in found if a["kind"] == "payload_corrupt")
+            assert receiver["verdict"] == "kernel" and receiver["addr"] == want["addr"]
+        else:
+            assert first["missing"], first
+        assert [a for a in found if a["verdict"] not in ("undetermined", want["verdict"])] == []
