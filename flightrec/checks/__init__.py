@@ -19,6 +19,7 @@ from flightrec.checks.publish_race import check_publish_race
 from flightrec.checks.reported import check_reported
 from flightrec.checks.reuse import check_reuse_before_completion
 from flightrec.checks.transitions import check_transitions
+from flightrec.checks.unexpected_completion import check_unexpected_completion
 from flightrec.model.replay import Replay
 from flightrec.model.timeline import Timeline
 
@@ -33,6 +34,7 @@ CHECKS: tuple[Check, ...] = (
     check_poison,
     check_fill_order,
     check_payload,
+    check_unexpected_completion,
     check_transitions,
     check_reported,
 )

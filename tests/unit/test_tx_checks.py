@@ -144,3 +144,43 @@ def test_simulated_early_completion_against_ground_truth(variant):
         else:
             assert first["missing"], first
         assert [a for a in found if a["verdict"] not in ("undetermined", want["verdict"])] == []
+
+
+def cq(ts: float, cpu: int, event: str, fields: str) -> str:
+    """A COMPLETION kprobe event as Debian 6.1 (cq_submit, addr) or 6.12 (cq_reserve, addr and slot) print it."""
+    return line(ts, cpu, event, f"(xsk_destruct_skb+0x46/0x80) {fields}", task="ksoftirqd/1", pid=15, flags="d.s1.")
+
+
+XS6 = "xs=0xffff888012345600 cq=0xffff888012349000"
+
+
+def completed_twice(*kernel: str) -> str:
+    """A frame sent once, read from COMPLETION twice; `kernel` the COMPLETION events between."""
+    return (mark(1.000, 0, f"egress q:0 {A:#x} RX -> TX") + tx_read(1.001, 1, A) + "".join(kernel)
+            + mark(1.004, 0, f"egress q:0 {A:#x} TX -> COMP") + mark(1.005, 0, f"egress q:0 {A:#x} TX -> COMP"))
+
+
+def test_a_frame_the_kernel_wrote_into_two_completion_entries_is_the_kernels():
+    first = anomalies(completed_twice(cq(1.002, 1, "cq_submit", f"addr={A:#x} {XS6} slot=0x0"),
+                                      cq(1.003, 1, "cq_submit", f"addr={A:#x} {XS6} slot=0x1")))[0]
+    assert (first["kind"], first["verdict"], first["addr"], first["line"]) == \
+        ("unexpected_completion", "kernel", f"{A:#x}", 6)
+    assert "2 COMPLETION entries" in first["explanation"]
+
+
+@pytest.mark.parametrize("kernel", [
+    [cq(1.002, 1, "cq_submit", f"addr={A:#x} {XS6} slot=0x0")],  # 6.1: written at submit
+    [cq(1.0015, 1, "cq_reserve", f"addr={A:#x} xs=0xffff888012345600"),  # 6.1's reserve writes nothing
+     cq(1.002, 1, "cq_submit", f"addr={A:#x} {XS6} slot=0x0")],
+    [cq(1.0015, 1, "cq_reserve", f"addr={A:#x} {XS6} slot=0x0"),  # 6.12: written at reserve
+     cq(1.002, 1, "cq_submit", f"{XS6} n=0x1 slot=0x0")],
+])
+def test_one_completion_entry_read_twice_is_the_applications(kernel):
+    first = anomalies(completed_twice(*kernel))[0]
+    assert (first["kind"], first["verdict"], first["addr"]) == ("unexpected_completion", "application", f"{A:#x}")
+
+
+def test_without_completion_events_a_second_completion_is_undetermined():
+    first = anomalies(completed_twice())[0]
+    assert (first["kind"], first["verdict"]) == ("unexpected_completion", "undetermined")
+    assert any("cq_submit" in m for m in first["missing"])
