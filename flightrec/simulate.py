@@ -8,7 +8,8 @@ contract it writes):
   socket's FILL ring, emits one reserve kprobe event per descriptor
   (`__xsk_rcv_zc_L7: (...) addr= len= xs= fq=`), then publishes them with
   `xsk_flush: (...) xs=`; on transmit it emits `xp_raw_get_data: (...) addr=`
-  in the sending thread's context;
+  in the sending thread's context, and for the sent frame the skb
+  destructor's `cq_submit: (...) addr= xs= cq= slot=` (Debian 6.1's form);
 - the application: one thread per socket pair writes a marker for every
   transition, keeps its own FILL-order deque and a state per descriptor,
   poisons every RX slot it consumed, and on its first anomaly writes the
@@ -43,10 +44,10 @@ from flightrec.errors import FlightrecError
 POISON = 0xDEADBEEFDEADBEEF
 
 FAULTS = ("none", "publish-race", "stale-slot", "double-fill", "fill-and-tx", "invalid-transition",
-          "reuse-in-flight", "early-completion")
+          "reuse-in-flight", "early-completion", "double-completion")
 KERNEL_FAULTS = ("publish-race", "stale-slot")
 # the kernel publishes a frame's COMPLETION entry before it sends the frame (30f241fcf52a)
-TX_KERNEL_FAULTS = ("early-completion",)
+TX_KERNEL_FAULTS = ("early-completion", "double-completion")
 # two insertions whose story needs no marker lost between them
 PAIR_FAULTS = ("double-fill", "fill-and-tx", "reuse-in-flight")
 PROBES = ("all", "no-flush", "none")
@@ -180,6 +181,10 @@ class _Pair:
         self.delivered = 0
         self.pkts = 0  # stamped packets forwarded: the forward notes' `pkt N`
         self.pkt_of: dict[int, int] = {}  # frame -> the packet it forwards
+        # the tx socket and its COMPLETION ring (no draw from rng: the other events stay as they were)
+        self.txs = self.xs ^ 0x400
+        self.cq = self.fq ^ 0x10000
+        self.cq_prod = 0
         self.softirq_cpu = rng.randrange(cpus)
         self.poison = True
 
@@ -261,6 +266,16 @@ class _Sim:
             return
         self.emit(ts, p.app_cpu, p.task, ".....", self._probe(self.raw_name, "xp_raw_get_data+0x0/0x60",
                                                              self.sym_raw, f"addr={addr:#x}"), tag)
+
+    def cq_submit(self, p: _Pair, ts: int, addr: int, tag: Optional[str] = None) -> None:
+        """The skb's destructor writes addr into the next COMPLETION slot and publishes it (Debian 6.1's form)."""
+        if self.cfg.probes == "none":
+            return
+        cpu = p.softirq_cpu
+        self.emit(ts, cpu, p.task if cpu == p.app_cpu else self.traffic[cpu], "d.s1.",
+                  self._probe("cq_submit", "xsk_destruct_skb+0x46/0x80", self.kbase + 0xB2F046,
+                              f"addr={addr:#x} xs={p.txs:#x} cq={p.cq:#x} slot={p.cq_prod:#x}"), tag)
+        p.cq_prod += 1
 
     # ---- the application's bookkeeping --------------------------------
     def to_fill(self, p: _Pair, ts: int, addr: int, frm: str, tag: Optional[str] = None) -> None:
@@ -386,6 +401,7 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
             _tag_last_insert(sim, p, early, f"{p.tx} {early:#x} ", "-> TX")
         for a in sent:
             sim.txget(p, t, a)
+            sim.cq_submit(p, t + 300, a)
             t += _rr(rng, 800, 4000)
         if early is not None:
             return _plant_early_completion(sim, p, t, early)
@@ -416,6 +432,15 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
                 p.state[a] = "FILL"
                 p.kfill[0] = a
                 p.kfill.append(a)
+            elif planted is None and faulty and fault == "double-completion" and p.delivered >= plant_at:
+                # The kernel bug: a's address written into a second COMPLETION entry.
+                _tag_last_insert(sim, p, a, f"{p.tx} {a:#x} ", "-> TX")
+                sim.to_fill(p, t, a, "COMP")
+                t += _rr(rng, 2000, 20000)
+                sim.cq_submit(p, t, a, "write2")
+                t += _rr(rng, 1000, 5000)
+                sim.marker(p, t, f"{p.tx} {a:#x} TX -> COMP: invalid, was FILL", "detection")
+                return {"addr": a, "ts": t, "detection_ts": t}
             elif planted is None and faulty and fault == "double-fill" and p.delivered >= plant_at:
                 sim.to_fill(p, t, a, "COMP", "insert1")
                 planted = {"addr": a, "ts": t}
@@ -460,6 +485,7 @@ def _plant_early_completion(sim: _Sim, p: _Pair, t: int, a: int) -> dict:
     the receiver gets the packet a held by then."""
     rng = sim.rng
     t += _rr(rng, 1000, 10000)
+    sim.cq_submit(p, t - 500, a)  # published early: the skb is not even built
     sim.marker(p, t, f"{p.tx} {a:#x} TX -> COMP", "comp")
     t += _rr(rng, 500, 2000)
     sim.to_fill(p, t, a, "COMP")
@@ -585,7 +611,7 @@ def simulate(cfg: SimConfig) -> Simulation:
         wstart = ev[tag_idx["b_reserve" if "b_reserve" in tag_idx else "x_read"]][0]
     elif cfg.fault in TX_KERNEL_FAULTS:
         wstart = ev[tag_idx["insert1"]][0]
-        wend_tag = "late"
+        wend_tag = "late" if cfg.fault == "early-completion" else "detection"
     elif cfg.fault in PAIR_FAULTS:
         wstart = ev[tag_idx["insert1"]][0]
         wend_tag = "insert2"
@@ -733,7 +759,7 @@ def simulate(cfg: SimConfig) -> Simulation:
             "missing": [],
         }
         if cfg.fault in TX_KERNEL_FAULTS and cfg.probes == "none":
-            anomaly.update(verdict="undetermined", missing=["tx"])
+            anomaly.update(verdict="undetermined", missing=["tx" if cfg.fault == "early-completion" else "cq_submit"])
         if cfg.fault in KERNEL_FAULTS:
             if cfg.probes == "none":
                 anomaly.update(verdict="undetermined", missing=["reserve", "flush"])
@@ -828,7 +854,7 @@ def _judge(cfg: SimConfig, ev: list, keep: list[bool], story: dict[str, int], lo
         if cfg.probes == "all" and not h.clear(t("reserve"), t("flush"), (a,)):
             return {"flush_cpu": None}
         return {}
-    if cfg.fault in TX_KERNEL_FAULTS and not h.clear(t("insert1"), t("late")):
+    if cfg.fault in TX_KERNEL_FAULTS and not h.clear(t("insert1"), t("late" if "late" in story else "detection")):
         return {"verdict": "undetermined",
                 "missing": ["a CPU's events between the frame's TX and the kernel's late send (its buffer began "
                             "later, or lost)"]}

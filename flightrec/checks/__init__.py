@@ -11,6 +11,7 @@ from typing import Callable
 
 from flightrec.checks.anomaly import Anomaly
 from flightrec.checks.completion import check_completion_in_flight
+from flightrec.checks.cq_publish import check_cq_cross_publish
 from flightrec.checks.duplicates import check_duplicate_insertion
 from flightrec.checks.fill_order import check_fill_order
 from flightrec.checks.payload import check_payload
@@ -29,6 +30,7 @@ Check = Callable[[Timeline, Replay], list[Anomaly]]
 CHECKS: tuple[Check, ...] = (
     check_publish_race,
     check_completion_in_flight,
+    check_cq_cross_publish,
     check_reuse_before_completion,
     check_duplicate_insertion,
     check_poison,
