@@ -34,8 +34,8 @@ def check_completion_in_flight(tl: Timeline, rp: Replay) -> list[Anomaly]:
     last_tx: dict[int, int] = {}  # addr -> the marker that last put it into TX
     comp: dict[int, tuple[int, int]] = {}  # addr -> (TX marker row, COMPLETION read row), not yet sent
     sent_since: set[int] = set()  # addrs the kernel sent since their last -> TX marker
-    for row, k in enumerate(kind):
-        a = addr[row]
+    for row in tl.rows_of(kinds.MARKER, *SENT):
+        k, a = kind[row], addr[row]
         if k == kinds.MARKER:
             if to[row] == "TX":
                 last_tx[a] = row

@@ -34,9 +34,8 @@ def check_cq_cross_publish(tl: Timeline, rp: Replay) -> list[Anomaly]:
     reserved: dict[int, dict[int, int]] = defaultdict(dict)  # cq -> slot -> reserve row
     slots: dict[tuple[int, int], list[int]] = defaultdict(list)  # (cq, xs) -> slots reserved, in order
     submitted: dict[tuple[int, int], int] = defaultdict(int)  # (cq, xs) -> entries its destructors published
-    for row, k in enumerate(kind):
-        if k not in (kinds.CQ_RESERVE, kinds.CQ_SUBMIT):
-            continue
+    for row in tl.rows_of(kinds.CQ_RESERVE, kinds.CQ_SUBMIT):
+        k = kind[row]
         cq, x, slot = cq_col[row], xs_col[row], slot_col[row]
         if cq is None or x is None or slot is None:
             continue

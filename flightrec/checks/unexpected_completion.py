@@ -34,7 +34,7 @@ def check_unexpected_completion(tl: Timeline, rp: Replay) -> list[Anomaly]:
     found = [b for b in rp.bad if b.to == "COMP" and not b.claimed and b.state_before != "TX" and b.addr not in explained]
     if not found:
         return []
-    has_writes = any(_writes(tl, r) for r, k in enumerate(tl.kind) if k in WRITES)
+    has_writes = any(_writes(tl, r) for r in tl.rows_of(*WRITES))
     return [_judge(tl, b, has_writes) for b in found]
 
 
