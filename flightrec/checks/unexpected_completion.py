@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from flightrec.checks.anomaly import APPLICATION, KERNEL, UNDETERMINED, Anomaly, Evidence
-from flightrec.checks.attribution import ev, hexa
+from flightrec.checks.attribution import ev, hexa, transition_claims
 from flightrec.checks.completion import SENT
 from flightrec.model.history import KERNEL as KERNEL_EVENTS
 from flightrec.model.history import MARKERS, Claim, absent, seen
@@ -72,6 +72,12 @@ def _judge(tl: Timeline, b: BadTransition, has_writes: bool) -> Anomaly:
                                                                ", and no marker put it into TX"))
     base = dict(kind=KIND, line=line[row], ts=ts[row], addr=a, sock=b.sock, queue=b.queue, read_cpu=cpu[row],
                 evidence=tuple(evidence))
+    history = transition_claims(tl, b)
+    lost = tuple(dict.fromkeys(g.describe() for c in history for g in c.gaps))
+    if lost:
+        # the markers in between may be missing: its history itself is not proven
+        return Anomaly(verdict=UNDETERMINED, explanation=f"{symptom}; events may be missing in between: "
+                       + "; ".join(lost), missing=lost, claims=tuple(history), **base)
     if tx is None or not has_writes:
         why = ("the trace has no COMPLETION events with addresses to tell a second entry written by the kernel "
                "from one entry read twice" if not has_writes else
