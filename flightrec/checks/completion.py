@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
+
 from flightrec.checks.anomaly import KERNEL, UNDETERMINED, Anomaly
 from flightrec.checks.attribution import ev, hexa
 from flightrec.model.history import KERNEL as KERNEL_EVENTS
@@ -34,7 +36,10 @@ def check_completion_in_flight(tl: Timeline, rp: Replay) -> list[Anomaly]:
     last_tx: dict[int, int] = {}  # addr -> the marker that last put it into TX
     comp: dict[int, tuple[int, int]] = {}  # addr -> (TX marker row, COMPLETION read row), not yet sent
     sent_since: set[int] = set()  # addrs the kernel sent since their last -> TX marker
-    for row in tl.rows_of(kinds.MARKER, *SENT):
+    sent = tl.rows_of(*SENT)
+    if not sent:
+        return []  # no TX events: nothing is claimed (zero-copy, markers only)
+    for row in sorted(_tx_markers(tl) + sent):
         k, a = kind[row], addr[row]
         if k == kinds.MARKER:
             if to[row] == "TX":
@@ -49,6 +54,16 @@ def check_completion_in_flight(tl: Timeline, rp: Replay) -> list[Anomaly]:
             if got is not None:
                 out.append(in_flight_anomaly(tl, got[0], got[1], row))
     return out
+
+
+def _tx_markers(tl: Timeline) -> list[int]:
+    """The markers that put a frame into TX or read it from COMPLETION (on the scanner's codes where there)."""
+    codes, to_codes, frm_codes = tl.arrays.get("kind"), tl.arrays.get("to"), tl.arrays.get("frm")
+    if codes is None or to_codes is None or frm_codes is None:
+        return [r for r in tl.rows_of(kinds.MARKER) if tl.to[r] == "TX" or (tl.frm[r] == "TX" and tl.to[r] == "COMP")]
+    tx, comp = kinds.STATES.index("TX"), kinds.STATES.index("COMP")
+    marker = codes == tl.arrays["kinds"].index(kinds.MARKER)
+    return np.flatnonzero(marker & ((to_codes == tx) | ((frm_codes == tx) & (to_codes == comp)))).tolist()
 
 
 def in_flight_anomaly(tl: Timeline, tx: int, read: int, late: int) -> Anomaly:

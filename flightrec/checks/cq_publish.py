@@ -29,12 +29,19 @@ def check_cq_cross_publish(tl: Timeline, rp: Replay) -> list[Anomaly]:
     counts start with the trace, every CPU's kernel history whole from there,
     and assume no reservation was cancelled (xsk_cq_cancel_locked has no probe).
     """
+    reserves = tl.rows_of(kinds.CQ_RESERVE)
+    cq, has_cq = tl.field_array("cq")
+    if not any(has_cq[r] for r in reserves):
+        # only 6.6..6.17 reserve with the ring and slot; and the columns below are
+        # made on first use: not for a trace without them
+        return []
+    rows = tl.rows_of(kinds.CQ_RESERVE, kinds.CQ_SUBMIT)
     kind, xs_col, cq_col, slot_col, n_col = tl.kind, tl.xs, tl.cq, tl.slot, tl.n
     out = []
     reserved: dict[int, dict[int, int]] = defaultdict(dict)  # cq -> slot -> reserve row
     slots: dict[tuple[int, int], list[int]] = defaultdict(list)  # (cq, xs) -> slots reserved, in order
     submitted: dict[tuple[int, int], int] = defaultdict(int)  # (cq, xs) -> entries its destructors published
-    for row in tl.rows_of(kinds.CQ_RESERVE, kinds.CQ_SUBMIT):
+    for row in rows:
         k = kind[row]
         cq, x, slot = cq_col[row], xs_col[row], slot_col[row]
         if cq is None or x is None or slot is None:
