@@ -26,8 +26,10 @@ def check_cq_cross_publish(tl: Timeline, rp: Replay) -> list[Anomaly]:
     published slots holds a frame whose skb is still in flight: the application
     is handed it back and reuses it while it is being sent. Needs `cq_reserve`
     with `xs cq slot` and `cq_submit` with `xs cq slot` (Debian 6.12's probes);
-    counts start with the trace, every CPU's kernel history whole from there,
-    and assume no reservation was cancelled (xsk_cq_cancel_locked has no probe).
+    counts start with the trace, every CPU's kernel history whole from there. A
+    reserve event is an attempt (the probe fires before a full ring refuses it)
+    and a reservation may be cancelled (xsk_cq_cancel_locked has no probe): both
+    leave the slot to the next reserve, which replaces them.
     """
     reserves = tl.rows_of(kinds.CQ_RESERVE)
     cq, has_cq = tl.field_array("cq")
@@ -47,6 +49,12 @@ def check_cq_cross_publish(tl: Timeline, rp: Replay) -> list[Anomaly]:
         if cq is None or x is None or slot is None:
             continue
         if k == kinds.CQ_RESERVE:
+            prev = reserved[cq].get(slot)
+            if prev is not None:
+                # the slot reserved again: the earlier attempt failed (a full ring) or was
+                # cancelled (xsk_cq_cancel_locked: the skb could not be built or sent)
+                taken = slots[(cq, xs_col[prev])]
+                del taken[len(taken) - 1 - taken[::-1].index(slot)]
             reserved[cq][slot] = row
             slots[(cq, x)].append(slot)
             continue

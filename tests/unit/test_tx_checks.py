@@ -240,3 +240,10 @@ def test_one_socket_publishing_the_completion_slot_another_reserved_is_the_kerne
 
 def test_each_socket_publishing_its_own_completion_slots_is_clean():
     assert anomalies(shared_cq(X, Y)) == []
+
+
+def test_a_slot_reserved_again_replaces_the_attempt_before():
+    """X's first reserve of slot 0 was refused (a full ring) or cancelled: Y's reserve of the same
+    slot replaces it, and Y's own destructor publishing it is clean."""
+    text = (reserve612(1.000, 0, X, 0, A) + reserve612(1.001, 1, Y, 0, B) + submit612(1.002, 1, Y, 0))
+    assert anomalies(text) == []
