@@ -50,7 +50,9 @@ class Result:
             "format": p.format,
             "instances": list(p.instances),
             "events": {"total": len(tl),
-                       **{k: counts.get(k, 0) for k in ("reserve", "flush", "tx", "marker", "note", "other")}},
+                       **{k: counts.get(k, 0) for k in ("reserve", "flush", "tx", "marker", "note", "other")},
+                       # TX and COMPLETION kernel events, where the trace has them
+                       **{k: counts[k] for k in ("xmit", "destruct", "cq_reserve", "cq_submit") if counts.get(k)}},
             "cpus": sorted(tl.window.cpu_first),
             "unparsed_lines": p.unparsed,
             "overrun": tl.window.overrun,

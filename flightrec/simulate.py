@@ -8,7 +8,8 @@ contract it writes):
   socket's FILL ring, emits one reserve kprobe event per descriptor
   (`__xsk_rcv_zc_L7: (...) addr= len= xs= fq=`), then publishes them with
   `xsk_flush: (...) xs=`; on transmit it emits `xp_raw_get_data: (...) addr=`
-  in the sending thread's context;
+  in the sending thread's context, and for the sent frame the skb
+  destructor's `cq_submit: (...) addr= xs= cq= slot=` (Debian 6.1's form);
 - the application: one thread per socket pair writes a marker for every
   transition, keeps its own FILL-order deque and a state per descriptor,
   poisons every RX slot it consumed, and on its first anomaly writes the
@@ -43,8 +44,13 @@ from flightrec.parse.format import BATCH_LINE_MAX, MARKER_FORMS, NOTE_SEP
 
 POISON = 0xDEADBEEFDEADBEEF
 
-FAULTS = ("none", "publish-race", "stale-slot", "double-fill", "fill-and-tx", "invalid-transition")
+FAULTS = ("none", "publish-race", "stale-slot", "double-fill", "fill-and-tx", "invalid-transition",
+          "reuse-in-flight", "early-completion", "double-completion")
 KERNEL_FAULTS = ("publish-race", "stale-slot")
+# the kernel publishes a frame's COMPLETION entry before it sends the frame (30f241fcf52a)
+TX_KERNEL_FAULTS = ("early-completion", "double-completion")
+# two insertions whose story needs no marker lost between them
+PAIR_FAULTS = ("double-fill", "fill-and-tx", "reuse-in-flight")
 PROBES = ("all", "no-flush", "none")
 FORMATS = ("ftrace", "trace-cmd")
 
@@ -180,6 +186,12 @@ class _Pair:
         self.slots = [0] * self.rx_size
         self.rx_prod = 0
         self.delivered = 0
+        self.pkts = 0  # stamped packets forwarded: the forward notes' `pkt N`
+        self.pkt_of: dict[int, int] = {}  # frame -> the packet it forwards
+        # the tx socket and its COMPLETION ring (no draw from rng: the other events stay as they were)
+        self.txs = self.xs ^ 0x400
+        self.cq = self.fq ^ 0x10000
+        self.cq_prod = 0
         self.softirq_cpu = rng.randrange(cpus)
         self.poison = True
 
@@ -263,11 +275,21 @@ class _Sim:
         self.emit(ts, cpu, task, "d.Z1.", self._probe(self.flush_name, "__xsk_map_flush+0x4e/0x180",
                                                       self.sym_flush + 0x4E, f"xs={p.xs:#x}"), tag)
 
-    def txget(self, p: _Pair, ts: int, addr: int) -> None:
+    def txget(self, p: _Pair, ts: int, addr: int, tag: Optional[str] = None) -> None:
         if self.cfg.probes == "none":
             return
         self.emit(ts, p.app_cpu, p.task, ".....", self._probe(self.raw_name, "xp_raw_get_data+0x0/0x60",
-                                                             self.sym_raw, f"addr={addr:#x}"))
+                                                             self.sym_raw, f"addr={addr:#x}"), tag)
+
+    def cq_submit(self, p: _Pair, ts: int, addr: int, tag: Optional[str] = None) -> None:
+        """The skb's destructor writes addr into the next COMPLETION slot and publishes it (Debian 6.1's form)."""
+        if self.cfg.probes == "none":
+            return
+        cpu = p.softirq_cpu
+        self.emit(ts, cpu, p.task if cpu == p.app_cpu else self.traffic[cpu], "d.s1.",
+                  self._probe("cq_submit", "xsk_destruct_skb+0x46/0x80", self.kbase + 0xB2F046,
+                              f"addr={addr:#x} xs={p.txs:#x} cq={p.cq:#x} slot={p.cq_prod:#x}"), tag)
+        p.cq_prod += 1
 
     # ---- the application's bookkeeping --------------------------------
     def to_fill(self, p: _Pair, ts: int, addr: int, frm: str, tag: Optional[str] = None,
@@ -382,7 +404,9 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
                 notes.append(f"{a:#x} drop " + rng.choice(("no_flow", "bad_csum", "ttl")))
                 refill.append((a, None))
             else:
-                notes.append(f"{a:#x} egress_tx_queue forward")
+                p.pkts += 1
+                p.pkt_of[a] = p.pkts
+                notes.append(f"{a:#x} egress_tx_queue forward pkt {p.pkts}")
                 forward.append((a, None))
         t += _rr(rng, 500, 3000)
         op = sim.new_op()
@@ -405,9 +429,20 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
             t += _rr(rng, 100, 600)
         # ---- kernel: transmit (sendto, in the thread's context) ----------
         t += _rr(rng, 1000, 5000)
+        early = None
+        if planted is None and faulty and fault == "early-completion" and p.delivered >= plant_at and sent:
+            # The kernel bug: the frame's COMPLETION entry is published before it is sent.
+            early = sent.pop()
+            # The story starts at its forward note (`pkt N`: what ties the receiver's
+            # report to the frame; all notes of a batch come before its TX line).
+            _tag_last_insert(sim, p, early, f"{early:#x} egress_tx_queue ", f"forward pkt {p.pkt_of[early]}")
+            _tag_last_insert(sim, p, early, f"{p.tx} {early:#x} ", "-> TX", tag="insert2")
         for a in sent:
             sim.txget(p, t, a)
+            sim.cq_submit(p, t + 1500, a)  # the destructor, a microsecond or two after the send
             t += _rr(rng, 800, 4000)
+        if early is not None:
+            return _plant_early_completion(sim, p, t, early)
         # ---- application: read COMPLETION of the previous round, refill ----
         t += _rr(rng, 1000, 10000)
         if dup_pending is not None:
@@ -420,6 +455,10 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
             t += _rr(rng, 500, 3000)
         op = sim.new_op()
         for a in tx_done:
+            if p.state.get(a) != "TX":
+                # reuse-in-flight: its completion finds the frame back in FILL
+                sim.marker(p, t, f"{p.tx} {a:#x} TX -> COMP: invalid, was {p.state.get(a)}", "detection")
+                return _finish(planted, t, {})
             sim.marker(p, t, f"{p.tx} {a:#x} TX -> COMP", op=op)
             p.state[a] = "COMP"
             t += _rr(rng, 100, 600)
@@ -435,6 +474,15 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
                 p.state[a] = "FILL"
                 p.kfill[0] = a
                 p.kfill.append(a)
+            elif planted is None and faulty and fault == "double-completion" and p.delivered >= plant_at:
+                # The kernel bug: a's address written into a second COMPLETION entry.
+                _tag_last_insert(sim, p, a, f"{p.tx} {a:#x} ", "-> TX")
+                sim.to_fill(p, t, a, "COMP")
+                t += _rr(rng, 2000, 20000)
+                sim.cq_submit(p, t, a, "write2")
+                t += _rr(rng, 1000, 5000)
+                sim.marker(p, t, f"{p.tx} {a:#x} TX -> COMP: invalid, was FILL", "detection")
+                return {"addr": a, "ts": t, "detection_ts": t}
             elif planted is None and faulty and fault == "double-fill" and p.delivered >= plant_at:
                 sim.to_fill(p, t, a, "COMP", "insert1", op)
                 planted = {"addr": a, "ts": t}
@@ -442,6 +490,13 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
             else:
                 sim.to_fill(p, t, a, "COMP", op=op)
             t += _rr(rng, 100, 600)
+        if planted is None and faulty and fault == "reuse-in-flight" and p.delivered >= plant_at and sent:
+            # The bug: a frame sendto() took is handed back to FILL as if completed.
+            a = sent[0]
+            _tag_last_insert(sim, p, a, f"{p.tx} {a:#x} ", "-> TX")
+            sim.to_fill(p, t, a, "COMP", "insert2", sim.new_op())
+            planted = {"addr": a, "ts": t}
+            t += _rr(rng, 500, 3000)
         tx_done = sent
         # ---- idle until the next packets -----------------------------------
         r = rng.random()
@@ -456,15 +511,35 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
     return planted
 
 
-def _tag_last_insert(sim: _Sim, p: _Pair, addr: int) -> None:
-    """Tag the marker that last put addr into FILL: the start of the causal window."""
-    needle = f"{p.rx} {addr:#x} "
+def _tag_last_insert(sim: _Sim, p: _Pair, addr: int, needle: str = "", into: str = "-> FILL",
+                     tag: str = "insert1") -> None:
+    """Tag the marker that last put addr into FILL (or `into`): the start of the causal window."""
+    needle = needle or f"{p.rx} {addr:#x} "
     for i in range(len(sim.ev) - 1, -1, -1):
         e = sim.ev[i]
-        if e[2] == p.app_cpu and needle in e[5] and e[5].endswith("-> FILL"):
-            sim.ev[i] = e[:6] + ("insert1",) + e[7:]
+        if e[2] == p.app_cpu and needle in e[5] and e[5].endswith(into):
+            sim.ev[i] = e[:6] + (tag,) + e[7:]
             return
     raise AssertionError("no FILL insert for the victim")
+
+
+def _plant_early_completion(sim: _Sim, p: _Pair, t: int, a: int) -> dict:
+    """The application reads a's COMPLETION entry and refills a; the kernel sends a only then, and
+    the receiver gets the packet a held by then."""
+    rng = sim.rng
+    t += _rr(rng, 1000, 10000)
+    sim.cq_submit(p, t - 500, a)  # published early: the skb is not even built
+    sim.marker(p, t, f"{p.tx} {a:#x} TX -> COMP", "comp")
+    t += _rr(rng, 500, 2000)
+    sim.to_fill(p, t, a, "COMP")
+    t += _rr(rng, 2000, 20000)
+    sim.txget(p, t, a, "late")
+    late = t
+    t += _rr(rng, 5000, 40000)
+    n = p.pkt_of[a]
+    sim.marker(p, t, f"receiver udp:5203: payload expected {n} found ? at {_rr(rng, 12, 900)} len 1000 stamped 1000",
+               "detection")
+    return {"addr": a, "ts": late, "detection_ts": t}
 
 
 def _finish(planted: Optional[dict], t: int, symptom: dict) -> dict:
@@ -582,7 +657,10 @@ def simulate(cfg: SimConfig) -> Simulation:
     wend_tag = "detection"
     if cfg.fault in KERNEL_FAULTS:
         wstart = ev[tag_idx["b_reserve" if "b_reserve" in tag_idx else "x_read"]][0]
-    elif cfg.fault in ("double-fill", "fill-and-tx"):
+    elif cfg.fault in TX_KERNEL_FAULTS:
+        wstart = ev[tag_idx["insert1"]][0]
+        wend_tag = "late" if cfg.fault == "early-completion" else "detection"
+    elif cfg.fault in PAIR_FAULTS:
         wstart = ev[tag_idx["insert1"]][0]
         wend_tag = "insert2"
     elif cfg.fault == "invalid-transition":
@@ -642,7 +720,8 @@ def simulate(cfg: SimConfig) -> Simulation:
         if fp is not None:
             # Inside the causal window, on the faulty thread's CPU, never the key lines.
             c = fp.app_cpu
-            lo, hi = tag_idx.get("insert1", -1), tag_idx[wend_tag]
+            # (early-completion: from the frame's TX marker; its forward note, insert1, comes before)
+            lo, hi = tag_idx.get("insert2" if cfg.fault == "early-completion" else "insert1", -1), tag_idx[wend_tag]
             cand = [i for i in percpu[c] if keep[i] and wstart < ev[i][0] and lo < i < hi and ev[i][6] is None]
         else:
             busy = sorted(percpu)
@@ -731,12 +810,15 @@ def simulate(cfg: SimConfig) -> Simulation:
     anomaly = None
     if fp is not None and planted is not None:
         anomaly = {
-            "kind": cfg.fault, "verdict": "kernel" if cfg.fault in KERNEL_FAULTS else "application",
+            "kind": cfg.fault,
+            "verdict": "kernel" if cfg.fault in KERNEL_FAULTS + TX_KERNEL_FAULTS else "application",
             "addr": _hex(planted["addr"]), "expected": _hex(planted.get("expected")),
             "xs": _hex(fp.xs), "sock": fp.rx, "queue": fp.queue,
             "reserve_cpu": planted.get("reserve_cpu"), "flush_cpu": planted.get("flush_cpu"),
             "missing": [],
         }
+        if cfg.fault in TX_KERNEL_FAULTS and cfg.probes == "none":
+            anomaly.update(verdict="undetermined", missing=["tx" if cfg.fault == "early-completion" else "cq_submit"])
         if cfg.fault in KERNEL_FAULTS:
             if cfg.probes == "none":
                 anomaly.update(verdict="undetermined", missing=["reserve", "flush"])
@@ -873,7 +955,11 @@ def _judge(cfg: SimConfig, ev: list, keep: list[bool], story: dict[str, int], lo
         if cfg.probes == "all" and not h.clear(t("reserve"), t("flush"), (a,)):
             return {"flush_cpu": None}
         return {}
-    if cfg.fault in ("double-fill", "fill-and-tx") and not h.clear(t("insert1"), t("insert2")):
+    if cfg.fault in TX_KERNEL_FAULTS and not h.clear(t("insert1"), t("late" if "late" in story else "detection")):
+        return {"verdict": "undetermined",
+                "missing": ["a CPU's events between the frame's TX and the kernel's late send (its buffer began "
+                            "later, or lost)"]}
+    if cfg.fault in PAIR_FAULTS and not h.clear(t("insert1"), t("insert2")):
         return {"verdict": "undetermined",
                 "missing": ["a CPU's events between the two insertions (its buffer began later, or lost)"]}
     return {}

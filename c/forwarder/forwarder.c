@@ -300,6 +300,31 @@ static void kick_tx(struct port *p)
 	BUMP(p->st.kicks, 1);
 }
 
+/* reuse-in-flight: the application takes a frame it has just put into TX
+ * as sent once sendto() returns, without waiting for its COMPLETION entry:
+ * its own bookkeeping moves the frame TX -> COMP (no marker: no COMPLETION
+ * entry was read) and hands it back to its owner, whose refill writes
+ * `COMP -> FILL` while the kernel still has it to send. The TX ring is
+ * submitted only once the owner has refilled it (or after 1 s), so the
+ * reuse is in the trace before the kernel can complete the frame; the real
+ * completion then meets a frame in FILL, and the state machine catches it
+ * (`TX -> COMP: invalid, was FILL`). */
+static void inject_reuse(struct fwd *f, struct port *p, uint64_t addr)
+{
+	struct handoff *ret = &p->peer->ret_in;
+	uint32_t frame = umem_frame_of(addr);
+	enum desc_state was;
+	double until = now() + 1.0;
+
+	if (!handoff_space(ret) || !state_move(&f->states, frame, ST_TX, ST_COMP, &was))
+		return;
+	handoff_slot(ret, 0)->addr = addr;
+	handoff_publish(ret, 1);
+	wake(p->peer);
+	while (state_peek(&f->states, frame) == ST_COMP && !stopping(f) && now() < until)
+		sched_yield(); /* the owner's thread may share our CPU */
+}
+
 /* fwd_in -> TX: packets the peer received, out of our interface. */
 static uint32_t do_transmit(struct fwd *f, struct port *p)
 {
@@ -321,6 +346,8 @@ static uint32_t do_transmit(struct fwd *f, struct port *p)
 		d->options = 0;
 	}
 	MARK_FLUSH(f, p);
+	if (inject_due(f, p, INJECT_REUSE_IN_FLIGHT))
+		inject_reuse(f, p, xsk_ring_prod__tx_desc(&p->r.tx, idx + n - 1)->addr);
 	xsk_ring_prod__submit(&p->r.tx, n);
 	handoff_release(&p->fwd_in, n);
 	p->tx_outstanding += n;

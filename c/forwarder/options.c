@@ -31,7 +31,8 @@ static const char usage[] =
 "  --duration S           stop after S seconds (decimals allowed); 0 = until\n"
 "                         SIGINT/SIGTERM (default)\n"
 "  --inject KIND          commit an application bug on purpose: double-fill,\n"
-"                         fill-and-tx, short-len or flip-payload\n"
+"                         fill-and-tx, short-len, flip-payload or\n"
+"                         reuse-in-flight\n"
 "  --inject-after N       RX packets before the injected bug (default 2000)\n"
 "  --inject-count N       flip-payload: stamped packets to corrupt (default 1)\n"
 "  --payload-port PORT    check the stamped payload (bpf/stamp.h) of every UDP\n"
@@ -82,6 +83,7 @@ const char *inject_name(enum inject_kind k)
 	case INJECT_FILL_AND_TX: return "fill-and-tx";
 	case INJECT_SHORT_LEN: return "short-len";
 	case INJECT_FLIP_PAYLOAD: return "flip-payload";
+	case INJECT_REUSE_IN_FLIGHT: return "reuse-in-flight";
 	default: return "none";
 	}
 }
@@ -234,9 +236,11 @@ int options_parse(struct options *o, int argc, char **argv)
 				o->inject = INJECT_SHORT_LEN;
 			} else if (!strcmp(optarg, "flip-payload")) {
 				o->inject = INJECT_FLIP_PAYLOAD;
+			} else if (!strcmp(optarg, "reuse-in-flight")) {
+				o->inject = INJECT_REUSE_IN_FLIGHT;
 			} else {
 				fprintf(stderr, "forwarder: --inject wants double-fill, fill-and-tx, "
-					"short-len or flip-payload, got '%s'\n", optarg);
+					"short-len, flip-payload or reuse-in-flight, got '%s'\n", optarg);
 				return -1;
 			}
 			break;

@@ -5,7 +5,7 @@
 #include <stdint.h>
 
 enum inject_kind { INJECT_NONE, INJECT_DOUBLE_FILL, INJECT_FILL_AND_TX, INJECT_SHORT_LEN,
-		   INJECT_FLIP_PAYLOAD };
+		   INJECT_FLIP_PAYLOAD, INJECT_REUSE_IN_FLIGHT };
 #define INJECT_COUNT_MAX 4096
 /* --mode: the AF_XDP bind asked for. copy = XDP_COPY, zerocopy = XDP_ZEROCOPY
  * (the bind fails where the driver cannot), auto = neither flag (the kernel

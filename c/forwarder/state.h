@@ -27,4 +27,10 @@ bool state_transition_valid(enum desc_state from, enum desc_state to);
 bool state_move(struct state_table *t, uint32_t frame, enum desc_state from,
 		enum desc_state to, enum desc_state *was);
 
+/* The frame's state as another thread left it (ST_COUNT: no such frame). */
+static inline enum desc_state state_peek(const struct state_table *t, uint32_t frame)
+{
+	return frame < t->frames ? (enum desc_state)__atomic_load_n(&t->st[frame], __ATOMIC_ACQUIRE) : ST_COUNT;
+}
+
 #endif

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Callable
 
 from flightrec.checks.anomaly import Anomaly
+from flightrec.checks.completion import check_completion_in_flight
+from flightrec.checks.cq_publish import check_cq_cross_publish
 from flightrec.checks.duplicates import check_duplicate_insertion
 from flightrec.checks.fill_order import check_fill_order
 from flightrec.checks.kernel_publish import check_kernel_publish
@@ -18,7 +20,9 @@ from flightrec.checks.payload import check_payload
 from flightrec.checks.poison import check_poison
 from flightrec.checks.publish_race import check_publish_race
 from flightrec.checks.reported import check_reported
+from flightrec.checks.reuse import check_reuse_before_completion
 from flightrec.checks.transitions import check_transitions
+from flightrec.checks.unexpected_completion import check_unexpected_completion
 from flightrec.model.replay import Replay
 from flightrec.model.timeline import Timeline
 
@@ -28,10 +32,14 @@ Check = Callable[[Timeline, Replay], list[Anomaly]]
 CHECKS: tuple[Check, ...] = (
     check_publish_race,
     check_kernel_publish,
+    check_completion_in_flight,
+    check_cq_cross_publish,
+    check_reuse_before_completion,
     check_duplicate_insertion,
     check_poison,
     check_fill_order,
     check_payload,
+    check_unexpected_completion,
     check_transitions,
     check_reported,
 )

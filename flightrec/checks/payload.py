@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from flightrec.checks.anomaly import APPLICATION, UNDETERMINED, Anomaly, Evidence
+from flightrec.checks.anomaly import APPLICATION, KERNEL, UNDETERMINED, Anomaly, Evidence
 from flightrec.checks.attribution import attribute_read, ev, hexa
+from flightrec.checks.completion import SENT, in_flight_anomaly
 from flightrec.model.replay import Replay
 from flightrec.model.timeline import Timeline
 from flightrec.parse import format as kinds
@@ -112,6 +113,15 @@ def _previous_packet(tl: Timeline, addr: int, before: int) -> Optional[tuple[int
     return None
 
 
+def _sent_after(tl: Timeline, addr: int, tx: int, comp: int, until: int) -> Optional[int]:
+    """The kernel's send of frame addr after its COMPLETION read at `comp` (before `until`),
+    when it did not send it between the TX marker `tx` and that read."""
+    sent = [r for r in range(tx + 1, until) if tl.kind[r] in SENT and tl.addr[r] == addr]
+    if not sent or sent[0] < comp:
+        return None
+    return sent[0]
+
+
 def _after(tl: Timeline, addr: int, start: int, until: int) -> list[int]:
     """Marker rows of frame addr after `start`, before `until`."""
     return [row for row in range(start + 1, until) if tl.kind[row] == kinds.MARKER and tl.addr[row] == addr]
@@ -145,6 +155,14 @@ def _at_receiver(tl: Timeline, row: int, port: int, det: Detection, forwarded: d
     for r in after_tx:
         if tl.frm[r] == "TX" and tl.to[r] == "COMP":
             evidence.append(ev(tl, r, f"the kernel completed the send of {hexa(addr)}"))
+            late = _sent_after(tl, addr, tx, r, row)
+            if late is not None:
+                # the completion came before the send: the kernel's immature COMPLETION entry
+                found = in_flight_anomaly(tl, tx, r, late)
+                if found.verdict == KERNEL:
+                    return Anomaly("payload_corrupt", KERNEL, explanation=f"{symptom}; {found.explanation}",
+                                   addr=addr, sock=sock, queue=queue, xs=found.xs,
+                                   evidence=tuple(evidence) + found.evidence[2:], claims=found.claims, **base)
             break
         if tl.to[r] in ("FILL", "TX"):
             evidence.append(ev(tl, r, f"the application put {hexa(addr)} into {tl.to[r]} before its completion"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flightrec.checks.anomaly import APPLICATION, UNDETERMINED, Anomaly
 from flightrec.checks.attribution import attribute_read, ev, hexa, root_duplicate, transition_claims
+from flightrec.model.history import failed
 from flightrec.model.replay import Replay
 from flightrec.model.timeline import Timeline
 from flightrec.parse.format import KERNEL_OWNED, POISON
@@ -33,6 +34,7 @@ def check_transitions(tl: Timeline, rp: Replay) -> list[Anomaly]:
                     ev(tl, b.row, f"invalid {b.state_before} -> {b.to}"))
         text = f"{b.sock} moved {hexa(b.addr)} {b.state_before} -> {b.to}, which its history does not allow"
         verdict = UNDETERMINED
+        missing: tuple[str, ...] = ()
         claims = tuple(transition_claims(tl, b))
         gaps = [g for c in claims for g in c.gaps]
         if b.claimed:
@@ -46,11 +48,17 @@ def check_transitions(tl: Timeline, rp: Replay) -> list[Anomaly]:
             text += ": the application released a descriptor the kernel still holds"
         else:
             dup = root_duplicate(rp, b.row, (b.addr,))
-            if dup is not None:
+            unproven = failed(transition_claims(tl, dup)) if dup is not None else ()
+            if dup is not None and not unproven:
                 verdict = APPLICATION
                 text += (f"; explained by the application's duplicate insertion of {hexa(dup.addr)} "
                          f"at line {tl.line[dup.row]}")
+            elif dup is not None:
+                # the insertion that would explain it is itself not proven
+                missing = tuple(dict.fromkeys(g.describe() for g in unproven))
+                text += (f"; the application's insertion of {hexa(dup.addr)} at line {tl.line[dup.row]} would explain "
+                         "it, but the trace lacks: " + "; ".join(missing))
         out.append(Anomaly("invalid_transition", verdict, tl.line[b.row], tl.ts[b.row], text, addr=b.addr,
                            sock=b.sock, queue=b.queue, read_cpu=tl.cpu[b.row], evidence=evidence, claims=claims,
-                           row=b.row))
+                           missing=missing, row=b.row))
     return out

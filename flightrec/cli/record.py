@@ -134,6 +134,7 @@ Examples:
   flightrec record --inject double-fill --inject-after 5000
   flightrec record --inject short-len -o run1   # then: wireshark run1/flagged.pcap
   flightrec record --inject flip-payload        # corrupt a checked frame: the receiver catches it
+  flightrec record --inject reuse-in-flight     # refill a frame before its COMPLETION entry
   flightrec record --plain --kernel-events none > record.log
   flightrec record --mode auto                  # says which AF_XDP mode veth gave (copy)
   flightrec record --app './my-fwd -i {outer} -o {inner} -q {queues}'   # your own AF_XDP program

@@ -21,6 +21,7 @@ Examples:
   flightrec simulate --fault double-fill --wrap --format trace-cmd -o dup.txt
   flightrec simulate --fault publish-race --tight --cpus 8 -o late.txt --truth late.json
   flightrec simulate --fault stale-slot --probes none --loss | flightrec analyze -
+  flightrec simulate --fault reuse-in-flight --cpus 2 | flightrec analyze -   # refilled before its completion
   flightrec simulate --lines 1000000 -o big.txt 2>/dev/null
   flightrec simulate --fault double-fill --markers batched -o dup-batched.txt --truth dup-batched.json
 """,

@@ -63,6 +63,14 @@ class Typed:
             return np.array(self.arrays["kinds"], dtype=object)[codes]
         return np.asarray(self.kind, dtype=object)
 
+    def rows_of(self, *wanted: str) -> list[int]:
+        """The rows whose kind is one of `wanted`, in order (on the scanner's codes where there)."""
+        codes = self.arrays.get("kind")
+        if codes is not None:
+            names = self.arrays["kinds"]
+            return np.flatnonzero(np.isin(codes, [names.index(k) for k in wanted if k in names])).tolist()
+        return [i for i, k in enumerate(self.kind) if k in wanted]
+
     def field_array(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """A kernel field's column as (uint64 values, 0 where absent; present)."""
         got = self.arrays.get(name)

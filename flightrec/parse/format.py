@@ -39,7 +39,11 @@ NOTE = "note"  # an application note about one descriptor
 RESERVE = "reserve"  # kernel took addr from FILL and reserved an RX slot of xs
 FLUSH = "flush"  # kernel published the reserved RX slots of xs
 TX = "tx"  # kernel read the packet at addr to transmit it
-KINDS = (OTHER, MARKER, NOTE, RESERVE, FLUSH, TX)
+XMIT = "xmit"  # kernel handed the skb built from TX descriptor addr of xs to the driver
+DESTRUCT = "destruct"  # skb of xs destroyed: its destructor produces the COMPLETION entries
+CQ_RESERVE = "cq_reserve"  # a COMPLETION slot of cq reserved for addr of xs
+CQ_SUBMIT = "cq_submit"  # n (1 if absent) COMPLETION slots of cq published from slot on
+KINDS = (OTHER, MARKER, NOTE, RESERVE, FLUSH, TX, XMIT, DESTRUCT, CQ_RESERVE, CQ_SUBMIT)
 
 # Batched lines (docs/markers.md "Batched lines"): one write per ring operation.
 # `SOCK q:Q FROM -> TO ADDR ADDR ...` (more `FROM -> TO ADDR ...` groups may follow)
@@ -77,6 +81,9 @@ KERNEL_FIELDS = (
     KernelField("len", "length"),
     KernelField("slot", "slot"),  # BPF backend: the RX ring index written
     KernelField("prod", "prod"),  # BPF backend: RX producer after a flush
+    KernelField("skb", "skb"),
+    KernelField("cq", "cq"),  # the COMPLETION ring (struct xsk_queue *)
+    KernelField("n", "n"),  # COMPLETION slots a submit publishes
 )
 
 # semantic kind -> (event name bases, fields that must be present). The names
@@ -88,6 +95,12 @@ KERNEL_EVENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     RESERVE: (("rx_reserve", "__xsk_rcv_zc", "xsk_rcv_zc"), ("addr", "xs")),
     FLUSH: (("flush", "xsk_flush"), ("xs",)),
     TX: (("tx_get_data", "xp_raw_get_data"), ("addr",)),
+    # TX and COMPLETION (copy mode), per kernel from the same specs; `slot` is a
+    # COMPLETION ring index: the one reserved, or the producer before a submit
+    XMIT: (("tx_xmit",), ("addr",)),
+    DESTRUCT: (("skb_destruct",), ("skb",)),
+    CQ_RESERVE: (("cq_reserve",), ()),
+    CQ_SUBMIT: (("cq_submit",), ("slot",)),
 }
 
 

@@ -481,19 +481,44 @@ def _type_suffix(vm: Vmlinux, t: DIE | None) -> str | None:
     return None
 
 
+def _member_piece(vm: Vmlinux, ops: list, t: DIE | None, member: str) -> tuple[list | None, DIE | None]:
+    """The location of a struct's member where the struct is in pieces (DW_OP_piece), and its
+    type; (None, None) when the member is not exactly one piece of its own."""
+    if t is None or t.tag not in ("DW_TAG_structure_type", "DW_TAG_union_type"):
+        return None, None
+    found = vm.member(t, member)
+    if found is None:
+        return None, None
+    off, m = found
+    at, loc = 0, []
+    for o in ops:
+        if o.op_name != "DW_OP_piece":
+            loc.append(o)
+            continue
+        if at == off:
+            return (loc or None), vm.type_of(m)
+        at, loc = at + o.args[0], []
+    return None, None
+
+
 def _fetch_arg(vm: Vmlinux, chain: list[DIE], addr: int, expr: str,
                spec: ProbeSpec) -> tuple[FetchArg | None, str | None]:
     """(FetchArg, None) when ``expr`` can be read at ``addr``, else (None, why not)."""
-    parts = expr.replace("->", " -> ").replace(".", " . ").split()
+    parts = expr.rpartition("=")[2].replace("->", " -> ").replace(".", " . ").split()
     var = vm.find_variable(chain, parts[0])
     if var is None:
         return None, f"no variable '{parts[0]}' in scope"
     ops = vm.location_at(var, addr)
+    t = vm.type_of(var)
+    i = 1
+    if ops and len(parts) > 2 and parts[1] == "." and any(o.op_name == "DW_OP_piece" for o in ops):
+        # a struct kept in registers, a piece each (Debian 6.1's desc in __xsk_generic_xmit:
+        # addr in %r12, len in %bp): var.member reads the member's piece
+        ops, t = _member_piece(vm, ops, t, parts[2])
+        i = 3
     if ops is None or not _usable(ops):
         return None, f"'{parts[0]}' is optimised out here"
     fetch = _fetch_of_location(ops)
-    t = vm.type_of(var)
-    i = 1
     while i < len(parts):
         arrow, field = parts[i], parts[i + 1]
         if arrow == "->":
@@ -669,12 +694,21 @@ def resolve_specs(vm: Vmlinux, specs: list[ProbeSpec]) -> list[ResolvedProbe]:
         wanted = ", ".join(sorted({s.function for s in specs}))
         raise FlightrecError(f"{vm.path}: none of {wanted} in its symbol table: "
                              f"not a kernel with AF_XDP (CONFIG_XDP_SOCKETS)")
-    out = []
+    out: list[ResolvedProbe] = []
     for spec in specs:
+        if spec.or_else and out[-1].problem is None:
+            continue  # an earlier form of the probe resolved
         try:
-            out.append(_resolve_call(vm, spec) if spec.at_call else _resolve_entry(vm, spec))
+            r = _resolve_call(vm, spec) if spec.at_call else _resolve_entry(vm, spec)
         except _PARSE_ERRORS as e:
             raise FlightrecError(f"{vm.path}: corrupt DWARF near {spec.function} ({type(e).__name__}: {e})") from None
+        if spec.or_else:
+            # every form's reason, when none resolves
+            r = r if r.problem is None else ResolvedProbe(spec, problem=f"{out[-1].problem}; or {r.problem}",
+                                                          request=r.request)
+            out[-1] = r
+        else:
+            out.append(r)
     return out
 
 

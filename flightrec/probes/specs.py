@@ -18,8 +18,9 @@ from flightrec.errors import FlightrecError
 SPECS_DIR = locate.PROBE_SPECS_DIR  # package data: installed with flightrec
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# perf probe's argument syntax, the subset flightrec uses: var, var->m->m, var.m
-_ARG = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:(?:->|\.)[A-Za-z_][A-Za-z0-9_]*)*")
+# perf probe's argument syntax, the subset flightrec uses: var, var->m->m, var.m, each
+# optionally named (NAME=var->m: the event's field is NAME, not the last member)
+_ARG = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_]*=)?[A-Za-z_][A-Za-z0-9_]*(?:(?:->|\.)[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,14 @@ class ProbeSpec:
     at_call: str | None = None
     units_of: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
+    # another form of the probe named just before, for kernels where the earlier
+    # forms do not resolve (helpers are renamed and inlined between kernels)
+    or_else: bool = False
 
     def arg_name(self, arg: str) -> str:
-        """The field name perf probe gives ``arg``: its last member (xs->pool->fq -> fq)."""
-        return re.split(r"->|\.", arg)[-1]
+        """The field name perf probe gives ``arg``: its NAME= or its last member (xs->pool->fq -> fq)."""
+        name, _, expr = arg.rpartition("=")
+        return name or re.split(r"->|\.", expr)[-1]
 
 
 def _strings(table: dict, key: str, where: str) -> tuple[str, ...]:
@@ -68,6 +73,7 @@ def _spec(table: dict, where: str) -> ProbeSpec:
         at_call=at_call,
         units_of=_strings(table, "units_of", where),
         optional=optional,
+        or_else=table.get("or_else") is True,
     )
     names = [spec.arg_name(a) for a in args]
     if len(set(names)) != len(names):
@@ -92,8 +98,9 @@ def load_specs(paths: list[Path] | None = None) -> list[ProbeSpec]:
             raise FlightrecError(f"{path}: no [[probe]] tables")
         for i, table in enumerate(tables):
             specs.append(_spec(table, f"{path}: probe {i + 1}"))
-    names = [s.name for s in specs]
+    names = [s.name for s in specs if not s.or_else]
     dup = {n for n in names if names.count(n) > 1}
+    dup |= {s.name for i, s in enumerate(specs) if s.or_else and (i == 0 or specs[i - 1].name != s.name)}
     if dup:
         raise FlightrecError(f"probe name used twice: {', '.join(sorted(dup))}")
     return specs

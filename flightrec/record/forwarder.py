@@ -33,7 +33,7 @@ EXIT_CLEAN = 0
 EXIT_SETUP = 2
 EXIT_ANOMALY = 3
 
-INJECT_FAULTS = ("double-fill", "fill-and-tx", "short-len", "flip-payload")
+INJECT_FAULTS = ("double-fill", "fill-and-tx", "short-len", "flip-payload", "reuse-in-flight")
 
 
 def forwarder_path() -> Path:

@@ -45,7 +45,8 @@ SLICE_NS = 1000  # a slice's width when the next event on its track is further a
 MIN_GAP_NS = 4  # events of one track that share a timestamp are spread this far apart
 FLOW_CAT, FLOW_NAME = "flow", "descriptor"
 
-KERNEL_NAME = {kinds.RESERVE: "reserve", kinds.FLUSH: "xsk_flush", kinds.TX: "tx_get_data"}
+KERNEL_NAME = {kinds.RESERVE: "reserve", kinds.FLUSH: "xsk_flush", kinds.TX: "tx_get_data", kinds.XMIT: "tx_xmit",
+               kinds.DESTRUCT: "skb_destruct", kinds.CQ_RESERVE: "cq_reserve", kinds.CQ_SUBMIT: "cq_submit"}
 
 
 @dataclass(frozen=True)

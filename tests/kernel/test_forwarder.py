@@ -312,7 +312,7 @@ def test_forwards_tcp_and_udp_with_markers(form: str, instance: Path, traffic: T
 
 @pytest.mark.slow
 @pytest.mark.parametrize("form", ["batched", "per-descriptor"])
-@pytest.mark.parametrize("kind", ["double-fill", "fill-and-tx"])
+@pytest.mark.parametrize("kind", ["double-fill", "fill-and-tx", "reuse-in-flight"])
 def test_injected_bug_is_caught(kind: str, form: str, instance: Path, traffic: Traffic, tmp_path: Path) -> None:
     stats = tmp_path / "stats.json"
     # Few frames: the injected FILL entry comes out of RX soon, so the trace
@@ -338,9 +338,15 @@ def test_injected_bug_is_caught(kind: str, form: str, instance: Path, traffic: T
     if kind == "double-fill":
         # the injected resubmit: two FILL entries in a row for the caught descriptor
         assert any(a[1] == b[1] == "FILL" for a, b in zip(mine, mine[1:])), mine[-8:]
-    else:
+    elif kind == "fill-and-tx":
         # the injected entry: into FILL while on its way to TX
         assert ("RX", "FILL") in mine, mine[-8:]
+    else:
+        # reuse-in-flight: RX -> TX, then COMP -> FILL with no TX -> COMP between; the
+        # real completion is the detection `TX -> COMP: invalid, was FILL` (RX, should the
+        # kernel have received into it already)
+        assert any(a == ("RX", "TX") and b == ("COMP", "FILL") for a, b in zip(mine, mine[1:])), mine[-8:]
+        assert lines[-1].endswith(("TX -> COMP: invalid, was FILL", "TX -> COMP: invalid, was RX")), lines[-1]
 
     final = json.loads(stats.read_text())
     assert final["exit_code"] == 3 and final["injected"] is True

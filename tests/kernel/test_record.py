@@ -78,7 +78,7 @@ def record_fault(out: Path, fault: str, form: str) -> dict:
 
 
 @pytest.mark.parametrize("form", ["batched", "per-descriptor"])
-@pytest.mark.parametrize("fault", ["double-fill", "fill-and-tx"])
+@pytest.mark.parametrize("fault", ["double-fill", "fill-and-tx", "reuse-in-flight"])
 def test_inject_is_caught(machine, tmp_path, fault, form):
     out = tmp_path / fault
     m = record_fault(out, fault, form)
@@ -102,6 +102,9 @@ def test_inject_is_caught(machine, tmp_path, fault, form):
     analysis = json.loads((out / "analysis.json").read_text())
     assert analysis["verdict"] == "application", analysis["anomalies"][:1]
     assert analysis["anomalies"][0]["addr"] == m["forwarder"]["anomalies"][0]["addr"]
+    if fault == "reuse-in-flight":
+        # the frame went back to FILL with no COMPLETION entry read: the markers prove it
+        assert analysis["anomalies"][0]["kind"] == "reuse_before_completion", analysis["anomalies"][:1]
 
 
 def test_flipped_payload_is_caught_by_the_receiver(machine, tmp_path):

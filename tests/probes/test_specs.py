@@ -12,14 +12,17 @@ MARKERS = Path(__file__).resolve().parents[2] / "docs" / "markers.md"
 
 
 def test_shipped_specs_name_the_events_the_analyzer_reads():
-    specs = {s.name: s for s in load_specs()}
-    assert set(specs) == {"rx_reserve", "flush", "tx_get_data"}
+    every = load_specs()
+    specs = {s.name: s for s in every if not s.or_else}
+    assert set(specs) == {"rx_reserve", "flush", "tx_get_data", "tx_xmit", "skb_destruct", "cq_reserve", "cq_submit"}
     table = MARKERS.read_text().split("Kernel events beside the markers")[1]
     for name, spec in specs.items():
         row = next(line for line in table.splitlines() if f"`{name}`" in line)
-        # The fields the analyzer needs are fetched, with perf's default names.
+        # The fields the analyzer needs are fetched, with perf's default names or their own;
+        # a probe's other forms (other kernels) may add fields, listed after.
         wanted = re.findall(r"`([a-z ]+)`", row.split("|")[3])[0].split()
-        assert wanted == [spec.arg_name(a) for a in spec.args if a not in spec.optional]
+        names = [f.arg_name(a) for f in every if f.name == name for a in f.args if a not in f.optional]
+        assert wanted == list(dict.fromkeys(names))
     rx = specs["rx_reserve"]
     assert (rx.function, rx.at_call) == ("__xsk_rcv_zc", "xskq_prod_reserve_desc")
     assert [rx.arg_name(a) for a in rx.args] == ["addr", "len", "xs", "fq", "dev"]
@@ -34,6 +37,8 @@ def test_shipped_specs_name_the_events_the_analyzer_reads():
     ('[[probe]]\nname = "a"\nfunction = "f"\nargs = ["x"]\noptional = ["y"]', "'optional'"),
     ('[[probe]]\nname = "a"\nfunction = "f"\nargs = ["p->x", "q->x"]', "same field name"),
     ('[[probe]]\nname = "a"\nfunction = "f"\n[[probe]]\nname = "a"\nfunction = "g"', "used twice"),
+    ('[[probe]]\nname = "a"\nfunction = "f"\n[[probe]]\nname = "b"\nor_else = true\nfunction = "g"', "used twice"),
+    ('[[probe]]\nname = "a"\nfunction = "f"\nargs = ["x=p->x", "x"]', "same field name"),
 ])
 def test_malformed_specs_are_one_clear_error(tmp_path, text, message):
     path = tmp_path / "bad.toml"
@@ -46,3 +51,12 @@ def test_missing_spec_file_is_an_error(tmp_path):
     with pytest.raises(FlightrecError, match="No such file"):
         load_specs([tmp_path / "nope.toml"])
     assert SPECS_DIR.is_dir()
+
+
+def test_a_named_argument_and_another_form_of_a_probe(tmp_path):
+    path = tmp_path / "forms.toml"
+    path.write_text('[[probe]]\nname = "a"\nfunction = "f"\nargs = ["slot=xs->cq->cached_prod"]\n'
+                    '[[probe]]\nname = "a"\nor_else = true\nfunction = "g"\nargs = ["slot=q->cached_prod"]\n')
+    first, other = load_specs([path])
+    assert first.arg_name(first.args[0]) == "slot" and not first.or_else
+    assert other.or_else and other.function == "g"

@@ -12,9 +12,11 @@ Comparisons use the `--json` shape (`Result.to_json()`), not internals.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from flightrec.simulate import FAULTS, SimConfig, simulate
+from flightrec.simulate import FAULTS, KERNEL_FAULTS, SimConfig, simulate
 
 try:
     from flightrec.analysis import analyze_text
@@ -68,7 +70,7 @@ def test_fault_verdict(seed, fault, variant):
     got = {k: first.get(k) for k in ("verdict", "addr")}
     assert got == {"verdict": want["verdict"], "addr": want["addr"]}, \
         f"{cfg}\ntruth {want}\nfirst anomalies {brief(anomalies)}"
-    if want["verdict"] == "kernel":
+    if want["verdict"] == "kernel" and fault in KERNEL_FAULTS:  # the RX publish race's story
         assert first.get("expected") == want["expected"], f"{cfg}: {brief(anomalies)}"
         assert first.get("reserve_cpu") == want["reserve_cpu"], f"{cfg}: {brief(anomalies)}"
         if cfg.probes == "all":
@@ -144,6 +146,17 @@ FORM_VARIANTS = {"plain": {}, "wrap": {"wrap": True}, "tight": {"tight": True, "
                  "loss": {"loss": True}, "markers-only": {"probes": "none"}}
 
 
+def _form_free(a: dict) -> dict:
+    """The anomaly's FORM_KEYS, with what the form itself changes left out of what is
+    missing: line numbers, and how many lines a loss took (the kernel counts lines,
+    and a batched line holds a ring operation's markers) and the surviving neighbours
+    that bound it; which CPU lost events stays."""
+    d = {k: a[k] for k in FORM_KEYS}
+    d["missing"] = [re.sub(r"between [\d.]+ and [\d.]+", "between T1 and T2",
+                           re.sub(r"\bline \d+", "line L", re.sub(r"\d+ events", "N events", m))) for m in a["missing"]]
+    return d
+
+
 @pytest.mark.parametrize("variant", FORM_VARIANTS)
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("seed", range(5))
@@ -159,7 +172,7 @@ def test_batched_and_per_descriptor_lines_give_the_same_verdicts(seed, fault, va
     batched = result["anomalies"]
     assert sim.truth.lines <= truth.lines and sim.truth.events == truth.events
     assert result["stats"]["events"]["total"] == truth.events
-    assert [{k: a[k] for k in FORM_KEYS} for a in batched] == [{k: a[k] for k in FORM_KEYS} for a in per], \
+    assert [_form_free(a) for a in batched] == [_form_free(a) for a in per], \
         f"{cfg}\nper-descriptor {brief(per)}\nbatched {brief(batched)}"
     if truth.anomaly is not None:
         want = (truth.anomaly["verdict"], truth.anomaly["addr"])

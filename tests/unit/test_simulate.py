@@ -99,9 +99,12 @@ def test_well_formed(seed, cpus, fmt):
         elif ev.startswith("xp_raw_get_data"):
             assert "addr" in fields(body)
             kinds["tx"] += 1
+        elif ev == "cq_submit":
+            assert {"addr", "xs", "cq", "slot"} <= fields(body).keys()
+            kinds["cq_submit"] += 1
         else:
             pytest.fail(f"unexpected event {ev}")
-    assert min(kinds["marker"], kinds["reserve"], kinds["flush"], kinds["tx"]) > 0, kinds
+    assert min(kinds["marker"], kinds["reserve"], kinds["flush"], kinds["tx"], kinds["cq_submit"]) > 0, kinds
     if fmt == "ftrace":
         head = sim.text.splitlines()[:2]
         assert head[0] == "# tracer: nop"
