@@ -35,7 +35,7 @@ static const char usage[] =
 "                         reuse-in-flight\n"
 "  --inject-after N       RX packets before the injected bug (default 2000)\n"
 "  --inject-count N       flip-payload: stamped packets to corrupt (default 1)\n"
-"  --payload-port PORT    check the stamped payload (bpf/stamp.h) of every UDP\n"
+"  --payload-port PORT    check the stamped payload (c/stamp/stamp.h) of every UDP\n"
 "                         packet to PORT before forwarding it (default 0: off)\n"
 "  --frames N             UMEM frames of 4096 bytes (default 8192)\n"
 "  --batch N              descriptors per ring operation (default 64)\n"
