@@ -129,6 +129,11 @@ def attach(opts: AttachOptions, obs: Optional[Observer] = None) -> AttachResult:
         try:
             return _run(opts, obs, reg, mode, root, dev, ifindex, sockets_before, problems)
         finally:
+            # Also when choosing the backend failed: its BPF probe may have switched it on.
+            problem = kernel_events.restore_toplevel_printk(root, reg.extra["bpf_printk_toplevel"])
+            if problem:
+                problems.append(problem)
+                obs.warning(f"{problem}; run `flightrec cleanup`")
             if not problems:
                 reg.remove()
 
