@@ -203,8 +203,8 @@ def test_record_with_bpf_events(machine, artifacts_dir):
         # One socket's slots are ring indexes in order, nearly always consecutive.
         # Before complete_from jumps are normal: the NAPI moves between CPUs
         # and the other CPU's reserves there were overwritten (3 recordings,
-        # 2026-11-29: 19-53 jumps each, all before the later CPU's first event;
-        # none after it in ~90k reserves; recursion_misses 0). After it, CI
+        # 2026-11-29: 20-94 jumps each, all before the later CPU's first event;
+        # none after it (about 85k reserves in all); recursion_misses 0). After it, CI
         # under heavy load once saw 38 in 15.8k (0.24 %), cause not found; the
         # analyzer must (and does) survive that, and the order never went back.
         steps = [(b[0] - a[0]) & 0xFFFFFFFF for a, b in zip(slots, slots[1:])]
