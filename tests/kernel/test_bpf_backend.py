@@ -202,7 +202,7 @@ def test_record_with_bpf_events(machine, artifacts_dir):
     for slots in reserved.values():
         # One socket's slots are ring indexes in order, nearly always consecutive.
         # Before complete_from jumps are normal: the NAPI moves between CPUs
-        # and the other CPU's reserves there were overwritten (3 recordings,
+        # and the other CPU's reserves there were overwritten (4 recordings,
         # 2026-11-29: 20-94 jumps each, all before the later CPU's first event;
         # none after it (about 85k reserves in all); recursion_misses 0). After it, CI
         # under heavy load once saw 38 in 15.8k (0.24 %), cause not found; the
