@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from dataclasses import dataclass
 from typing import Optional
 
 from flightrec.errors import FlightrecError
 
+AF_XDP = getattr(socket, "AF_XDP", 44)  # the address family, where Python does not name it
 STAT_KEYS = ("rx_dropped", "rx_invalid_descs", "tx_invalid_descs", "rx_ring_full",
              "rx_fill_ring_empty_descs", "tx_ring_empty_descs")
 FACT_KEYS = ("sock", "ifname", "ifindex", "driver", "queue", "mode", "mode_requested", "xdp_attach", "ring_sizes")

@@ -32,14 +32,13 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from flightrec.errors import FlightrecError
-from flightrec.record.afxdp import STAT_KEYS, bind_summary
+from flightrec.record.afxdp import AF_XDP, STAT_KEYS, bind_summary
 from flightrec.record.forwarder import Event, forwarder_path, last_lines, start_logged
 
 # {forwarder} is flightrec's own forwarder, to run it as an unmodified program would be.
 PLACEHOLDERS = ("outer", "inner", "queues", "marker", "tracedir", "out", "netns", "forwarder")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 READY_TIMEOUT = 30.0  # seconds the program may take to attach XDP and open a socket
-AF_XDP = 44
 SOL_XDP = 283
 XDP_STATISTICS = 7
 XDP_OPTIONS = 8

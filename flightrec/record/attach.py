@@ -14,9 +14,7 @@ its registry for `flightrec cleanup`, as `record` does.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +30,9 @@ from flightrec.record.session import (
     EXIT_ERROR,
     Interrupted,
     Observer,
-    _now,
-    remove_leftover_probes,
+    fresh_registry,
     signals_raise,
+    utc_now,
 )
 
 POLL = 0.1  # seconds between looks at tracing_on and the program
@@ -70,26 +68,6 @@ class AttachResult:
     meta: dict
 
 
-def device(iface: str, netns: Optional[str]) -> tuple[str, int]:
-    """(INODE:IFINDEX for xsk_trace --dev, ifindex) of ``iface``.
-
-    :raises FlightrecError: no such namespace or interface.
-    """
-    ns_file = state.NETNS_DIR / netns if netns else Path("/proc/self/ns/net")
-    try:
-        inode = os.stat(ns_file).st_ino
-    except OSError as err:
-        raise FlightrecError(f"no network namespace {netns}: {err.strerror}") from err
-    argv = ["ip", *(["-n", netns] if netns else []), "-j", "link", "show", "dev", iface]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-    try:
-        ifindex = int(json.loads(proc.stdout)[0]["ifindex"])
-    except (ValueError, LookupError, TypeError):
-        where = f" in namespace {netns}" if netns else ""
-        raise FlightrecError(f"no interface {iface}{where}") from None
-    return f"{inode}:{ifindex}", ifindex
-
-
 def program_sockets(pid: int) -> list[dict]:
     """The AF_XDP sockets of process ``pid`` (mode, XDP_STATISTICS).
 
@@ -112,28 +90,25 @@ def attach(opts: AttachOptions, obs: Optional[Observer] = None) -> AttachResult:
     opts.check()
     if os.geteuid() != 0:
         raise FlightrecError("must run as root (tracefs and BPF need it); try sudo")
-    dev, ifindex = device(opts.iface, opts.netns)
+    dev, ifindex = kernel_events.netns_device(opts.iface, opts.netns)
     sockets_before = program_sockets(opts.pid) if opts.pid is not None else []
     root = tracefs.ensure_mounted()
     with state.Lock(), signals_raise() as mode:
-        left = state.find_leftovers()
-        if left:
-            failed = state.remove_leftovers(left) + remove_leftover_probes(left.extra)
-            if failed:
-                raise FlightrecError(f"could not remove leftovers: {', '.join(failed)}")
-        state.clear_registry()
-        reg = state.new_registry()
+        reg = fresh_registry(obs)
         reg.extra["bpf_printk_toplevel"] = kernel_events.toplevel_printk(root)
         reg.save()
         problems: list[str] = []
         try:
             return _run(opts, obs, reg, mode, root, dev, ifindex, sockets_before, problems)
-        finally:
-            # Also when choosing the backend failed: its BPF probe may have switched it on.
+        except BaseException:
+            # Before _run's own teardown (choosing the backend failed): its BPF
+            # probe may have switched the top-level printk event on.
             problem = kernel_events.restore_toplevel_printk(root, reg.extra["bpf_printk_toplevel"])
             if problem:
                 problems.append(problem)
                 obs.warning(f"{problem}; run `flightrec cleanup`")
+            raise
+        finally:
             if not problems:
                 reg.remove()
 
@@ -149,7 +124,7 @@ def _run(opts: AttachOptions, obs: Observer, reg: state.Registry, mode: list, ro
         runfolder.clear(runfolder.replaced_by_record(opts.out_dir))
     except OSError as err:
         raise FlightrecError(f"cannot create {logs}: {err.strerror}") from err
-    started = _now()
+    started = utc_now()
     instance = tracefs.TraceInstance(root=root)
     bpf: Optional[kernel_events.BpfTracer] = None
     probes_handle = None
@@ -163,20 +138,14 @@ def _run(opts: AttachOptions, obs: Observer, reg: state.Registry, mode: list, ro
         instance.set_buffer_size_kb(opts.buffer_kb)
         instance.arm_traceoff_on_detection()
         if choice.backend == "bpf":
-            instance.set(kernel_events.PRINTK_EVENT, "1")
-            instance.set(kernel_events.RACE_TRIGGER_FILE, kernel_events.RACE_TRIGGER,
-                         restore=f"!{kernel_events.RACE_TRIGGER}")
+            kernel_events.enable_in(instance)
             bpf = kernel_events.BpfTracer([dev], logs / "xsk_trace.stderr")
             bpf.start(on_process=lambda p, what: reg.add_process(p.pid, what))
             problem = kernel_events.restore_toplevel_printk(root, reg.extra["bpf_printk_toplevel"], settle=1.0)
             if problem:
                 obs.warning(problem)
         elif choice.backend == "kprobes":
-            reg.extra["probes_pending"] = True
-            reg.save()
-            probes_handle, warned = kernel_events.install(choice, instance.path)
-            reg.extra["probes"] = probes_handle
-            reg.save()
+            probes_handle, warned = kernel_events.install(choice, instance.path, reg=reg)
             for w in warned:
                 obs.warning(w)
         instance.start()
@@ -218,7 +187,7 @@ def _run(opts: AttachOptions, obs: Observer, reg: state.Registry, mode: list, ro
         for p in problems:
             obs.warning(f"{p}; run `flightrec cleanup`")
     meta = {
-        "flightrec_attach": True, "started": started, "ended": _now(), "outcome": outcome, "exit_code": code,
+        "flightrec_attach": True, "started": started, "ended": utc_now(), "outcome": outcome, "exit_code": code,
         "message": message, "seconds": round(elapsed, 3),
         "attach": {"iface": opts.iface, "ifindex": ifindex, "netns": opts.netns, "pid": opts.pid,
                    "device_filter": dev if bpf is not None else None},

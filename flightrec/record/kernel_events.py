@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional
 
 from flightrec import locate, probes
 from flightrec.errors import FlightrecError
+from flightrec.record import state
 from flightrec.record.forwarder import child_guard
 
 BACKENDS = ("auto", "kprobes", "bpf", "none")
@@ -192,20 +193,36 @@ def choose_backend(requested: str, tracefs_root: Path) -> Choice:
     return Choice("none", f"recording markers alone: {why_not}; BPF backend: {why_not_bpf}", _missing_events())
 
 
-def install(choice: Choice, instance_dir: Path, prepared: Optional[Any] = None) -> tuple[Any, list[str]]:
+def install(choice: Choice, instance_dir: Path, prepared: Optional[Any] = None,
+            reg: Optional[state.Registry] = None) -> tuple[Any, list[str]]:
     """Install the kernel probes, enabled in the instance only.
 
     The one call site of ``flightrec.probes.install``. Returns the handle for
-    :func:`remove` (a JSON-able dict, kept in the crash registry) and one
-    line per probe that could not be had: those are warnings, the
+    :func:`remove` (a JSON-able dict, kept in the crash registry ``reg``) and
+    one line per probe that could not be had: those are warnings, the
     recording goes on with the rest. ``prepared`` holds definitions resolved
     elsewhere (flightrec.probes.prepare), used instead of resolving here.
     """
     if choice.backend != "kprobes":
         return None, []
+    if reg is not None:
+        # Noted before installing: a crash halfway leaves no handle, and
+        # cleanup then removes flightrec's whole probe group.
+        reg.extra["probes_pending"] = True
+        reg.save()
     handle = probes.install(instance_dir, prepared=prepared) if prepared is not None else probes.install(instance_dir)
+    if reg is not None:
+        reg.extra["probes"] = handle
+        reg.save()
     problems = list(handle.get("problems", [])) if isinstance(handle, dict) else []
     return handle, problems
+
+
+def enable_in(instance: Any) -> None:
+    """The BPF backend's lines into this tracefs instance only (put back when it
+    closes), and the trigger that stops it on the online race detector's line."""
+    instance.set(PRINTK_EVENT, "1")
+    instance.set(RACE_TRIGGER_FILE, RACE_TRIGGER, restore=f"!{RACE_TRIGGER}")
 
 
 def installed_events(handle: Any) -> list[str]:
@@ -231,22 +248,25 @@ def remove_all_flightrec_probes(tracefs_root: Path) -> list[str]:
 # --- the BPF tracepoint backend --------------------------------------------------
 
 
-def netns_device(netns_path: Path, ifname: str) -> str:
-    """``INODE:IFINDEX`` of a device in a named namespace, as xsk_trace's --dev wants.
+def netns_device(ifname: str, netns: Optional[str] = None) -> tuple[str, int]:
+    """(``INODE:IFINDEX`` as xsk_trace's --dev wants, the ifindex) of a device in
+    the namespace named ``netns``, or in flightrec's own when it is None.
 
     :raises FlightrecError: the namespace or device does not exist.
     """
+    ns_file = state.NETNS_DIR / netns if netns else Path("/proc/self/ns/net")
     try:
-        inode = os.stat(netns_path).st_ino
+        inode = os.stat(ns_file).st_ino
     except OSError as err:
-        raise FlightrecError(f"no network namespace {netns_path}: {err.strerror}") from err
-    proc = subprocess.run(["ip", "-n", netns_path.name, "-j", "link", "show", "dev", ifname],
-                          capture_output=True, text=True, timeout=10, check=False)
+        raise FlightrecError(f"no network namespace {netns}: {err.strerror}") from err
+    argv = ["ip", *(["-n", netns] if netns else []), "-j", "link", "show", "dev", ifname]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
     try:
         ifindex = int(json.loads(proc.stdout)[0]["ifindex"])
-    except (ValueError, LookupError, TypeError) as err:
-        raise FlightrecError(f"no device {ifname} in {netns_path.name}: {proc.stderr.strip()}") from err
-    return f"{inode}:{ifindex}"
+    except (ValueError, LookupError, TypeError):
+        where = f" in namespace {netns}" if netns else ""
+        raise FlightrecError(f"no interface {ifname}{where}") from None
+    return f"{inode}:{ifindex}", ifindex
 
 
 class BpfTracer:

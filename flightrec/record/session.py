@@ -41,7 +41,6 @@ from flightrec.record.traffic import STAMP_CORRUPT, STAMP_PORT, Traffic, Traffic
 from flightrec.record.watch import Exit, Watch
 from flightrec.report import pcap
 
-AF_XDP = getattr(socket, "AF_XDP", 44)
 EXIT_CLEAN, EXIT_ANOMALY, EXIT_ERROR = 0, 1, 2
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SLACK = 10.0  # seconds the forwarder may outlive the traffic before it is stopped
@@ -191,7 +190,7 @@ def can_run(opts: Optional[RecordOptions] = None) -> Optional[str]:
 def af_xdp_unavailable() -> Optional[str]:
     """Open and close an AF_XDP socket: the one honest test that the kernel has XSKs."""
     try:
-        socket.socket(AF_XDP, socket.SOCK_RAW, 0).close()
+        socket.socket(afxdp.AF_XDP, socket.SOCK_RAW, 0).close()
     except OSError as err:
         return f"no AF_XDP sockets ({err.strerror}); the kernel needs CONFIG_XDP_SOCKETS=y"
     return None
@@ -222,7 +221,7 @@ def signals_raise() -> Iterator[list[int]]:
             signal.signal(sig, previous)
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -240,19 +239,7 @@ def record(opts: RecordOptions, observer: Optional[Observer] = None) -> RecordRe
     # The lock first: a second recording refuses at once, before probing
     # anything (the BPF probe below loads programs and touches a tracing setting).
     with state.Lock(), signals_raise() as mode:
-        left = state.find_leftovers()
-        if left:
-            obs.warning(
-                "removing leftovers of a killed flightrec: "
-                + ", ".join([*left.netns, *(f"instance {i}" for i in left.instances),
-                             *(f"{p.what} pid {p.pid}" for p in left.processes)])
-            )
-            failed = state.remove_leftovers(left)
-            failed += remove_leftover_probes(left.extra)
-            if failed:
-                raise FlightrecError(f"could not remove leftovers: {', '.join(failed)}")
-        state.clear_registry()
-        reg = state.new_registry()
+        reg = fresh_registry(obs)
         rec: Optional[_Recording] = None
         try:
             if opts.kernel_events != "none":
@@ -269,6 +256,27 @@ def record(opts: RecordOptions, observer: Optional[Observer] = None) -> RecordRe
             # cleanup` then knows what is left.
             if rec is None or not rec.left_behind:
                 reg.remove()
+
+
+def fresh_registry(obs: Observer) -> state.Registry:
+    """Under the lock: remove (and say) what a killed flightrec left, then start
+    this run's crash registry. `record` and `attach` begin with it.
+
+    :raises FlightrecError: the leftovers could not be removed.
+    """
+    left = state.find_leftovers()
+    if left:
+        obs.warning(
+            "removing leftovers of a killed flightrec: "
+            + ", ".join([*left.netns, *(f"instance {i}" for i in left.instances),
+                         *(f"{p.what} pid {p.pid}" for p in left.processes)])
+        )
+        failed = state.remove_leftovers(left)
+        failed += remove_leftover_probes(left.extra)
+        if failed:
+            raise FlightrecError(f"could not remove leftovers: {', '.join(failed)}")
+    state.clear_registry()
+    return state.new_registry()
 
 
 def remove_leftover_probes(extra: dict) -> list[str]:
@@ -492,7 +500,7 @@ class _Recording:
         except FlightrecError:
             self.watch.close()
             raise
-        started = _now()
+        started = utc_now()
         interrupted: Optional[Interrupted] = None
         error: Optional[FlightrecError] = None
         t_forwarding = 0.0
@@ -551,14 +559,8 @@ class _Recording:
         )
 
         if self.choice.backend == "kprobes":
-            # Noted before installing: a crash halfway leaves no handle, and
-            # cleanup then removes flightrec's whole probe group.
-            self.reg.extra["probes_pending"] = True
-            self.reg.save()
             self.probes_handle, problems = kernel_events.install(self.choice, self.instance.path,
-                                                                       opts.probe_definitions)
-            self.reg.extra["probes"] = self.probes_handle
-            self.reg.save()
+                                                                       opts.probe_definitions, self.reg)
             for problem in problems:
                 self.obs.warning(problem)
             events = kernel_events.installed_events(self.probes_handle)
@@ -637,13 +639,9 @@ class _Recording:
         """Load the BPF tracepoint backend, its lines enabled in the instance only."""
         assert self.topo is not None and self.instance is not None
         topo = self.topo
-        devices = [kernel_events.netns_device(topo.netns_path(ns), dev)
+        devices = [kernel_events.netns_device(dev, ns)[0]
                    for ns, dev in ((topo.outer_ns, topo.outer_dev), (topo.inner_ns, topo.inner_dev))]
-        # Restored (to its old value) when the instance closes.
-        self.instance.set(kernel_events.PRINTK_EVENT, "1")
-        # The online race detector's line stops tracing, evidence in the buffer.
-        self.instance.set(kernel_events.RACE_TRIGGER_FILE, kernel_events.RACE_TRIGGER,
-                          restore=f"!{kernel_events.RACE_TRIGGER}")
+        kernel_events.enable_in(self.instance)
         before = kernel_events.toplevel_printk(self.root)
         self.reg.extra["bpf_printk_toplevel"] = before
         self.reg.save()
@@ -908,7 +906,7 @@ class _Recording:
         self.meta = {
             "flightrec": __version__,
             "started": started,
-            "ended": _now(),
+            "ended": utc_now(),
             "outcome": outcome,
             "exit_code": exit_code,
             "message": message,
