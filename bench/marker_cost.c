@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <flightrec/xsk_markers.h> /* fr_hex: the formatter the forwarder uses */
 
 static double now_ns(void)
 {
@@ -17,21 +18,6 @@ static double now_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ts.tv_sec * 1e9 + ts.tv_nsec;
-}
-
-/* as bpf/markers.c's markers_hex */
-static size_t hex(char *out, uint64_t v)
-{
-	static const char digits[] = "0123456789abcdef";
-	int n = 1;
-
-	while (n < 16 && v >> (4 * n))
-		n++;
-	out[0] = '0';
-	out[1] = 'x';
-	for (int i = n - 1; i >= 0; i--, v >>= 4)
-		out[2 + i] = digits[v & 15];
-	return (size_t)n + 2;
 }
 
 static size_t put(char *out, const char *s)
@@ -71,7 +57,7 @@ int main(int argc, char **argv)
 	t = now_ns();
 	for (int i = 0; i < n; i++) {
 		size_t k = put(line, "outer q:1 ");
-		k += hex(line + k, 0x1a000 + 0x800 * (uint64_t)(i & 4095));
+		k += fr_hex(line + k, 0x1a000 + 0x800 * (uint64_t)(i & 4095));
 		k += put(line + k, " FILL -> RX");
 		sink += k;
 	}
@@ -86,7 +72,7 @@ int main(int argc, char **argv)
 	size_t k = put(line, "outer q:1 FILL -> RX");
 	for (int d = 0; d < 64; d++) {
 		line[k++] = ' ';
-		k += hex(line + k, 0x1a000 + 0x800 * (uint64_t)d);
+		k += fr_hex(line + k, 0x1a000 + 0x800 * (uint64_t)d);
 	}
 	t = now_ns();
 	for (int i = 0; i < n / 8; i++)

@@ -10,7 +10,8 @@ flightrec runs from two layouts:
   beside this file under the interpreter's extension suffix
   (``_scan.cpython-311-x86_64-linux-gnu.so``).
 
-Data files (the probe specs, the VM kernels' config and patches) live inside
+Data files (the probe specs, the VM kernels' config and patches, the marker
+library's C header) live inside
 the package in both. Every other module asks here; nothing else derives a
 path from ``__file__``.
 """
@@ -28,6 +29,8 @@ IMPORT_ROOT = PACKAGE_DIR.parent
 BIN_DIR = PACKAGE_DIR / "bin"
 PROBE_SPECS_DIR = PACKAGE_DIR / "probes" / "specs"
 VM_KERNELS_DIR = PACKAGE_DIR / "vm" / "kernels"
+# The marker library's C header (flightrec/xsk_markers.h under it), package data in both layouts.
+INCLUDE_DIR = PACKAGE_DIR / "include"
 
 # The programs and BPF objects c/Makefile builds that flightrec runs or loads,
 # with the variable that points at another build of each. The objects are found

@@ -29,8 +29,6 @@
 #define SOL_XDP 283
 #endif
 
-#define POISON 0xdeadbeefdeadbeefULL
-#define REMAINING_MAX 100 /* deque entries in a detection line, like the post */
 #define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
 #define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
 /* single-writer counters: a relaxed store is enough for the stats reader */
@@ -65,16 +63,16 @@ static int stopping(const struct fwd *f)
  * batched line, written by MARK_FLUSH before the operation makes it visible. */
 #define MARK(f, p, addr, from, to) \
 	do { \
-		if (markers_enabled(&(f)->markers)) \
-			markers_transition(&(f)->markers, &(p)->st.markers, &(p)->mb, (p)->name, (addr), \
-					   state_name(from), state_name(to)); \
+		if (fr_markers_enabled(&(f)->markers)) \
+			fr_markers_transition(&(f)->markers, &(p)->st.markers, &(p)->mb, (p)->name, (addr), \
+					      fr_state_name(from), fr_state_name(to)); \
 	} while (0)
 
 #define MARK_FLUSH(f, p) \
 	do { \
-		if (markers_enabled(&(f)->markers)) { \
-			markers_flush(&(f)->markers, &(p)->st.markers, &(p)->mb); \
-			markers_flush(&(f)->markers, &(p)->st.markers, &(p)->nb); \
+		if (fr_markers_enabled(&(f)->markers)) { \
+			fr_markers_flush(&(f)->markers, &(p)->st.markers, &(p)->mb); \
+			fr_markers_flush(&(f)->markers, &(p)->st.markers, &(p)->nb); \
 		} \
 	} while (0)
 
@@ -99,7 +97,7 @@ static void flag_packet(struct fwd *f, const struct port *p, const char *kind, u
  * detection line, stop tracing at once, then record the details. extra->len
  * is the descriptor's len where known (the flagged packet's length). */
 static void raise_anomaly(struct fwd *f, struct port *p, const char *kind, uint64_t addr,
-			  enum desc_state from, enum desc_state to, const char *line,
+			  enum fr_state from, enum fr_state to, const char *line,
 			  const struct anomaly *extra)
 {
 	struct anomaly *a = &f->anomaly;
@@ -112,17 +110,8 @@ static void raise_anomaly(struct fwd *f, struct port *p, const char *kind, uint6
 		STORE(f->stop, 1);
 		return;
 	}
-	if (markers_enabled(&f->markers)) {
-		struct marker_counts *others[2 * 64];
-		unsigned i, n = 0;
-
-		/* the raising thread is not mid-write; every other one may be */
-		for (i = 0; i < f->nports; i++)
-			if (&f->ports[i] != p)
-				others[n++] = &f->ports[i].st.markers;
-		markers_quiesce(&f->markers, others, n);
-		markers_detect(&f->markers, &p->st.markers, line);
-	}
+	/* waits for the other threads' writes in flight: this line is the last */
+	fr_markers_detect(&f->markers, &p->st.markers, line);
 	/* The kernel's own counters at the detection, beside those at exit. */
 	for (unsigned i = 0; i < f->nports; i++)
 		f->ports[i].stats_ok =
@@ -133,11 +122,11 @@ static void raise_anomaly(struct fwd *f, struct port *p, const char *kind, uint6
 		a->xdp_len = extra->xdp_len;
 		snprintf(a->was, sizeof(a->was), "%s", extra->was);
 	}
-	a->tracing_stopped = markers_enabled(&f->markers);
+	a->tracing_stopped = fr_markers_enabled(&f->markers);
 	snprintf(a->kind, sizeof(a->kind), "%s", kind);
 	snprintf(a->sock, sizeof(a->sock), "%s", p->name);
-	snprintf(a->from, sizeof(a->from), "%s", state_name(from));
-	snprintf(a->to, sizeof(a->to), "%s", state_name(to));
+	snprintf(a->from, sizeof(a->from), "%s", fr_state_name(from));
+	snprintf(a->to, sizeof(a->to), "%s", fr_state_name(to));
 	snprintf(a->line, sizeof(a->line), "%s", line);
 	a->addr = addr;
 	__atomic_store_n(&f->stop, 1, __ATOMIC_SEQ_CST);
@@ -156,23 +145,23 @@ static bool fill_ordered(const struct port *p)
 static void order_push(struct port *p, uint64_t addr)
 {
 	if (fill_ordered(p))
-		fill_order_push(&p->order, addr);
+		fr_fill_order_push(&p->order, addr);
 }
 
 /* Moves frame of addr from -> to; on an invalid transition reports it and
  * returns false. len: the descriptor's, 0 where the ring has none. */
-static bool track(struct fwd *f, struct port *p, uint64_t addr, enum desc_state from,
-		  enum desc_state to, uint32_t len)
+static bool track(struct fwd *f, struct port *p, uint64_t addr, enum fr_state from,
+		  enum fr_state to, uint32_t len)
 {
 	struct anomaly extra = { .len = len };
-	enum desc_state was;
+	enum fr_state was;
 	char line[160];
 
-	if (state_move(&f->states, umem_frame_of(addr), from, to, &was))
+	if (fr_states_move(&f->states, umem_frame_of(addr), from, to, &was))
 		return true;
-	snprintf(extra.was, sizeof(extra.was), "%s", state_name(was));
+	snprintf(extra.was, sizeof(extra.was), "%s", fr_state_name(was));
 	snprintf(line, sizeof(line), "%s 0x%llx %s -> %s: invalid, was %s", p->name,
-		 (unsigned long long)addr, state_name(from), state_name(to), extra.was);
+		 (unsigned long long)addr, fr_state_name(from), fr_state_name(to), extra.was);
 	raise_anomaly(f, p, "invalid_transition", addr, from, to, line, &extra);
 	return false;
 }
@@ -240,9 +229,9 @@ static uint32_t do_completions(struct fwd *f, struct port *p)
 	for (i = 0; i < n; i++) {
 		uint64_t addr = *xsk_ring_cons__comp_addr(&p->r.comp, idx + i);
 
-		if (!track(f, p, addr, ST_TX, ST_COMP, 0))
+		if (!track(f, p, addr, FR_TX, FR_COMP, 0))
 			return i + 1;
-		MARK(f, p, addr, ST_TX, ST_COMP);
+		MARK(f, p, addr, FR_TX, FR_COMP);
 		handoff_slot(ret, i)->addr = addr;
 	}
 	MARK_FLUSH(f, p);
@@ -269,16 +258,16 @@ static uint32_t do_refill(struct fwd *f, struct port *p)
 		return 0; /* cannot happen: FILL is as big as all we own */
 	for (i = 0; i < n; i++) {
 		addr = umem_frame_addr(umem_frame_of(handoff_peek(&p->ret_in, i)->addr));
-		if (!track(f, p, addr, ST_COMP, ST_FILL, 0))
+		if (!track(f, p, addr, FR_COMP, FR_FILL, 0))
 			return i + 1;
 		order_push(p, addr);
-		MARK(f, p, addr, ST_COMP, ST_FILL);
+		MARK(f, p, addr, FR_COMP, FR_FILL);
 		*xsk_ring_prod__fill_addr(&p->r.fill, idx + i) = addr;
 	}
 	if (extra) {
 		/* double-fill: the ring write and its marker, but neither the deque
 		 * nor the state machine hears of it, as with a real resubmit bug */
-		MARK(f, p, addr, ST_COMP, ST_FILL);
+		MARK(f, p, addr, FR_COMP, FR_FILL);
 		*xsk_ring_prod__fill_addr(&p->r.fill, idx + n) = addr;
 	}
 	MARK_FLUSH(f, p);
@@ -313,15 +302,15 @@ static void inject_reuse(struct fwd *f, struct port *p, uint64_t addr)
 {
 	struct handoff *ret = &p->peer->ret_in;
 	uint32_t frame = umem_frame_of(addr);
-	enum desc_state was;
+	enum fr_state was;
 	double until = now() + 1.0;
 
-	if (!handoff_space(ret) || !state_move(&f->states, frame, ST_TX, ST_COMP, &was))
+	if (!handoff_space(ret) || !fr_states_move(&f->states, frame, FR_TX, FR_COMP, &was))
 		return;
 	handoff_slot(ret, 0)->addr = addr;
 	handoff_publish(ret, 1);
 	wake(p->peer);
-	while (state_peek(&f->states, frame) == ST_COMP && !stopping(f) && now() < until)
+	while (fr_states_peek(&f->states, frame) == FR_COMP && !stopping(f) && now() < until)
 		sched_yield(); /* the owner's thread may share our CPU */
 }
 
@@ -338,9 +327,9 @@ static uint32_t do_transmit(struct fwd *f, struct port *p)
 		const struct handoff_item *it = handoff_peek(&p->fwd_in, i);
 		struct xdp_desc *d = xsk_ring_prod__tx_desc(&p->r.tx, idx + i);
 
-		if (!track(f, p, it->addr, ST_RX, ST_TX, it->len))
+		if (!track(f, p, it->addr, FR_RX, FR_TX, it->len))
 			return i + 1;
-		MARK(f, p, it->addr, ST_RX, ST_TX);
+		MARK(f, p, it->addr, FR_RX, FR_TX);
 		d->addr = it->addr;
 		d->len = it->len;
 		d->options = 0;
@@ -364,10 +353,10 @@ static bool drop_to_fill(struct fwd *f, struct port *p, uint64_t addr)
 	if (xsk_ring_prod__reserve(&p->r.fill, 1, &idx) != 1)
 		return false;
 	addr = umem_frame_addr(umem_frame_of(addr));
-	if (!track(f, p, addr, ST_RX, ST_FILL, 0))
+	if (!track(f, p, addr, FR_RX, FR_FILL, 0))
 		return false;
 	order_push(p, addr);
-	MARK(f, p, addr, ST_RX, ST_FILL);
+	MARK(f, p, addr, FR_RX, FR_FILL);
 	MARK_FLUSH(f, p);
 	*xsk_ring_prod__fill_addr(&p->r.fill, idx) = addr;
 	xsk_ring_prod__submit(&p->r.fill, 1);
@@ -389,24 +378,24 @@ static bool check_rx(struct fwd *f, struct port *p, uint64_t addr, uint32_t len)
 	if (!fill_ordered(p)) {
 		/* the state machine below proves the kernel owned it; the poison
 		 * still proves a slot published unwritten */
-		if (addr == POISON) {
+		if (addr == FR_POISON) {
 			snprintf(line, sizeof(line), "%s 0x%llx FILL -> RX: poison", p->name,
 				 (unsigned long long)addr);
 			extra.len = len;
-			raise_anomaly(f, p, "poison", addr, ST_FILL, ST_RX, line, &extra);
+			raise_anomaly(f, p, "poison", addr, FR_FILL, FR_RX, line, &extra);
 			return false;
 		}
-	} else if (fill_order_pop(&p->order, &exp) < 0 || addr != exp) {
-		fill_order_format(&p->order, REMAINING_MAX, rest, sizeof(rest));
+	} else if (fr_fill_order_pop(&p->order, &exp) < 0 || addr != exp) {
+		fr_fill_order_format(&p->order, FR_REMAINING_MAX, rest, sizeof(rest));
 		snprintf(line, sizeof(line), "%s 0x%llx FILL -> RX: expected 0x%llx remaining: %s",
 			 p->name, (unsigned long long)addr, (unsigned long long)exp, rest);
 		extra.expected = exp;
 		extra.len = len;
-		raise_anomaly(f, p, addr == POISON ? "poison" : "fill_order", addr, ST_FILL, ST_RX,
+		raise_anomaly(f, p, addr == FR_POISON ? "poison" : "fill_order", addr, FR_FILL, FR_RX,
 			      line, &extra);
 		return false;
 	}
-	if (!track(f, p, addr, ST_FILL, ST_RX, len))
+	if (!track(f, p, addr, FR_FILL, FR_RX, len))
 		return false;
 	if (addr >= sizeof(*meta) && addr + len <= f->umem.size) {
 		meta = umem_ptr(&f->umem, addr - sizeof(*meta));
@@ -415,7 +404,7 @@ static bool check_rx(struct fwd *f, struct port *p, uint64_t addr, uint32_t len)
 			extra.xdp_len = meta->len;
 			snprintf(line, sizeof(line), "%s 0x%llx FILL -> RX: len %u xdp_len %u",
 				 p->name, (unsigned long long)addr, len, meta->len);
-			raise_anomaly(f, p, "len_mismatch", addr, ST_FILL, ST_RX, line, &extra);
+			raise_anomaly(f, p, "len_mismatch", addr, FR_FILL, FR_RX, line, &extra);
 			return false;
 		}
 		if (meta->magic == XDP_META_MAGIC)
@@ -469,7 +458,7 @@ static bool check_payload(struct fwd *f, struct port *p, uint64_t addr, uint32_t
 	n = snprintf(line, sizeof(line), "%s 0x%llx FILL -> RX: ", p->name, (unsigned long long)addr);
 	stamp_format(line + n, sizeof(line) - (size_t)n, &bad);
 	extra.expected = bad.expected < 0 ? 0 : (uint64_t)bad.expected;
-	raise_anomaly(f, p, "payload", addr, ST_FILL, ST_RX, line, &extra);
+	raise_anomaly(f, p, "payload", addr, FR_FILL, FR_RX, line, &extra);
 	return false;
 }
 
@@ -512,7 +501,7 @@ static void mark_forward(struct fwd *f, struct port *p, uint64_t addr, long long
 	char buf[sizeof(text) + 24];
 	size_t n = sizeof(text) - 1;
 
-	if (!markers_enabled(&f->markers))
+	if (!fr_markers_enabled(&f->markers))
 		return;
 	memcpy(buf, text, n);
 	if (pkt < 0) {
@@ -528,7 +517,7 @@ static void mark_forward(struct fwd *f, struct port *p, uint64_t addr, long long
 		while (k)
 			buf[n++] = digits[--k];
 	}
-	markers_note(&f->markers, &p->st.markers, &p->nb, addr, buf, n);
+	fr_markers_note(&f->markers, &p->st.markers, &p->nb, addr, buf, n);
 }
 
 /* RX -> the peer's fwd_in (its thread puts them on its TX). */
@@ -549,12 +538,12 @@ static uint32_t do_receive(struct fwd *f, struct port *p)
 
 		/* poison the slot: reading it back means the kernel published a
 		 * slot it had not written */
-		d->addr = POISON;
+		d->addr = FR_POISON;
 		if (!check_rx(f, p, addr, len) || !check_payload(f, p, addr, len, &pkt)) {
 			xsk_ring_cons__release(&p->r.rx, i + 1);
 			return i + 1;
 		}
-		MARK(f, p, addr, ST_FILL, ST_RX);
+		MARK(f, p, addr, FR_FILL, FR_RX);
 		if (nfwd < space && len && len <= FRAME_SIZE - FRAME_DATA_OFFSET) {
 			struct handoff_item *it = handoff_slot(fwd, nfwd++);
 
@@ -571,7 +560,7 @@ static uint32_t do_receive(struct fwd *f, struct port *p)
 				 * operation, so this RX's lines so far go first */
 				MARK_FLUSH(f, p);
 				xsk_ring_prod__reserve(&p->r.fill, 1, &fidx);
-				MARK(f, p, addr, ST_RX, ST_FILL);
+				MARK(f, p, addr, FR_RX, FR_FILL);
 				MARK_FLUSH(f, p);
 				*xsk_ring_prod__fill_addr(&p->r.fill, fidx) = addr;
 				xsk_ring_prod__submit(&p->r.fill, 1);
@@ -685,12 +674,12 @@ static int ports_init(struct fwd *f)
 			snprintf(p->name, sizeof(p->name), "%s q:%u", s ? "inner" : "outer", q);
 			/* the deque has room for one injected extra; handoffs hold all
 			 * the frames a socket owns, so they never fill up */
-			if (fill_order_init(&p->order, f->umem.ring_size) ||
+			if (fr_fill_order_init(&p->order, f->umem.ring_size) ||
 			    handoff_init(&p->fwd_in, f->umem.ring_size) ||
 			    handoff_init(&p->ret_in, f->umem.ring_size))
 				return -1;
 			p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-			if (p->efd < 0)
+			if (p->efd < 0 || fr_markers_add_writer(&f->markers, &p->st.markers))
 				return -1;
 		}
 	}
@@ -710,7 +699,7 @@ static void ports_free(struct fwd *f)
 			xsk_socket__delete(p->xsk);
 		if (p->efd >= 0)
 			close(p->efd);
-		fill_order_free(&p->order);
+		fr_fill_order_free(&p->order);
 		handoff_free(&p->fwd_in);
 		handoff_free(&p->ret_in);
 	}
@@ -731,10 +720,10 @@ static int initial_fill(struct fwd *f, struct port *p, uint32_t first_frame)
 	for (i = 0; i < p->owned; i++) {
 		uint64_t addr = umem_frame_addr(first_frame + i);
 
-		if (!track(f, p, addr, ST_FREE, ST_FILL, 0))
+		if (!track(f, p, addr, FR_FREE, FR_FILL, 0))
 			return -1;
 		order_push(p, addr);
-		MARK(f, p, addr, ST_FREE, ST_FILL);
+		MARK(f, p, addr, FR_FREE, FR_FILL);
 		*xsk_ring_prod__fill_addr(&p->r.fill, idx + i) = addr;
 	}
 	MARK_FLUSH(f, p);
@@ -864,7 +853,9 @@ static int setup(struct fwd *f)
 	uint32_t fps = f->opt.frames / (2 * f->opt.queues);
 	int s;
 
-	if (markers_init(&f->markers, f->opt.trace_dir) || /* before any setns */
+	/* markers only with --trace-dir: "" keeps the library from taking
+	 * $FLIGHTREC_TRACEDIR, which `record --app` sets */
+	if (fr_markers_open(&f->markers, f->opt.trace_dir ? f->opt.trace_dir : "") || /* before any setns */
 	    flagged_open(&f->flagged, f->opt.flagged_path))
 		return -1;
 	f->markers.batched = !f->opt.per_descriptor;
@@ -881,7 +872,7 @@ static int setup(struct fwd *f)
 	 * publishes FILL's consumer index lazily (only when its cached entries
 	 * run out, __xskq_cons_peek), so FILL looks fuller than it is. */
 	f->umem.ring_size = pow2_at_least(2 * fps);
-	if (state_table_init(&f->states, f->opt.frames) || ports_init(f)) {
+	if (fr_states_init(&f->states, f->opt.frames) || ports_init(f)) {
 		fprintf(stderr, "forwarder: out of memory; try fewer --frames\n");
 		return -1;
 	}
@@ -903,13 +894,13 @@ static void teardown(struct fwd *f)
 		netns_enter(&f->home);
 	ports_free(f);
 	umem_free(&f->umem);
-	state_table_free(&f->states);
+	fr_states_free(&f->states);
 	for (s = 0; s < 2; s++) {
 		xdp_prog_free(&f->prog[s]);
 		netns_close(&f->ns[s]);
 	}
 	netns_close(&f->home);
-	markers_free(&f->markers);
+	fr_markers_close(&f->markers);
 	flagged_close(&f->flagged);
 }
 

@@ -5,13 +5,11 @@
 
 #include <pthread.h>
 #include <stdint.h>
-#include "fill_order.h"
+#include <flightrec/xsk_markers.h>
 #include "flagged.h"
 #include "handoff.h"
-#include "markers.h"
 #include "netns.h"
 #include "options.h"
-#include "state.h"
 #include "umem.h"
 #include "xdp_prog.h"
 
@@ -21,7 +19,7 @@ struct port_stats {
 	uint64_t rx, tx, fill, comp, drops, kicks;
 	uint64_t meta_checked; /* RX packets whose XDP metadata was there to compare */
 	uint64_t payload_checked; /* RX packets to --payload-port whose stamp was checked */
-	struct marker_counts markers;
+	struct fr_marker_counts markers;
 };
 
 struct port {
@@ -32,7 +30,7 @@ struct port {
 	struct port_rings r;
 	int fd;
 	struct port *peer;      /* the other interface, same queue */
-	struct fill_order order;
+	struct fr_fill_order order;
 	/* fwd_in: packets the peer received, to send on our TX.
 	 * ret_in: our frames the peer finished sending, back to our FILL. */
 	struct handoff fwd_in, ret_in;
@@ -41,7 +39,7 @@ struct port {
 	uint32_t tx_outstanding;
 	uint32_t owned;         /* frames this socket receives into */
 	struct port_stats st;
-	struct marker_batch mb, nb; /* this ring operation's transitions and notes */
+	struct fr_marker_batch mb, nb; /* this ring operation's transitions and notes */
 	pthread_t thread;
 	int thread_started;
 	int cpu;
@@ -64,13 +62,13 @@ struct anomaly {
 
 struct fwd {
 	struct options opt;
-	struct markers markers;
+	struct fr_markers markers;
 	struct netns home, ns[2];
 	struct xdp_prog prog[2];
 	int ifindex[2];
 	char driver[2][32];     /* ETHTOOL_GDRVINFO of outer and inner */
 	struct umem umem;
-	struct state_table states;
+	struct fr_states states;
 	struct port *ports;     /* [side * queues + queue] */
 	unsigned nports;
 	int stop;

@@ -119,7 +119,7 @@ void report_print_ready(const struct fwd *f)
 	json_socks(stdout, f);
 	printf(",\"queues\":%u,\"frames\":%u,\"ring_size\":%u,\"markers\":%s,\"marker_form\":\"%s\",\"xdp_mode\":{",
 	       f->opt.queues, f->umem.frames, f->umem.ring_size,
-	       markers_enabled(&f->markers) ? "true" : "false",
+	       fr_markers_enabled(&f->markers) ? "true" : "false",
 	       f->opt.per_descriptor ? "per-descriptor" : "batched");
 	for (s = 0; s < 2; s++)
 		printf("%s\"%s\":\"%s\"", s ? "," : "", s ? "inner" : "outer", xdp_attach_name(f, s));
@@ -216,7 +216,7 @@ static void json_port(FILE *out, const struct fwd *f, const struct port *p, int 
 		(unsigned long long)p->st.drops, (unsigned long long)p->st.kicks,
 		(unsigned long long)p->st.meta_checked, (unsigned long long)p->st.payload_checked,
 		(unsigned long long)p->st.markers.written, (unsigned long long)p->st.markers.failed,
-		fill_order_len(&p->order), p->tx_outstanding);
+		fr_fill_order_len(&p->order), p->tx_outstanding);
 	if (port_xdp_statistics(p, &xs) == 0)
 		json_xdp_statistics(out, "xdp_statistics", &xs);
 	if (p->stats_ok)
@@ -255,7 +255,7 @@ int report_write_stats(const struct fwd *f, const char *path, int exit_code, dou
 		elapsed, f->opt.queues, f->umem.frames, f->umem.ring_size, mode_name(f->opt.mode),
 		bind_read_back(f), inject_name(f->opt.inject),
 		f->injected ? "true" : "false", (unsigned long long)f->rx_total,
-		markers_enabled(&f->markers) ? "true" : "false");
+		fr_markers_enabled(&f->markers) ? "true" : "false");
 	for (i = 0; i < f->nports; i++) {
 		fputs(i ? "," : "", out);
 		json_port(out, f, &f->ports[i], f->anomaly.raised);

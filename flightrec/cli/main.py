@@ -27,6 +27,7 @@ COMMANDS = {
     "vm": "vm",
     "export": "export",
     "report": "report",
+    "markers": "markers",
 }
 
 EPILOG = """\b

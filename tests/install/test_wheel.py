@@ -154,6 +154,26 @@ def test_doctor_finds_the_forwarder(installed, tmp_path):
     assert " ok " in line and f"{installed.parents[1]}/lib/" in line and line.endswith("/flightrec/bin/forwarder")
 
 
+def test_the_marker_library_comes_with_the_install(installed, tmp_path):
+    """`flightrec markers --cflags` names the installed header, a program compiles with it,
+    and the Python module imports from the install."""
+    cwd = _empty_dir(tmp_path)
+    cflags = _run(installed, "markers", "--cflags", cwd=cwd)
+    assert cflags.returncode == 0 and cflags.stdout.startswith(f"-I{installed.parents[1]}/lib/"), cflags
+    cc = shutil.which("cc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("no C compiler to build against the header")
+    (cwd / "uses.c").write_text("#include <flightrec/xsk_markers.h>\n"
+                                "int main(void) { struct fr_markers m; return fr_markers_open(&m, \"\"); }\n")
+    subprocess.run([cc, "-Wall", "-Wextra", "-Werror", *cflags.stdout.split(), "-o", str(cwd / "uses"),
+                    str(cwd / "uses.c")], check=True, timeout=120)
+    assert subprocess.run([str(cwd / "uses")], timeout=30).returncode == 0
+    py = installed.parent / "python"
+    out = subprocess.run([str(py), "-c", "import flightrec.markers as m; print(m.__file__, m.Markers.open().enabled)"],
+                         cwd=cwd, capture_output=True, text=True, timeout=60, check=True, env={"PATH": "/usr/bin"})
+    assert out.stdout.startswith(str(installed.parents[1])) and out.stdout.split()[1] == "False", out.stdout
+
+
 @pytest.mark.kernel
 def test_record_from_an_empty_folder(installed, tmp_path):
     skip_unless_can_record()
