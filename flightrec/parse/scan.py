@@ -18,7 +18,6 @@ import numpy as np
 from flightrec import bulk, native
 from flightrec.parse.format import CONTRACT, Format
 
-K_META = -1
 MAX_SOCKS = 4096
 MAX_FIELDS = 16  # _scan.c's
 MIN_LINE = 24  # bytes: an ftrace event line is longer

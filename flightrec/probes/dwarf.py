@@ -38,7 +38,6 @@ X86_64_REGS = ("%ax", "%dx", "%cx", "%bx", "%si", "%di", "%bp", "%sp",
 ADVICE = ("install the kernel's -dbg package (apt-get install linux-image-$(uname -r)-dbg) "
           "or pass --vmlinux, or use `flightrec vm record`")
 
-_SCOPES = ("DW_TAG_lexical_block", "DW_TAG_inlined_subroutine")
 _VARS = ("DW_TAG_formal_parameter", "DW_TAG_variable")
 _QUALIFIERS = ("DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type",
                "DW_TAG_restrict_type", "DW_TAG_atomic_type")

@@ -172,10 +172,6 @@ def load_widen_specs(path: Path = SPEC_PATH) -> dict[str, WidenSpec]:
 # --- resolving ---------------------------------------------------------------
 
 
-def _contains(vm: Vmlinux, die: DIE, addr: int) -> bool:
-    return any(lo <= addr < hi for lo, hi in vm.ranges(die))
-
-
 def _inlined_children(vm: Vmlinux, scope: DIE, name: str) -> list[tuple[DIE, list[DIE]]]:
     """Inlined copies of ``name`` anywhere below ``scope``, each with the scopes above it (outermost first)."""
     out = []

@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 CACHE = Path(os.environ.get("FLIGHTREC_KERNEL_CACHE", "/var/cache/flightrec/kernels"))
 KERNELS_DIR = locate.VM_KERNELS_DIR  # package data: the config fragment and veth patches
 FRAGMENT = KERNELS_DIR / "flightrec.config"
-RACE_PATCH = KERNELS_DIR / "veth-race.patch"
 SOURCE_PACKAGE = "linux-source-6.1"
 SOURCE_TARBALL = f"{SOURCE_PACKAGE}.tar.xz"
 VETH = "drivers/net/veth.c"

@@ -21,7 +21,7 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable
 
 from flightrec.errors import FlightrecError
 from flightrec.vm.kernel import VM_CACHE, GuestKernel, find_busybox
@@ -270,8 +270,3 @@ def _builtin(modules_dir: Path, name: str) -> bool:
     except OSError:
         return False
     return any(module_name(line) == name for line in text.splitlines())
-
-
-def module_cmdline(kernel: GuestKernel) -> Optional[str]:
-    """``flightrec.modules=<dir>`` for the init script, when the kernel has a modules folder."""
-    return None if kernel.modules_dir is None else f"flightrec.modules={kernel.modules_dir}"
