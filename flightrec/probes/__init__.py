@@ -24,7 +24,7 @@ from pathlib import Path
 
 from flightrec.errors import FlightrecError
 from flightrec.probes import kprobe_events as _kprobe_events
-from flightrec.probes.dwarf import ADVICE, FetchArg, ResolvedProbe, Site, Vmlinux, build_id, resolve_specs
+from flightrec.probes.dwarf import ADVICE, FetchArg, ResolvedProbe, Site, Vmlinux, gnu_build_id, resolve_specs
 from flightrec.probes.kprobe_events import (
     TRACEFS,
     Installed,
@@ -123,7 +123,7 @@ def prepare(vmlinux: Path | None = None, specs: list[ProbeSpec] | None = None,
             return every(f"no debug vmlinux for {os.uname().release} (looked in /usr/lib/debug/boot and "
                          f"the usual places): {ADVICE}")
     if for_running_kernel:
-        want, have = running_build_id(), build_id(vmlinux)
+        want, have = running_build_id(), gnu_build_id(vmlinux)
         if want and have and want != have:
             return every(f"{vmlinux} is not the running kernel's (build ID {have[:12]} != {want[:12]}): {ADVICE}")
     try:

@@ -711,17 +711,21 @@ def resolve_specs(vm: Vmlinux, specs: list[ProbeSpec]) -> list[ResolvedProbe]:
     return out
 
 
-def build_id(path: Path) -> str | None:
-    """The GNU build ID of an ELF file (hex), to match a vmlinux with the running kernel."""
+def gnu_build_id(path: Path) -> str | None:
+    """The GNU build ID (hex) of an ELF file, to match a vmlinux with a kernel (None if unreadable).
+
+    Only the note named "GNU": a vmlinux also carries Xen notes whose type 3
+    reads as NT_GNU_BUILD_ID to pyelftools.
+    """
     try:
         with open(path, "rb") as f:
-            elf = ELFFile(f)
-            for sec in elf.iter_sections():
-                if sec["sh_type"] == "SHT_NOTE":
-                    for note in sec.iter_notes():
-                        # type 3 is also a Xen note's type: only the GNU one is the build ID
-                        if note["n_type"] == "NT_GNU_BUILD_ID" and note["n_name"] == "GNU":
-                            return note["n_desc"]
+            for sec in ELFFile(f).iter_sections():
+                if sec["sh_type"] != "SHT_NOTE":
+                    continue
+                for note in sec.iter_notes():
+                    if note["n_name"] == "GNU" and note["n_type"] == "NT_GNU_BUILD_ID":
+                        desc = note["n_desc"]
+                        return desc if isinstance(desc, str) else bytes(desc).hex()
     except (OSError, *_PARSE_ERRORS):
         return None
     return None

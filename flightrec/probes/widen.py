@@ -45,7 +45,7 @@ from elftools.dwarf.die import DIE
 
 from flightrec import locate, runfolder
 from flightrec.errors import FlightrecError
-from flightrec.probes.dwarf import _PARSE_ERRORS, FetchArg, Vmlinux, _fetch_arg
+from flightrec.probes.dwarf import _PARSE_ERRORS, FetchArg, Vmlinux, _fetch_arg, gnu_build_id
 from flightrec.probes.specs import SPECS_DIR, ProbeSpec, load_toml
 
 SPEC_PATH = SPECS_DIR / "widen" / "veth-race.toml"
@@ -326,23 +326,6 @@ def resolve_widen(vmlinux: Path, spec_path: Path = SPEC_PATH, source_dir: Option
         except _PARSE_ERRORS as e:
             raise FlightrecError(f"{vmlinux}: corrupt DWARF ({type(e).__name__}: {e})") from None
     return WidenPlan(str(vmlinux), gnu_build_id(Path(vmlinux)), flush, reserve)
-
-
-def gnu_build_id(path: Path) -> Optional[str]:
-    """The GNU build ID (hex) of an ELF file, from the note named "GNU" only: a
-    vmlinux also carries Xen notes whose type 3 would read as one."""
-    from elftools.elf.elffile import ELFFile
-
-    try:
-        with open(path, "rb") as f:
-            for sec in ELFFile(f).iter_sections():
-                if sec["sh_type"] == "SHT_NOTE":
-                    for note in sec.iter_notes():
-                        if note["n_name"] == "GNU" and note["n_type"] == "NT_GNU_BUILD_ID":
-                            return str(note["n_desc"])
-    except (OSError, *_PARSE_ERRORS):
-        return None
-    return None
 
 
 # --- running -----------------------------------------------------------------

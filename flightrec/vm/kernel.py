@@ -413,24 +413,3 @@ def guest_kernel(spec: Optional[str], progress: Progress = _quiet, with_vmlinux:
     return debian_kernel(spec, progress, with_vmlinux)
 
 
-def gnu_build_id(path: Path) -> Optional[str]:
-    """The GNU build ID (hex) of an ELF file, from the note named "GNU" only.
-
-    A vmlinux also carries Xen notes whose type 3 reads as NT_GNU_BUILD_ID
-    to pyelftools; their name tells them apart.
-    """
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-
-    try:
-        with open(path, "rb") as f:
-            for sec in ELFFile(f).iter_sections():
-                if sec["sh_type"] != "SHT_NOTE":
-                    continue
-                for note in sec.iter_notes():
-                    if note["n_name"] == "GNU" and note["n_type"] == "NT_GNU_BUILD_ID":
-                        desc = note["n_desc"]
-                        return desc if isinstance(desc, str) else bytes(desc).hex()
-    except (OSError, ELFError):
-        return None
-    return None

@@ -19,9 +19,10 @@ from typing import Any, Callable, Optional
 
 from flightrec import locate, runfolder
 from flightrec.errors import FlightrecError
+from flightrec.probes.dwarf import gnu_build_id
 from flightrec.record import afxdp, nics, topology
 from flightrec.vm import runner
-from flightrec.vm.kernel import GuestKernel, gnu_build_id, guest_kernel
+from flightrec.vm.kernel import GuestKernel, guest_kernel
 from flightrec.vm.qemu import VmConfig, tools_missing
 from flightrec.vm.zerocopy import zerocopy_missing
 

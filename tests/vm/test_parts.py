@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from flightrec.errors import FlightrecError
+from flightrec.probes.dwarf import gnu_build_id
 from flightrec.vm import initramfs
 from flightrec.vm import kernel as vmkernel
-from flightrec.vm.kernel import bzimage_release, gnu_build_id
+from flightrec.vm.kernel import bzimage_release
 from flightrec.vm.runner import death_reason, kernel_reports
 
 from vmkit import REPO

@@ -92,7 +92,7 @@ def test_widener_sites_resolve_by_source_line(kernels):
 
 
 def _build_id(path: Path) -> str:
-    from flightrec.probes.widen import gnu_build_id
+    from flightrec.probes.dwarf import gnu_build_id
 
     return gnu_build_id(path) or ""
 
