@@ -18,6 +18,7 @@ from flightrec.checks import run_checks
 from flightrec.checks.anomaly import Anomaly
 from flightrec.checks.coverage import not_run
 from flightrec.errors import FlightrecError
+from flightrec.hexaddr import hex_or
 from flightrec.model.history import History
 from flightrec.model.replay import Replay, replay
 from flightrec.model.timeline import Timeline, build_timeline
@@ -116,18 +117,14 @@ def claim_json(c) -> dict:
     }
 
 
-def _hex(v: Optional[int]) -> Optional[str]:
-    return None if v is None else f"{v:#x}"
-
-
 def anomaly_json(a: Anomaly) -> dict:
     return {
         "kind": a.kind,
         "verdict": a.verdict,
-        "addr": _hex(a.addr),
-        "expected": _hex(a.expected),
-        "read_addr": _hex(a.read_addr),
-        "xs": _hex(a.xs),
+        "addr": hex_or(a.addr),
+        "expected": hex_or(a.expected),
+        "read_addr": hex_or(a.read_addr),
+        "xs": hex_or(a.xs),
         "sock": a.sock,
         "queue": a.queue,
         "reserve_cpu": a.reserve_cpu,

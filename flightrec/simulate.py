@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from flightrec.errors import FlightrecError
+from flightrec.hexaddr import hex_or
 from flightrec.parse.format import BATCH_LINE_MAX, MARKER_FORMS, NOTE_SEP
 
 POISON = 0xDEADBEEFDEADBEEF
@@ -150,10 +151,6 @@ class Simulation:
 def _rr(rng: random.Random, lo: int, hi: int) -> int:
     """rng.randrange(lo, hi) for the hot loop: random() is several times cheaper."""
     return lo + int(rng.random() * (hi - lo))
-
-
-def _hex(v: Optional[int]) -> Optional[str]:
-    return None if v is None else f"{v:#x}"
 
 
 class _Pair:
@@ -812,8 +809,8 @@ def simulate(cfg: SimConfig) -> Simulation:
         anomaly = {
             "kind": cfg.fault,
             "verdict": "kernel" if cfg.fault in KERNEL_FAULTS + TX_KERNEL_FAULTS else "application",
-            "addr": _hex(planted["addr"]), "expected": _hex(planted.get("expected")),
-            "xs": _hex(fp.xs), "sock": fp.rx, "queue": fp.queue,
+            "addr": hex_or(planted["addr"]), "expected": hex_or(planted.get("expected")),
+            "xs": hex_or(fp.xs), "sock": fp.rx, "queue": fp.queue,
             "reserve_cpu": planted.get("reserve_cpu"), "flush_cpu": planted.get("flush_cpu"),
             "missing": [],
         }
@@ -825,8 +822,8 @@ def simulate(cfg: SimConfig) -> Simulation:
             elif cfg.probes == "no-flush":
                 anomaly.update(missing=["flush"])
         if "symptom_addr" in planted:
-            anomaly["symptom"] = {"addr": _hex(planted["symptom_addr"]),
-                                  "expected": _hex(planted.get("symptom_expected"))}
+            anomaly["symptom"] = {"addr": hex_or(planted["symptom_addr"]),
+                                  "expected": hex_or(planted.get("symptom_expected"))}
         if anomaly["verdict"] != "undetermined":
             story = {k: v for k, v in tag_idx.items()}
             seq_idx = {e[1]: i for i, e in enumerate(ev)}
@@ -837,7 +834,7 @@ def simulate(cfg: SimConfig) -> Simulation:
                 kept < total_written if cfg.fmt == "ftrace" else bool(dropped_before))))
     socks = {}
     for p in pairs:
-        socks[p.rx] = {"xs": _hex(p.xs), "fq": _hex(p.fq), "forward_to": p.tx, "app_cpu": p.app_cpu,
+        socks[p.rx] = {"xs": hex_or(p.xs), "fq": hex_or(p.fq), "forward_to": p.tx, "app_cpu": p.app_cpu,
                        "task": f"{p.comm}-{p.pid}", "frames": len(p.frames)}
     truth = Truth(
         config=asdict(cfg), lines=lineno, events=kept, anomaly=anomaly, sockets=socks,

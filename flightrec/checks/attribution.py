@@ -25,6 +25,7 @@ import bisect
 from typing import Optional
 
 from flightrec.checks.anomaly import APPLICATION, KERNEL, UNDETERMINED, Anomaly, Evidence
+from flightrec.hexaddr import hexa
 from flightrec.model.history import KERNEL as KERNEL_EVENTS
 from flightrec.model.history import MARKERS, Claim, Gap, absent, failed, seen
 from flightrec.model.replay import BadTransition, Replay, Reserve, RxRead, slot_alignment
@@ -33,10 +34,6 @@ from flightrec.parse.format import KERNEL_OWNED, POISON
 
 MISSING_RESERVE = "reserve events (kprobe __xsk_rcv_zc at xskq_prod_reserve_desc)"
 MISSING_FLUSH = "flush events (kprobe xsk_flush)"
-
-
-def hexa(v: Optional[int]) -> str:
-    return "?" if v is None else f"{v:#x}"
 
 
 def ev(tl: Timeline, row: int, why: str) -> Evidence:

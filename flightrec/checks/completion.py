@@ -7,7 +7,8 @@ from typing import Optional
 import numpy as np
 
 from flightrec.checks.anomaly import KERNEL, UNDETERMINED, Anomaly
-from flightrec.checks.attribution import ev, hexa
+from flightrec.checks.attribution import ev
+from flightrec.hexaddr import hexa
 from flightrec.model.history import KERNEL as KERNEL_EVENTS
 from flightrec.model.history import MARKERS, absent, seen
 from flightrec.model.replay import Replay

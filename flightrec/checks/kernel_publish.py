@@ -28,7 +28,8 @@ itself; veth-fixed ran clean under the same settings.
 from __future__ import annotations
 
 from flightrec.checks.anomaly import KERNEL, Anomaly
-from flightrec.checks.attribution import ev, hexa
+from flightrec.checks.attribution import ev
+from flightrec.hexaddr import hexa
 from flightrec.model.history import seen
 from flightrec.model.replay import Replay
 from flightrec.model.timeline import Timeline

@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Optional
 
 from flightrec.checks.anomaly import APPLICATION, KERNEL, UNDETERMINED, Anomaly, Evidence
-from flightrec.checks.attribution import attribute_read, ev, hexa
+from flightrec.checks.attribution import attribute_read, ev
 from flightrec.checks.completion import SENT, in_flight_anomaly
+from flightrec.hexaddr import hexa
 from flightrec.model.replay import Replay
 from flightrec.model.timeline import Timeline
 from flightrec.parse import format as kinds

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from flightrec.checks.anomaly import Anomaly
-from flightrec.checks.attribution import attribute_read, find_race, hexa
+from flightrec.checks.attribution import attribute_read, find_race
+from flightrec.hexaddr import hexa
 from flightrec.model.replay import Replay
 from flightrec.model.timeline import Timeline
 

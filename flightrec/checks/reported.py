@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from flightrec.checks.anomaly import APPLICATION, KERNEL, UNDETERMINED, Anomaly, Evidence
-from flightrec.checks.attribution import attribute_read, ev, hexa, root_duplicate, tie_claim
+from flightrec.checks.attribution import attribute_read, ev, root_duplicate, tie_claim
+from flightrec.hexaddr import hexa
 from flightrec.model.history import seen
 from flightrec.model.replay import Replay
 from flightrec.model.timeline import Timeline

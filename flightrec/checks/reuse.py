@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from flightrec.checks.anomaly import APPLICATION, Anomaly, Evidence
-from flightrec.checks.attribution import _unproven, ev, hexa, transition_claims
+from flightrec.checks.attribution import _unproven, ev, transition_claims
+from flightrec.hexaddr import hexa
 from flightrec.model.replay import BadTransition, Replay
 from flightrec.model.timeline import Timeline
 from flightrec.parse import format as kinds

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from flightrec.checks.anomaly import APPLICATION, UNDETERMINED, Anomaly
-from flightrec.checks.attribution import attribute_read, ev, hexa, root_duplicate, transition_claims
+from flightrec.checks.attribution import attribute_read, ev, root_duplicate, transition_claims
+from flightrec.hexaddr import hexa
 from flightrec.model.history import failed
 from flightrec.model.replay import Replay
 from flightrec.model.timeline import Timeline

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Optional
 
 from flightrec.checks.anomaly import APPLICATION, KERNEL, UNDETERMINED, Anomaly, Evidence
-from flightrec.checks.attribution import ev, hexa, transition_claims
+from flightrec.checks.attribution import ev, transition_claims
 from flightrec.checks.completion import SENT
+from flightrec.hexaddr import hexa
 from flightrec.model.history import KERNEL as KERNEL_EVENTS
 from flightrec.model.history import MARKERS, Claim, absent, seen
 from flightrec.model.replay import BadTransition, Replay

@@ -20,11 +20,11 @@ Element ids and classes are an interface (tests and scripts read them):
 from __future__ import annotations
 
 import html
-from typing import Optional
 
 from flightrec import __version__
 from flightrec.analysis import Result
 from flightrec.checks.anomaly import Anomaly
+from flightrec.hexaddr import hex_or
 from flightrec.model.lives import context_rows, per_cpu, rows_of
 from flightrec.model.timeline import Timeline
 from flightrec.parse import format as kinds
@@ -76,10 +76,6 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 def _e(s: object) -> str:
     return html.escape(str(s), quote=True)
-
-
-def _hex(v: Optional[int]) -> str:
-    return "" if v is None else f"{v:#x}"
 
 
 def _cpu_timeline(tl: Timeline, a: Anomaly, around: int) -> str:
@@ -192,7 +188,7 @@ def _anomaly(tl: Timeline, a: Anomaly, index: int, total: int, trips_by_addr, ar
         facts.append(f"read on CPU {a.read_cpu}")
     parts = [
         f'<section class="anomaly" id="anomaly-{index}" data-kind="{_e(a.kind)}" data-verdict="{_e(a.verdict)}" '
-        f'data-line="{a.line}" data-addr="{_hex(a.addr)}">',
+        f'data-line="{a.line}" data-addr="{hex_or(a.addr, "")}">',
         f'<h2>Anomaly {index}/{total}: <span class="badge {_e(a.verdict)}">{_e(a.verdict.upper())}</span> '
         f'{_e(a.kind)} at line {a.line}</h2>',
         f'<p class="facts">{_e(", ".join(facts))}</p>',
