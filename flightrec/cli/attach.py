@@ -10,7 +10,6 @@ from typing import Optional
 import click
 
 from flightrec.cli.record import PlainView
-from flightrec.errors import FlightrecError
 from flightrec.record.attach import AttachOptions, attach
 from flightrec.record.session import Interrupted
 
@@ -59,9 +58,6 @@ def attach_cmd(iface: str, netns: Optional[str], pid: Optional[int], duration: O
     view = PlainView()
     try:
         result = attach(opts, view)
-    except FlightrecError as err:
-        click.echo(f"flightrec: {err}", err=True)
-        sys.exit(2)
     except Interrupted as sig:
         click.echo(f"flightrec: interrupted by {sig}", err=True)
         sys.exit(128 + sig.signum)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 
-from flightrec.errors import FlightrecError
 from flightrec.record import state
 from flightrec.record.session import remove_leftover_probes
 
@@ -60,33 +59,29 @@ def cleanup(dry_run: bool) -> None:
             shutil.rmtree(path, ignore_errors=True)
             if path.exists():
                 failed.append(str(path))
-    try:
-        with state.Lock():
-            left = state.find_leftovers()
-            if not left:
+    with state.Lock():
+        left = state.find_leftovers()
+        if not left:
+            state.clear_registry()
+            if not folders:
+                click.echo("nothing to clean up")
+        for name in left.netns:
+            click.echo(f"netns {name}")
+        for name in left.instances:
+            click.echo(f"tracefs instance {name}")
+        for proc in left.processes:
+            click.echo(f"process {proc.pid} ({proc.what})")
+        if left.extra:
+            click.echo(f"kernel events {left.extra}")
+        if dry_run:
+            if left or folders:
+                click.echo("(dry run: nothing removed)")
+            return
+        if left:
+            failed += state.remove_leftovers(left)
+            failed += remove_leftover_probes(left.extra)
+            if not failed:
                 state.clear_registry()
-                if not folders:
-                    click.echo("nothing to clean up")
-            for name in left.netns:
-                click.echo(f"netns {name}")
-            for name in left.instances:
-                click.echo(f"tracefs instance {name}")
-            for proc in left.processes:
-                click.echo(f"process {proc.pid} ({proc.what})")
-            if left.extra:
-                click.echo(f"kernel events {left.extra}")
-            if dry_run:
-                if left or folders:
-                    click.echo("(dry run: nothing removed)")
-                return
-            if left:
-                failed += state.remove_leftovers(left)
-                failed += remove_leftover_probes(left.extra)
-                if not failed:
-                    state.clear_registry()
-    except FlightrecError as err:
-        click.echo(f"flightrec: {err}", err=True)
-        sys.exit(2)
     if failed:
         click.echo(f"could not remove: {', '.join(failed)}", err=True)
         sys.exit(1)

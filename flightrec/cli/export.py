@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
-
-from flightrec.errors import FlightrecError
 
 
 @click.group(
@@ -58,12 +54,8 @@ def perfetto_cmd(trace: str, output: str, threads: bool) -> None:
     from flightrec.analysis import analyze_path
     from flightrec.report.perfetto import write_trace_file
 
-    try:
-        result = analyze_path(trace)
-        stats = write_trace_file(result, output, threads=threads)
-    except FlightrecError as e:
-        click.echo(f"flightrec: {e}", err=True)
-        sys.exit(2)
+    result = analyze_path(trace)
+    stats = write_trace_file(result, output, threads=threads)
     where = "standard output" if output == "-" else output
     verdict = result.verdict.upper()
     click.echo(f"{where}: {stats.events} trace events, {stats.flows} descriptor flows, "
@@ -98,12 +90,8 @@ def pcap_cmd(source: str, output: str) -> None:
     """
     from flightrec.report.pcap import flagged_source, read_flagged, write_pcapng
 
-    try:
-        packets = read_flagged(flagged_source(source))
-        count = write_pcapng(packets, output)
-    except FlightrecError as e:
-        click.echo(f"flightrec: {e}", err=True)
-        sys.exit(2)
+    packets = read_flagged(flagged_source(source))
+    count = write_pcapng(packets, output)
     kinds = sorted({p.kind for p in packets})
     click.echo(f"{output}: {count} flagged packet{'' if count == 1 else 's'}"
                + (f" ({', '.join(kinds)})" if kinds else ""), err=True)

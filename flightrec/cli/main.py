@@ -14,6 +14,7 @@ from typing import Optional
 import click
 
 from flightrec import __version__
+from flightrec.errors import FlightrecError
 
 # module name -> attribute holding the click command; one line per command.
 COMMANDS = {
@@ -53,6 +54,15 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         return getattr(importlib.import_module(f"flightrec.cli.{name}"), COMMANDS[name])
+
+    def invoke(self, ctx: click.Context) -> object:
+        # Bad input or environment, said by the library: one line, exit 2, for
+        # every command (a command catches FlightrecError only to do more).
+        try:
+            return super().invoke(ctx)
+        except FlightrecError as e:
+            click.echo(f"flightrec: {e}", err=True)
+            sys.exit(2)
 
 
 @click.group(cls=LazyGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,7 +10,6 @@ from typing import Optional
 import click
 
 from flightrec import probes as lib
-from flightrec.errors import FlightrecError
 
 # `probes install` without --instance enables the events in this instance.
 CLI_INSTANCE = "flightrec-probes"
@@ -75,14 +74,10 @@ def show(vmlinux: Optional[str], specs: tuple[str, ...], no_perf: bool, as_json:
 
     The vmlinux may be any kernel's: nothing is installed.
     """
-    try:
-        spec_list = _specs(specs)
-        path = _vmlinux(vmlinux, spec_list)
-        resolved = lib.resolve(path, spec_list)
-        defs, problems = lib.definitions(resolved, path, use_perf=not no_perf)
-    except FlightrecError as e:
-        _fail(str(e))
-        return
+    spec_list = _specs(specs)
+    path = _vmlinux(vmlinux, spec_list)
+    resolved = lib.resolve(path, spec_list)
+    defs, problems = lib.definitions(resolved, path, use_perf=not no_perf)
     if as_json:
         json.dump({"vmlinux": str(path), "probes": [_probe_json(r, defs) for r in resolved],
                    "problems": problems}, sys.stdout, indent=1)

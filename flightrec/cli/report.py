@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
-
-from flightrec.errors import FlightrecError
 
 
 @click.command(
@@ -41,12 +37,8 @@ def report(trace: str, output: str, around: int) -> None:
     from flightrec.analysis import analyze_path
     from flightrec.report.html import write_report
 
-    try:
-        result = analyze_path(trace)
-        write_report(result, output, around=around)
-    except FlightrecError as e:
-        click.echo(f"flightrec: {e}", err=True)
-        sys.exit(2)
+    result = analyze_path(trace)
+    write_report(result, output, around=around)
     where = "standard output" if output == "-" else output
     n = len(result.anomalies)
     if n:

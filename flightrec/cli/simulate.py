@@ -7,7 +7,6 @@ from typing import Optional
 
 import click
 
-from flightrec.errors import FlightrecError
 from flightrec.parse.format import MARKER_FORMS
 from flightrec.simulate import FAULTS, FORMATS, PROBES, SimConfig, simulate, truth_json
 
@@ -84,9 +83,6 @@ def simulate_cmd(seed: int, cpus: int, packets: int, lines: Optional[int], pairs
         else:
             with open(truth, "w", encoding="utf-8") as f:
                 f.write(data)
-    except FlightrecError as err:
-        click.echo(f"flightrec: {err}", err=True)
-        sys.exit(2)
     except OSError as err:
         click.echo(f"flightrec: cannot write {err.filename}: {err.strerror}", err=True)
         sys.exit(2)

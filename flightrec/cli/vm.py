@@ -55,11 +55,6 @@ def _vm_options(f):  # type: ignore[no-untyped-def]
     return f
 
 
-def _fail(message: str) -> None:
-    click.echo(f"flightrec: {message}", err=True)
-    sys.exit(2)
-
-
 def _interrupted(sig: Interrupted) -> None:
     kept = f"; guest console: {sig.console}" if sig.console is not None else ""
     click.echo(f"flightrec: interrupted by {sig}; the VM was stopped{kept}", err=True)
@@ -180,8 +175,6 @@ def record_cmd(ctx: click.Context, kernel: Optional[str], cpus: int, memory_mb: 
                                boot_attempts=boot_attempts, stall_timeout=stall_timeout,
                                guest_prefix=prefix, guest_files=files, nic=nic, mode=mode)
         result = vm_record(opts, parse_record_args, progress.say, progress.guest)
-    except FlightrecError as e:
-        _fail(str(e))
     except Interrupted as sig:
         _interrupted(sig)
     t = result.timings
@@ -245,8 +238,6 @@ def run_cmd(kernel: Optional[str], cpus: int, memory_mb: int, accel: str, boot_t
                               timeout=timeout, boot_timeout=boot_timeout, out_dir=out_dir,
                               say=progress.say, on_output=progress.guest, boot_attempts=boot_attempts,
                               stall_timeout=stall_timeout)
-    except FlightrecError as e:
-        _fail(str(e))
     except Interrupted as sig:
         _interrupted(sig)
     progress.say(f"guest command exit {result.exit_code} after {result.command_s:.1f} s "
