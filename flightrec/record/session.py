@@ -1,6 +1,6 @@
 """One recording, from an empty machine back to an empty machine.
 
-``can_run`` says why a recording is impossible here; :func:`record` does
+``can_run`` (flightrec.capabilities) says why a recording is impossible here; :func:`record` does
 setup -> start -> wait -> stop -> save, and tears everything down on every
 path out: success, anomaly, a helper dying, Ctrl-C, SIGTERM, SIGHUP
 (signals are turned into an exception so they reach the same ``finally``).
@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import signal
-import socket
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -29,7 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from flightrec import __version__, locate, runfolder, tracefs
+from flightrec import __version__, runfolder, tracefs
+from flightrec.capabilities import can_run
 from flightrec.errors import FlightrecError
 from flightrec.parse.fields import parse_markers
 from flightrec.parse.format import MARKER_FORMS
@@ -37,7 +36,7 @@ from flightrec.record import afxdp, kernel_events, state, topology
 from flightrec.record import app as appmod
 from flightrec.record import forwarder as fwdmod
 from flightrec.record.forwarder import Forwarder, ForwarderConfig
-from flightrec.record.traffic import STAMP_CORRUPT, STAMP_PORT, Traffic, TrafficPlan, stamp_path
+from flightrec.record.traffic import STAMP_CORRUPT, STAMP_PORT, Traffic, TrafficPlan
 from flightrec.record.watch import Exit, Watch
 from flightrec.report import pcap
 
@@ -167,35 +166,6 @@ class HelperDied(Exception):
         self.exit = exit
 
 
-def can_run(opts: Optional[RecordOptions] = None) -> Optional[str]:
-    """Why ``flightrec record`` cannot run on this machine (with the fix), or None."""
-    if os.geteuid() != 0:
-        return "must run as root (namespaces, XDP and tracefs need it); try sudo"
-    if tracefs.find_root() is None and not tracefs.TRACEFS_CANDIDATES[0].is_dir():
-        return "no tracefs (kernel without CONFIG_TRACING?); /sys/kernel/tracing does not exist"
-    missing = fwdmod.forwarder_missing()
-    if missing:
-        return missing
-    if not os.access(stamp_path(), os.X_OK):
-        return f"{stamp_path()} (the stamped traffic) not built; {locate.build_fix('c/stamp')}"
-    for tool, package in (("ip", "iproute2"), ("ethtool", "ethtool"), ("iperf3", "iperf3"), ("ss", "iproute2")):
-        if shutil.which(tool) is None:
-            return f"{tool} not found; apt-get install {package}"
-    why = af_xdp_unavailable()
-    if why:
-        return why
-    return None
-
-
-def af_xdp_unavailable() -> Optional[str]:
-    """Open and close an AF_XDP socket: the one honest test that the kernel has XSKs."""
-    try:
-        socket.socket(afxdp.AF_XDP, socket.SOCK_RAW, 0).close()
-    except OSError as err:
-        return f"no AF_XDP sockets ({err.strerror}); the kernel needs CONFIG_XDP_SOCKETS=y"
-    return None
-
-
 @contextmanager
 def signals_raise() -> Iterator[list[int]]:
     """Turn SIGINT/SIGTERM/SIGHUP into :class:`Interrupted` inside the block.
@@ -232,7 +202,7 @@ def record(opts: RecordOptions, observer: Optional[Observer] = None) -> RecordRe
     """
     obs = observer or Observer()
     opts.check()
-    reason = can_run(opts)
+    reason = can_run()
     if reason:
         raise FlightrecError(reason)
     root = tracefs.ensure_mounted()

@@ -14,8 +14,8 @@ from typing import IO, Optional
 
 import pytest
 
-from flightrec import tracefs
-from flightrec.record import forwarder, session, state
+from flightrec import capabilities, tracefs
+from flightrec.record import forwarder, state
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ def skip_unless_can_record() -> None:
     why = forwarder.forwarder_missing()
     if why:
         pytest.skip(why)
-    why = session.can_run()
+    why = capabilities.can_run()
     if why:
         pytest.skip(why)
     tracefs.ensure_mounted()
