@@ -26,8 +26,7 @@ from typing import Optional
 
 from flightrec.checks.anomaly import APPLICATION, KERNEL, UNDETERMINED, Anomaly, Evidence
 from flightrec.hexaddr import hexa
-from flightrec.model.history import KERNEL as KERNEL_EVENTS
-from flightrec.model.history import MARKERS, Claim, Gap, absent, failed, seen
+from flightrec.model.history import KERNEL_HISTORY, MARKERS, Claim, Gap, absent, failed, seen
 from flightrec.model.replay import BadTransition, Replay, Reserve, RxRead, slot_alignment
 from flightrec.model.timeline import Timeline
 from flightrec.parse.format import KERNEL_OWNED, POISON
@@ -96,7 +95,7 @@ def race_claims(tl: Timeline, s: Reserve, other: int) -> list[Claim]:
         seen(f"CPU {b} flushed xs {s.xs:#x} (line {line[other]}) after CPU {s.cpu} reserved the slot "
              f"(line {line[s.row]})", (s.cpu, b), (s.ts, ts[other]), (line[s.row], line[other])),
         absent(tl.history, f"CPU {s.cpu} did not flush xs {s.xs:#x} itself between line {line[s.row]} "
-                           f"and line {line[other]}", s.ts, ts[other], KERNEL_EVENTS, cpus=(s.cpu,)),
+                           f"and line {line[other]}", s.ts, ts[other], KERNEL_HISTORY, cpus=(s.cpu,)),
     ]
 
 
@@ -268,7 +267,8 @@ def attribute_read(tl: Timeline, rp: Replay, r: RxRead, kind: str, symptom: str)
             missing = (MISSING_FLUSH,)
             text += "; the kernel published a slot it had not written (no flush events: the publishing CPU is unknown)"
         elif h.kernel_until < tl.ts[row] and own is None:
-            missing = tuple(g.describe() for g in h.missing(s.ts, tl.ts[row], KERNEL_EVENTS) if g.why == "kernel-ended")
+            gaps = h.missing(s.ts, tl.ts[row], KERNEL_HISTORY)
+            missing = tuple(g.describe() for g in gaps if g.why == "kernel-ended")
             text += ("; the kernel published a slot it had not written (the publishing flush may be after the "
                      "kernel-event source stopped)")
         else:

@@ -9,8 +9,7 @@ import numpy as np
 from flightrec.checks.anomaly import KERNEL, UNDETERMINED, Anomaly
 from flightrec.checks.attribution import ev
 from flightrec.hexaddr import hexa
-from flightrec.model.history import KERNEL as KERNEL_EVENTS
-from flightrec.model.history import MARKERS, absent, seen
+from flightrec.model.history import KERNEL_HISTORY, MARKERS, absent, seen
 from flightrec.model.replay import Replay
 from flightrec.model.timeline import Timeline
 from flightrec.parse import format as kinds
@@ -77,7 +76,7 @@ def in_flight_anomaly(tl: Timeline, tx: int, read: int, late: int) -> Anomaly:
              (ts[tx], ts[read], ts[late]), (line[tx], line[read], line[late])),
         # every transmission of the frame before the read would be in the trace
         absent(tl.history, f"the kernel did not send {hexa(a)} between line {line[tx]} and line {line[read]}",
-               ts[tx], ts[read], KERNEL_EVENTS),
+               ts[tx], ts[read], KERNEL_HISTORY),
         absent(tl.history, f"no marker put {hexa(a)} into TX again between line {line[read]} and line {line[late]}",
                ts[read], ts[late], MARKERS),
     ]

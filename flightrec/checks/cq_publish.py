@@ -9,8 +9,7 @@ from collections import defaultdict
 from flightrec.checks.anomaly import KERNEL, UNDETERMINED, Anomaly
 from flightrec.checks.attribution import ev
 from flightrec.hexaddr import hexa
-from flightrec.model.history import KERNEL as KERNEL_EVENTS
-from flightrec.model.history import absent, seen
+from flightrec.model.history import KERNEL_HISTORY, absent, seen
 from flightrec.model.replay import Replay
 from flightrec.model.timeline import Timeline
 from flightrec.parse import format as kinds
@@ -81,7 +80,7 @@ def _anomaly(tl: Timeline, r: int, row: int, upto: int, done: int) -> Anomaly:
              (ts[r], ts[row]), (line[r], line[row])),
         absent(tl.history, f"every COMPLETION reserve and submit of xs {hexa(x)} since the trace began is in it "
                            f"({upto} slots reserved up to slot {s}, {done} published by its own destructors)",
-               tl.window.start, ts[row], KERNEL_EVENTS),
+               tl.window.start, ts[row], KERNEL_HISTORY),
     )
     evidence = [ev(tl, r, f"xs {hexa(x)} reserved slot {s} for {hexa(a)}"),
                 ev(tl, row, f"xs {hexa(y)}'s destructor published slots from {tl.slot[row]} on")]

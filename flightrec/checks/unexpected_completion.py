@@ -8,8 +8,7 @@ from flightrec.checks.anomaly import APPLICATION, KERNEL, UNDETERMINED, Anomaly,
 from flightrec.checks.attribution import ev, transition_claims
 from flightrec.checks.completion import SENT
 from flightrec.hexaddr import hexa
-from flightrec.model.history import KERNEL as KERNEL_EVENTS
-from flightrec.model.history import MARKERS, Claim, absent, seen
+from flightrec.model.history import KERNEL_HISTORY, MARKERS, Claim, absent, seen
 from flightrec.model.replay import BadTransition, Replay
 from flightrec.model.timeline import Timeline
 from flightrec.parse import format as kinds
@@ -91,7 +90,7 @@ def _judge(tl: Timeline, b: BadTransition, has_writes: bool) -> Anomaly:
         absent(tl.history, f"no marker put {hexa(a)} into TX again between line {line[tx]} and line {line[row]}",
                t0, t1, MARKERS),
         absent(tl.history, f"the kernel's COMPLETION writes and sends of {hexa(a)} between line {line[tx]} and "
-                           f"line {line[row]} are all in the trace", t0, t1, KERNEL_EVENTS),
+                           f"line {line[row]} are all in the trace", t0, t1, KERNEL_HISTORY),
     ]
     if writes:
         claims.insert(0, seen(f"the kernel wrote {hexa(a)} into {len(writes)} COMPLETION entr"

@@ -145,7 +145,7 @@ vm-output.log and vm.json (docs/ci.md).
 @click.option("--widen-queue", type=click.IntRange(min=0), default=None,
               help="Widen only flushes of sockets on this queue (default: any).")
 @click.pass_context
-def record_cmd(ctx: click.Context, kernel: Optional[str], cpus: int, memory_mb: int, accel: str,
+def vm_record_cmd(ctx: click.Context, kernel: Optional[str], cpus: int, memory_mb: int, accel: str,
                boot_timeout: float, stall_timeout: float, duration: float, out_dir: Path, timeout: Optional[float],
                boot_attempts: int, nic: str, mode: str, widen: bool,
                widen_flush_ms: float, widen_every: int, widen_reserve_ms: float,

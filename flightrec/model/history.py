@@ -29,7 +29,7 @@ INF = float("inf")
 
 EVENTS = "events"  # any event: markers and kernel events alike
 MARKERS = "markers"  # the application's trace_marker lines
-KERNEL = "kernel"  # the kernel's reserve / flush / tx events
+KERNEL_HISTORY = "kernel"  # the kernel's reserve / flush / tx events
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,13 @@ class Gap:
     after: float  # the last moment known before it (-inf: from the start)
     before: float  # the first moment known after it (+inf: to the end)
     why: str  # "buffer" (the CPU's buffer began at `before`), "lost", "kernel-ended", "unpaired"
-    events: str = EVENTS  # what the gap hides: EVENTS or KERNEL
+    events: str = EVENTS  # what the gap hides: EVENTS or KERNEL_HISTORY
     line: Optional[int] = None
     count: Optional[int] = None
 
     def hides(self, t1: float, t2: float, events: str) -> bool:
         """True when events of `events` kind between t1 and t2 may be missing."""
-        if self.events == KERNEL and events == MARKERS:
+        if self.events == KERNEL_HISTORY and events == MARKERS:
             return False
         return self.after < t2 and self.before > t1
 
@@ -117,7 +117,7 @@ def build_history(cpu_first: dict[int, tuple[float, int]], counts: dict[int, int
         gaps.append(Gap(cpu, after, before, "lost", line=line, count=count))
     until = INF if kernel_until is None else kernel_until
     if until < INF:
-        gaps.append(Gap(None, until, INF, "kernel-ended", events=KERNEL))
+        gaps.append(Gap(None, until, INF, "kernel-ended", events=KERNEL_HISTORY))
     idle = tuple(c for c in range(header_cpus or 0) if c not in cpus)
     return History(cpus, tuple(gaps), overrun, until, idle)
 
@@ -154,7 +154,7 @@ class Claim:
                                          f"{', '.join(map(str, self.lines))})" if self.lines else "")
         who = (f"every CPU ({', '.join(map(str, self.cpus))})" if self.every_cpu
                else ", ".join(f"CPU {c}" for c in self.cpus))
-        what = {MARKERS: "markers", KERNEL: "kernel events"}.get(self.events, "events")
+        what = {MARKERS: "markers", KERNEL_HISTORY: "kernel events"}.get(self.events, "events")
         return f"{who}: no {what} missing from {self.start:.6f} to {self.end:.6f}"
 
 

@@ -33,7 +33,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
-from flightrec.model.history import KERNEL, MARKERS, Claim, Gap, absent, seen
+from flightrec.model.history import KERNEL_HISTORY, MARKERS, Claim, Gap, absent, seen
 from flightrec.model.timeline import Timeline
 from flightrec.parse.format import FLUSH, MARKER, POISON, RESERVE, TX, VALID_BEFORE, Detection
 
@@ -358,7 +358,7 @@ def slot_alignment(tl: Timeline, sock: str, row: int, slot: Reserve, link: Optio
         return (
             absent(h, f"{sock} read RX in the trace from its start on", start, ts[row], MARKERS),
             absent(h, f"the kernel's reserves of xs {xs:#x} are in the trace from its start on", start,
-                   slot.ts, KERNEL),
+                   slot.ts, KERNEL_HISTORY),
         )
     prev, before = link.read_row, link.slot
     claims = [seen(f"{sock} read {tl.addr[prev]:#x} (line {line[prev]}) from the slot CPU {before.cpu} "
@@ -372,7 +372,7 @@ def slot_alignment(tl: Timeline, sock: str, row: int, slot: Reserve, link: Optio
                       gaps=(_unpaired_gap(tl, sock, prev, row),))
     claims.append(reads)
     reserves = absent(h, f"the kernel reserved no other RX slot of xs {xs:#x} between line {line[before.row]} "
-                         f"and line {line[slot.row]}", before.ts, slot.ts, KERNEL)
+                         f"and line {line[slot.row]}", before.ts, slot.ts, KERNEL_HISTORY)
     if not reserves.holds and fill_order and _fill_adjacent(tl, row, link, det, slot):
         reserves = seen(f"{slot.addr:#x} comes right after {before.addr:#x} in {sock}'s FILL order (the "
                         f"application read {before.addr:#x} at line {line[prev]} as its deque's head, then "

@@ -7,7 +7,7 @@ parsers (flightrec/parse/fields.py in Python, flightrec/_scan.c in C) read
 these tables; the model and the checks use the names.
 
 Adding a kernel event field (say `cons` on a COMPLETION event) is one row of
-KERNEL_FIELDS, and a new event one row of KERNEL_EVENTS: both parsers take
+KERNEL_FIELDS, and a new event one row of KERNEL_EVENT_NAMES: both parsers take
 the tables as they are, and tests/unit/test_scan.py holds them equal.
 """
 
@@ -91,7 +91,7 @@ KERNEL_FIELDS = (
 # tx_get_data) and of the post's `perf probe` defaults (__xsk_rcv_zc_L7,
 # xsk_flush, xp_raw_get_data); a suffix such as `_L7` or `_1` (perf numbers
 # the inlined copies of a function) is ignored.
-KERNEL_EVENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+KERNEL_EVENT_NAMES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     RESERVE: (("rx_reserve", "__xsk_rcv_zc", "xsk_rcv_zc"), ("addr", "xs")),
     FLUSH: (("flush", "xsk_flush"), ("xs",)),
     TX: (("tx_get_data", "xp_raw_get_data"), ("addr",)),
@@ -112,7 +112,7 @@ class Format:
     kinds: tuple[str, ...] = KINDS
     fields: tuple[KernelField, ...] = KERNEL_FIELDS
     events: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = tuple(
-        (k, names, need) for k, (names, need) in KERNEL_EVENTS.items())
+        (k, names, need) for k, (names, need) in KERNEL_EVENT_NAMES.items())
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.fields]

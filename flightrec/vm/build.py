@@ -221,7 +221,7 @@ def _build(name: str, progress: Progress, jobs: int, cache: Path) -> BuiltKernel
     return BuiltKernel(name, release, dest / "bzImage", dest / "vmlinux", inputs["source"], tuple(KERNELS[name]))
 
 
-def guest_kernel(name: str, progress: Progress = _quiet) -> "GuestKernel":
+def built_guest_kernel(name: str, progress: Progress = _quiet) -> "GuestKernel":
     """``--kernel veth-race``: the built kernel as the VM runner boots it (vmlinux beside the bzImage).
 
     :raises FlightrecError: as :func:`ensure_kernel`.
@@ -233,7 +233,7 @@ def guest_kernel(name: str, progress: Progress = _quiet) -> "GuestKernel":
 
 def named_kernels() -> dict[str, Callable[[Progress], "GuestKernel"]]:
     """The entries for ``flightrec.vm.kernel.NAMED_KERNELS``: name -> builder."""
-    return {name: functools.partial(guest_kernel, name) for name in NAMES}
+    return {name: functools.partial(built_guest_kernel, name) for name in NAMES}
 
 
 def _tarball(cache: Path, progress: Progress) -> Path:

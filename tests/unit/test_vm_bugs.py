@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from flightrec.cli.main import cli as main
 from flightrec.cli.record import options_from_params, parse_record_args
-from flightrec.cli.vm import record_cmd as vm_record_cmd
+from flightrec.cli.vm import vm_record_cmd
 from flightrec.record.forwarder import forwarder_missing
 from flightrec.vm import build
 from flightrec.vm.bugs import BUGS, find
