@@ -21,7 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "forwarder.h"
-#include "report.h"
+#include "status.h"
 #include "stamp.h"
 #include "xdp_meta.h"
 
@@ -988,7 +988,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	g.t_start = now();
-	report_print_ready(&g);
+	status_print_ready(&g);
 	for (;;) {
 		nanosleep(&tick, NULL); /* EINTR on a signal: fine */
 		t = now() - g.t_start;
@@ -1005,7 +1005,7 @@ int main(int argc, char **argv)
 			break;
 		}
 		if (t >= next_stats) {
-			report_print_stats_event(&g, t);
+			status_print_stats_event(&g, t);
 			next_stats += 1.0;
 		}
 	}
@@ -1014,18 +1014,18 @@ int main(int argc, char **argv)
 	if (g.anomaly.raised) {
 		g.exit_reason = "anomaly";
 		code = EXIT_ANOMALY;
-		report_print_anomaly(&g);
+		status_print_anomaly(&g);
 	} else {
 		code = EXIT_CLEAN;
 	}
-	report_print_stats_event(&g, t);
+	status_print_stats_event(&g, t);
 	if (g.opt.stats_path)
-		report_write_stats(&g, g.opt.stats_path, code, t);
-	report_print_exit(&g, code, t);
+		status_write_stats(&g, g.opt.stats_path, code, t);
+	status_print_exit(&g, code, t);
 out:
 	stop_threads(&g);
 	if (code == EXIT_SETUP && g.opt.stats_path)
-		report_write_stats(&g, g.opt.stats_path, code, 0);
+		status_write_stats(&g, g.opt.stats_path, code, 0);
 	teardown(&g);
 	return code;
 }

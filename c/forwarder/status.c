@@ -9,7 +9,7 @@
 #include <sys/socket.h>
 #include <linux/if_link.h>
 #include "forwarder.h"
-#include "report.h"
+#include "status.h"
 
 #ifndef SOL_XDP
 #define SOL_XDP 283
@@ -111,7 +111,7 @@ static void json_socket_facts(FILE *out, const struct fwd *f, const struct port 
 		p->r.rx.size, p->r.tx.size, p->r.fill.size, p->r.comp.size);
 }
 
-void report_print_ready(const struct fwd *f)
+void status_print_ready(const struct fwd *f)
 {
 	unsigned s, i;
 
@@ -151,7 +151,7 @@ static void json_counters_end(const struct fwd *f, int with_drops)
 	fflush(stdout);
 }
 
-void report_print_stats_event(const struct fwd *f, double t)
+void status_print_stats_event(const struct fwd *f, double t)
 {
 	printf("{\"event\":\"stats\",\"t\":%.3f,", t);
 	json_counters_end(f, 1);
@@ -175,7 +175,7 @@ static void json_anomaly(FILE *out, const struct anomaly *a)
 	json_str(out, a->line);
 }
 
-void report_print_anomaly(const struct fwd *f)
+void status_print_anomaly(const struct fwd *f)
 {
 	fputs("{\"event\":\"anomaly\",", stdout);
 	json_anomaly(stdout, &f->anomaly);
@@ -183,7 +183,7 @@ void report_print_anomaly(const struct fwd *f)
 	fflush(stdout);
 }
 
-void report_print_exit(const struct fwd *f, int code, double t)
+void status_print_exit(const struct fwd *f, int code, double t)
 {
 	printf("{\"event\":\"exit\",\"code\":%d,\"reason\":", code);
 	json_str(stdout, f->exit_reason ? f->exit_reason : "unknown");
@@ -238,7 +238,7 @@ static void json_port(FILE *out, const struct fwd *f, const struct port *p, int 
 }
 
 /* Call only after the port threads have stopped: reads their rings. */
-int report_write_stats(const struct fwd *f, const char *path, int exit_code, double elapsed)
+int status_write_stats(const struct fwd *f, const char *path, int exit_code, double elapsed)
 {
 	FILE *out = fopen(path, "w");
 	unsigned i;
