@@ -27,10 +27,10 @@ from flightrec.checks.anomaly import Anomaly
 from flightrec.hexaddr import hex_or
 from flightrec.model.lives import context_rows, per_cpu, rows_of
 from flightrec.model.timeline import Timeline
+from flightrec.model.trips import descriptor_trips
 from flightrec.parse import format as kinds
 from flightrec.parse.format import POISON
 from flightrec.report.console import anomaly_facts, history_words, summary
-from flightrec.report.perfetto import descriptor_trips
 from flightrec.report.recording import sockets, widened
 from flightrec.runfolder import write_atomically
 

@@ -34,6 +34,7 @@ from flightrec import bulk
 from flightrec.analysis import Result, anomaly_json
 from flightrec.bulk import INT, MICROS, PIECE, Seg, micros, render
 from flightrec.model.timeline import Timeline
+from flightrec.model.trips import Columns, columns, flow_points
 from flightrec.parse import format as kinds
 from flightrec.parse.format import POISON
 from flightrec.parse.scan import string_ids
@@ -60,132 +61,7 @@ class ExportStats:
     threads: int
 
 
-@dataclass(frozen=True)
-class _Arrays:
-    """The timeline columns the export reads whole, converted once."""
-
-    kind: np.ndarray
-    cpu: np.ndarray
-    pid: np.ndarray
-    ts: np.ndarray
-    codes: Optional[np.ndarray] = None  # the scanner's kind codes into `names`, when there
-    names: tuple[str, ...] = ()
-
-    def is_(self, *wanted: str) -> np.ndarray:
-        """Rows whose kind is one of `wanted` (on the codes: comparing a million
-        strings one by one costs ~25 ms a kind)."""
-        if self.codes is not None:
-            return np.isin(self.codes, [self.names.index(k) for k in wanted if k in self.names])
-        return np.isin(self.kind, list(wanted))
-
-
-def _arrays(tl: Timeline) -> _Arrays:
-    p = tl.parsed
-    return _Arrays(tl.kind_array(), np.asarray(p.cpu, dtype=np.int64),
-                   np.asarray(p.pid, dtype=np.int64), np.asarray(p.ts, dtype=np.float64),
-                   tl.arrays.get("kind"), tl.arrays.get("kinds", ()))
-
-
-def flow_points(tl: Timeline, arr: Optional[_Arrays] = None):
-    """Each descriptor's trips, as flow points: (flow id, row, phase) arrays
-    in row (time) order; phase 0 starts a flow, 1 steps it, 2 ends it.
-
-    A trip runs from the descriptor's insertion into FILL to its next one; the
-    next insertion closes the trip (so COMP -> FILL is on it) and opens the
-    following one. A flush joins the trip of every descriptor whose reserve of
-    that `xs` it is the first flush after (unless the descriptor went back
-    into FILL in between). Rows before the descriptor's first insertion in the
-    trace form its first trip. The poison is no descriptor. Vectorized: a
-    million-line trace has a million points.
-    """
-    n = len(tl)
-    empty = np.zeros(0, np.int64)
-    if not n:
-        return empty, empty, empty
-    arr = arr or _arrays(tl)
-    addr, present = tl.field_array("addr")
-    d_rows = np.flatnonzero(present & (addr != np.uint64(POISON)))
-    if not len(d_rows):
-        return empty, empty, empty
-    d_addr = addr[d_rows]
-    if "to" in tl.arrays:
-        d_ins = tl.arrays["to"][d_rows] == kinds.STATES.index("FILL")
-    else:
-        d_ins = np.asarray(tl.to, dtype=object)[d_rows] == "FILL"
-
-    # group by descriptor, rows in time order (a stable sort keeps them so),
-    # then dense descriptor ids and a single sortable key per (descriptor, row)
-    order = np.argsort(d_addr, kind="stable")
-    d_addr, d_rows, d_ins = d_addr[order], d_rows[order], d_ins[order]
-    first = np.ones(len(d_rows), bool)
-    first[1:] = d_addr[1:] != d_addr[:-1]
-    aid = np.cumsum(first) - 1
-    key = aid * (n + 1) + d_rows
-    trip = np.cumsum(first | d_ins) - 1  # an insertion opens a trip
-
-    # flushes: the first flush of the reserve's xs after it
-    links_trip, links_row = [], []
-    reserve = arr.is_(kinds.RESERVE)[d_rows]
-    flush_rows = np.flatnonzero(arr.is_(kinds.FLUSH))
-    if reserve.any() and len(flush_rows):
-        xs_obj = tl.field_array("xs")[0]
-        f_xs = xs_obj[flush_rows]
-        r_idx = np.flatnonzero(reserve)
-        r_xs = xs_obj[d_rows[r_idx]]
-        for x in set(f_xs.tolist()):
-            fr = flush_rows[f_xs == x]
-            mine = r_idx[r_xs == x]
-            pos = np.searchsorted(fr, d_rows[mine], side="right")
-            ok = pos < len(fr)
-            mine, f_row = mine[ok], fr[pos[ok]]
-            # the trip the descriptor is on when the flush comes
-            at = np.searchsorted(key, aid[mine] * (n + 1) + f_row, side="right") - 1
-            same = trip[at] == trip[mine]
-            links_trip.append(trip[mine][same])
-            links_row.append(f_row[same])
-
-    # points: every descriptor event on its trip, an insertion also closing the trip before it
-    closing = d_ins & ~first
-    p_trip = np.concatenate([trip, trip[closing] - 1, *links_trip])
-    p_row = np.concatenate([d_rows, d_rows[closing], *links_row])
-    pts = np.sort(p_trip.astype(np.int64) * (n + 1) + p_row)
-    if len(pts) > 1:
-        pts = pts[np.concatenate(([True], pts[1:] != pts[:-1]))]  # a flush met twice is one point
-    p_trip, p_row = pts // (n + 1), pts % (n + 1)
-    head = np.ones(len(pts), bool)
-    head[1:] = p_trip[1:] != p_trip[:-1]
-    tail = np.ones(len(pts), bool)
-    tail[:-1] = head[1:]
-    keep = ~(head & tail)  # a trip of one event draws no arrow
-    p_trip, p_row, head, tail = p_trip[keep], p_row[keep], head[keep], tail[keep]
-    # flow ids: the trip numbers, unique by construction (gaps are the one-event trips)
-    phase = np.where(head, 0, np.where(tail, 2, 1))
-    # in row order: the writer then reads its per-row columns front to back
-    order = np.argsort(p_row, kind="stable")
-    return p_trip[order] + 1, p_row[order], phase[order]
-
-
-def descriptor_trips(tl: Timeline, addrs: Optional[set[int]] = None) -> list[list[int]]:
-    """Each descriptor's trips (of the descriptors in `addrs` only, when
-    given) as lists of timeline rows in time order, in the order the trips
-    start (see flow_points)."""
-    fid, row, phase = flow_points(tl)
-    if addrs is not None and len(fid):
-        # a trip starts at an event of its descriptor (phase 0), never at a flush
-        heads = np.flatnonzero(phase == 0)
-        addr = tl.addr
-        wanted = [f for f, r in zip(fid[heads].tolist(), row[heads].tolist()) if addr[r] in addrs]
-        keep = np.isin(fid, wanted)
-        fid, row = fid[keep], row[keep]
-    if not len(fid):
-        return []
-    order = np.argsort(fid, kind="stable")
-    fid, row = fid[order], row[order]
-    cuts = np.flatnonzero(np.diff(fid)) + 1
-    return sorted(part.tolist() for part in np.split(row, cuts))
-
-
-def _layout(tl: Timeline, arr: _Arrays) -> tuple[np.ndarray, np.ndarray]:
+def _layout(tl: Timeline, arr: Columns) -> tuple[np.ndarray, np.ndarray]:
     """Start and width of every row's slice, in ns from the trace's first event.
 
     Slices on one track must not overlap, or a flow would bind to the wrong
@@ -228,7 +104,7 @@ def _kernel_args(event: str, body: str) -> str:
     return ",".join(parts)
 
 
-def _tails(tl: Timeline, arr: _Arrays) -> tuple[np.ndarray, list[bytes]]:
+def _tails(tl: Timeline, arr: Columns) -> tuple[np.ndarray, list[bytes]]:
     """Each row's tail (its own fields, name and category, closing the event)
     as an id, and the tail of each id.
 
@@ -289,7 +165,7 @@ def _app_tail(k: str, a: int, sock: Optional[str], queue: Optional[int], frm: Op
     return f'"addr":"{a:#x}","text":{_q(d or "")}}},"name":"note {a:#x}","cat":"note"}}'.encode()
 
 
-def _app_ids(tl: Timeline, arr: _Arrays) -> Optional[tuple[np.ndarray, list[bytes]]]:
+def _app_ids(tl: Timeline, arr: Columns) -> Optional[tuple[np.ndarray, list[bytes]]]:
     """`_tails`' ids of the markers and notes (0 elsewhere) and their tails, from
     the scanner's arrays: one integer key per row (note?, FROM, TO, socket,
     detail, address) packed into 62 bits, so the distinct ones are found by a
@@ -360,7 +236,7 @@ def _cpu_metadata(cpus: list[int]) -> list[str]:
     return meta
 
 
-def _thread_tracks(tl: Timeline, arr: _Arrays, start: np.ndarray) -> tuple[list[str], int]:
+def _thread_tracks(tl: Timeline, arr: Columns, start: np.ndarray) -> tuple[list[str], int]:
     """One track per application thread (a task that wrote markers), holding a
     slice "on CPU N" for each run of its markers on one CPU: where the
     application ran, and when it moved, beside the CPU tracks."""
@@ -401,7 +277,7 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
     """
     tl = result.timeline
     p = tl.parsed
-    arr = _arrays(tl)
+    arr = columns(tl)
     start, dur = _layout(tl, arr)
     t0 = tl.ts[0] if len(tl) else 0.0
 

@@ -17,7 +17,8 @@ import pytest
 
 from flightrec.analysis import analyze_bytes, analyze_path, analyze_text
 from flightrec.errors import FlightrecError
-from flightrec.report.perfetto import descriptor_trips, write_trace, write_trace_file
+from flightrec.model.trips import descriptor_trips
+from flightrec.report.perfetto import write_trace, write_trace_file
 from flightrec.simulate import SimConfig, simulate
 
 INSERTION = "->FILL "
