@@ -100,6 +100,39 @@ def _write(path: Path, value: str) -> None:
         raise FlightrecError(f"cannot write {value!r} to {path}: {err.strerror or err}") from err
 
 
+# -- control files whose errors the caller sorts out (kprobe_events, an event's
+# enable): the kernel's refusal comes back as the OSError itself.
+
+
+def read_control(path: Path) -> str:
+    return path.read_text()
+
+
+def write_control(path: Path, value: str) -> None:
+    """``echo value > path``; the OSError passes through."""
+    path.write_text(value + "\n")
+
+
+def append_line(path: Path, text: str) -> None:
+    """One write(2) per line, as tracefs wants; the kernel's error comes back as OSError.
+
+    Always append: opening kprobe_events with O_TRUNC deletes every kprobe
+    on the system, everybody's. And never seek: Python's open(path, "a")
+    does, and kprobe_events (a write-only seq_file) refuses it with EINVAL
+    on 6.1, so this is a bare O_APPEND write.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, (text + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def check_appendable(path: Path) -> None:
+    """Open ``path`` for appending and close it: the OSError says why it cannot be written."""
+    os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+
+
 def selected_clock(text: str) -> str:
     """The clock in brackets of a trace_clock file: ``local [mono] global`` -> ``mono``."""
     match = re.search(r"\[(\S+)\]", text)

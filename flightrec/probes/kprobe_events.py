@@ -8,11 +8,11 @@ in flightrec's tracefs instance (a plain directory, ``instances/<name>``).
 from __future__ import annotations
 
 import errno
-import os
 import re
 from pathlib import Path
 from typing import TypedDict
 
+from flightrec import tracefs as tracefs_files
 from flightrec.errors import FlightrecError
 from flightrec.probes.perfprobe import GROUP, Definition, parse_definition
 
@@ -46,7 +46,7 @@ def kprobes_unavailable_reason(tracefs: Path = TRACEFS) -> str | None:
         return ("this kernel has no kprobe events (CONFIG_KPROBE_EVENTS is not set): "
                 "use `flightrec vm record` to record under a kernel that has them")
     try:
-        os.close(os.open(tracefs / "kprobe_events", os.O_WRONLY | os.O_APPEND))
+        tracefs_files.check_appendable(tracefs / "kprobe_events")
     except PermissionError:
         return f"{tracefs / 'kprobe_events'} is not writable: run as root"
     except OSError as e:
@@ -54,25 +54,10 @@ def kprobes_unavailable_reason(tracefs: Path = TRACEFS) -> str | None:
     return None
 
 
-def _write(path: Path, text: str) -> None:
-    """One write(2) per line, as tracefs wants; the kernel's error comes back as OSError.
-
-    Always append: opening kprobe_events with O_TRUNC deletes every kprobe
-    on the system, everybody's. And never seek: Python's open(path, "a")
-    does, and kprobe_events (a write-only seq_file) refuses it with EINVAL
-    on 6.1, so this is a bare O_APPEND write.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        os.write(fd, (text + "\n").encode())
-    finally:
-        os.close(fd)
-
-
 def group_events(tracefs: Path, group: str = GROUP) -> list[str]:
     """Events of ``group`` currently in kprobe_events."""
     try:
-        text = (tracefs / "kprobe_events").read_text()
+        text = tracefs_files.read_control(tracefs / "kprobe_events")
     except OSError:
         return []
     out = []
@@ -84,7 +69,7 @@ def group_events(tracefs: Path, group: str = GROUP) -> list[str]:
 
 
 def _enable(instance: Path, group: str, event: str, on: bool) -> None:
-    (instance / "events" / group / event / "enable").write_text("1\n" if on else "0\n")
+    tracefs_files.write_control(instance / "events" / group / event / "enable", "1" if on else "0")
 
 
 def install(definitions: list[Definition], instance_dir: Path) -> Installed:
@@ -112,7 +97,7 @@ def install(definitions: list[Definition], instance_dir: Path) -> Installed:
                                          f"(another flightrec? `flightrec probes remove` clears it)")
             continue
         try:
-            _write(tracefs / "kprobe_events", d.text)
+            tracefs_files.append_line(tracefs / "kprobe_events", d.text)
         except OSError as e:
             hint = " (symbol not probeable on this kernel?)" if e.errno in (errno.EINVAL, errno.ENOENT) else ""
             installed["problems"].append(f"probe {d.probe}: the kernel refused {where}: {e.strerror}{hint}")
@@ -138,7 +123,7 @@ def remove(installed: Installed | dict) -> list[str]:
         try:
             if (instance / "events" / group / event / "enable").exists():
                 _enable(instance, group, event, False)
-            _write(tracefs / "kprobe_events", f"-:{group}/{event}")
+            tracefs_files.append_line(tracefs / "kprobe_events", f"-:{group}/{event}")
         except OSError as e:
             problems.append(f"cannot remove {group}/{event}: {e.strerror} (is it enabled in another instance?)")
     return problems
@@ -156,12 +141,12 @@ def remove_group(tracefs: Path = TRACEFS, group: str = GROUP) -> tuple[list[str]
         for inst in instances:
             enable = inst / "events" / group / event / "enable"
             try:
-                if enable.exists() and enable.read_text().strip() != "0":
-                    enable.write_text("0\n")
+                if enable.exists() and tracefs_files.read_control(enable).strip() != "0":
+                    tracefs_files.write_control(enable, "0")
             except OSError:
                 pass
         try:
-            _write(tracefs / "kprobe_events", f"-:{group}/{event}")
+            tracefs_files.append_line(tracefs / "kprobe_events", f"-:{group}/{event}")
             removed.append(event)
         except OSError as e:
             problems.append(f"cannot remove {group}/{event}: {e.strerror}")
