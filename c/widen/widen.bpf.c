@@ -11,7 +11,7 @@
  *                 cached_prod++ and its descriptor writes: waits only while
  *                 the same queue is being flushed on another CPU.
  *
- * The sites come from the kernel's DWARF (flightrec/probes/widen.py); the
+ * The sites come from the kernel's DWARF (flightrec/probes/widen/sites.py); the
  * loader (widen.c) attaches these programs there. On a kernel with the fix
  * (fa349e396e48) a queue is never reserved in while it is flushed, so
  * widen_reserve never waits and the recording stays clean: the widener

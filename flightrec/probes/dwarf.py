@@ -41,7 +41,7 @@ ADVICE = ("install the kernel's -dbg package (apt-get install linux-image-$(unam
 _VARS = ("DW_TAG_formal_parameter", "DW_TAG_variable")
 _QUALIFIERS = ("DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type",
                "DW_TAG_restrict_type", "DW_TAG_atomic_type")
-_PARSE_ERRORS = (ELFError, ELFParseError, DWARFError, ConstructError, struct.error,
+PARSE_ERRORS = (ELFError, ELFParseError, DWARFError, ConstructError, struct.error,
                  EOFError, ValueError, IndexError, KeyError, AssertionError, UnicodeDecodeError,
                  TypeError, AttributeError, RecursionError, OverflowError, NotImplementedError)
 
@@ -134,7 +134,7 @@ class Vmlinux:
         except FlightrecError:
             self._file.close()
             raise
-        except _PARSE_ERRORS as e:
+        except PARSE_ERRORS as e:
             self._file.close()
             raise FlightrecError(f"{self.path}: corrupt ELF or DWARF ({type(e).__name__}: {e})") from None
 
@@ -500,7 +500,7 @@ def _member_piece(vm: Vmlinux, ops: list, t: DIE | None, member: str) -> tuple[l
     return None, None
 
 
-def _fetch_arg(vm: Vmlinux, chain: list[DIE], addr: int, expr: str,
+def fetch_arg(vm: Vmlinux, chain: list[DIE], addr: int, expr: str,
                spec: ProbeSpec) -> tuple[FetchArg | None, str | None]:
     """(FetchArg, None) when ``expr`` can be read at ``addr``, else (None, why not)."""
     parts = expr.rpartition("=")[2].replace("->", " -> ").replace(".", " . ").split()
@@ -552,7 +552,7 @@ def _try_site(vm: Vmlinux, root: DIE, addr: int, spec: ProbeSpec) -> tuple[list[
     chain = vm.scope_chain(root, addr)
     got, missing, why = [], [], {}
     for expr in spec.args:
-        arg, reason = _fetch_arg(vm, chain, addr, expr, spec)
+        arg, reason = fetch_arg(vm, chain, addr, expr, spec)
         if arg is not None:
             got.append(arg)
         else:
@@ -699,7 +699,7 @@ def resolve_specs(vm: Vmlinux, specs: list[ProbeSpec]) -> list[ResolvedProbe]:
             continue  # an earlier form of the probe resolved
         try:
             r = _resolve_call(vm, spec) if spec.at_call else _resolve_entry(vm, spec)
-        except _PARSE_ERRORS as e:
+        except PARSE_ERRORS as e:
             raise FlightrecError(f"{vm.path}: corrupt DWARF near {spec.function} ({type(e).__name__}: {e})") from None
         if spec.or_else:
             # every form's reason, when none resolves
@@ -726,6 +726,6 @@ def gnu_build_id(path: Path) -> str | None:
                     if note["n_name"] == "GNU" and note["n_type"] == "NT_GNU_BUILD_ID":
                         desc = note["n_desc"]
                         return desc if isinstance(desc, str) else bytes(desc).hex()
-    except (OSError, *_PARSE_ERRORS):
+    except (OSError, *PARSE_ERRORS):
         return None
     return None

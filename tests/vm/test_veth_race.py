@@ -124,7 +124,7 @@ def _vm_record_has_widen() -> str | None:
     proc = subprocess.run([sys.executable, "-m", "flightrec", "vm", "record", "--help"],
                           capture_output=True, text=True, timeout=60, cwd=REPO)
     if "--widen" not in proc.stdout:
-        return "`flightrec vm record` has no --widen yet (flightrec/probes/widen.py plugs into it)"
+        return "`flightrec vm record` has no --widen yet (flightrec/probes/widen/ plugs into it)"
     return tools_missing()
 
 
