@@ -817,11 +817,37 @@ class _Recording:
     def _result(self, started: str, code: Optional[int], stopped_by: str, t_forwarding: float,
                 trace_info: dict, interrupted: Optional[Interrupted],
                 error: Optional[FlightrecError]) -> RecordResult:
+        if error is not None and not trace_info.get("bytes"):
+            raise error
+        outcome, exit_code, message = self._outcome(code, stopped_by, t_forwarding, interrupted, error)
+        fwd = self.fwd
+        traffic = self.traffic.results() if self.traffic else []
+        if outcome == "clean" and not isinstance(fwd, appmod.App):  # the app keeps no count flightrec can read
+            counts = (fwd.exit_event or fwd.last_stats or {}) if fwd else {}
+            failed = [f"{r.name} {r.error or f'exit {r.exit_code}'}" for r in traffic if r.exit_code != 0 or r.error]
+            if sum(int(n) for n in counts.get("rx", [])) == 0:
+                outcome, exit_code = "no-traffic", EXIT_ERROR
+                message = f"no packet reached the forwarder in {t_forwarding:.1f} s (iperf3: {'; '.join(failed)})"
+            elif failed:
+                message += f"; iperf3 trouble: {'; '.join(failed)} (logs in {self.logs})"
+        if self.save_errors:
+            message += f" ({'; '.join(self.save_errors)})"
+        if self.teardown_errors:
+            message += f" (teardown: {'; '.join(self.teardown_errors)}; run `flightrec cleanup`)"
+        if (self.save_errors or self.teardown_errors) and exit_code == EXIT_CLEAN:
+            exit_code = EXIT_ERROR
+        self.meta = self._meta(started, outcome, exit_code, message, code, stopped_by, t_forwarding, trace_info,
+                               traffic)
+        runfolder.write_meta(self.out, self.meta)
+        trace_path = self.out / runfolder.TRACE if trace_info.get("bytes") is not None else None
+        return RecordResult(exit_code, outcome, message, self.out, trace_path, self.meta)
+
+    def _outcome(self, code: Optional[int], stopped_by: str, t_forwarding: float,
+                 interrupted: Optional[Interrupted], error: Optional[FlightrecError]) -> tuple[str, int, str]:
+        """(outcome, exit code, message) from how the recording ended, before the traffic is counted."""
         fwd = self.fwd
         anomalies = fwd.anomalies if fwd else []
         detected = bool(anomalies) or code == fwdmod.EXIT_ANOMALY or stopped_by in ("trigger", "receiver")
-        if error is not None and not trace_info.get("bytes"):
-            raise error
         status = code  # what decides the outcome; meta.json keeps the real exit code
         if isinstance(fwd, appmod.App):
             # The app's own status decides nothing: it was stopped by flightrec
@@ -855,25 +881,17 @@ class _Recording:
             outcome, exit_code = "forwarder-died", EXIT_ERROR
             tail = fwd.stderr_tail(3) if fwd else ""
             message = f"forwarder {fwdmod.describe_exit(code)} after {t_forwarding:.1f} s (stderr: {tail})"
-        traffic = self.traffic.results() if self.traffic else []
-        if outcome == "clean" and not isinstance(fwd, appmod.App):  # the app keeps no count flightrec can read
-            counts = (fwd.exit_event or fwd.last_stats or {}) if fwd else {}
-            failed = [f"{r.name} {r.error or f'exit {r.exit_code}'}" for r in traffic if r.exit_code != 0 or r.error]
-            if sum(int(n) for n in counts.get("rx", [])) == 0:
-                outcome, exit_code = "no-traffic", EXIT_ERROR
-                message = f"no packet reached the forwarder in {t_forwarding:.1f} s (iperf3: {'; '.join(failed)})"
-            elif failed:
-                message += f"; iperf3 trouble: {'; '.join(failed)} (logs in {self.logs})"
-        if self.save_errors:
-            message += f" ({'; '.join(self.save_errors)})"
-        if self.teardown_errors:
-            message += f" (teardown: {'; '.join(self.teardown_errors)}; run `flightrec cleanup`)"
-        if (self.save_errors or self.teardown_errors) and exit_code == EXIT_CLEAN:
-            exit_code = EXIT_ERROR
+        return outcome, exit_code, message
+
+    def _meta(self, started: str, outcome: str, exit_code: int, message: str, code: Optional[int],
+              stopped_by: str, t_forwarding: float, trace_info: dict, traffic: list) -> dict:
+        """meta.json: the outcome, the kernel events, the options, the sockets, the trace, the processes."""
+        fwd = self.fwd
+        anomalies = fwd.anomalies if fwd else []
         died = self.died.exit if self.died is not None else None
         bpf_died = died is not None and died.what == "xsk_trace"
 
-        self.meta = {
+        return {
             "flightrec": __version__,
             "started": started,
             "ended": utc_now(),
@@ -941,9 +959,6 @@ class _Recording:
                 "stderr": self._last_stderr_line(died.what) or None,
             },
         }
-        runfolder.write_meta(self.out, self.meta)
-        trace_path = self.out / runfolder.TRACE if trace_info.get("bytes") is not None else None
-        return RecordResult(exit_code, outcome, message, self.out, trace_path, self.meta)
 
 
 def _count_fill_to_rx(path: Path) -> int:
