@@ -217,7 +217,6 @@ def attribute_read(tl: Timeline, rp: Replay, r: RxRead, kind: str, symptom: str)
         r.slot.addr if r.slot_mismatch and r.slot else r.fill_expected
     )
     row = r.row
-    h = tl.history
     base = dict(
         kind=kind, line=tl.line[row], ts=tl.ts[row], expected=expected, xs=r.xs, sock=r.sock,
         queue=r.queue, read_cpu=tl.cpu[row], row=row,
@@ -227,91 +226,116 @@ def attribute_read(tl: Timeline, rp: Replay, r: RxRead, kind: str, symptom: str)
         evidence.append(ev(tl, r.state_row, f"{hexa(r.addr)} was in {r.state_before}, not FILL"))
 
     if r.slot_mismatch and r.slot is not None:
-        s = r.slot
-        evidence.append(ev(tl, s.row, f"CPU {s.cpu} reserved the slot for {hexa(s.addr)}"))
-        claims = list(merged(tie_claim(tl, rp, r.sock), list(r.alignment)))
-        other, own = find_race(tl, rp, s.xs, s.row, row)
-        unnamed: tuple[Gap, ...] = ()
-        if other is not None:
-            race = race_claims(tl, s, other)
-            if all(c.holds for c in race):
-                claims += race
-            else:
-                unnamed, other = failed(race), None
-        flush_cpu = None
-        if other is not None:
-            slot_said = f", producer {tl.prod[other]} past slot {tl.slot[s.row]}" if tl.slot[s.row] is not None else ""
-            evidence.append(ev(tl, other, f"CPU {tl.cpu[other]} flushed {hexa(s.xs)} first{slot_said}"))
-            flush_cpu = tl.cpu[other]
-        if own is not None:
-            evidence.append(ev(tl, own, f"CPU {s.cpu}'s own flush, later"))
-        read = "the poison" if r.addr == POISON else hexa(r.addr)
-        text = (
-            f"CPU {s.cpu} reserved RX slot of xs {hexa(s.xs)} for {hexa(s.addr)} "
-            f"(line {tl.line[s.row]}), yet the application read {read} from that slot"
-        )
-        text += _order_held(tl, rp, r, s)
-        missing: tuple[str, ...] = ()
-        if other is not None:
-            base["kind"] = "publish_race"
-            text += (
-                f": xsk_flush on CPU {flush_cpu} (line {tl.line[other]}) published the slot before "
-                f"CPU {s.cpu} had written it (cross-CPU publish race, as in the veth NAPI race fixed by "
-                f"fa349e396e48)"
-            )
-        elif unnamed:
-            missing = tuple(g.describe() for g in unnamed)
-            text += ("; the kernel published a slot it had not written (which CPU's flush did cannot be told: "
-                     + "; ".join(missing) + ")")
-        elif not rp.flushes:
-            missing = (MISSING_FLUSH,)
-            text += "; the kernel published a slot it had not written (no flush events: the publishing CPU is unknown)"
-        elif h.kernel_until < tl.ts[row] and own is None:
-            gaps = h.missing(s.ts, tl.ts[row], KERNEL_HISTORY)
-            missing = tuple(g.describe() for g in gaps if g.why == "kernel-ended")
-            text += ("; the kernel published a slot it had not written (the publishing flush may be after the "
-                     "kernel-event source stopped)")
-        else:
-            text += "; the kernel published a slot it had not written"
-        return Anomaly(
-            verdict=KERNEL, addr=r.addr, reserve_cpu=s.cpu, flush_cpu=flush_cpu, explanation=text,
-            evidence=tuple(evidence), missing=missing, claims=tuple(claims), **base,
-        )
-
+        return _read_kernel_wrote(tl, rp, r, base, evidence)
     dup = root_duplicate(rp, row, (r.addr, expected))
     if dup is not None:
-        claims = transition_claims(tl, dup) + symptom_claims(tl, r)
-        if not all(c.holds for c in claims):
-            # the duplicate may be the trace's own gap: no root cause is named
-            return _unproven(base, r.addr, evidence, claims, symptom)
-        evidence[:0] = [ev(tl, dup.state_row, f"{hexa(dup.addr)} enters {dup.state_before}"),
-                        ev(tl, dup.row, f"{hexa(dup.addr)} enters {dup.to} again")]
-        evidence += kernel_reserves(tl, rp, dup.addr, dup.state_row)
-        text = (
-            f"{symptom}; root cause: the application put {hexa(dup.addr)} into {dup.to} at line "
-            f"{tl.line[dup.row]} while it was still in {dup.state_before} (line {tl.line[dup.state_row]})"
-        )
-        return Anomaly(verdict=APPLICATION, addr=dup.addr, read_addr=r.addr, explanation=text,
-                       evidence=tuple(evidence), claims=tuple(claims), **base)
-
+        return _read_duplicate(tl, rp, r, dup, base, evidence, symptom)
     if r.slot is not None and not r.slot_mismatch and r.addr != POISON and not r.skipped:
-        s = r.slot
-        evidence.append(ev(tl, s.row, f"CPU {s.cpu} took {hexa(s.addr)} from FILL for this slot"))
-        evidence += earlier_copy(tl, rp, r, s)
-        # The FILL order is in question here: only the kernel's own events may vouch for the slot.
-        claims = list(merged(tie_claim(tl, rp, r.sock),
-                             list(slot_alignment(tl, r.sock, row, s, r.prev, det, fill_order=False)),
-                             symptom_claims(tl, r)))
-        if not all(c.holds for c in claims):
-            return _unproven(base, r.addr, evidence, claims, symptom)
-        text = (
-            f"{symptom}; the kernel took {hexa(r.addr)} from the FILL ring for this slot (CPU {s.cpu}, "
-            f"line {tl.line[s.row]}) and delivered it as reserved: the FILL ring held it where the "
-            f"application's own order expected {hexa(expected)}, so the application put it there"
-        )
-        return Anomaly(verdict=APPLICATION, addr=r.addr, reserve_cpu=s.cpu, explanation=text,
-                       evidence=tuple(evidence), claims=tuple(claims), **base)
+        return _read_fill_order(tl, rp, r, expected, base, evidence, symptom)
+    return _read_undetermined(tl, rp, r, base, evidence, symptom)
 
+
+def _read_kernel_wrote(tl: Timeline, rp: Replay, r: RxRead, base: dict, evidence: list[Evidence]) -> Anomaly:
+    """The slot was reserved for another descriptor: the kernel published a slot it had not written."""
+    assert r.slot is not None
+    row, h = r.row, tl.history
+    s = r.slot
+    evidence.append(ev(tl, s.row, f"CPU {s.cpu} reserved the slot for {hexa(s.addr)}"))
+    claims = list(merged(tie_claim(tl, rp, r.sock), list(r.alignment)))
+    other, own = find_race(tl, rp, s.xs, s.row, row)
+    unnamed: tuple[Gap, ...] = ()
+    if other is not None:
+        race = race_claims(tl, s, other)
+        if all(c.holds for c in race):
+            claims += race
+        else:
+            unnamed, other = failed(race), None
+    flush_cpu = None
+    if other is not None:
+        slot_said = f", producer {tl.prod[other]} past slot {tl.slot[s.row]}" if tl.slot[s.row] is not None else ""
+        evidence.append(ev(tl, other, f"CPU {tl.cpu[other]} flushed {hexa(s.xs)} first{slot_said}"))
+        flush_cpu = tl.cpu[other]
+    if own is not None:
+        evidence.append(ev(tl, own, f"CPU {s.cpu}'s own flush, later"))
+    read = "the poison" if r.addr == POISON else hexa(r.addr)
+    text = (
+        f"CPU {s.cpu} reserved RX slot of xs {hexa(s.xs)} for {hexa(s.addr)} "
+        f"(line {tl.line[s.row]}), yet the application read {read} from that slot"
+    )
+    text += _order_held(tl, rp, r, s)
+    missing: tuple[str, ...] = ()
+    if other is not None:
+        base["kind"] = "publish_race"
+        text += (
+            f": xsk_flush on CPU {flush_cpu} (line {tl.line[other]}) published the slot before "
+            f"CPU {s.cpu} had written it (cross-CPU publish race, as in the veth NAPI race fixed by "
+            f"fa349e396e48)"
+        )
+    elif unnamed:
+        missing = tuple(g.describe() for g in unnamed)
+        text += ("; the kernel published a slot it had not written (which CPU's flush did cannot be told: "
+                 + "; ".join(missing) + ")")
+    elif not rp.flushes:
+        missing = (MISSING_FLUSH,)
+        text += "; the kernel published a slot it had not written (no flush events: the publishing CPU is unknown)"
+    elif h.kernel_until < tl.ts[row] and own is None:
+        gaps = h.missing(s.ts, tl.ts[row], KERNEL_HISTORY)
+        missing = tuple(g.describe() for g in gaps if g.why == "kernel-ended")
+        text += ("; the kernel published a slot it had not written (the publishing flush may be after the "
+                 "kernel-event source stopped)")
+    else:
+        text += "; the kernel published a slot it had not written"
+    return Anomaly(
+        verdict=KERNEL, addr=r.addr, reserve_cpu=s.cpu, flush_cpu=flush_cpu, explanation=text,
+        evidence=tuple(evidence), missing=missing, claims=tuple(claims), **base,
+    )
+
+
+def _read_duplicate(tl: Timeline, rp: Replay, r: RxRead, dup: BadTransition, base: dict,
+                    evidence: list[Evidence], symptom: str) -> Anomaly:
+    """The application put a descriptor into a ring twice: the root cause of what the read saw."""
+    claims = transition_claims(tl, dup) + symptom_claims(tl, r)
+    if not all(c.holds for c in claims):
+        # the duplicate may be the trace's own gap: no root cause is named
+        return _unproven(base, r.addr, evidence, claims, symptom)
+    evidence[:0] = [ev(tl, dup.state_row, f"{hexa(dup.addr)} enters {dup.state_before}"),
+                    ev(tl, dup.row, f"{hexa(dup.addr)} enters {dup.to} again")]
+    evidence += kernel_reserves(tl, rp, dup.addr, dup.state_row)
+    text = (
+        f"{symptom}; root cause: the application put {hexa(dup.addr)} into {dup.to} at line "
+        f"{tl.line[dup.row]} while it was still in {dup.state_before} (line {tl.line[dup.state_row]})"
+    )
+    return Anomaly(verdict=APPLICATION, addr=dup.addr, read_addr=r.addr, explanation=text,
+                   evidence=tuple(evidence), claims=tuple(claims), **base)
+
+
+def _read_fill_order(tl: Timeline, rp: Replay, r: RxRead, expected: Optional[int], base: dict,
+                     evidence: list[Evidence], symptom: str) -> Anomaly:
+    """The kernel delivered the slot as reserved: the FILL ring held what the application read."""
+    assert r.slot is not None
+    row, det = r.row, r.detection
+    s = r.slot
+    evidence.append(ev(tl, s.row, f"CPU {s.cpu} took {hexa(s.addr)} from FILL for this slot"))
+    evidence += earlier_copy(tl, rp, r, s)
+    # The FILL order is in question here: only the kernel's own events may vouch for the slot.
+    claims = list(merged(tie_claim(tl, rp, r.sock),
+                         list(slot_alignment(tl, r.sock, row, s, r.prev, det, fill_order=False)),
+                         symptom_claims(tl, r)))
+    if not all(c.holds for c in claims):
+        return _unproven(base, r.addr, evidence, claims, symptom)
+    text = (
+        f"{symptom}; the kernel took {hexa(r.addr)} from the FILL ring for this slot (CPU {s.cpu}, "
+        f"line {tl.line[s.row]}) and delivered it as reserved: the FILL ring held it where the "
+        f"application's own order expected {hexa(expected)}, so the application put it there"
+    )
+    return Anomaly(verdict=APPLICATION, addr=r.addr, reserve_cpu=s.cpu, explanation=text,
+                   evidence=tuple(evidence), claims=tuple(claims), **base)
+
+
+def _read_undetermined(tl: Timeline, rp: Replay, r: RxRead, base: dict, evidence: list[Evidence],
+                       symptom: str) -> Anomaly:
+    """No argument holds: undetermined, or the events the trace lacks to make one."""
+    row, h = r.row, tl.history
     if r.alignment and not all(c.holds for c in r.alignment):
         return _unproven(base, r.addr, evidence, list(r.alignment), symptom,
                          "the trace cannot tell which RX slot this read came from")
