@@ -666,13 +666,33 @@ def simulate(cfg: SimConfig) -> Simulation:
         wstart = ev[int(len(ev) * 0.6)][0]
     protect = wstart - 1_000_000
 
-    # ---- per-CPU ring buffers that wrapped ---------------------------------
     percpu: dict[int, list[int]] = {}
     for i, e in enumerate(ev):
         percpu.setdefault(e[2], []).append(i)
+    keep = [True] * len(ev)
+    dropped_before, wrap_info = _wrap(cfg, rng, ev, percpu, keep, protect, planted, tag_idx)
+    loss_at = _lose(cfg, rng, ev, percpu, keep, fp, tag_idx, wstart, wend_tag)
+    text, lineno, tag_line, loss_truth = _render(sim, ev, keep, loss_at, total_written, dropped_before, wrap_info)
+    kept = sum(keep)
+    anomaly = _planted_anomaly(cfg, ev, keep, planted, fp, tag_idx, loss_at, kept, total_written, dropped_before)
+    socks = {}
+    for p in pairs:
+        socks[p.rx] = {"xs": hex_or(p.xs), "fq": hex_or(p.fq), "forward_to": p.tx, "app_cpu": p.app_cpu,
+                       "task": f"{p.comm}-{p.pid}", "frames": len(p.frames)}
+    truth = Truth(
+        config=asdict(cfg), lines=lineno, events=kept, anomaly=anomaly, sockets=socks,
+        detection_line=tag_line.get("detection"), evidence_lines=dict(sorted(tag_line.items())),
+        loss=loss_truth, wrap=wrap_info,
+    )
+    return Simulation(text, truth)
+
+
+def _wrap(cfg: SimConfig, rng: random.Random, ev: list, percpu: dict[int, list[int]], keep: list[bool],
+          protect: int, planted: Optional[dict], tag_idx: dict) -> tuple[dict[int, int], dict]:
+    """Per-CPU ring buffers that wrapped (--wrap) or begin just before the fault (--tight):
+    clears ``keep`` of the overwritten events; (events dropped per CPU, the truth's wrap note)."""
     dropped_before: dict[int, int] = {}
     wrap_info: dict = {}
-    keep = [True] * len(ev)
     if cfg.wrap:
         after = {c: sum(1 for i in idx if ev[i][0] >= protect) for c, idx in percpu.items()}
         busiest = max(len(idx) for idx in percpu.values())
@@ -709,10 +729,14 @@ def simulate(cfg: SimConfig) -> Simulation:
                 dropped_before[c] = len(gone)
         wrap_info = {"tight": True, "dropped": {str(c): n for c, n in sorted(dropped_before.items())},
                      "first_ts": {}}
+    return dropped_before, wrap_info
 
-    # ---- loss inside one CPU's stream --------------------------------------
+
+def _lose(cfg: SimConfig, rng: random.Random, ev: list, percpu: dict[int, list[int]], keep: list[bool],
+          fp: Optional[_Pair], tag_idx: dict, wstart: int, wend_tag: str) -> dict[int, tuple[int, int]]:
+    """--loss: a run of one CPU's events lost inside its stream (in the causal window when a
+    fault is planted); clears ``keep`` of them. Index of the next surviving event -> (cpu, count)."""
     loss_at: dict[int, tuple[int, int]] = {}  # index of the next surviving event -> (cpu, count)
-    loss_truth = []
     if cfg.loss:
         if fp is not None:
             # Inside the causal window, on the faulty thread's CPU, never the key lines.
@@ -739,10 +763,17 @@ def simulate(cfg: SimConfig) -> Simulation:
             # the kernel counts lost lines: a ring operation's run of markers was one
             n = sum(1 for j, i in enumerate(gone) if j == 0 or ev[i][7] is None or ev[i][7] != ev[gone[j - 1]][7])
         loss_at[nxt] = (c, n)
+    return loss_at
 
-    # ---- render ------------------------------------------------------------
+
+def _render(sim: _Sim, ev: list, keep: list[bool], loss_at: dict, total_written: int,
+            dropped_before: dict[int, int], wrap_info: dict) -> tuple[str, int, dict[str, int], list[dict]]:
+    """The kept events as trace text: (text, its line count, tag -> line, the losses' truth).
+    Notes each CPU's first timestamp in ``wrap_info``."""
+    cfg, rng = sim.cfg, sim.rng
     out: list[str] = []
     kept = sum(keep)
+    loss_truth = []
     groups = _lines(ev, keep, loss_at, cfg.markers == "batched")
     if cfg.fmt == "ftrace":
         out.append("# tracer: nop\n")
@@ -803,7 +834,13 @@ def simulate(cfg: SimConfig) -> Simulation:
             if ev[j][6] is not None:
                 tag_line[ev[j][6]] = lineno
     text = "".join(out)
+    return text, lineno, tag_line, loss_truth
 
+
+def _planted_anomaly(cfg: SimConfig, ev: list, keep: list[bool], planted: Optional[dict], fp: Optional[_Pair],
+                     tag_idx: dict, loss_at: dict, kept: int, total_written: int,
+                     dropped_before: dict[int, int]) -> Optional[dict]:
+    """The truth's anomaly: what was planted, and the verdict the kept trace supports."""
     anomaly = None
     if fp is not None and planted is not None:
         anomaly = {
@@ -832,16 +869,7 @@ def simulate(cfg: SimConfig) -> Simulation:
                     story[name] = seq_idx[seq]
             anomaly.update(_judge(cfg, ev, keep, story, loss_at, overrun=(
                 kept < total_written if cfg.fmt == "ftrace" else bool(dropped_before))))
-    socks = {}
-    for p in pairs:
-        socks[p.rx] = {"xs": hex_or(p.xs), "fq": hex_or(p.fq), "forward_to": p.tx, "app_cpu": p.app_cpu,
-                       "task": f"{p.comm}-{p.pid}", "frames": len(p.frames)}
-    truth = Truth(
-        config=asdict(cfg), lines=lineno, events=kept, anomaly=anomaly, sockets=socks,
-        detection_line=tag_line.get("detection"), evidence_lines=dict(sorted(tag_line.items())),
-        loss=loss_truth, wrap=wrap_info,
-    )
-    return Simulation(text, truth)
+    return anomaly
 
 
 def _lines(ev: list, keep: list[bool], loss_at: dict, batched: bool) -> list[list[int]]:
