@@ -145,7 +145,18 @@ static struct bpf_link *attach(struct bpf_program *prog, const char *sym, size_t
 	return link;
 }
 
-int main(int argc, char **argv)
+/* What the command line asks for. */
+struct widen_opts {
+	struct widen_cfg cfg;
+	const char *flush_sym, *reserve_sym;
+	size_t flush_off, reserve_off;
+	const char *obj_arg;
+	int check;
+};
+
+/* The command line into *o: -1 to go on, else the exit code (0 for --help, 2 for bad options).
+ * An option table and its switch, one case an option: long by nature. */
+static int parse_options(int argc, char **argv, struct widen_opts *o)
 {
 	static const struct option longopts[] = {
 		{ "flush", required_argument, NULL, 'f' },
@@ -162,35 +173,27 @@ int main(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
-	struct widen_cfg cfg = { .flush_ns = 10000000, .flush_every = 1000, .reserve_ns = 50000000, .queue = -1 };
-	char *flush_site = NULL, *reserve_site = NULL, objpath[PATH_MAX];
-	const char *obj_arg = NULL, *flush_sym = NULL, *reserve_sym = NULL;
-	size_t flush_off = 0, reserve_off = 0;
-	struct bpf_link *flush_link = NULL, *reserve_link = NULL;
-	struct bpf_program *flush_prog, *reserve_prog;
-	struct bpf_object *obj = NULL;
-	struct widen_stats st = { 0 };
-	int opt, check = 0, have_key = 0, have_rkey = 0, ret = 2, cfg_fd;
-	__u32 zero = 0;
+	char *flush_site = NULL, *reserve_site = NULL;
+	int opt, have_key = 0, have_rkey = 0;
 	__u64 v;
 
-	cfg.flush_queue.reg = -1;
+	o->cfg.flush_queue.reg = -1;
 	while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'f': flush_site = optarg; break;
 		case 'r': reserve_site = optarg; break;
 		case 'k':
-			if (parse_fetch(optarg, &cfg.flush_key))
+			if (parse_fetch(optarg, &o->cfg.flush_key))
 				goto bad_fetch;
 			have_key = 1;
 			break;
 		case 'K':
-			if (parse_fetch(optarg, &cfg.reserve_key))
+			if (parse_fetch(optarg, &o->cfg.reserve_key))
 				goto bad_fetch;
 			have_rkey = 1;
 			break;
 		case 'Q':
-			if (parse_fetch(optarg, &cfg.flush_queue))
+			if (parse_fetch(optarg, &o->cfg.flush_queue))
 				goto bad_fetch;
 			break;
 		case 'n': case 'N': case 'e': case 'q':
@@ -200,13 +203,13 @@ int main(int argc, char **argv)
 					optarg);
 				return 2;
 			}
-			if (opt == 'n') cfg.flush_ns = v;
-			if (opt == 'N') cfg.reserve_ns = v;
-			if (opt == 'e') cfg.flush_every = v;
-			if (opt == 'q') cfg.queue = (__s64)v;
+			if (opt == 'n') o->cfg.flush_ns = v;
+			if (opt == 'N') o->cfg.reserve_ns = v;
+			if (opt == 'e') o->cfg.flush_every = v;
+			if (opt == 'q') o->cfg.queue = (__s64)v;
 			break;
-		case 'o': obj_arg = optarg; break;
-		case 'c': check = 1; break;
+		case 'o': o->obj_arg = optarg; break;
+		case 'c': o->check = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -215,34 +218,66 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	if (parse_site(flush_site, &flush_sym, &flush_off) || parse_site(reserve_site, &reserve_sym, &reserve_off)) {
+	if (parse_site(flush_site, &o->flush_sym, &o->flush_off) ||
+	    parse_site(reserve_site, &o->reserve_sym, &o->reserve_off)) {
 		fprintf(stderr, "widen: a site is SYMBOL+OFFSET, e.g. __xsk_rcv_zc+58\n");
 		return 2;
 	}
-	if (cfg.flush_every == 0 || cfg.flush_ns > WIDEN_MAX_NS || cfg.reserve_ns > WIDEN_MAX_NS) {
+	if (o->cfg.flush_every == 0 || o->cfg.flush_ns > WIDEN_MAX_NS || o->cfg.reserve_ns > WIDEN_MAX_NS) {
 		fprintf(stderr, "widen: --flush-every must be >= 1 and each delay at most %llu ns\n",
 			(unsigned long long)WIDEN_MAX_NS);
 		return 2;
 	}
-	if (cfg.queue >= 0 && cfg.flush_queue.reg < 0) {
+	if (o->cfg.queue >= 0 && o->cfg.flush_queue.reg < 0) {
 		fprintf(stderr, "widen: --queue needs --flush-queue (the socket's queue_id at the flush site)\n");
 		return 2;
 	}
+	return -1;
+
+bad_fetch:
+	fprintf(stderr, "widen: '%s' is not a fetch argument like %%di:x64 or +872(%%di):x64\n", optarg);
+	return 2;
+}
+
+/* --obj, else widen.bpf.o beside this executable, into objpath: 0, or -1 after saying why. */
+static int object_path(const char *obj_arg, char *objpath, size_t len)
+{
 	if (obj_arg) {
-		snprintf(objpath, sizeof(objpath), "%s", obj_arg);
+		snprintf(objpath, len, "%s", obj_arg);
 	} else {
 		/* widen.bpf.o beside this executable. */
-		ssize_t n = readlink("/proc/self/exe", objpath, sizeof(objpath) - 16);
+		ssize_t n = readlink("/proc/self/exe", objpath, len - 16);
 		char *slash;
 
 		if (n < 0) {
 			fprintf(stderr, "widen: /proc/self/exe: %s (pass --obj)\n", strerror(errno));
-			return 2;
+			return -1;
 		}
 		objpath[n] = '\0';
 		slash = strrchr(objpath, '/');
 		strcpy(slash ? slash + 1 : objpath, "widen.bpf.o");
 	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct widen_opts o = { .cfg = { .flush_ns = 10000000, .flush_every = 1000, .reserve_ns = 50000000,
+					 .queue = -1 } };
+	char objpath[PATH_MAX];
+	struct bpf_link *flush_link = NULL, *reserve_link = NULL;
+	struct bpf_program *flush_prog, *reserve_prog;
+	struct bpf_object *obj = NULL;
+	struct widen_stats st = { 0 };
+	int ret, cfg_fd;
+	__u32 zero = 0;
+
+	ret = parse_options(argc, argv, &o);
+	if (ret >= 0)
+		return ret;
+	ret = 2;
+	if (object_path(o.obj_arg, objpath, sizeof(objpath)))
+		return 2;
 
 	libbpf_set_print(print_libbpf);
 	obj = bpf_object__open_file(objpath, NULL);
@@ -255,7 +290,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	cfg_fd = bpf_object__find_map_fd_by_name(obj, "widen_cfg");
-	if (cfg_fd < 0 || bpf_map_update_elem(cfg_fd, &zero, &cfg, BPF_ANY)) {
+	if (cfg_fd < 0 || bpf_map_update_elem(cfg_fd, &zero, &o.cfg, BPF_ANY)) {
 		fprintf(stderr, "widen: cannot set the configuration: %s\n", strerror(errno));
 		goto out;
 	}
@@ -267,18 +302,18 @@ int main(int argc, char **argv)
 	}
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
-	if (!check) {
-		flush_link = attach(flush_prog, flush_sym, flush_off);
+	if (!o.check) {
+		flush_link = attach(flush_prog, o.flush_sym, o.flush_off);
 		if (!flush_link)
 			goto out;
-		reserve_link = attach(reserve_prog, reserve_sym, reserve_off);
+		reserve_link = attach(reserve_prog, o.reserve_sym, o.reserve_off);
 		if (!reserve_link)
 			goto out;
 	}
 	printf("{\"event\":\"ready\",\"flush\":\"%s+%zu\",\"reserve\":\"%s+%zu\",\"attached\":%s}\n",
-	       flush_sym, flush_off, reserve_sym, reserve_off, check ? "false" : "true");
+	       o.flush_sym, o.flush_off, o.reserve_sym, o.reserve_off, o.check ? "false" : "true");
 	fflush(stdout);
-	while (!stop && !check)
+	while (!stop && !o.check)
 		pause();
 	bpf_link__destroy(flush_link);
 	bpf_link__destroy(reserve_link);
@@ -299,8 +334,4 @@ out:
 	bpf_link__destroy(reserve_link);
 	bpf_object__close(obj);
 	return ret;
-
-bad_fetch:
-	fprintf(stderr, "widen: '%s' is not a fetch argument like %%di:x64 or +872(%%di):x64\n", optarg);
-	return 2;
 }
