@@ -198,13 +198,7 @@ def vm_record(opts: VmRecordOptions, parse_record_args: ParseRecordArgs, say: Sa
     files = dict(opts.guest_files)
     if defs:
         files["probes.json"] = json.dumps(defs, indent=2)
-    args = [*opts.record_args, *nic_args, "--duration", str(opts.duration), "--plain"]
-    if defs is None:
-        args += ["--kernel-events", "none"]
-    elif not any(a.startswith("--kernel-events") for a in opts.record_args):
-        args += ["--kernel-events", "kprobes"]
-    # The guest finds probes.json in its job folder ($FLIGHTREC_VM_JOB).
-    command = [*opts.guest_prefix, sys.executable, "-m", "flightrec.cli.guest", "record", "--", *args]
+    command = _guest_command(opts, nic_args, defs)
     timeout = opts.timeout or opts.duration + SLACK
     say(f"recording: {opts.duration:g} s in the guest (watchdog {timeout:g} s after boot)")
     guest = runner.run_in_guest(
@@ -235,6 +229,17 @@ def vm_record(opts: VmRecordOptions, parse_record_args: ParseRecordArgs, say: Sa
     _write_vm_json(opts, kernel, guest, defs, timings)
     return VmRecordResult(exit_code, opts.out_dir, trace if trace.is_file() else None, verdict, timings,
                           guest.stopped_by)
+
+
+def _guest_command(opts: VmRecordOptions, nic_args: list[str], defs: Optional[dict]) -> list[str]:
+    """`flightrec record` as the guest runs it, under the guest prefix (e.g. the widener)."""
+    args = [*opts.record_args, *nic_args, "--duration", str(opts.duration), "--plain"]
+    if defs is None:
+        args += ["--kernel-events", "none"]
+    elif not any(a.startswith("--kernel-events") for a in opts.record_args):
+        args += ["--kernel-events", "kprobes"]
+    # The guest finds probes.json in its job folder ($FLIGHTREC_VM_JOB).
+    return [*opts.guest_prefix, sys.executable, "-m", "flightrec.cli.guest", "record", "--", *args]
 
 
 def _rewrite_paths(out_dir: Path, guest_out: str) -> None:
