@@ -492,6 +492,7 @@ static int timestamp(const char **pp, const char *e, const char **ts_s)
 	return 1;
 }
 
+/* Long by nature: one left-to-right pass over a line, a step per part of it (task-pid, cpu, flags, ts, event). */
 /* task-pid [cpu] flags ts: event: body, as flightrec/parse/ftrace.py's _LINE.
  * Returns the rows it filled from i on (a batched marker line fills one per
  * descriptor, up to `limit`), 0 when it is no event line, -1 past `limit`. */

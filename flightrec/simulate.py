@@ -307,6 +307,7 @@ def _remaining(dq: deque, rng: random.Random) -> str:
     return "[" + ", ".join(items) + "]"
 
 
+# Long by nature: one event loop (NAPI poll, RX peek, transmit, COMPLETION, idle) whose steps share the pair's state.
 def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: bool,
               until: Optional[int] = None) -> Optional[dict]:
     """Simulate one socket pair from start-up, for `budget` packets or until time `until`;

@@ -151,6 +151,7 @@ static void default_xdp_prog(struct options *o)
 	snprintf(o->xdp_prog, sizeof(o->xdp_prog), "%sxdp_meta.bpf.o", self);
 }
 
+/* Long by nature: the option table and its switch, one case an option. */
 int options_parse(struct options *o, int argc, char **argv)
 {
 	enum { O_OUTER = 256, O_INNER, O_QUEUES, O_TRACE, O_NOMARK, O_MARKERS, O_DUR, O_INJ, O_INJAFTER,

@@ -261,6 +261,7 @@ static uint32_t payload_len(const struct opts *o, uint32_t pkt)
 	return o->len_min + (uint32_t)((pkt * 2654435761u) >> 8) % span;
 }
 
+/* Long by nature: one sendmmsg loop, paced, building each batch's stamped datagrams in place. */
 static int do_send(const struct opts *o)
 {
 	static uint8_t bufs[MAX_FLOWS][BATCH][1472];
@@ -381,6 +382,7 @@ static void note_order(struct recv_stats *s, uint16_t port, uint32_t pkt)
 		s->flows[i].last = pkt;
 }
 
+/* Long by nature: one recvmmsg loop that checks each datagram's stamp as it comes. */
 static int do_recv(const struct opts *o, int marker_fd, int tracing_on_fd)
 {
 	static uint8_t bufs[BATCH][2048];

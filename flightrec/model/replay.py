@@ -158,6 +158,7 @@ class Replay:
     unordered: frozenset[str] = frozenset()  # sockets whose FILL order was not checked (zero-copy)
 
 
+# Long by nature: one pass over the timeline, a branch per event kind, the rings' state in locals all branches update.
 def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
     """Walk the timeline once; see the module doc. `unordered`: the sockets
     whose RX order is not their FILL order (zero-copy: the driver takes FILL

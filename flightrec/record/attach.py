@@ -113,6 +113,7 @@ def attach(opts: AttachOptions, obs: Optional[Observer] = None) -> AttachResult:
                 reg.remove()
 
 
+# Long by nature: set-up, wait and teardown in one try/finally, so every way out removes what was set up.
 def _run(opts: AttachOptions, obs: Observer, reg: state.Registry, mode: list, root: Path, dev: str,
          ifindex: int, sockets_before: list[dict], problems: list[str]) -> AttachResult:
     choice = kernel_events.choose_backend(opts.kernel_events, root)
