@@ -657,7 +657,8 @@ def simulate(cfg: SimConfig) -> Simulation:
         wstart = ev[tag_idx["b_reserve" if "b_reserve" in tag_idx else "x_read"]][0]
     elif cfg.fault in TX_KERNEL_FAULTS:
         wstart = ev[tag_idx["insert1"]][0]
-        wend_tag = "late" if cfg.fault == "early-completion" else "detection"
+        # without kernel events (--probes none) the late send leaves no line: the detection ends it
+        wend_tag = "late" if cfg.fault == "early-completion" and "late" in tag_idx else "detection"
     elif cfg.fault in PAIR_FAULTS:
         wstart = ev[tag_idx["insert1"]][0]
         wend_tag = "insert2"

@@ -123,12 +123,14 @@ def test_tight_overruns_prove_what_survives(fault, fmt):
         assert outcomes["kernel"] == 0, outcomes
 
 
+@pytest.mark.parametrize("probes", ["all", "none"])
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("seed", SEEDS)
-def test_loss_in_causal_window(seed, fault):
+def test_loss_in_causal_window(seed, fault, probes):
     """Lost events inside the story leave it undetermined (a FILL -> TX marker is wrong on its
-    own); events lost elsewhere may make other stories undetermined, never guilty."""
-    cfg, truth, anomalies = run(fault, seed, loss=True)
+    own); events lost elsewhere may make other stories undetermined, never guilty. Without
+    kernel events too (early-completion's window then ends at the receiver's line)."""
+    cfg, truth, anomalies = run(fault, seed, loss=True, probes=probes)
     want = truth.anomaly
     judged = [a for a in anomalies if a.get("verdict") != "undetermined"]
     if want is None:
