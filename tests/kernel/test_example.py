@@ -6,30 +6,12 @@ namespaces, veth, XDP and AF_XDP."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from recordkit import run
 
-from recordkit import REPO, run
-
-SOURCE = REPO / "examples" / "xsk_fwd" / "xsk_fwd.c"
-
-
-@pytest.fixture(scope="module")
-def xsk_fwd(tmp_path_factory) -> Path:
-    cc = shutil.which("cc") or shutil.which("clang")
-    if cc is None:
-        pytest.skip("no C compiler (apt-get install gcc)")
-    libs = subprocess.run(["pkg-config", "--libs", "libxdp", "libbpf"], capture_output=True, text=True)
-    if libs.returncode != 0:
-        pytest.skip("libxdp-dev and libbpf-dev are not installed (make setup installs them)")
-    exe = tmp_path_factory.mktemp("example") / "xsk_fwd"
-    cflags = run("markers", "--cflags").stdout.split()
-    subprocess.run([cc, "-Wall", "-Wextra", "-Werror", "-O2", *cflags, "-o", str(exe), str(SOURCE),
-                    *libs.stdout.split()], check=True)
-    return exe
+# The program is built by conftest's xsk_fwd fixture.
 
 
 def record(out: Path, app: str, *extra: str, duration: str = "8") -> subprocess.CompletedProcess:
