@@ -43,8 +43,11 @@ def running_program(events_machine, xsk_fwd) -> Iterator[dict]:
                                 "--queues", "2", "outer", "inner"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         procs.append(fwd)
-        said = fwd.stderr.readline()  # after its sockets are bound
-        assert said.startswith("xsk_fwd: forwarding outer <-> inner"), said + fwd.stderr.read()
+        said = []  # libxdp's own warnings may come first; the example's line comes once its sockets are bound
+        while not (said and said[-1].startswith("xsk_fwd: forwarding outer <-> inner")):
+            line = fwd.stderr.readline()
+            assert line, "".join(said) + f"(xsk_fwd exited {fwd.wait(10)})"
+            said.append(line)
         server = subprocess.Popen(["ip", "netns", "exec", topo.server_ns, "iperf3", "-s", "-B", topo.server_addr],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(server)
