@@ -47,17 +47,26 @@ class BuildPyWithPrograms(build_py):
         bpftool = shutil.which("bpftool", path=path) or "bpftool"
         jobs = str(os.cpu_count() or 1)
         try:
-            proc = subprocess.run(["make", "-C", "c", "-j", jobs, f"OUT={work}", f"BPFTOOL={bpftool}", "all"],
-                                  capture_output=True, text=True, check=False)
+            proc = subprocess.run(
+                ["make", "-C", "c", "-j", jobs, f"OUT={work}", f"BPFTOOL={bpftool}", "all"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             # The compiler's or pkg-config's own words, not make's "Error 1" after them.
-            lines = [ln for ln in (proc.stderr or proc.stdout).splitlines()
-                     if ln.strip() and not ln.startswith(("make:", "make["))]
+            lines = [
+                ln
+                for ln in (proc.stderr or proc.stdout).splitlines()
+                if ln.strip() and not ln.startswith(("make:", "make["))
+            ]
             why = None if proc.returncode == 0 else lines[-1] if lines else f"make exit {proc.returncode}"
         except OSError as err:
             why = f"make: {err.strerror}"
         if why is not None:
-            msg = (f"flightrec: c/ not built ({why}); the forwarder and loaders are left out, so "
-                   "`flightrec record` cannot run from this install (`flightrec doctor` says what to install)")
+            msg = (
+                f"flightrec: c/ not built ({why}); the forwarder and loaders are left out, so "
+                "`flightrec record` cannot run from this install (`flightrec doctor` says what to install)"
+            )
             if os.environ.get(REQUIRED_ENV) == "1":
                 raise SystemExit(msg)
             self.warn(msg)

@@ -50,10 +50,12 @@ class Result:
             "lines": p.lines,
             "format": p.format,
             "instances": list(p.instances),
-            "events": {"total": len(tl),
-                       **{k: counts.get(k, 0) for k in ("reserve", "flush", "tx", "marker", "note", "other")},
-                       # TX and COMPLETION kernel events, where the trace has them
-                       **{k: counts[k] for k in ("xmit", "destruct", "cq_reserve", "cq_submit") if counts.get(k)}},
+            "events": {
+                "total": len(tl),
+                **{k: counts.get(k, 0) for k in ("reserve", "flush", "tx", "marker", "note", "other")},
+                # TX and COMPLETION kernel events, where the trace has them
+                **{k: counts[k] for k in ("xmit", "destruct", "cq_reserve", "cq_submit") if counts.get(k)},
+            },
             "cpus": sorted(tl.window.cpu_first),
             "unparsed_lines": p.unparsed,
             "overrun": tl.window.overrun,
@@ -97,8 +99,16 @@ def history_json(h: History) -> dict:
 
 
 def gap_json(g) -> dict:
-    return {"cpu": g.cpu, "why": g.why, "events": g.events, "after": _time(g.after), "before": _time(g.before),
-            "line": g.line, "count": g.count, "text": g.describe()}
+    return {
+        "cpu": g.cpu,
+        "why": g.why,
+        "events": g.events,
+        "after": _time(g.after),
+        "before": _time(g.before),
+        "line": g.line,
+        "count": g.count,
+        "text": g.describe(),
+    }
 
 
 def claim_json(c) -> dict:
@@ -139,8 +149,9 @@ def anomaly_json(a: Anomaly) -> dict:
     }
 
 
-def analyze_bytes(data: bytes, source: str, kernel_until: Optional[float] = None,
-                  meta: Optional[dict] = None) -> Result:
+def analyze_bytes(
+    data: bytes, source: str, kernel_until: Optional[float] = None, meta: Optional[dict] = None
+) -> Result:
     """Analyze ftrace text given as bytes; raises FlightrecError when it is not a trace.
 
     `kernel_until`: when the kernel-event source stopped mid-run, on the trace's
@@ -152,8 +163,10 @@ def analyze_bytes(data: bytes, source: str, kernel_until: Optional[float] = None
         if parsed.first_unparsed is not None:
             n, text = parsed.first_unparsed
             where = f"line {n}: {text!r}" if n else text
-            raise FlightrecError(f"{source}: not ftrace text ({where}); give the text of "
-                                 "/sys/kernel/tracing/trace or of `trace-cmd report`")
+            raise FlightrecError(
+                f"{source}: not ftrace text ({where}); give the text of "
+                "/sys/kernel/tracing/trace or of `trace-cmd report`"
+            )
         raise FlightrecError(f"{source}: no events in the trace (only a header)")
     tl = build_timeline(parsed, typed, source, kernel_until)
     rp = replay(tl, zerocopy_sockets(meta))
@@ -174,8 +187,10 @@ def _read_text(f: BinaryIO, source: str) -> bytes:
     head = f.peek(HEAD_BYTES)[:HEAD_BYTES] if hasattr(f, "peek") else b""
     nul = head.find(b"\0")
     if nul >= 0:
-        raise FlightrecError(f"{source}: binary data (a NUL byte at offset {nul}), not ftrace text; give the "
-                             "text of /sys/kernel/tracing/trace or of `trace-cmd report`")
+        raise FlightrecError(
+            f"{source}: binary data (a NUL byte at offset {nul}), not ftrace text; give the "
+            "text of /sys/kernel/tracing/trace or of `trace-cmd report`"
+        )
     return f.read()
 
 

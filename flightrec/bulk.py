@@ -24,16 +24,33 @@ _I64 = ctypes.c_int64
 
 
 class _Seg(ctypes.Structure):
-    _fields_ = [("lit", _P), ("lit_len", _I64), ("how", ctypes.c_int32), ("values", _P), ("pieces", _P),
-                ("piece_off", _P)]
+    _fields_ = [
+        ("lit", _P),
+        ("lit_len", _I64),
+        ("how", ctypes.c_int32),
+        ("values", _P),
+        ("pieces", _P),
+        ("piece_off", _P),
+    ]
 
 
 def _declare(lib: ctypes.CDLL) -> None:
     lib.fr_intern.restype = _I64
     lib.fr_intern.argtypes = [ctypes.c_char_p, _P, _P, _I64, _P, _P]
     lib.fr_render.restype = _I64
-    lib.fr_render.argtypes = [ctypes.POINTER(_Seg), ctypes.c_int32, ctypes.c_char_p, _I64, ctypes.c_char_p, _I64,
-                              _I64, _I64, ctypes.c_void_p, _I64, ctypes.POINTER(_I64)]
+    lib.fr_render.argtypes = [
+        ctypes.POINTER(_Seg),
+        ctypes.c_int32,
+        ctypes.c_char_p,
+        _I64,
+        ctypes.c_char_p,
+        _I64,
+        _I64,
+        _I64,
+        ctypes.c_void_p,
+        _I64,
+        ctypes.POINTER(_I64),
+    ]
 
 
 def _lib() -> Optional[ctypes.CDLL]:
@@ -66,7 +83,7 @@ def _intern_py(data: bytes, off: np.ndarray, length: np.ndarray) -> tuple[np.nda
     first: list[int] = []
     ids = []
     for i, (o, n) in enumerate(zip(np.asarray(off).tolist(), np.asarray(length).tolist())):
-        s = data[o:o + n]
+        s = data[o : o + n]
         k = seen.get(s)
         if k is None:
             k = seen[s] = len(first)
@@ -113,24 +130,32 @@ def render(segs: Sequence[Seg], suffix: bytes, sep: bytes, rows: int, write: Cal
             bound += 25
         bound += len(s.literal)
         keep += [values, blob, offsets, s.literal]
-        arr[i] = _Seg(ctypes.cast(ctypes.c_char_p(s.literal), _P), len(s.literal), s.how, values.ctypes.data,
-                      ctypes.cast(ctypes.c_char_p(blob), _P), offsets.ctypes.data)
+        arr[i] = _Seg(
+            ctypes.cast(ctypes.c_char_p(s.literal), _P),
+            len(s.literal),
+            s.how,
+            values.ctypes.data,
+            ctypes.cast(ctypes.c_char_p(blob), _P),
+            offsets.ctypes.data,
+        )
     cap = max(CHUNK_BYTES, 2 * bound)
     buf = ctypes.create_string_buffer(cap)
     view = memoryview(buf).cast("B")
     used = _I64()
     row = 0
     while row < rows:
-        nxt = _lib().fr_render(arr, len(segs), suffix, len(suffix), sep, len(sep), row, rows, buf, cap,
-                             ctypes.byref(used))
+        nxt = _lib().fr_render(
+            arr, len(segs), suffix, len(suffix), sep, len(sep), row, rows, buf, cap, ctypes.byref(used)
+        )
         if nxt == row:
             raise RuntimeError("a row does not fit the render buffer")
-        write(view[:used.value])
+        write(view[: used.value])
         row = nxt
 
 
-def _render_py(segs: Sequence[Seg], suffix: bytes, sep: bytes, rows: int, write: Callable[[bytes], object],
-               chunk_rows: int = 50000) -> None:
+def _render_py(
+    segs: Sequence[Seg], suffix: bytes, sep: bytes, rows: int, write: Callable[[bytes], object], chunk_rows: int = 50000
+) -> None:
     cols = [(s.literal, s.how, np.asarray(s.values)[:rows].tolist(), s.pieces) for s in segs]
     for lo in range(0, rows, chunk_rows):
         out = []

@@ -74,58 +74,116 @@ def check_tracefs() -> Capability:
     if root is not None:
         return Capability("tracefs", True, True, f"mounted at {root}, instances supported")
     can = tracefs.TRACEFS_CANDIDATES[0].is_dir()
-    return Capability("tracefs", True, can, "not mounted (record mounts it)" if can else "no /sys/kernel/tracing",
-                 "mount -t tracefs nodev /sys/kernel/tracing" if can else "a kernel with CONFIG_TRACING=y")
+    return Capability(
+        "tracefs",
+        True,
+        can,
+        "not mounted (record mounts it)" if can else "no /sys/kernel/tracing",
+        "mount -t tracefs nodev /sys/kernel/tracing" if can else "a kernel with CONFIG_TRACING=y",
+    )
 
 
 def check_kprobes() -> Capability:
     root = tracefs.find_root() or tracefs.TRACEFS_CANDIDATES[0]
     why = kernel_events.kprobes_unavailable(root)
-    return Capability("kprobes", False, why is None, "kprobe events available" if why is None else why,
-                 "a kernel with CONFIG_KPROBES=y and CONFIG_KPROBE_EVENTS=y, or `flightrec vm record`; record "
-                 "uses the BPF tracepoint backend meanwhile where it loads")
+    return Capability(
+        "kprobes",
+        False,
+        why is None,
+        "kprobe events available" if why is None else why,
+        "a kernel with CONFIG_KPROBES=y and CONFIG_KPROBE_EVENTS=y, or `flightrec vm record`; record "
+        "uses the BPF tracepoint backend meanwhile where it loads",
+    )
 
 
 def check_bpf_events() -> Capability:
     root = tracefs.find_root() or tracefs.TRACEFS_CANDIDATES[0]
     why = kernel_events.bpf_unavailable(root)
-    return Capability("bpf events", False, why is None,
-                 "BTF tracepoint programs load and attach (kernel events without kprobes)" if why is None else why,
-                 (locate.build_fix("c/xsk_trace") + "; and " if "not built" in (why or "") else "")
-                 + "a kernel with BTF that allows tp_btf programs")
+    return Capability(
+        "bpf events",
+        False,
+        why is None,
+        "BTF tracepoint programs load and attach (kernel events without kprobes)" if why is None else why,
+        (locate.build_fix("c/xsk_trace") + "; and " if "not built" in (why or "") else "")
+        + "a kernel with BTF that allows tp_btf programs",
+    )
 
 
 def check_btf() -> Capability:
     path = Path("/sys/kernel/btf/vmlinux")
     ok = path.exists()
-    return Capability("BTF", False, ok, f"{path} present" if ok else f"no {path}",
-                 "a kernel with CONFIG_DEBUG_INFO_BTF=y (needed for tp_btf kernel events)")
+    return Capability(
+        "BTF",
+        False,
+        ok,
+        f"{path} present" if ok else f"no {path}",
+        "a kernel with CONFIG_DEBUG_INFO_BTF=y (needed for tp_btf kernel events)",
+    )
 
 
 def check_af_xdp() -> Capability:
     why = af_xdp_unavailable()
-    return Capability("AF_XDP", True, why is None, "AF_XDP sockets open" if why is None else why,
-                 "a kernel with CONFIG_XDP_SOCKETS=y")
+    return Capability(
+        "AF_XDP", True, why is None, "AF_XDP sockets open" if why is None else why, "a kernel with CONFIG_XDP_SOCKETS=y"
+    )
 
 
 def check_netns_veth() -> list[Capability]:
     """Create a namespace and a multi-queue veth pair in it, then delete both."""
     if os.geteuid() != 0:
-        return [Capability("netns", True, False, "needs root to test", "run as root"),
-                Capability("veth", True, False, "needs root to test", "run as root")]
+        return [
+            Capability("netns", True, False, "needs root to test", "run as root"),
+            Capability("veth", True, False, "needs root to test", "run as root"),
+        ]
     name = f"flightrec-doctor-{os.getpid()}"
     made = _run(["ip", "netns", "add", name])
     if made.returncode != 0:
-        return [Capability("netns", True, False, made.stderr.strip() or "ip netns add failed",
-                      "apt-get install iproute2; a kernel with CONFIG_NET_NS=y"),
-                Capability("veth", True, False, "not tested (no netns)", "")]
+        return [
+            Capability(
+                "netns",
+                True,
+                False,
+                made.stderr.strip() or "ip netns add failed",
+                "apt-get install iproute2; a kernel with CONFIG_NET_NS=y",
+            ),
+            Capability("veth", True, False, "not tested (no netns)", ""),
+        ]
     try:
-        veth = _run(["ip", "-n", name, "link", "add", "name", "fr-a", "numtxqueues", "2", "numrxqueues", "2",
-                     "type", "veth", "peer", "name", "fr-b", "numtxqueues", "2", "numrxqueues", "2"])
+        veth = _run(
+            [
+                "ip",
+                "-n",
+                name,
+                "link",
+                "add",
+                "name",
+                "fr-a",
+                "numtxqueues",
+                "2",
+                "numrxqueues",
+                "2",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "fr-b",
+                "numtxqueues",
+                "2",
+                "numrxqueues",
+                "2",
+            ]
+        )
         ok = veth.returncode == 0
-        return [Capability("netns", True, True, "network namespaces work"),
-                Capability("veth", True, ok, "multi-queue veth pairs work" if ok else veth.stderr.strip(),
-                      "a kernel with CONFIG_VETH (modprobe veth)")]
+        return [
+            Capability("netns", True, True, "network namespaces work"),
+            Capability(
+                "veth",
+                True,
+                ok,
+                "multi-queue veth pairs work" if ok else veth.stderr.strip(),
+                "a kernel with CONFIG_VETH (modprobe veth)",
+            ),
+        ]
     finally:
         _run(["ip", "netns", "delete", name])
 
@@ -136,9 +194,13 @@ def check_bpffs() -> Capability:
         mounted = any(line.split()[1:3] == ["/sys/fs/bpf", "bpf"] for line in open("/proc/mounts"))
     except OSError:
         pass
-    return Capability("bpffs", False, mounted,
-                 "mounted at /sys/fs/bpf" if mounted else "not mounted (record does not need it; bpftool pins do)",
-                 "mount -t bpf bpf /sys/fs/bpf")
+    return Capability(
+        "bpffs",
+        False,
+        mounted,
+        "mounted at /sys/fs/bpf" if mounted else "not mounted (record does not need it; bpftool pins do)",
+        "mount -t bpf bpf /sys/fs/bpf",
+    )
 
 
 def check_tool(name: str, package: str, required: bool, why: str) -> Capability:
@@ -148,8 +210,13 @@ def check_tool(name: str, package: str, required: bool, why: str) -> Capability:
 
 def check_libxdp() -> Capability:
     ok = _run(["pkg-config", "--exists", "libxdp", "libbpf"]).returncode == 0 if shutil.which("pkg-config") else False
-    return Capability("libxdp", False, ok, "libxdp and libbpf headers found" if ok else "libxdp-dev/libbpf-dev missing",
-                 "apt-get install libxdp-dev libbpf-dev pkg-config (needed to build the forwarder and loaders)")
+    return Capability(
+        "libxdp",
+        False,
+        ok,
+        "libxdp and libbpf headers found" if ok else "libxdp-dev/libbpf-dev missing",
+        "apt-get install libxdp-dev libbpf-dev pkg-config (needed to build the forwarder and loaders)",
+    )
 
 
 def check_forwarder() -> Capability:
@@ -165,14 +232,30 @@ def check_native() -> Capability:
     from flightrec.parse import scan
 
     if os.environ.get("FLIGHTREC_PURE_PYTHON"):
-        return Capability("C helpers", False, False, "switched off by FLIGHTREC_PURE_PYTHON (analyze and export run "
-                     "several times slower)", "unset FLIGHTREC_PURE_PYTHON")
+        return Capability(
+            "C helpers",
+            False,
+            False,
+            "switched off by FLIGHTREC_PURE_PYTHON (analyze and export run several times slower)",
+            "unset FLIGHTREC_PURE_PYTHON",
+        )
     missing = [name for name, ok in (("_scan", scan.available()), ("_bulk", bulk.available())) if not ok]
     if not missing:
-        return Capability("C helpers", False, True, "analyzer scanner and export printer in use ("
-                     + ", ".join(str(locate.native_library(n)) for n in ("_scan", "_bulk")) + ")")
-    return Capability("C helpers", False, False, f"{', '.join(missing)} not built or not loadable (analyze and export "
-                 "run several times slower)", locate.build_fix("the C helpers", "gcc"))
+        return Capability(
+            "C helpers",
+            False,
+            True,
+            "analyzer scanner and export printer in use ("
+            + ", ".join(str(locate.native_library(n)) for n in ("_scan", "_bulk"))
+            + ")",
+        )
+    return Capability(
+        "C helpers",
+        False,
+        False,
+        f"{', '.join(missing)} not built or not loadable (analyze and export run several times slower)",
+        locate.build_fix("the C helpers", "gcc"),
+    )
 
 
 def check_afxdp_modes() -> list[Capability]:
@@ -188,13 +271,24 @@ def check_afxdp_modes() -> list[Capability]:
         return [Capability("AF_XDP modes", False, False, f"not tested: {e}", "")]
     copy, zc = probes["copy"], probes["zerocopy"]
     return [
-        Capability("XDP copy", False, copy.mode == "copy",
-              f"veth binds in copy mode, XDP {copy.xdp_attach} (what `record` uses)" if copy.mode == "copy"
-              else f"veth copy bind failed: {copy.error}", "see the line above; a kernel with CONFIG_XDP_SOCKETS"),
-        Capability("XDP zero-copy", False, zc.mode == "zerocopy",
-              "veth binds zero-copy" if zc.mode == "zerocopy" else
-              f"not on veth here ({zc.error}); `record --mode auto` says copy",
-              "a driver with AF_XDP zero-copy: `flightrec vm record --kernel 7.3 --nic virtio --mode zerocopy`"),
+        Capability(
+            "XDP copy",
+            False,
+            copy.mode == "copy",
+            f"veth binds in copy mode, XDP {copy.xdp_attach} (what `record` uses)"
+            if copy.mode == "copy"
+            else f"veth copy bind failed: {copy.error}",
+            "see the line above; a kernel with CONFIG_XDP_SOCKETS",
+        ),
+        Capability(
+            "XDP zero-copy",
+            False,
+            zc.mode == "zerocopy",
+            "veth binds zero-copy"
+            if zc.mode == "zerocopy"
+            else f"not on veth here ({zc.error}); `record --mode auto` says copy",
+            "a driver with AF_XDP zero-copy: `flightrec vm record --kernel 7.3 --nic virtio --mode zerocopy`",
+        ),
     ]
 
 
@@ -204,22 +298,46 @@ def check_vm_zerocopy() -> Capability:
 
     kernels = cached_kernels()
     if not kernels:
-        return Capability("VM zero-copy", False, False, "no VM kernel cached yet",
-                     "flightrec vm record --kernel 7.3 --nic virtio --mode zerocopy (fetches it)")
+        return Capability(
+            "VM zero-copy",
+            False,
+            False,
+            "no VM kernel cached yet",
+            "flightrec vm record --kernel 7.3 --nic virtio --mode zerocopy (fetches it)",
+        )
     said = []
     for k in kernels:
         why = zerocopy_missing(k, "virtio")
-        said.append(f"{k.release} " + ("zero-copy and copy" if why is None else
-                                        "copy only" + (" (virtio_net has the RX half)" if "RX only" in why else "")))
+        said.append(
+            f"{k.release} "
+            + (
+                "zero-copy and copy"
+                if why is None
+                else "copy only" + (" (virtio_net has the RX half)" if "RX only" in why else "")
+            )
+        )
     ok = any(zerocopy_missing(k, "virtio") is None for k in kernels)
-    return Capability("VM zero-copy", False, ok, "virtio-net in `vm record --nic virtio`: " + "; ".join(said),
-                 "flightrec vm record --kernel 7.3 --nic virtio --mode zerocopy (fetches Debian's 7.3)")
+    return Capability(
+        "VM zero-copy",
+        False,
+        ok,
+        "virtio-net in `vm record --nic virtio`: " + "; ".join(said),
+        "flightrec vm record --kernel 7.3 --nic virtio --mode zerocopy (fetches Debian's 7.3)",
+    )
 
 
 # In the order `flightrec doctor` prints them; a probe may say one thing or several.
 PROBES: list[Callable[[], object]] = [
-    check_root, check_tracefs, check_kprobes, check_bpf_events, check_btf, check_af_xdp, check_netns_veth,
-    check_afxdp_modes, check_vm_zerocopy, check_bpffs,
+    check_root,
+    check_tracefs,
+    check_kprobes,
+    check_bpf_events,
+    check_btf,
+    check_af_xdp,
+    check_netns_veth,
+    check_afxdp_modes,
+    check_vm_zerocopy,
+    check_bpffs,
     lambda: check_tool("perf", "linux-perf", False, "used to resolve probe sites"),
     lambda: check_tool("clang", "clang", False, "needed to build the forwarder and the BPF programs"),
     check_libxdp,

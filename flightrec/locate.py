@@ -83,6 +83,8 @@ def build_fix(what: str = "c/", packages: str = BUILD_PACKAGES) -> str:
     tree = source_tree()
     if tree is not None:
         return f"apt-get install {packages}; then make -C {tree} build"
-    return (f"apt-get install {packages}; then reinstall flightrec from its source "
-            f"(pip install --force-reinstall --no-deps SOURCE, or pipx reinstall flightrec): "
-            f"the package build builds {what} when these are present")
+    return (
+        f"apt-get install {packages}; then reinstall flightrec from its source "
+        f"(pip install --force-reinstall --no-deps SOURCE, or pipx reinstall flightrec): "
+        f"the package build builds {what} when these are present"
+    )

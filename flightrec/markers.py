@@ -145,8 +145,16 @@ class States:
 class Sock:
     """One AF_XDP socket's markers and checks (the C header's struct fr_sock)."""
 
-    def __init__(self, markers: Markers, iface: str, queue: int, states: Optional[States] = None,
-                 frame_size: int = 0, frames: int = 0, zerocopy: bool = False):
+    def __init__(
+        self,
+        markers: Markers,
+        iface: str,
+        queue: int,
+        states: Optional[States] = None,
+        frame_size: int = 0,
+        frames: int = 0,
+        zerocopy: bool = False,
+    ):
         self.m = markers
         self.states = states
         self.name = f"{iface} q:{queue}"

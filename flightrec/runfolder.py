@@ -200,5 +200,10 @@ def read(out_dir: Path) -> RunFolder:
     if not out_dir.is_dir():
         raise FlightrecError(f"{out_dir} is not a run folder (no such directory)")
     trace = out_dir / TRACE
-    return RunFolder(out_dir, trace if trace.is_file() else None, read_meta(out_dir),
-                     read_json(out_dir / ANALYSIS), read_json(out_dir / VM))
+    return RunFolder(
+        out_dir,
+        trace if trace.is_file() else None,
+        read_meta(out_dir),
+        read_json(out_dir / ANALYSIS),
+        read_json(out_dir / VM),
+    )

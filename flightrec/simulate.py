@@ -45,8 +45,17 @@ from flightrec.parse.format import BATCH_LINE_MAX, MARKER_FORMS, NOTE_SEP
 
 POISON = 0xDEADBEEFDEADBEEF
 
-FAULTS = ("none", "publish-race", "stale-slot", "double-fill", "fill-and-tx", "invalid-transition",
-          "reuse-in-flight", "early-completion", "double-completion")
+FAULTS = (
+    "none",
+    "publish-race",
+    "stale-slot",
+    "double-fill",
+    "fill-and-tx",
+    "invalid-transition",
+    "reuse-in-flight",
+    "early-completion",
+    "double-completion",
+)
 KERNEL_FAULTS = ("publish-race", "stale-slot")
 # the kernel publishes a frame's COMPLETION entry before it sends the frame (30f241fcf52a)
 TX_KERNEL_FAULTS = ("early-completion", "double-completion")
@@ -156,8 +165,17 @@ def _rr(rng: random.Random, lo: int, hi: int) -> int:
 class _Pair:
     """One rx socket whose packets are forwarded to one tx socket, with its frames and rings."""
 
-    def __init__(self, idx: int, rng: random.Random, cpus: int, app_cpu: int, names: tuple[str, str],
-                 queue: int, comm: str, pid: int) -> None:
+    def __init__(
+        self,
+        idx: int,
+        rng: random.Random,
+        cpus: int,
+        app_cpu: int,
+        names: tuple[str, str],
+        queue: int,
+        comm: str,
+        pid: int,
+    ) -> None:
         self.idx = idx
         self.rx = f"{names[0]} q:{queue}"
         self.tx = f"{names[1]} q:{queue}"
@@ -230,8 +248,9 @@ class _Sim:
         return len(self.tasks) - 1
 
     # ---- emitting ------------------------------------------------------
-    def emit(self, ts: int, cpu: int, task: int, flags: str, body: str, tag: Optional[str] = None,
-             op: Optional[int] = None) -> None:
+    def emit(
+        self, ts: int, cpu: int, task: int, flags: str, body: str, tag: Optional[str] = None, op: Optional[int] = None
+    ) -> None:
         self.seq += 1
         self.ev.append((ts, self.seq, cpu, task, flags, body, tag, op))
 
@@ -261,36 +280,65 @@ class _Sim:
             return
         task = p.task if cpu == p.app_cpu else self.traffic[cpu]
         flags = self.rng.choice(("d.Z1.", "d.Z1.", "..s1.", "d.s1."))
-        args = f"addr={addr:#x} len={self.rng.choice((0x42, 0x4e, 0x5a, 0x5ea)):#x} xs={p.xs:#x} fq={p.fq:#x}"
-        self.emit(ts, cpu, task, flags, self._probe(self.rcv_name, f"__xsk_rcv_zc+{self.rcv_off:#x}/0x250",
-                                                   self.sym_rcv + self.rcv_off, args), tag)
+        args = f"addr={addr:#x} len={self.rng.choice((0x42, 0x4E, 0x5A, 0x5EA)):#x} xs={p.xs:#x} fq={p.fq:#x}"
+        self.emit(
+            ts,
+            cpu,
+            task,
+            flags,
+            self._probe(self.rcv_name, f"__xsk_rcv_zc+{self.rcv_off:#x}/0x250", self.sym_rcv + self.rcv_off, args),
+            tag,
+        )
 
     def flush(self, p: _Pair, ts: int, cpu: int, tag: Optional[str] = None) -> None:
         if self.cfg.probes != "all":
             return
         task = p.task if cpu == p.app_cpu else self.traffic[cpu]
-        self.emit(ts, cpu, task, "d.Z1.", self._probe(self.flush_name, "__xsk_map_flush+0x4e/0x180",
-                                                      self.sym_flush + 0x4E, f"xs={p.xs:#x}"), tag)
+        self.emit(
+            ts,
+            cpu,
+            task,
+            "d.Z1.",
+            self._probe(self.flush_name, "__xsk_map_flush+0x4e/0x180", self.sym_flush + 0x4E, f"xs={p.xs:#x}"),
+            tag,
+        )
 
     def txget(self, p: _Pair, ts: int, addr: int, tag: Optional[str] = None) -> None:
         if self.cfg.probes == "none":
             return
-        self.emit(ts, p.app_cpu, p.task, ".....", self._probe(self.raw_name, "xp_raw_get_data+0x0/0x60",
-                                                             self.sym_raw, f"addr={addr:#x}"), tag)
+        self.emit(
+            ts,
+            p.app_cpu,
+            p.task,
+            ".....",
+            self._probe(self.raw_name, "xp_raw_get_data+0x0/0x60", self.sym_raw, f"addr={addr:#x}"),
+            tag,
+        )
 
     def cq_submit(self, p: _Pair, ts: int, addr: int, tag: Optional[str] = None) -> None:
         """The skb's destructor writes addr into the next COMPLETION slot and publishes it (Debian 6.1's form)."""
         if self.cfg.probes == "none":
             return
         cpu = p.softirq_cpu
-        self.emit(ts, cpu, p.task if cpu == p.app_cpu else self.traffic[cpu], "d.s1.",
-                  self._probe("cq_submit", "xsk_destruct_skb+0x46/0x80", self.kbase + 0xB2F046,
-                              f"addr={addr:#x} xs={p.txs:#x} cq={p.cq:#x} slot={p.cq_prod:#x}"), tag)
+        self.emit(
+            ts,
+            cpu,
+            p.task if cpu == p.app_cpu else self.traffic[cpu],
+            "d.s1.",
+            self._probe(
+                "cq_submit",
+                "xsk_destruct_skb+0x46/0x80",
+                self.kbase + 0xB2F046,
+                f"addr={addr:#x} xs={p.txs:#x} cq={p.cq:#x} slot={p.cq_prod:#x}",
+            ),
+            tag,
+        )
         p.cq_prod += 1
 
     # ---- the application's bookkeeping --------------------------------
-    def to_fill(self, p: _Pair, ts: int, addr: int, frm: str, tag: Optional[str] = None,
-                op: Optional[int] = None) -> None:
+    def to_fill(
+        self, p: _Pair, ts: int, addr: int, frm: str, tag: Optional[str] = None, op: Optional[int] = None
+    ) -> None:
         """The application produces addr to its rx socket's FILL ring (and its deque)."""
         self.marker(p, ts, f"{p.rx} {addr:#x} {frm} -> FILL", tag, op)
         p.kfill.append(addr)
@@ -308,8 +356,9 @@ def _remaining(dq: deque, rng: random.Random) -> str:
 
 
 # Long by nature: one event loop (NAPI poll, RX peek, transmit, COMPLETION, idle) whose steps share the pair's state.
-def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: bool,
-              until: Optional[int] = None) -> Optional[dict]:
+def _run_pair(
+    sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: bool, until: Optional[int] = None
+) -> Optional[dict]:
     """Simulate one socket pair from start-up, for `budget` packets or until time `until`;
     returns what happened at the fault, if one was planted."""
     rng = sim.rng
@@ -339,8 +388,7 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
         if rng.random() < 0.08:
             p.softirq_cpu = rng.randrange(cfg.cpus)  # the softirq moves to another CPU
         cpu = p.softirq_cpu
-        if faulty and planted is None and p.delivered >= plant_at and fault in KERNEL_FAULTS \
-                and len(p.kfill) > 12:
+        if faulty and planted is None and p.delivered >= plant_at and fault in KERNEL_FAULTS and len(p.kfill) > 12:
             return _plant_race(sim, p, t, fault)
         k = min(rng.randint(*batch), len(p.kfill))
         if k == 0:
@@ -365,8 +413,12 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
             exp = p.afill.popleft() if p.afill else None
             st = p.state.get(a)
             if exp is not None and exp != a:
-                text = f"{p.rx} {a:#x} FILL -> RX: expected {exp:#x}" + rng.choice((" ", "")) + \
-                    "remaining: " + _remaining(p.afill, rng)
+                text = (
+                    f"{p.rx} {a:#x} FILL -> RX: expected {exp:#x}"
+                    + rng.choice((" ", ""))
+                    + "remaining: "
+                    + _remaining(p.afill, rng)
+                )
                 sim.marker(p, t, text, "detection")
                 return _finish(planted, t, {"symptom_addr": a, "symptom_expected": exp})
             if st != "FILL":
@@ -395,8 +447,9 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
                 t += _rr(rng, 500, 3000)
                 victim = p.afill[-min(20, len(p.afill))]
                 _tag_last_insert(sim, p, victim)
-                sim.marker(p, t, f"{p.tx} {victim:#x} FILL -> TX" +
-                           rng.choice(("", ": invalid, was FILL")), "detection")
+                sim.marker(
+                    p, t, f"{p.tx} {victim:#x} FILL -> TX" + rng.choice(("", ": invalid, was FILL")), "detection"
+                )
                 return {"addr": victim, "ts": t, "detection_ts": t}
             if rng.random() < 0.03:
                 notes.append(f"{a:#x} drop " + rng.choice(("no_flow", "bad_csum", "ttl")))
@@ -509,8 +562,9 @@ def _run_pair(sim: _Sim, p: _Pair, budget: int, t0: int, fault: str, faulty: boo
     return planted
 
 
-def _tag_last_insert(sim: _Sim, p: _Pair, addr: int, needle: str = "", into: str = "-> FILL",
-                     tag: str = "insert1") -> None:
+def _tag_last_insert(
+    sim: _Sim, p: _Pair, addr: int, needle: str = "", into: str = "-> FILL", tag: str = "insert1"
+) -> None:
     """Tag the marker that last put addr into FILL (or `into`): the start of the causal window."""
     needle = needle or f"{p.rx} {addr:#x} "
     for i in range(len(sim.ev) - 1, -1, -1):
@@ -535,8 +589,12 @@ def _plant_early_completion(sim: _Sim, p: _Pair, t: int, a: int) -> dict:
     late = t
     t += _rr(rng, 5000, 40000)
     n = p.pkt_of[a]
-    sim.marker(p, t, f"receiver udp:5203: payload expected {n} found ? at {_rr(rng, 12, 900)} len 1000 stamped 1000",
-               "detection")
+    sim.marker(
+        p,
+        t,
+        f"receiver udp:5203: payload expected {n} found ? at {_rr(rng, 12, 900)} len 1000 stamped 1000",
+        "detection",
+    )
     return {"addr": a, "ts": late, "detection_ts": t}
 
 
@@ -600,14 +658,26 @@ def _plant_race(sim: _Sim, p: _Pair, t: int, fault: str) -> dict:
         sim.flush(p, t_flush_a, a, "own_flush")
     exp = p.afill.popleft()
     assert exp == e
-    text = f"{p.rx} {stale:#x} FILL -> RX: expected {e:#x}" + rng.choice((" ", "")) + \
-        "remaining: " + _remaining(p.afill, rng)
+    text = (
+        f"{p.rx} {stale:#x} FILL -> RX: expected {e:#x}"
+        + rng.choice((" ", ""))
+        + "remaining: "
+        + _remaining(p.afill, rng)
+    )
     sim.marker(p, t, text, "detection")
     if not a_flush_first:
         sim.flush(p, t + _rr(rng, 1000, 8000), a, "own_flush")
-    return {"addr": stale, "expected": e, "reserve_cpu": a, "flush_cpu": b, "detection_ts": t,
-            "ts": t, "stale": stale, "reserve_ts": reserve_ts,
-            "story": {"prev_reserve": prev_reserve, "prev_read": prev_read}}
+    return {
+        "addr": stale,
+        "expected": e,
+        "reserve_cpu": a,
+        "flush_cpu": b,
+        "detection_ts": t,
+        "ts": t,
+        "stale": stale,
+        "reserve_ts": reserve_ts,
+        "story": {"prev_reserve": prev_reserve, "prev_read": prev_read},
+    }
 
 
 def simulate(cfg: SimConfig) -> Simulation:
@@ -679,18 +749,38 @@ def simulate(cfg: SimConfig) -> Simulation:
     anomaly = _planted_anomaly(cfg, ev, keep, planted, fp, tag_idx, loss_at, kept, total_written, dropped_before)
     socks = {}
     for p in pairs:
-        socks[p.rx] = {"xs": hex_or(p.xs), "fq": hex_or(p.fq), "forward_to": p.tx, "app_cpu": p.app_cpu,
-                       "task": f"{p.comm}-{p.pid}", "frames": len(p.frames)}
+        socks[p.rx] = {
+            "xs": hex_or(p.xs),
+            "fq": hex_or(p.fq),
+            "forward_to": p.tx,
+            "app_cpu": p.app_cpu,
+            "task": f"{p.comm}-{p.pid}",
+            "frames": len(p.frames),
+        }
     truth = Truth(
-        config=asdict(cfg), lines=lineno, events=kept, anomaly=anomaly, sockets=socks,
-        detection_line=tag_line.get("detection"), evidence_lines=dict(sorted(tag_line.items())),
-        loss=loss_truth, wrap=wrap_info,
+        config=asdict(cfg),
+        lines=lineno,
+        events=kept,
+        anomaly=anomaly,
+        sockets=socks,
+        detection_line=tag_line.get("detection"),
+        evidence_lines=dict(sorted(tag_line.items())),
+        loss=loss_truth,
+        wrap=wrap_info,
     )
     return Simulation(text, truth)
 
 
-def _wrap(cfg: SimConfig, rng: random.Random, ev: list, percpu: dict[int, list[int]], keep: list[bool],
-          protect: int, planted: Optional[dict], tag_idx: dict) -> tuple[dict[int, int], dict]:
+def _wrap(
+    cfg: SimConfig,
+    rng: random.Random,
+    ev: list,
+    percpu: dict[int, list[int]],
+    keep: list[bool],
+    protect: int,
+    planted: Optional[dict],
+    tag_idx: dict,
+) -> tuple[dict[int, int], dict]:
     """Per-CPU ring buffers that wrapped (--wrap) or begin just before the fault (--tight):
     clears ``keep`` of the overwritten events; (events dropped per CPU, the truth's wrap note)."""
     dropped_before: dict[int, int] = {}
@@ -706,8 +796,7 @@ def _wrap(cfg: SimConfig, rng: random.Random, ev: list, percpu: dict[int, list[i
                 keep[i] = False
             if n:
                 dropped_before[c] = n
-        wrap_info = {"capacity": cap, "dropped": {str(c): n for c, n in sorted(dropped_before.items())},
-                     "first_ts": {}}
+        wrap_info = {"capacity": cap, "dropped": {str(c): n for c, n in sorted(dropped_before.items())}, "first_ts": {}}
     elif cfg.tight:
         # The fault's moment: the racing reserve, the application's first bad
         # insertion, or a point late in a clean run. Each CPU's buffer begins
@@ -724,18 +813,26 @@ def _wrap(cfg: SimConfig, rng: random.Random, ev: list, percpu: dict[int, list[i
             k = 0 if c == racing else rng.randint(0 if cfg.fault in KERNEL_FAULTS else 1, 4)
             if len(before) == len(idx):
                 k = max(k, 1)  # a CPU that wrote keeps its newest events, whatever it lost
-            gone = before[:len(before) - k]
+            gone = before[: len(before) - k]
             for i in gone:
                 keep[i] = False
             if gone:
                 dropped_before[c] = len(gone)
-        wrap_info = {"tight": True, "dropped": {str(c): n for c, n in sorted(dropped_before.items())},
-                     "first_ts": {}}
+        wrap_info = {"tight": True, "dropped": {str(c): n for c, n in sorted(dropped_before.items())}, "first_ts": {}}
     return dropped_before, wrap_info
 
 
-def _lose(cfg: SimConfig, rng: random.Random, ev: list, percpu: dict[int, list[int]], keep: list[bool],
-          fp: Optional[_Pair], tag_idx: dict, wstart: int, wend_tag: str) -> dict[int, tuple[int, int]]:
+def _lose(
+    cfg: SimConfig,
+    rng: random.Random,
+    ev: list,
+    percpu: dict[int, list[int]],
+    keep: list[bool],
+    fp: Optional[_Pair],
+    tag_idx: dict,
+    wstart: int,
+    wend_tag: str,
+) -> dict[int, tuple[int, int]]:
     """--loss: a run of one CPU's events lost inside its stream (in the causal window when a
     fault is planted); clears ``keep`` of them. Index of the next surviving event -> (cpu, count)."""
     loss_at: dict[int, tuple[int, int]] = {}  # index of the next surviving event -> (cpu, count)
@@ -752,12 +849,12 @@ def _lose(cfg: SimConfig, rng: random.Random, ev: list, percpu: dict[int, list[i
                 busy = [c for c in busy if sum(keep[i] for i in percpu[c]) >= 8] or busy
             c = rng.choice(busy)
             idx = [i for i in percpu[c] if keep[i]]
-            cand = idx[len(idx) // 4: len(idx) * 3 // 4]
+            cand = idx[len(idx) // 4 : len(idx) * 3 // 4]
         if not cand:
             raise AssertionError(f"seed {cfg.seed}: no room for a loss in the window")
         start = rng.randrange(0, len(cand))
         n = rng.randint(1, min(40, len(cand) - start))
-        gone = cand[start:start + n]
+        gone = cand[start : start + n]
         for i in gone:
             keep[i] = False
         nxt = next(i for i in percpu[c] if i > gone[-1] and keep[i])
@@ -768,8 +865,15 @@ def _lose(cfg: SimConfig, rng: random.Random, ev: list, percpu: dict[int, list[i
     return loss_at
 
 
-def _render(sim: _Sim, ev: list, keep: list[bool], loss_at: dict, total_written: int,
-            dropped_before: dict[int, int], wrap_info: dict) -> tuple[str, int, dict[str, int], list[dict]]:
+def _render(
+    sim: _Sim,
+    ev: list,
+    keep: list[bool],
+    loss_at: dict,
+    total_written: int,
+    dropped_before: dict[int, int],
+    wrap_info: dict,
+) -> tuple[str, int, dict[str, int], list[dict]]:
     """The kept events as trace text: (text, its line count, tag -> line, the losses' truth).
     Notes each CPU's first timestamp in ``wrap_info``."""
     cfg, rng = sim.cfg, sim.rng
@@ -780,8 +884,9 @@ def _render(sim: _Sim, ev: list, keep: list[bool], loss_at: dict, total_written:
     if cfg.fmt == "ftrace":
         out.append("# tracer: nop\n")
         # the kernel counts its entries: lines (a batched line is one)
-        out.append(f"# entries-in-buffer/entries-written: {len(groups)}/{total_written - kept + len(groups)}"
-                   f"   #P:{cfg.cpus}\n")
+        out.append(
+            f"# entries-in-buffer/entries-written: {len(groups)}/{total_written - kept + len(groups)}   #P:{cfg.cpus}\n"
+        )
         out.append(FTRACE_LEGEND)
     else:
         out.append(f"cpus={cfg.cpus}\n")
@@ -839,18 +944,31 @@ def _render(sim: _Sim, ev: list, keep: list[bool], loss_at: dict, total_written:
     return text, lineno, tag_line, loss_truth
 
 
-def _planted_anomaly(cfg: SimConfig, ev: list, keep: list[bool], planted: Optional[dict], fp: Optional[_Pair],
-                     tag_idx: dict, loss_at: dict, kept: int, total_written: int,
-                     dropped_before: dict[int, int]) -> Optional[dict]:
+def _planted_anomaly(
+    cfg: SimConfig,
+    ev: list,
+    keep: list[bool],
+    planted: Optional[dict],
+    fp: Optional[_Pair],
+    tag_idx: dict,
+    loss_at: dict,
+    kept: int,
+    total_written: int,
+    dropped_before: dict[int, int],
+) -> Optional[dict]:
     """The truth's anomaly: what was planted, and the verdict the kept trace supports."""
     anomaly = None
     if fp is not None and planted is not None:
         anomaly = {
             "kind": cfg.fault,
             "verdict": "kernel" if cfg.fault in KERNEL_FAULTS + TX_KERNEL_FAULTS else "application",
-            "addr": hex_or(planted["addr"]), "expected": hex_or(planted.get("expected")),
-            "xs": hex_or(fp.xs), "sock": fp.rx, "queue": fp.queue,
-            "reserve_cpu": planted.get("reserve_cpu"), "flush_cpu": planted.get("flush_cpu"),
+            "addr": hex_or(planted["addr"]),
+            "expected": hex_or(planted.get("expected")),
+            "xs": hex_or(fp.xs),
+            "sock": fp.rx,
+            "queue": fp.queue,
+            "reserve_cpu": planted.get("reserve_cpu"),
+            "flush_cpu": planted.get("flush_cpu"),
             "missing": [],
         }
         if cfg.fault in TX_KERNEL_FAULTS and cfg.probes == "none":
@@ -861,16 +979,26 @@ def _planted_anomaly(cfg: SimConfig, ev: list, keep: list[bool], planted: Option
             elif cfg.probes == "no-flush":
                 anomaly.update(missing=["flush"])
         if "symptom_addr" in planted:
-            anomaly["symptom"] = {"addr": hex_or(planted["symptom_addr"]),
-                                  "expected": hex_or(planted.get("symptom_expected"))}
+            anomaly["symptom"] = {
+                "addr": hex_or(planted["symptom_addr"]),
+                "expected": hex_or(planted.get("symptom_expected")),
+            }
         if anomaly["verdict"] != "undetermined":
             story = {k: v for k, v in tag_idx.items()}
             seq_idx = {e[1]: i for i, e in enumerate(ev)}
             for name, seq in planted.get("story", {}).items():
                 if seq is not None:
                     story[name] = seq_idx[seq]
-            anomaly.update(_judge(cfg, ev, keep, story, loss_at, overrun=(
-                kept < total_written if cfg.fmt == "ftrace" else bool(dropped_before))))
+            anomaly.update(
+                _judge(
+                    cfg,
+                    ev,
+                    keep,
+                    story,
+                    loss_at,
+                    overrun=(kept < total_written if cfg.fmt == "ftrace" else bool(dropped_before)),
+                )
+            )
     return anomaly
 
 
@@ -886,7 +1014,7 @@ def _lines(ev: list, keep: list[bool], loss_at: dict, batched: bool) -> list[lis
         if not batched or e[7] is None:
             lines.append([i])
             continue
-        text = e[5][e[5].index(MARK) + len(MARK):]
+        text = e[5][e[5].index(MARK) + len(MARK) :]
         # what the descriptor adds to a batched line: "; " and the note, or a
         # space and the address (and at most " COMP -> FILL" for a new group)
         grow = len(text) + 2 if text.startswith("0x") else len(text.split()[2]) + 1 + 13
@@ -901,8 +1029,8 @@ def _lines(ev: list, keep: list[bool], loss_at: dict, batched: bool) -> list[lis
 
 def _batched(first: str, bodies: list[str]) -> str:
     """One batched line of the marker bodies of one ring operation (docs/markers.md)."""
-    head = first[:first.index(MARK) + len(MARK)]
-    texts = [b[b.index(MARK) + len(MARK):] for b in bodies]
+    head = first[: first.index(MARK) + len(MARK)]
+    texts = [b[b.index(MARK) + len(MARK) :] for b in bodies]
     if texts[0].startswith("0x"):
         return head + NOTE_SEP.join(texts)
     out: list[str] = []
@@ -947,8 +1075,7 @@ class _Histories:
         return not any(after < t2 and before > t1 for c, after, before in self.gaps if cpus is None or c in cpus)
 
 
-def _judge(cfg: SimConfig, ev: list, keep: list[bool], story: dict[str, int], loss_at: dict,
-           overrun: bool) -> dict:
+def _judge(cfg: SimConfig, ev: list, keep: list[bool], story: dict[str, int], loss_at: dict, overrun: bool) -> dict:
     """The verdict the surviving events prove, with what it lacks when they do not.
 
     Kernel faults: the raced slot is the one after the slot the application
@@ -968,14 +1095,17 @@ def _judge(cfg: SimConfig, ev: list, keep: list[bool], story: dict[str, int], lo
         return ev[story[name]][0] // 1000
 
     if cfg.fault in KERNEL_FAULTS:
-        said = {"prev_reserve": "the reserve of the slot read just before the raced one",
-                "prev_read": "the read just before the raced slot's"}
+        said = {
+            "prev_reserve": "the reserve of the slot read just before the raced one",
+            "prev_read": "the read just before the raced slot's",
+        }
         need = [said[n] for n in said if n not in story or not keep[story[n]]]
         if not need and not h.clear(t("prev_read"), t("detection")):
             need = ["a CPU's events between the read before and the detection (its buffer began later, or lost)"]
         if not need and cfg.fault == "stale-slot" and not h.clear(t("prev_reserve"), t("reserve")):
-            need = ["a CPU's kernel events between the reserve before and the raced one (its buffer began later, "
-                    "or lost)"]
+            need = [
+                "a CPU's kernel events between the reserve before and the raced one (its buffer began later, or lost)"
+            ]
         if need:
             return {"verdict": "undetermined", "reserve_cpu": None, "flush_cpu": None, "missing": need}
         a = ev[story["reserve"]][2]
@@ -983,12 +1113,17 @@ def _judge(cfg: SimConfig, ev: list, keep: list[bool], story: dict[str, int], lo
             return {"flush_cpu": None}
         return {}
     if cfg.fault in TX_KERNEL_FAULTS and not h.clear(t("insert1"), t("late" if "late" in story else "detection")):
-        return {"verdict": "undetermined",
-                "missing": ["a CPU's events between the frame's TX and the kernel's late send (its buffer began "
-                            "later, or lost)"]}
+        return {
+            "verdict": "undetermined",
+            "missing": [
+                "a CPU's events between the frame's TX and the kernel's late send (its buffer began later, or lost)"
+            ],
+        }
     if cfg.fault in PAIR_FAULTS and not h.clear(t("insert1"), t("insert2")):
-        return {"verdict": "undetermined",
-                "missing": ["a CPU's events between the two insertions (its buffer began later, or lost)"]}
+        return {
+            "verdict": "undetermined",
+            "missing": ["a CPU's events between the two insertions (its buffer began later, or lost)"],
+        }
     return {}
 
 

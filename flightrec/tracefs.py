@@ -74,7 +74,10 @@ def ensure_mounted() -> Path:
     try:
         subprocess.run(
             ["mount", "-t", "tracefs", "nodev", str(target)],
-            check=True, capture_output=True, text=True, timeout=10,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     except (OSError, subprocess.SubprocessError) as err:
         raise FlightrecError(
@@ -181,10 +184,15 @@ def parse_cpu_stats(cpu: int, text: str) -> CpuStats:
             return 0.0
 
     return CpuStats(
-        cpu=cpu, entries=num("entries"), overrun=num("overrun"),
-        commit_overrun=num("commit overrun"), bytes=num("bytes"),
-        oldest_event_ts=ts("oldest event ts"), now_ts=ts("now ts"),
-        dropped=num("dropped events"), read=num("read events"),
+        cpu=cpu,
+        entries=num("entries"),
+        overrun=num("overrun"),
+        commit_overrun=num("commit overrun"),
+        bytes=num("bytes"),
+        oldest_event_ts=ts("oldest event ts"),
+        now_ts=ts("now ts"),
+        dropped=num("dropped events"),
+        read=num("read events"),
     )
 
 
@@ -192,9 +200,7 @@ def read_cpu_stats(trace_dir: Path) -> list[CpuStats]:
     """Per-CPU buffer statistics of a tracefs root or instance directory."""
     stats = []
     per_cpu = trace_dir / "per_cpu"
-    cpu_dirs = sorted(
-        (p for p in per_cpu.glob("cpu*") if p.name[3:].isdigit()), key=lambda p: int(p.name[3:])
-    )
+    cpu_dirs = sorted((p for p in per_cpu.glob("cpu*") if p.name[3:].isdigit()), key=lambda p: int(p.name[3:]))
     for cpu_dir in cpu_dirs:
         try:
             stats.append(parse_cpu_stats(int(cpu_dir.name[3:]), _read(cpu_dir / "stats")))
@@ -304,9 +310,7 @@ class TraceInstance:
         try:
             os.mkdir(self.path)
         except FileExistsError as err:
-            raise FlightrecError(
-                f"tracefs instance {self.path} already exists; run `flightrec cleanup`"
-            ) from err
+            raise FlightrecError(f"tracefs instance {self.path} already exists; run `flightrec cleanup`") from err
         except OSError as err:
             raise FlightrecError(f"cannot create tracefs instance {self.path}: {err.strerror}") from err
         self._created = True
@@ -363,9 +367,7 @@ class TraceInstance:
             if clock in offered:
                 self.set("trace_clock", clock, restore=selected_clock(text))
                 return clock
-        raise FlightrecError(
-            f"no CPU-synchronised trace clock ({', '.join(preferred)}) in {self.file('trace_clock')}"
-        )
+        raise FlightrecError(f"no CPU-synchronised trace clock ({', '.join(preferred)}) in {self.file('trace_clock')}")
 
     @property
     def clock(self) -> str:

@@ -71,30 +71,67 @@ def in_flight_anomaly(tl: Timeline, tx: int, read: int, late: int) -> Anomaly:
     ts, cpu, line = tl.ts, tl.cpu, tl.line
     a = tl.addr[read]
     claims = [
-        seen(f"{tl.sock[tx]} put {hexa(a)} into TX (line {line[tx]}) and read it from COMPLETION (line {line[read]}); "
-             f"the kernel sent it at line {line[late]}", (cpu[tx], cpu[read], cpu[late]),
-             (ts[tx], ts[read], ts[late]), (line[tx], line[read], line[late])),
+        seen(
+            f"{tl.sock[tx]} put {hexa(a)} into TX (line {line[tx]}) and read it from COMPLETION (line {line[read]}); "
+            f"the kernel sent it at line {line[late]}",
+            (cpu[tx], cpu[read], cpu[late]),
+            (ts[tx], ts[read], ts[late]),
+            (line[tx], line[read], line[late]),
+        ),
         # every transmission of the frame before the read would be in the trace
-        absent(tl.history, f"the kernel did not send {hexa(a)} between line {line[tx]} and line {line[read]}",
-               ts[tx], ts[read], KERNEL_HISTORY),
-        absent(tl.history, f"no marker put {hexa(a)} into TX again between line {line[read]} and line {line[late]}",
-               ts[read], ts[late], MARKERS),
+        absent(
+            tl.history,
+            f"the kernel did not send {hexa(a)} between line {line[tx]} and line {line[read]}",
+            ts[tx],
+            ts[read],
+            KERNEL_HISTORY,
+        ),
+        absent(
+            tl.history,
+            f"no marker put {hexa(a)} into TX again between line {line[read]} and line {line[late]}",
+            ts[read],
+            ts[late],
+            MARKERS,
+        ),
     ]
-    evidence = (ev(tl, tx, f"{tl.sock[tx]} put {hexa(a)} into its TX ring"),
-                ev(tl, read, f"the application read {hexa(a)} from COMPLETION, before the kernel had sent it"),
-                ev(tl, late, f"the kernel sent {hexa(a)} only now, after its COMPLETION entry was read"))
-    base = dict(kind=KIND, line=tl.line[late], ts=tl.ts[late], addr=a, sock=tl.sock[read], queue=tl.queue[read],
-                read_cpu=cpu[read], evidence=evidence, claims=tuple(claims), row=late)
+    evidence = (
+        ev(tl, tx, f"{tl.sock[tx]} put {hexa(a)} into its TX ring"),
+        ev(tl, read, f"the application read {hexa(a)} from COMPLETION, before the kernel had sent it"),
+        ev(tl, late, f"the kernel sent {hexa(a)} only now, after its COMPLETION entry was read"),
+    )
+    base = dict(
+        kind=KIND,
+        line=tl.line[late],
+        ts=tl.ts[late],
+        addr=a,
+        sock=tl.sock[read],
+        queue=tl.queue[read],
+        read_cpu=cpu[read],
+        evidence=evidence,
+        claims=tuple(claims),
+        row=late,
+    )
     gaps = [g for c in claims for g in c.gaps]
-    symptom = (f"{tl.sock[read]} read {hexa(a)} from COMPLETION (line {line[read]}) before the kernel sent it "
-               f"(line {line[late]})")
+    symptom = (
+        f"{tl.sock[read]} read {hexa(a)} from COMPLETION (line {line[read]}) before the kernel sent it "
+        f"(line {line[late]})"
+    )
     if gaps:
         missing: tuple[str, ...] = tuple(dict.fromkeys(g.describe() for g in gaps))
-        return Anomaly(verdict=UNDETERMINED, explanation=f"{symptom}; the trace lacks what the verdict needs: "
-                       + "; ".join(missing), missing=missing, **base)
+        return Anomaly(
+            verdict=UNDETERMINED,
+            explanation=f"{symptom}; the trace lacks what the verdict needs: " + "; ".join(missing),
+            missing=missing,
+            **base,
+        )
     xs: Optional[int] = tl.xs[late]
     who = f" (xs {hexa(xs)})" if xs is not None else ""
-    return Anomaly(verdict=KERNEL, xs=xs, explanation=(
-        f"{symptom}: the kernel published the COMPLETION entry of a frame it still had to send{who}, so the "
-        "application may reuse it in flight (as the copy-mode cross-socket completion fixed by 30f241fcf52a)"),
-        **base)
+    return Anomaly(
+        verdict=KERNEL,
+        xs=xs,
+        explanation=(
+            f"{symptom}: the kernel published the COMPLETION entry of a frame it still had to send{who}, so the "
+            "application may reuse it in flight (as the copy-mode cross-socket completion fixed by 30f241fcf52a)"
+        ),
+        **base,
+    )

@@ -75,29 +75,66 @@ def _anomaly(tl: Timeline, r: int, row: int, upto: int, done: int) -> Anomaly:
     ts, cpu, line = tl.ts, tl.cpu, tl.line
     x, y, a, s = tl.xs[r], tl.xs[row], tl.addr[r], tl.slot[r]
     claims = (
-        seen(f"xs {hexa(x)} reserved COMPLETION slot {s} of cq {hexa(tl.cq[r])} for {hexa(a)} (line {line[r]}); "
-             f"xs {hexa(y)}'s skb destructor published it (line {line[row]})", (cpu[r], cpu[row]),
-             (ts[r], ts[row]), (line[r], line[row])),
-        absent(tl.history, f"every COMPLETION reserve and submit of xs {hexa(x)} since the trace began is in it "
-                           f"({upto} slots reserved up to slot {s}, {done} published by its own destructors)",
-               tl.window.start, ts[row], KERNEL_HISTORY),
+        seen(
+            f"xs {hexa(x)} reserved COMPLETION slot {s} of cq {hexa(tl.cq[r])} for {hexa(a)} (line {line[r]}); "
+            f"xs {hexa(y)}'s skb destructor published it (line {line[row]})",
+            (cpu[r], cpu[row]),
+            (ts[r], ts[row]),
+            (line[r], line[row]),
+        ),
+        absent(
+            tl.history,
+            f"every COMPLETION reserve and submit of xs {hexa(x)} since the trace began is in it "
+            f"({upto} slots reserved up to slot {s}, {done} published by its own destructors)",
+            tl.window.start,
+            ts[row],
+            KERNEL_HISTORY,
+        ),
     )
-    evidence = [ev(tl, r, f"xs {hexa(x)} reserved slot {s} for {hexa(a)}"),
-                ev(tl, row, f"xs {hexa(y)}'s destructor published slots from {tl.slot[row]} on")]
-    read = next((i for i in range(row + 1, len(tl.kind)) if tl.kind[i] == kinds.MARKER and tl.addr[i] == a
-                 and tl.frm[i] == "TX" and tl.to[i] == "COMP"), None)
+    evidence = [
+        ev(tl, r, f"xs {hexa(x)} reserved slot {s} for {hexa(a)}"),
+        ev(tl, row, f"xs {hexa(y)}'s destructor published slots from {tl.slot[row]} on"),
+    ]
+    read = next(
+        (
+            i
+            for i in range(row + 1, len(tl.kind))
+            if tl.kind[i] == kinds.MARKER and tl.addr[i] == a and tl.frm[i] == "TX" and tl.to[i] == "COMP"
+        ),
+        None,
+    )
     if read is not None:
         evidence.append(ev(tl, read, f"the application read {hexa(a)} from COMPLETION"))
-    base = dict(kind=KIND, line=line[row], ts=ts[row], addr=a, xs=x, reserve_cpu=cpu[r], flush_cpu=cpu[row],
-                evidence=tuple(evidence), claims=claims, row=row)
-    symptom = (f"the skb destructor of xs {hexa(y)} published COMPLETION slot {s}, which xs {hexa(x)} had reserved "
-               f"for {hexa(a)} (line {line[r]}), while {upto - done} of xs {hexa(x)}'s reserved slots up to it had "
-               "no destroyed skb")
+    base = dict(
+        kind=KIND,
+        line=line[row],
+        ts=ts[row],
+        addr=a,
+        xs=x,
+        reserve_cpu=cpu[r],
+        flush_cpu=cpu[row],
+        evidence=tuple(evidence),
+        claims=claims,
+        row=row,
+    )
+    symptom = (
+        f"the skb destructor of xs {hexa(y)} published COMPLETION slot {s}, which xs {hexa(x)} had reserved "
+        f"for {hexa(a)} (line {line[r]}), while {upto - done} of xs {hexa(x)}'s reserved slots up to it had "
+        "no destroyed skb"
+    )
     gaps = tuple(dict.fromkeys(g.describe() for c in claims for g in c.gaps))
     if gaps:
-        return Anomaly(verdict=UNDETERMINED, explanation=f"{symptom}; the trace lacks what the verdict needs: "
-                       + "; ".join(gaps), missing=gaps, **base)
-    return Anomaly(verdict=KERNEL, explanation=(
-        f"{symptom}: one socket published another's COMPLETION slot before that socket's frame was sent, so the "
-        "application may reuse a frame in flight (the immature COMPLETION production fixed by 30f241fcf52a)"),
-        **base)
+        return Anomaly(
+            verdict=UNDETERMINED,
+            explanation=f"{symptom}; the trace lacks what the verdict needs: " + "; ".join(gaps),
+            missing=gaps,
+            **base,
+        )
+    return Anomaly(
+        verdict=KERNEL,
+        explanation=(
+            f"{symptom}: one socket published another's COMPLETION slot before that socket's frame was sent, so the "
+            "application may reuse a frame in flight (the immature COMPLETION production fixed by 30f241fcf52a)"
+        ),
+        **base,
+    )

@@ -75,20 +75,37 @@ def _race(tl: Timeline, rp: Replay, xs: int, r: int, f: int) -> Anomaly:
     s, p = tl.slot[r], tl.prod[f]
     sock = next((name for name, x in rp.sock_xs.items() if x == xs), None)
     delay = (tl.ts[r] - tl.ts[f]) * 1e6
-    claim = seen(f"CPU {b}'s flush of xs {xs:#x} (line {tl.line[f]}) had published the RX producer to {p}, past "
-                 f"slot {s}, {delay:.0f} us before CPU {a}, which had reserved it, reported writing it "
-                 f"(line {tl.line[r]})",
-                 (b, a), (tl.ts[f], tl.ts[r]), (tl.line[f], tl.line[r]))
-    explanation = (f"the kernel published RX slot {s} of xs {xs:#x}{f' ({sock})' if sock else ''} from the wrong "
-                   f"CPU: CPU {b}'s flush moved the producer to {p}, and CPU {a}, which had reserved the slot, "
-                   f"reported writing {hexa(tl.addr[r])} into it {delay:.0f} us later, before its own flush. A "
-                   f"producer may publish only the slots it has written: an application reading the ring in "
-                   f"between reads a stale descriptor (the veth race of the post, fixed upstream by "
-                   f"fa349e396e48); seen from the kernel's events alone")
+    claim = seen(
+        f"CPU {b}'s flush of xs {xs:#x} (line {tl.line[f]}) had published the RX producer to {p}, past "
+        f"slot {s}, {delay:.0f} us before CPU {a}, which had reserved it, reported writing it "
+        f"(line {tl.line[r]})",
+        (b, a),
+        (tl.ts[f], tl.ts[r]),
+        (tl.line[f], tl.line[r]),
+    )
+    explanation = (
+        f"the kernel published RX slot {s} of xs {xs:#x}{f' ({sock})' if sock else ''} from the wrong "
+        f"CPU: CPU {b}'s flush moved the producer to {p}, and CPU {a}, which had reserved the slot, "
+        f"reported writing {hexa(tl.addr[r])} into it {delay:.0f} us later, before its own flush. A "
+        f"producer may publish only the slots it has written: an application reading the ring in "
+        f"between reads a stale descriptor (the veth race of the post, fixed upstream by "
+        f"fa349e396e48); seen from the kernel's events alone"
+    )
     return Anomaly(
-        kind="kernel_publish_race", verdict=KERNEL, line=tl.line[r], ts=tl.ts[r], explanation=explanation, row=r,
-        addr=tl.addr[r], xs=xs, sock=sock, reserve_cpu=a, flush_cpu=b,
-        evidence=(ev(tl, f, f"CPU {b} publishes the producer {p}: slot {s} is visible to the application"),
-                  ev(tl, r, f"CPU {a} reports writing slot {s} only now")),
+        kind="kernel_publish_race",
+        verdict=KERNEL,
+        line=tl.line[r],
+        ts=tl.ts[r],
+        explanation=explanation,
+        row=r,
+        addr=tl.addr[r],
+        xs=xs,
+        sock=sock,
+        reserve_cpu=a,
+        flush_cpu=b,
+        evidence=(
+            ev(tl, f, f"CPU {b} publishes the producer {p}: slot {s} is visible to the application"),
+            ev(tl, r, f"CPU {a} reports writing slot {s} only now"),
+        ),
         claims=(claim,),
     )

@@ -29,7 +29,7 @@ TX_EVENTS = "kernel events of the frame's TX copy and COMPLETION (xsk_build_skb,
 def describe(p: PayloadFinding) -> str:
     """`packet 4242 held packet 4100's data at byte 36 (1200 bytes, stamped 1200)`."""
     pkt = "a packet with an unreadable stamp header" if p.expected is None else f"packet {p.expected}"
-    found = (f"packet {p.found}'s data" if p.found is not None else "bytes that are no packet's stamp")
+    found = f"packet {p.found}'s data" if p.found is not None else "bytes that are no packet's stamp"
     size = f"{p.length} bytes" + (f", stamped {p.stamped}" if p.stamped != p.length else "")
     return f"{pkt} held {found} at byte {p.offset} ({size})"
 
@@ -53,17 +53,34 @@ def _at_forwarder(tl: Timeline, rp: Replay, row: int, det: Detection) -> Anomaly
         return attribute_read(tl, rp, r, "payload_mismatch", symptom)
     evidence: list[Evidence] = [ev(tl, row, "the forwarder's detection line")]
     prev = _previous_packet(tl, addr, row)
-    why = ("the frame was published to RX with data other than the packet's; the trace carries no kernel event "
-           "with the bytes the kernel wrote, so whether the sender, the kernel's RX copy or a stale publish did it "
-           "is not proven")
+    why = (
+        "the frame was published to RX with data other than the packet's; the trace carries no kernel event "
+        "with the bytes the kernel wrote, so whether the sender, the kernel's RX copy or a stale publish did it "
+        "is not proven"
+    )
     if prev is not None and det.payload.found is not None and prev[1] == det.payload.found:
-        evidence.append(ev(tl, prev[0], f"the frame's previous packet was {prev[1]}: the data found is what it "
-                                        "held before this RX"))
-        why = (f"the frame still held its previous packet {prev[1]} at that byte: the kernel published the RX "
-               "descriptor before writing the new packet over it, or wrote it short; no kernel event shows the copy")
-    return Anomaly("payload_mismatch", UNDETERMINED, tl.line[row], tl.ts[row], f"{symptom}; {why}", addr=addr, row=row,
-                   sock=sock, queue=tl.queue[row], read_cpu=tl.cpu[row], xs=r.xs if r is not None else None,
-                   evidence=tuple(evidence), missing=("the bytes the kernel wrote into the frame",))
+        evidence.append(
+            ev(tl, prev[0], f"the frame's previous packet was {prev[1]}: the data found is what it held before this RX")
+        )
+        why = (
+            f"the frame still held its previous packet {prev[1]} at that byte: the kernel published the RX "
+            "descriptor before writing the new packet over it, or wrote it short; no kernel event shows the copy"
+        )
+    return Anomaly(
+        "payload_mismatch",
+        UNDETERMINED,
+        tl.line[row],
+        tl.ts[row],
+        f"{symptom}; {why}",
+        addr=addr,
+        row=row,
+        sock=sock,
+        queue=tl.queue[row],
+        read_cpu=tl.cpu[row],
+        xs=r.xs if r is not None else None,
+        evidence=tuple(evidence),
+        missing=("the bytes the kernel wrote into the frame",),
+    )
 
 
 def _receiver_rows(tl: Timeline) -> list[tuple[int, int, Detection]]:
@@ -135,15 +152,22 @@ def _at_receiver(tl: Timeline, row: int, port: int, det: Detection, forwarded: d
     base = dict(line=tl.line[row], ts=tl.ts[row], read_cpu=tl.cpu[row], row=row)
     note = forwarded.get(p.expected) if p.expected is not None else None
     if note is None or note > row:
-        return Anomaly("payload_corrupt", UNDETERMINED, explanation=(
-            f"{symptom}; the trace holds no forwarder note for packet {p.expected}, so no frame is tied to it "
-            "(forwarded before the trace window, or by a forwarder without --payload-port)"),
+        return Anomaly(
+            "payload_corrupt",
+            UNDETERMINED,
+            explanation=(
+                f"{symptom}; the trace holds no forwarder note for packet {p.expected}, so no frame is tied to it "
+                "(forwarded before the trace window, or by a forwarder without --payload-port)"
+            ),
             evidence=(ev(tl, row, "the receiver's detection line"),),
-            missing=(f"the forwarder's note `... forward pkt {p.expected}`",), **base)
+            missing=(f"the forwarder's note `... forward pkt {p.expected}`",),
+            **base,
+        )
     addr = tl.addr[note]
-    evidence = [ev(tl, row, "the receiver's detection line"),
-                ev(tl, note,
-                   f"the forwarder checked packet {p.expected} intact in frame {hexa(addr)} and forwarded it")]
+    evidence = [
+        ev(tl, row, "the receiver's detection line"),
+        ev(tl, note, f"the forwarder checked packet {p.expected} intact in frame {hexa(addr)} and forwarded it"),
+    ]
     later = _after(tl, addr, note, row)
     tx = next((r for r in later if tl.to[r] == "TX"), None)
     sock = tl.sock[tx] if tx is not None else None
@@ -161,22 +185,50 @@ def _at_receiver(tl: Timeline, row: int, port: int, det: Detection, forwarded: d
                 # the completion came before the send: the kernel's immature COMPLETION entry
                 found = in_flight_anomaly(tl, tx, r, late)
                 if found.verdict == KERNEL:
-                    return Anomaly("payload_corrupt", KERNEL, explanation=f"{symptom}; {found.explanation}",
-                                   addr=addr, sock=sock, queue=queue, xs=found.xs,
-                                   evidence=tuple(evidence) + found.evidence[2:], claims=found.claims, **base)
+                    return Anomaly(
+                        "payload_corrupt",
+                        KERNEL,
+                        explanation=f"{symptom}; {found.explanation}",
+                        addr=addr,
+                        sock=sock,
+                        queue=queue,
+                        xs=found.xs,
+                        evidence=tuple(evidence) + found.evidence[2:],
+                        claims=found.claims,
+                        **base,
+                    )
             break
         if tl.to[r] in ("FILL", "TX"):
             evidence.append(ev(tl, r, f"the application put {hexa(addr)} into {tl.to[r]} before its completion"))
-            return Anomaly("payload_corrupt", APPLICATION, explanation=(
-                f"{symptom}; the forwarder reused frame {hexa(addr)} ({tl.frm[r]} -> {tl.to[r]}, line {tl.line[r]}) "
-                "while the kernel still had it to send"), addr=addr, sock=sock, queue=queue,
-                evidence=tuple(evidence), **base)
+            return Anomaly(
+                "payload_corrupt",
+                APPLICATION,
+                explanation=(
+                    f"{symptom}; the forwarder reused frame {hexa(addr)} ({tl.frm[r]} -> {tl.to[r]}, "
+                    f"line {tl.line[r]}) while the kernel still had it to send"
+                ),
+                addr=addr,
+                sock=sock,
+                queue=queue,
+                evidence=tuple(evidence),
+                **base,
+            )
     tx_reads = [r for r in range(note + 1, row) if tl.kind[r] == kinds.TX and tl.addr[r] == addr]
     for r in tx_reads[:2]:
         evidence.append(ev(tl, r, f"the kernel read {hexa(addr)} to transmit it"))
-    return Anomaly("payload_corrupt", UNDETERMINED, explanation=(
-        f"{symptom}; the forwarder had checked it intact in frame {hexa(addr)} (line {tl.line[note]}): the bytes "
-        "changed after that check, by the application writing into a frame it had handed to TX or by the kernel's "
-        "TX path; no marker shows the application touching the frame, and the trace has no kernel event of the "
-        "frame's TX copy and completion"), addr=addr, sock=sock, queue=queue, evidence=tuple(evidence),
-        missing=(TX_EVENTS,), **base)
+    return Anomaly(
+        "payload_corrupt",
+        UNDETERMINED,
+        explanation=(
+            f"{symptom}; the forwarder had checked it intact in frame {hexa(addr)} (line {tl.line[note]}): the bytes "
+            "changed after that check, by the application writing into a frame it had handed to TX or by the kernel's "
+            "TX path; no marker shows the application touching the frame, and the trace has no kernel event of the "
+            "frame's TX copy and completion"
+        ),
+        addr=addr,
+        sock=sock,
+        queue=queue,
+        evidence=tuple(evidence),
+        missing=(TX_EVENTS,),
+        **base,
+    )

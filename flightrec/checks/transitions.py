@@ -25,14 +25,17 @@ def check_transitions(tl: Timeline, rp: Replay) -> list[Anomaly]:
     for r in rp.reads:
         if r.addr == POISON or r.state_before in (None, "FILL"):
             continue
-        symptom = (f"{r.sock} read {hexa(r.addr)} from RX while it was in {r.state_before} "
-                   f"(invalid {r.state_before} -> RX)")
+        symptom = (
+            f"{r.sock} read {hexa(r.addr)} from RX while it was in {r.state_before} (invalid {r.state_before} -> RX)"
+        )
         out.append(attribute_read(tl, rp, r, "invalid_transition", symptom))
     for b in rp.bad:
         if b.to in KERNEL_OWNED and b.state_before in KERNEL_OWNED:
             continue
-        evidence = (ev(tl, b.state_row, f"{hexa(b.addr)} enters {b.state_before}"),
-                    ev(tl, b.row, f"invalid {b.state_before} -> {b.to}"))
+        evidence = (
+            ev(tl, b.state_row, f"{hexa(b.addr)} enters {b.state_before}"),
+            ev(tl, b.row, f"invalid {b.state_before} -> {b.to}"),
+        )
         text = f"{b.sock} moved {hexa(b.addr)} {b.state_before} -> {b.to}, which its history does not allow"
         verdict = UNDETERMINED
         missing: tuple[str, ...] = ()
@@ -42,8 +45,9 @@ def check_transitions(tl: Timeline, rp: Replay) -> list[Anomaly]:
             text = f"{b.sock} wrote {hexa(b.addr)} {b.state_before} -> {b.to}, not a valid transition"
             verdict = APPLICATION if b.to == "FREE" or b.state_before in KERNEL_OWNED else UNDETERMINED
         elif gaps:
-            text += ("; events may be missing in between, so the history may be incomplete: "
-                     + "; ".join(dict.fromkeys(g.describe() for g in gaps)))
+            text += "; events may be missing in between, so the history may be incomplete: " + "; ".join(
+                dict.fromkeys(g.describe() for g in gaps)
+            )
         elif b.to == "FREE":
             verdict = APPLICATION
             text += ": the application released a descriptor the kernel still holds"
@@ -52,14 +56,32 @@ def check_transitions(tl: Timeline, rp: Replay) -> list[Anomaly]:
             unproven = failed(transition_claims(tl, dup)) if dup is not None else ()
             if dup is not None and not unproven:
                 verdict = APPLICATION
-                text += (f"; explained by the application's duplicate insertion of {hexa(dup.addr)} "
-                         f"at line {tl.line[dup.row]}")
+                text += (
+                    f"; explained by the application's duplicate insertion of {hexa(dup.addr)} "
+                    f"at line {tl.line[dup.row]}"
+                )
             elif dup is not None:
                 # the insertion that would explain it is itself not proven
                 missing = tuple(dict.fromkeys(g.describe() for g in unproven))
-                text += (f"; the application's insertion of {hexa(dup.addr)} at line {tl.line[dup.row]} would explain "
-                         "it, but the trace lacks: " + "; ".join(missing))
-        out.append(Anomaly("invalid_transition", verdict, tl.line[b.row], tl.ts[b.row], text, addr=b.addr,
-                           sock=b.sock, queue=b.queue, read_cpu=tl.cpu[b.row], evidence=evidence, claims=claims,
-                           missing=missing, row=b.row))
+                text += (
+                    f"; the application's insertion of {hexa(dup.addr)} at line {tl.line[dup.row]} would explain "
+                    "it, but the trace lacks: " + "; ".join(missing)
+                )
+        out.append(
+            Anomaly(
+                "invalid_transition",
+                verdict,
+                tl.line[b.row],
+                tl.ts[b.row],
+                text,
+                addr=b.addr,
+                sock=b.sock,
+                queue=b.queue,
+                read_cpu=tl.cpu[b.row],
+                evidence=evidence,
+                claims=claims,
+                missing=missing,
+                row=b.row,
+            )
+        )
     return out

@@ -36,12 +36,19 @@ Exit codes: 0 no anomaly, 1 anomaly found, 2 bad input or usage.
 """,
 )
 @click.argument("traces", nargs=-1, required=True, metavar="TRACE...")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON object (a list under \"traces\" for several files).")
-@click.option("--descriptor", callback=_addr, metavar="ADDR",
-              help="Print this descriptor's whole life instead of the anomalies.")
-@click.option("--around", default=8, show_default=True, type=click.IntRange(0, 1000),
-              help="Events of context around each piece of evidence.")
+@click.option(
+    "--json", "as_json", is_flag=True, help='Print one JSON object (a list under "traces" for several files).'
+)
+@click.option(
+    "--descriptor", callback=_addr, metavar="ADDR", help="Print this descriptor's whole life instead of the anomalies."
+)
+@click.option(
+    "--around",
+    default=8,
+    show_default=True,
+    type=click.IntRange(0, 1000),
+    help="Events of context around each piece of evidence.",
+)
 @click.option("--stats", "cpu_stats", is_flag=True, help="Also print per-CPU statistics.")
 def analyze(traces: tuple[str, ...], as_json: bool, descriptor: Optional[int], around: int, cpu_stats: bool) -> None:
     """Explain a saved ftrace trace of an AF_XDP program.
@@ -92,8 +99,10 @@ def analyze(traces: tuple[str, ...], as_json: bool, descriptor: Optional[int], a
             sys.stdout.write("\n")
     elif len(traces) > 1:
         s = _summary(results, failed)
-        console.print(f"[bold]summary:[/bold] {s['traces']} traces, {s['clean']} clean, "
-                      f"{s['with_anomalies']} with anomalies ({s['verdicts']}), {s['unreadable']} unreadable")
+        console.print(
+            f"[bold]summary:[/bold] {s['traces']} traces, {s['clean']} clean, "
+            f"{s['with_anomalies']} with anomalies ({s['verdicts']}), {s['unreadable']} unreadable"
+        )
     if failed:
         sys.exit(2)
     sys.exit(1 if any(r.anomalies for r in results) else 0)
@@ -119,6 +128,5 @@ def _life_json(r: Result, addr: int) -> list[dict]:
 
     tl = r.timeline
     return [
-        {"line": tl.line[i], "ts": tl.ts[i], "cpu": tl.cpu[i], "event": summary(tl, i)}
-        for i in life(tl, addr).index
+        {"line": tl.line[i], "ts": tl.ts[i], "cpu": tl.cpu[i], "event": summary(tl, i)} for i in life(tl, addr).index
     ]

@@ -30,19 +30,52 @@ recording running; 128+N stopped by signal N (trace saved, nothing left).
 @click.command("attach", epilog=EPILOG)
 @click.option("--iface", required=True, help="The interface the program's AF_XDP sockets are bound to.")
 @click.option("--netns", default=None, help="The interface's network namespace (a name under /run/netns).")
-@click.option("--pid", type=int, default=None,
-              help="The program's pid: checked to hold AF_XDP sockets, their mode and XDP_STATISTICS saved "
-                   "at the start and the end, and its exit ends the capture.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds to record (default: until a trigger, the program's exit or Ctrl-C).")
-@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("flightrec-attach"), show_default=True, help="Folder for trace.txt and meta.json.")
-@click.option("-b", "--buffer-kb", type=click.IntRange(min=4), default=4096, show_default=True,
-              help="Per-CPU trace buffer size in KB.")
-@click.option("--kernel-events", type=click.Choice(("auto", "kprobes", "bpf")), default="auto", show_default=True,
-              help="kprobes (every socket) or bpf (scoped to --iface, with the online race detector).")
-def attach_cmd(iface: str, netns: Optional[str], pid: Optional[int], duration: Optional[float], out_dir: Path,
-               buffer_kb: int, kernel_events: str) -> None:
+@click.option(
+    "--pid",
+    type=int,
+    default=None,
+    help="The program's pid: checked to hold AF_XDP sockets, their mode and XDP_STATISTICS saved "
+    "at the start and the end, and its exit ends the capture.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds to record (default: until a trigger, the program's exit or Ctrl-C).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("flightrec-attach"),
+    show_default=True,
+    help="Folder for trace.txt and meta.json.",
+)
+@click.option(
+    "-b",
+    "--buffer-kb",
+    type=click.IntRange(min=4),
+    default=4096,
+    show_default=True,
+    help="Per-CPU trace buffer size in KB.",
+)
+@click.option(
+    "--kernel-events",
+    type=click.Choice(("auto", "kprobes", "bpf")),
+    default="auto",
+    show_default=True,
+    help="kprobes (every socket) or bpf (scoped to --iface, with the online race detector).",
+)
+def attach_cmd(
+    iface: str,
+    netns: Optional[str],
+    pid: Optional[int],
+    duration: Optional[float],
+    out_dir: Path,
+    buffer_kb: int,
+    kernel_events: str,
+) -> None:
     """Record an AF_XDP program that is already running, without touching it.
 
     A private tracefs instance, the kernel's AF_XDP events (the BPF backend
@@ -53,8 +86,15 @@ def attach_cmd(iface: str, netns: Optional[str], pid: Optional[int], duration: O
     instance: the analysis runs on the kernel's events and says which checks
     had nothing to read.
     """
-    opts = AttachOptions(iface=iface, out_dir=out_dir, netns=netns, pid=pid, duration=duration,
-                         buffer_kb=buffer_kb, kernel_events=kernel_events)
+    opts = AttachOptions(
+        iface=iface,
+        out_dir=out_dir,
+        netns=netns,
+        pid=pid,
+        duration=duration,
+        buffer_kb=buffer_kb,
+        kernel_events=kernel_events,
+    )
     view = PlainView()
     try:
         result = attach(opts, view)

@@ -34,7 +34,7 @@ def stale_vm_folders() -> list[Path]:
 
     stale = []
     for path in sorted(Path(tempfile.gettempdir()).glob(f"{WORK_PREFIX}*-*")):
-        pid = path.name[len(WORK_PREFIX):].split("-", 1)[0]
+        pid = path.name[len(WORK_PREFIX) :].split("-", 1)[0]
         if path.is_dir() and pid.isdigit() and not state.process_start_time(int(pid)):
             stale.append(path)
     return stale

@@ -36,10 +36,19 @@ Exit codes: 0 written (also when the trace holds anomalies), 2 bad input or usag
 """,
 )
 @click.argument("trace", metavar="TRACE")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="The JSON file to write (- for standard output).")
-@click.option("--threads/--no-threads", default=True, show_default=True,
-              help="Also draw one track per application thread (its markers and notes again).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The JSON file to write (- for standard output).",
+)
+@click.option(
+    "--threads/--no-threads",
+    default=True,
+    show_default=True,
+    help="Also draw one track per application thread (its markers and notes again).",
+)
 def perfetto_cmd(trace: str, output: str, threads: bool) -> None:
     """Write TRACE as Chrome/Perfetto trace-event JSON.
 
@@ -58,10 +67,16 @@ def perfetto_cmd(trace: str, output: str, threads: bool) -> None:
     stats = write_trace_file(result, output, threads=threads)
     where = "standard output" if output == "-" else output
     verdict = result.verdict.upper()
-    click.echo(f"{where}: {stats.events} trace events, {stats.flows} descriptor flows, "
-               f"{stats.cpus} CPU tracks; verdict {verdict}"
-               + (f" ({len(result.anomalies)} anomal{'y' if len(result.anomalies) == 1 else 'ies'})"
-                  if result.anomalies else ""), err=True)
+    click.echo(
+        f"{where}: {stats.events} trace events, {stats.flows} descriptor flows, "
+        f"{stats.cpus} CPU tracks; verdict {verdict}"
+        + (
+            f" ({len(result.anomalies)} anomal{'y' if len(result.anomalies) == 1 else 'ies'})"
+            if result.anomalies
+            else ""
+        ),
+        err=True,
+    )
 
 
 @export.command(
@@ -77,8 +92,7 @@ Exit codes: 0 written (also with no flagged packet: an empty capture), 2 bad inp
 """,
 )
 @click.argument("source", metavar="DIR|FLAGGED")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="The pcapng file to write.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The pcapng file to write.")
 def pcap_cmd(source: str, output: str) -> None:
     """Write the packets the forwarder flagged as pcapng, for Wireshark.
 
@@ -93,5 +107,7 @@ def pcap_cmd(source: str, output: str) -> None:
     packets = read_flagged(flagged_source(source))
     count = write_pcapng(packets, output)
     kinds = sorted({p.kind for p in packets})
-    click.echo(f"{output}: {count} flagged packet{'' if count == 1 else 's'}"
-               + (f" ({', '.join(kinds)})" if kinds else ""), err=True)
+    click.echo(
+        f"{output}: {count} flagged packet{'' if count == 1 else 's'}" + (f" ({', '.join(kinds)})" if kinds else ""),
+        err=True,
+    )

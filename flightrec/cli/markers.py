@@ -22,8 +22,13 @@ Exit codes: 0 printed; 2 the header is missing from this install.
 
 
 @click.command("markers", epilog=EPILOG)
-@click.option("--cflags", "what", flag_value="cflags", default=True,
-              help="The compiler flags that find <flightrec/xsk_markers.h> (the default).")
+@click.option(
+    "--cflags",
+    "what",
+    flag_value="cflags",
+    default=True,
+    help="The compiler flags that find <flightrec/xsk_markers.h> (the default).",
+)
 @click.option("--header", "what", flag_value="header", help="The header file's path.")
 def markers(what: str) -> None:
     """Say where the marker library's C header is.

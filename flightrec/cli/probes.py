@@ -30,19 +30,24 @@ def _vmlinux(given: Optional[str], specs: list[lib.ProbeSpec]) -> Path:
     found = lib.find_vmlinux()
     if found is None:
         for s in specs:
-            click.echo(f"flightrec: probe {s.name}: no debug vmlinux for this kernel "
-                       f"(looked in {lib.vmlinux_candidates()[0].parent} and the usual places): {lib.ADVICE}", err=True)
+            click.echo(
+                f"flightrec: probe {s.name}: no debug vmlinux for this kernel "
+                f"(looked in {lib.vmlinux_candidates()[0].parent} and the usual places): {lib.ADVICE}",
+                err=True,
+            )
         sys.exit(2)
     return found
 
 
-@click.group(epilog="""\b
+@click.group(
+    epilog="""\b
 Examples:
   flightrec probes show
   flightrec probes show --vmlinux /usr/lib/debug/boot/vmlinux-6.1.0-56-cloud-amd64
   flightrec probes install --instance /sys/kernel/tracing/instances/mine
   flightrec probes remove
-""")
+"""
+)
 def probes() -> None:
     """Find, install and remove the AF_XDP kernel probes.
 
@@ -54,7 +59,8 @@ def probes() -> None:
     """
 
 
-@probes.command(epilog="""\b
+@probes.command(
+    epilog="""\b
 Examples:
   flightrec probes show
   flightrec probes show --vmlinux /var/cache/flightrec/kernels/linux-image-6.1.0-56-cloud-amd64-dbg/vmlinux
@@ -62,11 +68,16 @@ Examples:
 
 \b
 Exit codes: 0 every probe resolved, 2 bad input or a probe that cannot be had.
-""")
-@click.option("--vmlinux", metavar="PATH", help="Kernel image with DWARF (default: the running kernel's, "
-              "e.g. /usr/lib/debug/boot/vmlinux-$(uname -r)).")
-@click.option("--specs", multiple=True, metavar="TOML",
-              help="Probe spec file (default: flightrec/probes/specs/*.toml).")
+"""
+)
+@click.option(
+    "--vmlinux",
+    metavar="PATH",
+    help="Kernel image with DWARF (default: the running kernel's, e.g. /usr/lib/debug/boot/vmlinux-$(uname -r)).",
+)
+@click.option(
+    "--specs", multiple=True, metavar="TOML", help="Probe spec file (default: flightrec/probes/specs/*.toml)."
+)
 @click.option("--no-perf", is_flag=True, help="Write the kprobe_events definitions from DWARF, not with perf probe -D.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def show(vmlinux: Optional[str], specs: tuple[str, ...], no_perf: bool, as_json: bool) -> None:
@@ -79,8 +90,11 @@ def show(vmlinux: Optional[str], specs: tuple[str, ...], no_perf: bool, as_json:
     resolved = lib.resolve(path, spec_list)
     defs, problems = lib.definitions(resolved, path, use_perf=not no_perf)
     if as_json:
-        json.dump({"vmlinux": str(path), "probes": [_probe_json(r, defs) for r in resolved],
-                   "problems": problems}, sys.stdout, indent=1)
+        json.dump(
+            {"vmlinux": str(path), "probes": [_probe_json(r, defs) for r in resolved], "problems": problems},
+            sys.stdout,
+            indent=1,
+        )
         sys.stdout.write("\n")
     else:
         click.echo(f"vmlinux {path}")
@@ -106,15 +120,27 @@ def _probe_json(r: lib.ResolvedProbe, defs: list[lib.Definition]) -> dict:
         "request": r.request,
         "problem": r.problem,
         "notes": list(r.notes),
-        "sites": [{"event": ev, "symbol": s.symbol, "offset": s.offset, "address": hex(s.address),
-                   "file": s.file, "line": s.line, "rel_line": s.rel_line, "inlined_into": s.inlined_into,
-                   "why": s.why, "args": {a.name: a.fetch for a in s.args}}
-                  for ev, s in zip(r.event_names(), r.sites)],
+        "sites": [
+            {
+                "event": ev,
+                "symbol": s.symbol,
+                "offset": s.offset,
+                "address": hex(s.address),
+                "file": s.file,
+                "line": s.line,
+                "rel_line": s.rel_line,
+                "inlined_into": s.inlined_into,
+                "why": s.why,
+                "args": {a.name: a.fetch for a in s.args},
+            }
+            for ev, s in zip(r.event_names(), r.sites)
+        ],
         "definitions": [d.text for d in defs if d.probe == r.spec.name],
     }
 
 
-@probes.command(epilog="""\b
+@probes.command(
+    epilog="""\b
 Examples:
   flightrec probes install
   flightrec probes install --vmlinux /usr/lib/debug/boot/vmlinux-$(uname -r)
@@ -122,10 +148,14 @@ Examples:
 
 \b
 Exit codes: 0 every probe installed, 2 some or all could not be (one line each says why).
-""")
+"""
+)
 @click.option("--vmlinux", metavar="PATH", help="The running kernel's image with DWARF (default: found).")
-@click.option("--instance", metavar="DIR", help=f"tracefs instance to enable the events in "
-              f"(default: {lib.TRACEFS}/instances/{CLI_INSTANCE}, created).")
+@click.option(
+    "--instance",
+    metavar="DIR",
+    help=f"tracefs instance to enable the events in (default: {lib.TRACEFS}/instances/{CLI_INSTANCE}, created).",
+)
 def install(vmlinux: Optional[str], instance: Optional[str]) -> None:
     """Put the probes into kprobe_events (group flightrec) and enable them in an instance."""
     why = lib.kprobes_unavailable_reason()
@@ -145,10 +175,12 @@ def install(vmlinux: Optional[str], instance: Optional[str]) -> None:
     sys.exit(2 if done["problems"] else 0)
 
 
-@probes.command(epilog="""\b
+@probes.command(
+    epilog="""\b
 Examples:
   flightrec probes remove
-""")
+"""
+)
 def remove() -> None:
     """Delete every event of flightrec's kprobe group (nobody else's)."""
     why = lib.kprobes_unavailable_reason()

@@ -54,8 +54,7 @@ class PlainView(Observer):
         self._say(
             f"forwarding {live.elapsed:5.1f}/{live.duration:g}s rx={list(live.rx)} tx={list(live.tx)} "
             f"drops={list(live.drops)} "
-            f"markers={live.markers} buffer={live.buffer_fill:.0%}"
-            + ("" if live.tracing_on else " tracing=off")
+            f"markers={live.markers} buffer={live.buffer_fill:.0%}" + ("" if live.tracing_on else " tracing=off")
         )
 
     def anomaly(self, data: dict) -> None:
@@ -113,9 +112,10 @@ class LiveView(Observer):
             cells = [(v[i] if i < len(v) else 0) for v in (live.rx, live.tx, live.drops)]
             table.add_row(label, *(f"{c:,}" for c in cells))
         fill = Table.grid(padding=(0, 1))
-        fill.add_row(ProgressBar(total=1.0, completed=live.buffer_fill, width=30),
-                     f"{live.buffer_fill:.0%}" + (" (wrapping: oldest events overwritten)"
-                                                  if live.buffer_fill >= 1.0 else ""))
+        fill.add_row(
+            ProgressBar(total=1.0, completed=live.buffer_fill, width=30),
+            f"{live.buffer_fill:.0%}" + (" (wrapping: oldest events overwritten)" if live.buffer_fill >= 1.0 else ""),
+        )
         grid = Table.grid(padding=(0, 2))
         grid.add_row("elapsed", f"{live.elapsed:5.1f} s of {live.duration:g} s")
         grid.add_row("markers written", f"{live.markers:,}")
@@ -151,50 +151,128 @@ everything removed).
 
 
 @click.command("record", epilog=EPILOG)
-@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("flightrec-out"), show_default=True, help="Folder for trace.txt and meta.json.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
-              help="Seconds of traffic through the forwarder.")
-@click.option("--queues", type=click.IntRange(1, 64), default=2, show_default=True,
-              help="Queues per veth (one XSK and one thread per queue and side).")
-@click.option("-b", "--buffer-kb", type=click.IntRange(min=4), default=4096, show_default=True,
-              help="Per-CPU trace buffer size in KB.")
-@click.option("--inject", type=click.Choice(INJECT_FAULTS), default=None,
-              help="Make the forwarder commit this application bug after some packets.")
-@click.option("--inject-after", type=click.IntRange(min=0), default=None,
-              help="Packets forwarded before the injected bug (forwarder default if unset).")
-@click.option("--kernel-events", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="Kernel events beside the markers: kprobes (perf probe sites), bpf (BTF tracepoint "
-                   "programs, where kprobes are refused) or none; auto takes the first that works.")
-@click.option("--mode", type=click.Choice(AFXDP_MODES), default="copy", show_default=True,
-              help="AF_XDP bind: copy (XDP_COPY), zerocopy (XDP_ZEROCOPY: exit 2 with the reason where the "
-                   "driver cannot) or auto (zero-copy where it binds, else copy). Each socket's real mode is "
-                   "read back from the kernel and saved in meta.json (af_xdp).")
-@click.option("--nic", type=click.Choice(NIC_KINDS), default="veth", show_default=True,
-              help="veth pairs, or virtio: the VM's own virtio-net NICs (set up by `flightrec vm record "
-                   "--nic virtio`; there is none on the host).")
-@click.option("--stamp-rate", type=click.IntRange(1, 1_000_000), default=RecordOptions.stamp_rate,
-              show_default=True, metavar="PKT/S",
-              help="Stamped, self-verifying UDP packets per second beside iperf3 (`vm record` asks for 2000: "
-                   "a TCG guest cannot send more without starving TCP).")
-@click.option("--app", metavar="'CMD ...'", default=None,
-              help="Run your AF_XDP program in the forwarder's place, unmodified: in one namespace holding both "
-                   "forwarder-side interfaces, its command line's {outer}, {inner}, {queues}, {marker} (the "
-                   "instance's trace_marker), {tracedir}, {out}, {netns} and {forwarder} (flightrec's own) "
-                   "filled in, the same in its environment as FLIGHTREC_OUTER ... It loads its own XDP "
-                   "program; it is ready once one is attached and it holds an AF_XDP socket, and is stopped "
-                   "with SIGINT at the end.")
-@click.option("--app-ready-timeout", type=click.FloatRange(min=0, min_open=True),
-              default=RecordOptions.app_ready_timeout, show_default=True, metavar="S",
-              help="Seconds the --app program may take to get ready.")
-@click.option("--markers", type=click.Choice(MARKER_FORMS), default=MARKER_FORMS[0], show_default=True,
-              help="The forwarder's trace_marker lines: batched (one per ring operation, all its descriptors "
-                   "in order) or per-descriptor (one per descriptor, as the post's); both analyze alike "
-                   "(docs/markers.md). Saved in meta.json (trace.markers).")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("flightrec-out"),
+    show_default=True,
+    help="Folder for trace.txt and meta.json.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Seconds of traffic through the forwarder.",
+)
+@click.option(
+    "--queues",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Queues per veth (one XSK and one thread per queue and side).",
+)
+@click.option(
+    "-b",
+    "--buffer-kb",
+    type=click.IntRange(min=4),
+    default=4096,
+    show_default=True,
+    help="Per-CPU trace buffer size in KB.",
+)
+@click.option(
+    "--inject",
+    type=click.Choice(INJECT_FAULTS),
+    default=None,
+    help="Make the forwarder commit this application bug after some packets.",
+)
+@click.option(
+    "--inject-after",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Packets forwarded before the injected bug (forwarder default if unset).",
+)
+@click.option(
+    "--kernel-events",
+    type=click.Choice(BACKENDS),
+    default="auto",
+    show_default=True,
+    help="Kernel events beside the markers: kprobes (perf probe sites), bpf (BTF tracepoint "
+    "programs, where kprobes are refused) or none; auto takes the first that works.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(AFXDP_MODES),
+    default="copy",
+    show_default=True,
+    help="AF_XDP bind: copy (XDP_COPY), zerocopy (XDP_ZEROCOPY: exit 2 with the reason where the "
+    "driver cannot) or auto (zero-copy where it binds, else copy). Each socket's real mode is "
+    "read back from the kernel and saved in meta.json (af_xdp).",
+)
+@click.option(
+    "--nic",
+    type=click.Choice(NIC_KINDS),
+    default="veth",
+    show_default=True,
+    help="veth pairs, or virtio: the VM's own virtio-net NICs (set up by `flightrec vm record "
+    "--nic virtio`; there is none on the host).",
+)
+@click.option(
+    "--stamp-rate",
+    type=click.IntRange(1, 1_000_000),
+    default=RecordOptions.stamp_rate,
+    show_default=True,
+    metavar="PKT/S",
+    help="Stamped, self-verifying UDP packets per second beside iperf3 (`vm record` asks for 2000: "
+    "a TCG guest cannot send more without starving TCP).",
+)
+@click.option(
+    "--app",
+    metavar="'CMD ...'",
+    default=None,
+    help="Run your AF_XDP program in the forwarder's place, unmodified: in one namespace holding both "
+    "forwarder-side interfaces, its command line's {outer}, {inner}, {queues}, {marker} (the "
+    "instance's trace_marker), {tracedir}, {out}, {netns} and {forwarder} (flightrec's own) "
+    "filled in, the same in its environment as FLIGHTREC_OUTER ... It loads its own XDP "
+    "program; it is ready once one is attached and it holds an AF_XDP socket, and is stopped "
+    "with SIGINT at the end.",
+)
+@click.option(
+    "--app-ready-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=RecordOptions.app_ready_timeout,
+    show_default=True,
+    metavar="S",
+    help="Seconds the --app program may take to get ready.",
+)
+@click.option(
+    "--markers",
+    type=click.Choice(MARKER_FORMS),
+    default=MARKER_FORMS[0],
+    show_default=True,
+    help="The forwarder's trace_marker lines: batched (one per ring operation, all its descriptors "
+    "in order) or per-descriptor (one per descriptor, as the post's); both analyze alike "
+    "(docs/markers.md). Saved in meta.json (trace.markers).",
+)
 @click.option("--plain", is_flag=True, help="One line per event (the default when stdout is not a TTY).")
-def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inject: Optional[str],
-               inject_after: Optional[int], kernel_events: str, mode: str, nic: str, stamp_rate: int,
-               app: Optional[str], app_ready_timeout: float, markers: str, plain: bool) -> None:
+def record_cmd(
+    out_dir: Path,
+    duration: float,
+    queues: int,
+    buffer_kb: int,
+    inject: Optional[str],
+    inject_after: Optional[int],
+    kernel_events: str,
+    mode: str,
+    nic: str,
+    stamp_rate: int,
+    app: Optional[str],
+    app_ready_timeout: float,
+    markers: str,
+    plain: bool,
+) -> None:
     """Record an AF_XDP forwarder into a private ftrace instance.
 
     Builds client, server and forwarder namespaces joined by multi-queue veth,
@@ -236,8 +314,7 @@ def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inje
     try:
         code = _report(result)
     except KeyboardInterrupt:  # during the analysis: the trace is saved, nothing is left
-        click.echo(f"flightrec: interrupted by SIGINT during the analysis; {result.out_dir} holds the trace",
-                   err=True)
+        click.echo(f"flightrec: interrupted by SIGINT during the analysis; {result.out_dir} holds the trace", err=True)
         sys.exit(128 + signal.SIGINT)
     sys.exit(code)
 
@@ -245,12 +322,22 @@ def record_cmd(out_dir: Path, duration: float, queues: int, buffer_kb: int, inje
 def options_from_params(params: dict, prepared: Optional[object] = None) -> RecordOptions:
     """RecordOptions from record's parsed options: here and in the VM's guest
     (flightrec/cli/guest.py), so that no option is dropped on the way."""
-    return RecordOptions(out_dir=params["out_dir"], duration=params["duration"], queues=params["queues"],
-                         buffer_kb=params["buffer_kb"], inject=params["inject"],
-                         inject_after=params["inject_after"], kernel_events=params["kernel_events"],
-                         mode=params["mode"], nic=params["nic"], stamp_rate=params["stamp_rate"],
-                         app=params["app"], app_ready_timeout=params["app_ready_timeout"], markers=params["markers"],
-                         probe_definitions=prepared)
+    return RecordOptions(
+        out_dir=params["out_dir"],
+        duration=params["duration"],
+        queues=params["queues"],
+        buffer_kb=params["buffer_kb"],
+        inject=params["inject"],
+        inject_after=params["inject_after"],
+        kernel_events=params["kernel_events"],
+        mode=params["mode"],
+        nic=params["nic"],
+        stamp_rate=params["stamp_rate"],
+        app=params["app"],
+        app_ready_timeout=params["app_ready_timeout"],
+        markers=params["markers"],
+        probe_definitions=prepared,
+    )
 
 
 def _close(view: Observer) -> None:

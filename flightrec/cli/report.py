@@ -19,10 +19,20 @@ Exit codes: 0 written (also when the trace holds anomalies), 2 bad input or usag
 """,
 )
 @click.argument("trace", metavar="TRACE")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="The HTML file to write (- for standard output).")
-@click.option("--around", default=8, show_default=True, type=click.IntRange(0, 1000),
-              help="Events of context per CPU around each piece of evidence.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The HTML file to write (- for standard output).",
+)
+@click.option(
+    "--around",
+    default=8,
+    show_default=True,
+    type=click.IntRange(0, 1000),
+    help="Events of context per CPU around each piece of evidence.",
+)
 def report(trace: str, output: str, around: int) -> None:
     """Write the analysis of TRACE as one self-contained HTML page.
 

@@ -27,33 +27,93 @@ Examples:
 )
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed: same seed and options, same bytes.")
 @click.option("--cpus", type=click.IntRange(2, 8), default=4, show_default=True, help="CPUs in the simulated machine.")
-@click.option("--packets", type=click.IntRange(50, None), default=2000, show_default=True,
-              help="Packets the kernel delivers, over all sockets (about 7 trace lines each).")
-@click.option("--lines", type=click.IntRange(400, None), default=None,
-              help="Aim for about this many trace lines instead of giving --packets.")
-@click.option("--pairs", type=click.IntRange(0, 3), default=0, show_default=True,
-              help="Socket pairs (rx socket forwarding to a tx socket); 0 draws 1..3 from the seed.")
-@click.option("--fault", type=click.Choice(FAULTS), default="none", show_default=True,
-              help="What goes wrong near the end; the application then notices and stops tracing.")
+@click.option(
+    "--packets",
+    type=click.IntRange(50, None),
+    default=2000,
+    show_default=True,
+    help="Packets the kernel delivers, over all sockets (about 7 trace lines each).",
+)
+@click.option(
+    "--lines",
+    type=click.IntRange(400, None),
+    default=None,
+    help="Aim for about this many trace lines instead of giving --packets.",
+)
+@click.option(
+    "--pairs",
+    type=click.IntRange(0, 3),
+    default=0,
+    show_default=True,
+    help="Socket pairs (rx socket forwarding to a tx socket); 0 draws 1..3 from the seed.",
+)
+@click.option(
+    "--fault",
+    type=click.Choice(FAULTS),
+    default="none",
+    show_default=True,
+    help="What goes wrong near the end; the application then notices and stops tracing.",
+)
 @click.option("--wrap", is_flag=True, help="Per-CPU ring buffers overflowed: each CPU keeps only its newest events.")
-@click.option("--tight", is_flag=True,
-              help="Each CPU's buffer begins a few of its events before the fault, the racing CPU's exactly at "
-                   "its reserve (the end of a long recording); the truth says what the surviving events prove.")
+@click.option(
+    "--tight",
+    is_flag=True,
+    help="Each CPU's buffer begins a few of its events before the fault, the racing CPU's exactly at "
+    "its reserve (the end of a long recording); the truth says what the surviving events prove.",
+)
 @click.option("--loss", is_flag=True, help="One CPU loses a run of events (inside the fault's causal window).")
-@click.option("--probes", type=click.Choice(PROBES), default="all", show_default=True,
-              help="Kernel events present: all, no xsk_flush probe, or none (markers only).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="ftrace", show_default=True,
-              help="Text of /sys/kernel/tracing/trace, or of `trace-cmd report`.")
-@click.option("--markers", type=click.Choice(MARKER_FORMS), default="per-descriptor", show_default=True,
-              help="The application's marker lines: one per descriptor, or one per ring operation (docs/markers.md "
-                   "\"Batched lines\"); the same run, events and ground truth (its line numbers are the text's).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write the trace here instead of standard output.")
-@click.option("--truth", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write the ground truth JSON here instead of standard error.")
-def simulate_cmd(seed: int, cpus: int, packets: int, lines: Optional[int], pairs: int, fault: str, wrap: bool,
-                 tight: bool, loss: bool, probes: str, fmt: str, markers: str, output: Optional[str],
-                 truth: Optional[str]) -> None:
+@click.option(
+    "--probes",
+    type=click.Choice(PROBES),
+    default="all",
+    show_default=True,
+    help="Kernel events present: all, no xsk_flush probe, or none (markers only).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="ftrace",
+    show_default=True,
+    help="Text of /sys/kernel/tracing/trace, or of `trace-cmd report`.",
+)
+@click.option(
+    "--markers",
+    type=click.Choice(MARKER_FORMS),
+    default="per-descriptor",
+    show_default=True,
+    help="The application's marker lines: one per descriptor, or one per ring operation (docs/markers.md "
+    '"Batched lines"); the same run, events and ground truth (its line numbers are the text\'s).',
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write the trace here instead of standard output.",
+)
+@click.option(
+    "--truth",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write the ground truth JSON here instead of standard error.",
+)
+def simulate_cmd(
+    seed: int,
+    cpus: int,
+    packets: int,
+    lines: Optional[int],
+    pairs: int,
+    fault: str,
+    wrap: bool,
+    tight: bool,
+    loss: bool,
+    probes: str,
+    fmt: str,
+    markers: str,
+    output: Optional[str],
+    truth: Optional[str],
+) -> None:
     """Write a simulated AF_XDP forwarder trace with a known answer.
 
     The kernel side (NAPI softirqs reserving FILL descriptors into RX slots on
@@ -68,8 +128,19 @@ def simulate_cmd(seed: int, cpus: int, packets: int, lines: Optional[int], pairs
     """
     if lines is not None:
         packets = max(50, int(lines / 7.3))
-    cfg = SimConfig(seed=seed, cpus=cpus, packets=packets, fault=fault, wrap=wrap, loss=loss, probes=probes,
-                    fmt=fmt, pairs=pairs, tight=tight, markers=markers)
+    cfg = SimConfig(
+        seed=seed,
+        cpus=cpus,
+        packets=packets,
+        fault=fault,
+        wrap=wrap,
+        loss=loss,
+        probes=probes,
+        fmt=fmt,
+        pairs=pairs,
+        tight=tight,
+        markers=markers,
+    )
     try:
         sim = simulate(cfg)
         if output is None:

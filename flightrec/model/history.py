@@ -54,10 +54,12 @@ class Gap:
         who = "every CPU" if self.cpu is None else f"CPU {self.cpu}"
         if self.why == "buffer":
             return f"{who}'s events before {self.before:.6f} (its buffer begins there" + (
-                f", line {self.line})" if self.line is not None else ")")
+                f", line {self.line})" if self.line is not None else ")"
+            )
         if self.why == "unpaired":
-            return (f"the kernel's reserve for a read after line {self.line} (no reserve event in the "
-                    "trace pairs with it)")
+            return (
+                f"the kernel's reserve for a read after line {self.line} (no reserve event in the trace pairs with it)"
+            )
         if self.why == "kernel-ended":
             return f"kernel events after {self.after:.6f} (the kernel-event source stopped then)"
         n = self.count if self.count is not None else "some"
@@ -96,13 +98,19 @@ class History:
     def missing(self, t1: float, t2: float, events: str, cpus: Optional[Iterable[int]] = None) -> tuple[Gap, ...]:
         """The gaps that could hide events of `events` kind between t1 and t2 on `cpus` (None: every CPU)."""
         want = None if cpus is None else set(cpus)
-        return tuple(g for g in self.gaps
-                     if (want is None or g.cpu is None or g.cpu in want) and g.hides(t1, t2, events))
+        return tuple(
+            g for g in self.gaps if (want is None or g.cpu is None or g.cpu in want) and g.hides(t1, t2, events)
+        )
 
 
-def build_history(cpu_first: dict[int, tuple[float, int]], counts: dict[int, int], overrun: bool,
-                  losses: Iterable[tuple[int, Optional[int], Optional[int], float, float]],
-                  kernel_until: Optional[float] = None, header_cpus: Optional[int] = None) -> History:
+def build_history(
+    cpu_first: dict[int, tuple[float, int]],
+    counts: dict[int, int],
+    overrun: bool,
+    losses: Iterable[tuple[int, Optional[int], Optional[int], float, float]],
+    kernel_until: Optional[float] = None,
+    header_cpus: Optional[int] = None,
+) -> History:
     """`cpu_first`: each CPU's first event (time, line); `losses`: (cpu, line, count, after, before)
     of the events lost inside a CPU's stream; `header_cpus`: the CPU count the text's header gives."""
     cpus: dict[int, CpuHistory] = {}
@@ -150,10 +158,14 @@ class Claim:
         """Whose history, in words: 'CPU 0 (line 13)' or 'every CPU (0, 2) from … to …'."""
         if not self.absence:
             where = ", ".join(f"CPU {c}" for c in self.cpus)
-            return f"seen on {where}" + (f" (line{'s' if len(self.lines) > 1 else ''} "
-                                         f"{', '.join(map(str, self.lines))})" if self.lines else "")
-        who = (f"every CPU ({', '.join(map(str, self.cpus))})" if self.every_cpu
-               else ", ".join(f"CPU {c}" for c in self.cpus))
+            return f"seen on {where}" + (
+                f" (line{'s' if len(self.lines) > 1 else ''} {', '.join(map(str, self.lines))})" if self.lines else ""
+            )
+        who = (
+            f"every CPU ({', '.join(map(str, self.cpus))})"
+            if self.every_cpu
+            else ", ".join(f"CPU {c}" for c in self.cpus)
+        )
         what = {MARKERS: "markers", KERNEL_HISTORY: "kernel events"}.get(self.events, "events")
         return f"{who}: no {what} missing from {self.start:.6f} to {self.end:.6f}"
 
@@ -165,13 +177,15 @@ def seen(text: str, cpus: Iterable[int], times: Iterable[float], lines: Iterable
     return Claim(text, cs, min(ts), max(ts), lines=tuple(lines))
 
 
-def absent(history: History, text: str, start: float, end: float, events: str,
-           cpus: Optional[Iterable[int]] = None) -> Claim:
+def absent(
+    history: History, text: str, start: float, end: float, events: str, cpus: Optional[Iterable[int]] = None
+) -> Claim:
     """A claim that nothing of `events` kind happened between start and end on `cpus` (None: every CPU)."""
     if cpus is None:
         cs = tuple(sorted(history.cpus))
-        return Claim(text, cs, start, end, absence=True, every_cpu=True, events=events,
-                     gaps=history.missing(start, end, events))
+        return Claim(
+            text, cs, start, end, absence=True, every_cpu=True, events=events, gaps=history.missing(start, end, events)
+        )
     cs = tuple(dict.fromkeys(cpus))
     return Claim(text, cs, start, end, absence=True, events=events, gaps=history.missing(start, end, events, cs))
 

@@ -34,8 +34,9 @@ def per_cpu(tl: Timeline) -> pd.DataFrame:
     return out.join(kinds)
 
 
-def context_rows(tl: Timeline, evidence: Iterable[int], story_cpus: Iterable[int],
-                 around: int) -> tuple[list[int], list[int]]:
+def context_rows(
+    tl: Timeline, evidence: Iterable[int], story_cpus: Iterable[int], around: int
+) -> tuple[list[int], list[int]]:
     """The CPUs of the story and the rows around the evidence rows on them, in
     time order: `around` events of those CPUs on each side of each piece."""
     rows_ev = sorted({r for r in evidence if r >= 0})

@@ -288,10 +288,23 @@ def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
                     rem = tuple(e[0] for e in list(dq)[:8]) if mismatch else ()
                     out.reads.append(
                         RxRead(
-                            i, s, tl.queue[i], a,
-                            prev[0] if prev else None, prev[1] if prev else None,
-                            expected, expected_row,
-                            mismatch, x, slot, slot_mismatch, det, rem, link, skipped, alignment,
+                            i,
+                            s,
+                            tl.queue[i],
+                            a,
+                            prev[0] if prev else None,
+                            prev[1] if prev else None,
+                            expected,
+                            expected_row,
+                            mismatch,
+                            x,
+                            slot,
+                            slot_mismatch,
+                            det,
+                            rem,
+                            link,
+                            skipped,
+                            alignment,
                         )
                     )
                 if a != POISON:
@@ -333,8 +346,15 @@ def _link(lp: Optional[tuple[int, Reserve, bool]], last_read: Optional[int]) -> 
     return None if lp is None else Link(lp[0], lp[1], lp[2], last_read != lp[0])
 
 
-def slot_alignment(tl: Timeline, sock: str, row: int, slot: Reserve, link: Optional[Link],
-                   det: Optional[Detection], fill_order: bool = True) -> tuple[Claim, ...]:
+def slot_alignment(
+    tl: Timeline,
+    sock: str,
+    row: int,
+    slot: Reserve,
+    link: Optional[Link],
+    det: Optional[Detection],
+    fill_order: bool = True,
+) -> tuple[Claim, ...]:
     """Why the read at `row` came from the RX slot reserved at `slot`, as claims.
 
     The application reads RX slots in order and the kernel reserves them in
@@ -358,28 +378,61 @@ def slot_alignment(tl: Timeline, sock: str, row: int, slot: Reserve, link: Optio
         start = tl.window.start
         return (
             absent(h, f"{sock} read RX in the trace from its start on", start, ts[row], MARKERS),
-            absent(h, f"the kernel's reserves of xs {xs:#x} are in the trace from its start on", start,
-                   slot.ts, KERNEL_HISTORY),
+            absent(
+                h,
+                f"the kernel's reserves of xs {xs:#x} are in the trace from its start on",
+                start,
+                slot.ts,
+                KERNEL_HISTORY,
+            ),
         )
     prev, before = link.read_row, link.slot
-    claims = [seen(f"{sock} read {tl.addr[prev]:#x} (line {line[prev]}) from the slot CPU {before.cpu} "
-                   f"reserved for {before.addr:#x} (line {line[before.row]})",
-                   (cpu[prev], before.cpu), (ts[prev], before.ts), (line[before.row], line[prev]))]
-    reads = absent(h, f"{sock} read nothing else from RX between line {line[prev]} and line {line[row]}",
-                   ts[prev], ts[row], MARKERS)
+    claims = [
+        seen(
+            f"{sock} read {tl.addr[prev]:#x} (line {line[prev]}) from the slot CPU {before.cpu} "
+            f"reserved for {before.addr:#x} (line {line[before.row]})",
+            (cpu[prev], before.cpu),
+            (ts[prev], before.ts),
+            (line[before.row], line[prev]),
+        )
+    ]
+    reads = absent(
+        h,
+        f"{sock} read nothing else from RX between line {line[prev]} and line {line[row]}",
+        ts[prev],
+        ts[row],
+        MARKERS,
+    )
     if link.reads_between and reads.holds:
         # reads came in between whose reserves are not in the trace at all
-        reads = Claim(reads.text, reads.cpus, reads.start, reads.end, absence=True, every_cpu=True, events=MARKERS,
-                      gaps=(_unpaired_gap(tl, sock, prev, row),))
+        reads = Claim(
+            reads.text,
+            reads.cpus,
+            reads.start,
+            reads.end,
+            absence=True,
+            every_cpu=True,
+            events=MARKERS,
+            gaps=(_unpaired_gap(tl, sock, prev, row),),
+        )
     claims.append(reads)
-    reserves = absent(h, f"the kernel reserved no other RX slot of xs {xs:#x} between line {line[before.row]} "
-                         f"and line {line[slot.row]}", before.ts, slot.ts, KERNEL_HISTORY)
+    reserves = absent(
+        h,
+        f"the kernel reserved no other RX slot of xs {xs:#x} between line {line[before.row]} and line {line[slot.row]}",
+        before.ts,
+        slot.ts,
+        KERNEL_HISTORY,
+    )
     if not reserves.holds and fill_order and _fill_adjacent(tl, row, link, det, slot):
-        reserves = seen(f"{slot.addr:#x} comes right after {before.addr:#x} in {sock}'s FILL order (the "
-                        f"application read {before.addr:#x} at line {line[prev]} as its deque's head, then "
-                        f"expected {slot.addr:#x} at line {line[row]}); the kernel takes FILL in order, one "
-                        f"entry per reserve, so no slot came between",
-                        (cpu[prev], cpu[row]), (ts[prev], ts[row]), (line[prev], line[row]))
+        reserves = seen(
+            f"{slot.addr:#x} comes right after {before.addr:#x} in {sock}'s FILL order (the "
+            f"application read {before.addr:#x} at line {line[prev]} as its deque's head, then "
+            f"expected {slot.addr:#x} at line {line[row]}); the kernel takes FILL in order, one "
+            f"entry per reserve, so no slot came between",
+            (cpu[prev], cpu[row]),
+            (ts[prev], ts[row]),
+            (line[prev], line[row]),
+        )
     claims.append(reserves)
     return tuple(claims)
 
@@ -388,17 +441,25 @@ def _fill_adjacent(tl: Timeline, row: int, link: Link, det: Optional[Detection],
     """The poison read at `row`, and the application's own deque puts `slot.addr` right after
     the previous read's address."""
     prev = link.read_row
-    return (link.matched and not link.reads_between and tl.detection[prev] is None
-            and tl.addr[prev] == link.slot.addr and det is not None and det.kind == "fill_order"
-            and det.expected == slot.addr and tl.addr[row] == POISON)
+    return (
+        link.matched
+        and not link.reads_between
+        and tl.detection[prev] is None
+        and tl.addr[prev] == link.slot.addr
+        and det is not None
+        and det.kind == "fill_order"
+        and det.expected == slot.addr
+        and tl.addr[row] == POISON
+    )
 
 
 def _unpaired_gap(tl: Timeline, sock: str, prev: int, row: int) -> Gap:
     return Gap(None, tl.ts[prev], tl.ts[row], "unpaired", events=MARKERS, line=tl.line[prev])
 
 
-def _learn_socket(a: int, s: str, pending: dict[int, _Pending], sock_xs: dict[str, int],
-                  xs_sock: dict[int, str]) -> Optional[int]:
+def _learn_socket(
+    a: int, s: str, pending: dict[int, _Pending], sock_xs: dict[str, int], xs_sock: dict[int, str]
+) -> Optional[int]:
     """Tie an application socket to the kernel's xs by the first address both saw.
 
     Of the xs tied to no other socket with `a` reserved and not yet read, the

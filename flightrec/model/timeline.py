@@ -126,19 +126,30 @@ def build_timeline(parsed: ParsedTrace, typed: Typed, source: str, kernel_until:
     cpus = _cpus(parsed)
     window, losses = _window_and_losses(parsed, cpus)
     history = _history(parsed, cpus, window, losses, kernel_until)
-    return Timeline(typed.rows, columns, arrays, source=source, parsed=parsed, window=window, losses=losses,
-                    history=history)
+    return Timeline(
+        typed.rows, columns, arrays, source=source, parsed=parsed, window=window, losses=losses, history=history
+    )
 
 
-def _history(parsed: ParsedTrace, per_cpu: tuple[list[int], list[int], list[int]], window: Window,
-             losses: list[LossSpan], kernel_until: Optional[float]) -> History:
+def _history(
+    parsed: ParsedTrace,
+    per_cpu: tuple[list[int], list[int], list[int]],
+    window: Window,
+    losses: list[LossSpan],
+    kernel_until: Optional[float],
+) -> History:
     cpus, rows, counts = per_cpu
     ts, line = parsed.array("ts"), parsed.array("line")
     # the "##### CPU c buffer started" line, when there is one, stands just before
     first = {c: (float(ts[r]), parsed.cpu_started.get(c, int(line[r]))) for c, r in zip(cpus, rows)}
-    return build_history(first, dict(zip(cpus, counts)), window.overrun,
-                         [(s.cpu, s.line, s.count, s.after, s.before) for s in losses], kernel_until,
-                         parsed.header_cpus)
+    return build_history(
+        first,
+        dict(zip(cpus, counts)),
+        window.overrun,
+        [(s.cpu, s.line, s.count, s.after, s.before) for s in losses],
+        kernel_until,
+        parsed.header_cpus,
+    )
 
 
 def _cpus(parsed: ParsedTrace) -> tuple[list[int], list[int], list[int]]:
@@ -170,8 +181,9 @@ def _sort_by_time(parsed: ParsedTrace) -> list[int]:
     return order
 
 
-def _window_and_losses(parsed: ParsedTrace, per_cpu: tuple[list[int], list[int], list[int]]
-                       ) -> tuple[Window, list[LossSpan]]:
+def _window_and_losses(
+    parsed: ParsedTrace, per_cpu: tuple[list[int], list[int], list[int]]
+) -> tuple[Window, list[LossSpan]]:
     """A loss before a CPU's first surviving event is that CPU's buffer wrapping
     (trace-cmd says so with "[N EVENTS DROPPED]"); only later ones are gaps."""
     spans = _loss_spans(parsed)

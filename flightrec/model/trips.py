@@ -38,9 +38,14 @@ class Columns:
 
 def columns(tl: Timeline) -> Columns:
     p = tl.parsed
-    return Columns(tl.kind_array(), np.asarray(p.cpu, dtype=np.int64),
-                   np.asarray(p.pid, dtype=np.int64), np.asarray(p.ts, dtype=np.float64),
-                   tl.arrays.get("kind"), tl.arrays.get("kinds", ()))
+    return Columns(
+        tl.kind_array(),
+        np.asarray(p.cpu, dtype=np.int64),
+        np.asarray(p.pid, dtype=np.int64),
+        np.asarray(p.ts, dtype=np.float64),
+        tl.arrays.get("kind"),
+        tl.arrays.get("kinds", ()),
+    )
 
 
 def flow_points(tl: Timeline, arr: Optional[Columns] = None):

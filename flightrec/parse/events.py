@@ -138,9 +138,9 @@ def type_rows(parsed: ParsedTrace, fmt: Format = CONTRACT) -> Typed:
             # the BPF backend's kernel events: "flightrec NAME fields"
             if not body.startswith(BPF_PREFIX):
                 continue
-            body = body[len(BPF_PREFIX):]
+            body = body[len(BPF_PREFIX) :]
             ev = _FIRST_WORD.match(body).group()
-            body = body[len(ev):]
+            body = body[len(ev) :]
         k = kernel_cache.get(ev, "")
         if k == "":
             k = kernel_cache[ev] = _kind_and_need(fmt, ev, names)
@@ -227,7 +227,7 @@ def typed_from_scan(sc: scan.Scan, fmt: Format = CONTRACT) -> Typed:
         data = sc.data
         idx = np.flatnonzero(present)
         for i, off, ln in zip(idx.tolist(), c["detail_off"][idx].tolist(), c["detail_len"][idx].tolist()):
-            out[i] = read(data[off:off + ln].decode("utf-8", "replace"))
+            out[i] = read(data[off : off + ln].decode("utf-8", "replace"))
         return out
 
     def details() -> list:
@@ -238,15 +238,27 @@ def typed_from_scan(sc: scan.Scan, fmt: Format = CONTRACT) -> Typed:
         return strings((c["detail_len"] >= 0) & (c["kind"] == marker_code), parse_detection)
 
     columns: dict[str, Any] = {
-        "kind": kinds, "sock": socks, "queue": lambda: _optional(c["queue"], c["queue"] >= 0),
-        "frm": states("frm"), "to": states("to"), "detail": details, "detection": detections,
+        "kind": kinds,
+        "sock": socks,
+        "queue": lambda: _optional(c["queue"], c["queue"] >= 0),
+        "frm": states("frm"),
+        "to": states("to"),
+        "detail": details,
+        "detection": detections,
     }
-    arrays: dict[str, Any] = {"kind": c["kind"], "kinds": fmt.kinds, "sock": c["sock"], "socks": sc.socks,
-                              "queue": c["queue"], "frm": c["frm"], "to": c["to"],
-                              "detail": (sc.data, c["detail_off"], c["detail_len"])}
+    arrays: dict[str, Any] = {
+        "kind": c["kind"],
+        "kinds": fmt.kinds,
+        "sock": c["sock"],
+        "socks": sc.socks,
+        "queue": c["queue"],
+        "frm": c["frm"],
+        "to": c["to"],
+        "detail": (sc.data, c["detail_off"], c["detail_len"]),
+    }
     for f in fmt.fields:
         values, present = sc.fields[f.column]
-        columns[f.column] = (lambda v=values, p=present: _optional(v, p))
+        columns[f.column] = lambda v=values, p=present: _optional(v, p)
         arrays[f.column] = (values, present)
     return Typed(n, columns, arrays)
 

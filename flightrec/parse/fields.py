@@ -159,6 +159,7 @@ def kernel_fields(body: str, names: dict[str, int]) -> Optional[tuple[list, int]
 # taking the detail's words (commas and brackets made spaces) and the raw text,
 # returning the Detection or None when the detail is not of its form.
 
+
 def _fill_order(words: list[str], detail: str) -> Optional[Detection]:
     if not (words and words[0] == "expected" and len(words) >= 2):
         return None
@@ -208,8 +209,12 @@ def _invalid(words: list[str], detail: str) -> Optional[Detection]:
 
 # one reader per key of format.DETECTION_FORMS (tests/unit/test_parse.py holds them equal)
 DETECTION_READERS: dict[str, Callable[[list[str], str], Optional[Detection]]] = {
-    "fill_order": _fill_order, "length": _length, "poison": _poison, "payload": _payload_form,
-    "invalid": _invalid}
+    "fill_order": _fill_order,
+    "length": _length,
+    "poison": _poison,
+    "payload": _payload_form,
+    "invalid": _invalid,
+}
 
 
 def parse_detection(detail: str) -> Detection:

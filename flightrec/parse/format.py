@@ -112,7 +112,8 @@ class Format:
     kinds: tuple[str, ...] = KINDS
     fields: tuple[KernelField, ...] = KERNEL_FIELDS
     events: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = tuple(
-        (k, names, need) for k, (names, need) in KERNEL_EVENT_NAMES.items())
+        (k, names, need) for k, (names, need) in KERNEL_EVENT_NAMES.items()
+    )
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.fields]
@@ -130,8 +131,11 @@ class Format:
     def scanner_table(self) -> list[tuple[str, int, int]]:
         """The events for the C scanner: (name base, kind code, bits of the needed fields)."""
         names = [f.name for f in self.fields]
-        return [(base, self.kinds.index(kind), sum(1 << names.index(f) for f in need))
-                for kind, bases, need in self.events for base in bases]
+        return [
+            (base, self.kinds.index(kind), sum(1 << names.index(f) for f in need))
+            for kind, bases, need in self.events
+            for base in bases
+        ]
 
 
 CONTRACT = Format()

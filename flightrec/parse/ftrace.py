@@ -129,7 +129,7 @@ def _without_instances(tasks: Sequence[str]) -> tuple[Sequence[str], tuple[str, 
         # offsets are bytes: the prefix's length in bytes, per distinct task
         skip = np.array([len(m.group(0).encode()) if m else 0 for m in cut], dtype=np.int64)[ids]
         return OffsetStrings(tasks._data, tasks._off + skip, tasks._len - skip), instances
-    stripped = [t[m.end():] if m else t for t, m in zip(distinct, cut)]
+    stripped = [t[m.end() :] if m else t for t, m in zip(distinct, cut)]
     return [stripped[i] for i in ids.tolist()], instances
 
 
@@ -152,7 +152,10 @@ def parsed_from_scan(sc) -> ParsedTrace:
 
     c = sc.cols
     out = ParsedTrace(
-        line=IntColumn(c["line"]), pid=IntColumn(c["pid"]), cpu=c["cpu"].tolist(), ts=c["ts"].tolist(),
+        line=IntColumn(c["line"]),
+        pid=IntColumn(c["pid"]),
+        cpu=c["cpu"].tolist(),
+        ts=c["ts"].tolist(),
         task=OffsetStrings(sc.data, c["task_off"], c["task_len"]),
         flags=OffsetStrings(sc.data, c["flags_off"], c["flags_len"]),
         event=OffsetStrings(sc.data, c["event_off"], c["event_len"]),

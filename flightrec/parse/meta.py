@@ -64,5 +64,6 @@ def zerocopy_sockets(meta: Optional[dict]) -> frozenset[str]:
     rows = section.get("sockets") if isinstance(section, dict) else None
     if not isinstance(rows, list):
         return frozenset()
-    return frozenset(str(r["sock"]) for r in rows
-                     if isinstance(r, dict) and r.get("sock") and r.get("mode") == "zerocopy")
+    return frozenset(
+        str(r["sock"]) for r in rows if isinstance(r, dict) and r.get("sock") and r.get("mode") == "zerocopy"
+    )

@@ -24,24 +24,45 @@ MIN_LINE = 24  # bytes: an ftrace event line is longer
 
 _P = ctypes.c_void_p
 _COLS = [
-    ("line", np.int32), ("cpu", np.int32), ("pid", np.int32), ("ts", np.float64), ("kind", np.int8),
-    ("fmask", np.uint32), ("queue", np.int32), ("frm", np.int8), ("to", np.int8), ("sock", np.int32),
-    ("task_off", np.int64), ("event_off", np.int64), ("body_off", np.int64), ("detail_off", np.int64),
+    ("line", np.int32),
+    ("cpu", np.int32),
+    ("pid", np.int32),
+    ("ts", np.float64),
+    ("kind", np.int8),
+    ("fmask", np.uint32),
+    ("queue", np.int32),
+    ("frm", np.int8),
+    ("to", np.int8),
+    ("sock", np.int32),
+    ("task_off", np.int64),
+    ("event_off", np.int64),
+    ("body_off", np.int64),
+    ("detail_off", np.int64),
     ("flags_off", np.int64),
-    ("task_len", np.int32), ("event_len", np.int32), ("body_len", np.int32), ("detail_len", np.int32),
+    ("task_len", np.int32),
+    ("event_len", np.int32),
+    ("body_len", np.int32),
+    ("detail_len", np.int32),
     ("flags_len", np.int32),
 ]
 _FIELDS_AT = 6  # fval[] follows fmask in struct fr_cols
 
 
 class _Cols(ctypes.Structure):
-    _fields_ = ([(name, _P) for name, _ in _COLS[:_FIELDS_AT]] + [("fval", _P * MAX_FIELDS)]
-                + [(name, _P) for name, _ in _COLS[_FIELDS_AT:]])
+    _fields_ = (
+        [(name, _P) for name, _ in _COLS[:_FIELDS_AT]]
+        + [("fval", _P * MAX_FIELDS)]
+        + [(name, _P) for name, _ in _COLS[_FIELDS_AT:]]
+    )
 
 
 class _KernelName(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_char_p), ("base_len", ctypes.c_int32), ("kind", ctypes.c_int8),
-                ("need", ctypes.c_uint32)]
+    _fields_ = [
+        ("base", ctypes.c_char_p),
+        ("base_len", ctypes.c_int32),
+        ("kind", ctypes.c_int8),
+        ("need", ctypes.c_uint32),
+    ]
 
 
 class _Field(ctypes.Structure):
@@ -50,17 +71,30 @@ class _Field(ctypes.Structure):
 
 class _Result(ctypes.Structure):
     _fields_ = [
-        ("rows", ctypes.c_int64), ("meta", ctypes.c_int64), ("lines", ctypes.c_int64), ("long_lines", ctypes.c_int64),
-        ("cut", ctypes.c_int32), ("nsocks", ctypes.c_int32),
-        ("sock_off", (ctypes.c_int64 * 2) * MAX_SOCKS), ("sock_len", (ctypes.c_int32 * 2) * MAX_SOCKS),
+        ("rows", ctypes.c_int64),
+        ("meta", ctypes.c_int64),
+        ("lines", ctypes.c_int64),
+        ("long_lines", ctypes.c_int64),
+        ("cut", ctypes.c_int32),
+        ("nsocks", ctypes.c_int32),
+        ("sock_off", (ctypes.c_int64 * 2) * MAX_SOCKS),
+        ("sock_len", (ctypes.c_int32 * 2) * MAX_SOCKS),
     ]
 
 
 def _declare(lib: ctypes.CDLL) -> None:
     lib.fr_scan.restype = ctypes.c_int64
-    lib.fr_scan.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.POINTER(_Cols), ctypes.c_int64,
-                            ctypes.POINTER(_KernelName), ctypes.c_int32, ctypes.POINTER(_Field), ctypes.c_int32,
-                            ctypes.POINTER(_Result)]
+    lib.fr_scan.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_int64,
+        ctypes.POINTER(_Cols),
+        ctypes.c_int64,
+        ctypes.POINTER(_KernelName),
+        ctypes.c_int32,
+        ctypes.POINTER(_Field),
+        ctypes.c_int32,
+        ctypes.POINTER(_Result),
+    ]
 
 
 def _lib() -> Optional[ctypes.CDLL]:
@@ -86,12 +120,12 @@ class OffsetStrings(Sequence):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         o = int(self._off[i])
-        return self._data[o:o + int(self._len[i])].decode("utf-8", "replace")
+        return self._data[o : o + int(self._len[i])].decode("utf-8", "replace")
 
     def __iter__(self):
         data = self._data
         for o, n in zip(self._off.tolist(), self._len.tolist()):
-            yield data[o:o + n].decode("utf-8", "replace")
+            yield data[o : o + n].decode("utf-8", "replace")
 
 
 class IntColumn(Sequence):
@@ -160,8 +194,11 @@ def _scan(data: bytes, fmt: Format, cap: int) -> Optional[Scan]:
     arrays = {name: np.empty(cap, dtype=dt) for name, dt in _COLS}
     values = [np.empty(cap, dtype=np.uint64) for _ in fmt.fields]
     fval = (_P * MAX_FIELDS)(*[v.ctypes.data for v in values])
-    cols = _Cols(*[a.ctypes.data for name, a in list(arrays.items())[:_FIELDS_AT]], fval,
-                 *[a.ctypes.data for a in list(arrays.values())[_FIELDS_AT:]])
+    cols = _Cols(
+        *[a.ctypes.data for name, a in list(arrays.items())[:_FIELDS_AT]],
+        fval,
+        *[a.ctypes.data for a in list(arrays.values())[_FIELDS_AT:]],
+    )
     table = fmt.scanner_table()
     names = (_KernelName * max(1, len(table)))()
     keep = []
@@ -175,23 +212,30 @@ def _scan(data: bytes, fmt: Format, cap: int) -> Optional[Scan]:
         keep.append(b)
         fields[j] = _Field(b, len(b))
     res = _Result()
-    rows = _lib().fr_scan(data, len(data), ctypes.byref(cols), cap, names, len(table), fields, len(fmt.fields),
-                          ctypes.byref(res))
+    rows = _lib().fr_scan(
+        data, len(data), ctypes.byref(cols), cap, names, len(table), fields, len(fmt.fields), ctypes.byref(res)
+    )
     if rows < 0:
         if cap >= max_rows(data):
             raise RuntimeError("scanner overflow")
         return None
     # meta rows sit at the end, last line first
-    meta = [(line, data[off:off + ln].decode("utf-8", "replace"))
-            for line, off, ln in zip(arrays["line"][cap - res.meta:][::-1].tolist(),
-                                     arrays["body_off"][cap - res.meta:][::-1].tolist(),
-                                     arrays["body_len"][cap - res.meta:][::-1].tolist())]
+    meta = [
+        (line, data[off : off + ln].decode("utf-8", "replace"))
+        for line, off, ln in zip(
+            arrays["line"][cap - res.meta :][::-1].tolist(),
+            arrays["body_off"][cap - res.meta :][::-1].tolist(),
+            arrays["body_len"][cap - res.meta :][::-1].tolist(),
+        )
+    ]
     arrays = {k: v[:rows] for k, v in arrays.items()}
     mask = arrays.pop("fmask")
     kv = {f.column: (v[:rows], (mask & (1 << j)) != 0) for j, (f, v) in enumerate(zip(fmt.fields, values))}
     socks = [
-        " ".join(data[res.sock_off[i][w]:res.sock_off[i][w] + res.sock_len[i][w]].decode("utf-8", "replace")
-                 for w in (0, 1))
+        " ".join(
+            data[res.sock_off[i][w] : res.sock_off[i][w] + res.sock_len[i][w]].decode("utf-8", "replace")
+            for w in (0, 1)
+        )
         for i in range(res.nsocks)
     ]
     return Scan(data, arrays, kv, socks, meta, res.lines, res.long_lines, bool(res.cut))

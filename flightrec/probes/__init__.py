@@ -37,10 +37,28 @@ from flightrec.probes.perfprobe import GROUP, Definition, definitions
 from flightrec.probes.specs import ProbeSpec, load_specs
 
 __all__ = [
-    "ADVICE", "GROUP", "TRACEFS", "Definition", "FetchArg", "Installed", "Prepared", "ProbeSpec",
-    "ResolvedProbe", "Site", "definitions", "find_vmlinux", "group_events", "install",
-    "kprobes_unavailable_reason", "load_specs", "prepare", "remove", "remove_group", "resolve",
-    "running_build_id", "vmlinux_candidates",
+    "ADVICE",
+    "GROUP",
+    "TRACEFS",
+    "Definition",
+    "FetchArg",
+    "Installed",
+    "Prepared",
+    "ProbeSpec",
+    "ResolvedProbe",
+    "Site",
+    "definitions",
+    "find_vmlinux",
+    "group_events",
+    "install",
+    "kprobes_unavailable_reason",
+    "load_specs",
+    "prepare",
+    "remove",
+    "remove_group",
+    "resolve",
+    "running_build_id",
+    "vmlinux_candidates",
 ]
 
 KERNEL_CACHE = Path(os.environ.get("FLIGHTREC_KERNEL_CACHE", "/var/cache/flightrec/kernels"))
@@ -49,8 +67,13 @@ KERNEL_CACHE = Path(os.environ.get("FLIGHTREC_KERNEL_CACHE", "/var/cache/flightr
 def vmlinux_candidates(release: str | None = None) -> list[Path]:
     """Where a debug vmlinux of ``release`` (default: the running kernel) usually is."""
     r = release or os.uname().release
-    paths = [Path(f"/usr/lib/debug/boot/vmlinux-{r}"), Path(f"/usr/lib/debug/lib/modules/{r}/vmlinux"),
-             Path(f"/usr/lib/debug/vmlinux-{r}"), Path(f"/boot/vmlinux-{r}"), Path(f"/lib/modules/{r}/build/vmlinux")]
+    paths = [
+        Path(f"/usr/lib/debug/boot/vmlinux-{r}"),
+        Path(f"/usr/lib/debug/lib/modules/{r}/vmlinux"),
+        Path(f"/usr/lib/debug/vmlinux-{r}"),
+        Path(f"/boot/vmlinux-{r}"),
+        Path(f"/lib/modules/{r}/build/vmlinux"),
+    ]
     # scripts/fetch-debug-kernel.sh leaves <cache>/<package>/{vmlinux,release}.
     for rel in sorted(KERNEL_CACHE.glob("*/release")):
         try:
@@ -76,8 +99,8 @@ def running_build_id() -> str | None:
     while i + 12 <= len(data):
         namesz, descsz, ntype = struct.unpack_from("<III", data, i)
         name_end = i + 12 + ((namesz + 3) & ~3)
-        if ntype == 3 and data[i + 12:i + 12 + namesz].rstrip(b"\0") == b"GNU":  # NT_GNU_BUILD_ID
-            return data[name_end:name_end + descsz].hex()
+        if ntype == 3 and data[i + 12 : i + 12 + namesz].rstrip(b"\0") == b"GNU":  # NT_GNU_BUILD_ID
+            return data[name_end : name_end + descsz].hex()
         i = name_end + ((descsz + 3) & ~3)
     return None
 
@@ -102,8 +125,9 @@ class Prepared:
     problems: tuple[str, ...]
 
 
-def prepare(vmlinux: Path | None = None, specs: list[ProbeSpec] | None = None,
-            for_running_kernel: bool = True) -> Prepared:
+def prepare(
+    vmlinux: Path | None = None, specs: list[ProbeSpec] | None = None, for_running_kernel: bool = True
+) -> Prepared:
     """Find the vmlinux, resolve and write definitions; never raises for a missing capability.
 
     With ``for_running_kernel`` a vmlinux whose build ID differs from the
@@ -120,8 +144,10 @@ def prepare(vmlinux: Path | None = None, specs: list[ProbeSpec] | None = None,
     if vmlinux is None:
         vmlinux = find_vmlinux()
         if vmlinux is None:
-            return every(f"no debug vmlinux for {os.uname().release} (looked in /usr/lib/debug/boot and "
-                         f"the usual places): {ADVICE}")
+            return every(
+                f"no debug vmlinux for {os.uname().release} (looked in /usr/lib/debug/boot and "
+                f"the usual places): {ADVICE}"
+            )
     if for_running_kernel:
         want, have = running_build_id(), gnu_build_id(vmlinux)
         if want and have and want != have:
@@ -134,8 +160,12 @@ def prepare(vmlinux: Path | None = None, specs: list[ProbeSpec] | None = None,
     return Prepared(vmlinux, tuple(resolved), tuple(defs), tuple(problems))
 
 
-def install(instance_dir: Path, vmlinux: Path | None = None, specs: list[ProbeSpec] | None = None,
-            prepared: Prepared | None = None) -> Installed:
+def install(
+    instance_dir: Path,
+    vmlinux: Path | None = None,
+    specs: list[ProbeSpec] | None = None,
+    prepared: Prepared | None = None,
+) -> Installed:
     """Install every probe that can be had, enabled in the tracefs instance ``instance_dir``.
 
     Never raises for a missing capability (no kprobes, no debug vmlinux, a

@@ -32,18 +32,56 @@ from flightrec.errors import FlightrecError
 from flightrec.probes.specs import ProbeSpec
 
 # DWARF register numbers on x86-64 (System V psABI, table 3.36) -> kprobe names.
-X86_64_REGS = ("%ax", "%dx", "%cx", "%bx", "%si", "%di", "%bp", "%sp",
-               "%r8", "%r9", "%r10", "%r11", "%r12", "%r13", "%r14", "%r15")
+X86_64_REGS = (
+    "%ax",
+    "%dx",
+    "%cx",
+    "%bx",
+    "%si",
+    "%di",
+    "%bp",
+    "%sp",
+    "%r8",
+    "%r9",
+    "%r10",
+    "%r11",
+    "%r12",
+    "%r13",
+    "%r14",
+    "%r15",
+)
 
-ADVICE = ("install the kernel's -dbg package (apt-get install linux-image-$(uname -r)-dbg) "
-          "or pass --vmlinux, or use `flightrec vm record`")
+ADVICE = (
+    "install the kernel's -dbg package (apt-get install linux-image-$(uname -r)-dbg) "
+    "or pass --vmlinux, or use `flightrec vm record`"
+)
 
 _VARS = ("DW_TAG_formal_parameter", "DW_TAG_variable")
-_QUALIFIERS = ("DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type",
-               "DW_TAG_restrict_type", "DW_TAG_atomic_type")
-PARSE_ERRORS = (ELFError, ELFParseError, DWARFError, ConstructError, struct.error,
-                 EOFError, ValueError, IndexError, KeyError, AssertionError, UnicodeDecodeError,
-                 TypeError, AttributeError, RecursionError, OverflowError, NotImplementedError)
+_QUALIFIERS = (
+    "DW_TAG_typedef",
+    "DW_TAG_const_type",
+    "DW_TAG_volatile_type",
+    "DW_TAG_restrict_type",
+    "DW_TAG_atomic_type",
+)
+PARSE_ERRORS = (
+    ELFError,
+    ELFParseError,
+    DWARFError,
+    ConstructError,
+    struct.error,
+    EOFError,
+    ValueError,
+    IndexError,
+    KeyError,
+    AssertionError,
+    UnicodeDecodeError,
+    TypeError,
+    AttributeError,
+    RecursionError,
+    OverflowError,
+    NotImplementedError,
+)
 
 
 @dataclass(frozen=True)
@@ -113,8 +151,10 @@ class ResolvedProbe:
 
     def perf_specs(self, group: str) -> list[str]:
         """perf probe requests for exactly the chosen sites, with flightrec's event names."""
-        return [f"{group}:{event}={site.perf_location} {' '.join(self.args)}".rstrip()
-                for event, site in zip(self.event_names(), self.sites)]
+        return [
+            f"{group}:{event}={site.perf_location} {' '.join(self.args)}".rstrip()
+            for event, site in zip(self.event_names(), self.sites)
+        ]
 
 
 class Vmlinux:
@@ -146,8 +186,9 @@ class Vmlinux:
         size = os.fstat(self._file.fileno()).st_size
         shoff, shnum, shentsize = (self.elf.header[k] for k in ("e_shoff", "e_shnum", "e_shentsize"))
         if shoff + shnum * shentsize > size:
-            raise FlightrecError(f"{self.path}: truncated ({size} bytes, "
-                                 f"section headers end at {shoff + shnum * shentsize})")
+            raise FlightrecError(
+                f"{self.path}: truncated ({size} bytes, section headers end at {shoff + shnum * shentsize})"
+            )
         for sec in self.elf.iter_sections():
             if sec["sh_type"] != "SHT_NOBITS" and sec["sh_offset"] + sec["sh_size"] > size:
                 raise FlightrecError(f"{self.path}: truncated (section {sec.name} ends past the end of the file)")
@@ -183,7 +224,7 @@ class Vmlinux:
             strtab = self.elf.get_section(symtab["sh_link"]).data()
             for name, info, _other, _shndx, value, size in struct.iter_unpack("<IBBHQQ", symtab.data()):
                 if info & 0xF == 2 and value:  # STT_FUNC
-                    funcs.append((value, size, strtab[name:strtab.index(b"\0", name)].decode()))
+                    funcs.append((value, size, strtab[name : strtab.index(b"\0", name)].decode()))
         else:
             for sym in symtab.iter_symbols():
                 if sym["st_info"]["type"] == "STT_FUNC" and sym["st_value"]:
@@ -326,8 +367,11 @@ class Vmlinux:
             if cu is None:
                 continue
             for die in cu.get_top_DIE().iter_children():
-                if die.tag == "DW_TAG_subprogram" and any(lo == addr for lo, _ in self.ranges(die)) \
-                        and self.name(die) == name:
+                if (
+                    die.tag == "DW_TAG_subprogram"
+                    and any(lo == addr for lo, _ in self.ranges(die))
+                    and self.name(die) == name
+                ):
                     out.append((die, sym, addr))
                     break
         return out
@@ -336,8 +380,9 @@ class Vmlinux:
         """Every DIE below ``die`` (not into other functions' inlined bodies unless asked)."""
         for child in die.iter_children():
             yield child
-            if child.tag in ("DW_TAG_lexical_block", "DW_TAG_subprogram") or \
-                    (child.tag == "DW_TAG_inlined_subroutine" and into_inlined):
+            if child.tag in ("DW_TAG_lexical_block", "DW_TAG_subprogram") or (
+                child.tag == "DW_TAG_inlined_subroutine" and into_inlined
+            ):
                 yield from self.walk(child, into_inlined)
 
     def inlined_copies(self, name: str, cu: CompileUnit) -> list[tuple[DIE, DIE]]:
@@ -446,9 +491,18 @@ def _usable(ops: list) -> bool:
     DW_OP_entry_value and computed (stack_value) values cannot.
     """
     return bool(ops) and not any(
-        o.op_name in ("DW_OP_entry_value", "DW_OP_GNU_entry_value", "DW_OP_stack_value",
-                      "DW_OP_implicit_value", "DW_OP_implicit_pointer", "DW_OP_GNU_implicit_pointer",
-                      "DW_OP_piece") for o in ops)
+        o.op_name
+        in (
+            "DW_OP_entry_value",
+            "DW_OP_GNU_entry_value",
+            "DW_OP_stack_value",
+            "DW_OP_implicit_value",
+            "DW_OP_implicit_pointer",
+            "DW_OP_GNU_implicit_pointer",
+            "DW_OP_piece",
+        )
+        for o in ops
+    )
 
 
 def _fetch_of_location(ops: list) -> str | None:
@@ -457,12 +511,12 @@ def _fetch_of_location(ops: list) -> str | None:
         return None
     op = ops[0]
     if op.op_name.startswith("DW_OP_reg") and op.op_name != "DW_OP_regx":
-        n = int(op.op_name[len("DW_OP_reg"):])
+        n = int(op.op_name[len("DW_OP_reg") :])
         return X86_64_REGS[n] if n < len(X86_64_REGS) else None
     if op.op_name == "DW_OP_regx":
         return X86_64_REGS[op.args[0]] if op.args[0] < len(X86_64_REGS) else None
     if op.op_name.startswith("DW_OP_breg") and op.op_name != "DW_OP_bregx":
-        n = int(op.op_name[len("DW_OP_breg"):])
+        n = int(op.op_name[len("DW_OP_breg") :])
         return f"{op.args[0]:+d}({X86_64_REGS[n]})" if n < len(X86_64_REGS) else None
     return None  # DW_OP_fbreg needs the CFA (perf reads .debug_frame for it)
 
@@ -500,8 +554,9 @@ def _member_piece(vm: Vmlinux, ops: list, t: DIE | None, member: str) -> tuple[l
     return None, None
 
 
-def fetch_arg(vm: Vmlinux, chain: list[DIE], addr: int, expr: str,
-               spec: ProbeSpec) -> tuple[FetchArg | None, str | None]:
+def fetch_arg(
+    vm: Vmlinux, chain: list[DIE], addr: int, expr: str, spec: ProbeSpec
+) -> tuple[FetchArg | None, str | None]:
     """(FetchArg, None) when ``expr`` can be read at ``addr``, else (None, why not)."""
     parts = expr.rpartition("=")[2].replace("->", " -> ").replace(".", " . ").split()
     var = vm.find_variable(chain, parts[0])
@@ -562,8 +617,16 @@ def _try_site(vm: Vmlinux, root: DIE, addr: int, spec: ProbeSpec) -> tuple[list[
     return got, missing, why
 
 
-def _site(vm: Vmlinux, addr: int, file: str, line: int, rel_line: int | None,
-          inlined_into: str | None, why: str, args: list[FetchArg]) -> Site | None:
+def _site(
+    vm: Vmlinux,
+    addr: int,
+    file: str,
+    line: int,
+    rel_line: int | None,
+    inlined_into: str | None,
+    why: str,
+    args: list[FetchArg],
+) -> Site | None:
     at = vm.symbol_at(addr)
     if at is None:
         return None
@@ -578,16 +641,20 @@ def _resolve_call(vm: Vmlinux, spec: ProbeSpec) -> ResolvedProbe:
     request_args = " ".join(spec.args)
     funcs = vm.function_dies(spec.function)
     if not funcs:
-        return ResolvedProbe(spec, problem=f"probe {spec.name}: no out-of-line {spec.function} in this "
-                             f"kernel's DWARF: this kernel cannot be probed there; use `flightrec vm record`")
+        return ResolvedProbe(
+            spec,
+            problem=f"probe {spec.name}: no out-of-line {spec.function} in this "
+            f"kernel's DWARF: this kernel cannot be probed there; use `flightrec vm record`",
+        )
     func, sym, _ = funcs[0]
     cu = func.cu
     decl_line = vm.attr(func, "DW_AT_decl_line")
     calls = []  # (file, line, entry address or None)
     for d in vm.walk(func, into_inlined=False):
         if d.tag == "DW_TAG_inlined_subroutine" and vm.name(d) == spec.at_call:
-            calls.append((vm.file_name(cu, vm.attr(d, "DW_AT_call_file")), vm.attr(d, "DW_AT_call_line"),
-                          vm.entry_pc(d)))
+            calls.append(
+                (vm.file_name(cu, vm.attr(d, "DW_AT_call_file")), vm.attr(d, "DW_AT_call_line"), vm.entry_pc(d))
+            )
         elif d.tag in ("DW_TAG_call_site", "DW_TAG_GNU_call_site"):
             target = d.attributes.get("DW_AT_call_origin") or d.attributes.get("DW_AT_abstract_origin")
             if target is not None and vm.name(d.get_DIE_from_attribute(target.name)) == spec.at_call:
@@ -598,14 +665,22 @@ def _resolve_call(vm: Vmlinux, spec: ProbeSpec) -> ResolvedProbe:
                     last = max(rows, key=lambda r: r[0])
                     calls.append((last[1], last[2], None))
     if not calls:
-        return ResolvedProbe(spec, problem=f"probe {spec.name}: {spec.function} does not call {spec.at_call} "
-                             f"in this kernel: the probe needs updating for it")
+        return ResolvedProbe(
+            spec,
+            problem=f"probe {spec.name}: {spec.function} does not call {spec.at_call} "
+            f"in this kernel: the probe needs updating for it",
+        )
     file, line, entry = min(calls, key=lambda c: c[1])
     rel = line - decl_line if decl_line is not None else None
     request = f"{spec.function}:{rel} {request_args}" if rel is not None else f"{spec.function} {request_args}"
     ranges = vm.ranges(func)
-    addrs = sorted({r[0] for r in vm.line_rows(cu)
-                    if r[3] and r[2] == line and r[1] == file and any(lo <= r[0] < hi for lo, hi in ranges)})
+    addrs = sorted(
+        {
+            r[0]
+            for r in vm.line_rows(cu)
+            if r[3] and r[2] == line and r[1] == file and any(lo <= r[0] < hi for lo, hi in ranges)
+        }
+    )
     # Like perf's line walk, the entry of an inlined call counts as an address
     # of its call line (the line table there names the callee's body instead).
     if entry is not None and entry not in addrs:
@@ -620,8 +695,11 @@ def _resolve_call(vm: Vmlinux, spec: ProbeSpec) -> ResolvedProbe:
         if missing:
             tried.append(f"+{off} lacks {', '.join(missing)}")
             continue
-        reason = (f"entry of the inlined {spec.at_call}" if addr == entry
-                  else f"first address of {where} where the arguments are live")
+        reason = (
+            f"entry of the inlined {spec.at_call}"
+            if addr == entry
+            else f"first address of {where} where the arguments are live"
+        )
         if tried:
             reason += f" ({'; '.join(tried)})"
         others = [f"+{a - funcs[0][2]}" for a in addrs if a != addr]
@@ -633,9 +711,12 @@ def _resolve_call(vm: Vmlinux, spec: ProbeSpec) -> ResolvedProbe:
             break
         return ResolvedProbe(spec, (site,), notes=notes, request=request)
     detail = "; ".join(tried) if tried else "no address"
-    return ResolvedProbe(spec, problem=f"probe {spec.name}: at {spec.function}:{rel} ({where}) {detail}: "
-                         f"the variables are optimised out on this kernel; use `flightrec vm record`",
-                         request=request)
+    return ResolvedProbe(
+        spec,
+        problem=f"probe {spec.name}: at {spec.function}:{rel} ({where}) {detail}: "
+        f"the variables are optimised out on this kernel; use `flightrec vm record`",
+        request=request,
+    )
 
 
 def _resolve_entry(vm: Vmlinux, spec: ProbeSpec) -> ResolvedProbe:
@@ -659,8 +740,12 @@ def _resolve_entry(vm: Vmlinux, spec: ProbeSpec) -> ResolvedProbe:
                 file = vm.file_name(cu, vm.attr(inl, "DW_AT_decl_file") or 0)
                 instances.append((addr, inl, vm.name(outer), file, vm.attr(inl, "DW_AT_decl_line") or 0))
     if not instances:
-        return ResolvedProbe(spec, problem=f"probe {spec.name}: no {spec.function} in this kernel, "
-                             f"neither out of line nor inlined: use `flightrec vm record`", request=request)
+        return ResolvedProbe(
+            spec,
+            problem=f"probe {spec.name}: no {spec.function} in this kernel, "
+            f"neither out of line nor inlined: use `flightrec vm record`",
+            request=request,
+        )
     sites, notes, problems = [], [], []
     for addr, scope, into, file, line in sorted(instances, key=lambda i: i[0]):
         got, missing, why = _try_site(vm, scope, addr, spec)
@@ -675,12 +760,27 @@ def _resolve_entry(vm: Vmlinux, spec: ProbeSpec) -> ResolvedProbe:
             notes.extend(f"probe {spec.name}: {e} dropped at {site.location}: {why[e]}" for e in spec.args if e in why)
     if problems:
         # A missed copy would hide events: better no probe than a partial one.
-        return ResolvedProbe(spec, problem=f"probe {spec.name}: {'; '.join(problems)} (optimised out): "
-                             f"use `flightrec vm record`", request=request)
+        return ResolvedProbe(
+            spec,
+            problem=f"probe {spec.name}: {'; '.join(problems)} (optimised out): use `flightrec vm record`",
+            request=request,
+        )
     # Every site must fetch the same fields, or the events would differ in format.
     common = set.intersection(*(set(a.expr for a in s.args) for s in sites))
-    sites = [Site(s.symbol, s.offset, s.address, s.file, s.line, s.rel_line, s.inlined_into, s.why,
-                  tuple(a for a in s.args if a.expr in common)) for s in sites]
+    sites = [
+        Site(
+            s.symbol,
+            s.offset,
+            s.address,
+            s.file,
+            s.line,
+            s.rel_line,
+            s.inlined_into,
+            s.why,
+            tuple(a for a in s.args if a.expr in common),
+        )
+        for s in sites
+    ]
     return ResolvedProbe(spec, tuple(sites), notes=tuple(notes), request=request)
 
 
@@ -691,8 +791,9 @@ def resolve_specs(vm: Vmlinux, specs: list[ProbeSpec]) -> list[ResolvedProbe]:
     """
     if specs and not any(vm.symbols(s.function) or any(vm.symbols(u) for u in s.units_of) for s in specs):
         wanted = ", ".join(sorted({s.function for s in specs}))
-        raise FlightrecError(f"{vm.path}: none of {wanted} in its symbol table: "
-                             f"not a kernel with AF_XDP (CONFIG_XDP_SOCKETS)")
+        raise FlightrecError(
+            f"{vm.path}: none of {wanted} in its symbol table: not a kernel with AF_XDP (CONFIG_XDP_SOCKETS)"
+        )
     out: list[ResolvedProbe] = []
     for spec in specs:
         if spec.or_else and out[-1].problem is None:
@@ -703,8 +804,11 @@ def resolve_specs(vm: Vmlinux, specs: list[ProbeSpec]) -> list[ResolvedProbe]:
             raise FlightrecError(f"{vm.path}: corrupt DWARF near {spec.function} ({type(e).__name__}: {e})") from None
         if spec.or_else:
             # every form's reason, when none resolves
-            r = r if r.problem is None else ResolvedProbe(spec, problem=f"{out[-1].problem}; or {r.problem}",
-                                                          request=r.request)
+            r = (
+                r
+                if r.problem is None
+                else ResolvedProbe(spec, problem=f"{out[-1].problem}; or {r.problem}", request=r.request)
+            )
             out[-1] = r
         else:
             out.append(r)

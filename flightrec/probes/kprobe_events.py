@@ -43,8 +43,10 @@ def kprobes_unavailable_reason(tracefs: Path = TRACEFS) -> str | None:
     if not (tracefs / "README").exists():
         return f"tracefs is not mounted at {tracefs} (mount -t tracefs nodev {tracefs})"
     if not (tracefs / "kprobe_events").exists():
-        return ("this kernel has no kprobe events (CONFIG_KPROBE_EVENTS is not set): "
-                "use `flightrec vm record` to record under a kernel that has them")
+        return (
+            "this kernel has no kprobe events (CONFIG_KPROBE_EVENTS is not set): "
+            "use `flightrec vm record` to record under a kernel that has them"
+        )
     try:
         tracefs_files.check_appendable(tracefs / "kprobe_events")
     except PermissionError:
@@ -93,8 +95,10 @@ def install(definitions: list[Definition], instance_dir: Path) -> Installed:
         if group != GROUP:
             raise FlightrecError(f"refusing to install {d.text!r}: not in group {GROUP}")
         if event in group_events(tracefs, group):
-            installed["problems"].append(f"probe {d.probe}: {group}/{event} already exists "
-                                         f"(another flightrec? `flightrec probes remove` clears it)")
+            installed["problems"].append(
+                f"probe {d.probe}: {group}/{event} already exists "
+                f"(another flightrec? `flightrec probes remove` clears it)"
+            )
             continue
         try:
             tracefs_files.append_line(tracefs / "kprobe_events", d.text)

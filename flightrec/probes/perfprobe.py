@@ -70,16 +70,22 @@ def dwarf_definitions(resolved: ResolvedProbe, group: str = GROUP) -> list[Defin
         args = []
         for a in site.args:
             if a.fetch is None:
-                raise FlightrecError(f"probe {resolved.spec.name}: cannot write the location of {a.expr} "
-                                     f"at {site.location} without perf (apt-get install linux-perf)")
+                raise FlightrecError(
+                    f"probe {resolved.spec.name}: cannot write the location of {a.expr} "
+                    f"at {site.location} without perf (apt-get install linux-perf)"
+                )
             args.append(f"{a.name}={a.fetch}")
-        defs.append(Definition(resolved.spec.name, event,
-                               f"p:{group}/{event} {site.location} {' '.join(args)}".rstrip(), "dwarf"))
+        defs.append(
+            Definition(
+                resolved.spec.name, event, f"p:{group}/{event} {site.location} {' '.join(args)}".rstrip(), "dwarf"
+            )
+        )
     return defs
 
 
-def definitions(resolved: list[ResolvedProbe], vmlinux: Path, group: str = GROUP,
-                use_perf: bool = True) -> tuple[list[Definition], list[str]]:
+def definitions(
+    resolved: list[ResolvedProbe], vmlinux: Path, group: str = GROUP, use_perf: bool = True
+) -> tuple[list[Definition], list[str]]:
     """Definitions for every resolved probe, and one line per probe that has none.
 
     perf probe -D is asked for exactly the chosen sites (``symbol+offset``) so

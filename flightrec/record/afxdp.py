@@ -21,8 +21,14 @@ from typing import Optional
 from flightrec.errors import FlightrecError
 
 AF_XDP = getattr(socket, "AF_XDP", 44)  # the address family, where Python does not name it
-STAT_KEYS = ("rx_dropped", "rx_invalid_descs", "tx_invalid_descs", "rx_ring_full",
-             "rx_fill_ring_empty_descs", "tx_ring_empty_descs")
+STAT_KEYS = (
+    "rx_dropped",
+    "rx_invalid_descs",
+    "tx_invalid_descs",
+    "rx_ring_full",
+    "rx_fill_ring_empty_descs",
+    "tx_ring_empty_descs",
+)
 FACT_KEYS = ("sock", "ifname", "ifindex", "driver", "queue", "mode", "mode_requested", "xdp_attach", "ring_sizes")
 MODES = ("copy", "zerocopy", "auto")
 
@@ -57,14 +63,21 @@ def bind_summary(rows: list[dict]) -> str:
     return modes.pop() if len(modes) == 1 else "mixed"
 
 
-def summary(requested: str, nic: str, ready: Optional[dict], stats_file: Optional[dict],
-            nics: Optional[list[dict]] = None) -> dict:
+def summary(
+    requested: str, nic: str, ready: Optional[dict], stats_file: Optional[dict], nics: Optional[list[dict]] = None
+) -> dict:
     """meta.json's ``af_xdp`` section."""
     rows = sockets(ready, stats_file)
-    return {"mode_requested": requested, "bind": bind_summary(rows), "nic": nic,
-            "read_back_with": "getsockopt(SOL_XDP, XDP_OPTIONS) after bind",
-            # XDP_USE_NEED_WAKEUP: the zerocopy and auto binds ask for it (c/README.md, Mode)
-            "need_wakeup": (ready or {}).get("need_wakeup"), "sockets": rows, "nics": nics or []}
+    return {
+        "mode_requested": requested,
+        "bind": bind_summary(rows),
+        "nic": nic,
+        "read_back_with": "getsockopt(SOL_XDP, XDP_OPTIONS) after bind",
+        # XDP_USE_NEED_WAKEUP: the zerocopy and auto binds ask for it (c/README.md, Mode)
+        "need_wakeup": (ready or {}).get("need_wakeup"),
+        "sockets": rows,
+        "nics": nics or [],
+    }
 
 
 def describe(requested: str, ready: Optional[dict]) -> str:
@@ -76,8 +89,10 @@ def describe(requested: str, ready: Optional[dict]) -> str:
     drivers = ", ".join(sorted({str(r.get("driver") or "?") for r in rows}))
     attach = ", ".join(sorted({str(r.get("xdp_attach") or "?") for r in rows}))
     names = ", ".join(str(r["sock"]) for r in rows)
-    line = (f"AF_XDP mode read back from the kernel (XDP_OPTIONS): {got} on {names} "
-            f"(asked {requested}; driver {drivers}; XDP {attach})")
+    line = (
+        f"AF_XDP mode read back from the kernel (XDP_OPTIONS): {got} on {names} "
+        f"(asked {requested}; driver {drivers}; XDP {attach})"
+    )
     if requested == "auto":
         line += "; auto took zero-copy" if got == "zerocopy" else "; auto fell back to copy: no zero-copy here"
     return line
@@ -123,9 +138,23 @@ def probe_veth_modes(modes: tuple[str, ...] = ("copy", "zerocopy")) -> list[Mode
                     raise FlightrecError(f"cannot create veth pairs: {link.stderr.strip()}")
                 for dev in (a, b):
                     _run(["ip", "-n", ns, "link", "set", dev, "up"])
-            argv = [*child_guard(), str(forwarder_path()), "--outer", f"/run/netns/{ns}:fr{i}o",
-                    "--inner", f"/run/netns/{ns}:fr{i}i", "--mode", mode, "--no-markers", "--duration", "0.1",
-                    "--frames", "256", "--batch", "16"]
+            argv = [
+                *child_guard(),
+                str(forwarder_path()),
+                "--outer",
+                f"/run/netns/{ns}:fr{i}o",
+                "--inner",
+                f"/run/netns/{ns}:fr{i}i",
+                "--mode",
+                mode,
+                "--no-markers",
+                "--duration",
+                "0.1",
+                "--frames",
+                "256",
+                "--batch",
+                "16",
+            ]
             proc = _run(argv)
             ready = next((json.loads(line) for line in proc.stdout.splitlines() if '"event":"ready"' in line), None)
             if ready is not None:

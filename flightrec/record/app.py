@@ -93,7 +93,7 @@ def _getsockopt(fd: int, level: int, name: int, size: int) -> Optional[bytes]:
     length = ctypes.c_uint32(size)
     if _libc.getsockopt(fd, level, name, buf, ctypes.byref(length)) != 0:
         return None
-    return buf.raw[:length.value]
+    return buf.raw[: length.value]
 
 
 def _socket_facts(pid: int, fd: int) -> Optional[XskSocket]:
@@ -150,8 +150,9 @@ def _ns_pids(ns: str) -> list[int]:
 
 def _xdp_attached(ns: str, dev: str) -> Optional[str]:
     """``xdp``, ``xdpgeneric`` ... when an XDP program is attached to ``dev``, else None."""
-    proc = subprocess.run(["ip", "-n", ns, "-d", "link", "show", "dev", dev], capture_output=True, text=True,
-                          timeout=10, check=False)
+    proc = subprocess.run(
+        ["ip", "-n", ns, "-d", "link", "show", "dev", dev], capture_output=True, text=True, timeout=10, check=False
+    )
     m = re.search(r"\b(xdp|xdpgeneric|xdpdrv|xdpoffload|xdpmulti)\b", proc.stdout)
     return m.group(1) if m else None
 
@@ -164,8 +165,7 @@ class App:
     the instance's trigger, which the session notices by itself.
     """
 
-    def __init__(self, command: str, values: dict[str, str], netns: str, devs: tuple[str, str],
-                 log_dir: Path) -> None:
+    def __init__(self, command: str, values: dict[str, str], netns: str, devs: tuple[str, str], log_dir: Path) -> None:
         self.command = command
         self.values = values
         self.argv = expand(command, values)
@@ -190,8 +190,12 @@ class App:
         if nsenter is None:
             raise FlightrecError("nsenter not found; apt-get install util-linux")
         try:
-            self.proc = start_logged([nsenter, f"--net=/run/netns/{self.netns}", "--", *self.argv],
-                                     self.log_dir / "app.stdout", self.stderr_path, env=environment(self.values))
+            self.proc = start_logged(
+                [nsenter, f"--net=/run/netns/{self.netns}", "--", *self.argv],
+                self.log_dir / "app.stdout",
+                self.stderr_path,
+                env=environment(self.values),
+            )
         except OSError as e:
             raise FlightrecError(f"--app: cannot start {self.argv[0]}: {e.strerror}") from e
 
@@ -200,7 +204,8 @@ class App:
         tail = self.stderr_tail(1)
         return FlightrecError(
             f"--app: {self.argv[0]} exited with code {self.proc.returncode} before it attached XDP and opened an "
-            f"AF_XDP socket" + (f"; its last stderr line: {tail}" if tail else ""))
+            f"AF_XDP socket" + (f"; its last stderr line: {tail}" if tail else "")
+        )
 
     def sockets(self) -> list[XskSocket]:
         """The AF_XDP sockets the program's processes hold now."""
@@ -227,13 +232,16 @@ class App:
                 self.ready = {"xdp": attached, "sockets": [s.__dict__ for s in socks]}
                 return
             if time.monotonic() > deadline:
-                did = ("attached no XDP program to " + " or ".join(self.devs) if not any(attached.values())
-                       else "opened no AF_XDP socket")
+                did = (
+                    "attached no XDP program to " + " or ".join(self.devs)
+                    if not any(attached.values())
+                    else "opened no AF_XDP socket"
+                )
                 raise FlightrecError(f"--app: {self.argv[0]} {did} within {timeout:g} s")
             time.sleep(0.2)
 
     def next_event(self, timeout: float) -> Optional[Event]:
-        """"eof" once the program has exited, else None after ``timeout``."""
+        """ "eof" once the program has exited, else None after ``timeout``."""
         assert self.proc is not None
         try:
             self.proc.wait(timeout=timeout)
@@ -280,7 +288,9 @@ class App:
     def as_meta(self) -> dict:
         """meta.json's ``app`` section (its sockets are in ``af_xdp``)."""
         return {
-            "command": self.command, "argv": self.argv, "netns": self.netns,
+            "command": self.command,
+            "argv": self.argv,
+            "netns": self.netns,
             "entered_with": "nsenter --net",
             "exit_code": self.proc.returncode if self.proc else None,
             "xdp": (self.ready or {}).get("xdp"),
@@ -290,6 +300,11 @@ class App:
         """meta.json's ``af_xdp`` section: each socket's mode and counters, named by pid and fd."""
         last = self.final_sockets or [XskSocket(**s) for s in (self.ready or {}).get("sockets", [])]
         rows = [{"sock": f"pid {s.pid} fd {s.fd}", "mode": s.mode, "xdp_statistics": s.stats} for s in last]
-        return {"mode_requested": "the app's own", "bind": bind_summary(rows), "nic": "veth",
-                "read_back_with": "getsockopt(SOL_XDP, XDP_OPTIONS) on the app's sockets, copied with pidfd_getfd",
-                "sockets": rows, "nics": []}
+        return {
+            "mode_requested": "the app's own",
+            "bind": bind_summary(rows),
+            "nic": "veth",
+            "read_back_with": "getsockopt(SOL_XDP, XDP_OPTIONS) on the app's sockets, copied with pidfd_getfd",
+            "sockets": rows,
+            "nics": [],
+        }

@@ -114,8 +114,17 @@ def attach(opts: AttachOptions, obs: Optional[Observer] = None) -> AttachResult:
 
 
 # Long by nature: set-up, wait and teardown in one try/finally, so every way out removes what was set up.
-def _run(opts: AttachOptions, obs: Observer, reg: state.Registry, mode: list, root: Path, dev: str,
-         ifindex: int, sockets_before: list[dict], problems: list[str]) -> AttachResult:
+def _run(
+    opts: AttachOptions,
+    obs: Observer,
+    reg: state.Registry,
+    mode: list,
+    root: Path,
+    dev: str,
+    ifindex: int,
+    sockets_before: list[dict],
+    problems: list[str],
+) -> AttachResult:
     choice = kernel_events.choose_backend(opts.kernel_events, root)
     if choice.backend == "none":
         raise FlightrecError(f"no kernel events here ({choice.reason}): attach has nothing to record")
@@ -151,10 +160,18 @@ def _run(opts: AttachOptions, obs: Observer, reg: state.Registry, mode: list, ro
                 obs.warning(w)
         instance.start()
         where = f"{opts.iface} (ifindex {ifindex}{f', namespace {opts.netns}' if opts.netns else ''})"
-        obs.step(f"attached to {where}: kernel events {choice.backend} ({choice.reason}), tracing into "
-                 f"{instance.path} (clock {clock}); until "
-                 + ", ".join([*([f"{opts.duration:g} s"] if opts.duration else []),
-                              *([f"pid {opts.pid} exits"] if opts.pid else []), "a trigger", "Ctrl-C"]))
+        obs.step(
+            f"attached to {where}: kernel events {choice.backend} ({choice.reason}), tracing into "
+            f"{instance.path} (clock {clock}); until "
+            + ", ".join(
+                [
+                    *([f"{opts.duration:g} s"] if opts.duration else []),
+                    *([f"pid {opts.pid} exits"] if opts.pid else []),
+                    "a trigger",
+                    "Ctrl-C",
+                ]
+            )
+        )
         t0 = time.monotonic()
         outcome, message = _wait(opts, instance, bpf, t0)
         code = EXIT_ANOMALY if outcome == "anomaly" else EXIT_CLEAN
@@ -170,8 +187,12 @@ def _run(opts: AttachOptions, obs: Observer, reg: state.Registry, mode: list, ro
             try:
                 instance.stop()
                 path = opts.out_dir / runfolder.TRACE
-                trace_info = {"bytes": instance.save_trace(path), "path": str(path), "clock": instance.clock,
-                              "per_cpu": [s.__dict__ for s in instance.cpu_stats()]}
+                trace_info = {
+                    "bytes": instance.save_trace(path),
+                    "path": str(path),
+                    "clock": instance.clock,
+                    "per_cpu": [s.__dict__ for s in instance.cpu_stats()],
+                }
             except (OSError, FlightrecError) as err:
                 obs.warning(f"saving the trace: {err}")
         if bpf is not None:
@@ -188,17 +209,36 @@ def _run(opts: AttachOptions, obs: Observer, reg: state.Registry, mode: list, ro
         for p in problems:
             obs.warning(f"{p}; run `flightrec cleanup`")
     meta = {
-        "flightrec_attach": True, "started": started, "ended": utc_now(), "outcome": outcome, "exit_code": code,
-        "message": message, "seconds": round(elapsed, 3),
-        "attach": {"iface": opts.iface, "ifindex": ifindex, "netns": opts.netns, "pid": opts.pid,
-                   "device_filter": dev if bpf is not None else None},
-        "kernel_events": {**choice.as_dict(), "installed": (
-            [f"{n} ({tp})" for n, tp in kernel_events.BPF_TRACEPOINTS.items()] if bpf is not None
-            else kernel_events.installed_events(probes_handle))},
+        "flightrec_attach": True,
+        "started": started,
+        "ended": utc_now(),
+        "outcome": outcome,
+        "exit_code": code,
+        "message": message,
+        "seconds": round(elapsed, 3),
+        "attach": {
+            "iface": opts.iface,
+            "ifindex": ifindex,
+            "netns": opts.netns,
+            "pid": opts.pid,
+            "device_filter": dev if bpf is not None else None,
+        },
+        "kernel_events": {
+            **choice.as_dict(),
+            "installed": (
+                [f"{n} ({tp})" for n, tp in kernel_events.BPF_TRACEPOINTS.items()]
+                if bpf is not None
+                else kernel_events.installed_events(probes_handle)
+            ),
+        },
         # Read through pidfd_getfd, before and after: the mode and the kernel's counters.
         "af_xdp": {"sockets_at_start": sockets_before, "sockets_at_end": sockets_after},
-        "trace": {"instance": instance.name, "trigger": f'traceoff if buf ~ "{tracefs.DETECTION_GLOB}"',
-                  "kernel_trigger": kernel_events.RACE_TRIGGER if bpf is not None else None, **trace_info},
+        "trace": {
+            "instance": instance.name,
+            "trigger": f'traceoff if buf ~ "{tracefs.DETECTION_GLOB}"',
+            "kernel_trigger": kernel_events.RACE_TRIGGER if bpf is not None else None,
+            **trace_info,
+        },
     }
     runfolder.write_meta(opts.out_dir, meta)
     trace = opts.out_dir / runfolder.TRACE
@@ -207,8 +247,9 @@ def _run(opts: AttachOptions, obs: Observer, reg: state.Registry, mode: list, ro
     return AttachResult(code, outcome, message, opts.out_dir, trace if trace.is_file() else None, meta)
 
 
-def _wait(opts: AttachOptions, instance: tracefs.TraceInstance, bpf: Optional[kernel_events.BpfTracer],
-          t0: float) -> tuple[str, str]:
+def _wait(
+    opts: AttachOptions, instance: tracefs.TraceInstance, bpf: Optional[kernel_events.BpfTracer], t0: float
+) -> tuple[str, str]:
     """Until a trigger stopped tracing, the duration, the program's exit or the BPF loader's."""
     while True:
         if not instance.tracing_on:
@@ -219,6 +260,8 @@ def _wait(opts: AttachOptions, instance: tracefs.TraceInstance, bpf: Optional[ke
             return "program-exited", f"process {opts.pid} exited after {time.monotonic() - t0:.1f} s"
         if bpf is not None and bpf.proc is not None and bpf.proc.poll() is not None:
             instance.stop()
-            raise FlightrecError(f"xsk_trace (the BPF kernel-event loader) exited with {bpf.proc.returncode}: "
-                                 f"{bpf.stderr_tail() or 'no stderr'}")
+            raise FlightrecError(
+                f"xsk_trace (the BPF kernel-event loader) exited with {bpf.proc.returncode}: "
+                f"{bpf.stderr_tail() or 'no stderr'}"
+            )
         time.sleep(POLL)

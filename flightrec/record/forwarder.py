@@ -61,16 +61,18 @@ def child_guard() -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
-def start_logged(argv: list[str], stdout_path: Path, stderr_path: Path,
-                 env: Optional[dict[str, str]] = None) -> subprocess.Popen:
+def start_logged(
+    argv: list[str], stdout_path: Path, stderr_path: Path, env: Optional[dict[str, str]] = None
+) -> subprocess.Popen:
     """Start ``argv`` dying with flightrec (child_guard), in its own session,
     its stdout and stderr into those files.
 
     :raises OSError: it could not be started.
     """
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        return subprocess.Popen(child_guard() + argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-                                start_new_session=True)
+        return subprocess.Popen(
+            child_guard() + argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, start_new_session=True
+        )
 
 
 def last_lines(path: Path, lines: int) -> list[str]:
@@ -109,8 +111,17 @@ class ForwarderConfig:
     markers: Optional[str] = None  # --markers batched|per-descriptor (the forwarder's default: batched)
 
     def argv(self, binary: Path) -> list[str]:
-        argv = [str(binary), "--outer", self.outer, "--inner", self.inner, "--queues", str(self.queues),
-                "--duration", f"{self.duration:g}"]
+        argv = [
+            str(binary),
+            "--outer",
+            self.outer,
+            "--inner",
+            self.inner,
+            "--queues",
+            str(self.queues),
+            "--duration",
+            f"{self.duration:g}",
+        ]
         if self.trace_dir is not None:
             argv += ["--trace-dir", str(self.trace_dir)]
         if self.inject:
@@ -162,7 +173,10 @@ class Forwarder:
         with open(self.stderr_path, "wb") as err:
             try:
                 self.proc = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=err,
                     # Own process group: a terminal Ctrl-C reaches flightrec
                     # only, which then stops the forwarder in order.
                     start_new_session=True,

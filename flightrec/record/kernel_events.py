@@ -151,8 +151,7 @@ def bpf_unavailable(tracefs_root: Optional[Path] = None, timeout: float = 20.0) 
         return "no kernel BTF (/sys/kernel/btf/vmlinux); tp_btf programs need CONFIG_DEBUG_INFO_BTF"
     before = toplevel_printk(tracefs_root) if tracefs_root else None
     try:
-        proc = subprocess.run([str(loader), "--probe"], capture_output=True, text=True, timeout=timeout,
-                              check=False)
+        proc = subprocess.run([str(loader), "--probe"], capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"{loader} --probe failed: {err}"
     finally:
@@ -179,8 +178,9 @@ def choose_backend(requested: str, tracefs_root: Path) -> Choice:
     if requested == "bpf":
         why_not_bpf = bpf_unavailable(tracefs_root)
         if why_not_bpf is not None:
-            raise FlightrecError(f"--kernel-events bpf: {why_not_bpf}; use --kernel-events auto to record "
-                                 "markers alone")
+            raise FlightrecError(
+                f"--kernel-events bpf: {why_not_bpf}; use --kernel-events auto to record markers alone"
+            )
         return Choice("bpf", "requested (--kernel-events bpf); BPF tracepoints load and attach", ())
     why_not = kprobes_unavailable(tracefs_root)
     if why_not is None:
@@ -193,8 +193,9 @@ def choose_backend(requested: str, tracefs_root: Path) -> Choice:
     return Choice("none", f"recording markers alone: {why_not}; BPF backend: {why_not_bpf}", _missing_events())
 
 
-def install(choice: Choice, instance_dir: Path, prepared: Optional[Any] = None,
-            reg: Optional[state.Registry] = None) -> tuple[Any, list[str]]:
+def install(
+    choice: Choice, instance_dir: Path, prepared: Optional[Any] = None, reg: Optional[state.Registry] = None
+) -> tuple[Any, list[str]]:
     """Install the kernel probes, enabled in the instance only.
 
     The one call site of ``flightrec.probes.install``. Returns the handle for
@@ -295,8 +296,9 @@ class BpfTracer:
             argv += ["--dev", dev]
         return argv
 
-    def start(self, on_process: Optional[Callable[[subprocess.Popen, str], None]] = None,
-              timeout: float = 20.0) -> dict:
+    def start(
+        self, on_process: Optional[Callable[[subprocess.Popen, str], None]] = None, timeout: float = 20.0
+    ) -> dict:
         """Start the loader and wait for its ready line; return it.
 
         ``on_process(process, what)`` is called as soon as the process exists
@@ -306,8 +308,13 @@ class BpfTracer:
         """
         with open(self.stderr_path, "wb") as err:
             try:
-                self.proc = subprocess.Popen(child_guard() + self.argv(), stdin=subprocess.DEVNULL,
-                                             stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+                self.proc = subprocess.Popen(
+                    child_guard() + self.argv(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    start_new_session=True,
+                )
             except OSError as e:
                 raise FlightrecError(f"cannot start {self.binary}: {e.strerror}") from e
         if on_process is not None:

@@ -51,8 +51,12 @@ NICS = ("virtio",)
 MODES = ("copy", "zerocopy", "auto")
 ROLES = ("client", "outer", "inner", "server")
 # Locally administered addresses (52:54:00 is QEMU's prefix); the last byte names the role.
-MACS = {"client": "52:54:00:f1:00:01", "outer": "52:54:00:f1:00:02",
-        "inner": "52:54:00:f1:00:03", "server": "52:54:00:f1:00:04"}
+MACS = {
+    "client": "52:54:00:f1:00:01",
+    "outer": "52:54:00:f1:00:02",
+    "inner": "52:54:00:f1:00:03",
+    "server": "52:54:00:f1:00:04",
+}
 HUBS = {"client": 1, "outer": 1, "inner": 2, "server": 2}
 QUEUE_PAIRS = 1  # what a hubport peer gives a virtio-net device (see the module's notes)
 VIRTIO_F_ACCESS_PLATFORM = 33  # bit in /sys/bus/virtio/devices/*/features
@@ -122,8 +126,9 @@ def find(role: str, sys_net: Path = SYS_NET) -> Optional[GuestNic]:
             continue
         driver = Path(_read_link(sys_net / name / "device" / "driver")).name
         try:
-            out = subprocess.run(["ethtool", "-l", name], capture_output=True, text=True, timeout=10,
-                                 check=False).stdout
+            out = subprocess.run(
+                ["ethtool", "-l", name], capture_output=True, text=True, timeout=10, check=False
+            ).stdout
         except (OSError, subprocess.SubprocessError):
             out = ""
         most, now = parse_channels(out)
@@ -143,11 +148,15 @@ def zerocopy_problem(nic: GuestNic, queues: int) -> Optional[str]:
     """What keeps ``nic`` from binding ``queues`` zero-copy sockets, from what the guest shows; None
     when nothing visible does (the bind itself has the last word)."""
     if nic.driver == "virtio_net" and nic.access_platform is False:
-        return (f"{nic.role} NIC {nic.name} (virtio_net) lacks VIRTIO_F_ACCESS_PLATFORM: virtio_net maps "
-                "zero-copy buffers only through the DMA API (QEMU: iommu_platform=on,disable-legacy=on)")
+        return (
+            f"{nic.role} NIC {nic.name} (virtio_net) lacks VIRTIO_F_ACCESS_PLATFORM: virtio_net maps "
+            "zero-copy buffers only through the DMA API (QEMU: iommu_platform=on,disable-legacy=on)"
+        )
     if nic.queue_pairs_max is not None and queues > nic.queue_pairs_max:
-        return (f"{nic.role} NIC {nic.name} has {nic.queue_pairs_max} queue pair(s), --queues {queues} asks for "
-                f"more (QEMU's hubport netdevs give virtio-net {QUEUE_PAIRS}); pass --queues {nic.queue_pairs_max}")
+        return (
+            f"{nic.role} NIC {nic.name} has {nic.queue_pairs_max} queue pair(s), --queues {queues} asks for "
+            f"more (QEMU's hubport netdevs give virtio-net {QUEUE_PAIRS}); pass --queues {nic.queue_pairs_max}"
+        )
     return None
 
 
@@ -174,8 +183,10 @@ def setup(topo: Topology, mode: str, on_netns: Optional[Callable[[str], None]] =
     nics = {role: find(role) for role in ROLES}
     missing = [r for r, n in nics.items() if n is None]
     if missing:
-        raise FlightrecError(f"--nic virtio: no NIC with MAC {', '.join(MACS[r] for r in missing)} here: "
-                             "the virtio topology runs inside `flightrec vm record --nic virtio`")
+        raise FlightrecError(
+            f"--nic virtio: no NIC with MAC {', '.join(MACS[r] for r in missing)} here: "
+            "the virtio topology runs inside `flightrec vm record --nic virtio`"
+        )
     found = [n for n in nics.values() if n is not None]
     for nic in found:
         if nic.queue_pairs_max is not None and topo.queues > nic.queue_pairs_max:
@@ -188,8 +199,12 @@ def setup(topo: Topology, mode: str, on_netns: Optional[Callable[[str], None]] =
         run(["ip", "netns", "add", ns], "creating network namespaces")
         if on_netns:
             on_netns(ns)
-    places = {"client": (topo.client_ns, topo.client_dev), "outer": (topo.outer_ns, topo.outer_dev),
-              "inner": (topo.inner_ns, topo.inner_dev), "server": (topo.server_ns, topo.server_dev)}
+    places = {
+        "client": (topo.client_ns, topo.client_dev),
+        "outer": (topo.outer_ns, topo.outer_dev),
+        "inner": (topo.inner_ns, topo.inner_dev),
+        "server": (topo.server_ns, topo.server_dev),
+    }
     for nic in found:
         ns, dev = places[nic.role]
         # Queue ids of zero-copy sockets must be below the current queue pairs.

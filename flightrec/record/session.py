@@ -97,8 +97,9 @@ class RecordOptions:
             raise FlightrecError(f"--kernel-events must be one of {', '.join(kernel_events.BACKENDS)}")
         if self.app is not None:
             if self.inject is not None:
-                raise FlightrecError("--inject commits a bug in flightrec's forwarder; with --app the program is "
-                                     "yours (inject in it)")
+                raise FlightrecError(
+                    "--inject commits a bug in flightrec's forwarder; with --app the program is yours (inject in it)"
+                )
             if self.nic != "veth":
                 raise FlightrecError("--app runs on the veth pairs only (not --nic virtio yet)")
             if self.app_ready_timeout <= 0:
@@ -182,8 +183,7 @@ def signals_raise() -> Iterator[list[int]]:
         raise Interrupted(signum)
 
     # A signal the caller ignores stays ignored (nohup, `cmd &` in a script).
-    old = {sig: signal.signal(sig, handler) for sig in HANDLED_SIGNALS
-           if signal.getsignal(sig) is not signal.SIG_IGN}
+    old = {sig: signal.signal(sig, handler) for sig in HANDLED_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield mode
     finally:
@@ -238,8 +238,13 @@ def fresh_registry(obs: Observer) -> state.Registry:
     if left:
         obs.warning(
             "removing leftovers of a killed flightrec: "
-            + ", ".join([*left.netns, *(f"instance {i}" for i in left.instances),
-                         *(f"{p.what} pid {p.pid}" for p in left.processes)])
+            + ", ".join(
+                [
+                    *left.netns,
+                    *(f"instance {i}" for i in left.instances),
+                    *(f"{p.what} pid {p.pid}" for p in left.processes),
+                ]
+            )
         )
         failed = state.remove_leftovers(left)
         failed += remove_leftover_probes(left.extra)
@@ -270,8 +275,15 @@ def remove_leftover_probes(extra: dict) -> list[str]:
 class _Recording:
     """The state of one run; ``run`` owns every resource and frees it in ``finally``."""
 
-    def __init__(self, opts: RecordOptions, obs: Observer, reg: state.Registry, mode: list,
-                 root: Path, choice: kernel_events.Choice) -> None:
+    def __init__(
+        self,
+        opts: RecordOptions,
+        obs: Observer,
+        reg: state.Registry,
+        mode: list,
+        root: Path,
+        choice: kernel_events.Choice,
+    ) -> None:
         self.opts = opts
         self.root = root
         self.choice = choice
@@ -358,8 +370,10 @@ class _Recording:
             left = self.traffic.senders_left() if reason is not None and self.traffic is not None else []
             self.gave_up[exit.pid] = bool(left)
             if left:
-                note = (f"{self._describe_death(exit)}; it gave up ({reason}), "
-                        f"the recording goes on with the traffic left: {', '.join(left)}")
+                note = (
+                    f"{self._describe_death(exit)}; it gave up ({reason}), "
+                    f"the recording goes on with the traffic left: {', '.join(left)}"
+                )
                 self.gave_up_notes.append(note)
                 self.obs.warning(note)
         return self.gave_up[exit.pid]
@@ -396,24 +410,31 @@ class _Recording:
         raise HelperDied(exit, message)
 
     def _describe_death(self, exit: Exit) -> str:
-        names = {"forwarder": "the forwarder", "xsk_trace": "xsk_trace (the BPF kernel-event loader)",
-                 "app": f"the app ({self.fwd.argv[0]})" if isinstance(self.fwd, appmod.App) else "the app"}
+        names = {
+            "forwarder": "the forwarder",
+            "xsk_trace": "xsk_trace (the BPF kernel-event loader)",
+            "app": f"the app ({self.fwd.argv[0]})" if isinstance(self.fwd, appmod.App) else "the app",
+        }
         parts = exit.what.split("-")  # iperf3-client-tcp -> iperf3 tcp client
         name = names.get(exit.what, " ".join([parts[0], *reversed(parts[1:])]))
         how = exit.how()
         if exit.what == "forwarder" and self.fwd is not None and self.fwd.exit_event:
             reason = self.fwd.exit_event.get("reason")
             how += f", reason: {reason}" if reason else ""
-        when = (f"{exit.at - self.t0:.1f} s into the recording" if self.t0 is not None and exit.at >= self.t0
-                else "during set-up")
+        when = (
+            f"{exit.at - self.t0:.1f} s into the recording"
+            if self.t0 is not None and exit.at >= self.t0
+            else "during set-up"
+        )
         message = f"{name} (pid {exit.pid}) {how} {when}"
         last = self._last_stderr_line(exit.what)
         if last:
             message += f"; its last stderr line: {last}"
         if exit.what == "xsk_trace":
             ended = self._trace_time(exit.at)
-            message += ("; the trace holds no kernel events after "
-                        + (f"{ended:.6f} (trace clock)" if ended is not None else "that"))
+            message += "; the trace holds no kernel events after " + (
+                f"{ended:.6f} (trace clock)" if ended is not None else "that"
+            )
         return message
 
     def _last_stderr_line(self, what: str) -> str:
@@ -507,9 +528,7 @@ class _Recording:
     def _setup(self) -> None:
         opts = self.opts
         if self.choice.backend == "none":
-            self.obs.warning(
-                f"kernel events: {self.choice.reason}; missing: {', '.join(self.choice.missing)}"
-            )
+            self.obs.warning(f"kernel events: {self.choice.reason}; missing: {', '.join(self.choice.missing)}")
 
         self.topo = topology.make_topology(str(os.getpid()), opts.queues, opts.nic, one_fwd_ns=opts.app is not None)
         self.obs.step(f"creating namespaces {', '.join(self.topo.namespaces)}")
@@ -529,8 +548,9 @@ class _Recording:
         )
 
         if self.choice.backend == "kprobes":
-            self.probes_handle, problems = kernel_events.install(self.choice, self.instance.path,
-                                                                       opts.probe_definitions, self.reg)
+            self.probes_handle, problems = kernel_events.install(
+                self.choice, self.instance.path, opts.probe_definitions, self.reg
+            )
             for problem in problems:
                 self.obs.warning(problem)
             events = kernel_events.installed_events(self.probes_handle)
@@ -544,8 +564,14 @@ class _Recording:
             self._start_forwarder()
 
         plan = TrafficPlan(duration=opts.duration, stamp_rate=opts.stamp_rate)
-        self.traffic = Traffic(self.topo, plan, self.logs, on_process=self._started, check=self._check_helpers,
-                               trace_dir=self.instance.path)
+        self.traffic = Traffic(
+            self.topo,
+            plan,
+            self.logs,
+            on_process=self._started,
+            check=self._check_helpers,
+            trace_dir=self.instance.path,
+        )
         self.traffic.start()
         self._check_helpers()
         checked = "the forwarder and the receiver" if opts.app is None else "the receiver"
@@ -558,9 +584,16 @@ class _Recording:
         """The user's program in the forwarder's namespace, its placeholders filled."""
         assert self.topo is not None and self.instance is not None
         topo, opts = self.topo, self.opts
-        values = {"outer": topo.outer_dev, "inner": topo.inner_dev, "queues": str(opts.queues),
-                  "marker": str(self.instance.path / "trace_marker"), "tracedir": str(self.instance.path),
-                  "out": str(self.out.resolve()), "netns": topo.outer_ns, "forwarder": str(fwdmod.forwarder_path())}
+        values = {
+            "outer": topo.outer_dev,
+            "inner": topo.inner_dev,
+            "queues": str(opts.queues),
+            "marker": str(self.instance.path / "trace_marker"),
+            "tracedir": str(self.instance.path),
+            "out": str(self.out.resolve()),
+            "netns": topo.outer_ns,
+            "forwarder": str(fwdmod.forwarder_path()),
+        }
         app = appmod.App(opts.app or "", values, topo.outer_ns, (topo.outer_dev, topo.inner_dev), self.logs)
         self.fwd = app
         self.obs.step(f"starting the app in {topo.outer_ns}: {' '.join(app.argv)}")
@@ -572,16 +605,23 @@ class _Recording:
         ready = app.ready or {}
         socks = ready.get("sockets", [])
         xdp = ", ".join(f"{dev} {how}" for dev, how in (ready.get("xdp") or {}).items() if how)
-        self.obs.step(f"app ready (pid {app.pid}): XDP on {xdp}; {len(socks)} AF_XDP socket(s) so far, mode "
-                      + ", ".join(sorted({s["mode"] for s in socks})) + " (XDP_OPTIONS)")
+        self.obs.step(
+            f"app ready (pid {app.pid}): XDP on {xdp}; {len(socks)} AF_XDP socket(s) so far, mode "
+            + ", ".join(sorted({s["mode"] for s in socks}))
+            + " (XDP_OPTIONS)"
+        )
 
     def _start_forwarder(self) -> None:
         assert self.topo is not None and self.instance is not None
         opts = self.opts
         config = ForwarderConfig(
-            outer=self.topo.outer_spec, inner=self.topo.inner_spec, queues=opts.queues,
-            trace_dir=self.instance.path, inject=opts.inject,
-            inject_after=opts.inject_after, stats_path=self.out / runfolder.FORWARDER_STATS,
+            outer=self.topo.outer_spec,
+            inner=self.topo.inner_spec,
+            queues=opts.queues,
+            trace_dir=self.instance.path,
+            inject=opts.inject,
+            inject_after=opts.inject_after,
+            stats_path=self.out / runfolder.FORWARDER_STATS,
             # flightrec stops the forwarder when the traffic is done; its own
             # --duration (counted from its start, before the traffic's set-up)
             # is only the safety net should flightrec hang.
@@ -609,8 +649,10 @@ class _Recording:
         """Load the BPF tracepoint backend, its lines enabled in the instance only."""
         assert self.topo is not None and self.instance is not None
         topo = self.topo
-        devices = [kernel_events.netns_device(dev, ns)[0]
-                   for ns, dev in ((topo.outer_ns, topo.outer_dev), (topo.inner_ns, topo.inner_dev))]
+        devices = [
+            kernel_events.netns_device(dev, ns)[0]
+            for ns, dev in ((topo.outer_ns, topo.outer_dev), (topo.inner_ns, topo.inner_dev))
+        ]
         kernel_events.enable_in(self.instance)
         before = kernel_events.toplevel_printk(self.root)
         self.reg.extra["bpf_printk_toplevel"] = before
@@ -643,8 +685,9 @@ class _Recording:
             event = self.fwd.next_event(0.25)
             self._check_helpers()
             if self.traffic.corrupt_seen():
-                self.obs.anomaly({"kind": "payload", "sock": f"stamp recv udp:{STAMP_PORT}",
-                                  "line": self.traffic.corrupt_line()})
+                self.obs.anomaly(
+                    {"kind": "payload", "sock": f"stamp recv udp:{STAMP_PORT}", "line": self.traffic.corrupt_line()}
+                )
                 return "receiver"  # it wrote its detection line and stopped tracing
             now = time.monotonic()
             if event is not None:
@@ -660,8 +703,9 @@ class _Recording:
                     return "forwarder" if self.role == "forwarder" else "trigger"  # the app: tracing is off
                 elif event.kind == "exit":
                     d = event.data
-                    self.obs.step(f"forwarder exit: code {d.get('code')} ({d.get('reason')}), "
-                                  f"markers {d.get('markers')}")
+                    self.obs.step(
+                        f"forwarder exit: code {d.get('code')} ({d.get('reason')}), markers {d.get('markers')}"
+                    )
             # Stats come from the forwarder once a second; tick without them
             # only when it is silent, so the view still shows time passing.
             if event is not None and event.kind == "stats" or now - last_stats >= 2.0:
@@ -681,8 +725,9 @@ class _Recording:
             # which no program exits on.
             if not self.instance.tracing_on:
                 if tracing_off_since is None and self.bpf is not None:
-                    self.obs.step("tracing stopped by a trigger (a detection line, or the BPF backend's "
-                                  "online race detector)")
+                    self.obs.step(
+                        "tracing stopped by a trigger (a detection line, or the BPF backend's online race detector)"
+                    )
                 tracing_off_since = tracing_off_since or now
                 if now - tracing_off_since > (3.0 if self.bpf is None else 0.5):
                     self.obs.warning(f"tracing stopped (trigger) but the {self.role} keeps running; stopping it")
@@ -699,9 +744,13 @@ class _Recording:
         except (OSError, ValueError):
             fill, on = 0.0, False
         return LiveStats(
-            elapsed=elapsed, duration=self.opts.duration,
-            rx=tuple(int(x) for x in stats.get("rx", [])), tx=tuple(int(x) for x in stats.get("tx", [])),
-            markers=int(stats.get("markers", 0)), buffer_fill=fill, tracing_on=on,
+            elapsed=elapsed,
+            duration=self.opts.duration,
+            rx=tuple(int(x) for x in stats.get("rx", [])),
+            tx=tuple(int(x) for x in stats.get("tx", [])),
+            markers=int(stats.get("markers", 0)),
+            buffer_fill=fill,
+            tracing_on=on,
             # The forwarder lists the outer sockets by queue, then the inner ones.
             sockets=tuple(f"{side} q:{q}" for side in ("outer", "inner") for q in range(self.opts.queues)),
             drops=tuple(int(x) for x in stats.get("drops", [])),
@@ -758,8 +807,7 @@ class _Recording:
             packets = pcap.read_flagged(source)
             if packets:
                 pcap.write_pcapng(packets, self.out / pcap.PCAP_NAME)
-                self.flagged = {"packets": len(packets), "pcap": str(self.out / pcap.PCAP_NAME),
-                                "source": str(source)}
+                self.flagged = {"packets": len(packets), "pcap": str(self.out / pcap.PCAP_NAME), "source": str(source)}
         except FlightrecError as err:  # the trace still stands: a warning, not a failed run
             self.obs.warning(f"no {pcap.PCAP_NAME}: {err}")
 
@@ -778,7 +826,8 @@ class _Recording:
                 # Its links went with the process: nothing is left, and the trace
                 # was frozen before it stopped. Worth saying, not cleanup's business.
                 self.teardown_notes.append(
-                    f"xsk_trace {fwdmod.describe_exit(code)} while stopping: {self.bpf.stderr_tail() or 'no stderr'}")
+                    f"xsk_trace {fwdmod.describe_exit(code)} while stopping: {self.bpf.stderr_tail() or 'no stderr'}"
+                )
             # Again: the kernel's late top-level enable may have come after setup's restore.
             problem = kernel_events.restore_toplevel_printk(self.root, self.reg.extra.get("bpf_printk_toplevel"))
             if problem:
@@ -814,9 +863,16 @@ class _Recording:
         return bool(exits) and exits[0].at >= self.frozen_at
 
     # --- the result ------------------------------------------------------------------
-    def _result(self, started: str, code: Optional[int], stopped_by: str, t_forwarding: float,
-                trace_info: dict, interrupted: Optional[Interrupted],
-                error: Optional[FlightrecError]) -> RecordResult:
+    def _result(
+        self,
+        started: str,
+        code: Optional[int],
+        stopped_by: str,
+        t_forwarding: float,
+        trace_info: dict,
+        interrupted: Optional[Interrupted],
+        error: Optional[FlightrecError],
+    ) -> RecordResult:
         if error is not None and not trace_info.get("bytes"):
             raise error
         outcome, exit_code, message = self._outcome(code, stopped_by, t_forwarding, interrupted, error)
@@ -836,14 +892,21 @@ class _Recording:
             message += f" (teardown: {'; '.join(self.teardown_errors)}; run `flightrec cleanup`)"
         if (self.save_errors or self.teardown_errors) and exit_code == EXIT_CLEAN:
             exit_code = EXIT_ERROR
-        self.meta = self._meta(started, outcome, exit_code, message, code, stopped_by, t_forwarding, trace_info,
-                               traffic)
+        self.meta = self._meta(
+            started, outcome, exit_code, message, code, stopped_by, t_forwarding, trace_info, traffic
+        )
         runfolder.write_meta(self.out, self.meta)
         trace_path = self.out / runfolder.TRACE if trace_info.get("bytes") is not None else None
         return RecordResult(exit_code, outcome, message, self.out, trace_path, self.meta)
 
-    def _outcome(self, code: Optional[int], stopped_by: str, t_forwarding: float,
-                 interrupted: Optional[Interrupted], error: Optional[FlightrecError]) -> tuple[str, int, str]:
+    def _outcome(
+        self,
+        code: Optional[int],
+        stopped_by: str,
+        t_forwarding: float,
+        interrupted: Optional[Interrupted],
+        error: Optional[FlightrecError],
+    ) -> tuple[str, int, str]:
         """(outcome, exit code, message) from how the recording ended, before the traffic is counted."""
         fwd = self.fwd
         anomalies = fwd.anomalies if fwd else []
@@ -856,8 +919,10 @@ class _Recording:
             status = fwdmod.EXIT_CLEAN
         if self._forwarder_died_after_freeze(code):
             # The trace was complete: the run stands; only its exit statistics are missing.
-            self.teardown_notes.append(f"the forwarder {fwdmod.describe_exit(code)} while being stopped, after "
-                                       "the trace was frozen: no exit statistics")
+            self.teardown_notes.append(
+                f"the forwarder {fwdmod.describe_exit(code)} while being stopped, after "
+                "the trace was frozen: no exit statistics"
+            )
             self.obs.warning(self.teardown_notes[-1])
             status = fwdmod.EXIT_CLEAN
         if interrupted is not None:
@@ -883,8 +948,18 @@ class _Recording:
             message = f"forwarder {fwdmod.describe_exit(code)} after {t_forwarding:.1f} s (stderr: {tail})"
         return outcome, exit_code, message
 
-    def _meta(self, started: str, outcome: str, exit_code: int, message: str, code: Optional[int],
-              stopped_by: str, t_forwarding: float, trace_info: dict, traffic: list) -> dict:
+    def _meta(
+        self,
+        started: str,
+        outcome: str,
+        exit_code: int,
+        message: str,
+        code: Optional[int],
+        stopped_by: str,
+        t_forwarding: float,
+        trace_info: dict,
+        traffic: list,
+    ) -> dict:
         """meta.json: the outcome, the kernel events, the options, the sockets, the trace, the processes."""
         fwd = self.fwd
         anomalies = fwd.anomalies if fwd else []
@@ -901,12 +976,18 @@ class _Recording:
             "kernel": {"release": platform.release(), "machine": platform.machine()},
             "kernel_events": {
                 **self.choice.as_dict(),
-                "installed": kernel_events.installed_events(self.probes_handle) if self.bpf is None
+                "installed": kernel_events.installed_events(self.probes_handle)
+                if self.bpf is None
                 else [f"{name} ({tp})" for name, tp in kernel_events.BPF_TRACEPOINTS.items()],
                 "problems": list(self.probes_handle.get("problems", []))
-                if isinstance(self.probes_handle, dict) else [],
-                "bpf": None if self.bpf is None else {
-                    "argv": self.bpf.argv(), "ready": self.bpf.ready, "exit": self.bpf.exit_event,
+                if isinstance(self.probes_handle, dict)
+                else [],
+                "bpf": None
+                if self.bpf is None
+                else {
+                    "argv": self.bpf.argv(),
+                    "ready": self.bpf.ready,
+                    "exit": self.bpf.exit_event,
                     "exit_code": self.bpf.proc.returncode if self.bpf.proc else None,
                 },
                 # When the kernel-event source died before tracing was stopped:
@@ -918,9 +999,17 @@ class _Recording:
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.opts).items()},
             "topology": self.topo.as_dict() if self.topo else None,
             # Per socket: driver, queue, the mode read back (XDP_OPTIONS), XDP attach, rings, XDP_STATISTICS.
-            "af_xdp": (fwd.af_xdp() if isinstance(fwd, appmod.App) else
-                       afxdp.summary(self.opts.mode, self.opts.nic, fwd.ready if fwd else None,
-                                     fwd.read_stats_file() if fwd else None, self.nics)),
+            "af_xdp": (
+                fwd.af_xdp()
+                if isinstance(fwd, appmod.App)
+                else afxdp.summary(
+                    self.opts.mode,
+                    self.opts.nic,
+                    fwd.ready if fwd else None,
+                    fwd.read_stats_file() if fwd else None,
+                    self.nics,
+                )
+            ),
             "trace": {
                 "instance": self.instance.name if self.instance else None,
                 # Trace clock minus CLOCK_MONOTONIC (0 for the mono clock: the same clock).
@@ -933,8 +1022,11 @@ class _Recording:
                 **trace_info,
             },
             "app": {**fwd.as_meta(), "forwarding_seconds": round(t_forwarding, 3)}
-            if isinstance(fwd, appmod.App) else None,
-            "forwarder": None if isinstance(fwd, appmod.App) else {
+            if isinstance(fwd, appmod.App)
+            else None,
+            "forwarder": None
+            if isinstance(fwd, appmod.App)
+            else {
                 "binary": str(fwd.binary) if fwd else None,
                 "argv": fwd.config.argv(fwd.binary) if fwd else None,
                 "exit_code": code,
@@ -951,10 +1043,14 @@ class _Recording:
             # iperf3s that gave up by themselves while other traffic went on.
             "gave_up": list(self.gave_up_notes),
             # The helper whose death ended the recording early, if one did.
-            "died": None if died is None else {
-                "what": died.what, "pid": died.pid, "how": died.how(), "code": died.code,
-                "seconds_into_recording": None if self.t0 is None or died.at < self.t0
-                else round(died.at - self.t0, 3),
+            "died": None
+            if died is None
+            else {
+                "what": died.what,
+                "pid": died.pid,
+                "how": died.how(),
+                "code": died.code,
+                "seconds_into_recording": None if self.t0 is None or died.at < self.t0 else round(died.at - self.t0, 3),
                 "trace_time": self._trace_time(died.at),
                 "stderr": self._last_stderr_line(died.what) or None,
             },

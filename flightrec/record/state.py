@@ -48,7 +48,7 @@ def process_start_time(pid: int) -> Optional[int]:
     except OSError:
         return None
     # comm may hold spaces and parentheses: split after the last ')'.
-    rest = stat[stat.rfind(")") + 2:].split()
+    rest = stat[stat.rfind(")") + 2 :].split()
     if rest and rest[0] in ("Z", "X"):
         return None  # a zombie holds nothing; killing it does nothing
     try:
@@ -138,8 +138,7 @@ class Lock:
             os.close(fd)
             holder = holder or "?"
             raise FlightrecError(
-                f"another flightrec (pid {holder}) is recording; wait for it to finish "
-                f"or stop it (kill -INT {holder})"
+                f"another flightrec (pid {holder}) is recording; wait for it to finish or stop it (kill -INT {holder})"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -201,6 +200,7 @@ def find_leftovers(state_dir: Path = STATE_DIR) -> Leftovers:
     pid is dead (a live pid may be a library user, such as a benchmark, that
     made its own instance without the lock).
     """
+
     def orphan(match: Optional[re.Match]) -> bool:
         return bool(match) and not _pid_alive(int(match.group(1)))
 

@@ -70,10 +70,13 @@ class Topology:
         if self.nic != "veth":
             how = "QEMU hubport pairs between guest virtio-net-pci NICs"
             return {
-                "nic": self.nic, "queues": self.queues,
+                "nic": self.nic,
+                "queues": self.queues,
                 "namespaces": {
-                    "client": self.client_ns, "fwd_outer": self.outer_ns,
-                    "fwd_inner": self.inner_ns, "server": self.server_ns,
+                    "client": self.client_ns,
+                    "fwd_outer": self.outer_ns,
+                    "fwd_inner": self.inner_ns,
+                    "server": self.server_ns,
                 },
                 "links": [
                     {"a": f"{self.client_ns}:{self.client_dev}", "b": f"{self.outer_ns}:{self.outer_dev}", "by": how},
@@ -90,8 +93,10 @@ class Topology:
             "nic": self.nic,
             "queues": self.queues,
             "namespaces": {
-                "client": self.client_ns, "fwd_outer": self.outer_ns,
-                "fwd_inner": self.inner_ns, "server": self.server_ns,
+                "client": self.client_ns,
+                "fwd_outer": self.outer_ns,
+                "fwd_inner": self.inner_ns,
+                "server": self.server_ns,
             },
             "links": [
                 {"a": f"{self.client_ns}:{self.client_dev}", "b": f"{self.outer_ns}:{self.outer_dev}"},
@@ -119,8 +124,14 @@ def make_topology(tag: str, queues: int, nic: str = "veth", one_fwd_ns: bool = F
     devs = {} if nic == "veth" else {"client_dev": "nic-c", "server_dev": "nic-s"}
     outer, inner = (f"{base}-fwd", f"{base}-fwd") if one_fwd_ns else (f"{base}-outer", f"{base}-inner")
     return Topology(
-        tag=tag, queues=queues, client_ns=f"{base}-client", outer_ns=outer,
-        inner_ns=inner, server_ns=f"{base}-server", nic=nic, **devs,
+        tag=tag,
+        queues=queues,
+        client_ns=f"{base}-client",
+        outer_ns=outer,
+        inner_ns=inner,
+        server_ns=f"{base}-server",
+        nic=nic,
+        **devs,
     )
 
 
@@ -172,9 +183,33 @@ def _setup_veth(topo: Topology, on_netns: Optional[Callable[[str], None]]) -> No
         (topo.server_ns, topo.server_dev, 20, topo.inner_ns, topo.inner_dev, INNER_INDEX),
     ):
         _ip(
-            ["-n", ns, "link", "add", "name", dev, "index", str(index), "numtxqueues", q, "numrxqueues", q,
-             "type", "veth", "peer", "name", peer, "netns", peer_ns, "index", str(peer_index),
-             "numtxqueues", q, "numrxqueues", q],
+            [
+                "-n",
+                ns,
+                "link",
+                "add",
+                "name",
+                dev,
+                "index",
+                str(index),
+                "numtxqueues",
+                q,
+                "numrxqueues",
+                q,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                peer,
+                "netns",
+                peer_ns,
+                "index",
+                str(peer_index),
+                "numtxqueues",
+                q,
+                "numrxqueues",
+                q,
+            ],
             "creating veth pairs (is the veth module available?)",
         )
     for ns, dev, addr in (
@@ -187,8 +222,10 @@ def _setup_veth(topo: Topology, on_netns: Optional[Callable[[str], None]]) -> No
         # raw bytes, so forwarded UDP would arrive with bad checksums.
         _in_ns(ns, ["ethtool", "-K", dev, "tx", "off", "tso", "off"], "turning offloads off")
     for ns, dev in (
-        (topo.client_ns, topo.client_dev), (topo.outer_ns, topo.outer_dev),
-        (topo.inner_ns, topo.inner_dev), (topo.server_ns, topo.server_dev),
+        (topo.client_ns, topo.client_dev),
+        (topo.outer_ns, topo.outer_dev),
+        (topo.inner_ns, topo.inner_dev),
+        (topo.server_ns, topo.server_dev),
     ):
         _ip(["-n", ns, "link", "set", "dev", dev, "up"], "bringing links up")
         _ip(["-n", ns, "link", "set", "dev", "lo", "up"], "bringing lo up")
@@ -197,4 +234,3 @@ def _setup_veth(topo: Topology, on_netns: Optional[Callable[[str], None]]) -> No
 def teardown(topo: Topology) -> list[str]:
     """Delete the namespaces (killing their processes); return what remains."""
     return [ns for ns in topo.namespaces if not state.delete_netns(ns)]
-

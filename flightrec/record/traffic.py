@@ -79,9 +79,15 @@ def stamp_path() -> Path:
 class Traffic:
     """iperf3 servers and the stamp receiver in the server namespace, clients in the client namespace."""
 
-    def __init__(self, topo: Topology, plan: TrafficPlan, log_dir: Path,
-                 on_process: Optional[Callable[[subprocess.Popen, str], None]] = None,
-                 check: Optional[Callable[[], None]] = None, trace_dir: Optional[Path] = None) -> None:
+    def __init__(
+        self,
+        topo: Topology,
+        plan: TrafficPlan,
+        log_dir: Path,
+        on_process: Optional[Callable[[subprocess.Popen, str], None]] = None,
+        check: Optional[Callable[[], None]] = None,
+        trace_dir: Optional[Path] = None,
+    ) -> None:
         self.topo = topo
         self.plan = plan
         self.log_dir = log_dir
@@ -92,15 +98,24 @@ class Traffic:
         self.clients: dict[str, subprocess.Popen] = {}
 
     def _spawn(self, ns: str, name: str, argv: list[str]) -> subprocess.Popen:
-        return self._start(f"iperf3-{name}", ["ip", "netns", "exec", ns, *argv], f"iperf3-{name}.json",
-                           "iperf3", "apt-get install iperf3")
+        return self._start(
+            f"iperf3-{name}",
+            ["ip", "netns", "exec", ns, *argv],
+            f"iperf3-{name}.json",
+            "iperf3",
+            "apt-get install iperf3",
+        )
 
     def _spawn_stamp(self, role: str, argv: list[str]) -> subprocess.Popen:
         """`stamp send|recv`; it enters its namespace itself (--netns), after
         opening the trace files that `ip netns exec` would hide."""
-        return self._start(f"stamp-{role}",
-                           [str(stamp_path()), role, *argv, "--stats", str(self.log_dir / f"stamp-{role}.json")],
-                           f"stamp-{role}.out", str(stamp_path()), locate.build_fix("c/stamp"))
+        return self._start(
+            f"stamp-{role}",
+            [str(stamp_path()), role, *argv, "--stats", str(self.log_dir / f"stamp-{role}.json")],
+            f"stamp-{role}.out",
+            str(stamp_path()),
+            locate.build_fix("c/stamp"),
+        )
 
     def _start(self, what: str, argv: list[str], stdout_name: str, program: str, fix: str) -> subprocess.Popen:
         """Start one traffic process (named ``what``), its output in the logs,
@@ -117,7 +132,10 @@ class Traffic:
         try:
             proc = subprocess.run(
                 ["ip", "netns", "exec", self.topo.server_ns, "ss", "-Hltnu", f"sport = :{port}"],
-                capture_output=True, text=True, timeout=10, check=False,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
             )
         except subprocess.TimeoutExpired:  # a loaded TCG guest: ask again until the deadline
             return False
@@ -140,40 +158,80 @@ class Traffic:
         # until it exits (~0.5 MB a minute each): an hours-long run would grow.
         for name, port in (("tcp", TCP_PORT), ("udp", UDP_PORT)):
             self.servers[name] = self._spawn(
-                self.topo.server_ns, f"server-{name}",
-                ["iperf3", "-s", "-1", "-J", "-i", "0", "-B", addr, "-p", str(port)]
+                self.topo.server_ns,
+                f"server-{name}",
+                ["iperf3", "-s", "-1", "-J", "-i", "0", "-B", addr, "-p", str(port)],
             )
-        recv = ["--netns", self.topo.netns_path(self.topo.server_ns), "--bind", f"{addr}:{STAMP_PORT}",
-                "--duration", str(t + STAMP_RECV_EXTRA)]
+        recv = [
+            "--netns",
+            self.topo.netns_path(self.topo.server_ns),
+            "--bind",
+            f"{addr}:{STAMP_PORT}",
+            "--duration",
+            str(t + STAMP_RECV_EXTRA),
+        ]
         self.servers["stamp"] = self._spawn_stamp(
-            "recv", recv + (["--trace-dir", str(self.trace_dir)] if self.trace_dir is not None else []))
+            "recv", recv + (["--trace-dir", str(self.trace_dir)] if self.trace_dir is not None else [])
+        )
         deadline = time.monotonic() + LISTEN_TIMEOUT
         while not all(self._listening(p) for p in (TCP_PORT, UDP_PORT, STAMP_PORT)):
             if self.check:
                 self.check()  # the caller's watch names a dead server, with when and how
             else:
-                dead = [f"{'stamp recv' if name == 'stamp' else f'iperf3 server-{name}'} exited with {proc.returncode}"
-                        for name, proc in self.servers.items() if proc.poll() is not None]
+                dead = [
+                    f"{'stamp recv' if name == 'stamp' else f'iperf3 server-{name}'} exited with {proc.returncode}"
+                    for name, proc in self.servers.items()
+                    if proc.poll() is not None
+                ]
                 if dead:
                     raise FlightrecError(f"{dead[0]} before listening (see its log in {self.log_dir})")
             if time.monotonic() > deadline:
                 raise FlightrecError(
-                    f"iperf3 servers or stamp recv did not start listening within {LISTEN_TIMEOUT:g} s")
+                    f"iperf3 servers or stamp recv did not start listening within {LISTEN_TIMEOUT:g} s"
+                )
             time.sleep(0.1)
         common = ["--connect-timeout", str(CONNECT_TIMEOUT_MS), "-J", "-i", "0", "-t", str(t)]
         self.clients["tcp"] = self._spawn(
-            self.topo.client_ns, "client-tcp",
+            self.topo.client_ns,
+            "client-tcp",
             ["iperf3", "-c", addr, "-p", str(TCP_PORT), "-P", str(self.plan.tcp_flows), *common],
         )
         self.clients["udp"] = self._spawn(
-            self.topo.client_ns, "client-udp",
-            ["iperf3", "-c", addr, "-p", str(UDP_PORT), "-u", "-b", self.plan.udp_rate,
-             "-l", str(self.plan.udp_len), "-P", str(self.plan.udp_flows), *common],
+            self.topo.client_ns,
+            "client-udp",
+            [
+                "iperf3",
+                "-c",
+                addr,
+                "-p",
+                str(UDP_PORT),
+                "-u",
+                "-b",
+                self.plan.udp_rate,
+                "-l",
+                str(self.plan.udp_len),
+                "-P",
+                str(self.plan.udp_flows),
+                *common,
+            ],
         )
-        self.clients["stamp"] = self._spawn_stamp("send", [
-            "--netns", self.topo.netns_path(self.topo.client_ns), "--to", f"{addr}:{STAMP_PORT}",
-            "--flows", str(self.plan.stamp_flows), "--rate", str(self.plan.stamp_rate),
-            "--len", self.plan.stamp_len, "--duration", str(t)])
+        self.clients["stamp"] = self._spawn_stamp(
+            "send",
+            [
+                "--netns",
+                self.topo.netns_path(self.topo.client_ns),
+                "--to",
+                f"{addr}:{STAMP_PORT}",
+                "--flows",
+                str(self.plan.stamp_flows),
+                "--rate",
+                str(self.plan.stamp_rate),
+                "--len",
+                self.plan.stamp_len,
+                "--duration",
+                str(t),
+            ],
+        )
 
     def corrupt_seen(self) -> bool:
         """True once the stamp receiver exited 3: it received a corrupt payload
@@ -265,17 +323,25 @@ class Traffic:
 
     def _stamp_result(self, sender: subprocess.Popen) -> FlowResult:
         """The stamped flows: the sender's and the receiver's --stats files."""
+
         def read(role: str) -> dict:
             try:
                 return json.loads((self.log_dir / f"stamp-{role}.json").read_text() or "{}")
             except (OSError, ValueError):
                 return {}
+
         sent, got = read("send"), read("recv")
         seconds = sent.get("seconds") or 0
         error = None if sent else "no result (stamp-send.json missing)"
         if got.get("corrupt"):
             error = f"{got['corrupt']} corrupt payloads, first: {got.get('first')}"
-        return FlowResult("stamp", sender.poll(),
-                          sent.get("bytes", 0) * 8 / seconds if seconds and "bytes" in sent else None,
-                          got.get("bytes", 0) * 8 / seconds if seconds and "bytes" in got else None,
-                          error, sent.get("sent"), got.get("received"), got.get("corrupt"))
+        return FlowResult(
+            "stamp",
+            sender.poll(),
+            sent.get("bytes", 0) * 8 / seconds if seconds and "bytes" in sent else None,
+            got.get("bytes", 0) * 8 / seconds if seconds and "bytes" in got else None,
+            error,
+            sent.get("sent"),
+            got.get("received"),
+            got.get("corrupt"),
+        )

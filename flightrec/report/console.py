@@ -21,8 +21,12 @@ from flightrec.parse import format as kinds
 from flightrec.parse.format import POISON
 from flightrec.report.recording import sockets, widened
 
-VERDICT_STYLE = {"kernel": "bold red", "application": "bold yellow", "undetermined": "bold magenta",
-                 "clean": "bold green"}
+VERDICT_STYLE = {
+    "kernel": "bold red",
+    "application": "bold yellow",
+    "undetermined": "bold magenta",
+    "clean": "bold green",
+}
 
 
 def summary(tl: Timeline, row: int) -> str:
@@ -39,9 +43,9 @@ def summary(tl: Timeline, row: int) -> str:
         return f"{tl.addr[row]:#x} {tl.detail[row]}"
     if k == kinds.RESERVE:
         ln = f" len {tl.length[row]:#x}" if tl.length[row] is not None else ""
-        return f"reserve {tl.addr[row]:#x}{ln} xs …{tl.xs[row] & 0xffff:04x}"
+        return f"reserve {tl.addr[row]:#x}{ln} xs …{tl.xs[row] & 0xFFFF:04x}"
     if k == kinds.FLUSH:
-        return f"xsk_flush xs …{tl.xs[row] & 0xffff:04x}"
+        return f"xsk_flush xs …{tl.xs[row] & 0xFFFF:04x}"
     if k == kinds.TX:
         return f"tx {tl.addr[row]:#x}"
     p = tl.parsed
@@ -65,14 +69,20 @@ def history_words(h: History) -> list[str]:
     if not h.overrun:
         out = ["every CPU's history is the whole trace (no buffer overran)"]
     else:
-        out = ["buffers overran; each CPU's history begins at its first event: " + ", ".join(
-            f"CPU {c.cpu} from {c.since:.6f} (line {c.line})" for c in h.cpus.values())]
+        out = [
+            "buffers overran; each CPU's history begins at its first event: "
+            + ", ".join(f"CPU {c.cpu} from {c.since:.6f} (line {c.line})" for c in h.cpus.values())
+        ]
     if h.idle:
-        out.append(f"CPU{'s' if len(h.idle) > 1 else ''} {', '.join(map(str, h.idle))}: no event, so nothing "
-                   "written: a whole, empty history")
+        out.append(
+            f"CPU{'s' if len(h.idle) > 1 else ''} {', '.join(map(str, h.idle))}: no event, so nothing "
+            "written: a whole, empty history"
+        )
     if h.kernel_until != float("inf"):
-        out.append(f"kernel events end at {h.kernel_until:.6f}: the kernel-event source stopped then "
-                   "(meta.json), so their absence after it proves nothing")
+        out.append(
+            f"kernel events end at {h.kernel_until:.6f}: the kernel-event source stopped then "
+            "(meta.json), so their absence after it proves nothing"
+        )
     return out
 
 
@@ -121,8 +131,13 @@ def life_table(tl: Timeline, addr: int, rows: list[int], title: str) -> Table:
     for name, just in (("line", "right"), ("time", "right"), ("CPU", "right"), ("task", "left"), ("event", "left")):
         table.add_column(name, justify=just)
     for r in rows:
-        table.add_row(str(tl.line[r]), f"{tl.ts[r]:.6f}", str(tl.cpu[r]), f"{tl.parsed.task[r]}-{tl.parsed.pid[r]}",
-                      summary(tl, r))
+        table.add_row(
+            str(tl.line[r]),
+            f"{tl.ts[r]:.6f}",
+            str(tl.cpu[r]),
+            f"{tl.parsed.task[r]}-{tl.parsed.pid[r]}",
+            summary(tl, r),
+        )
     return table
 
 
@@ -164,16 +179,29 @@ def sockets_table(source: str, meta: Optional[dict] = None) -> Optional[Table]:
     if not rows:
         return None
     at_anomaly = any(r.at_anomaly for r in rows)
-    caption = ("FILL order not checked on the zero-copy sockets: the driver reorders (docs/markers.md)"
-               if any(r.mode == "zerocopy" for r in rows) else None)
+    caption = (
+        "FILL order not checked on the zero-copy sockets: the driver reorders (docs/markers.md)"
+        if any(r.mode == "zerocopy" for r in rows)
+        else None
+    )
     table = Table(title="AF_XDP sockets (meta.json; mode read back with XDP_OPTIONS)", caption=caption, expand=False)
-    for name in ("socket", "device", "queue", "mode", "asked", "XDP", "rings rx/tx/fill/comp",
-                 "XDP_STATISTICS at end", *(["at the anomaly"] if at_anomaly else [])):
+    for name in (
+        "socket",
+        "device",
+        "queue",
+        "mode",
+        "asked",
+        "XDP",
+        "rings rx/tx/fill/comp",
+        "XDP_STATISTICS at end",
+        *(["at the anomaly"] if at_anomaly else []),
+    ):
         table.add_column(name)
     for r in rows:
         mode = Text(r.mode, style="bold green" if r.mode == "zerocopy" else "bold")
-        table.add_row(r.sock, r.device, r.queue, mode, r.asked, r.xdp, r.rings, r.stats,
-                      *([r.at_anomaly] if at_anomaly else []))
+        table.add_row(
+            r.sock, r.device, r.queue, mode, r.asked, r.xdp, r.rings, r.stats, *([r.at_anomaly] if at_anomaly else [])
+        )
     return table
 
 
@@ -184,8 +212,10 @@ def print_result(console: Console, result: Result, around: int = 8, descriptor: 
     if result.anomalies:
         first = result.anomalies[0]
         title.append(f"{v.upper()}", style=VERDICT_STYLE[v])
-        title.append(f" — {len(result.anomalies)} anomal{'y' if len(result.anomalies) == 1 else 'ies'}, first: "
-                     f"{first.kind} at line {first.line}")
+        title.append(
+            f" — {len(result.anomalies)} anomal{'y' if len(result.anomalies) == 1 else 'ies'}, first: "
+            f"{first.kind} at line {first.line}"
+        )
     else:
         title.append("CLEAN", style=VERDICT_STYLE["clean"])
         title.append(" — no anomaly")
@@ -219,9 +249,11 @@ def _print_stats(console: Console, result: Result) -> None:
     if not ev["reserve"] and not ev["flush"]:
         console.print("[magenta]no kernel events in this trace: kernel-side verdicts are undetermined[/magenta]")
     if s["checks_not_run"]:
-        console.print(f"[magenta]no application markers in this trace: not run: "
-                      f"{', '.join(n['check'] for n in s['checks_not_run'])} (they follow the application's "
-                      f"descriptors); the kernel events alone are no proof of a clean run[/magenta]")
+        console.print(
+            f"[magenta]no application markers in this trace: not run: "
+            f"{', '.join(n['check'] for n in s['checks_not_run'])} (they follow the application's "
+            f"descriptors); the kernel events alone are no proof of a clean run[/magenta]"
+        )
     for loss in result.timeline.losses:
         count = loss.count if loss.count is not None else "some"
         console.print(f"[magenta]CPU {loss.cpu} lost {count} events at line {loss.line}[/magenta]")

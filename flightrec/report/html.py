@@ -88,10 +88,13 @@ def _cpu_timeline(tl: Timeline, a: Anomaly, around: int) -> str:
             why.setdefault(e.row, e.why)
     t0 = tl.ts[rows[0]]
     title = " | ".join(f"CPU {c}" for c in cpus)
-    out = [f'<h3>Around line {a.line}: {_e(title)}</h3>',
-           f'<table class="cpu-timeline" data-cpus="{",".join(map(str, cpus))}">',
-           '<thead><tr><th>line</th><th>+µs</th>' + "".join(f'<th class="cpu">CPU {c}</th>' for c in cpus)
-           + "</tr></thead><tbody>"]
+    out = [
+        f"<h3>Around line {a.line}: {_e(title)}</h3>",
+        f'<table class="cpu-timeline" data-cpus="{",".join(map(str, cpus))}">',
+        "<thead><tr><th>line</th><th>+µs</th>"
+        + "".join(f'<th class="cpu">CPU {c}</th>' for c in cpus)
+        + "</tr></thead><tbody>",
+    ]
     for r in rows:
         cells = []
         for c in cpus:
@@ -103,8 +106,10 @@ def _cpu_timeline(tl: Timeline, a: Anomaly, around: int) -> str:
                 text += f'<span class="why">← {_e(why[r])}</span>'
             cells.append(f'<td class="cpu" data-cpu="{c}" title="{_e(tl.text(r))}">{text}</td>')
         cls = ' class="evidence"' if r in why else ""
-        out.append(f'<tr{cls} data-line="{tl.line[r]}"><td class="num">{tl.line[r]}</td>'
-                   f'<td class="num">{(tl.ts[r] - t0) * 1e6:.0f}</td>{"".join(cells)}</tr>')
+        out.append(
+            f'<tr{cls} data-line="{tl.line[r]}"><td class="num">{tl.line[r]}</td>'
+            f'<td class="num">{(tl.ts[r] - t0) * 1e6:.0f}</td>{"".join(cells)}</tr>'
+        )
     out.append("</tbody></table>")
     return "\n".join(out)
 
@@ -113,12 +118,13 @@ def _evidence(a: Anomaly) -> str:
     out = ['<table class="evidence"><thead><tr><th>line</th><th>trace line and why it matters</th></tr></thead><tbody>']
     for e in a.evidence:
         if len(e.text) > LONG_LINE:
-            text = (f"<details><summary>{_e(e.text[:LONG_LINE])} …</summary>"
-                    f"<code>{_e(e.text)}</code></details>")
+            text = f"<details><summary>{_e(e.text[:LONG_LINE])} …</summary><code>{_e(e.text)}</code></details>"
         else:
             text = _e(e.text)
-        out.append(f'<tr data-line="{e.line}"><td class="num">{e.line}</td>'
-                   f'<td class="ev-text">{text}<span class="why">← {_e(e.why)}</span></td></tr>')
+        out.append(
+            f'<tr data-line="{e.line}"><td class="num">{e.line}</td>'
+            f'<td class="ev-text">{text}<span class="why">← {_e(e.why)}</span></td></tr>'
+        )
     out.append("</tbody></table>")
     return "\n".join(out)
 
@@ -126,28 +132,35 @@ def _evidence(a: Anomaly) -> str:
 def _claims(a: Anomaly) -> str:
     if not a.claims:
         return ""
-    out = ['<h3>Claims</h3><table class="claims">'
-           '<thead><tr><th></th><th>claim</th><th>leans on</th></tr></thead><tbody>']
+    out = [
+        '<h3>Claims</h3><table class="claims"><thead><tr><th></th><th>claim</th><th>leans on</th></tr></thead><tbody>'
+    ]
     for c in a.claims:
         missing = "".join(f'<span class="why missing">missing: {_e(g.describe())}</span>' for g in c.gaps)
-        out.append(f'<tr data-holds="{"true" if c.holds else "false"}" data-cpus="{",".join(map(str, c.cpus))}" '
-                   f'data-absence="{"true" if c.absence else "false"}"><td class="mark">{"✓" if c.holds else "✗"}</td>'
-                   f'<td>{_e(c.text)}{missing}</td><td class="leans">{_e(c.leans_on())}</td></tr>')
+        out.append(
+            f'<tr data-holds="{"true" if c.holds else "false"}" data-cpus="{",".join(map(str, c.cpus))}" '
+            f'data-absence="{"true" if c.absence else "false"}"><td class="mark">{"✓" if c.holds else "✗"}</td>'
+            f'<td>{_e(c.text)}{missing}</td><td class="leans">{_e(c.leans_on())}</td></tr>'
+        )
     out.append("</tbody></table>")
     return "\n".join(out)
 
 
 def _history(result: Result) -> str:
     h = result.timeline.history
-    out = ['<h3>History per CPU</h3>']
+    out = ["<h3>History per CPU</h3>"]
     out += [f"<p>{_e(said)}</p>" for said in history_words(h)]
-    out.append('<table class="history"><thead><tr><th>CPU</th><th>history from</th><th>line</th><th>events</th>'
-               "</tr></thead><tbody>")
+    out.append(
+        '<table class="history"><thead><tr><th>CPU</th><th>history from</th><th>line</th><th>events</th>'
+        "</tr></thead><tbody>"
+    )
     for c in h.cpus.values():
         since = "" if c.since == float("-inf") else f"{c.since:.6f}"
-        out.append(f'<tr data-cpu="{c.cpu}" data-from="{since}"><td class="num">{c.cpu}</td>'
-                   f'<td class="num">{since or "the whole trace"}</td><td class="num">{c.line or ""}</td>'
-                   f'<td class="num">{c.events}</td></tr>')
+        out.append(
+            f'<tr data-cpu="{c.cpu}" data-from="{since}"><td class="num">{c.cpu}</td>'
+            f'<td class="num">{since or "the whole trace"}</td><td class="num">{c.line or ""}</td>'
+            f'<td class="num">{c.events}</td></tr>'
+        )
     out.append("</tbody></table>")
     return "\n".join(out)
 
@@ -165,14 +178,18 @@ def _lives(tl: Timeline, a: Anomaly, trips_by_addr: dict[int, list[list[int]]], 
         for trip in trips_by_addr.get(addr, ()):
             if not rows.isdisjoint(trip):
                 rows.update(r for r in trip if tl.kind[r] == kinds.FLUSH and r <= last)
-        out.append(f'<h3>Life of {addr:#x}</h3><table class="life" data-addr="{addr:#x}"><thead><tr>'
-                   "<th>line</th><th>time</th><th>CPU</th><th>task</th><th>event</th></tr></thead><tbody>")
+        out.append(
+            f'<h3>Life of {addr:#x}</h3><table class="life" data-addr="{addr:#x}"><thead><tr>'
+            "<th>line</th><th>time</th><th>CPU</th><th>task</th><th>event</th></tr></thead><tbody>"
+        )
         for r in sorted(rows):
             p = tl.parsed
-            out.append(f'<tr data-line="{tl.line[r]}"><td class="num">{tl.line[r]}</td>'
-                       f'<td class="num">{tl.ts[r]:.6f}</td>'
-                       f'<td class="num">{tl.cpu[r]}</td><td>{_e(f"{p.task[r]}-{p.pid[r]}")}</td>'
-                       f'<td class="event">{_e(summary(tl, r))}</td></tr>')
+            out.append(
+                f'<tr data-line="{tl.line[r]}"><td class="num">{tl.line[r]}</td>'
+                f'<td class="num">{tl.ts[r]:.6f}</td>'
+                f'<td class="num">{tl.cpu[r]}</td><td>{_e(f"{p.task[r]}-{p.pid[r]}")}</td>'
+                f'<td class="event">{_e(summary(tl, r))}</td></tr>'
+            )
         out.append("</tbody></table>")
     return "\n".join(out)
 
@@ -190,14 +207,20 @@ def _anomaly(tl: Timeline, a: Anomaly, index: int, total: int, trips_by_addr, ar
         f'<section class="anomaly" id="anomaly-{index}" data-kind="{_e(a.kind)}" data-verdict="{_e(a.verdict)}" '
         f'data-line="{a.line}" data-addr="{hex_or(a.addr, "")}">',
         f'<h2>Anomaly {index}/{total}: <span class="badge {_e(a.verdict)}">{_e(a.verdict.upper())}</span> '
-        f'{_e(a.kind)} at line {a.line}</h2>',
+        f"{_e(a.kind)} at line {a.line}</h2>",
         f'<p class="facts">{_e(", ".join(facts))}</p>',
         f'<p class="explanation">{_e(a.explanation)}</p>',
     ]
     if a.missing:
         parts.append(f'<p class="missing">Missing from the trace: {_e("; ".join(a.missing))}</p>')
-    parts += ["<h3>Evidence</h3>", _evidence(a), _claims(a), _cpu_timeline(tl, a, around),
-              _lives(tl, a, trips_by_addr, around), "</section>"]
+    parts += [
+        "<h3>Evidence</h3>",
+        _evidence(a),
+        _claims(a),
+        _cpu_timeline(tl, a, around),
+        _lives(tl, a, trips_by_addr, around),
+        "</section>",
+    ]
     return "\n".join(p for p in parts if p)
 
 
@@ -209,8 +232,11 @@ def _stats(result: Result) -> str:
     rows = [
         ("trace", result.source),
         ("lines", f"{s['lines']} ({s['format']})"),
-        ("events", f"{ev['total']}: {ev['reserve']} reserve, {ev['flush']} flush, {ev['tx']} tx, "
-                   f"{ev['marker']} markers, {ev['note']} notes, {ev['other']} other"),
+        (
+            "events",
+            f"{ev['total']}: {ev['reserve']} reserve, {ev['flush']} flush, {ev['tx']} tx, "
+            f"{ev['marker']} markers, {ev['note']} notes, {ev['other']} other",
+        ),
         ("CPUs", ", ".join(map(str, s["cpus"]))),
         ("window", f"{w.start:.6f} – {w.end:.6f} ({(w.end - w.start) * 1e3:.3f} ms)"),
     ]
@@ -219,8 +245,13 @@ def _stats(result: Result) -> str:
     for sock, x in s["sockets"].items():
         rows.append((f"socket {sock}", f"xs {x}"))
     for loss in s["losses"]:
-        rows.append(("lost events", f"CPU {loss['cpu']} lost {loss['count'] if loss['count'] is not None else 'some'} "
-                                    f"events at line {loss['line']}"))
+        rows.append(
+            (
+                "lost events",
+                f"CPU {loss['cpu']} lost {loss['count'] if loss['count'] is not None else 'some'} "
+                f"events at line {loss['line']}",
+            )
+        )
     if not ev["reserve"] and not ev["flush"]:
         rows.append(("kernel events", "none in this trace: kernel-side verdicts are undetermined"))
     if s["unparsed_lines"]:
@@ -231,12 +262,17 @@ def _stats(result: Result) -> str:
     out.append(_history(result))
     if len(tl):
         df = per_cpu(tl)
-        out.append('<h3>Per CPU</h3><table class="per-cpu"><thead><tr><th>CPU</th>'
-                   + "".join(f"<th>{_e(c)}</th>" for c in df.columns) + "</tr></thead><tbody>")
+        out.append(
+            '<h3>Per CPU</h3><table class="per-cpu"><thead><tr><th>CPU</th>'
+            + "".join(f"<th>{_e(c)}</th>" for c in df.columns)
+            + "</tr></thead><tbody>"
+        )
         # itertuples keeps each column's type (iterrows would make the counts floats)
         for cpu, *values in df.itertuples(name=None):
-            cells = "".join(f'<td class="num">{v:.6f}</td>' if isinstance(v, float) else f'<td class="num">{_e(v)}</td>'
-                            for v in values)
+            cells = "".join(
+                f'<td class="num">{v:.6f}</td>' if isinstance(v, float) else f'<td class="num">{_e(v)}</td>'
+                for v in values
+            )
             out.append(f'<tr data-cpu="{cpu}"><td class="num">{cpu}</td>{cells}</tr>')
         out.append("</tbody></table>")
     out.append("</section>")
@@ -249,20 +285,47 @@ def _sockets(result: Result) -> str:
     if not rows:
         return ""
     at_anomaly = any(r.at_anomaly for r in rows)
-    heads = ["socket", "device", "queue", "mode (read back)", "asked", "XDP", "rings rx/tx/fill/comp",
-             "XDP_STATISTICS at end", *(["at the anomaly"] if at_anomaly else [])]
-    out = ['<section id="sockets"><h2>AF_XDP sockets</h2>',
-           '<p>The mode each socket got, read back from the kernel after bind (<code>XDP_OPTIONS</code>), '
-           'and its <code>XDP_STATISTICS</code>, from the recording\'s meta.json.'
-           + (' FILL order is not checked on the zero-copy sockets: the driver takes FILL ahead of the '
-              'packets and reuses the buffers it drops first, so only ownership is (docs/markers.md).'
-              if any(r.mode == "zerocopy" for r in rows) else '') + '</p>',
-           '<table class="stats"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in heads) + "</tr></thead><tbody>"]
+    heads = [
+        "socket",
+        "device",
+        "queue",
+        "mode (read back)",
+        "asked",
+        "XDP",
+        "rings rx/tx/fill/comp",
+        "XDP_STATISTICS at end",
+        *(["at the anomaly"] if at_anomaly else []),
+    ]
+    out = [
+        '<section id="sockets"><h2>AF_XDP sockets</h2>',
+        "<p>The mode each socket got, read back from the kernel after bind (<code>XDP_OPTIONS</code>), "
+        "and its <code>XDP_STATISTICS</code>, from the recording's meta.json."
+        + (
+            " FILL order is not checked on the zero-copy sockets: the driver takes FILL ahead of the "
+            "packets and reuses the buffers it drops first, so only ownership is (docs/markers.md)."
+            if any(r.mode == "zerocopy" for r in rows)
+            else ""
+        )
+        + "</p>",
+        '<table class="stats"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in heads) + "</tr></thead><tbody>",
+    ]
     for r in rows:
-        cells = [r.sock, r.device, r.queue, r.mode, r.asked, r.xdp, r.rings, r.stats,
-                 *([r.at_anomaly] if at_anomaly else [])]
-        out.append(f'<tr data-sock="{_e(r.sock)}" data-mode="{_e(r.mode)}">'
-                   + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+        cells = [
+            r.sock,
+            r.device,
+            r.queue,
+            r.mode,
+            r.asked,
+            r.xdp,
+            r.rings,
+            r.stats,
+            *([r.at_anomaly] if at_anomaly else []),
+        ]
+        out.append(
+            f'<tr data-sock="{_e(r.sock)}" data-mode="{_e(r.mode)}">'
+            + "".join(f"<td>{_e(c)}</td>" for c in cells)
+            + "</tr>"
+        )
     out.append("</tbody></table></section>")
     return "\n".join(out)
 
@@ -303,10 +366,14 @@ def render(result: Result, around: int = AROUND) -> str:
         body.append('<p class="none">No anomaly: every descriptor followed the rings as the checks expect.</p>')
     for i, a in enumerate(result.anomalies, 1):
         body.append(_anomaly(tl, a, i, n, trips_by_addr, around))
-    body += ["</main>", _sockets(result), _stats(result),
-             f"<footer>flightrec {_e(__version__)} · open the same trace in ui.perfetto.dev with "
-             f"<code>flightrec export perfetto</code></footer>",
-             "</body></html>"]
+    body += [
+        "</main>",
+        _sockets(result),
+        _stats(result),
+        f"<footer>flightrec {_e(__version__)} · open the same trace in ui.perfetto.dev with "
+        f"<code>flightrec export perfetto</code></footer>",
+        "</body></html>",
+    ]
     return "\n".join(body) + "\n"
 
 

@@ -84,13 +84,22 @@ def read_flagged(path: Union[str, Path]) -> list[FlaggedPacket]:
             continue
         try:
             rec = json.loads(raw)
-            packets.append(FlaggedPacket(
-                t_ns=int(rec["t_ns"]), sock=str(rec["sock"]), kind=str(rec["kind"]),
-                addr=int(str(rec["addr"]), 16), len=int(rec["len"]), xdp_len=int(rec.get("xdp_len", 0)),
-                data=bytes.fromhex(rec.get("data", "")), line=str(rec.get("line", ""))))
+            packets.append(
+                FlaggedPacket(
+                    t_ns=int(rec["t_ns"]),
+                    sock=str(rec["sock"]),
+                    kind=str(rec["kind"]),
+                    addr=int(str(rec["addr"]), 16),
+                    len=int(rec["len"]),
+                    xdp_len=int(rec.get("xdp_len", 0)),
+                    data=bytes.fromhex(rec.get("data", "")),
+                    line=str(rec.get("line", "")),
+                )
+            )
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise FlightrecError(
-                f"{path}:{no}: not a flagged-packet record ({err.__class__.__name__}: {err})") from None
+                f"{path}:{no}: not a flagged-packet record ({err.__class__.__name__}: {err})"
+            ) from None
     return packets
 
 
@@ -111,10 +120,16 @@ def _options(opts: Iterable[tuple[int, bytes]]) -> bytes:
 
 def pcapng_bytes(packets: Iterable[FlaggedPacket], interface: str = "flightrec flagged") -> bytes:
     """One pcapng section holding ``packets`` (little-endian, ns timestamps)."""
-    shb = _block(_SHB, struct.pack("<IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1)
-                 + _options([(_SHB_USERAPPL, f"flightrec {__version__}".encode())]))
-    idb = _block(_IDB, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, SNAPLEN)
-                 + _options([(_IF_NAME, interface.encode()), (_IF_TSRESOL, bytes([9]))]))
+    shb = _block(
+        _SHB,
+        struct.pack("<IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1)
+        + _options([(_SHB_USERAPPL, f"flightrec {__version__}".encode())]),
+    )
+    idb = _block(
+        _IDB,
+        struct.pack("<HHI", LINKTYPE_ETHERNET, 0, SNAPLEN)
+        + _options([(_IF_NAME, interface.encode()), (_IF_TSRESOL, bytes([9]))]),
+    )
     out = [shb, idb]
     for p in packets:
         data = p.data[:SNAPLEN]
@@ -151,8 +166,10 @@ def flagged_source(source: Union[str, Path]) -> Path:
         for candidate in (path / "logs" / FLAGGED_NAME, path / FLAGGED_NAME):
             if candidate.is_file():
                 return candidate
-        raise FlightrecError(f"{path} holds no {FLAGGED_NAME} (in logs/); record it with a forwarder "
-                             "that has --flagged (flightrec record does)")
+        raise FlightrecError(
+            f"{path} holds no {FLAGGED_NAME} (in logs/); record it with a forwarder "
+            "that has --flagged (flightrec record does)"
+        )
     if not path.is_file():
         raise FlightrecError(f"{path}: no such file or folder")
     return path

@@ -46,8 +46,15 @@ SLICE_NS = 1000  # a slice's width when the next event on its track is further a
 MIN_GAP_NS = 4  # events of one track that share a timestamp are spread this far apart
 FLOW_CAT, FLOW_NAME = "flow", "descriptor"
 
-KERNEL_NAME = {kinds.RESERVE: "reserve", kinds.FLUSH: "xsk_flush", kinds.TX: "tx_get_data", kinds.XMIT: "tx_xmit",
-               kinds.DESTRUCT: "skb_destruct", kinds.CQ_RESERVE: "cq_reserve", kinds.CQ_SUBMIT: "cq_submit"}
+KERNEL_NAME = {
+    kinds.RESERVE: "reserve",
+    kinds.FLUSH: "xsk_flush",
+    kinds.TX: "tx_get_data",
+    kinds.XMIT: "tx_xmit",
+    kinds.DESTRUCT: "skb_destruct",
+    kinds.CQ_RESERVE: "cq_reserve",
+    kinds.CQ_SUBMIT: "cq_submit",
+}
 
 
 @dataclass(frozen=True)
@@ -128,8 +135,10 @@ def _tails(tl: Timeline, arr: Columns) -> tuple[np.ndarray, list[bytes]]:
             return len(keys)
 
         # every row, in one pass; kernel rows get their own ids below (their tails here stay empty)
-        ids = np.array([get(key) or new(key) for key in zip(tl.kind, tl.addr, tl.sock, tl.queue, tl.frm, tl.to,
-                                                              tl.detail)], dtype=np.int64)
+        ids = np.array(
+            [get(key) or new(key) for key in zip(tl.kind, tl.addr, tl.sock, tl.queue, tl.frm, tl.to, tl.detail)],
+            dtype=np.int64,
+        )
         tails = [b""] * (len(keys) + 1)
         for key, i in keys.items():
             if key[0] in (MARKER, NOTE):
@@ -153,15 +162,18 @@ def _tails(tl: Timeline, arr: Columns) -> tuple[np.ndarray, list[bytes]]:
     return ids, tails
 
 
-def _app_tail(k: str, a: int, sock: Optional[str], queue: Optional[int], frm: Optional[str], to: Optional[str],
-              d: Optional[str]) -> bytes:
+def _app_tail(
+    k: str, a: int, sock: Optional[str], queue: Optional[int], frm: Optional[str], to: Optional[str], d: Optional[str]
+) -> bytes:
     """A marker's or note's tail."""
     if k == kinds.MARKER:
         ah = f"{a:#x}"
         name = f"{frm}->{to} {ah}" if a != POISON else f"{frm}->{to} POISON"
         extra = f',"detail":{_q(d)}' if d else ""
-        return (f'"sock":{_q(sock)},"queue":{queue},"addr":"{ah}","from":"{frm}","to":"{to}"{extra}}},'
-                f'"name":"{name}","cat":"marker"}}').encode()
+        return (
+            f'"sock":{_q(sock)},"queue":{queue},"addr":"{ah}","from":"{frm}","to":"{to}"{extra}}},'
+            f'"name":"{name}","cat":"marker"}}'
+        ).encode()
     return f'"addr":"{a:#x}","text":{_q(d or "")}}},"name":"note {a:#x}","cat":"note"}}'.encode()
 
 
@@ -184,19 +196,31 @@ def _app_ids(tl: Timeline, arr: Columns) -> Optional[tuple[np.ndarray, list[byte
     if has.any():
         d_ids[has] = bulk.intern(data, d_off[app][has], d_len[app][has])[0] + 1
     _, a_ids = np.unique(A["addr"][0][app], return_inverse=True)
-    key = (arr.is_(kinds.NOTE)[app].astype(np.int64) | ((A["frm"][app].astype(np.int64) + 1) << 1)
-           | ((A["to"][app].astype(np.int64) + 1) << 4) | ((A["sock"][app].astype(np.int64) + 1) << 7)
-           | (d_ids << 20) | (a_ids.reshape(-1).astype(np.int64) << 41))
+    key = (
+        arr.is_(kinds.NOTE)[app].astype(np.int64)
+        | ((A["frm"][app].astype(np.int64) + 1) << 1)
+        | ((A["to"][app].astype(np.int64) + 1) << 4)
+        | ((A["sock"][app].astype(np.int64) + 1) << 7)
+        | (d_ids << 20)
+        | (a_ids.reshape(-1).astype(np.int64) << 41)
+    )
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     ids[app] = 1 + inverse.reshape(-1)
     tails = [b""]
     rows = app[first]
     socks, states = A["socks"], kinds.STATES
     for r, k, a, sock, queue, frm, to, off, dl in zip(
-            rows.tolist(), arr.kind[rows].tolist(), A["addr"][0][rows].tolist(), A["sock"][rows].tolist(),
-            A["queue"][rows].tolist(), A["frm"][rows].tolist(), A["to"][rows].tolist(), d_off[rows].tolist(),
-            d_len[rows].tolist()):
-        d = data[off:off + dl].decode("utf-8", "replace") if dl >= 0 else None
+        rows.tolist(),
+        arr.kind[rows].tolist(),
+        A["addr"][0][rows].tolist(),
+        A["sock"][rows].tolist(),
+        A["queue"][rows].tolist(),
+        A["frm"][rows].tolist(),
+        A["to"][rows].tolist(),
+        d_off[rows].tolist(),
+        d_len[rows].tolist(),
+    ):
+        d = data[off : off + dl].decode("utf-8", "replace") if dl >= 0 else None
         if k == kinds.NOTE:
             tails.append(_app_tail(k, a, None, None, None, None, d))
         else:
@@ -228,8 +252,10 @@ class _Writer:
 
 
 def _cpu_metadata(cpus: list[int]) -> list[str]:
-    meta = [f'{{"ph":"M","pid":{CPU_PID},"tid":0,"name":"process_name","args":{{"name":"CPUs"}}}}',
-            f'{{"ph":"M","pid":{CPU_PID},"tid":0,"name":"process_sort_index","args":{{"sort_index":0}}}}']
+    meta = [
+        f'{{"ph":"M","pid":{CPU_PID},"tid":0,"name":"process_name","args":{{"name":"CPUs"}}}}',
+        f'{{"ph":"M","pid":{CPU_PID},"tid":0,"name":"process_sort_index","args":{{"sort_index":0}}}}',
+    ]
     for c in cpus:
         meta.append(f'{{"ph":"M","pid":{CPU_PID},"tid":{c},"name":"thread_name","args":{{"name":"CPU {c}"}}}}')
         meta.append(f'{{"ph":"M","pid":{CPU_PID},"tid":{c},"name":"thread_sort_index","args":{{"sort_index":{c}}}}}')
@@ -246,14 +272,18 @@ def _thread_tracks(tl: Timeline, arr: Columns, start: np.ndarray) -> tuple[list[
         return [], 0
     pid, cpu, ts = arr.pid[app], arr.cpu[app], arr.ts[app]
     t0 = tl.ts[0]
-    out = [f'{{"ph":"M","pid":{THREAD_PID},"tid":0,"name":"process_name","args":{{"name":"application threads"}}}}',
-           f'{{"ph":"M","pid":{THREAD_PID},"tid":0,"name":"process_sort_index","args":{{"sort_index":1}}}}']
+    out = [
+        f'{{"ph":"M","pid":{THREAD_PID},"tid":0,"name":"process_name","args":{{"name":"application threads"}}}}',
+        f'{{"ph":"M","pid":{THREAD_PID},"tid":0,"name":"process_sort_index","args":{{"sort_index":1}}}}',
+    ]
     threads = np.unique(pid)
     for tid in threads.tolist():
         sel = np.flatnonzero(pid == tid)
         first_row = int(app[sel[0]])
-        out.append(f'{{"ph":"M","pid":{THREAD_PID},"tid":{tid},"name":"thread_name",'
-                   f'"args":{{"name":{_q(f"{p.task[first_row]}-{tid}")}}}}}')
+        out.append(
+            f'{{"ph":"M","pid":{THREAD_PID},"tid":{tid},"name":"thread_name",'
+            f'"args":{{"name":{_q(f"{p.task[first_row]}-{tid}")}}}}}'
+        )
         c = cpu[sel]
         begins = np.concatenate(([0], np.flatnonzero(np.diff(c)) + 1))
         ends = np.concatenate((begins[1:] - 1, [len(sel) - 1]))
@@ -264,9 +294,11 @@ def _thread_tracks(tl: Timeline, arr: Columns, start: np.ndarray) -> tuple[list[
             begin_ns = round((ts[sel[b]] - t0) * 1e9)
             if nxt is not None:
                 dur = min(dur, max(1, nxt - begin_ns - 1))
-            out.append(f'{{"ph":"X","pid":{THREAD_PID},"tid":{tid},"ts":{micros(int(start[rb]))},'
-                       f'"dur":{micros(dur)},"name":"on CPU {int(c[b])}","cat":"thread","args":{{"cpu":{int(c[b])},'
-                       f'"first_line":{tl.line[rb]},"last_line":{tl.line[re_]},"events":{e - b + 1}}}}}')
+            out.append(
+                f'{{"ph":"X","pid":{THREAD_PID},"tid":{tid},"ts":{micros(int(start[rb]))},'
+                f'"dur":{micros(dur)},"name":"on CPU {int(c[b])}","cat":"thread","args":{{"cpu":{int(c[b])},'
+                f'"first_line":{tl.line[rb]},"last_line":{tl.line[re_]},"events":{e - b + 1}}}}}'
+            )
     return out, len(threads)
 
 
@@ -296,9 +328,18 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
     pids, first, label = np.unique(arr.pid, return_index=True, return_inverse=True)
     labels = [_q(f"{p.task[i]}-{pid}").encode() for pid, i in zip(pids.tolist(), first.tolist())]
     tail, tails = _tails(tl, arr)
-    w.render([Seg(b'{"ph":"X","pid":%d,"tid":' % CPU_PID, INT, arr.cpu), Seg(b',"ts":', MICROS, start),
-              Seg(b',"dur":', MICROS, dur), Seg(b',"args":{"line":', INT, np.asarray(p.line, dtype=np.int64)),
-              Seg(b',"task":', PIECE, label.reshape(-1), labels), Seg(b",", PIECE, tail, tails)], b"", len(tl))
+    w.render(
+        [
+            Seg(b'{"ph":"X","pid":%d,"tid":' % CPU_PID, INT, arr.cpu),
+            Seg(b',"ts":', MICROS, start),
+            Seg(b',"dur":', MICROS, dur),
+            Seg(b',"args":{"line":', INT, np.asarray(p.line, dtype=np.int64)),
+            Seg(b',"task":', PIECE, label.reshape(-1), labels),
+            Seg(b",", PIECE, tail, tails),
+        ],
+        b"",
+        len(tl),
+    )
 
     # Flows: each point at its slice's start, as Chrome itself writes them. An
     # importer binds it to the slice enclosing that instant on its track (bp
@@ -306,28 +347,45 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
     # flow event, for importers that order equal timestamps by file position.
     fid, row, phase = flow_points(tl, arr)
     heads = [b'{"ph":"%s","pid":%d,"tid":' % (ph, CPU_PID) for ph in (b"s", b"t", b"f")]
-    w.render([Seg(b"", PIECE, phase, heads), Seg(b"", INT, arr.cpu[row]), Seg(b',"ts":', MICROS, start[row]),
-              Seg(f',"cat":"{FLOW_CAT}","name":"{FLOW_NAME}","bp":"e","id":'.encode(), INT, fid)], b"}", len(fid))
+    w.render(
+        [
+            Seg(b"", PIECE, phase, heads),
+            Seg(b"", INT, arr.cpu[row]),
+            Seg(b',"ts":', MICROS, start[row]),
+            Seg(f',"cat":"{FLOW_CAT}","name":"{FLOW_NAME}","bp":"e","id":'.encode(), INT, fid),
+        ],
+        b"}",
+        len(fid),
+    )
     n_flows = int((phase == 0).sum())
 
     chunk = []
     for a in result.anomalies:
         args = json.dumps(anomaly_json(a), separators=(",", ":"))
-        chunk.append(f'{{"ph":"i","s":"g","pid":{CPU_PID},"tid":0,"ts":{micros(_ns(a.ts - t0))},'
-                     f'"name":{_q(f"{a.verdict.upper()}: {a.kind} at line {a.line}")},"cat":"anomaly","args":{args}}}')
+        chunk.append(
+            f'{{"ph":"i","s":"g","pid":{CPU_PID},"tid":0,"ts":{micros(_ns(a.ts - t0))},'
+            f'"name":{_q(f"{a.verdict.upper()}: {a.kind} at line {a.line}")},"cat":"anomaly","args":{args}}}'
+        )
     for loss in tl.losses:
         # the loss happened somewhere after the CPU's last surviving event
         when = loss.after if loss.after != float("-inf") else t0
         what = f"{loss.count} events" if loss.count is not None else "events"
-        chunk.append(f'{{"ph":"i","s":"t","pid":{CPU_PID},"tid":{loss.cpu},"ts":{micros(_ns(when - t0))},'
-                     f'"name":{_q(f"CPU {loss.cpu} lost {what}")},"cat":"loss","args":{{"line":{loss.line}}}}}')
+        chunk.append(
+            f'{{"ph":"i","s":"t","pid":{CPU_PID},"tid":{loss.cpu},"ts":{micros(_ns(when - t0))},'
+            f'"name":{_q(f"CPU {loss.cpu} lost {what}")},"cat":"loss","args":{{"line":{loss.line}}}}}'
+        )
     w.emit(chunk)
 
-    other = {"source": result.source, "verdict": result.verdict, "first_timestamp": f"{t0:.6f}",
-             "note": "ts are µs since first_timestamp; args.line is the line in the trace file"}
+    other = {
+        "source": result.source,
+        "verdict": result.verdict,
+        "first_timestamp": f"{t0:.6f}",
+        "note": "ts are µs since first_timestamp; args.line is the line in the trace file",
+    }
     out.write(f'\n],"otherData":{json.dumps(other, ensure_ascii=False)}}}\n'.encode())
-    return ExportStats(events=w.count, flows=n_flows, anomalies=len(result.anomalies), cpus=len(cpus),
-                       threads=n_threads)
+    return ExportStats(
+        events=w.count, flows=n_flows, anomalies=len(result.anomalies), cpus=len(cpus), threads=n_threads
+    )
 
 
 def write_trace_file(result: Result, path: str, threads: bool = True) -> ExportStats:

@@ -23,9 +23,14 @@ def widened(source: str, meta: Optional[dict] = None) -> Optional[str]:
     return widened_summary(meta if meta is not None else runfolder.meta_beside(source))
 
 
-STAT_LABELS = (("rx_dropped", "rx dropped"), ("rx_invalid_descs", "rx invalid"), ("tx_invalid_descs", "tx invalid"),
-               ("rx_ring_full", "RX full"), ("rx_fill_ring_empty_descs", "FILL empty"),
-               ("tx_ring_empty_descs", "TX empty"))
+STAT_LABELS = (
+    ("rx_dropped", "rx dropped"),
+    ("rx_invalid_descs", "rx invalid"),
+    ("tx_invalid_descs", "tx invalid"),
+    ("rx_ring_full", "RX full"),
+    ("rx_fill_ring_empty_descs", "FILL empty"),
+    ("tx_ring_empty_descs", "TX empty"),
+)
 
 
 @dataclass(frozen=True)
@@ -61,10 +66,17 @@ def sockets(source: str, meta: Optional[dict] = None) -> list[SocketRow]:
         if not isinstance(r, dict):
             continue
         rings = r.get("ring_sizes") if isinstance(r.get("ring_sizes"), dict) else {}
-        out.append(SocketRow(
-            sock=str(r.get("sock", "?")), device=f"{r.get('ifname', '?')} ({r.get('driver') or '?'})",
-            queue=str(r.get("queue", "?")), mode=str(r.get("mode") or "?"), asked=str(r.get("mode_requested") or "?"),
-            xdp=str(r.get("xdp_attach") or "?"),
-            rings="/".join(str(rings.get(k, "?")) for k in ("rx", "tx", "fill", "comp")),
-            stats=_counters(r.get("xdp_statistics")) or "?", at_anomaly=_counters(r.get("xdp_statistics_at_anomaly"))))
+        out.append(
+            SocketRow(
+                sock=str(r.get("sock", "?")),
+                device=f"{r.get('ifname', '?')} ({r.get('driver') or '?'})",
+                queue=str(r.get("queue", "?")),
+                mode=str(r.get("mode") or "?"),
+                asked=str(r.get("mode_requested") or "?"),
+                xdp=str(r.get("xdp_attach") or "?"),
+                rings="/".join(str(rings.get(k, "?")) for k in ("rx", "tx", "fill", "comp")),
+                stats=_counters(r.get("xdp_statistics")) or "?",
+                at_anomaly=_counters(r.get("xdp_statistics_at_anomaly")),
+            )
+        )
     return out

@@ -77,9 +77,14 @@ class BuiltKernel:
     patches: tuple[str, ...]
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "release": self.release, "bzimage": str(self.bzimage),
-                "vmlinux": str(self.vmlinux), "source": f"{SOURCE_PACKAGE} {self.source}",
-                "patches": list(self.patches)}
+        return {
+            "name": self.name,
+            "release": self.release,
+            "bzimage": str(self.bzimage),
+            "vmlinux": str(self.vmlinux),
+            "source": f"{SOURCE_PACKAGE} {self.source}",
+            "patches": list(self.patches),
+        }
 
 
 def _check_name(name: str) -> None:
@@ -104,14 +109,16 @@ def _digest(paths: list[Path]) -> str:
 def _inputs(name: str) -> dict:
     """What a cached kernel must have been built from to be reused."""
     patches = [KERNELS_DIR / p for p in KERNELS[name]]
-    return {"fragment": _digest([FRAGMENT]), "patches": _digest(patches) if patches else "",
-            "source": _source_version()}
+    return {
+        "fragment": _digest([FRAGMENT]),
+        "patches": _digest(patches) if patches else "",
+        "source": _source_version(),
+    }
 
 
 def _source_version() -> str:
     """The linux-source-6.1 version apt would give (installed, else the candidate)."""
-    for cmd in (["dpkg-query", "-W", "-f", "${Version}", SOURCE_PACKAGE],
-                ["apt-cache", "policy", SOURCE_PACKAGE]):
+    for cmd in (["dpkg-query", "-W", "-f", "${Version}", SOURCE_PACKAGE], ["apt-cache", "policy", SOURCE_PACKAGE]):
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
         except (OSError, subprocess.TimeoutExpired):
@@ -141,8 +148,9 @@ def built_kernel(name: str, cache: Path = CACHE) -> Optional[BuiltKernel]:
             return None
     except FlightrecError:
         return None
-    return BuiltKernel(name, stamp["release"], d / "bzImage", d / "vmlinux", stamp["inputs"]["source"],
-                       tuple(KERNELS[name]))
+    return BuiltKernel(
+        name, stamp["release"], d / "bzImage", d / "vmlinux", stamp["inputs"]["source"], tuple(KERNELS[name])
+    )
 
 
 def build_missing() -> Optional[str]:
@@ -153,8 +161,9 @@ def build_missing() -> Optional[str]:
     return None
 
 
-def ensure_kernel(name: str, progress: Progress = _quiet, jobs: Optional[int] = None,
-                  cache: Path = CACHE) -> BuiltKernel:
+def ensure_kernel(
+    name: str, progress: Progress = _quiet, jobs: Optional[int] = None, cache: Path = CACHE
+) -> BuiltKernel:
     """The kernel ``name``, built first if the cache has no current one.
 
     :raises FlightrecError: unknown name, tools or source missing, the build failed
@@ -190,14 +199,20 @@ def _build(name: str, progress: Progress, jobs: int, cache: Path) -> BuiltKernel
     dest.mkdir(parents=True, exist_ok=True)
     log = dest / "build.log"
     localversion = f"-flightrec-{name}"
-    progress(f"kernel: make -j{jobs} bzImage for {name} (log: {log}; the first build takes ~15 min on 2 cores, "
-             "the other kernel then ~1 min)")
+    progress(
+        f"kernel: make -j{jobs} bzImage for {name} (log: {log}; the first build takes ~15 min on 2 cores, "
+        "the other kernel then ~1 min)"
+    )
     t = time.monotonic()
     with open(log, "w") as f:
         # LOCALVERSION on the command line, not in .config: the two kernels share
         # one configuration, and only init/version.c and the link see it.
-        proc = subprocess.Popen(["make", f"-j{jobs}", f"LOCALVERSION={localversion}", "bzImage"],
-                                cwd=tree, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            ["make", f"-j{jobs}", f"LOCALVERSION={localversion}", "bzImage"],
+            cwd=tree,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
         last = time.monotonic()
         while proc.poll() is None:
             time.sleep(1)
@@ -206,8 +221,9 @@ def _build(name: str, progress: Progress, jobs: int, cache: Path) -> BuiltKernel
                 progress(f"kernel: still building {name} ({last - t:.0f} s)")
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").splitlines()[-5:]
-        raise FlightrecError(f"building {name} failed (make exit {proc.returncode}; {log}): "
-                             + " | ".join(line.strip() for line in tail))
+        raise FlightrecError(
+            f"building {name} failed (make exit {proc.returncode}; {log}): " + " | ".join(line.strip() for line in tail)
+        )
     release = (tree / "include" / "config" / "kernel.release").read_text().strip()
     for src, dst in ((tree / "arch" / "x86" / "boot" / "bzImage", "bzImage"), (tree / "vmlinux", "vmlinux")):
         tmp = dest / f".{dst}.tmp"
@@ -215,8 +231,12 @@ def _build(name: str, progress: Progress, jobs: int, cache: Path) -> BuiltKernel
         os.replace(tmp, dest / dst)
     (dest / "release").write_text(f"vmlinux-{release}\n")
     (dest / "config").write_bytes((tree / ".config").read_bytes())
-    (dest / "stamp.json").write_text(json.dumps({"name": name, "release": release, "inputs": inputs,
-                                                 "build_s": round(time.monotonic() - t, 1)}, indent=2) + "\n")
+    (dest / "stamp.json").write_text(
+        json.dumps(
+            {"name": name, "release": release, "inputs": inputs, "build_s": round(time.monotonic() - t, 1)}, indent=2
+        )
+        + "\n"
+    )
     progress(f"kernel: {name} built in {time.monotonic() - t:.0f} s: {release}, {dest / 'bzImage'}")
     return BuiltKernel(name, release, dest / "bzImage", dest / "vmlinux", inputs["source"], tuple(KERNELS[name]))
 
@@ -247,8 +267,14 @@ def _tarball(cache: Path, progress: Progress) -> Path:
     cached.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
         progress(f"kernel: apt-get download {SOURCE_PACKAGE} (~140 MB)")
-        proc = subprocess.run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", SOURCE_PACKAGE],
-                              cwd=tmp, capture_output=True, text=True, timeout=900, check=False)
+        proc = subprocess.run(
+            ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", SOURCE_PACKAGE],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
         debs = sorted(Path(tmp).glob(f"{SOURCE_PACKAGE}_*.deb"))
         if proc.returncode != 0 or not debs:
             why = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
@@ -280,8 +306,9 @@ def _source_tree(cache: Path, version: str, progress: Progress) -> Path:
     progress(f"kernel: extracting {tarball}")
     shutil.rmtree(tree, ignore_errors=True)
     src.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["tar", "-x", "-C", str(src), "-f", str(tarball)], capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        ["tar", "-x", "-C", str(src), "-f", str(tarball)], capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0 or not (tree / "Makefile").is_file():
         raise FlightrecError(f"cannot extract {tarball}: {proc.stderr.strip() or 'no linux-source-6.1/ in it'}")
     shutil.copyfile(tree / VETH, src / "veth.c.orig")
@@ -311,8 +338,12 @@ def _configure(tree: Path, inputs: dict, progress: Progress) -> None:
     except (OSError, ValueError):
         pass
     progress("kernel: configuring (defconfig, kvm_guest.config, kernels/flightrec.config)")
-    steps = [["make", "defconfig"], ["make", "kvm_guest.config"],
-             ["scripts/kconfig/merge_config.sh", "-m", ".config", str(FRAGMENT)], ["make", "olddefconfig"]]
+    steps = [
+        ["make", "defconfig"],
+        ["make", "kvm_guest.config"],
+        ["scripts/kconfig/merge_config.sh", "-m", ".config", str(FRAGMENT)],
+        ["make", "olddefconfig"],
+    ]
     for cmd in steps:
         proc = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
@@ -326,8 +357,10 @@ def _configure(tree: Path, inputs: dict, progress: Progress) -> None:
     # Kconfig drops what a dependency forbids without a word: say which.
     wrong = [k for k, v in _fragment_options().items() if have.get(k, "n") != v]
     if wrong:
-        raise FlightrecError(f"flightrec/vm/kernels/flightrec.config asks for what Kconfig refused: {', '.join(wrong)} "
-                             "(a dependency is off)")
+        raise FlightrecError(
+            f"flightrec/vm/kernels/flightrec.config asks for what Kconfig refused: {', '.join(wrong)} "
+            "(a dependency is off)"
+        )
     stamp.write_text(json.dumps({"fragment": inputs["fragment"]}) + "\n")
 
 
@@ -338,11 +371,17 @@ def veth_source(name: str, cache: Path = CACHE) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
             orig, out = Path(tmp) / "veth.c", Path(tmp) / "veth.c.out"
             orig.write_bytes(text)
-            proc = subprocess.run(["patch", "-s", "-p1", "-o", str(out), str(orig), str(KERNELS_DIR / patch)],
-                                  capture_output=True, text=True, check=False)
+            proc = subprocess.run(
+                ["patch", "-s", "-p1", "-o", str(out), str(orig), str(KERNELS_DIR / patch)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if proc.returncode != 0:
-                raise FlightrecError(f"flightrec/vm/kernels/{patch} does not apply to {SOURCE_PACKAGE}'s {VETH}: "
-                                     f"{(proc.stdout + proc.stderr).strip().splitlines()[-1:]}")
+                raise FlightrecError(
+                    f"flightrec/vm/kernels/{patch} does not apply to {SOURCE_PACKAGE}'s {VETH}: "
+                    f"{(proc.stdout + proc.stderr).strip().splitlines()[-1:]}"
+                )
             text = out.read_bytes()
     return text
 

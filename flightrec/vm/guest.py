@@ -74,8 +74,11 @@ def load_prepared(path: Path) -> "object":
         raise FlightrecError(f"probe definitions are for {data['release']}, the guest runs {release}")
     running = probes.running_build_id()
     if data.get("build_id") and running and data["build_id"] != running:
-        raise FlightrecError(f"probe definitions come from a vmlinux with build ID {data['build_id'][:12]}, "
-                             f"the guest kernel's is {running[:12]}: wrong -dbg package")
+        raise FlightrecError(
+            f"probe definitions come from a vmlinux with build ID {data['build_id'][:12]}, "
+            f"the guest kernel's is {running[:12]}: wrong -dbg package"
+        )
     defs = tuple(probes.Definition(**d) for d in data.get("definitions", []))
-    return probes.Prepared(Path(data["vmlinux"]) if data.get("vmlinux") else None, (), defs,
-                           tuple(data.get("problems", [])))
+    return probes.Prepared(
+        Path(data["vmlinux"]) if data.get("vmlinux") else None, (), defs, tuple(data.get("problems", []))
+    )

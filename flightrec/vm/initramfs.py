@@ -131,8 +131,12 @@ sleep 5
 
 
 def init_script() -> str:
-    return (INIT.replace("FAIL_MARKER", FAIL).replace("READY_MARKER", READY).replace("DONE_MARKER", DONE)
-            .replace("HEARTBEAT_FILE", HEARTBEAT))
+    return (
+        INIT.replace("FAIL_MARKER", FAIL)
+        .replace("READY_MARKER", READY)
+        .replace("DONE_MARKER", DONE)
+        .replace("HEARTBEAT_FILE", HEARTBEAT)
+    )
 
 
 def module_name(ko: str) -> str:
@@ -211,8 +215,9 @@ class _Cpio:
         return self.buf.getvalue()
 
 
-def build(kernel: GuestKernel, extra_modules: Iterable[str] = EXTRA_MODULES,
-          cache: Path = VM_CACHE / "initramfs") -> Path:
+def build(
+    kernel: GuestKernel, extra_modules: Iterable[str] = EXTRA_MODULES, cache: Path = VM_CACHE / "initramfs"
+) -> Path:
     """The initramfs for ``kernel`` (built once per kernel, module list and init script).
 
     :raises FlightrecError: no static busybox, or a needed module is missing.
@@ -225,8 +230,10 @@ def build(kernel: GuestKernel, extra_modules: Iterable[str] = EXTRA_MODULES,
         names = {Path(m).name.split(".ko", 1)[0] for m in modules}
         for needed in BOOT_MODULES:
             if needed not in names and not _builtin(kernel.modules_dir, needed):
-                raise FlightrecError(f"kernel {kernel.release} has no {needed} module and does not build it in: "
-                                     "the VM needs virtio-pci, virtiofs and overlay")
+                raise FlightrecError(
+                    f"kernel {kernel.release} has no {needed} module and does not build it in: "
+                    "the VM needs virtio-pci, virtiofs and overlay"
+                )
     key = hashlib.sha256()
     for part in (kernel.release, str(kernel.bzimage), init_script(), *modules):
         key.update(part.encode() + b"\0")

@@ -63,9 +63,13 @@ class GuestKernel:
         return None if self.modules is None else self.modules / "lib" / "modules" / self.release
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "release": self.release, "bzimage": str(self.bzimage),
-                "modules": None if self.modules is None else str(self.modules_dir),
-                "vmlinux": None if self.vmlinux is None else str(self.vmlinux)}
+        return {
+            "name": self.name,
+            "release": self.release,
+            "bzimage": str(self.bzimage),
+            "modules": None if self.modules is None else str(self.modules_dir),
+            "vmlinux": None if self.vmlinux is None else str(self.vmlinux),
+        }
 
 
 def _quiet(_: str) -> None:
@@ -86,7 +90,7 @@ def bzimage_release(path: Path) -> str:
     if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
         raise FlightrecError(f"{path} is not an x86 bzImage (no HdrS boot header)")
     (ptr,) = struct.unpack_from("<H", head, 0x20E)
-    text = head[0x200 + ptr:0x200 + ptr + 256].split(b"\0", 1)[0].decode("ascii", "replace")
+    text = head[0x200 + ptr : 0x200 + ptr + 256].split(b"\0", 1)[0].decode("ascii", "replace")
     release = text.split(" ", 1)[0]
     if not release:
         raise FlightrecError(f"{path}: the bzImage names no kernel release")
@@ -119,12 +123,12 @@ def _natural(name: str) -> list:
 def _apt_names(pattern: str) -> list[str]:
     """Package names apt knows that match the shell ``pattern`` (local lists only: no network)."""
     if shutil.which("apt-cache") is None:
-        raise FlightrecError("apt-cache not found: fetching a kernel package needs Debian's apt "
-                             "(or pass --kernel /path/to/bzImage)")
+        raise FlightrecError(
+            "apt-cache not found: fetching a kernel package needs Debian's apt (or pass --kernel /path/to/bzImage)"
+        )
     prefix = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
     # pkgnames lists names by prefix without reading descriptions: about 1 s.
-    proc = subprocess.run(["apt-cache", "pkgnames", prefix], capture_output=True, text=True, timeout=120,
-                          check=False)
+    proc = subprocess.run(["apt-cache", "pkgnames", prefix], capture_output=True, text=True, timeout=120, check=False)
     names = {line.strip() for line in proc.stdout.splitlines() if line.strip()}
     wanted = (n for n in names if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n, pattern + "-unsigned"))
     return sorted(wanted, key=_natural)
@@ -180,11 +184,15 @@ def _no_package(pattern: str) -> str:
     if series is not None:
         suite = SERIES[series][1]
         if suite == "trixie-backports" and not APT_SOURCES.is_file():
-            return (f"kernel {series} comes from trixie-backports, which is not in apt's sources: "
-                    f"run `make setup` (scripts/install-deps.sh adds {APT_SOURCES}, pinned)")
+            return (
+                f"kernel {series} comes from trixie-backports, which is not in apt's sources: "
+                f"run `make setup` (scripts/install-deps.sh adds {APT_SOURCES}, pinned)"
+            )
         return f"no kernel package matches {pattern!r} in apt's lists: run apt-get update ({series} is in {suite})"
-    return (f"no kernel package matches {pattern!r} in apt's lists "
-            "(run apt-get update, or pass --kernel 6.1|6.12|7.3 or /path/to/bzImage)")
+    return (
+        f"no kernel package matches {pattern!r} in apt's lists "
+        "(run apt-get update, or pass --kernel 6.1|6.12|7.3 or /path/to/bzImage)"
+    )
 
 
 def choose_package(pattern: str) -> KernelPackage:
@@ -197,8 +205,7 @@ def choose_package(pattern: str) -> KernelPackage:
     :raises FlightrecError: apt knows no such package.
     """
     names = set(_apt_names(pattern))
-    bases = sorted({n.removesuffix("-unsigned") for n in names
-                    if not n.endswith(("-dbg", "-dbgsym"))}, key=_natural)
+    bases = sorted({n.removesuffix("-unsigned") for n in names if not n.endswith(("-dbg", "-dbgsym"))}, key=_natural)
     bases = [b for b in bases if fnmatch.fnmatchcase(b, pattern)]
     # pkgnames also lists names only mentioned by other packages: keep those with a version.
     records = _apt_records(sorted(names))
@@ -221,7 +228,12 @@ def _apt_download(packages: list[tuple[str, str]], into: Path, progress: Progres
         proc = subprocess.run(
             # The _apt sandbox user cannot write root's cache folder; the download is verified by apt anyway.
             ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", *wanted],
-            cwd=into, capture_output=True, text=True, timeout=APT_TIMEOUT, check=False)
+            cwd=into,
+            capture_output=True,
+            text=True,
+            timeout=APT_TIMEOUT,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         raise FlightrecError(f"apt-get download {' '.join(wanted)} took over {APT_TIMEOUT} s") from None
     debs = [sorted(into.glob(f"{name}_*.deb")) for name, _version in packages]
@@ -254,8 +266,10 @@ def _extract_image(debs: list[Path], dest: Path) -> str:
             images = [dest / "boot" / f"vmlinuz-{split[-1].parent.name}"]
             os.rename(split[-1], images[0])
     if not images:
-        raise FlightrecError(f"{', '.join(d.name for d in debs)} hold no boot/vmlinuz-* nor "
-                             "usr/lib/modules/*/vmlinuz: not a kernel image package")
+        raise FlightrecError(
+            f"{', '.join(d.name for d in debs)} hold no boot/vmlinuz-* nor "
+            "usr/lib/modules/*/vmlinuz: not a kernel image package"
+        )
     release = images[-1].name.removeprefix("vmlinuz-")
     merged = dest / "usr" / "lib" / "modules" / release
     modules = dest / "lib" / "modules" / release
@@ -274,8 +288,7 @@ def _extract_image(debs: list[Path], dest: Path) -> str:
 def depmod(root: Path, release: str) -> None:
     """modules.dep for ``root/lib/modules/release`` (busybox's depmod: the host may lack kmod)."""
     busybox = find_busybox()
-    proc = subprocess.run([busybox, "depmod", "-b", str(root), release], capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run([busybox, "depmod", "-b", str(root), release], capture_output=True, text=True, check=False)
     if proc.returncode != 0 or not (root / "lib" / "modules" / release / "modules.dep").is_file():
         raise FlightrecError(f"busybox depmod -b {root} {release} failed: {proc.stderr.strip()[:300]}")
 
@@ -293,8 +306,9 @@ def find_busybox() -> str:
     raise FlightrecError("busybox not found: apt-get install busybox-static")
 
 
-def debian_kernel(pattern: str = DEFAULT_KERNEL, progress: Progress = _quiet,
-                  with_vmlinux: bool = True, cache: Path = VM_CACHE) -> GuestKernel:
+def debian_kernel(
+    pattern: str = DEFAULT_KERNEL, progress: Progress = _quiet, with_vmlinux: bool = True, cache: Path = VM_CACHE
+) -> GuestKernel:
     """Fetch (once) the newest Debian kernel image matching ``pattern`` and its debug vmlinux.
 
     :raises FlightrecError: apt knows no such package, a download or an extraction failed.
@@ -357,8 +371,9 @@ def debug_vmlinux(base: str, release: str, progress: Progress = _quiet) -> Path:
     package = base + "-dbg"
     record = _apt_records([package]).get(package)
     if record is None:
-        raise FlightrecError(f"apt knows no {package}: no debug vmlinux for the probes (run apt-get update, "
-                             "or --kernel-events none)")
+        raise FlightrecError(
+            f"apt knows no {package}: no debug vmlinux for the probes (run apt-get update, or --kernel-events none)"
+        )
     dest = KERNEL_CACHE / package
     dest.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest))
@@ -370,8 +385,13 @@ def debug_vmlinux(base: str, release: str, progress: Progress = _quiet) -> Path:
         try:
             # Debian 12: usr/lib/debug/boot/vmlinux-<release>. Debian 13: a link there to
             # usr/lib/debug/lib/modules/<release>/vmlinux, unpacked too.
-            untar = subprocess.run(["tar", "-x", "-C", str(scratch), "--wildcards", "./usr/lib/debug/*vmlinux*"],
-                                   stdin=tar.stdout, capture_output=True, text=True, check=False)
+            untar = subprocess.run(
+                ["tar", "-x", "-C", str(scratch), "--wildcards", "./usr/lib/debug/*vmlinux*"],
+                stdin=tar.stdout,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
         finally:
             assert tar.stdout is not None
             tar.stdout.close()
@@ -411,5 +431,3 @@ def guest_kernel(spec: Optional[str], progress: Progress = _quiet, with_vmlinux:
     if not re.fullmatch(r"[a-z0-9][a-z0-9.+*?\[\]-]*", spec):
         raise FlightrecError(f"--kernel {spec!r} is neither a file nor a Debian package name")
     return debian_kernel(spec, progress, with_vmlinux)
-
-

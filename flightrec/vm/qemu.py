@@ -81,8 +81,7 @@ class VmConfig:
         if self.accel not in ACCELS:
             raise FlightrecError(f"--accel must be one of {', '.join(ACCELS)}, got {self.accel!r}")
         if TCG_THREAD not in TCG_THREADS:
-            raise FlightrecError(f"FLIGHTREC_VM_TCG_THREAD must be one of {', '.join(TCG_THREADS)}, "
-                                 f"got {TCG_THREAD!r}")
+            raise FlightrecError(f"FLIGHTREC_VM_TCG_THREAD must be one of {', '.join(TCG_THREADS)}, got {TCG_THREAD!r}")
 
     def kernel_params(self) -> tuple[str, ...]:
         """The kernel parameters this configuration adds: the TCG workarounds, then ``cmdline``."""
@@ -108,8 +107,15 @@ def _die_with_parent() -> None:
 
 def _spawn(argv: list[str], log: Path, cwd: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
 
 
 def _stop(proc: Optional[subprocess.Popen], grace: float = 3.0) -> None:
@@ -126,24 +132,41 @@ def _stop(proc: Optional[subprocess.Popen], grace: float = 3.0) -> None:
         pass
 
 
-def qemu_argv(kernel: Path, initrd: Path, cmdline: str, config: VmConfig, sockets: dict[str, Path],
-              console: Path, accel: str) -> list[str]:
+def qemu_argv(
+    kernel: Path, initrd: Path, cmdline: str, config: VmConfig, sockets: dict[str, Path], console: Path, accel: str
+) -> list[str]:
     """The QEMU command line for one guest."""
     mem = f"{config.memory_mb}M"
-    argv = [QEMU, "-name", "flightrec-vm", "-nodefaults", "-no-user-config", "-display", "none",
-            "-no-reboot", "-monitor", "none"]
+    argv = [
+        QEMU,
+        "-name",
+        "flightrec-vm",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-monitor",
+        "none",
+    ]
     if accel == "kvm":
         argv += ["-accel", "kvm", "-cpu", "host"]
     else:
         argv += ["-accel", f"tcg,thread={TCG_THREAD}", "-cpu", CPU_TCG]
-    argv += ["-smp", str(config.cpus), "-m", mem,
-             # vhost-user-fs needs guest memory that virtiofsd can map.
-             "-object", f"memory-backend-memfd,id=mem,size={mem},share=on", "-numa", "node,memdev=mem"]
+    argv += [
+        "-smp",
+        str(config.cpus),
+        "-m",
+        mem,
+        # vhost-user-fs needs guest memory that virtiofsd can map.
+        "-object",
+        f"memory-backend-memfd,id=mem,size={mem},share=on",
+        "-numa",
+        "node,memdev=mem",
+    ]
     for i, (tag, sock) in enumerate(sockets.items()):
-        argv += ["-chardev", f"socket,id=vfs{i},path={sock}",
-                 "-device", f"vhost-user-fs-pci,chardev=vfs{i},tag={tag}"]
-    argv += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
-             "-serial", f"file:{console}"]
+        argv += ["-chardev", f"socket,id=vfs{i},path={sock}", "-device", f"vhost-user-fs-pci,chardev=vfs{i},tag={tag}"]
+    argv += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline, "-serial", f"file:{console}"]
     return argv + list(config.devices)
 
 
@@ -153,8 +176,9 @@ class Machine:
     ``shares`` maps a virtiofs tag to the host folder it exports.
     """
 
-    def __init__(self, kernel: Path, initrd: Path, cmdline: str, config: VmConfig,
-                 shares: dict[str, Path], work: Path) -> None:
+    def __init__(
+        self, kernel: Path, initrd: Path, cmdline: str, config: VmConfig, shares: dict[str, Path], work: Path
+    ) -> None:
         self.kernel, self.initrd, self.cmdline, self.config = kernel, initrd, cmdline, config
         self.shares, self.work = shares, work
         self.console = work / "console.log"
@@ -179,8 +203,18 @@ class Machine:
             # cache=always for the read-only root (nothing changes it under the guest);
             # auto for the job folder, so the host sees the guest's writes at once.
             cache = "always" if tag == "hostroot" else "auto"
-            argv = [VIRTIOFSD, f"--socket-path={sock}", "-o", f"source={source}", "-o", "sandbox=chroot",
-                    "-o", f"cache={cache}", "-o", "log_level=warn"]
+            argv = [
+                VIRTIOFSD,
+                f"--socket-path={sock}",
+                "-o",
+                f"source={source}",
+                "-o",
+                "sandbox=chroot",
+                "-o",
+                f"cache={cache}",
+                "-o",
+                "log_level=warn",
+            ]
             self.daemons.append(_spawn(argv, log, self.work))
             sockets[tag] = sock
         deadline = time.monotonic() + 10
@@ -192,8 +226,9 @@ class Machine:
                 time.sleep(0.02)
         self.console.touch()
         # The console too is named relative to QEMU's cwd (no commas from TMPDIR in an option).
-        self.argv = qemu_argv(self.kernel, self.initrd, self.cmdline, self.config, sockets,
-                              Path(self.console.name), self.accel)
+        self.argv = qemu_argv(
+            self.kernel, self.initrd, self.cmdline, self.config, sockets, Path(self.console.name), self.accel
+        )
         self.qemu = _spawn(self.argv, self.work / "qemu.log", self.work)
 
     def poll(self) -> Optional[int]:
@@ -238,8 +273,11 @@ class Machine:
 def _tail(path: Path, n: int, skip: str = "") -> str:
     """The last ``n`` non-blank lines of a log, joined; lines holding ``skip`` (when given) left out."""
     try:
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()
-                 if ln.strip() and not (skip and skip in ln)]
+        lines = [
+            ln.strip()
+            for ln in path.read_text(errors="replace").splitlines()
+            if ln.strip() and not (skip and skip in ln)
+        ]
     except OSError:
         return ""
     return " | ".join(lines[-n:])

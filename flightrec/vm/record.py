@@ -111,9 +111,11 @@ def nic_record_args(nic: str, mode: str, record: RecordArgs) -> list[str]:
     if nic == "virtio":
         queues = int(record.params["queues"]) if "queues" in record.given else None
         if queues is not None and queues > nics.QUEUE_PAIRS:
-            raise FlightrecError(f"--nic virtio: QEMU's hubport netdevs give each virtio-net NIC {nics.QUEUE_PAIRS} "
-                                 f"queue pair (a virtio-net device has as many as its peer), so --queues {queues} "
-                                 f"cannot bind; pass --queues {nics.QUEUE_PAIRS}")
+            raise FlightrecError(
+                f"--nic virtio: QEMU's hubport netdevs give each virtio-net NIC {nics.QUEUE_PAIRS} "
+                f"queue pair (a virtio-net device has as many as its peer), so --queues {queues} "
+                f"cannot bind; pass --queues {nics.QUEUE_PAIRS}"
+            )
         if queues is None:
             args += ["--queues", str(nics.QUEUE_PAIRS)]
     if "stamp_rate" not in record.given:
@@ -147,14 +149,25 @@ def probe_definitions(kernel: GuestKernel, kernel_events: str, say: Say) -> Opti
         if kernel_events == "kprobes":
             raise FlightrecError(f"--kernel-events kprobes: no probe could be resolved in {kernel.vmlinux}")
         return None
-    say(f"probes: {len(prepared.definitions)} kprobe definitions from {kernel.vmlinux} "
-        f"in {time.monotonic() - t:.1f} s ({', '.join(d.event for d in prepared.definitions)})")
-    return {"release": kernel.release, "build_id": gnu_build_id(kernel.vmlinux), "vmlinux": str(kernel.vmlinux),
-            "definitions": [asdict(d) for d in prepared.definitions], "problems": list(prepared.problems)}
+    say(
+        f"probes: {len(prepared.definitions)} kprobe definitions from {kernel.vmlinux} "
+        f"in {time.monotonic() - t:.1f} s ({', '.join(d.event for d in prepared.definitions)})"
+    )
+    return {
+        "release": kernel.release,
+        "build_id": gnu_build_id(kernel.vmlinux),
+        "vmlinux": str(kernel.vmlinux),
+        "definitions": [asdict(d) for d in prepared.definitions],
+        "problems": list(prepared.problems),
+    }
 
 
-def vm_record(opts: VmRecordOptions, parse_record_args: ParseRecordArgs, say: Say = lambda _: None,
-              on_output: Say = lambda _: None) -> VmRecordResult:
+def vm_record(
+    opts: VmRecordOptions,
+    parse_record_args: ParseRecordArgs,
+    say: Say = lambda _: None,
+    on_output: Say = lambda _: None,
+) -> VmRecordResult:
     """Run `flightrec record` in a fresh VM and bring the trace back to ``opts.out_dir``;
     ``parse_record_args`` checks ``opts.record_args`` before anything boots.
 
@@ -190,8 +203,10 @@ def vm_record(opts: VmRecordOptions, parse_record_args: ParseRecordArgs, say: Sa
     config = opts.config
     if opts.nic == "virtio":
         config = replace(config, devices=config.devices + nics.qemu_devices())
-        say(f"NICs: 4 virtio-net-pci (iommu_platform=on), client<->outer and inner<->server joined by QEMU hubs; "
-            f"AF_XDP mode asked: {opts.mode}")
+        say(
+            f"NICs: 4 virtio-net-pci (iommu_platform=on), client<->outer and inner<->server joined by QEMU hubs; "
+            f"AF_XDP mode asked: {opts.mode}"
+        )
     t = time.monotonic()
     defs = probe_definitions(kernel, kernel_events, say)
     timings["probes_s"] = round(time.monotonic() - t, 2)
@@ -202,12 +217,26 @@ def vm_record(opts: VmRecordOptions, parse_record_args: ParseRecordArgs, say: Sa
     timeout = opts.timeout or opts.duration + SLACK
     say(f"recording: {opts.duration:g} s in the guest (watchdog {timeout:g} s after boot)")
     guest = runner.run_in_guest(
-        command, kernel, config, timeout=timeout, boot_timeout=opts.boot_timeout,
-        out_dir=opts.out_dir, files=files, say=say, on_output=on_output,
-        cwd=locate.IMPORT_ROOT, graceful_stop=True, boot_attempts=opts.boot_attempts,
-        stall_timeout=opts.stall_timeout)
-    timings.update(boot_s=guest.boot_s, guest_command_s=guest.command_s, qemu_peak_rss_mb=guest.qemu_peak_rss_mb,
-                   recording_overhead_s=round(guest.command_s - opts.duration, 2))
+        command,
+        kernel,
+        config,
+        timeout=timeout,
+        boot_timeout=opts.boot_timeout,
+        out_dir=opts.out_dir,
+        files=files,
+        say=say,
+        on_output=on_output,
+        cwd=locate.IMPORT_ROOT,
+        graceful_stop=True,
+        boot_attempts=opts.boot_attempts,
+        stall_timeout=opts.stall_timeout,
+    )
+    timings.update(
+        boot_s=guest.boot_s,
+        guest_command_s=guest.command_s,
+        qemu_peak_rss_mb=guest.qemu_peak_rss_mb,
+        recording_overhead_s=round(guest.command_s - opts.duration, 2),
+    )
     trace = opts.out_dir / runfolder.TRACE
     _rewrite_paths(opts.out_dir, guest.guest_out)
     verdict = None
@@ -227,8 +256,9 @@ def vm_record(opts: VmRecordOptions, parse_record_args: ParseRecordArgs, say: Sa
             say(f"exit {exit_code}: the analysis found an anomaly the guest's recording did not stop on")
     timings["wall_s"] = round(time.monotonic() - t0, 2)
     _write_vm_json(opts, kernel, guest, defs, timings)
-    return VmRecordResult(exit_code, opts.out_dir, trace if trace.is_file() else None, verdict, timings,
-                          guest.stopped_by)
+    return VmRecordResult(
+        exit_code, opts.out_dir, trace if trace.is_file() else None, verdict, timings, guest.stopped_by
+    )
 
 
 def _guest_command(opts: VmRecordOptions, nic_args: list[str], defs: Optional[dict]) -> list[str]:
@@ -260,11 +290,20 @@ def _rewrite_paths(out_dir: Path, guest_out: str) -> None:
     runfolder.update_meta(out_dir, rewrite)
 
 
-def _write_vm_json(opts: VmRecordOptions, kernel: GuestKernel, guest: runner.GuestRun,
-                   defs: Optional[dict], timings: dict) -> None:
-    data = {"kernel": kernel.as_dict(), "guest": guest.as_dict(), "timings": timings,
-            # How many boots it took, and why each failed one failed (runner.run_in_guest's retry).
-            "boots": guest.boots, "failed_boots": [asdict(b) for b in guest.failed_boots],
-            "vcpus": opts.config.cpus, "memory_mb": opts.config.memory_mb, "nic": opts.nic, "mode": opts.mode,
-            "probe_definitions": None if defs is None else [d["text"] for d in defs["definitions"]]}
+def _write_vm_json(
+    opts: VmRecordOptions, kernel: GuestKernel, guest: runner.GuestRun, defs: Optional[dict], timings: dict
+) -> None:
+    data = {
+        "kernel": kernel.as_dict(),
+        "guest": guest.as_dict(),
+        "timings": timings,
+        # How many boots it took, and why each failed one failed (runner.run_in_guest's retry).
+        "boots": guest.boots,
+        "failed_boots": [asdict(b) for b in guest.failed_boots],
+        "vcpus": opts.config.cpus,
+        "memory_mb": opts.config.memory_mb,
+        "nic": opts.nic,
+        "mode": opts.mode,
+        "probe_definitions": None if defs is None else [d["text"] for d in defs["definitions"]],
+    }
     runfolder.write_json(opts.out_dir, runfolder.VM, data)

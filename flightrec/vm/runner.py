@@ -129,7 +129,7 @@ def remove_stale_work_dirs() -> list[Path]:
     """Scratch folders of a flightrec that was SIGKILLed (its QEMU died with it: PDEATHSIG)."""
     removed = []
     for d in Path(tempfile.gettempdir()).glob(f"{WORK_PREFIX}*-*"):
-        pid = d.name[len(WORK_PREFIX):].split("-", 1)[0]
+        pid = d.name[len(WORK_PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
@@ -153,11 +153,14 @@ def _run_script(command: list[str], job: Path, cwd: Path, env: dict[str, str]) -
     }
     lines = ["#!/bin/sh", "# written by flightrec vm on the host, run by the guest's init"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in exports.items()]
-    lines += [f"cd {shlex.quote(str(cwd))} || {{ echo 2 > {shlex.quote(str(job / 'rc'))}; exit 2; }}",
-              f"{shlex.join(command)} > {shlex.quote(str(job / 'output.log'))} 2>&1 < /dev/null",
-              "rc=$?",
-              f"echo $rc > {shlex.quote(str(job / 'rc'))}",
-              "sync", "exit $rc"]
+    lines += [
+        f"cd {shlex.quote(str(cwd))} || {{ echo 2 > {shlex.quote(str(job / 'rc'))}; exit 2; }}",
+        f"{shlex.join(command)} > {shlex.quote(str(job / 'output.log'))} 2>&1 < /dev/null",
+        "rc=$?",
+        f"echo $rc > {shlex.quote(str(job / 'rc'))}",
+        "sync",
+        "exit $rc",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -222,12 +225,23 @@ class _Tail:
         return out
 
 
-def run_in_guest(command: list[str], kernel: GuestKernel, config: VmConfig, *, timeout: float,
-                 boot_timeout: float = DEFAULT_BOOT_TIMEOUT, out_dir: Optional[Path] = None,
-                 files: Optional[dict[str, str]] = None, env: Optional[dict[str, str]] = None,
-                 cwd: Optional[Path] = None, say: Say = lambda _: None,
-                 on_output: Say = lambda _: None, graceful_stop: bool = False,
-                 boot_attempts: int = 1, stall_timeout: float = STALL_TIMEOUT) -> GuestRun:
+def run_in_guest(
+    command: list[str],
+    kernel: GuestKernel,
+    config: VmConfig,
+    *,
+    timeout: float,
+    boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
+    out_dir: Optional[Path] = None,
+    files: Optional[dict[str, str]] = None,
+    env: Optional[dict[str, str]] = None,
+    cwd: Optional[Path] = None,
+    say: Say = lambda _: None,
+    on_output: Say = lambda _: None,
+    graceful_stop: bool = False,
+    boot_attempts: int = 1,
+    stall_timeout: float = STALL_TIMEOUT,
+) -> GuestRun:
     """Boot ``kernel``, run ``command`` in the guest (as root, host root read-only), power off.
 
     ``files`` are written into the job folder first (name -> text); the
@@ -250,11 +264,25 @@ def run_in_guest(command: list[str], kernel: GuestKernel, config: VmConfig, *, t
         remove_stale_work_dirs()
         if any(c.isspace() for c in tempfile.gettempdir() + str(kernel.modules_dir or "")):
             # Both go on the kernel command line, which splits at whitespace.
-            raise FlightrecError(f"the VM's folders must not contain spaces: {tempfile.gettempdir()} "
-                                 "(set TMPDIR to another folder)")
-        attempt = _Attempt(command, kernel, config, initrd, timeout, boot_timeout, stall_timeout, out_dir,
-                           files or {}, env or {}, (cwd or Path.cwd()).resolve(), say, on_output,
-                           mode if graceful_stop else None)
+            raise FlightrecError(
+                f"the VM's folders must not contain spaces: {tempfile.gettempdir()} (set TMPDIR to another folder)"
+            )
+        attempt = _Attempt(
+            command,
+            kernel,
+            config,
+            initrd,
+            timeout,
+            boot_timeout,
+            stall_timeout,
+            out_dir,
+            files or {},
+            env or {},
+            (cwd or Path.cwd()).resolve(),
+            say,
+            on_output,
+            mode if graceful_stop else None,
+        )
         failed: list[FailedBoot] = []
         boot = 0
         while True:
@@ -297,8 +325,9 @@ class RunFailed(FlightrecError):
         self.console = console
 
 
-def _failure(attempt: "_Attempt", out_dir: Optional[Path], reason: str, boots: int, failed: list[FailedBoot],
-             kernel: GuestKernel) -> RunFailed:
+def _failure(
+    attempt: "_Attempt", out_dir: Optional[Path], reason: str, boots: int, failed: list[FailedBoot], kernel: GuestKernel
+) -> RunFailed:
     """Keep what the failed run left (console, output, job/out, vm.json) in ``out_dir``
     (QEMU stopped first); the error names the console file."""
     if out_dir is None or attempt.work is None:
@@ -306,10 +335,18 @@ def _failure(attempt: "_Attempt", out_dir: Optional[Path], reason: str, boots: i
     console = out_dir / runfolder.VM_CONSOLE
     try:
         _copy_back(attempt.work / "job", attempt.work, out_dir)
-        runfolder.write_json(out_dir, runfolder.VM, {
-            "kernel": kernel.as_dict(), "error": reason, "boots": boots,
-            "failed_boots": [asdict(b) for b in failed], "accel": attempt.config.accel,
-            "qemu_argv": list(attempt.argv)})
+        runfolder.write_json(
+            out_dir,
+            runfolder.VM,
+            {
+                "kernel": kernel.as_dict(),
+                "error": reason,
+                "boots": boots,
+                "failed_boots": [asdict(b) for b in failed],
+                "accel": attempt.config.accel,
+                "qemu_argv": list(attempt.argv),
+            },
+        )
     except (OSError, FlightrecError) as e:
         return RunFailed(f"{reason} (and the guest's console could not be kept: {e})", None)
     if not console.is_file():  # stopped before QEMU started: there is no console
@@ -332,9 +369,23 @@ def _keep_console(work: Optional[Path], out_dir: Optional[Path], name: str) -> O
 class _Attempt:
     """One boot of the guest: its scratch folder, QEMU and watch loop."""
 
-    def __init__(self, command: list[str], kernel: GuestKernel, config: VmConfig, initrd: Path, timeout: float,
-                 boot_timeout: float, stall_timeout: float, out_dir: Optional[Path], files: dict[str, str],
-                 env: dict[str, str], cwd: Path, say: Say, on_output: Say, signals: Optional[_Signals]) -> None:
+    def __init__(
+        self,
+        command: list[str],
+        kernel: GuestKernel,
+        config: VmConfig,
+        initrd: Path,
+        timeout: float,
+        boot_timeout: float,
+        stall_timeout: float,
+        out_dir: Optional[Path],
+        files: dict[str, str],
+        env: dict[str, str],
+        cwd: Path,
+        say: Say,
+        on_output: Say,
+        signals: Optional[_Signals],
+    ) -> None:
         self.command, self.kernel, self.config, self.initrd = command, kernel, config, initrd
         self.timeout, self.boot_timeout, self.stall_timeout = timeout, boot_timeout, stall_timeout
         self.out_dir, self.files, self.env, self.cwd = out_dir, files, env, cwd
@@ -352,20 +403,27 @@ class _Attempt:
         for name, text in self.files.items():
             (job / name).write_text(text)
         (job / "run.sh").write_text(_run_script(self.command, job, self.cwd, self.env))
-        params = ["console=ttyS0", "panic=-1", "rdinit=/init",
-                  # Warnings and unleveled lines too (a soft lockup's backtrace is unleveled),
-                  # not the boot's info chatter.
-                  "loglevel=5",
-                  # A stuck vCPU is reported after 10 s (not 20), before the progress watchdog
-                  # fires, with every vCPU's backtrace: the evidence lands in vm-console.log.
-                  "watchdog_thresh=5", "softlockup_all_cpu_backtrace=1",
-                  # TCG: no speculative-execution mitigations to pay for in a throwaway guest.
-                  "mitigations=off", f"flightrec.job={job}"]
+        params = [
+            "console=ttyS0",
+            "panic=-1",
+            "rdinit=/init",
+            # Warnings and unleveled lines too (a soft lockup's backtrace is unleveled),
+            # not the boot's info chatter.
+            "loglevel=5",
+            # A stuck vCPU is reported after 10 s (not 20), before the progress watchdog
+            # fires, with every vCPU's backtrace: the evidence lands in vm-console.log.
+            "watchdog_thresh=5",
+            "softlockup_all_cpu_backtrace=1",
+            # TCG: no speculative-execution mitigations to pay for in a throwaway guest.
+            "mitigations=off",
+            f"flightrec.job={job}",
+        ]
         if self.kernel.modules_dir is not None:
             params.append(f"flightrec.modules={self.kernel.modules_dir}")
         params += list(self.config.kernel_params())
-        self.machine = machine = Machine(self.kernel.bzimage, self.initrd, " ".join(params), self.config,
-                                         {"hostroot": Path("/"), "job": job}, work)
+        self.machine = machine = Machine(
+            self.kernel.bzimage, self.initrd, " ".join(params), self.config, {"hostroot": Path("/"), "job": job}, work
+        )
         which = f"boot {boot} of {boots}" if boot > 1 else "boot"
         c = self.config
         self.say(f"{which}: {self.kernel.release}, {c.cpus} vCPUs, {c.memory_mb} MB, accel {c.accel}")
@@ -379,16 +437,29 @@ class _Attempt:
         if watch.stalled is not None:
             raise FlightrecError(watch.stalled + _kept_output(job))
         if not rc_file.is_file():
-            raise FlightrecError(f"the guest died while running its command (QEMU exit {machine.poll()}): "
-                                 f"{death_reason(_read(machine.console))}")
+            raise FlightrecError(
+                f"the guest died while running its command (QEMU exit {machine.poll()}): "
+                f"{death_reason(_read(machine.console))}"
+            )
         exit_code = int(rc_file.read_text().strip() or "2")
         copied = None
         if self.out_dir is not None:
             self.say(f"copying back: {job / 'out'} -> {self.out_dir}")
             copied = _copy_back(job, work, self.out_dir)
-        return GuestRun(exit_code, copied, round(watch.ready_at - t_start, 2), watch.uptime, round(command_s, 2),
-                        0.0, machine.accel, round(watch.peak_rss), str(job / "out"), tuple(machine.argv),
-                        None if self.signals is None else self.signals.stop, round(watch.beats.max_gap, 1))
+        return GuestRun(
+            exit_code,
+            copied,
+            round(watch.ready_at - t_start, 2),
+            watch.uptime,
+            round(command_s, 2),
+            0.0,
+            machine.accel,
+            round(watch.peak_rss),
+            str(job / "out"),
+            tuple(machine.argv),
+            None if self.signals is None else self.signals.stop,
+            round(watch.beats.max_gap, 1),
+        )
 
     def stop(self) -> None:
         """Stop QEMU and virtiofsd (idempotent): the console is complete after this."""
@@ -404,8 +475,11 @@ class _Attempt:
 
 def _kept_output(job: Path) -> str:
     names = sorted(p.name for p in (job / "out").iterdir()) if (job / "out").is_dir() else []
-    return f"; the guest had written {', '.join(names[:6])}{' ...' if len(names) > 6 else ''}" if names else \
-        "; the guest had written nothing to its output folder"
+    return (
+        f"; the guest had written {', '.join(names[:6])}{' ...' if len(names) > 6 else ''}"
+        if names
+        else "; the guest had written nothing to its output folder"
+    )
 
 
 class _Heartbeats:
@@ -435,8 +509,11 @@ class _Heartbeats:
         return [cpu for cpu, t in self.changed.items() if now - t > after]
 
     def describe(self, cpus: list[int], after: float) -> str:
-        which = "every vCPU" if len(cpus) == self.cpus else \
-            ("vCPU " if len(cpus) == 1 else "vCPUs ") + ", ".join(map(str, cpus))
+        which = (
+            "every vCPU"
+            if len(cpus) == self.cpus
+            else ("vCPU " if len(cpus) == 1 else "vCPUs ") + ", ".join(map(str, cpus))
+        )
         last = []
         for cpu in cpus:
             parts = self.seen.get(cpu, "").split()
@@ -475,8 +552,9 @@ class _Watch:
                     self._check_progress(now)
             if a.signals is not None and a.signals.stop is not None and self.stop_at is None:
                 name = signal.Signals(a.signals.stop).name
-                self._ask_to_stop(name, f"got {name}: asking the guest to stop and save its trace "
-                                        "(again to stop the VM at once)")
+                self._ask_to_stop(
+                    name, f"got {name}: asking the guest to stop and save its trace (again to stop the VM at once)"
+                )
             for line in console.lines():
                 self._console_line(line)
             for line in output.lines():
@@ -539,29 +617,38 @@ class _Watch:
         10 s: watchdog_thresh=5), else its last console lines; the command's last output."""
         text = _read(self.machine.console)
         reports = kernel_reports(text)
-        console = f"guest kernel: {'; '.join(reports[:4])}" if reports else \
-            f"last console lines: {_tail_lines(text, 3) or '(none)'}"
+        console = (
+            f"guest kernel: {'; '.join(reports[:4])}"
+            if reports
+            else f"last console lines: {_tail_lines(text, 3) or '(none)'}"
+        )
         output = _tail_lines(_read(self.job / "output.log"), 2)
         return f"; {console}; last output: {output or '(none)'}"
 
     def _check_time(self, now: float) -> None:
         a = self.a
         if self.ready_at is None and now - self.t_start > a.boot_timeout:
-            raise BootDied(f"watchdog: the guest did not reach its command within {a.boot_timeout:g} s; "
-                                 f"QEMU stopped; console: {_tail_lines(_read(self.machine.console), 4)}")
+            raise BootDied(
+                f"watchdog: the guest did not reach its command within {a.boot_timeout:g} s; "
+                f"QEMU stopped; console: {_tail_lines(_read(self.machine.console), 4)}"
+            )
         if self.ready_at is not None and self.done_at is None and now - self.ready_at > a.timeout:
             raise FlightrecError(f"watchdog: the guest's command ran over {a.timeout:g} s; QEMU stopped")
         if self.stop_at is not None and self.done_at is None and now - self.stop_at > STOP_GRACE:
             reason = self.stalled + "; " if self.stalled else ""
-            raise FlightrecError(f"{reason}watchdog: the guest's command did not stop within {STOP_GRACE:g} s of "
-                                 "the request; QEMU stopped")
+            raise FlightrecError(
+                f"{reason}watchdog: the guest's command did not stop within {STOP_GRACE:g} s of "
+                "the request; QEMU stopped"
+            )
         if self.done_at is not None and now - self.done_at > 30:
             raise FlightrecError("watchdog: the guest did not power off within 30 s of its command's end")
 
 
 # A kernel report starts with one of these lines; the RIP lines after it say where.
-_REPORT = re.compile(r"(Kernel panic - not syncing: .*|BUG: .*|Oops: .*|general protection fault.*|kernel BUG at .*|"
-                     r"WARNING: CPU: .*|rcu: INFO: .*|NMI backtrace for cpu \d+|invalid opcode: .*|divide error: .*)")
+_REPORT = re.compile(
+    r"(Kernel panic - not syncing: .*|BUG: .*|Oops: .*|general protection fault.*|kernel BUG at .*|"
+    r"WARNING: CPU: .*|rcu: INFO: .*|NMI backtrace for cpu \d+|invalid opcode: .*|divide error: .*)"
+)
 _RIP = re.compile(r"RIP: 0010:(\S+)")  # kernel code (CS 0x10); a user RIP says nothing here
 
 

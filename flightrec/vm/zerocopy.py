@@ -73,8 +73,9 @@ def zerocopy_missing(kernel: GuestKernel, nic: str) -> Optional[str]:
     """What keeps ``nic`` in ``kernel`` from AF_XDP zero-copy, seen from the host; None when
     nothing visible does."""
     if nic == "veth":
-        return ("veth has no AF_XDP zero-copy in any kernel (it never sets NETDEV_XDP_ACT_XSK_ZEROCOPY): "
-                "use --nic virtio")
+        return (
+            "veth has no AF_XDP zero-copy in any kernel (it never sets NETDEV_XDP_ACT_XSK_ZEROCOPY): use --nic virtio"
+        )
     if kernel.modules_dir is None:
         return None  # a bzImage with everything built in: the bind in the guest decides
     path = module_path(kernel.modules_dir, "virtio_net")
@@ -87,12 +88,16 @@ def zerocopy_missing(kernel: GuestKernel, nic: str) -> Optional[str]:
     if not symbols:
         return None
     if VIRTIO_XSK_SYMBOL not in symbols:
-        return (f"virtio_net of kernel {kernel.release} has no AF_XDP zero-copy at all (no {VIRTIO_XSK_SYMBOL} "
-                f"in {path.name}); zero-copy came whole with Linux 6.13: use --kernel 7.3, or --mode copy")
+        return (
+            f"virtio_net of kernel {kernel.release} has no AF_XDP zero-copy at all (no {VIRTIO_XSK_SYMBOL} "
+            f"in {path.name}); zero-copy came whole with Linux 6.13: use --kernel 7.3, or --mode copy"
+        )
     if VIRTIO_XSK_TX_SYMBOL not in symbols:
-        return (f"virtio_net of kernel {kernel.release} has AF_XDP zero-copy RX only (no {VIRTIO_XSK_TX_SYMBOL} in "
-                f"{path.name}) and so no NETDEV_XDP_ACT_XSK_ZEROCOPY: the bind would fail with EOPNOTSUPP; "
-                "zero-copy came whole with Linux 6.13: use --kernel 7.3, or --mode copy")
+        return (
+            f"virtio_net of kernel {kernel.release} has AF_XDP zero-copy RX only (no {VIRTIO_XSK_TX_SYMBOL} in "
+            f"{path.name}) and so no NETDEV_XDP_ACT_XSK_ZEROCOPY: the bind would fail with EOPNOTSUPP; "
+            "zero-copy came whole with Linux 6.13: use --kernel 7.3, or --mode copy"
+        )
     return None
 
 

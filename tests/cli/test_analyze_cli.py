@@ -24,8 +24,18 @@ def test_json_shape(fixtures):
     assert p.returncode == 1
     doc = json.loads(p.stdout)
     a = doc["anomalies"][0]
-    for key in ("kind", "verdict", "addr", "expected", "xs", "queue", "reserve_cpu", "flush_cpu", "evidence",
-                "explanation"):
+    for key in (
+        "kind",
+        "verdict",
+        "addr",
+        "expected",
+        "xs",
+        "queue",
+        "reserve_cpu",
+        "flush_cpu",
+        "evidence",
+        "explanation",
+    ):
         assert key in a
     assert a["evidence"][0].keys() >= {"line", "text"}
     assert doc["stats"]["lines"] == 25 and doc["stats"]["cpus"] == [1, 2]
@@ -77,14 +87,16 @@ def test_endless_binary_input_is_refused_at_once(source):
     """/dev/zero as a file or through a pipe: refused from its first bytes, not read until memory runs out."""
     if source == "-":
         with open("/dev/zero", "rb") as zero:
-            p = subprocess.run([sys.executable, "-m", "flightrec", "analyze", "-"], stdin=zero,
-                               capture_output=True, timeout=60)
+            p = subprocess.run(
+                [sys.executable, "-m", "flightrec", "analyze", "-"], stdin=zero, capture_output=True, timeout=60
+            )
     else:
         p = run("analyze", source)
     assert p.returncode == 2
     assert p.stderr.decode().splitlines() == [
         f"flightrec: {'<stdin>' if source == '-' else source}: binary data (a NUL byte at offset 0), not ftrace "
-        "text; give the text of /sys/kernel/tracing/trace or of `trace-cmd report`"]
+        "text; give the text of /sys/kernel/tracing/trace or of `trace-cmd report`"
+    ]
 
 
 def test_missing_path_and_directory(tmp_path):
@@ -145,13 +157,18 @@ def test_a_widened_run_says_so_in_every_report(fixtures, tmp_path):
     assert "WIDENED" not in run("analyze", trace).stdout.decode()
 
 
-@pytest.mark.parametrize("args", [["analyze", "--json"], ["analyze"], ["report", "-o", "-"],
-                                  ["export", "perfetto", "-o", "-"]])
+@pytest.mark.parametrize(
+    "args", [["analyze", "--json"], ["analyze"], ["report", "-o", "-"], ["export", "perfetto", "-o", "-"]]
+)
 def test_full_standard_output_is_one_line_and_exit_2(fixtures, args):
     """A full disk under standard output: one line, and not `analyze`'s exit 1 ("anomaly")."""
     with open("/dev/full", "wb") as full:
-        proc = subprocess.run([sys.executable, "-m", "flightrec", *args, str(fixtures / "seed-poison.txt")],
-                              stdout=full, stderr=subprocess.PIPE, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "flightrec", *args, str(fixtures / "seed-poison.txt")],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
     assert proc.returncode == 2
     assert proc.stderr.decode().splitlines() == ["flightrec: writing standard output: No space left on device"]
 
@@ -161,8 +178,10 @@ def test_overrun_trace_reports_each_cpus_history_and_the_claims(fixtures):
     assert p.returncode == 1
     out = p.stdout.decode()
     assert out.splitlines()[0].endswith("KERNEL — 1 anomaly, first: publish_race at line 18")
-    assert "history: buffers overran; each CPU's history begins at its first event: CPU 0 from 609766.698512 " \
-           "(line 13), CPU 2 from 609766.698523 (line 14)" in out
+    assert (
+        "history: buffers overran; each CPU's history begins at its first event: CPU 0 from 609766.698512 "
+        "(line 13), CPU 2 from 609766.698523 (line 14)" in out
+    )
     assert "CPU 2: no kernel events missing from 609766.698523 to 609766.698528" in out
     doc = json.loads(run("analyze", "--json", str(fixtures / "seed-poison-overrun.txt")).stdout)
     assert [(c["cpu"], c["from"]) for c in doc["history"]["cpus"]] == [(0, 609766.698512), (2, 609766.698523)]
@@ -175,7 +194,8 @@ def test_a_meta_json_with_a_bad_kernel_end_is_one_line_and_exit_2(fixtures, tmp_
     p = run("analyze", str(tmp_path / "trace.txt"))
     assert p.returncode == 2
     assert p.stderr.decode().splitlines() == [
-        f"flightrec: {tmp_path / 'meta.json'}: kernel_events.ended_at is 'later', not seconds on the trace's clock"]
+        f"flightrec: {tmp_path / 'meta.json'}: kernel_events.ended_at is 'later', not seconds on the trace's clock"
+    ]
 
 
 def test_the_kernel_end_from_meta_json_shows_in_the_report(fixtures, tmp_path):
@@ -198,14 +218,33 @@ def test_json_is_the_same_on_the_c_and_python_parsers(fixtures, tmp_path):
     traces = sorted(fixtures.glob("*.txt"))
     for fault in ("double-fill", "publish-race"):
         sim = tmp_path / f"{fault}-batched.txt"
-        assert run("simulate", "--fault", fault, "--markers", "batched", "--packets", "400", "-o", str(sim),
-                   "--truth", str(tmp_path / "truth.json")).returncode == 0
+        assert (
+            run(
+                "simulate",
+                "--fault",
+                fault,
+                "--markers",
+                "batched",
+                "--packets",
+                "400",
+                "-o",
+                str(sim),
+                "--truth",
+                str(tmp_path / "truth.json"),
+            ).returncode
+            == 0
+        )
         traces.append(sim)
     for trace in traces:
-        fast = subprocess.run([sys.executable, "-m", "flightrec", "analyze", "--json", str(trace)],
-                              capture_output=True, timeout=60)
+        fast = subprocess.run(
+            [sys.executable, "-m", "flightrec", "analyze", "--json", str(trace)], capture_output=True, timeout=60
+        )
         env = {**os.environ, "FLIGHTREC_PURE_PYTHON": "1"}
-        slow = subprocess.run([sys.executable, "-m", "flightrec", "analyze", "--json", str(trace)],
-                              capture_output=True, timeout=60, env=env)
+        slow = subprocess.run(
+            [sys.executable, "-m", "flightrec", "analyze", "--json", str(trace)],
+            capture_output=True,
+            timeout=60,
+            env=env,
+        )
         assert fast.returncode == slow.returncode == 1, trace
         assert fast.stdout == slow.stdout, trace

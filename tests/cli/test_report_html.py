@@ -15,8 +15,15 @@ from html.parser import HTMLParser
 import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def run(*args, stdin=None, timeout=120):
@@ -58,8 +65,11 @@ class Page(HTMLParser):
         return el
 
     def by_class(self, cls: str, tag: str = None) -> list[dict]:
-        return [e for e in self.elements if cls in (e["attrs"].get("class") or "").split()
-                and (tag is None or e["tag"] == tag)]
+        return [
+            e
+            for e in self.elements
+            if cls in (e["attrs"].get("class") or "").split() and (tag is None or e["tag"] == tag)
+        ]
 
 
 def descendants(el: dict, tag: str) -> list[dict]:
@@ -90,8 +100,10 @@ def test_seed_poison_page(fixtures, tmp_path):
     assert [th["text"] for th in descendants(fig, "th")] == ["line", "+µs", "CPU 2", "CPU 0"]
     rows = descendants(fig, "tr")[1:]
     assert [int(r["attrs"]["data-line"]) for r in rows] == [1, 2, 3, 4, 5, 6]
-    cells = {int(r["attrs"]["data-line"]): [c for c in descendants(r, "td") if "cpu" in c["attrs"].get("class", "")]
-             for r in rows}
+    cells = {
+        int(r["attrs"]["data-line"]): [c for c in descendants(r, "td") if "cpu" in c["attrs"].get("class", "")]
+        for r in rows
+    }
     assert "reserve 0x1000900" in cells[2][0]["text"] and not cells[2][1]["text"]  # CPU 2's column
     assert "xsk_flush" in cells[3][1]["text"] and not cells[3][0]["text"]  # CPU 0's column
     assert "0xdeadbeefdeadbeef" in cells[6][1]["text"]
@@ -199,7 +211,7 @@ def test_help_ends_with_examples(command):
     assert p.returncode == 0
     text = p.stdout.decode()
     assert "Examples:" in text
-    examples = text[text.index("Examples:"):]
+    examples = text[text.index("Examples:") :]
     assert "flightrec " in examples
 
 
@@ -212,9 +224,9 @@ def png_raw(data: bytes) -> bytes:
     """The decompressed scanlines (filtered, but a blank page stays near-uniform)."""
     pos, idat = 8, b""
     while pos < len(data):
-        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        n, kind = struct.unpack(">I4s", data[pos : pos + 8])
         if kind == b"IDAT":
-            idat += data[pos + 8:pos + 8 + n]
+            idat += data[pos + 8 : pos + 8 + n]
         pos += 12 + n
     return zlib.decompress(idat)
 
@@ -235,8 +247,12 @@ def test_chromium_reads_the_verdict_and_renders(fixtures, tmp_path, artifacts_di
     assert [th["text"] for th in descendants(fig, "th")][2:] == ["CPU 2", "CPU 0"]
 
     png = artifacts_dir / "report-seed-poison.png"
-    shot = subprocess.run([*base, f"--screenshot={png}", "--window-size=1400,1000", report.as_uri()],
-                          capture_output=True, timeout=180, env=env)
+    shot = subprocess.run(
+        [*base, f"--screenshot={png}", "--window-size=1400,1000", report.as_uri()],
+        capture_output=True,
+        timeout=180,
+        env=env,
+    )
     assert shot.returncode == 0 and png.exists(), shot.stderr.decode()[-2000:]
     data = png.read_bytes()
     assert png_size(data) == (1400, 1000)

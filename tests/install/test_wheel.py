@@ -28,16 +28,28 @@ from recordkit import skip_unless_can_record, snapshot  # noqa: E402
 pytestmark = [pytest.mark.slow]
 
 # Words in pip's output that mean it could not reach a package index.
-OFFLINE = ("Could not find a version that satisfies", "No matching distribution", "Network is unreachable",
-           "Temporary failure in name resolution", "Failed to establish a new connection")
+OFFLINE = (
+    "Could not find a version that satisfies",
+    "No matching distribution",
+    "Network is unreachable",
+    "Temporary failure in name resolution",
+    "Failed to establish a new connection",
+)
 
 
 def _pip(py: Path, *args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(py), "-m", "pip", "--disable-pip-version-check", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [str(py), "-m", "pip", "--disable-pip-version-check", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0 and any(w in proc.stdout + proc.stderr for w in OFFLINE):
-        pytest.skip(f"pip {args[0]} needs a package index (build backend or dependencies): "
-                    + (proc.stderr.strip().splitlines() or ["?"])[-1])
+        pytest.skip(
+            f"pip {args[0]} needs a package index (build backend or dependencies): "
+            + (proc.stderr.strip().splitlines() or ["?"])[-1]
+        )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -58,11 +70,19 @@ def _build_and_install(base: Path, env: dict[str, str]) -> Path:
     venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
     py = env_dir / "bin" / "python"
     dist = base / "dist"
-    proc = subprocess.run([str(py), "-m", "pip", "--disable-pip-version-check", "wheel", "--no-deps", "-w",
-                           str(dist), str(clone)], cwd=base, capture_output=True, text=True, timeout=900, env=env)
+    proc = subprocess.run(
+        [str(py), "-m", "pip", "--disable-pip-version-check", "wheel", "--no-deps", "-w", str(dist), str(clone)],
+        cwd=base,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     if proc.returncode != 0 and any(w in proc.stdout + proc.stderr for w in OFFLINE):
-        pytest.skip("building the wheel needs setuptools>=74.1 from a package index: "
-                    + (proc.stderr.strip().splitlines() or ["?"])[-1])
+        pytest.skip(
+            "building the wheel needs setuptools>=74.1 from a package index: "
+            + (proc.stderr.strip().splitlines() or ["?"])[-1]
+        )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     wheels = list(dist.glob("flightrec-*.whl"))
     assert len(wheels) == 1, wheels
@@ -110,10 +130,10 @@ def _empty_dir(tmp_path: Path) -> Path:
 
 
 def _run(flightrec: Path, *args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("FLIGHTREC_") and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    return subprocess.run([str(flightrec), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("FLIGHTREC_") and k not in ("PYTHONPATH", "VIRTUAL_ENV")
+    }
+    return subprocess.run([str(flightrec), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _doctor_lines(flightrec: Path, cwd: Path) -> dict[str, str]:
@@ -128,8 +148,14 @@ def _doctor_lines(flightrec: Path, cwd: Path) -> dict[str, str]:
 
 def test_installed_outside_the_checkout(installed):
     site = installed.parents[1]
-    out = subprocess.run([str(site / "bin" / "python"), "-c", "import flightrec; print(flightrec.__file__)"],
-                         cwd="/", capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    out = subprocess.run(
+        [str(site / "bin" / "python"), "-c", "import flightrec; print(flightrec.__file__)"],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
     assert out.startswith(str(site)) and not out.startswith(str(ROOT)), out
 
 
@@ -163,14 +189,25 @@ def test_the_marker_library_comes_with_the_install(installed, tmp_path):
     cc = shutil.which("cc") or shutil.which("clang")
     if cc is None:
         pytest.skip("no C compiler to build against the header")
-    (cwd / "uses.c").write_text("#include <flightrec/xsk_markers.h>\n"
-                                "int main(void) { struct fr_markers m; return fr_markers_open(&m, \"\"); }\n")
-    subprocess.run([cc, "-Wall", "-Wextra", "-Werror", *cflags.stdout.split(), "-o", str(cwd / "uses"),
-                    str(cwd / "uses.c")], check=True, timeout=120)
+    (cwd / "uses.c").write_text(
+        '#include <flightrec/xsk_markers.h>\nint main(void) { struct fr_markers m; return fr_markers_open(&m, ""); }\n'
+    )
+    subprocess.run(
+        [cc, "-Wall", "-Wextra", "-Werror", *cflags.stdout.split(), "-o", str(cwd / "uses"), str(cwd / "uses.c")],
+        check=True,
+        timeout=120,
+    )
     assert subprocess.run([str(cwd / "uses")], timeout=30).returncode == 0
     py = installed.parent / "python"
-    out = subprocess.run([str(py), "-c", "import flightrec.markers as m; print(m.__file__, m.Markers.open().enabled)"],
-                         cwd=cwd, capture_output=True, text=True, timeout=60, check=True, env={"PATH": "/usr/bin"})
+    out = subprocess.run(
+        [str(py), "-c", "import flightrec.markers as m; print(m.__file__, m.Markers.open().enabled)"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={"PATH": "/usr/bin"},
+    )
     assert out.stdout.startswith(str(installed.parents[1])) and out.stdout.split()[1] == "False", out.stdout
 
 

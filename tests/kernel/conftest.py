@@ -49,6 +49,19 @@ def xsk_fwd(tmp_path_factory) -> Path:
         pytest.skip("libxdp-dev and libbpf-dev are not installed (make setup installs them)")
     exe = tmp_path_factory.mktemp("example") / "xsk_fwd"
     cflags = run("markers", "--cflags").stdout.split()
-    subprocess.run([cc, "-Wall", "-Wextra", "-Werror", "-O2", *cflags, "-o", str(exe),
-                    str(REPO / "examples" / "xsk_fwd" / "xsk_fwd.c"), *libs.stdout.split()], check=True)
+    subprocess.run(
+        [
+            cc,
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-O2",
+            *cflags,
+            "-o",
+            str(exe),
+            str(REPO / "examples" / "xsk_fwd" / "xsk_fwd.c"),
+            *libs.stdout.split(),
+        ],
+        check=True,
+    )
     return exe

@@ -136,8 +136,11 @@ def everything() -> dict:
 
 def differences(before: dict, after: dict) -> list[str]:
     """One "key: before -> after" line per entry that changed."""
-    return [f"{key}: {before.get(key)} -> {after.get(key)}" for key in sorted(set(before) | set(after))
-            if before.get(key) != after.get(key)]
+    return [
+        f"{key}: {before.get(key)} -> {after.get(key)}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+    ]
 
 
 def left_behind(before: dict, timeout: float = 10.0) -> list[str]:
@@ -192,8 +195,14 @@ def start(*args: str) -> subprocess.Popen:
 
 
 def _popen(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(flightrec(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            preexec_fn=default_signals)
+    return subprocess.Popen(
+        flightrec(*args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        preexec_fn=default_signals,
+    )
 
 
 def registry() -> Optional[dict]:
@@ -209,8 +218,10 @@ def wait_forwarding(proc: subprocess.Popen, timeout: float = 20) -> dict:
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"flightrec exited early: {proc.communicate()}"
         reg = registry()
-        if reg and reg.get("pid") == proc.pid and any(
-            p["what"] == "iperf3-client-tcp" for p in reg.get("processes", [])
+        if (
+            reg
+            and reg.get("pid") == proc.pid
+            and any(p["what"] == "iperf3-client-tcp" for p in reg.get("processes", []))
         ):
             return reg
         time.sleep(0.1)

@@ -79,12 +79,15 @@ def test_an_app_without_markers_is_analyzed_from_kernel_events_and_says_what_did
     assert "no application markers in this trace: not run: publish_race" in " ".join(show.stdout.split())
 
 
-@pytest.mark.parametrize("app,extra,said", [
-    ("false", (), "--app: false exited with code 1 before it attached XDP and opened an AF_XDP socket"),
-    ("sleep 60", ("--app-ready-timeout", "2"), "--app: sleep attached no XDP program to outer or inner within 2 s"),
-    ("/nonexistent/prog {outer}", (), "--app: /nonexistent/prog: no such program"),
-    ('prog "unclosed', (), "--app: cannot split the command"),
-])
+@pytest.mark.parametrize(
+    "app,extra,said",
+    [
+        ("false", (), "--app: false exited with code 1 before it attached XDP and opened an AF_XDP socket"),
+        ("sleep 60", ("--app-ready-timeout", "2"), "--app: sleep attached no XDP program to outer or inner within 2 s"),
+        ("/nonexistent/prog {outer}", (), "--app: /nonexistent/prog: no such program"),
+        ('prog "unclosed', (), "--app: cannot split the command"),
+    ],
+)
 def test_a_bad_app_is_one_line_and_exit_2(whole_machine, tmp_path, app, extra, said):
     t = time.monotonic()
     proc = record_app(tmp_path / "bad", app, *extra)
@@ -97,8 +100,16 @@ def test_a_bad_app_is_one_line_and_exit_2(whole_machine, tmp_path, app, extra, s
 
 def test_an_app_that_dies_ends_the_run_and_one_stopped_by_ctrl_c_leaves_nothing(whole_machine, tmp_path):
     # Killed by someone else mid-run: a death, said and saved like the forwarder's.
-    proc = start("record", "-o", str(tmp_path / "killed"), "--duration", "20", "--plain", "--app",
-                 f"{FWD} --trace-dir {{tracedir}}")
+    proc = start(
+        "record",
+        "-o",
+        str(tmp_path / "killed"),
+        "--duration",
+        "20",
+        "--plain",
+        "--app",
+        f"{FWD} --trace-dir {{tracedir}}",
+    )
     pid = _wait_for_app(proc)
     time.sleep(1.0)
     os.kill(pid, signal.SIGKILL)
@@ -107,8 +118,9 @@ def test_an_app_that_dies_ends_the_run_and_one_stopped_by_ctrl_c_leaves_nothing(
     assert err.startswith("flightrec: the app (") and "killed by SIGKILL" in err, err
     assert meta(tmp_path / "killed")["outcome"] == "app-died"
     # Ctrl-C of flightrec: the app is stopped with the rest, the trace saved.
-    proc = start("record", "-o", str(tmp_path / "int"), "--duration", "20", "--plain", "--app",
-                 f"{FWD} --trace-dir {{tracedir}}")
+    proc = start(
+        "record", "-o", str(tmp_path / "int"), "--duration", "20", "--plain", "--app", f"{FWD} --trace-dir {{tracedir}}"
+    )
     _wait_for_app(proc)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)

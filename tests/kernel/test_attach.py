@@ -39,21 +39,39 @@ def running_program(events_machine, xsk_fwd) -> Iterator[dict]:
     procs: list[subprocess.Popen] = []
     try:
         topology.setup(topo)
-        fwd = subprocess.Popen(["nsenter", f"--net=/run/netns/{topo.outer_ns}", str(xsk_fwd), "--no-markers",
-                                "--queues", "2", "outer", "inner"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        fwd = subprocess.Popen(
+            [
+                "nsenter",
+                f"--net=/run/netns/{topo.outer_ns}",
+                str(xsk_fwd),
+                "--no-markers",
+                "--queues",
+                "2",
+                "outer",
+                "inner",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         procs.append(fwd)
         said = []  # libxdp's own warnings may come first; the example's line comes once its sockets are bound
         while not (said and said[-1].startswith("xsk_fwd: forwarding outer <-> inner")):
             line = fwd.stderr.readline()
             assert line, "".join(said) + f"(xsk_fwd exited {fwd.wait(10)})"
             said.append(line)
-        server = subprocess.Popen(["ip", "netns", "exec", topo.server_ns, "iperf3", "-s", "-B", topo.server_addr],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", topo.server_ns, "iperf3", "-s", "-B", topo.server_addr],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(server)
         time.sleep(1.0)
-        client = subprocess.Popen(["ip", "netns", "exec", topo.client_ns, "iperf3", "-c", topo.server_addr, "-u",
-                                   "-b", "200M", "-t", "120"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = subprocess.Popen(
+            ["ip", "netns", "exec", topo.client_ns, "iperf3", "-c", topo.server_addr, "-u", "-b", "200M", "-t", "120"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(client)
         time.sleep(1.0)
         yield {"ns": topo.outer_ns, "pid": fwd.pid, "proc": fwd}
@@ -71,8 +89,19 @@ def meta(out: Path) -> dict:
 
 def test_attach_records_a_running_program_clean_for_30_s(running_program, tmp_path):
     out = tmp_path / "att"
-    proc = run("attach", "--iface", "outer", "--netns", running_program["ns"], "--pid", str(running_program["pid"]),
-               "--duration", "30", "-o", str(out))
+    proc = run(
+        "attach",
+        "--iface",
+        "outer",
+        "--netns",
+        running_program["ns"],
+        "--pid",
+        str(running_program["pid"]),
+        "--duration",
+        "30",
+        "-o",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "duration: attached 30 s" in proc.stdout and "verdict: clean" in proc.stdout, proc.stdout
     m = meta(out)
@@ -109,12 +138,15 @@ def test_ctrl_c_and_sigkill_plus_cleanup_leave_nothing(running_program, tmp_path
     assert running_program["proc"].poll() is None
 
 
-@pytest.mark.parametrize("args,said", [
-    (["--iface", "nosuch0"], "no interface nosuch0"),
-    (["--iface", "lo", "--netns", "flightrec-no-such-ns"], "no network namespace flightrec-no-such-ns"),
-    (["--iface", "lo", "--pid", "1"], "process 1 holds no AF_XDP socket"),
-    (["--iface", "lo", "--pid", "999999999"], "no process 999999999"),
-])
+@pytest.mark.parametrize(
+    "args,said",
+    [
+        (["--iface", "nosuch0"], "no interface nosuch0"),
+        (["--iface", "lo", "--netns", "flightrec-no-such-ns"], "no network namespace flightrec-no-such-ns"),
+        (["--iface", "lo", "--pid", "1"], "process 1 holds no AF_XDP socket"),
+        (["--iface", "lo", "--pid", "999999999"], "no process 999999999"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(events_machine, tmp_path, args, said):
     proc = run("attach", *args, "--duration", "1", "-o", str(tmp_path / "bad"))
     assert proc.returncode == 2, proc.stdout + proc.stderr

@@ -178,8 +178,11 @@ def test_record_with_bpf_events(machine, artifacts_dir):
     assert kinds["tx_get_data"] > 0, kinds
     # Interleaved on at least two CPUs: each kind seen on >= 2, and the
     # time-ordered stream switches CPU many times.
-    for name, evs in (("rx_reserve", [e for e in events if e[2] == "rx_reserve"]),
-                      ("flush", [e for e in events if e[2] == "flush"]), ("FILL -> RX", fill_rx)):
+    for name, evs in (
+        ("rx_reserve", [e for e in events if e[2] == "rx_reserve"]),
+        ("flush", [e for e in events if e[2] == "flush"]),
+        ("FILL -> RX", fill_rx),
+    ):
         assert len({e[0] for e in evs}) >= 2, f"{name} seen on one CPU only"
     switches = sum(1 for a, b in zip(events, events[1:]) if a[0] != b[0])
     assert switches >= 100, f"only {switches} CPU switches"
@@ -240,8 +243,19 @@ def test_record_with_bpf_events(machine, artifacts_dir):
 
 def test_double_fill_evidence_has_kernel_reserves(machine, artifacts_dir):
     out = artifacts_dir / "bpf-double-fill"
-    proc = run("record", "-o", str(out), "--duration", "10", "--kernel-events", "bpf", "--inject", "double-fill",
-               "--plain", timeout=90)
+    proc = run(
+        "record",
+        "-o",
+        str(out),
+        "--duration",
+        "10",
+        "--kernel-events",
+        "bpf",
+        "--inject",
+        "double-fill",
+        "--plain",
+        timeout=90,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     analysis = json.loads((out / "analysis.json").read_text())
     assert analysis["verdict"] == "application", analysis["verdict"]

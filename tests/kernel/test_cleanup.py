@@ -77,8 +77,9 @@ def test_cleanup_removes_scratch_folders_of_killed_vm_runs(machine, tmp_path):
     live = tmp / f"flightrec-vm-{os.getpid()}-runn1ng0"  # a running vm's: not touched
     live.mkdir()
     env = dict(os.environ, TMPDIR=str(tmp))
-    dry = subprocess.run(flightrec("cleanup", "--dry-run"), capture_output=True, text=True, env=env, cwd=REPO,
-                         timeout=30)
+    dry = subprocess.run(
+        flightrec("cleanup", "--dry-run"), capture_output=True, text=True, env=env, cwd=REPO, timeout=30
+    )
     assert dry.returncode == 0 and f"VM scratch folder {stale}" in dry.stdout, dry.stdout + dry.stderr
     assert stale.is_dir()
     done = subprocess.run(flightrec("cleanup"), capture_output=True, text=True, env=env, cwd=REPO, timeout=30)

@@ -114,10 +114,31 @@ def build_topology() -> None:
         sh("ip", "netns", "add", f"{PREFIX}-{role}")
     q = str(QUEUES)
     for end, peer in ((f"{short}c", f"{short}o"), (f"{short}s", f"{short}i")):
-        sh("ip", "link", "add", end, "numtxqueues", q, "numrxqueues", q, "type", "veth",
-           "peer", "name", peer, "numtxqueues", q, "numrxqueues", q)
-    for name, role, newname in ((f"{short}c", "cl", "c0"), (f"{short}o", "fo", "outer"),
-                                (f"{short}i", "fi", "inner"), (f"{short}s", "sv", "s0")):
+        sh(
+            "ip",
+            "link",
+            "add",
+            end,
+            "numtxqueues",
+            q,
+            "numrxqueues",
+            q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "numtxqueues",
+            q,
+            "numrxqueues",
+            q,
+        )
+    for name, role, newname in (
+        (f"{short}c", "cl", "c0"),
+        (f"{short}o", "fo", "outer"),
+        (f"{short}i", "fi", "inner"),
+        (f"{short}s", "sv", "s0"),
+    ):
         sh("ip", "link", "set", name, "netns", f"{PREFIX}-{role}", "name", newname)
         sh(*nsexec(role, "ip", "link", "set", newname, "up"))
         sh(*nsexec(role, "ip", "link", "set", "lo", "up"))
@@ -165,8 +186,16 @@ def instance(topology) -> Iterator[Path]:
 
 
 def forwarder_argv(*extra: str) -> list[str]:
-    return [str(BINARY), "--outer", f"{ns_path('fo')}:outer", "--inner", f"{ns_path('fi')}:inner",
-            "--queues", str(QUEUES), *extra]
+    return [
+        str(BINARY),
+        "--outer",
+        f"{ns_path('fo')}:outer",
+        "--inner",
+        f"{ns_path('fi')}:inner",
+        "--queues",
+        str(QUEUES),
+        *extra,
+    ]
 
 
 @contextmanager
@@ -186,8 +215,7 @@ def events(stdout: str) -> list[dict]:
 
 
 def marker_lines(trace: str) -> list[str]:
-    return [line.split("tracing_mark_write: ", 1)[1] for line in trace.splitlines()
-            if "tracing_mark_write: " in line]
+    return [line.split("tracing_mark_write: ", 1)[1] for line in trace.splitlines() if "tracing_mark_write: " in line]
 
 
 def descriptor_events(lines: list[str]) -> list[tuple]:
@@ -218,13 +246,15 @@ class Traffic:
         self.procs: list[subprocess.Popen] = []
 
     def start_server(self) -> None:
-        self.procs.append(subprocess.Popen(nsexec("sv", "iperf3", "-s"), stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.DEVNULL))
+        self.procs.append(
+            subprocess.Popen(nsexec("sv", "iperf3", "-s"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
         time.sleep(0.5)
 
     def client(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run(nsexec("cl", "iperf3", "-c", SERVER_IP, "-J", *args), capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            nsexec("cl", "iperf3", "-c", SERVER_IP, "-J", *args), capture_output=True, text=True, timeout=timeout
+        )
 
     def stop(self) -> None:
         for p in self.procs:
@@ -248,12 +278,15 @@ def test_help_has_examples() -> None:
     assert "Examples:" in out.stdout and "--inject" in out.stdout
 
 
-@pytest.mark.parametrize("argv", [
-    ["--outer", "nocolon", "--inner", "-:inner"],
-    ["--outer", "-:a", "--inner", "-:b", "--queues", "0"],
-    ["--outer", "-:a", "--inner", "-:b", "--inject", "bogus"],
-    ["--inner", "-:b"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--outer", "nocolon", "--inner", "-:inner"],
+        ["--outer", "-:a", "--inner", "-:b", "--queues", "0"],
+        ["--outer", "-:a", "--inner", "-:b", "--inject", "bogus"],
+        ["--inner", "-:b"],
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(argv: list[str]) -> None:
     if not BINARY.exists():
         pytest.skip(f"forwarder not built ({BINARY}); run `make build`")
@@ -263,8 +296,7 @@ def test_bad_input_is_one_line_and_exit_2(argv: list[str]) -> None:
 
 
 def test_missing_interface_is_setup_error(topology) -> None:
-    out = sh(str(BINARY), "--outer", f"{ns_path('fo')}:nosuchdev", "--inner", f"{ns_path('fi')}:inner",
-             check=False)
+    out = sh(str(BINARY), "--outer", f"{ns_path('fo')}:nosuchdev", "--inner", f"{ns_path('fi')}:inner", check=False)
     assert out.returncode == 2
     assert "no interface nosuchdev" in out.stderr
 
@@ -273,8 +305,9 @@ def test_missing_interface_is_setup_error(topology) -> None:
 @pytest.mark.parametrize("form", ["batched", "per-descriptor"])
 def test_forwards_tcp_and_udp_with_markers(form: str, instance: Path, traffic: Traffic, tmp_path: Path) -> None:
     stats = tmp_path / "stats.json"
-    with running_forwarder("--trace-dir", str(instance), "--duration", "12", "--stats", str(stats),
-                           "--markers", form) as proc:
+    with running_forwarder(
+        "--trace-dir", str(instance), "--duration", "12", "--stats", str(stats), "--markers", form
+    ) as proc:
         ready = wait_ready(proc)
         assert ready["socks"] == ["outer q:0", "outer q:1", "inner q:0", "inner q:1"]
         ping = sh(*nsexec("cl", "ping", "-c", "3", "-i", "0.2", "-W", "2", SERVER_IP), check=False)
@@ -317,12 +350,29 @@ def test_injected_bug_is_caught(kind: str, form: str, instance: Path, traffic: T
     stats = tmp_path / "stats.json"
     # Few frames: the injected FILL entry comes out of RX soon, so the trace
     # still holds the injection when the forwarder catches it.
-    with running_forwarder("--trace-dir", str(instance), "--duration", "20", "--frames", "1024", "--inject", kind,
-                           "--inject-after", "2000", "--stats", str(stats), "--markers", form) as proc:
+    with running_forwarder(
+        "--trace-dir",
+        str(instance),
+        "--duration",
+        "20",
+        "--frames",
+        "1024",
+        "--inject",
+        kind,
+        "--inject-after",
+        "2000",
+        "--stats",
+        str(stats),
+        "--markers",
+        form,
+    ) as proc:
         wait_ready(proc)
         traffic.start_server()
-        client = subprocess.Popen(nsexec("cl", "iperf3", "-c", SERVER_IP, "-t", "8", "-P", "4"),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = subprocess.Popen(
+            nsexec("cl", "iperf3", "-c", SERVER_IP, "-t", "8", "-P", "4"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         traffic.procs.append(client)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 3, err
@@ -369,9 +419,22 @@ def test_sigterm_exits_clean_and_detaches(topology) -> None:
 
 def stamp_recv(tmp_path: Path, *extra: str) -> subprocess.Popen:
     """c/stamp's receiver in the server namespace, once it listens."""
-    proc = subprocess.Popen([str(STAMP), "recv", "--netns", ns_path("sv"), "--bind", f"{SERVER_IP}:{STAMP_PORT}",
-                             "--stats", str(tmp_path / "recv.json"), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            str(STAMP),
+            "recv",
+            "--netns",
+            ns_path("sv"),
+            "--bind",
+            f"{SERVER_IP}:{STAMP_PORT}",
+            "--stats",
+            str(tmp_path / "recv.json"),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     if '"ready"' not in proc.stdout.readline():
         proc.kill()
@@ -380,15 +443,30 @@ def stamp_recv(tmp_path: Path, *extra: str) -> subprocess.Popen:
 
 
 def stamp_send(tmp_path: Path, *extra: str) -> dict:
-    out = sh(str(STAMP), "send", "--netns", ns_path("cl"), "--to", f"{SERVER_IP}:{STAMP_PORT}",
-             "--stats", str(tmp_path / "send.json"), *extra, timeout=60)
+    out = sh(
+        str(STAMP),
+        "send",
+        "--netns",
+        ns_path("cl"),
+        "--to",
+        f"{SERVER_IP}:{STAMP_PORT}",
+        "--stats",
+        str(tmp_path / "send.json"),
+        *extra,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads((tmp_path / "send.json").read_text())
 
 
 def analyze(trace: Path) -> dict:
-    out = subprocess.run(["python3", "-m", "flightrec", "analyze", "--json", str(trace)], capture_output=True,
-                         text=True, timeout=120, cwd=REPO)
+    out = subprocess.run(
+        ["python3", "-m", "flightrec", "analyze", "--json", str(trace)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert out.returncode == 1, out.stdout + out.stderr
     return json.loads(out.stdout)
 
@@ -402,9 +480,22 @@ def test_payload_flipped_after_forwarding_is_caught_by_the_receiver(instance: Pa
     count = 40
     stats = tmp_path / "fwd.json"
     recv = None
-    with running_forwarder("--trace-dir", str(instance), "--duration", "30", "--stats", str(stats),
-                           "--payload-port", str(STAMP_PORT), "--inject", "flip-payload",
-                           "--inject-count", str(count), "--inject-after", "500") as proc:
+    with running_forwarder(
+        "--trace-dir",
+        str(instance),
+        "--duration",
+        "30",
+        "--stats",
+        str(stats),
+        "--payload-port",
+        str(STAMP_PORT),
+        "--inject",
+        "flip-payload",
+        "--inject-count",
+        str(count),
+        "--inject-after",
+        "500",
+    ) as proc:
         try:
             wait_ready(proc)
             sh(*nsexec("cl", "ping", "-c", "2", "-i", "0.2", "-W", "2", SERVER_IP), check=False)  # ARP
@@ -456,8 +547,7 @@ def test_stale_payload_is_caught_by_the_forwarder(instance: Path, tmp_path: Path
     the forwarder's check names the packet whose data it found, and stops."""
     if not STAMP.exists():
         pytest.skip(f"{STAMP} not built; run `make build`")
-    with running_forwarder("--trace-dir", str(instance), "--duration", "30",
-                           "--payload-port", str(STAMP_PORT)) as proc:
+    with running_forwarder("--trace-dir", str(instance), "--duration", "30", "--payload-port", str(STAMP_PORT)) as proc:
         wait_ready(proc)
         sh(*nsexec("cl", "ping", "-c", "2", "-i", "0.2", "-W", "2", SERVER_IP), check=False)
         stamp_send(tmp_path, "--rate", "4000", "--duration", "3", "--flows", "4", "--stale-every", "1000")

@@ -23,8 +23,13 @@ def test_kill_campaign_sample(machine):
     """Ten seeded kills of flightrec, the forwarder, xsk_trace and iperf3, in every phase."""
     if shutil.which("bpftool") is None:
         pytest.skip("bpftool not installed (apt-get install bpftool): the campaign checks BPF programs with it")
-    proc = subprocess.run([sys.executable, str(CAMPAIGN), "--seed", "17", "--count", "10", "--host-only"],
-                          capture_output=True, text=True, timeout=420, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, str(CAMPAIGN), "--seed", "17", "--count", "10", "--host-only"],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        cwd=REPO,
+    )
     lines = proc.stdout.strip().splitlines()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert lines[-1].startswith("10/10 clean"), proc.stdout

@@ -67,8 +67,14 @@ def test_trace_clock_is_clock_monotonic(whole_machine):
             after = time.monotonic()
             stamps.append((before, after))
         text = inst.read("trace")
-    found = {int(m.group(2)): float(m.group(1)) for m in re.finditer(r"\s(\d+\.\d+): tracing_mark_write: "
-                                                                       r"clock-check (\d+)", text)}
+    found = {
+        int(m.group(2)): float(m.group(1))
+        for m in re.finditer(
+            r"\s(\d+\.\d+): tracing_mark_write: "
+            r"clock-check (\d+)",
+            text,
+        )
+    }
     assert len(found) == 20, text[-500:]
     for i, (before, after) in enumerate(stamps):
         # The trace prints microseconds: allow for its rounding.
@@ -112,8 +118,10 @@ def test_xsk_trace_killed_is_noticed_at_once_and_ends_the_run(whole_machine, tmp
     assert registry() is None
 
 
-@pytest.mark.parametrize("what,sig", [("forwarder", signal.SIGKILL), ("iperf3-client-tcp", signal.SIGTERM),
-                                      ("iperf3-server-udp", signal.SIGKILL)])
+@pytest.mark.parametrize(
+    "what,sig",
+    [("forwarder", signal.SIGKILL), ("iperf3-client-tcp", signal.SIGTERM), ("iperf3-server-udp", signal.SIGKILL)],
+)
 def test_other_helpers_killed_end_the_run_at_once(whole_machine, tmp_path, what, sig):
     out = tmp_path / what
     code, lines, stderr, t_kill = record_and_kill(out, what, sig, 1.5, "--kernel-events", "none")
@@ -121,8 +129,11 @@ def test_other_helpers_killed_end_the_run_at_once(whole_machine, tmp_path, what,
     said = lines.first_after(t_kill, "ERROR ")
     assert said is not None and said - t_kill < 1.0, lines.text()
     assert len(stderr.strip().splitlines()) == 1, stderr
-    name = {"forwarder": "the forwarder", "iperf3-client-tcp": "iperf3 tcp client",
-            "iperf3-server-udp": "iperf3 udp server"}[what]
+    name = {
+        "forwarder": "the forwarder",
+        "iperf3-client-tcp": "iperf3 tcp client",
+        "iperf3-server-udp": "iperf3 udp server",
+    }[what]
     assert stderr.startswith(f"flightrec: {name} (pid "), stderr
     assert "cleanup" not in stderr + lines.text()
     m = meta(out)
@@ -185,8 +196,12 @@ def test_an_iperf3_that_gives_up_by_itself_is_a_warning_not_a_death(whole_machin
     client_ns = next(n for n in reg["netns"] if n.endswith("-client"))
     time.sleep(1.0)
     t_cut = time.monotonic()
-    killed = subprocess.run(["ip", "netns", "exec", client_ns, "ss", "-K", "-t", "dport", "=", ":5202"],
-                            capture_output=True, text=True, timeout=10)
+    killed = subprocess.run(
+        ["ip", "netns", "exec", client_ns, "ss", "-K", "-t", "dport", "=", ":5202"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     assert killed.returncode == 0 and ":5202" in killed.stdout, killed
     stderr = proc.stderr.read()
     code = proc.wait(timeout=60)

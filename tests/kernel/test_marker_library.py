@@ -31,13 +31,21 @@ def a(frame: int) -> str:
 # Two sockets of one UMEM: frames 0-3 go into socket 0's FILL, come back from
 # its RX, go to socket 1's TX, complete, and return to socket 0's FILL.
 CLEAN = [
-    "sock outer 0 0", "sock inner 0 0",
-    *(f"fill 0 {a(i)} FREE" for i in range(4)), "flush 0",
+    "sock outer 0 0",
+    "sock inner 0 0",
+    *(f"fill 0 {a(i)} FREE" for i in range(4)),
+    "flush 0",
     *(f"rx 0 {a(i)}" for i in range(3)),
-    *(f"tx 1 {a(i)} RX" for i in range(3)), "flush 0", "flush 1",
-    *(f"comp 1 {a(i)}" for i in range(2)), "flush 1",
-    *(f"fill 0 {a(i)} COMP" for i in range(2)), "flush 0",
-    f"rx 0 {a(3)}", f"release 0 {a(3)} RX", "flush 0",
+    *(f"tx 1 {a(i)} RX" for i in range(3)),
+    "flush 0",
+    "flush 1",
+    *(f"comp 1 {a(i)}" for i in range(2)),
+    "flush 1",
+    *(f"fill 0 {a(i)} COMP" for i in range(2)),
+    "flush 0",
+    f"rx 0 {a(3)}",
+    f"release 0 {a(3)} RX",
+    "flush 0",
 ]
 EXPECT_CLEAN = [
     f"outer q:0 FREE -> FILL {a(0)} {a(1)} {a(2)} {a(3)}",
@@ -110,17 +118,26 @@ def test_per_descriptor_lines_are_one_transition_each(machine, driver):
     assert c_lines[0] == f"outer q:0 {a(0)} FREE -> FILL" and c_lines[-1] == f"outer q:0 {a(3)} RX -> FREE"
 
 
-@pytest.mark.parametrize("script, detection", [
-    # the same frame into FILL twice: the state machine's catch
-    (["sock outer 0 0", f"fill 0 {a(0)} FREE", f"fill 0 {a(1)} FREE", f"fill 0 {a(0)} FREE"],
-     f"outer q:0 {a(0)} FREE -> FILL: invalid, was FILL"),
-    # RX out of FILL order (copy mode): the deque's catch, with what was left
-    (["sock outer 0 0", *(f"fill 0 {a(i)} FREE" for i in range(3)), "flush 0", f"rx 0 {a(1)}"],
-     f"outer q:0 {a(1)} FILL -> RX: expected {a(0)} remaining: [{a(1)[2:]}, {a(2)[2:]}]"),
-    # the poison read back in zero-copy (no FILL order there)
-    (["sock outer 0 1", f"fill 0 {a(0)} FREE", "flush 0", "rx 0 0xdeadbeefdeadbeef"],
-     "outer q:0 0xdeadbeefdeadbeef FILL -> RX: poison"),
-])
+@pytest.mark.parametrize(
+    "script, detection",
+    [
+        # the same frame into FILL twice: the state machine's catch
+        (
+            ["sock outer 0 0", f"fill 0 {a(0)} FREE", f"fill 0 {a(1)} FREE", f"fill 0 {a(0)} FREE"],
+            f"outer q:0 {a(0)} FREE -> FILL: invalid, was FILL",
+        ),
+        # RX out of FILL order (copy mode): the deque's catch, with what was left
+        (
+            ["sock outer 0 0", *(f"fill 0 {a(i)} FREE" for i in range(3)), "flush 0", f"rx 0 {a(1)}"],
+            f"outer q:0 {a(1)} FILL -> RX: expected {a(0)} remaining: [{a(1)[2:]}, {a(2)[2:]}]",
+        ),
+        # the poison read back in zero-copy (no FILL order there)
+        (
+            ["sock outer 0 1", f"fill 0 {a(0)} FREE", "flush 0", "rx 0 0xdeadbeefdeadbeef"],
+            "outer q:0 0xdeadbeefdeadbeef FILL -> RX: poison",
+        ),
+    ],
+)
 def test_the_first_anomaly_is_the_last_line_and_stops_tracing(machine, driver, script, detection):
     for lines, codes, on in (run_c(driver, script), run_py(script)):
         assert lines[-1] == detection, lines
@@ -129,12 +146,26 @@ def test_the_first_anomaly_is_the_last_line_and_stops_tracing(machine, driver, s
 
 def test_what_the_library_wrote_analyzes_as_the_application_s(machine, driver, tmp_path):
     """A double fill in the library's lines, saved from the instance: the analyzer says application."""
-    script = ["sock outer 0 0", "sock inner 0 0", *(f"fill 0 {a(i)} FREE" for i in range(3)), "flush 0",
-              f"rx 0 {a(0)}", f"tx 1 {a(0)} RX", "flush 0", "flush 1", f"fill 0 {a(0)} RX"]
+    script = [
+        "sock outer 0 0",
+        "sock inner 0 0",
+        *(f"fill 0 {a(i)} FREE" for i in range(3)),
+        "flush 0",
+        f"rx 0 {a(0)}",
+        f"tx 1 {a(0)} RX",
+        "flush 0",
+        "flush 1",
+        f"fill 0 {a(0)} RX",
+    ]
     with TraceInstance() as inst:
         inst.start()
-        subprocess.run([str(driver), str(inst.path), "64"], input="\n".join(script) + "\n",
-                       capture_output=True, text=True, check=True)
+        subprocess.run(
+            [str(driver), str(inst.path), "64"],
+            input="\n".join(script) + "\n",
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         inst.save_trace(tmp_path / "trace.txt")
     proc = run("analyze", str(tmp_path / "trace.txt"))
     assert proc.returncode == 1, proc.stdout + proc.stderr

@@ -40,8 +40,24 @@ def veths(machine):
 
 
 def _forwarder(ns: str, mode: str, stats: Path) -> subprocess.CompletedProcess:
-    return _sh(str(forwarder.forwarder_path()), "--outer", f"{ns}:o0", "--inner", f"{ns}:i0", "--mode", mode,
-               "--no-markers", "--duration", "0.3", "--frames", "256", "--batch", "16", "--stats", str(stats))
+    return _sh(
+        str(forwarder.forwarder_path()),
+        "--outer",
+        f"{ns}:o0",
+        "--inner",
+        f"{ns}:i0",
+        "--mode",
+        mode,
+        "--no-markers",
+        "--duration",
+        "0.3",
+        "--frames",
+        "256",
+        "--batch",
+        "16",
+        "--stats",
+        str(stats),
+    )
 
 
 @pytest.mark.parametrize("mode", ["copy", "auto"])
@@ -77,8 +93,7 @@ def test_zerocopy_on_veth_is_refused_with_one_line(veths, tmp_path):
 def test_bad_mode_is_one_line_exit_2():
     proc = _sh(str(forwarder.forwarder_path()), "--outer", "-:a", "--inner", "-:b", "--mode", "fast")
     assert proc.returncode == 2 and proc.stderr.strip() == "forwarder: --mode wants copy, zerocopy or auto, got 'fast'"
-    proc = _sh(str(forwarder.forwarder_path()), "--outer", "-:a", "--inner", "-:b", "--mode", "zerocopy",
-               "--skb-mode")
+    proc = _sh(str(forwarder.forwarder_path()), "--outer", "-:a", "--inner", "-:b", "--mode", "zerocopy", "--skb-mode")
     assert proc.returncode == 2 and "needs native XDP" in proc.stderr
 
 
@@ -102,8 +117,9 @@ def test_record_auto_on_veth_says_copy_in_meta(machine, tmp_path):
     assert m["mode_requested"] == "auto" and m["bind"] == "copy" and m["nic"] == "veth"
     assert len(m["sockets"]) == 4 and {s["mode"] for s in m["sockets"]} == {"copy"}
     assert all(set(s["xdp_statistics"]) == set(afxdp.STAT_KEYS) for s in m["sockets"])
-    html = subprocess.run(flightrec("report", str(out / "trace.txt"), "-o", "-"), capture_output=True, text=True,
-                          cwd=REPO, timeout=120).stdout
+    html = subprocess.run(
+        flightrec("report", str(out / "trace.txt"), "-o", "-"), capture_output=True, text=True, cwd=REPO, timeout=120
+    ).stdout
     assert html.count('data-mode="copy"') == 4 and 'id="sockets"' in html
 
 

@@ -23,8 +23,9 @@ def tshark_v(path: Path) -> str:
     tshark = shutil.which("tshark")
     if tshark is None:
         pytest.skip("tshark not installed (apt-get install -y tshark): cannot read flagged.pcap back")
-    proc = subprocess.run([tshark, "-r", str(path), "-V"], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "TZ": "UTC"})
+    proc = subprocess.run(
+        [tshark, "-r", str(path), "-V"], capture_output=True, text=True, timeout=60, env={**os.environ, "TZ": "UTC"}
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -76,8 +77,19 @@ def test_forwarder_unwritable_flagged_path_is_one_line_exit_2(tmp_path: Path) ->
     why = forwarder_missing()
     if why:
         pytest.skip(why)
-    proc = subprocess.run([str(forwarder_path()), "--outer", "-:a", "--inner", "-:b",
-                           "--flagged", str(tmp_path / "missing" / "flagged.jsonl")],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [
+            str(forwarder_path()),
+            "--outer",
+            "-:a",
+            "--inner",
+            "-:b",
+            "--flagged",
+            str(tmp_path / "missing" / "flagged.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("forwarder: cannot create --flagged ") and len(proc.stderr.splitlines()) == 1

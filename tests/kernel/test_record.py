@@ -42,8 +42,11 @@ def test_clean_run_forwards_real_traffic(machine, tmp_path):
     # The markers counted from the saved file, not from meta.json: one line per ring
     # operation (the default), every descriptor of it in the line.
     assert m["trace"]["markers"] == "batched"
-    lines = [line.split("tracing_mark_write: ", 1)[1] for line in (out / "trace.txt").read_text().splitlines()
-             if "tracing_mark_write: " in line]
+    lines = [
+        line.split("tracing_mark_write: ", 1)[1]
+        for line in (out / "trace.txt").read_text().splitlines()
+        if "tracing_mark_write: " in line
+    ]
     moves = [(e[3], e[4]) for line in lines for e in (parse_markers(line) or ())]
     assert moves.count(("FILL", "RX")) >= 1000 and len(moves) > 4 * len(lines)
     assert {("RX", "TX"), ("TX", "COMP"), ("COMP", "FILL")} <= set(moves)
@@ -69,8 +72,9 @@ def record_fault(out: Path, fault: str, form: str) -> dict:
     # On the default buffer: record shrinks the UMEM for injected runs, so the
     # duplicate comes back out of FILL while its first insertion is still in
     # the buffer, and the analyzer can prove who did it.
-    proc = run("record", "-o", str(out), "--duration", "10", "--inject", fault, "--markers", form, "--plain",
-               timeout=60)
+    proc = run(
+        "record", "-o", str(out), "--duration", "10", "--inject", fault, "--markers", form, "--plain", timeout=60
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     m = meta(out)
     assert m["trace"]["markers"] == form and m["options"]["markers"] == form
@@ -90,8 +94,9 @@ def test_inject_is_caught(machine, tmp_path, fault, form):
     # fill-and-tx: the kernel receives into the frame while it waits for TX; with
     # the stamped flows' varied lengths the second packet's XDP length often
     # differs from the first's descriptor, and the length check fires first.
-    detection = [line for line in lines
-                 if "FILL -> RX: expected" in line or ": invalid, was" in line or " xdp_len " in line]
+    detection = [
+        line for line in lines if "FILL -> RX: expected" in line or ": invalid, was" in line or " xdp_len " in line
+    ]
     assert detection, "detection line missing from the saved trace"
     # Tracing stopped right at the detection line: at most a few markers of
     # the other CPU's thread, written in the same microseconds, come after it.
@@ -122,7 +127,8 @@ def test_flipped_payload_is_caught_by_the_receiver(machine, tmp_path):
     assert stamp["corrupt"] == 1 and len(flipped) == 1, stamp
     lines = [line for line in (out / "trace.txt").read_text().splitlines() if "tracing_mark_write:" in line]
     assert f"receiver udp:5203: payload expected {flipped[0]} " in lines[-1] or any(
-        f"payload expected {flipped[0]} " in line for line in lines[-10:])
+        f"payload expected {flipped[0]} " in line for line in lines[-10:]
+    )
     analysis = json.loads((out / "analysis.json").read_text())
     [a] = [x for x in analysis["anomalies"] if x["kind"] == "payload_corrupt"]
     assert a["addr"] is not None and a["sock"].startswith("inner q:"), a
@@ -169,17 +175,35 @@ def test_doctor_says_record_can_run(machine):
     proc = run("doctor", timeout=60)
     assert proc.returncode == 0, proc.stdout
     names = [line.split()[0] for line in proc.stdout.splitlines()[:-1]]
-    for name in ("root", "tracefs", "kprobes", "BTF", "AF_XDP", "veth", "netns", "bpffs", "perf", "clang",
-                 "libxdp", "forwarder", "iperf3"):
+    for name in (
+        "root",
+        "tracefs",
+        "kprobes",
+        "BTF",
+        "AF_XDP",
+        "veth",
+        "netns",
+        "bpffs",
+        "perf",
+        "clang",
+        "libxdp",
+        "forwarder",
+        "iperf3",
+    ):
         assert name in names
     # `make` built the C helpers: the tests' traces are read by them
-    assert re.search(r"^C helpers +ok +analyzer scanner and export printer in use \(\S+/_scan[^,]*\.so, "
-                     r"\S+/_bulk[^)]*\.so\)$", proc.stdout, re.M), proc.stdout
+    assert re.search(
+        r"^C helpers +ok +analyzer scanner and export printer in use \(\S+/_scan[^,]*\.so, "
+        r"\S+/_bulk[^)]*\.so\)$",
+        proc.stdout,
+        re.M,
+    ), proc.stdout
     assert proc.stdout.strip().endswith("record can run")
 
 
-@pytest.mark.parametrize("args", [["--queues", "0"], ["--duration", "-1"], ["--inject", "bogus"],
-                                  ["--kernel-events", "magic"], ["-b", "1"]])
+@pytest.mark.parametrize(
+    "args", [["--queues", "0"], ["--duration", "-1"], ["--inject", "bogus"], ["--kernel-events", "magic"], ["-b", "1"]]
+)
 def test_bad_options_exit_2_without_traceback(tmp_path, args):
     proc = run("record", "-o", str(tmp_path / "x"), *args, timeout=30)
     assert proc.returncode == 2
@@ -222,8 +246,11 @@ def test_an_injected_fault_gets_the_same_verdict_in_both_marker_forms(machine, t
     for form in ("batched", "per-descriptor"):
         out = tmp_path / form
         m = record_fault(out, "double-fill", form)
-        lines = [line.split("tracing_mark_write: ", 1)[1] for line in (out / "trace.txt").read_text().splitlines()
-                 if "tracing_mark_write: " in line]
+        lines = [
+            line.split("tracing_mark_write: ", 1)[1]
+            for line in (out / "trace.txt").read_text().splitlines()
+            if "tracing_mark_write: " in line
+        ]
         sizes = [len(parse_markers(line) or ()) for line in lines]
         # batched lines in the one, none in the other
         assert (max(sizes) > 1) == (form == "batched"), form

@@ -52,8 +52,9 @@ def cached_kernel(series: str) -> Path:
     # A vmlinux the VM code fetched alone has no src/ beside it: the script adds it.
     if found and (found[-1].parent / "src" / "net" / "xdp" / "xsk.c").is_file():
         return found[-1]
-    proc = subprocess.run(["sh", str(ROOT / "scripts" / "fetch-debug-kernel.sh"), series],
-                          capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        ["sh", str(ROOT / "scripts" / "fetch-debug-kernel.sh"), series], capture_output=True, text=True, timeout=1800
+    )
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines or not Path(lines[-1]).is_file():
         why = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]

@@ -11,8 +11,9 @@ from probekit import ROOT, gcc
 
 
 def flightrec(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flightrec", "probes", *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "flightrec", "probes", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
 
 
 def _one_line_exit_2(out: subprocess.CompletedProcess, pattern: str) -> None:

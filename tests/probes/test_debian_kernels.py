@@ -51,19 +51,32 @@ TX_PROBES = ("tx_xmit", "skb_destruct", "cq_reserve", "cq_submit")
 # The fields each TX/COMPLETION probe gets per kernel (docs/markers.md): where the
 # kernel keeps them live, and what it keeps where (6.12 writes the address at reserve).
 TX_FIELDS = {
-    "6.1": {"tx_xmit": ["addr", "xs", "skb"], "skb_destruct": ["skb", "xs"], "cq_reserve": ["addr", "xs"],
-            "cq_submit": ["addr", "xs", "cq", "slot"]},
-    "6.12": {"tx_xmit": ["addr", "len", "xs"], "skb_destruct": ["skb", "xs"],
-             "cq_reserve": ["addr", "xs", "cq", "slot"], "cq_submit": ["xs", "n", "cq", "slot"]},
-    "7.3": {"tx_xmit": ["addr", "len"], "skb_destruct": ["skb", "xs"], "cq_reserve": ["cq", "slot"],
-            "cq_submit": ["skb", "xs", "cq", "slot"]},
+    "6.1": {
+        "tx_xmit": ["addr", "xs", "skb"],
+        "skb_destruct": ["skb", "xs"],
+        "cq_reserve": ["addr", "xs"],
+        "cq_submit": ["addr", "xs", "cq", "slot"],
+    },
+    "6.12": {
+        "tx_xmit": ["addr", "len", "xs"],
+        "skb_destruct": ["skb", "xs"],
+        "cq_reserve": ["addr", "xs", "cq", "slot"],
+        "cq_submit": ["xs", "n", "cq", "slot"],
+    },
+    "7.3": {
+        "tx_xmit": ["addr", "len"],
+        "skb_destruct": ["skb", "xs"],
+        "cq_reserve": ["cq", "slot"],
+        "cq_submit": ["skb", "xs", "cq", "slot"],
+    },
 }
 
 
 def test_every_probe_resolves(kernel):
     _, resolved = kernel
     assert {n: r.problem for n, r in resolved.items()} == dict.fromkeys(
-        ("rx_reserve", "flush", "tx_get_data") + TX_PROBES)
+        ("rx_reserve", "flush", "tx_get_data") + TX_PROBES
+    )
     assert [a.name for a in resolved["rx_reserve"].sites[0].args] == ["addr", "len", "xs", "fq", "dev"]
 
 
@@ -141,14 +154,18 @@ def test_perf_and_dwarf_definitions_agree(kernel):
         assert [d.text for d in defs if d.probe == r.spec.name] == ours
     # The fields come out as the analyzer reads them (docs/markers.md).
     rx = next(d.text for d in defs if d.event == "rx_reserve")
-    assert re.fullmatch(r"p:flightrec/rx_reserve __xsk_rcv_zc(\.constprop\.\d+)?\+\d+ "
-                        r"addr=\S+:x64 len=\S+:x32 xs=\S+:x64 fq=\+\d+\(\+\d+\(\S+\)\):x64 dev=\+\d+\(\S+\):x64", rx)
+    assert re.fullmatch(
+        r"p:flightrec/rx_reserve __xsk_rcv_zc(\.constprop\.\d+)?\+\d+ "
+        r"addr=\S+:x64 len=\S+:x32 xs=\S+:x64 fq=\+\d+\(\+\d+\(\S+\)\):x64 dev=\+\d+\(\S+\):x64",
+        rx,
+    )
 
 
 def test_bench_stays_within_budget():
     vmlinux = cached_kernel("6.1")
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "probes"), str(vmlinux)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "probes"), str(vmlinux)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     m = re.search(r": ([\d.]+) s, peak RSS (\d+) MB", out.stdout)
     assert m and float(m[1]) < 30 and int(m[2]) < 1024, out.stdout
@@ -156,9 +173,15 @@ def test_bench_stays_within_budget():
 
 def test_cli_show(kernel):
     vmlinux, _ = kernel
-    out = subprocess.run([sys.executable, "-m", "flightrec", "probes", "show", "--vmlinux", str(vmlinux)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "flightrec", "probes", "show", "--vmlinux", str(vmlinux)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
-    assert re.search(r"site +__xsk_rcv_zc(\.constprop\.\d+)?\+\d+ +net/xdp/xsk\.c:\d+ +\(event rx_reserve\)",
-                     out.stdout)
+    assert re.search(
+        r"site +__xsk_rcv_zc(\.constprop\.\d+)?\+\d+ +net/xdp/xsk\.c:\d+ +\(event rx_reserve\)", out.stdout
+    )
     assert out.stdout.count("(event flush") == 2

@@ -66,8 +66,9 @@ def test_every_inlined_copy_of_flush_is_found(mini_elf, mini_specs):
 
 def test_optimised_out_variable_is_one_line_saying_what_to_do(mini_elf, tmp_path):
     spec = tmp_path / "gone.toml"
-    spec.write_text('[[probe]]\nname = "rx_reserve"\nfunction = "rcv"\nat_call = "reserve_desc"\n'
-                    'args = ["addr", "gone"]\n')
+    spec.write_text(
+        '[[probe]]\nname = "rx_reserve"\nfunction = "rcv"\nat_call = "reserve_desc"\nargs = ["addr", "gone"]\n'
+    )
     (rx,) = resolve(mini_elf, load_specs([spec]))
     assert rx.sites == ()
     assert "\n" not in rx.problem
@@ -76,8 +77,10 @@ def test_optimised_out_variable_is_one_line_saying_what_to_do(mini_elf, tmp_path
 
 def test_optional_argument_is_dropped_with_a_note(mini_elf, tmp_path):
     spec = tmp_path / "opt.toml"
-    spec.write_text('[[probe]]\nname = "rx_reserve"\nfunction = "rcv"\nat_call = "reserve_desc"\n'
-                    'args = ["addr", "gone"]\noptional = ["gone"]\n')
+    spec.write_text(
+        '[[probe]]\nname = "rx_reserve"\nfunction = "rcv"\nat_call = "reserve_desc"\n'
+        'args = ["addr", "gone"]\noptional = ["gone"]\n'
+    )
     (rx,) = resolve(mini_elf, load_specs([spec]))
     assert rx.problem is None and rx.args == ("addr",)
     assert any("gone dropped" in n for n in rx.notes)
@@ -101,8 +104,9 @@ def _file_offset(elf_path, addr: int) -> int:
 
 
 def _perf_uprobe(elf, request: str) -> list[tuple[int, str]]:
-    out = subprocess.run(["perf", "--no-pager", "probe", "-x", str(elf), "-D", request],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["perf", "--no-pager", "probe", "-x", str(elf), "-D", request], capture_output=True, text=True, check=True
+    ).stdout
     sites = []
     for line in out.splitlines():
         m = re.match(r"p:\S+ \S+:(0x[0-9a-f]+)\s*(.*)$", line)
@@ -132,11 +136,16 @@ def test_sites_agree_with_perf_probe(mini_elf, mini_specs):
 def test_dwarf_definitions_without_perf(mini_elf, mini_specs):
     defs = [d.text for r in resolve(mini_elf, load_specs([mini_specs])) for d in dwarf_definitions(r)]
     assert defs[0].startswith("p:flightrec/rx_reserve rcv+") and " fq=+8(+16(" in defs[0]
-    assert [d.split()[0] for d in defs] == ["p:flightrec/rx_reserve", "p:flightrec/flush",
-                                            "p:flightrec/flush_1", "p:flightrec/tx_get_data"]
+    assert [d.split()[0] for d in defs] == [
+        "p:flightrec/rx_reserve",
+        "p:flightrec/flush",
+        "p:flightrec/flush_1",
+        "p:flightrec/tx_get_data",
+    ]
 
 
 # --- bad input: one line, FlightrecError (the CLI turns it into exit 2) ---
+
 
 def test_not_an_elf(tmp_path):
     path = tmp_path / "vmlinuz"
@@ -170,7 +179,7 @@ def test_corrupt_debug_info_is_an_error_not_a_traceback(mini_elf, mini_specs, tm
     with open(mini_elf, "rb") as f:
         sec = ELFFile(f).get_section_by_name(".debug_info")
         start, size = sec["sh_offset"], sec["sh_size"]
-    data[start + 11:start + size] = b"\xff" * (size - 11)  # keep the unit header, garble the DIEs
+    data[start + 11 : start + size] = b"\xff" * (size - 11)  # keep the unit header, garble the DIEs
     path = tmp_path / "garbled"
     path.write_bytes(bytes(data))
     try:
@@ -187,8 +196,11 @@ def test_random_corruption_never_escapes_as_a_traceback(mini_elf, mini_specs, tm
 
     data = mini_elf.read_bytes()
     with open(mini_elf, "rb") as f:
-        sections = [(s.name, s["sh_offset"], s["sh_size"]) for s in ELFFile(f).iter_sections()
-                    if s.name.startswith(".debug") or s.name in (".symtab", ".strtab")]
+        sections = [
+            (s.name, s["sh_offset"], s["sh_size"])
+            for s in ELFFile(f).iter_sections()
+            if s.name.startswith(".debug") or s.name in (".symtab", ".strtab")
+        ]
     specs = load_specs([mini_specs])
     path = tmp_path / "flipped"
     outcomes = {"resolved": 0, "refused": 0}
@@ -214,8 +226,10 @@ def test_dwarf4_gives_the_same_sites(mini_elf, mini_specs, tmp_path):
     specs = load_specs([mini_specs])
 
     def sites(path):
-        return [(r.spec.name, [(s.location, s.line, s.file.rsplit("/", 1)[-1], s.args) for s in r.sites])
-                for r in resolve(path, specs)]
+        return [
+            (r.spec.name, [(s.location, s.line, s.file.rsplit("/", 1)[-1], s.args) for s in r.sites])
+            for r in resolve(path, specs)
+        ]
 
     assert sites(v4) == sites(mini_elf)
 

@@ -29,17 +29,20 @@ def test_shipped_specs_name_the_events_the_analyzer_reads():
     assert specs["flush"].function == "xsk_flush" and specs["tx_get_data"].function == "xp_raw_get_data"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("not toml [", "not valid TOML"),
-    ("x = 1", "no [[probe]]"),
-    ('[[probe]]\nname = "a b"\nfunction = "f"', "'name' must be a C identifier"),
-    ('[[probe]]\nname = "a"\nfunction = "f"\nargs = ["x y"]', "argument 'x y'"),
-    ('[[probe]]\nname = "a"\nfunction = "f"\nargs = ["x"]\noptional = ["y"]', "'optional'"),
-    ('[[probe]]\nname = "a"\nfunction = "f"\nargs = ["p->x", "q->x"]', "same field name"),
-    ('[[probe]]\nname = "a"\nfunction = "f"\n[[probe]]\nname = "a"\nfunction = "g"', "used twice"),
-    ('[[probe]]\nname = "a"\nfunction = "f"\n[[probe]]\nname = "b"\nor_else = true\nfunction = "g"', "used twice"),
-    ('[[probe]]\nname = "a"\nfunction = "f"\nargs = ["x=p->x", "x"]', "same field name"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("not toml [", "not valid TOML"),
+        ("x = 1", "no [[probe]]"),
+        ('[[probe]]\nname = "a b"\nfunction = "f"', "'name' must be a C identifier"),
+        ('[[probe]]\nname = "a"\nfunction = "f"\nargs = ["x y"]', "argument 'x y'"),
+        ('[[probe]]\nname = "a"\nfunction = "f"\nargs = ["x"]\noptional = ["y"]', "'optional'"),
+        ('[[probe]]\nname = "a"\nfunction = "f"\nargs = ["p->x", "q->x"]', "same field name"),
+        ('[[probe]]\nname = "a"\nfunction = "f"\n[[probe]]\nname = "a"\nfunction = "g"', "used twice"),
+        ('[[probe]]\nname = "a"\nfunction = "f"\n[[probe]]\nname = "b"\nor_else = true\nfunction = "g"', "used twice"),
+        ('[[probe]]\nname = "a"\nfunction = "f"\nargs = ["x=p->x", "x"]', "same field name"),
+    ],
+)
 def test_malformed_specs_are_one_clear_error(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -55,8 +58,10 @@ def test_missing_spec_file_is_an_error(tmp_path):
 
 def test_a_named_argument_and_another_form_of_a_probe(tmp_path):
     path = tmp_path / "forms.toml"
-    path.write_text('[[probe]]\nname = "a"\nfunction = "f"\nargs = ["slot=xs->cq->cached_prod"]\n'
-                    '[[probe]]\nname = "a"\nor_else = true\nfunction = "g"\nargs = ["slot=q->cached_prod"]\n')
+    path.write_text(
+        '[[probe]]\nname = "a"\nfunction = "f"\nargs = ["slot=xs->cq->cached_prod"]\n'
+        '[[probe]]\nname = "a"\nor_else = true\nfunction = "g"\nargs = ["slot=q->cached_prod"]\n'
+    )
     first, other = load_specs([path])
     assert first.arg_name(first.args[0]) == "slot" and not first.or_else
     assert other.or_else and other.function == "g"

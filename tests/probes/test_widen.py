@@ -36,12 +36,15 @@ def test_spec_names_both_sites_by_source_not_offsets():
     assert "+" not in SPEC_PATH.read_text().split("[[site]]", 1)[1].replace("++", "")
 
 
-@pytest.mark.parametrize("body, why", [
-    ('[[site]]\nname="flush"\nfunction="f"\ninlined=["g"]\nkey=["q"]\n', "either at"),
-    ('[[site]]\nname="flush"\nfunction="f"\ninlined=["g"]\nat="entry"\nkey=[]\n', "'key'"),
-    ('[[site]]\nname="flush"\nfunction="f"\ninlined=["g"]\nat="entry"\nkey=["q"]\n', "no site named reserve"),
-    ("[[site]\n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "body, why",
+    [
+        ('[[site]]\nname="flush"\nfunction="f"\ninlined=["g"]\nkey=["q"]\n', "either at"),
+        ('[[site]]\nname="flush"\nfunction="f"\ninlined=["g"]\nat="entry"\nkey=[]\n', "'key'"),
+        ('[[site]]\nname="flush"\nfunction="f"\ninlined=["g"]\nat="entry"\nkey=["q"]\n', "no site named reserve"),
+        ("[[site]\n", "not valid TOML"),
+    ],
+)
 def test_bad_spec_is_one_clear_error(tmp_path, body, why):
     path = tmp_path / "w.toml"
     path.write_text(body)
@@ -49,12 +52,15 @@ def test_bad_spec_is_one_clear_error(tmp_path, body, why):
         load_widen_specs(path)
 
 
-@pytest.mark.parametrize("opts, why", [
-    (WidenOptions(flush_ms=0), "flush delay"),
-    (WidenOptions(reserve_ms=5000), "reserve delay"),
-    (WidenOptions(flush_every=0), "rate"),
-    (WidenOptions(queue=-1), "queue"),
-])
+@pytest.mark.parametrize(
+    "opts, why",
+    [
+        (WidenOptions(flush_ms=0), "flush delay"),
+        (WidenOptions(reserve_ms=5000), "reserve delay"),
+        (WidenOptions(flush_every=0), "rate"),
+        (WidenOptions(queue=-1), "queue"),
+    ],
+)
 def test_bad_options_are_refused(opts, why):
     with pytest.raises(FlightrecError, match=why):
         opts.check()
@@ -111,23 +117,32 @@ def _loader() -> Path:
 
 
 def test_loader_programs_pass_this_kernels_verifier(debian_plan):
-    proc = subprocess.run(loader_argv(debian_plan, WidenOptions(queue=0)) + ["--check"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        loader_argv(debian_plan, WidenOptions(queue=0)) + ["--check"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [e["event"] for e in events] == ["ready", "exit"]
     assert events[0]["attached"] is False and events[1]["reserve_delays"] == 0
 
 
-@pytest.mark.parametrize("args, why", [
-    (["--flush-key", "%zz:x64"], "not a fetch argument"),
-    (["--flush", "nosymbol"], "SYMBOL+OFFSET"),
-    (["--flush-ns", "2000000000"], "at most"),
-    (["--queue", "1"], "--queue needs --flush-queue"),
-])
+@pytest.mark.parametrize(
+    "args, why",
+    [
+        (["--flush-key", "%zz:x64"], "not a fetch argument"),
+        (["--flush", "nosymbol"], "SYMBOL+OFFSET"),
+        (["--flush-ns", "2000000000"], "at most"),
+        (["--queue", "1"], "--queue needs --flush-queue"),
+    ],
+)
 def test_loader_bad_options_one_line_exit_2(args, why):
-    given = {"--flush": "__xsk_map_flush+57", "--flush-key": "%ax:x64",
-             "--reserve": "__xsk_rcv_zc+119", "--reserve-key": "%dx:x64", **dict(zip(args[::2], args[1::2]))}
+    given = {
+        "--flush": "__xsk_map_flush+57",
+        "--flush-key": "%ax:x64",
+        "--reserve": "__xsk_rcv_zc+119",
+        "--reserve-key": "%dx:x64",
+        **dict(zip(args[::2], args[1::2])),
+    }
     argv = [str(_loader())] + [word for pair in given.items() for word in pair]
     proc = subprocess.run(argv + ["--check"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2

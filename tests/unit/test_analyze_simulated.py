@@ -68,8 +68,9 @@ def test_fault_verdict(seed, fault, variant):
     assert anomalies, f"{cfg}: planted {want} but no anomaly"
     first = anomalies[0]
     got = {k: first.get(k) for k in ("verdict", "addr")}
-    assert got == {"verdict": want["verdict"], "addr": want["addr"]}, \
+    assert got == {"verdict": want["verdict"], "addr": want["addr"]}, (
         f"{cfg}\ntruth {want}\nfirst anomalies {brief(anomalies)}"
+    )
     if want["verdict"] == "kernel" and fault in KERNEL_FAULTS:  # the RX publish race's story
         assert first.get("expected") == want["expected"], f"{cfg}: {brief(anomalies)}"
         assert first.get("reserve_cpu") == want["reserve_cpu"], f"{cfg}: {brief(anomalies)}"
@@ -77,11 +78,13 @@ def test_fault_verdict(seed, fault, variant):
             assert first.get("flush_cpu") == want["flush_cpu"], f"{cfg}: {brief(anomalies)}"
             lines = {e["line"] for e in first.get("evidence", [])}
             ev = truth.evidence_lines
-            assert {ev["reserve"], ev["flush"]} <= lines, \
+            assert {ev["reserve"], ev["flush"]} <= lines, (
                 f"{cfg}: evidence {sorted(lines)} lacks the reserve/flush lines {ev}"
+            )
     if want["verdict"] == "undetermined" and cfg.probes == "none":
-        assert first.get("missing") or "kprobe" in first.get("explanation", ""), \
+        assert first.get("missing") or "kprobe" in first.get("explanation", ""), (
             f"{cfg}: an undetermined verdict must say which events are missing: {first}"
+        )
     if want["verdict"] == "undetermined":
         assert first.get("missing"), f"{cfg}: an undetermined verdict must name what is missing: {first}"
 
@@ -103,13 +106,17 @@ def test_tight_overruns_prove_what_survives(fault, fmt):
         cfg, truth, anomalies = run(fault, seed, fmt=fmt, tight=True)
         want = truth.anomaly
         first = anomalies[0]
-        assert (first["verdict"], first["addr"]) == (want["verdict"], want["addr"]), \
+        assert (first["verdict"], first["addr"]) == (want["verdict"], want["addr"]), (
             f"{cfg}\ntruth {want}\nfirst anomalies {brief(anomalies)}"
+        )
         judged = [a for a in anomalies if a["verdict"] != "undetermined"]
         assert all(a["verdict"] == want["verdict"] and a["addr"] == want["addr"] for a in judged), brief(judged)
         if want["verdict"] == "kernel":
-            assert (first["reserve_cpu"], first["flush_cpu"], first["expected"]) == \
-                (want["reserve_cpu"], want["flush_cpu"], want["expected"]), f"{cfg}: {brief(anomalies)}"
+            assert (first["reserve_cpu"], first["flush_cpu"], first["expected"]) == (
+                want["reserve_cpu"],
+                want["flush_cpu"],
+                want["expected"],
+            ), f"{cfg}: {brief(anomalies)}"
             # the racing CPU's history begins at its reserve: a claim leans on exactly that
             racing = want["reserve_cpu"]
             assert any(c["holds"] and racing in c["cpus"] for c in first["claims"]), first["claims"]
@@ -136,16 +143,34 @@ def test_loss_in_causal_window(seed, fault, probes):
     if want is None:
         assert judged == [], f"{cfg}: a loss made the analyzer blame someone: {brief(judged)}"
         return
-    assert any(a.get("addr") == want["addr"] and a.get("verdict") == want["verdict"] for a in anomalies), \
+    assert any(a.get("addr") == want["addr"] and a.get("verdict") == want["verdict"] for a in anomalies), (
         f"{cfg}\ntruth {want} loss {truth.loss}\nanomalies {brief(anomalies)}"
+    )
     wrong = [a for a in judged if a.get("addr") != want["addr"] or a.get("verdict") != want["verdict"]]
     assert wrong == [], f"{cfg}: loss {truth.loss}: blamed without complete evidence: {brief(wrong)}"
 
 
-FORM_KEYS = ("kind", "verdict", "addr", "expected", "read_addr", "xs", "sock", "queue", "reserve_cpu", "flush_cpu",
-             "read_cpu", "missing")
-FORM_VARIANTS = {"plain": {}, "wrap": {"wrap": True}, "tight": {"tight": True, "fmt": "trace-cmd"},
-                 "loss": {"loss": True}, "markers-only": {"probes": "none"}}
+FORM_KEYS = (
+    "kind",
+    "verdict",
+    "addr",
+    "expected",
+    "read_addr",
+    "xs",
+    "sock",
+    "queue",
+    "reserve_cpu",
+    "flush_cpu",
+    "read_cpu",
+    "missing",
+)
+FORM_VARIANTS = {
+    "plain": {},
+    "wrap": {"wrap": True},
+    "tight": {"tight": True, "fmt": "trace-cmd"},
+    "loss": {"loss": True},
+    "markers-only": {"probes": "none"},
+}
 
 
 def _form_free(a: dict) -> dict:
@@ -154,8 +179,14 @@ def _form_free(a: dict) -> dict:
     and a batched line holds a ring operation's markers) and the surviving neighbours
     that bound it; which CPU lost events stays."""
     d = {k: a[k] for k in FORM_KEYS}
-    d["missing"] = [re.sub(r"between [\d.]+ and [\d.]+", "between T1 and T2",
-                           re.sub(r"\bline \d+", "line L", re.sub(r"\d+ events", "N events", m))) for m in a["missing"]]
+    d["missing"] = [
+        re.sub(
+            r"between [\d.]+ and [\d.]+",
+            "between T1 and T2",
+            re.sub(r"\bline \d+", "line L", re.sub(r"\d+ events", "N events", m)),
+        )
+        for m in a["missing"]
+    ]
     return d
 
 
@@ -168,14 +199,16 @@ def test_batched_and_per_descriptor_lines_give_the_same_verdicts(seed, fault, va
     the same descriptor events, and the truth's first anomaly in both."""
     kw = FORM_VARIANTS[variant]
     cfg, truth, per = run(fault, seed, **kw)
-    sim = simulate(SimConfig(seed=seed, cpus=CPUS[seed % len(CPUS)], packets=1500, fault=fault, markers="batched",
-                             **kw))
+    sim = simulate(
+        SimConfig(seed=seed, cpus=CPUS[seed % len(CPUS)], packets=1500, fault=fault, markers="batched", **kw)
+    )
     result = analyze_text(sim.text, f"sim-{fault}-{seed}-batched").to_json()
     batched = result["anomalies"]
     assert sim.truth.lines <= truth.lines and sim.truth.events == truth.events
     assert result["stats"]["events"]["total"] == truth.events
-    assert [_form_free(a) for a in batched] == [_form_free(a) for a in per], \
+    assert [_form_free(a) for a in batched] == [_form_free(a) for a in per], (
         f"{cfg}\nper-descriptor {brief(per)}\nbatched {brief(batched)}"
+    )
     if truth.anomaly is not None:
         want = (truth.anomaly["verdict"], truth.anomaly["addr"])
         found = [a for a in batched if (a["verdict"], a["addr"]) == want]

@@ -9,15 +9,32 @@ from flightrec.checks.coverage import NEED_MARKERS, not_run
 from flightrec.errors import FlightrecError
 from flightrec.record.app import PLACEHOLDERS, check_command, environment, expand
 
-VALUES = {"outer": "outer", "inner": "inner", "queues": "2", "marker": "/sys/kernel/tracing/instances/f-1/trace_marker",
-          "tracedir": "/sys/kernel/tracing/instances/f-1", "out": "/tmp/run 1", "netns": "flightrec-1-fwd",
-          "forwarder": "/opt/flightrec/bin/forwarder"}
+VALUES = {
+    "outer": "outer",
+    "inner": "inner",
+    "queues": "2",
+    "marker": "/sys/kernel/tracing/instances/f-1/trace_marker",
+    "tracedir": "/sys/kernel/tracing/instances/f-1",
+    "out": "/tmp/run 1",
+    "netns": "flightrec-1-fwd",
+    "forwarder": "/opt/flightrec/bin/forwarder",
+}
 
 
 def test_placeholders_are_filled_word_by_word_after_shell_splitting():
     argv = expand("./fwd -i {outer} -o {inner} -q {queues} --log '{out}/fwd.log' --marker={marker}", VALUES)
-    assert argv == ["./fwd", "-i", "outer", "-o", "inner", "-q", "2", "--log", "/tmp/run 1/fwd.log",
-                    "--marker=/sys/kernel/tracing/instances/f-1/trace_marker"]
+    assert argv == [
+        "./fwd",
+        "-i",
+        "outer",
+        "-o",
+        "inner",
+        "-q",
+        "2",
+        "--log",
+        "/tmp/run 1/fwd.log",
+        "--marker=/sys/kernel/tracing/instances/f-1/trace_marker",
+    ]
 
 
 def test_other_braces_are_left_alone():
@@ -30,9 +47,15 @@ def test_the_environment_carries_the_same_names():
     assert "PATH" in env
 
 
-@pytest.mark.parametrize("command,said", [("", "the command is empty"), ("  ", "the command is empty"),
-                                          ("x 'y", "cannot split the command"),
-                                          ("/no/such/prog {outer}", "/no/such/prog: no such program")])
+@pytest.mark.parametrize(
+    "command,said",
+    [
+        ("", "the command is empty"),
+        ("  ", "the command is empty"),
+        ("x 'y", "cannot split the command"),
+        ("/no/such/prog {outer}", "/no/such/prog: no such program"),
+    ],
+)
 def test_bad_commands_are_refused(command, said):
     with pytest.raises(FlightrecError, match=said):
         check_command(command)

@@ -27,21 +27,35 @@ def random_segs(rng: random.Random, rows: int) -> list[Seg]:
             values = np.array([rng.randrange(len(pieces)) for _ in range(rows)], dtype=np.int64)
             segs.append(Seg(literal, how, values, pieces))
         else:
-            edge = [0, 1, -1, 999, 1000, 1001, -999, -1000, -1001, 2**63 - 1, -2**63, 10**12 + 7]
-            values = np.array([rng.choice(edge) if rng.random() < 0.3 else rng.randint(-10**15, 10**15)
-                               for _ in range(rows)], dtype=np.int64)
+            edge = [0, 1, -1, 999, 1000, 1001, -999, -1000, -1001, 2**63 - 1, -(2**63), 10**12 + 7]
+            values = np.array(
+                [rng.choice(edge) if rng.random() < 0.3 else rng.randint(-(10**15), 10**15) for _ in range(rows)],
+                dtype=np.int64,
+            )
             segs.append(Seg(literal, how, values))
     return segs
 
 
 def test_micros_is_exact():
-    assert [micros(v) for v in (0, 1, 999, 1000, 1001, 123456789, -1, -1000, -1500)] == \
-        ["0", "0.001", "0.999", "1", "1.001", "123456.789", "-0.001", "-1", "-1.500"]
+    assert [micros(v) for v in (0, 1, 999, 1000, 1001, 123456789, -1, -1000, -1500)] == [
+        "0",
+        "0.001",
+        "0.999",
+        "1",
+        "1.001",
+        "123456.789",
+        "-0.001",
+        "-1",
+        "-1.500",
+    ]
 
 
 def test_python_render_shape():
-    segs = [Seg(b"<", INT, np.array([5, -7])), Seg(b"|", MICROS, np.array([1500, 2000])),
-            Seg(b"|", PIECE, np.array([1, 0]), [b"a", b"bc"])]
+    segs = [
+        Seg(b"<", INT, np.array([5, -7])),
+        Seg(b"|", MICROS, np.array([1500, 2000])),
+        Seg(b"|", PIECE, np.array([1, 0]), [b"a", b"bc"]),
+    ]
     assert collect(segs, b">", b";", 2, bulk._render_py) == b"<5|1.500|bc>;<-7|2|a>"
 
 

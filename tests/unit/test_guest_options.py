@@ -11,17 +11,47 @@ from flightrec.cli.guest import record_options
 from flightrec.cli.record import record_cmd
 from flightrec.record.session import RecordOptions
 
-ARGS = ["--duration", "7", "--queues", "3", "-b", "8192", "--inject-after", "9", "--kernel-events", "none",
-        "--mode", "auto", "--nic", "virtio", "--stamp-rate", "2000", "--app", "./fwd {outer}",
-        "--app-ready-timeout", "5"]
+ARGS = [
+    "--duration",
+    "7",
+    "--queues",
+    "3",
+    "-b",
+    "8192",
+    "--inject-after",
+    "9",
+    "--kernel-events",
+    "none",
+    "--mode",
+    "auto",
+    "--nic",
+    "virtio",
+    "--stamp-rate",
+    "2000",
+    "--app",
+    "./fwd {outer}",
+    "--app-ready-timeout",
+    "5",
+]
 
 
 def test_every_option_given_reaches_the_guest_s_record_options():
     opts = record_options(ARGS, Path("/tmp/out"))
     got = asdict(opts)
-    assert got == {**asdict(RecordOptions()), "out_dir": Path("/tmp/out"), "duration": 7.0, "queues": 3,
-                   "buffer_kb": 8192, "inject_after": 9, "kernel_events": "none", "mode": "auto", "nic": "virtio",
-                   "stamp_rate": 2000, "app": "./fwd {outer}", "app_ready_timeout": 5.0}
+    assert got == {
+        **asdict(RecordOptions()),
+        "out_dir": Path("/tmp/out"),
+        "duration": 7.0,
+        "queues": 3,
+        "buffer_kb": 8192,
+        "inject_after": 9,
+        "kernel_events": "none",
+        "mode": "auto",
+        "nic": "virtio",
+        "stamp_rate": 2000,
+        "app": "./fwd {outer}",
+        "app_ready_timeout": 5.0,
+    }
 
 
 def test_every_record_option_has_a_field():

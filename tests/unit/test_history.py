@@ -113,7 +113,11 @@ def test_the_fill_order_vouches_for_a_poisoned_slot_only(fixtures):
     assert any(m.startswith("CPU 2's events before 609766.698523") for m in a["missing"]), a["missing"]
     whole = first(analyze_text("".join(lines[12:])))
     assert (whole["verdict"], whole["kind"], whole["reserve_cpu"], whole["flush_cpu"]) == (
-        "kernel", "publish_race", 2, 0)
+        "kernel",
+        "publish_race",
+        2,
+        0,
+    )
 
 
 def test_a_loss_matters_only_to_the_claims_it_overlaps(fixtures):
@@ -152,7 +156,9 @@ def test_a_double_insertion_before_a_cpu_began_recording_is_not_claimed():
     assert (whole["verdict"], whole["addr"]) == ("application", f"{a:#x}")
     # once every CPU records, the same two insertions are the application's
     later = (
-        OVERRUN + reserve(0.999, 1, b) + mark(1.000, 0, f"ingress q:0 {a:#x} FREE -> FILL")
+        OVERRUN
+        + reserve(0.999, 1, b)
+        + mark(1.000, 0, f"ingress q:0 {a:#x} FREE -> FILL")
         + mark(1.003, 0, f"ingress q:0 {a:#x} COMP -> FILL")
     )
     x = first(analyze_text(later))
@@ -165,8 +171,10 @@ def test_the_applications_own_invalid_marker_counts_before_every_cpu_records():
     """`FILL -> TX` written by the application is a fact on its CPU, whatever others lost."""
     a = ring(1)[0]
     text = (
-        OVERRUN + mark(1.000, 0, f"egress q:0 {a:#x} FILL -> TX")
-        + "##### CPU 1 buffer started ####\n" + reserve(1.100, 1, a)
+        OVERRUN
+        + mark(1.000, 0, f"egress q:0 {a:#x} FILL -> TX")
+        + "##### CPU 1 buffer started ####\n"
+        + reserve(1.100, 1, a)
     )
     x = first(analyze_text(text))
     assert (x["verdict"], x["kind"], x["line"]) == ("application", "duplicate_insertion", 2)
@@ -180,7 +188,8 @@ def test_fill_order_starts_where_every_cpu_records():
         mark(1.000, 0, f"ingress q:0 {a:#x} FREE -> FILL")
         + mark(1.001, 0, f"ingress q:0 {b:#x} FREE -> FILL")
         + mark(1.002, 0, f"ingress q:0 {a:#x} FILL -> RX")
-        + "##### CPU 1 buffer started ####\n" + reserve(1.0025, 1, c)
+        + "##### CPU 1 buffer started ####\n"
+        + reserve(1.0025, 1, c)
         + mark(1.003, 0, f"ingress q:0 {c:#x} FILL -> RX")
     )
     assert analyze_text(OVERRUN + body).anomalies == ()
@@ -194,20 +203,30 @@ def test_a_misaligned_read_the_history_cannot_explain_is_no_anomaly():
     same lines would say CPU 0 published CPU 1's slot for c while the application read b from it."""
     a, b, c = ring(3)
     body = (
-        reserve(1.000, 0, a) + flush(1.0005, 0) + mark(1.001, 0, f"ingress q:0 {a:#x} FILL -> RX")
-        + "##### CPU 1 buffer started ####\n" + reserve(1.003, 1, c) + flush(1.0035, 0)
-        + mark(1.004, 0, f"ingress q:0 {b:#x} FILL -> RX") + flush(1.0045, 1)
+        reserve(1.000, 0, a)
+        + flush(1.0005, 0)
+        + mark(1.001, 0, f"ingress q:0 {a:#x} FILL -> RX")
+        + "##### CPU 1 buffer started ####\n"
+        + reserve(1.003, 1, c)
+        + flush(1.0035, 0)
+        + mark(1.004, 0, f"ingress q:0 {b:#x} FILL -> RX")
+        + flush(1.0045, 1)
         + mark(1.005, 0, f"ingress q:0 {c:#x} FILL -> RX")
     )
     assert analyze_text(OVERRUN + body).anomalies == ()
     whole = first(analyze_text(body.replace("##### CPU 1 buffer started ####\n", "")))
     assert (whole["kind"], whole["verdict"], whole["reserve_cpu"], whole["flush_cpu"]) == (
-        "publish_race", "kernel", 1, 0)
+        "publish_race",
+        "kernel",
+        1,
+        0,
+    )
 
 
 def test_history_unit():
-    h = build_history({0: (1.0, 5), 2: (2.0, 9)}, {0: 3, 2: 1}, True, [(0, 12, 4, 3.0, 4.0)], kernel_until=5.0,
-                      header_cpus=4)
+    h = build_history(
+        {0: (1.0, 5), 2: (2.0, 9)}, {0: 3, 2: 1}, True, [(0, 12, 4, 3.0, 4.0)], kernel_until=5.0, header_cpus=4
+    )
     assert h.since(0) == 1.0 and h.since(2) == 2.0 and h.since(1) == float("-inf") and h.idle == (1, 3)
     assert h.all_since == 2.0
     assert [g.why for g in h.missing(1.5, 1.8, "markers")] == ["buffer"]  # CPU 2 began at 2.0
@@ -248,7 +267,8 @@ def test_no_verdict_leans_on_kernel_events_missing_after_the_source_stopped(tmp_
     text = (
         mark(1.000, 0, f"ingress q:0 {a:#x} FREE -> FILL")
         + mark(1.001, 0, f"ingress q:0 {b:#x} FREE -> FILL")
-        + reserve(1.002, 1, a) + reserve(1.006, 1, c)
+        + reserve(1.002, 1, a)
+        + reserve(1.006, 1, c)
         + mark(1.007, 0, f"ingress q:0 {a:#x} FILL -> RX")
         + mark(1.008, 0, f"ingress q:0 {c:#x} FILL -> RX")
     )
@@ -263,8 +283,10 @@ def test_no_verdict_leans_on_kernel_events_missing_after_the_source_stopped(tmp_
 def test_a_read_after_the_source_stopped_names_the_kernel_events_gone(tmp_path):
     a, b = ring(2)
     text = (
-        mark(1.000, 0, f"ingress q:0 {a:#x} FREE -> FILL") + mark(1.001, 0, f"ingress q:0 {b:#x} FREE -> FILL")
-        + reserve(1.002, 1, a) + flush(1.003, 1)
+        mark(1.000, 0, f"ingress q:0 {a:#x} FREE -> FILL")
+        + mark(1.001, 0, f"ingress q:0 {b:#x} FREE -> FILL")
+        + reserve(1.002, 1, a)
+        + flush(1.003, 1)
         + mark(1.004, 0, f"ingress q:0 {a:#x} FILL -> RX")
         # the kernel-event source stops at 1.005; CPU 1 reserves b unseen
         + mark(1.008, 0, f"ingress q:0 {POISON} FILL -> RX: expected {b:#x} remaining: []")
@@ -294,7 +316,8 @@ def test_xs_is_the_one_that_reserved_the_address_last():
     a, b = ring(2)
     text = (
         reserve(1.000, 1, a, xs=other)  # long ago, on another socket's xs
-        + reserve(1.100, 1, b) + reserve(1.101, 1, a)
+        + reserve(1.100, 1, b)
+        + reserve(1.101, 1, a)
         + mark(1.102, 0, f"ingress q:0 {a:#x} FILL -> RX")  # b's slot was read before the trace
     )
     r = analyze_text(text)
@@ -305,8 +328,13 @@ def test_a_read_after_an_alignment_the_history_broke_says_why():
     """Once the slot order is lost to a CPU's late start, a later symptom says so, not 'too late'."""
     a, b, c = ring(3)
     text = (
-        OVERRUN + reserve(1.000, 0, a) + flush(1.0005, 0) + mark(1.001, 0, f"ingress q:0 {a:#x} FILL -> RX")
-        + "##### CPU 1 buffer started ####\n" + reserve(1.003, 1, c) + flush(1.0035, 0)
+        OVERRUN
+        + reserve(1.000, 0, a)
+        + flush(1.0005, 0)
+        + mark(1.001, 0, f"ingress q:0 {a:#x} FILL -> RX")
+        + "##### CPU 1 buffer started ####\n"
+        + reserve(1.003, 1, c)
+        + flush(1.0035, 0)
         + mark(1.004, 0, f"ingress q:0 {b:#x} FILL -> RX")
         + mark(1.005, 0, f"ingress q:0 {POISON} FILL -> RX")
     )

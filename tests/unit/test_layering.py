@@ -78,6 +78,9 @@ def test_the_package_build_ships_what_locate_looks_for():
     from flightrec import locate
 
     tree = ast.parse((PACKAGE.parent / "setup.py").read_text())
-    shipped = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
-                   and any(isinstance(t, ast.Name) and t.id == "PROGRAMS" for t in n.targets))
+    shipped = next(
+        ast.literal_eval(n.value)
+        for n in tree.body
+        if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "PROGRAMS" for t in n.targets)
+    )
     assert sorted(shipped) == sorted([*locate.PROGRAMS, *locate.BPF_OBJECTS])

@@ -26,7 +26,7 @@ def test_no_import_points_back_up():
         for path in sorted((ROOT / layer).glob("*.py")):
             for name in imported(path):
                 parts = name.split(".")
-                if parts[0] == "flightrec" and len(parts) > 1 and parts[1] in ORDER[i + 1:]:
+                if parts[0] == "flightrec" and len(parts) > 1 and parts[1] in ORDER[i + 1 :]:
                     back.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not back, back
 

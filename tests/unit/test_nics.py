@@ -32,8 +32,12 @@ def test_qemu_devices_pair_client_with_outer_and_inner_with_server_on_hubs():
     args = nics.qemu_devices()
     netdevs = [args[i + 1] for i, a in enumerate(args) if a == "-netdev"]
     devices = [args[i + 1] for i, a in enumerate(args) if a == "-device"]
-    assert netdevs == ["hubport,id=fr-client,hubid=1", "hubport,id=fr-outer,hubid=1",
-                       "hubport,id=fr-inner,hubid=2", "hubport,id=fr-server,hubid=2"]
+    assert netdevs == [
+        "hubport,id=fr-client,hubid=1",
+        "hubport,id=fr-outer,hubid=1",
+        "hubport,id=fr-inner,hubid=2",
+        "hubport,id=fr-server,hubid=2",
+    ]
     for role, dev in zip(nics.ROLES, devices):
         fields = dev.split(",")
         assert fields[0] == "virtio-net-pci" and f"netdev=fr-{role}" in fields and f"mac={nics.MACS[role]}" in fields
@@ -69,10 +73,13 @@ def test_find_knows_a_nic_by_its_mac(tmp_path):
     assert nics.find("outer", tmp_path) is None
 
 
-@pytest.mark.parametrize("nic, problem", [
-    (nics.GuestNic("outer", "eth1", nics.MACS["outer"], "virtio_net", 1, 1, False), "VIRTIO_F_ACCESS_PLATFORM"),
-    (nics.GuestNic("inner", "eth2", nics.MACS["inner"], "virtio_net", 1, 1, True), None),
-])
+@pytest.mark.parametrize(
+    "nic, problem",
+    [
+        (nics.GuestNic("outer", "eth1", nics.MACS["outer"], "virtio_net", 1, 1, False), "VIRTIO_F_ACCESS_PLATFORM"),
+        (nics.GuestNic("inner", "eth2", nics.MACS["inner"], "virtio_net", 1, 1, True), None),
+    ],
+)
 def test_zerocopy_problem_names_the_missing_dma_api(nic, problem):
     found = nics.zerocopy_problem(nic, 1)
     assert (found is None) if problem is None else (problem in found and "iommu_platform=on" in found)
@@ -97,17 +104,46 @@ def test_virtio_setup_outside_a_vm_is_one_clear_error(tmp_path, monkeypatch):
         nics.setup(topology.make_topology("7", 1, "virtio"), "copy")
 
 
-READY = {"event": "ready", "bind": "zerocopy", "need_wakeup": True, "sockets": [
-    {"sock": "outer q:0", "ifname": "outer", "ifindex": 3, "driver": "virtio_net", "queue": 0,
-     "mode": "zerocopy", "mode_requested": "auto", "xdp_attach": "native",
-     "ring_sizes": {"rx": 8192, "tx": 8192, "fill": 8192, "comp": 8192}},
-    {"sock": "inner q:0", "ifname": "inner", "ifindex": 4, "driver": "virtio_net", "queue": 0,
-     "mode": "zerocopy", "mode_requested": "auto", "xdp_attach": "native",
-     "ring_sizes": {"rx": 8192, "tx": 8192, "fill": 8192, "comp": 8192}}]}
-STATS = {"ports": [
-    {"sock": "outer q:0", "rx": 5, "xdp_statistics": dict.fromkeys(afxdp.STAT_KEYS, 0)},
-    {"sock": "inner q:0", "rx": 7, "xdp_statistics": {**dict.fromkeys(afxdp.STAT_KEYS, 0), "rx_ring_full": 3},
-     "xdp_statistics_at_anomaly": {**dict.fromkeys(afxdp.STAT_KEYS, 0), "rx_ring_full": 2}}]}
+READY = {
+    "event": "ready",
+    "bind": "zerocopy",
+    "need_wakeup": True,
+    "sockets": [
+        {
+            "sock": "outer q:0",
+            "ifname": "outer",
+            "ifindex": 3,
+            "driver": "virtio_net",
+            "queue": 0,
+            "mode": "zerocopy",
+            "mode_requested": "auto",
+            "xdp_attach": "native",
+            "ring_sizes": {"rx": 8192, "tx": 8192, "fill": 8192, "comp": 8192},
+        },
+        {
+            "sock": "inner q:0",
+            "ifname": "inner",
+            "ifindex": 4,
+            "driver": "virtio_net",
+            "queue": 0,
+            "mode": "zerocopy",
+            "mode_requested": "auto",
+            "xdp_attach": "native",
+            "ring_sizes": {"rx": 8192, "tx": 8192, "fill": 8192, "comp": 8192},
+        },
+    ],
+}
+STATS = {
+    "ports": [
+        {"sock": "outer q:0", "rx": 5, "xdp_statistics": dict.fromkeys(afxdp.STAT_KEYS, 0)},
+        {
+            "sock": "inner q:0",
+            "rx": 7,
+            "xdp_statistics": {**dict.fromkeys(afxdp.STAT_KEYS, 0), "rx_ring_full": 3},
+            "xdp_statistics_at_anomaly": {**dict.fromkeys(afxdp.STAT_KEYS, 0), "rx_ring_full": 2},
+        },
+    ]
+}
 
 
 def test_summary_joins_ready_facts_and_kernel_counters_per_socket():

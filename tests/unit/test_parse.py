@@ -4,10 +4,12 @@ from flightrec.parse.ftrace import parse_lines
 
 
 def test_task_names_with_spaces_and_dashes():
-    p = parse_lines([
-        "   my fwd-thr 2-55 [003] d.Z1. 1.500000: xsk_flush: (__xsk_map_flush+0x4e/0x180) xs=0x1\n",
-        "flowtrackd-p9zw-209120  [001] ..... 542812.657037: tracing_mark_write: ingress q:1 0x16ce900 FILL -> RX\n",
-    ])
+    p = parse_lines(
+        [
+            "   my fwd-thr 2-55 [003] d.Z1. 1.500000: xsk_flush: (__xsk_map_flush+0x4e/0x180) xs=0x1\n",
+            "flowtrackd-p9zw-209120  [001] ..... 542812.657037: tracing_mark_write: ingress q:1 0x16ce900 FILL -> RX\n",
+        ]
+    )
     assert p.task == ["my fwd-thr 2", "flowtrackd-p9zw"]
     assert p.pid == [55, 209120]
     assert p.cpu == [3, 1]
@@ -16,13 +18,15 @@ def test_task_names_with_spaces_and_dashes():
 
 
 def test_trace_cmd_lines_and_losses():
-    p = parse_lines([
-        "version = 6\n",
-        "cpus=8\n",
-        "CPU:7 [204600 EVENTS DROPPED]\n",
-        "           <...>-3979  [007]   217.975284: sched_stat_runtime:   comm=Thread-103 pid=3979\n",
-        "CPU:2 [EVENTS DROPPED]\n",
-    ])
+    p = parse_lines(
+        [
+            "version = 6\n",
+            "cpus=8\n",
+            "CPU:7 [204600 EVENTS DROPPED]\n",
+            "           <...>-3979  [007]   217.975284: sched_stat_runtime:   comm=Thread-103 pid=3979\n",
+            "CPU:2 [EVENTS DROPPED]\n",
+        ]
+    )
     assert p.format == "trace-cmd"
     assert p.header_cpus == 8
     assert [(x.cpu, x.count) for x in p.losses] == [(7, 204600), (2, None)]
@@ -47,13 +51,15 @@ def test_trace_cmd_instance_prefix_is_not_part_of_the_task():
 
 
 def test_ftrace_header_and_wrap_annotations():
-    p = parse_lines([
-        "# tracer: nop\n",
-        "# entries-in-buffer/entries-written: 10/20   #P:4\n",
-        "##### CPU 2 buffer started ####\n",
-        "CPU:1 [LOST 12 EVENTS]\n",
-        "CPU:3 [LOST EVENTS]\n",
-    ])
+    p = parse_lines(
+        [
+            "# tracer: nop\n",
+            "# entries-in-buffer/entries-written: 10/20   #P:4\n",
+            "##### CPU 2 buffer started ####\n",
+            "CPU:1 [LOST 12 EVENTS]\n",
+            "CPU:3 [LOST EVENTS]\n",
+        ]
+    )
     assert p.entries == (10, 20) and p.header_cpus == 4
     assert p.cpu_started == {2: 3}
     assert p.overrun
@@ -84,7 +90,7 @@ def test_detection_lines_with_and_without_space():
     assert det.remaining == (0x1DBA100, 0x1627100) and det.remaining_cut
     glued = parse_detection("expected 0x1000900remaining: [fe4100, f9c100, …,]")
     assert glued.expected == 0x1000900 and glued.remaining == (0xFE4100, 0xF9C100)
-    assert parse_detection("len 56 xdp_len 60") .xdp_length == 60
+    assert parse_detection("len 56 xdp_len 60").xdp_length == 60
     assert parse_detection("invalid, was TX").was == "TX"
 
 

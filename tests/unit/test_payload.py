@@ -20,10 +20,12 @@ def test_payload_detail_parses_with_and_without_unknowns():
 
 
 def test_malformed_payload_detail_is_other():
-    for text in ("payload expected 1 found 2 at 3 len 4",  # stamped missing
-                 "payload expected x found 2 at 3 len 4 stamped 4",
-                 "payload expected 1 found 2 at ? len 4 stamped 4",
-                 "payload expected 1 found 2 near 3 len 4 stamped 4"):
+    for text in (
+        "payload expected 1 found 2 at 3 len 4",  # stamped missing
+        "payload expected x found 2 at 3 len 4 stamped 4",
+        "payload expected 1 found 2 at ? len 4 stamped 4",
+        "payload expected 1 found 2 near 3 len 4 stamped 4",
+    ):
         assert parse_detection(text).kind == "other", text
 
 
@@ -38,9 +40,13 @@ def test_receiver_line():
 def cycle(t, addr, pkt=None, tx_sock="inner q:0"):
     """One clean forward of frame addr (outer RX -> inner TX -> COMP -> outer FILL)."""
     note = f"{addr:#x} egress_tx_queue forward" + (f" pkt {pkt}" if pkt is not None else "")
-    out = [mark(t, 0, f"outer q:0 {addr:#x} FILL -> RX"), mark(t + 0.0001, 0, note),
-           mark(t + 0.0002, 1, f"{tx_sock} {addr:#x} RX -> TX"), mark(t + 0.0003, 1, f"{tx_sock} {addr:#x} TX -> COMP"),
-           mark(t + 0.0004, 0, f"outer q:0 {addr:#x} COMP -> FILL")]
+    out = [
+        mark(t, 0, f"outer q:0 {addr:#x} FILL -> RX"),
+        mark(t + 0.0001, 0, note),
+        mark(t + 0.0002, 1, f"{tx_sock} {addr:#x} RX -> TX"),
+        mark(t + 0.0003, 1, f"{tx_sock} {addr:#x} TX -> COMP"),
+        mark(t + 0.0004, 0, f"outer q:0 {addr:#x} COMP -> FILL"),
+    ]
     return "".join(out)
 
 

@@ -39,8 +39,11 @@ class Reader:
 
     def __init__(self, doc: dict):
         self.events = doc["traceEvents"]
-        self.thread_names = {(e["pid"], e["tid"]): e["args"]["name"] for e in self.events
-                             if e["ph"] == "M" and e["name"] == "thread_name"}
+        self.thread_names = {
+            (e["pid"], e["tid"]): e["args"]["name"]
+            for e in self.events
+            if e["ph"] == "M" and e["name"] == "thread_name"
+        }
         self.slices: dict[tuple[int, int], list[dict]] = defaultdict(list)
         for e in self.events:
             if e["ph"] == "X":
@@ -63,8 +66,9 @@ class Reader:
         track, starts = self.slices[key], self._starts(key)
         i = bisect.bisect_right(starts, t) - 1
         # slices of a track never overlap (checked), so only the last one starting before t can enclose it
-        hits = [s for s in track[max(0, i - 1):i + 2]
-                if us_to_ns(s["ts"]) <= t < us_to_ns(s["ts"]) + us_to_ns(s["dur"])]
+        hits = [
+            s for s in track[max(0, i - 1) : i + 2] if us_to_ns(s["ts"]) <= t < us_to_ns(s["ts"]) + us_to_ns(s["dur"])
+        ]
         assert len(hits) == 1, f"flow event {flow_event} encloses {len(hits)} slices"
         return hits[0]
 
@@ -124,8 +128,9 @@ def check_rules(doc: dict, result) -> Reader:
         inner = [s["name"] for s in slices[1:-1]]
         assert not any(INSERTION in n for n in inner), (fid, [s["name"] for s in slices])
         flushes = [s for s in slices if s["name"].startswith("xsk_flush")]
-        assert all(s["args"]["xs"] in {x["args"].get("xs") for x in slices if x["name"].startswith("reserve")}
-                   for s in flushes)
+        assert all(
+            s["args"]["xs"] in {x["args"].get("xs") for x in slices if x["name"].startswith("reserve")} for s in flushes
+        )
     # anomalies: global instants carrying the verdict
     anomalies = [e for e in r.instants if e["cat"] == "anomaly"]
     assert [e["args"]["verdict"] for e in anomalies] == [a.verdict for a in result.anomalies]
@@ -174,13 +179,15 @@ def test_application_thread_tracks(fixtures):
 
 
 def test_thread_track_follows_a_migration():
-    text = TRACE_HEAD + "".join([
-        line("fwd-10", 1, "10.000001", "tracing_mark_write", "in q:0 0x1000 COMP -> FILL"),
-        line("fwd-10", 1, "10.000002", "tracing_mark_write", "in q:0 0x2000 COMP -> FILL"),
-        line("fwd-10", 3, "10.000050", "tracing_mark_write", "in q:0 0x3000 COMP -> FILL"),
-        line("other-11", 1, "10.000060", "tracing_mark_write", "out q:0 0x4000 COMP -> FILL"),
-        line("other-11", 1, "10.000061", "sched_switch", 'prev_comm=other prev_pid=11 next_comm="x\\y"'),
-    ])
+    text = TRACE_HEAD + "".join(
+        [
+            line("fwd-10", 1, "10.000001", "tracing_mark_write", "in q:0 0x1000 COMP -> FILL"),
+            line("fwd-10", 1, "10.000002", "tracing_mark_write", "in q:0 0x2000 COMP -> FILL"),
+            line("fwd-10", 3, "10.000050", "tracing_mark_write", "in q:0 0x3000 COMP -> FILL"),
+            line("other-11", 1, "10.000060", "tracing_mark_write", "out q:0 0x4000 COMP -> FILL"),
+            line("other-11", 1, "10.000061", "sched_switch", 'prev_comm=other prev_pid=11 next_comm="x\\y"'),
+        ]
+    )
     result = analyze_text(text)
     r = check_rules(export(result), result)
     (other,) = [s for s in r.slices[(1, 1)] if s["cat"] == "other"]
@@ -223,19 +230,21 @@ def line(task: str, cpu: int, ts: str, event: str, body: str) -> str:
 
 def test_flush_joins_only_the_trips_it_published():
     xs, other = "0xffff888100000400", "0xffff888100000800"
-    text = TRACE_HEAD + "".join([
-        line("fwd-10", 1, "10.000001", "tracing_mark_write", "in q:0 0x1000 COMP -> FILL"),
-        line("fwd-10", 1, "10.000002", "tracing_mark_write", "in q:0 0x2000 COMP -> FILL"),
-        line("ksoftirqd/0-15", 0, "10.000010", "rx_reserve", f"addr=0x1000 len=0x40 xs={xs}"),
-        line("ksoftirqd/2-25", 2, "10.000010", "rx_reserve", f"addr=0x2000 len=0x40 xs={xs}"),
-        line("ksoftirqd/0-15", 0, "10.000010", "flush", f"xs={other}"),  # same µs, same CPU, another socket
-        line("ksoftirqd/0-15", 0, "10.000011", "flush", f"xs={xs}"),
-        line("ksoftirqd/2-25", 2, "10.000012", "flush", f"xs={xs}"),
-        line("fwd-10", 1, "10.000020", "tracing_mark_write", "in q:0 0x1000 FILL -> RX"),
-        line("fwd-10", 1, "10.000021", "tracing_mark_write", "in q:0 0x2000 FILL -> RX"),
-        line("fwd-10", 1, "10.000030", "tracing_mark_write", "in q:0 0x1000 RX -> FILL"),
-        line("fwd-10", 1, "10.000031", "tracing_mark_write", "in q:0 0x1000 FILL -> RX"),
-    ])
+    text = TRACE_HEAD + "".join(
+        [
+            line("fwd-10", 1, "10.000001", "tracing_mark_write", "in q:0 0x1000 COMP -> FILL"),
+            line("fwd-10", 1, "10.000002", "tracing_mark_write", "in q:0 0x2000 COMP -> FILL"),
+            line("ksoftirqd/0-15", 0, "10.000010", "rx_reserve", f"addr=0x1000 len=0x40 xs={xs}"),
+            line("ksoftirqd/2-25", 2, "10.000010", "rx_reserve", f"addr=0x2000 len=0x40 xs={xs}"),
+            line("ksoftirqd/0-15", 0, "10.000010", "flush", f"xs={other}"),  # same µs, same CPU, another socket
+            line("ksoftirqd/0-15", 0, "10.000011", "flush", f"xs={xs}"),
+            line("ksoftirqd/2-25", 2, "10.000012", "flush", f"xs={xs}"),
+            line("fwd-10", 1, "10.000020", "tracing_mark_write", "in q:0 0x1000 FILL -> RX"),
+            line("fwd-10", 1, "10.000021", "tracing_mark_write", "in q:0 0x2000 FILL -> RX"),
+            line("fwd-10", 1, "10.000030", "tracing_mark_write", "in q:0 0x1000 RX -> FILL"),
+            line("fwd-10", 1, "10.000031", "tracing_mark_write", "in q:0 0x1000 FILL -> RX"),
+        ]
+    )
     result = analyze_text(text)
     r = check_rules(export(result), result)
     first, second = r.flows_of("0x1000")
@@ -248,12 +257,16 @@ def test_flush_joins_only_the_trips_it_published():
     assert cpu0 == [4, 6, 7]
 
 
-@pytest.mark.parametrize("cfg", [
-    SimConfig(seed=11, cpus=4, packets=600),
-    SimConfig(seed=12, cpus=3, packets=600, fault="publish-race"),
-    SimConfig(seed=13, cpus=2, packets=600, fault="double-fill", wrap=True, fmt="trace-cmd"),
-    SimConfig(seed=14, cpus=4, packets=600, fault="stale-slot", loss=True, probes="no-flush"),
-], ids=["clean", "publish-race", "double-fill-wrapped-trace-cmd", "stale-slot-loss-no-flush"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SimConfig(seed=11, cpus=4, packets=600),
+        SimConfig(seed=12, cpus=3, packets=600, fault="publish-race"),
+        SimConfig(seed=13, cpus=2, packets=600, fault="double-fill", wrap=True, fmt="trace-cmd"),
+        SimConfig(seed=14, cpus=4, packets=600, fault="stale-slot", loss=True, probes="no-flush"),
+    ],
+    ids=["clean", "publish-race", "double-fill-wrapped-trace-cmd", "stale-slot-loss-no-flush"],
+)
 def test_simulated_traces_follow_the_rules(cfg):
     sim = simulate(cfg)
     result = analyze_text(sim.text, "sim")
@@ -294,10 +307,12 @@ def test_c_and_python_paths_write_the_same_bytes(monkeypatch, fixtures):
     byte, on a trace with odd task names, odd bodies and unknown events."""
     sim = simulate(SimConfig(seed=21, cpus=3, packets=400, fault="double-fill", loss=True))
     lines = sim.text.encode().splitlines(keepends=True)
-    odd = [b" t\xc3\xa9sk \"q\"-77  [001] d.Z1. %s: __xsk_rcv_zc_L7: (__xsk_rcv_zc+0x9b/0x250) addr=0x1000 "
-           b"len=0x42 n\xc3\xa9=\"\\\x01\" =x y= xs=0xffff1 fq=0x2\n",
-           b" bad\xff-78  [002] ..... %s: some_event: body \xff\xfe with=\"quotes\"\n",
-           b" bad\xff-78  [002] ..... %s: some_event: body \xff\xfe with=\"quotes\"\n"]
+    odd = [
+        b' t\xc3\xa9sk "q"-77  [001] d.Z1. %s: __xsk_rcv_zc_L7: (__xsk_rcv_zc+0x9b/0x250) addr=0x1000 '
+        b'len=0x42 n\xc3\xa9="\\\x01" =x y= xs=0xffff1 fq=0x2\n',
+        b' bad\xff-78  [002] ..... %s: some_event: body \xff\xfe with="quotes"\n',
+        b' bad\xff-78  [002] ..... %s: some_event: body \xff\xfe with="quotes"\n',
+    ]
     events = [i for i, line in enumerate(lines) if b"]" in line and not line.startswith(b"#")]
     for k, line in enumerate(odd):
         at = events[len(events) // 2 + k]

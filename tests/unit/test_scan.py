@@ -29,8 +29,17 @@ def assert_same(data: bytes):
     for name in fast.column_names():
         assert getattr(fast, name) == getattr(slow, name), name
     assert set(COLUMNS) <= set(fast.column_names())
-    for name in ("lines", "unparsed", "entries", "header_cpus", "cpu_started", "losses", "format", "cut_last_line",
-                 "instances"):
+    for name in (
+        "lines",
+        "unparsed",
+        "entries",
+        "header_cpus",
+        "cpu_started",
+        "losses",
+        "format",
+        "cut_last_line",
+        "instances",
+    ):
         assert getattr(fast.parsed, name) == getattr(slow.parsed, name), name
     assert fast.window == slow.window and fast.losses == slow.losses
 
@@ -44,8 +53,18 @@ def test_fixtures(fixtures):
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("fmt", ["ftrace", "trace-cmd"])
 def test_simulated(seed, fmt, markers):
-    sim = simulate(SimConfig(seed=seed, cpus=2 + seed, packets=400, fault="double-fill", wrap=seed % 2 == 0,
-                             loss=seed % 3 == 0, fmt=fmt, markers=markers))
+    sim = simulate(
+        SimConfig(
+            seed=seed,
+            cpus=2 + seed,
+            packets=400,
+            fault="double-fill",
+            wrap=seed % 2 == 0,
+            loss=seed % 3 == 0,
+            fmt=fmt,
+            markers=markers,
+        )
+    )
     assert_same(sim.text.encode())
 
 
@@ -100,10 +119,12 @@ def test_a_new_kernel_field_and_event_are_rows_of_the_format():
     from flightrec.parse.format import CONTRACT, Format, KernelField
 
     # (filtered first, so the test still means something once the contract has them)
-    fmt = Format(kinds=tuple(k for k in CONTRACT.kinds if k != "completion") + ("completion",),
-                 fields=tuple(f for f in CONTRACT.fields if f.name != "cons") + (KernelField("cons", "cons"),),
-                 events=tuple(e for e in CONTRACT.events if e[0] != "completion")
-                 + (("completion", ("xsk_comp", "xskq_prod_submit_addr"), ("addr", "cons")),))
+    fmt = Format(
+        kinds=tuple(k for k in CONTRACT.kinds if k != "completion") + ("completion",),
+        fields=tuple(f for f in CONTRACT.fields if f.name != "cons") + (KernelField("cons", "cons"),),
+        events=tuple(e for e in CONTRACT.events if e[0] != "completion")
+        + (("completion", ("xsk_comp", "xskq_prod_submit_addr"), ("addr", "cons")),),
+    )
     data = (
         b"          <idle>-0       [001] ..s2.  1234.500000: bpf_trace_printk: "
         b"flightrec xsk_comp xs=0xffff8881045f2000 cons=0x3e8 addr=0x1a000\n"
@@ -125,8 +146,9 @@ def test_a_new_kernel_field_and_event_are_rows_of_the_format():
 def test_timestamps_read_as_python_floats():
     """The C scanner's fast decimal path rounds as float() does, long or short."""
     rng = random.Random(3)
-    stamps = [f"{rng.randrange(10 ** rng.randint(1, 12))}.{rng.randrange(10 ** rng.randint(1, 12))}"
-              for _ in range(20000)]
+    stamps = [
+        f"{rng.randrange(10 ** rng.randint(1, 12))}.{rng.randrange(10 ** rng.randint(1, 12))}" for _ in range(20000)
+    ]
     data = "".join(f" a-1 [000] .... {t}: foo: bar\n" for t in stamps).encode()
     fast, _ = parse_trace(data)
     assert fast.ts == [float(t) for t in stamps]
@@ -168,8 +190,11 @@ def test_batched_lines_expand_alike():
     """A batched line is one row per descriptor on both paths, with its line, CPU and time."""
     fast, slow = both(batch_trace(BATCH_BODIES))
     assert_same(batch_trace(BATCH_BODIES))
-    got = [(t.line[r], t.kind[r], t.sock[r], t.addr[r], t.frm[r], t.to[r], t.detail[r])
-           for t in (fast,) for r in range(len(t))]
+    got = [
+        (t.line[r], t.kind[r], t.sock[r], t.addr[r], t.frm[r], t.to[r], t.detail[r])
+        for t in (fast,)
+        for r in range(len(t))
+    ]
     assert got[:6] == [
         (1, "marker", "ingress q:1", 0x1000, "COMP", "FILL", None),
         (1, "marker", "ingress q:1", 0x1800, "COMP", "FILL", None),
@@ -186,8 +211,9 @@ def test_batched_lines_expand_alike():
 def test_batched_lines_grow_the_rows():
     """Many descriptors per line: more rows than the first guess, scanned again."""
     body = "outer q:0 COMP -> FILL " + " ".join(f"0x{a:x}" for a in range(0, 120 * 0x800, 0x800))
-    data = batch_trace([body] * 50 + ["0x1 a; " * 100 + "0x2 b"], event="print") .replace(
-        b"print: ", b"print: 0xffffffff81000000: ")
+    data = batch_trace([body] * 50 + ["0x1 a; " * 100 + "0x2 b"], event="print").replace(
+        b"print: ", b"print: 0xffffffff81000000: "
+    )
     fast, slow = both(data)
     assert len(fast) == 50 * 120 + 101
     assert_same(data)

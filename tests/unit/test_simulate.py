@@ -37,8 +37,18 @@ NOTE = re.compile(r"^(?P<addr>0x[0-9a-f]+) \w+( \w+)*$")
 DETECTION = re.compile(
     r": (expected (?P<exp>0x[0-9a-f]+) ?remaining: \[[0-9a-f, .…]*\]|invalid, was (FREE|FILL|RX|TX|COMP))$"
 )
-VALID = {("FREE", "FILL"), ("FREE", "TX"), ("FILL", "RX"), ("RX", "TX"), ("RX", "FILL"), ("RX", "FREE"),
-         ("TX", "COMP"), ("COMP", "FILL"), ("COMP", "TX"), ("COMP", "FREE")}
+VALID = {
+    ("FREE", "FILL"),
+    ("FREE", "TX"),
+    ("FILL", "RX"),
+    ("RX", "TX"),
+    ("RX", "FILL"),
+    ("RX", "FREE"),
+    ("TX", "COMP"),
+    ("COMP", "FILL"),
+    ("COMP", "TX"),
+    ("COMP", "FREE"),
+}
 GRID = [(seed, cpus) for seed, cpus in zip(range(12), [2, 3, 4, 5, 6, 7, 8, 2, 3, 4, 8, 5])]
 
 
@@ -52,7 +62,7 @@ def events(text: str, fmt: str = "ftrace"):
             body = m["body"]
             if fmt == "trace-cmd" and m["event"] == "print":
                 assert body.startswith("tracing_mark_write: "), line
-                ev, body = "tracing_mark_write", body[len("tracing_mark_write: "):]
+                ev, body = "tracing_mark_write", body[len("tracing_mark_write: ") :]
             else:
                 ev = m["event"]
             out.append((n, int(m["cpu"]), int(m["sec"]) * 1_000_000 + int(m["usec"]), ev, body, m["task"].strip()))
@@ -122,7 +132,7 @@ def test_clean_trace_replays_clean(seed, cpus):
     assert sim.truth.anomaly is None and sim.truth.detection_line is None
     xs_of = {s: int(v["xs"], 16) for s, v in sim.truth.sockets.items()}
     sock_of = {x: s for s, x in xs_of.items()}
-    fill = defaultdict(deque)      # sock -> FILL order the application produced
+    fill = defaultdict(deque)  # sock -> FILL order the application produced
     reserved = defaultdict(deque)  # sock -> (addr, cpu) reserved, not yet flushed
     published = defaultdict(deque)  # sock -> addrs published by a flush
     state = {}
@@ -188,7 +198,7 @@ def test_application_faults_truth(seed, cpus):
         assert lines[first - 1].endswith(f" {addr} " + want[0].strip()) or want[0] in lines[first - 1]
         assert f" {addr} " in lines[first - 1] and f" {addr} " in lines[second - 1]
         assert lines[second - 1].endswith(want[1])
-        between = lines[first:second - 1]
+        between = lines[first : second - 1]
         assert not any(f" {addr} FILL -> RX" in ln for ln in between), "no RX of it in between"
         assert t.detection_line > second
         lines_of[fault] = t.detection_line
@@ -289,8 +299,16 @@ def test_every_fault_cpu_count_and_format_simulates():
     for fault in FAULTS:
         for seed, cpus in GRID:
             for wrap in (False, True):
-                sim = simulate(SimConfig(seed=seed, cpus=cpus, packets=600, fault=fault, wrap=wrap,
-                                         fmt="trace-cmd" if seed % 3 == 0 else "ftrace"))
+                sim = simulate(
+                    SimConfig(
+                        seed=seed,
+                        cpus=cpus,
+                        packets=600,
+                        fault=fault,
+                        wrap=wrap,
+                        fmt="trace-cmd" if seed % 3 == 0 else "ftrace",
+                    )
+                )
                 assert (sim.truth.anomaly is None) == (fault == "none")
                 tasks |= {s["task"] for s in sim.truth.sockets.values()}
                 n += 1
@@ -306,20 +324,45 @@ def test_bad_config(bad):
 
 def test_cli(tmp_path):
     out, truth = tmp_path / "t.txt", tmp_path / "t.json"
-    r = subprocess.run([sys.executable, "-m", "flightrec", "simulate", "--seed", "4", "--cpus", "3", "--packets",
-                        "500", "--fault", "fill-and-tx", "-o", str(out), "--truth", str(truth)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flightrec",
+            "simulate",
+            "--seed",
+            "4",
+            "--cpus",
+            "3",
+            "--packets",
+            "500",
+            "--fault",
+            "fill-and-tx",
+            "-o",
+            str(out),
+            "--truth",
+            str(truth),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     t = json.loads(truth.read_text())
     assert t["anomaly"]["verdict"] == "application"
     assert out.read_text() == simulate(SimConfig(seed=4, cpus=3, packets=500, fault="fill-and-tx")).text
-    r = subprocess.run([sys.executable, "-m", "flightrec", "simulate", "--cpus", "3", "--packets", "300"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "flightrec", "simulate", "--cpus", "3", "--packets", "300"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and r.stdout.startswith("# tracer: nop") and json.loads(r.stderr)["anomaly"] is None
     r = subprocess.run([sys.executable, "-m", "flightrec", "simulate", "--cpus", "12"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "flightrec", "simulate", "-o", str(tmp_path / "no" / "x.txt")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "flightrec", "simulate", "-o", str(tmp_path / "no" / "x.txt")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and r.stderr.startswith("flightrec: ") and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "flightrec", "simulate", "--help"], capture_output=True, text=True)
     assert "Examples:" in r.stdout

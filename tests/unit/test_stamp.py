@@ -49,8 +49,18 @@ def run_receiver(stamp_bin: Path, tmp_path: Path, datagrams: list[bytes], keep_g
     (trace / "tracing_on").write_text("1")
     port = free_port()
     stats = tmp_path / "recv.json"
-    argv = [str(stamp_bin), "recv", "--bind", f"127.0.0.1:{port}", "--trace-dir", str(trace),
-            "--duration", "3", "--stats", str(stats)] + (["--keep-going"] if keep_going else [])
+    argv = [
+        str(stamp_bin),
+        "recv",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--trace-dir",
+        str(trace),
+        "--duration",
+        "3",
+        "--stats",
+        str(stats),
+    ] + (["--keep-going"] if keep_going else [])
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None and '"ready"' in proc.stdout.readline()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -103,8 +113,25 @@ def test_sender_payloads_are_the_documented_format(stamp_bin):
         s.bind(("127.0.0.1", 0))
         s.settimeout(5)
         port = s.getsockname()[1]
-        out = subprocess.run([str(stamp_bin), "send", "--to", f"127.0.0.1:{port}", "--rate", "2000", "--duration",
-                              "0.3", "--flows", "3", "--len", "16-1472"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            [
+                str(stamp_bin),
+                "send",
+                "--to",
+                f"127.0.0.1:{port}",
+                "--rate",
+                "2000",
+                "--duration",
+                "0.3",
+                "--flows",
+                "3",
+                "--len",
+                "16-1472",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         assert out.returncode == 0, out.stderr
         got = []
         s.settimeout(0.5)

@@ -74,7 +74,8 @@ def test_instance_settings_trigger_and_restore(root, name, tmp_path):
         finally:
             os.close(fd)
         assert list(inst.marker_lines()) == [
-            "outer q:0 0x100 FILL -> RX", "outer q:0 0x200 FILL -> RX: expected 0x100 remaining: []"
+            "outer q:0 0x100 FILL -> RX",
+            "outer q:0 0x200 FILL -> RX: expected 0x100 remaining: []",
         ]
         stats = inst.cpu_stats()
         assert sum(s.entries for s in stats) == 2

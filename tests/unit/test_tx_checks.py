@@ -22,23 +22,33 @@ def tx_read(ts: float, cpu: int, addr: int) -> str:
 
 def story(reuse: str) -> str:
     """A frame received, forwarded to TX, then `reuse` (a marker line) before its completion."""
-    return (mark(1.000, 0, f"ingress q:0 {A:#x} FREE -> FILL") + reserve(1.001, 1, A)
-            + mark(1.002, 0, f"ingress q:0 {A:#x} FILL -> RX") + mark(1.003, 0, f"egress q:0 {A:#x} RX -> TX")
-            + mark(1.004, 1, reuse) + tx_read(1.005, 0, A)
-            # the real completion: it meets the frame where the reuse put it
-            + mark(1.006, 0, f"egress q:0 {A:#x} TX -> COMP" + ("" if reuse.endswith("TX") else ": invalid, was FILL")))
+    return (
+        mark(1.000, 0, f"ingress q:0 {A:#x} FREE -> FILL")
+        + reserve(1.001, 1, A)
+        + mark(1.002, 0, f"ingress q:0 {A:#x} FILL -> RX")
+        + mark(1.003, 0, f"egress q:0 {A:#x} RX -> TX")
+        + mark(1.004, 1, reuse)
+        + tx_read(1.005, 0, A)
+        # the real completion: it meets the frame where the reuse put it
+        + mark(1.006, 0, f"egress q:0 {A:#x} TX -> COMP" + ("" if reuse.endswith("TX") else ": invalid, was FILL"))
+    )
 
 
 def anomalies(text: str) -> list[dict]:
     return analyze_text(text).to_json()["anomalies"]
 
 
-@pytest.mark.parametrize("reuse", [f"ingress q:0 {A:#x} COMP -> FILL", f"egress q:0 {A:#x} COMP -> TX",
-                                   f"ingress q:0 {A:#x} FREE -> FILL"])
+@pytest.mark.parametrize(
+    "reuse", [f"ingress q:0 {A:#x} COMP -> FILL", f"egress q:0 {A:#x} COMP -> TX", f"ingress q:0 {A:#x} FREE -> FILL"]
+)
 def test_a_frame_given_back_to_the_kernel_with_no_completion_read_is_the_applications(reuse):
     first, *rest = anomalies(story(reuse))
-    assert (first["kind"], first["verdict"], first["addr"], first["line"]) == \
-        ("reuse_before_completion", "application", f"{A:#x}", 5)
+    assert (first["kind"], first["verdict"], first["addr"], first["line"]) == (
+        "reuse_before_completion",
+        "application",
+        f"{A:#x}",
+        5,
+    )
     why = {e["line"]: e["why"] for e in first["evidence"]}
     assert "into its TX ring" in why[4]
     assert "to transmit it after the reuse" in why[6]  # the kernel's own read, after the reuse
@@ -60,17 +70,26 @@ def test_rx_to_fill_of_a_frame_in_tx_stays_a_duplicate_insertion():
 
 
 def test_a_completion_read_in_between_is_clean():
-    text = (mark(1.000, 0, f"ingress q:0 {A:#x} FREE -> FILL") + reserve(1.001, 1, A)
-            + mark(1.002, 0, f"ingress q:0 {A:#x} FILL -> RX") + mark(1.003, 0, f"egress q:0 {A:#x} RX -> TX")
-            + tx_read(1.004, 0, A) + mark(1.005, 0, f"egress q:0 {A:#x} TX -> COMP")
-            + mark(1.006, 1, f"ingress q:0 {A:#x} COMP -> FILL"))
+    text = (
+        mark(1.000, 0, f"ingress q:0 {A:#x} FREE -> FILL")
+        + reserve(1.001, 1, A)
+        + mark(1.002, 0, f"ingress q:0 {A:#x} FILL -> RX")
+        + mark(1.003, 0, f"egress q:0 {A:#x} RX -> TX")
+        + tx_read(1.004, 0, A)
+        + mark(1.005, 0, f"egress q:0 {A:#x} TX -> COMP")
+        + mark(1.006, 1, f"ingress q:0 {A:#x} COMP -> FILL")
+    )
     assert anomalies(text) == []
 
 
 def test_a_cpu_that_began_recording_in_between_leaves_it_undetermined():
     """CPU 1's buffer begins after the TX: its missing markers may hold the completion."""
-    text = (OVERRUN + mark(1.003, 0, f"egress q:0 {A:#x} RX -> TX") + "##### CPU 1 buffer started ####\n"
-            + mark(1.004, 1, f"ingress q:0 {A:#x} COMP -> FILL"))
+    text = (
+        OVERRUN
+        + mark(1.003, 0, f"egress q:0 {A:#x} RX -> TX")
+        + "##### CPU 1 buffer started ####\n"
+        + mark(1.004, 1, f"ingress q:0 {A:#x} COMP -> FILL")
+    )
     assert [a for a in anomalies(text) if a["verdict"] != "undetermined"] == []
 
 
@@ -95,39 +114,61 @@ def test_simulated_reuse_is_named_with_its_mechanism(variant):
 
 def sent_early(tx_at: float, cpu1_from: str = "") -> str:
     """A frame read from COMPLETION at 1.004, sent by the kernel at `tx_at`."""
-    return (mark(1.000, 0, f"ingress q:0 {A:#x} FREE -> FILL") + reserve(1.001, 1, A)
-            + mark(1.002, 0, f"ingress q:0 {A:#x} FILL -> RX") + mark(1.003, 0, f"egress q:0 {A:#x} RX -> TX")
-            + cpu1_from + mark(1.004, 0, f"egress q:0 {A:#x} TX -> COMP")
-            + mark(1.005, 0, f"ingress q:0 {A:#x} COMP -> FILL") + tx_read(tx_at, 1, A))
+    return (
+        mark(1.000, 0, f"ingress q:0 {A:#x} FREE -> FILL")
+        + reserve(1.001, 1, A)
+        + mark(1.002, 0, f"ingress q:0 {A:#x} FILL -> RX")
+        + mark(1.003, 0, f"egress q:0 {A:#x} RX -> TX")
+        + cpu1_from
+        + mark(1.004, 0, f"egress q:0 {A:#x} TX -> COMP")
+        + mark(1.005, 0, f"ingress q:0 {A:#x} COMP -> FILL")
+        + tx_read(tx_at, 1, A)
+    )
 
 
 def test_a_frame_the_kernel_sends_after_its_completion_was_read_is_the_kernels():
     first = anomalies(sent_early(1.006))[0]
-    assert (first["kind"], first["verdict"], first["addr"], first["line"]) == \
-        ("completion_in_flight", "kernel", f"{A:#x}", 7)
+    assert (first["kind"], first["verdict"], first["addr"], first["line"]) == (
+        "completion_in_flight",
+        "kernel",
+        f"{A:#x}",
+        7,
+    )
     assert [e["line"] for e in first["evidence"]] == [4, 5, 7]
-    assert all(c["holds"] for c in first["claims"]) and any(c["absence"] and c["events"] == "kernel"
-                                                            for c in first["claims"])
+    assert all(c["holds"] for c in first["claims"]) and any(
+        c["absence"] and c["events"] == "kernel" for c in first["claims"]
+    )
 
 
 def test_a_frame_sent_before_its_completion_is_clean():
-    text = (mark(1.003, 0, f"egress q:0 {A:#x} RX -> TX") + tx_read(1.0035, 1, A)
-            + mark(1.004, 0, f"egress q:0 {A:#x} TX -> COMP") + mark(1.005, 0, f"egress q:0 {A:#x} COMP -> TX")
-            + tx_read(1.006, 1, A))
+    text = (
+        mark(1.003, 0, f"egress q:0 {A:#x} RX -> TX")
+        + tx_read(1.0035, 1, A)
+        + mark(1.004, 0, f"egress q:0 {A:#x} TX -> COMP")
+        + mark(1.005, 0, f"egress q:0 {A:#x} COMP -> TX")
+        + tx_read(1.006, 1, A)
+    )
     assert anomalies(text) == []
 
 
 def test_without_the_kernels_whole_history_the_early_completion_is_undetermined():
     """CPU 1 began recording after the TX: its send of the frame before the read may be lost."""
-    text = (OVERRUN + mark(1.003, 0, f"egress q:0 {A:#x} RX -> TX") + "##### CPU 1 buffer started ####\n"
-            + reserve(1.0035, 1, 0x9000) + mark(1.004, 0, f"egress q:0 {A:#x} TX -> COMP") + tx_read(1.006, 1, A))
+    text = (
+        OVERRUN
+        + mark(1.003, 0, f"egress q:0 {A:#x} RX -> TX")
+        + "##### CPU 1 buffer started ####\n"
+        + reserve(1.0035, 1, 0x9000)
+        + mark(1.004, 0, f"egress q:0 {A:#x} TX -> COMP")
+        + tx_read(1.006, 1, A)
+    )
     first = anomalies(text)[0]
     assert (first["kind"], first["verdict"]) == ("completion_in_flight", "undetermined")
     assert any("CPU 1" in m for m in first["missing"])
 
 
-@pytest.mark.parametrize("variant", [{}, {"wrap": True}, {"fmt": "trace-cmd", "tight": True}, {"probes": "none"},
-                                     {"loss": True}])
+@pytest.mark.parametrize(
+    "variant", [{}, {"wrap": True}, {"fmt": "trace-cmd", "tight": True}, {"probes": "none"}, {"loss": True}]
+)
 def test_simulated_early_completion_against_ground_truth(variant):
     """The kernel publishes a frame's COMPLETION entry before it sends it; the application
     reuses the frame and the receiver gets other data. With the kernel's TX events the
@@ -157,25 +198,45 @@ XS6 = "xs=0xffff888012345600 cq=0xffff888012349000"
 
 def completed_twice(*kernel: str) -> str:
     """A frame sent once, read from COMPLETION twice; `kernel` the COMPLETION events between."""
-    return (mark(1.000, 0, f"egress q:0 {A:#x} RX -> TX") + tx_read(1.001, 1, A) + "".join(kernel)
-            + mark(1.004, 0, f"egress q:0 {A:#x} TX -> COMP") + mark(1.005, 0, f"egress q:0 {A:#x} TX -> COMP"))
+    return (
+        mark(1.000, 0, f"egress q:0 {A:#x} RX -> TX")
+        + tx_read(1.001, 1, A)
+        + "".join(kernel)
+        + mark(1.004, 0, f"egress q:0 {A:#x} TX -> COMP")
+        + mark(1.005, 0, f"egress q:0 {A:#x} TX -> COMP")
+    )
 
 
 def test_a_frame_the_kernel_wrote_into_two_completion_entries_is_the_kernels():
-    first = anomalies(completed_twice(cq(1.002, 1, "cq_submit", f"addr={A:#x} {XS6} slot=0x0"),
-                                      cq(1.003, 1, "cq_submit", f"addr={A:#x} {XS6} slot=0x1")))[0]
-    assert (first["kind"], first["verdict"], first["addr"], first["line"]) == \
-        ("unexpected_completion", "kernel", f"{A:#x}", 6)
+    first = anomalies(
+        completed_twice(
+            cq(1.002, 1, "cq_submit", f"addr={A:#x} {XS6} slot=0x0"),
+            cq(1.003, 1, "cq_submit", f"addr={A:#x} {XS6} slot=0x1"),
+        )
+    )[0]
+    assert (first["kind"], first["verdict"], first["addr"], first["line"]) == (
+        "unexpected_completion",
+        "kernel",
+        f"{A:#x}",
+        6,
+    )
     assert "2 COMPLETION entries" in first["explanation"]
 
 
-@pytest.mark.parametrize("kernel", [
-    [cq(1.002, 1, "cq_submit", f"addr={A:#x} {XS6} slot=0x0")],  # 6.1: written at submit
-    [cq(1.0015, 1, "cq_reserve", f"addr={A:#x} xs=0xffff888012345600"),  # 6.1's reserve writes nothing
-     cq(1.002, 1, "cq_submit", f"addr={A:#x} {XS6} slot=0x0")],
-    [cq(1.0015, 1, "cq_reserve", f"addr={A:#x} {XS6} slot=0x0"),  # 6.12: written at reserve
-     cq(1.002, 1, "cq_submit", f"{XS6} n=0x1 slot=0x0")],
-])
+@pytest.mark.parametrize(
+    "kernel",
+    [
+        [cq(1.002, 1, "cq_submit", f"addr={A:#x} {XS6} slot=0x0")],  # 6.1: written at submit
+        [
+            cq(1.0015, 1, "cq_reserve", f"addr={A:#x} xs=0xffff888012345600"),  # 6.1's reserve writes nothing
+            cq(1.002, 1, "cq_submit", f"addr={A:#x} {XS6} slot=0x0"),
+        ],
+        [
+            cq(1.0015, 1, "cq_reserve", f"addr={A:#x} {XS6} slot=0x0"),  # 6.12: written at reserve
+            cq(1.002, 1, "cq_submit", f"{XS6} n=0x1 slot=0x0"),
+        ],
+    ],
+)
 def test_one_completion_entry_read_twice_is_the_applications(kernel):
     first = anomalies(completed_twice(*kernel))[0]
     assert (first["kind"], first["verdict"], first["addr"]) == ("unexpected_completion", "application", f"{A:#x}")
@@ -214,28 +275,52 @@ X, Y, CQ, B = 0xFFFF888012345600, 0xFFFF888012347800, 0xFFFF888012349000, 0x2000
 
 
 def reserve612(ts: float, cpu: int, xs: int, slot: int, addr: int) -> str:
-    return line(ts, cpu, "cq_reserve", f"(__xsk_generic_xmit+0x32f/0xc70) addr={addr:#x} xs={xs:#x} cq={CQ:#x} "
-                                       f"slot={slot:#x}", task="fwd", pid=100)
+    return line(
+        ts,
+        cpu,
+        "cq_reserve",
+        f"(__xsk_generic_xmit+0x32f/0xc70) addr={addr:#x} xs={xs:#x} cq={CQ:#x} slot={slot:#x}",
+        task="fwd",
+        pid=100,
+    )
 
 
 def submit612(ts: float, cpu: int, xs: int, slot: int, n: int = 1) -> str:
-    return line(ts, cpu, "cq_submit", f"(xsk_destruct_skb+0x4c/0xa0) xs={xs:#x} n={n:#x} cq={CQ:#x} slot={slot:#x}",
-                task="ksoftirqd/1", pid=15, flags="..s1.")
+    return line(
+        ts,
+        cpu,
+        "cq_submit",
+        f"(xsk_destruct_skb+0x4c/0xa0) xs={xs:#x} n={n:#x} cq={CQ:#x} slot={slot:#x}",
+        task="ksoftirqd/1",
+        pid=15,
+        flags="..s1.",
+    )
 
 
 def shared_cq(first: int, second: int) -> str:
     """Two sockets sharing one COMPLETION ring (Debian 6.12's events): X reserves slot 0 for A,
     Y slot 1 for B, then the destructors of `first` and `second` run."""
-    return (mark(1.000, 0, f"a q:0 {A:#x} RX -> TX") + mark(1.001, 0, f"b q:0 {B:#x} RX -> TX")
-            + reserve612(1.002, 0, X, 0, A) + reserve612(1.003, 1, Y, 1, B)
-            + submit612(1.004, 1, first, 0) + mark(1.005, 0, f"a q:0 {A:#x} TX -> COMP")
-            + submit612(1.006, 0, second, 1) + mark(1.007, 0, f"b q:0 {B:#x} TX -> COMP"))
+    return (
+        mark(1.000, 0, f"a q:0 {A:#x} RX -> TX")
+        + mark(1.001, 0, f"b q:0 {B:#x} RX -> TX")
+        + reserve612(1.002, 0, X, 0, A)
+        + reserve612(1.003, 1, Y, 1, B)
+        + submit612(1.004, 1, first, 0)
+        + mark(1.005, 0, f"a q:0 {A:#x} TX -> COMP")
+        + submit612(1.006, 0, second, 1)
+        + mark(1.007, 0, f"b q:0 {B:#x} TX -> COMP")
+    )
 
 
 def test_one_socket_publishing_the_completion_slot_another_reserved_is_the_kernels():
     first = anomalies(shared_cq(Y, X))[0]
-    assert (first["kind"], first["verdict"], first["addr"], first["xs"], first["line"]) == \
-        ("cq_cross_publish", "kernel", f"{A:#x}", f"{X:#x}", 5)
+    assert (first["kind"], first["verdict"], first["addr"], first["xs"], first["line"]) == (
+        "cq_cross_publish",
+        "kernel",
+        f"{A:#x}",
+        f"{X:#x}",
+        5,
+    )
     assert {e["line"] for e in first["evidence"]} == {3, 5, 6}  # the reserve, the publish, the application's read
 
 
@@ -246,5 +331,5 @@ def test_each_socket_publishing_its_own_completion_slots_is_clean():
 def test_a_slot_reserved_again_replaces_the_attempt_before():
     """X's first reserve of slot 0 was refused (a full ring) or cancelled: Y's reserve of the same
     slot replaces it, and Y's own destructor publishing it is clean."""
-    text = (reserve612(1.000, 0, X, 0, A) + reserve612(1.001, 1, Y, 0, B) + submit612(1.002, 1, Y, 0))
+    text = reserve612(1.000, 0, X, 0, A) + reserve612(1.001, 1, Y, 0, B) + submit612(1.002, 1, Y, 0)
     assert anomalies(text) == []

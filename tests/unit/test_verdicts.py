@@ -80,7 +80,9 @@ def test_double_fill_is_application_with_that_descriptor():
         mark(1.000, 0, f"ingress q:0 {a:#x} FREE -> FILL")
         + mark(1.001, 0, f"ingress q:0 {b:#x} FREE -> FILL")
         + mark(1.002, 0, f"ingress q:0 {a:#x} COMP -> FILL")  # a is still in FILL
-        + reserve(1.003, 1, a) + reserve(1.004, 1, b) + reserve(1.005, 1, a)
+        + reserve(1.003, 1, a)
+        + reserve(1.004, 1, b)
+        + reserve(1.005, 1, a)
         + mark(1.006, 0, f"ingress q:0 {a:#x} FILL -> RX")
         + mark(1.007, 0, f"ingress q:0 {b:#x} FILL -> RX")
         + mark(1.008, 0, f"ingress q:0 {a:#x} FILL -> RX: expected {c:#x} remaining: []")
@@ -127,13 +129,18 @@ def test_kernel_delivering_what_it_reserved_out_of_app_order_is_application():
     text = (
         mark(1.000, 0, f"ingress q:0 {a:#x} FREE -> FILL")
         + mark(1.001, 0, f"ingress q:0 {b:#x} FREE -> FILL")
-        + reserve(1.002, 1, a) + reserve(1.003, 1, c)  # c was in FILL without a marker
+        + reserve(1.002, 1, a)
+        + reserve(1.003, 1, c)  # c was in FILL without a marker
         + mark(1.004, 0, f"ingress q:0 {a:#x} FILL -> RX")
         + mark(1.005, 0, f"ingress q:0 {c:#x} FILL -> RX")
     )
     a0 = first(analyze_text(text))
     assert (a0["verdict"], a0["kind"], a0["addr"], a0["expected"]) == (
-        "application", "fill_order", f"{c:#x}", f"{b:#x}")
+        "application",
+        "fill_order",
+        f"{c:#x}",
+        f"{b:#x}",
+    )
 
 
 def test_loss_inside_the_causal_window_is_undetermined():
@@ -163,8 +170,9 @@ def test_history_before_the_window_gives_no_false_anomaly():
 
 
 def test_unknown_events_are_kept():
-    text = (mark(1.0, 0, "ingress q:0 0x1000 FREE -> FILL")
-            + "  sshd-5 [000] ..... 1.100000: sched_switch: prev=a next=b\n")
+    text = (
+        mark(1.0, 0, "ingress q:0 0x1000 FREE -> FILL") + "  sshd-5 [000] ..... 1.100000: sched_switch: prev=a next=b\n"
+    )
     r = analyze_text(text)
     assert r.to_json()["stats"]["events"]["other"] == 1
     assert r.timeline.frame["event"].tolist() == ["tracing_mark_write", "sched_switch"]
@@ -191,12 +199,22 @@ def test_bpf_backend_slot_published_before_written_is_kernel():
     found = analyze_text(text).to_json()["anomalies"]
     # First the kernel's own events (checks/kernel_publish.py), at the late write...
     k = found[0]
-    assert (k["verdict"], k["kind"], k["reserve_cpu"], k["flush_cpu"], k["addr"]) == \
-        ("kernel", "kernel_publish_race", 1, 0, f"{b:#x}")
+    assert (k["verdict"], k["kind"], k["reserve_cpu"], k["flush_cpu"], k["addr"]) == (
+        "kernel",
+        "kernel_publish_race",
+        1,
+        0,
+        f"{b:#x}",
+    )
     # ...then the application's read of the stale slot, tied to the same race.
     a0 = found[1]
-    assert (a0["verdict"], a0["kind"], a0["reserve_cpu"], a0["flush_cpu"], a0["expected"]) == \
-        ("kernel", "publish_race", 1, 0, f"{b:#x}")
+    assert (a0["verdict"], a0["kind"], a0["reserve_cpu"], a0["flush_cpu"], a0["expected"]) == (
+        "kernel",
+        "publish_race",
+        1,
+        0,
+        f"{b:#x}",
+    )
     assert any("past slot 1" in e["why"] for e in a0["evidence"])
 
 
@@ -207,57 +225,80 @@ def _bpf_ring(events: list[tuple[float, int, str]]) -> str:
 
 def test_kernel_events_alone_catch_a_slot_published_before_written():
     """No marker at all: CPU 0's flush publishes slot 1 before CPU 1 writes it."""
-    text = _bpf_ring([
-        (1.000, 1, "rx_reserve xs={xs} q=0x0 slot=0x0 addr=0x1000 len=0x4e"),
-        (1.001, 1, "flush xs={xs} q=0x0 prod=0x1"),
-        (1.002, 0, "rx_reserve xs={xs} q=0x0 slot=0x2 addr=0x3000 len=0x4e"),
-        (1.003, 0, "flush xs={xs} q=0x0 prod=0x3"),
-        (1.004, 1, "rx_reserve xs={xs} q=0x0 slot=0x1 addr=0x2000 len=0x4e"),
-        (1.005, 1, "flush xs={xs} q=0x0 prod=0x3"),
-    ])
+    text = _bpf_ring(
+        [
+            (1.000, 1, "rx_reserve xs={xs} q=0x0 slot=0x0 addr=0x1000 len=0x4e"),
+            (1.001, 1, "flush xs={xs} q=0x0 prod=0x1"),
+            (1.002, 0, "rx_reserve xs={xs} q=0x0 slot=0x2 addr=0x3000 len=0x4e"),
+            (1.003, 0, "flush xs={xs} q=0x0 prod=0x3"),
+            (1.004, 1, "rx_reserve xs={xs} q=0x0 slot=0x1 addr=0x2000 len=0x4e"),
+            (1.005, 1, "flush xs={xs} q=0x0 prod=0x3"),
+        ]
+    )
     r = analyze_text(text)
     [a] = r.to_json()["anomalies"]
-    assert (a["kind"], a["verdict"], a["reserve_cpu"], a["flush_cpu"], a["addr"]) == \
-        ("kernel_publish_race", "kernel", 1, 0, "0x2000")
+    assert (a["kind"], a["verdict"], a["reserve_cpu"], a["flush_cpu"], a["addr"]) == (
+        "kernel_publish_race",
+        "kernel",
+        1,
+        0,
+        "0x2000",
+    )
     assert "slot 1" in a["explanation"] and "1000 us later" in a["explanation"], a["explanation"]
     assert [c["holds"] for c in a["claims"]] == [True] and not a["claims"][0]["absence"]
     assert r.to_json()["stats"]["checks_not_run"], "no markers: the marker checks are said not to have run"
 
 
-@pytest.mark.parametrize("events", [
-    # Each CPU writes its slot before its flush publishes it, NAPI moving between CPUs.
-    [(1.000, 1, "rx_reserve xs={xs} q=0x0 slot=0x0 addr=0x1000 len=0x4e"),
-     (1.001, 1, "flush xs={xs} q=0x0 prod=0x1"),
-     (1.002, 0, "rx_reserve xs={xs} q=0x0 slot=0x1 addr=0x2000 len=0x4e"),
-     (1.003, 0, "flush xs={xs} q=0x0 prod=0x2"),
-     (1.004, 1, "rx_reserve xs={xs} q=0x0 slot=0x2 addr=0x3000 len=0x4e")],
-    # A flush line printed late, its producer past the other CPU's already written slots.
-    [(1.000, 0, "rx_reserve xs={xs} q=0x0 slot=0x0 addr=0x1000 len=0x4e"),
-     (1.001, 1, "rx_reserve xs={xs} q=0x0 slot=0x1 addr=0x2000 len=0x4e"),
-     (1.002, 0, "flush xs={xs} q=0x0 prod=0x2")],
-    # The socket freed and another made at the same address: its slots start at 0 again, seconds later.
-    [(1.000, 0, "rx_reserve xs={xs} q=0x0 slot=0x4ff addr=0x1000 len=0x4e"),
-     (1.001, 0, "flush xs={xs} q=0x0 prod=0x500"),
-     (3.000, 1, "rx_reserve xs={xs} q=0x0 slot=0x0 addr=0x2000 len=0x4e")],
-])
+@pytest.mark.parametrize(
+    "events",
+    [
+        # Each CPU writes its slot before its flush publishes it, NAPI moving between CPUs.
+        [
+            (1.000, 1, "rx_reserve xs={xs} q=0x0 slot=0x0 addr=0x1000 len=0x4e"),
+            (1.001, 1, "flush xs={xs} q=0x0 prod=0x1"),
+            (1.002, 0, "rx_reserve xs={xs} q=0x0 slot=0x1 addr=0x2000 len=0x4e"),
+            (1.003, 0, "flush xs={xs} q=0x0 prod=0x2"),
+            (1.004, 1, "rx_reserve xs={xs} q=0x0 slot=0x2 addr=0x3000 len=0x4e"),
+        ],
+        # A flush line printed late, its producer past the other CPU's already written slots.
+        [
+            (1.000, 0, "rx_reserve xs={xs} q=0x0 slot=0x0 addr=0x1000 len=0x4e"),
+            (1.001, 1, "rx_reserve xs={xs} q=0x0 slot=0x1 addr=0x2000 len=0x4e"),
+            (1.002, 0, "flush xs={xs} q=0x0 prod=0x2"),
+        ],
+        # The socket freed and another made at the same address: its slots start at 0 again, seconds later.
+        [
+            (1.000, 0, "rx_reserve xs={xs} q=0x0 slot=0x4ff addr=0x1000 len=0x4e"),
+            (1.001, 0, "flush xs={xs} q=0x0 prod=0x500"),
+            (3.000, 1, "rx_reserve xs={xs} q=0x0 slot=0x0 addr=0x2000 len=0x4e"),
+        ],
+    ],
+)
 def test_kernel_events_of_a_sound_kernel_stay_clean(events):
     assert analyze_text(_bpf_ring(events)).anomalies == ()
 
 
 def test_real_ftrace_and_trace_cmd_output_read_alike(fixtures):
     """The same events, as an instance's trace file and as trace-cmd report print them."""
-    docs = [analyze_path(str(fixtures / name)).to_json()
-            for name in ("ftrace-instance-fill-order.txt", "tracecmd-instance-fill-order.txt")]
+    docs = [
+        analyze_path(str(fixtures / name)).to_json()
+        for name in ("ftrace-instance-fill-order.txt", "tracecmd-instance-fill-order.txt")
+    ]
     assert docs[0]["stats"]["format"] == "ftrace" and docs[1]["stats"]["format"] == "trace-cmd"
     for doc in docs:
         assert doc["stats"]["events"]["marker"] == 10 and doc["stats"]["events"]["note"] == 1
         a = doc["anomalies"][0]
         assert (a["kind"], a["verdict"], a["addr"], a["expected"]) == (
-            "fill_order", "undetermined", "0x16ce900", "0x13d3900")
+            "fill_order",
+            "undetermined",
+            "0x16ce900",
+            "0x13d3900",
+        )
         assert any("reserve" in m for m in a["missing"])
     strip = ("evidence", "explanation", "line", "source")
-    assert [{k: v for k, v in a.items() if k not in strip} for a in docs[0]["anomalies"]] == \
-           [{k: v for k, v in a.items() if k not in strip} for a in docs[1]["anomalies"]]
+    assert [{k: v for k, v in a.items() if k not in strip} for a in docs[0]["anomalies"]] == [
+        {k: v for k, v in a.items() if k not in strip} for a in docs[1]["anomalies"]
+    ]
 
 
 def test_a_length_mismatch_on_a_frame_the_application_put_in_two_rings_is_its_own():
@@ -265,18 +306,20 @@ def test_a_length_mismatch_on_a_frame_the_application_put_in_two_rings_is_its_ow
     # then receives another packet into it and writes its len, while the XDP
     # program's metadata in the frame belongs to the other packet.
     t, s = 1.0, "ingress q:0"
-    text = "".join([
-        mark(t, 0, f"{s} 0x1000 FREE -> FILL"),
-        reserve(t + 0.00001, 1, 0x1000),
-        mark(t + 0.00002, 0, f"{s} 0x1000 FILL -> RX"),
-        mark(t + 0.00003, 0, f"{s} 0x1000 RX -> FILL"),
-        mark(t + 0.00004, 0, "egress q:0 0x1000 RX -> TX"),
-        mark(t + 0.000041, 0, "egress q:0 0x1000 TX -> COMP"),
-        mark(t + 0.000042, 0, f"{s} 0x1000 COMP -> FILL"),
-        reserve(t + 0.00005, 1, 0x1000).replace("len=0x4e", "len=0x1d1"),
-        flush(t + 0.00006, 1),
-        mark(t + 0.00007, 0, f"{s} 0x1000 FILL -> RX: len 465 xdp_len 1204"),
-    ])
+    text = "".join(
+        [
+            mark(t, 0, f"{s} 0x1000 FREE -> FILL"),
+            reserve(t + 0.00001, 1, 0x1000),
+            mark(t + 0.00002, 0, f"{s} 0x1000 FILL -> RX"),
+            mark(t + 0.00003, 0, f"{s} 0x1000 RX -> FILL"),
+            mark(t + 0.00004, 0, "egress q:0 0x1000 RX -> TX"),
+            mark(t + 0.000041, 0, "egress q:0 0x1000 TX -> COMP"),
+            mark(t + 0.000042, 0, f"{s} 0x1000 COMP -> FILL"),
+            reserve(t + 0.00005, 1, 0x1000).replace("len=0x4e", "len=0x1d1"),
+            flush(t + 0.00006, 1),
+            mark(t + 0.00007, 0, f"{s} 0x1000 FILL -> RX: len 465 xdp_len 1204"),
+        ]
+    )
     r = analyze_text(text)
     verdicts = {a["kind"]: a["verdict"] for a in r.to_json()["anomalies"]}
     assert verdicts.get("length_mismatch") == "application", r.to_json()["anomalies"]

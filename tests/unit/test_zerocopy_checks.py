@@ -30,8 +30,14 @@ def trace(*marks: str, reserves: dict[int, float] | None = None) -> bytes:
 
 # Three frames into FILL; the driver drops the first one's packet (XDP_PASS
 # before the socket was in the map) and reposts it after the other two.
-REORDERED = ("0x1000 FREE -> FILL", "0x2000 FREE -> FILL", "0x3000 FREE -> FILL",
-             "0x2000 FILL -> RX", "0x3000 FILL -> RX", "0x1000 FILL -> RX")
+REORDERED = (
+    "0x1000 FREE -> FILL",
+    "0x2000 FREE -> FILL",
+    "0x3000 FREE -> FILL",
+    "0x2000 FILL -> RX",
+    "0x3000 FILL -> RX",
+    "0x1000 FILL -> RX",
+)
 REORDER_RESERVES = {0x2000: 1.00003, 0x3000: 1.000045, 0x1000: 1.000055}
 
 
@@ -57,10 +63,17 @@ def test_the_same_order_in_copy_mode_breaks_fill_order():
 def test_a_double_fill_is_still_the_applications_in_zero_copy():
     # 0x1000 goes round once, then the application puts it into FILL twice:
     # the kernel hands it out twice, and the second read finds it in RX.
-    marks = ("0x1000 FREE -> FILL", "0x2000 FREE -> FILL",
-             "0x1000 FILL -> RX", "0x1000 RX -> TX", "0x1000 TX -> COMP",
-             "0x1000 COMP -> FILL", "0x1000 COMP -> FILL",
-             "0x1000 FILL -> RX", "0x1000 FILL -> RX")
+    marks = (
+        "0x1000 FREE -> FILL",
+        "0x2000 FREE -> FILL",
+        "0x1000 FILL -> RX",
+        "0x1000 RX -> TX",
+        "0x1000 TX -> COMP",
+        "0x1000 COMP -> FILL",
+        "0x1000 COMP -> FILL",
+        "0x1000 FILL -> RX",
+        "0x1000 FILL -> RX",
+    )
     result = analyze_bytes(trace(*marks), "zc.txt", meta=zc_meta())
     assert result.anomalies, "a double fill went unseen in zero-copy"
     assert result.verdict == "application", [(a.kind, a.verdict, a.explanation) for a in result.anomalies]
@@ -68,8 +81,7 @@ def test_a_double_fill_is_still_the_applications_in_zero_copy():
 
 def test_the_forwarders_zero_copy_poison_line():
     assert parse_detection("poison").kind == "poison"
-    marks = ("0x1000 FREE -> FILL", "0x2000 FREE -> FILL", "0x2000 FILL -> RX",
-             "0xdeadbeefdeadbeef FILL -> RX: poison")
+    marks = ("0x1000 FREE -> FILL", "0x2000 FREE -> FILL", "0x2000 FILL -> RX", "0xdeadbeefdeadbeef FILL -> RX: poison")
     result = analyze_bytes(trace(*marks), "zc.txt", meta=zc_meta())
     kinds = [a.kind for a in result.anomalies]
     assert kinds == ["poison_read"], [(a.kind, a.explanation) for a in result.anomalies]

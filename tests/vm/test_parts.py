@@ -57,8 +57,9 @@ def test_modules_load_after_their_dependencies(guest_kernel):
 def test_initramfs_unpacks_with_init_console_and_modules(guest_kernel, tmp_path):
     path = initramfs.build(guest_kernel, cache=tmp_path)
     assert initramfs.build(guest_kernel, cache=tmp_path) == path  # cached
-    listing = subprocess.run(["busybox", "cpio", "-t"], input=gzip.decompress(path.read_bytes()),
-                             capture_output=True, timeout=60)
+    listing = subprocess.run(
+        ["busybox", "cpio", "-t"], input=gzip.decompress(path.read_bytes()), capture_output=True, timeout=60
+    )
     assert listing.returncode == 0, listing.stderr
     names = set(listing.stdout.decode().split())
     assert {"init", "bin/busybox", "dev/console", "modules.load"} <= names
@@ -108,8 +109,9 @@ def test_compressed_modules_are_read_by_the_initramfs_busybox(series_kernel, tmp
     series, k = series_kernel
     path = initramfs.build(k, cache=tmp_path)
     archive = gzip.decompress(path.read_bytes())
-    listed = subprocess.run(["busybox", "cpio", "-i", "--to-stdout", "modules.load"], input=archive,
-                            capture_output=True, timeout=60)
+    listed = subprocess.run(
+        ["busybox", "cpio", "-i", "--to-stdout", "modules.load"], input=archive, capture_output=True, timeout=60
+    )
     modules = listed.stdout.decode().split()
     assert listed.returncode == 0 and modules, listed.stderr
     if series != "6.1":
@@ -117,8 +119,7 @@ def test_compressed_modules_are_read_by_the_initramfs_busybox(series_kernel, tmp
     busybox = vmkernel.find_busybox()  # the binary the initramfs carries
     for ko in modules:
         if ko.endswith(".ko.xz"):
-            plain = subprocess.run([busybox, "unxz", "-c", str(k.modules_dir / ko)], capture_output=True,
-                                   timeout=60)
+            plain = subprocess.run([busybox, "unxz", "-c", str(k.modules_dir / ko)], capture_output=True, timeout=60)
             assert plain.returncode == 0 and plain.stdout[:4] == b"\x7fELF", ko
 
 
@@ -128,11 +129,18 @@ def test_series_without_its_apt_source_is_one_line(tmp_path):
     empty.mkdir()
     conf = tmp_path / "apt.conf"
     # Real apt with no sources at all: no package lists, no cache files written.
-    conf.write_text(f'Dir::Etc::SourceList "/dev/null";\nDir::Etc::SourceParts "{empty}";\n'
-                    'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n')
-    out = subprocess.run([sys.executable, "-m", "flightrec", "vm", "run", "--kernel", "7.3", "--", "true"],
-                         capture_output=True, text=True, cwd=REPO, timeout=120,
-                         env=dict(os.environ, APT_CONFIG=str(conf)))
+    conf.write_text(
+        f'Dir::Etc::SourceList "/dev/null";\nDir::Etc::SourceParts "{empty}";\n'
+        'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "flightrec", "vm", "run", "--kernel", "7.3", "--", "true"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env=dict(os.environ, APT_CONFIG=str(conf)),
+    )
     if "flightrec: " in out.stderr and "trixie" not in out.stderr:
         pytest.skip(f"vm run stops earlier here: {out.stderr.strip()}")
     assert out.returncode == 2, out.stdout + out.stderr
@@ -178,13 +186,16 @@ HUNG = """\
 def test_kernel_reports_say_what_and_where():
     assert kernel_reports(HUNG) == [
         "BUG: soft lockup - CPU#0 stuck for 13s! [poke.sh:142] at smp_call_function_many_cond+0xf1/0x330",
-        "NMI backtrace for cpu 1 at kprobe_int3_handler+0xd1/0x1b0 < __schedule+0x1bd/0xa00"]
+        "NMI backtrace for cpu 1 at kprobe_int3_handler+0xd1/0x1b0 < __schedule+0x1bd/0xa00",
+    ]
     assert kernel_reports("flightrec-vm: ready 5.6\n") == []
 
 
 def test_death_reason_puts_the_panic_first_then_its_oops():
-    assert death_reason(OOPS_AT_BOOT) == ("Kernel panic - not syncing: Fatal exception in interrupt; "
-                                          "Oops: int3: 0000 [#1] PREEMPT SMP NOPTI at enqueue_timer+0xa5/0x100 "
-                                          "< kfree+0x126/0x370")
+    assert death_reason(OOPS_AT_BOOT) == (
+        "Kernel panic - not syncing: Fatal exception in interrupt; "
+        "Oops: int3: 0000 [#1] PREEMPT SMP NOPTI at enqueue_timer+0xa5/0x100 "
+        "< kfree+0x126/0x370"
+    )
     assert death_reason("one\ntwo\n\nthree\n") == "one | two | three"
     assert death_reason("") == "(no console output)"

@@ -45,8 +45,14 @@ def test_command_runs_in_the_guest_kernel_and_its_output_comes_back(guest_kernel
         "ip link add vm-test-a type veth peer name vm-test-b && echo veth-ok; "
         "echo result > $FLIGHTREC_VM_OUT/result.txt; exit 7"
     )
-    proc = subprocess.run(flightrec("vm", "run", "-o", str(out), "--", "sh", "-c", script),
-                          capture_output=True, text=True, env=vm_env(tmp), cwd=REPO, timeout=150)
+    proc = subprocess.run(
+        flightrec("vm", "run", "-o", str(out), "--", "sh", "-c", script),
+        capture_output=True,
+        text=True,
+        env=vm_env(tmp),
+        cwd=REPO,
+        timeout=150,
+    )
     assert proc.returncode == 7, proc.stdout + proc.stderr
     lines = [ln.removeprefix("  guest | ") for ln in proc.stdout.splitlines() if ln.startswith("  guest | ")]
     assert lines[0] == guest_kernel.release  # the guest kernel, not the host's
@@ -63,8 +69,14 @@ def test_command_runs_in_the_guest_kernel_and_its_output_comes_back(guest_kernel
 def test_boot_failure_is_one_line_and_exit_2(guest_kernel, tmp_path):
     """The Debian bzImage without its modules cannot reach the host's root: the init says so."""
     tmp = tmp_path / "tmp"
-    proc = subprocess.run(flightrec("vm", "run", "--kernel", str(guest_kernel.bzimage), "--", "true"),
-                          capture_output=True, text=True, env=vm_env(tmp), cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        flightrec("vm", "run", "--kernel", str(guest_kernel.bzimage), "--", "true"),
+        capture_output=True,
+        text=True,
+        env=vm_env(tmp),
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert proc.stderr.startswith("flightrec: guest boot failed: cannot mount the host root")
@@ -74,8 +86,14 @@ def test_boot_failure_is_one_line_and_exit_2(guest_kernel, tmp_path):
 
 def test_watchdog_stops_a_hung_guest(guest_kernel, tmp_path):
     tmp = tmp_path / "tmp"
-    proc = subprocess.run(flightrec("vm", "run", "--timeout", "3", "--", "sleep", "600"),
-                          capture_output=True, text=True, env=vm_env(tmp), cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        flightrec("vm", "run", "--timeout", "3", "--", "sleep", "600"),
+        capture_output=True,
+        text=True,
+        env=vm_env(tmp),
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "flightrec: watchdog: the guest's command ran over 3 s; QEMU stopped"
     assert_nothing_left(tmp)
@@ -83,12 +101,30 @@ def test_watchdog_stops_a_hung_guest(guest_kernel, tmp_path):
 
 def test_watchdog_keeps_the_console_output_and_what_the_guest_wrote(guest_kernel, tmp_path):
     tmp, out = tmp_path / "tmp", tmp_path / "out"
-    proc = subprocess.run(flightrec("vm", "run", "--timeout", "3", "-o", str(out), "--", "sh", "-c",
-                                    "echo partial > $FLIGHTREC_VM_OUT/partial.txt; echo waiting; sleep 600"),
-                          capture_output=True, text=True, env=vm_env(tmp), cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        flightrec(
+            "vm",
+            "run",
+            "--timeout",
+            "3",
+            "-o",
+            str(out),
+            "--",
+            "sh",
+            "-c",
+            "echo partial > $FLIGHTREC_VM_OUT/partial.txt; echo waiting; sleep 600",
+        ),
+        capture_output=True,
+        text=True,
+        env=vm_env(tmp),
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2
-    assert proc.stderr == ("flightrec: watchdog: the guest's command ran over 3 s; QEMU stopped; "
-                           f"guest console: {out / 'vm-console.log'}\n")
+    assert proc.stderr == (
+        "flightrec: watchdog: the guest's command ran over 3 s; QEMU stopped; "
+        f"guest console: {out / 'vm-console.log'}\n"
+    )
     assert "flightrec-vm: ready" in (out / "vm-console.log").read_text()
     assert (out / "vm-output.log").read_text() == "waiting\n"
     assert (out / "partial.txt").read_text() == "partial\n"
@@ -101,13 +137,31 @@ def test_a_guest_dying_mid_command_is_named_with_its_panic_and_not_retried(guest
     """QEMU exits without an exit code (the guest kernel crashed after the command started):
     the panic is the error, the console is kept, and a retry is never made once it runs."""
     tmp, out = tmp_path / "tmp", tmp_path / "out"
-    proc = subprocess.run(flightrec("vm", "run", "--boot-attempts", "3", "-o", str(out), "--", "sh", "-c",
-                                    "echo crashing; sync; echo c > /proc/sysrq-trigger; sleep 60"),
-                          capture_output=True, text=True, env=vm_env(tmp), cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        flightrec(
+            "vm",
+            "run",
+            "--boot-attempts",
+            "3",
+            "-o",
+            str(out),
+            "--",
+            "sh",
+            "-c",
+            "echo crashing; sync; echo c > /proc/sysrq-trigger; sleep 60",
+        ),
+        capture_output=True,
+        text=True,
+        env=vm_env(tmp),
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.count("\n") == 1
-    assert proc.stderr.startswith("flightrec: the guest died while running its command (QEMU exit 0): "
-                                  "Kernel panic - not syncing: sysrq triggered crash"), proc.stderr
+    assert proc.stderr.startswith(
+        "flightrec: the guest died while running its command (QEMU exit 0): "
+        "Kernel panic - not syncing: sysrq triggered crash"
+    ), proc.stderr
     assert proc.stderr.endswith(f"; guest console: {out / 'vm-console.log'}\n")
     assert "sysrq triggered crash" in (out / "vm-console.log").read_text()
     assert "booting again" not in proc.stdout and proc.stdout.count("boot: ") == 1
@@ -119,8 +173,12 @@ def test_a_boot_killed_before_the_command_is_retried_and_said(guest_kernel, tmp_
     """QEMU dies during the first boot (killed here, as the OOM killer or a panic would end
     it): with --boot-attempts the guest boots again, says so, and vm.json keeps the story."""
     tmp, out = tmp_path / "tmp", tmp_path / "out"
-    proc, seen = run_until(flightrec("vm", "run", "--boot-attempts", "3", "-o", str(out), "--", "echo", "hello"),
-                           vm_env(tmp), r"boot: ", timeout=60)
+    proc, seen = run_until(
+        flightrec("vm", "run", "--boot-attempts", "3", "-o", str(out), "--", "echo", "hello"),
+        vm_env(tmp),
+        r"boot: ",
+        timeout=60,
+    )
     deadline = time.monotonic() + 10
     while not (qemu := [p for p in processes_naming(str(tmp)) if "qemu-system" in p]):
         assert time.monotonic() < deadline, "QEMU never started"
@@ -139,8 +197,9 @@ def test_a_boot_killed_before_the_command_is_retried_and_said(guest_kernel, tmp_
     assert_nothing_left(tmp, output)
 
 
-def test_a_kernel_that_panics_at_every_boot_fails_after_the_attempts_with_each_console(guest_kernel, tmp_path,
-                                                                                       monkeypatch):
+def test_a_kernel_that_panics_at_every_boot_fails_after_the_attempts_with_each_console(
+    guest_kernel, tmp_path, monkeypatch
+):
     """A kernel panic before the command (no init: the kernel cannot mount a root) on every
     boot: each boot's console is kept and the error gives the panic."""
     tmp, out = tmp_path / "tmp", tmp_path / "out"
@@ -149,15 +208,24 @@ def test_a_kernel_that_panics_at_every_boot_fails_after_the_attempts_with_each_c
     said: list[str] = []
     t = time.monotonic()
     with pytest.raises(FlightrecError) as err:
-        run_in_guest(["true"], guest_kernel, VmConfig(cmdline=("rdinit=/nonexistent",)), timeout=60,
-                     out_dir=out, boot_attempts=2, say=said.append)
+        run_in_guest(
+            ["true"],
+            guest_kernel,
+            VmConfig(cmdline=("rdinit=/nonexistent",)),
+            timeout=60,
+            out_dir=out,
+            boot_attempts=2,
+            say=said.append,
+        )
     message = str(err.value)
     assert message.startswith("the guest died before its command started (QEMU exit 0): Kernel panic - not syncing: ")
     assert message.endswith(f"; guest console: {out / 'vm-console.log'}")
     assert any(s.startswith("boot 1 of 2 failed: the guest died before its command started") for s in said), said
     vm = json.loads((out / "vm.json").read_text())
-    assert vm["boots"] == 2 and [b["console"] for b in vm["failed_boots"]] == ["vm-console-boot1.log",
-                                                                              "vm-console-boot2.log"]
+    assert vm["boots"] == 2 and [b["console"] for b in vm["failed_boots"]] == [
+        "vm-console-boot1.log",
+        "vm-console-boot2.log",
+    ]
     for name in ("vm-console-boot1.log", "vm-console-boot2.log", "vm-console.log"):
         assert "Kernel panic - not syncing" in (out / name).read_text()
     assert time.monotonic() - t < 100
@@ -167,7 +235,8 @@ def test_a_kernel_that_panics_at_every_boot_fails_after_the_attempts_with_each_c
 STALL_EVERY_VCPU = (
     "echo before > $FLIGHTREC_VM_OUT/before.txt; echo -1 > /proc/sys/kernel/sched_rt_runtime_us; "
     # A SCHED_FIFO spinner on each vCPU, RT throttling off: no ordinary task runs again.
-    "echo stalling; exec taskset -c 0 sh -c 'taskset -c 1 chrt -f 50 yes >/dev/null & exec chrt -f 50 yes >/dev/null'")
+    "echo stalling; exec taskset -c 0 sh -c 'taskset -c 1 chrt -f 50 yes >/dev/null & exec chrt -f 50 yes >/dev/null'"
+)
 
 
 def test_progress_watchdog_stops_a_guest_that_runs_no_task(guest_kernel, tmp_path):
@@ -175,15 +244,22 @@ def test_progress_watchdog_stops_a_guest_that_runs_no_task(guest_kernel, tmp_pat
     stops QEMU within its bound and says why, with the guest's last lines."""
     tmp, out = tmp_path / "tmp", tmp_path / "out"
     stall = 10
-    proc, seen = run_until(flightrec("vm", "run", "--stall-timeout", str(stall), "-o", str(out), "--",
-                                     "sh", "-c", STALL_EVERY_VCPU), vm_env(tmp), r"guest \| stalling", timeout=90)
+    proc, seen = run_until(
+        flightrec("vm", "run", "--stall-timeout", str(stall), "-o", str(out), "--", "sh", "-c", STALL_EVERY_VCPU),
+        vm_env(tmp),
+        r"guest \| stalling",
+        timeout=90,
+    )
     t = time.monotonic()
     rest = finish(proc, 90)
     took = time.monotonic() - t
     assert proc.returncode == 2, seen + rest
     line = last_line(rest)
-    assert line is not None and line.startswith("flightrec: progress watchdog: no heartbeat from ") and \
-        f"of the guest for {stall} s" in line, rest
+    assert (
+        line is not None
+        and line.startswith("flightrec: progress watchdog: no heartbeat from ")
+        and f"of the guest for {stall} s" in line
+    ), rest
     assert "last output: stalling" in line and "QEMU stopped" in line and "the guest had written before.txt" in line
     assert line.endswith(f"; guest console: {out / 'vm-console.log'}")
     # The heartbeat is read once a second: the bound is the stall timeout plus a few seconds.
@@ -200,11 +276,13 @@ def test_progress_watchdog_stops_a_guest_that_runs_no_task(guest_kernel, tmp_pat
 STALL_ONE_VCPU = (
     "kill -STOP $(pgrep -f 'heartbeat[.]1$'); echo stalled vCPU 1; "
     "while [ ! -e $FLIGHTREC_VM_JOB/stop ]; do sleep 0.2; done; "
-    'echo "asked: $(cat $FLIGHTREC_VM_JOB/stop)"; echo saved > $FLIGHTREC_VM_OUT/trace.txt; exit 143')
+    'echo "asked: $(cat $FLIGHTREC_VM_JOB/stop)"; echo saved > $FLIGHTREC_VM_OUT/trace.txt; exit 143'
+)
 
 
-def test_progress_watchdog_asks_a_guest_that_still_runs_to_stop_and_keeps_its_trace(guest_kernel, tmp_path,
-                                                                                     monkeypatch):
+def test_progress_watchdog_asks_a_guest_that_still_runs_to_stop_and_keeps_its_trace(
+    guest_kernel, tmp_path, monkeypatch
+):
     """vCPU 1 stops beating, vCPU 0 still runs tasks: with graceful_stop the guest is asked
     to stop (as for Ctrl-C), saves its output, powers off, and the run still fails with the reason."""
     tmp, out = tmp_path / "tmp", tmp_path / "out"
@@ -214,8 +292,17 @@ def test_progress_watchdog_asks_a_guest_that_still_runs_to_stop_and_keeps_its_tr
     output: list[str] = []
     stall = 10
     with pytest.raises(FlightrecError) as err:
-        run_in_guest(["sh", "-c", STALL_ONE_VCPU], guest_kernel, VmConfig(), timeout=90, out_dir=out,
-                     graceful_stop=True, stall_timeout=stall, say=said.append, on_output=output.append)
+        run_in_guest(
+            ["sh", "-c", STALL_ONE_VCPU],
+            guest_kernel,
+            VmConfig(),
+            timeout=90,
+            out_dir=out,
+            graceful_stop=True,
+            stall_timeout=stall,
+            say=said.append,
+            on_output=output.append,
+        )
     message = str(err.value)
     assert message.startswith(f"progress watchdog: no heartbeat from vCPU 1 of the guest for {stall} s"), message
     assert "last output: stalled vCPU 1" in message
@@ -230,8 +317,14 @@ def test_progress_watchdog_asks_a_guest_that_still_runs_to_stop_and_keeps_its_tr
 
 def test_boot_watchdog(guest_kernel, tmp_path):
     tmp = tmp_path / "tmp"
-    proc = subprocess.run(flightrec("vm", "run", "--boot-timeout", "1", "--", "true"),
-                          capture_output=True, text=True, env=vm_env(tmp), cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        flightrec("vm", "run", "--boot-timeout", "1", "--", "true"),
+        capture_output=True,
+        text=True,
+        env=vm_env(tmp),
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "watchdog: the guest did not reach its command within 1 s" in proc.stderr
     assert_nothing_left(tmp)
@@ -240,14 +333,26 @@ def test_boot_watchdog(guest_kernel, tmp_path):
 def test_missing_qemu_and_missing_kernel_package(tmp_path):
     tmp = tmp_path / "tmp"
     env = dict(vm_env(tmp), FLIGHTREC_QEMU="/nonexistent/qemu-system-x86_64")
-    proc = subprocess.run(flightrec("vm", "record", "-o", str(tmp_path / "o")), capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=60)
+    proc = subprocess.run(
+        flightrec("vm", "record", "-o", str(tmp_path / "o")),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr == "flightrec: /nonexistent/qemu-system-x86_64 not found: apt-get install qemu-system-x86\n"
     if shutil.which("qemu-system-x86_64") is None or shutil.which("apt-cache") is None:
         pytest.skip("the missing-package case needs QEMU and apt installed")
-    proc = subprocess.run(flightrec("vm", "run", "--kernel", "linux-image-0.0.0-none-amd64", "--", "true"),
-                          capture_output=True, text=True, env=vm_env(tmp), cwd=REPO, timeout=60)
+    proc = subprocess.run(
+        flightrec("vm", "run", "--kernel", "linux-image-0.0.0-none-amd64", "--", "true"),
+        capture_output=True,
+        text=True,
+        env=vm_env(tmp),
+        cwd=REPO,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("flightrec: no kernel package matches 'linux-image-0.0.0-none-amd64'")
     assert list(tmp.iterdir()) == []
@@ -256,8 +361,9 @@ def test_missing_qemu_and_missing_kernel_package(tmp_path):
 def long_record(tmp_path: Path, until: str) -> tuple[subprocess.Popen, str, Path, Path]:
     """A 600 s `vm record`, started and read until ``until`` shows in its output."""
     tmp, out = tmp_path / "tmp", tmp_path / "out"
-    proc, seen = run_until(flightrec("vm", "record", "--duration", "600", "-o", str(out)), vm_env(tmp), until,
-                           timeout=150)
+    proc, seen = run_until(
+        flightrec("vm", "record", "--duration", "600", "-o", str(out)), vm_env(tmp), until, timeout=150
+    )
     return proc, seen, tmp, out
 
 
@@ -266,8 +372,10 @@ def assert_stopped_at_once(proc: subprocess.Popen, seen: str, tmp: Path) -> None
     assert proc.returncode == 128 + signal.SIGINT, seen + rest
     console = tmp.parent / "out" / "vm-console.log"
     # The console is named when there is one (a signal that lands before QEMU starts leaves none).
-    assert last_line(rest) in ("flightrec: interrupted by SIGINT; the VM was stopped",
-                               f"flightrec: interrupted by SIGINT; the VM was stopped; guest console: {console}")
+    assert last_line(rest) in (
+        "flightrec: interrupted by SIGINT; the VM was stopped",
+        f"flightrec: interrupted by SIGINT; the VM was stopped; guest console: {console}",
+    )
     assert console.is_file() == last_line(rest).endswith("vm-console.log")
     assert_nothing_left(tmp, seen + rest)
 
@@ -340,7 +448,8 @@ def test_sigkill_takes_qemu_down_and_the_next_run_removes_the_scratch_folder(gue
     while processes_naming(str(tmp)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert processes_naming(str(tmp)) == []
-    out = subprocess.run(flightrec("vm", "run", "--", "true"), capture_output=True, text=True,
-                         env=vm_env(tmp), cwd=REPO, timeout=120)
+    out = subprocess.run(
+        flightrec("vm", "run", "--", "true"), capture_output=True, text=True, env=vm_env(tmp), cwd=REPO, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert list(tmp.iterdir()) == []

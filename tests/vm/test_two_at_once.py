@@ -21,8 +21,14 @@ def test_two_vm_records_started_together_both_record(guest_kernel, artifacts_dir
     runs = {}
     for name in "ab":
         tmp, out = tmp_path / f"tmp-{name}", artifacts_dir / f"vm-two-at-once-{name}"
-        proc = subprocess.Popen(flightrec("vm", "record", "-o", str(out), "--duration", "5"), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env=vm_env(tmp), cwd=REPO)
+        proc = subprocess.Popen(
+            flightrec("vm", "record", "-o", str(out), "--duration", "5"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=vm_env(tmp),
+            cwd=REPO,
+        )
         runs[name] = (proc, tmp, out)
     outputs = {}
     try:

@@ -46,7 +46,7 @@ def kernels():
 
 def _veth_poll(text: str) -> str:
     start = text.index("static int veth_poll(")
-    return text[start:text.index("\n}\n", start)]
+    return text[start : text.index("\n}\n", start)]
 
 
 def test_revert_puts_the_flush_after_napi_complete(kernels):
@@ -58,9 +58,17 @@ def test_revert_puts_the_flush_after_napi_complete(kernels):
     assert fixed.index("xdp_do_flush();") < fixed.index("napi_complete_done(")
     # The revert: the flush comes after napi_complete_done() again, and nothing else moved.
     assert race.index("napi_complete_done(") < race.index("xdp_do_flush();")
-    strip = lambda s: [line for line in s.splitlines()  # noqa: E731
-                       if line.strip() and "xdp_do_flush" not in line and "stats.xdp_redirect > 0" not in line
-                       and not line.strip().startswith(("/*", "*"))]
+
+    def strip(s: str) -> list[str]:
+        return [
+            line
+            for line in s.splitlines()
+            if line.strip()
+            and "xdp_do_flush" not in line
+            and "stats.xdp_redirect > 0" not in line
+            and not line.strip().startswith(("/*", "*"))
+        ]
+
     assert strip(fixed) == strip(race)
 
 
@@ -69,8 +77,14 @@ def test_kernels_are_what_they_say(kernels):
         assert k.release.endswith(f"-flightrec-{name}")
         assert (k.bzimage.parent / "release").read_text().strip() == f"vmlinux-{k.release}"
         config = (k.bzimage.parent / "config").read_text()
-        for option in ("CONFIG_KPROBES=y", "CONFIG_XDP_SOCKETS=y", "CONFIG_VETH=y", "CONFIG_VIRTIO_FS=y",
-                       "CONFIG_DEBUG_INFO=y", "CONFIG_BPF_EVENTS=y"):
+        for option in (
+            "CONFIG_KPROBES=y",
+            "CONFIG_XDP_SOCKETS=y",
+            "CONFIG_VETH=y",
+            "CONFIG_VIRTIO_FS=y",
+            "CONFIG_DEBUG_INFO=y",
+            "CONFIG_BPF_EVENTS=y",
+        ):
             assert option in config, f"{name}: {option} missing"
 
 
@@ -121,8 +135,13 @@ def _vm_record_has_widen() -> str | None:
         from flightrec.vm.qemu import tools_missing
     except ImportError as e:
         return f"the VM runner is not there yet ({e})"
-    proc = subprocess.run([sys.executable, "-m", "flightrec", "vm", "record", "--help"],
-                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flightrec", "vm", "record", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     if "--widen" not in proc.stdout:
         return "`flightrec vm record` has no --widen yet (flightrec/probes/widen/ plugs into it)"
     return tools_missing()
@@ -130,9 +149,26 @@ def _vm_record_has_widen() -> str | None:
 
 def _vm_record(kernel: str, out: Path) -> tuple[int, float, str]:
     t = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "flightrec", "vm", "record", "--kernel", kernel, "--widen",
-                           "--duration", str(RACE_DURATION), "-o", str(out)],
-                          capture_output=True, text=True, timeout=RACE_DURATION + 600, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flightrec",
+            "vm",
+            "record",
+            "--kernel",
+            kernel,
+            "--widen",
+            "--duration",
+            str(RACE_DURATION),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=RACE_DURATION + 600,
+        cwd=REPO,
+    )
     return proc.returncode, time.monotonic() - t, proc.stdout + proc.stderr
 
 
@@ -153,8 +189,13 @@ def test_race_kernel_is_caught_and_blamed_on_the_kernel(vm_ready, tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     assert "WIDENED" in meta["widened"]["summary"]
     assert meta["widened"]["stats"]["reserve_delays"] >= 1
-    proc = subprocess.run([sys.executable, "-m", "flightrec", "analyze", "--json", str(out / "trace.txt")],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flightrec", "analyze", "--json", str(out / "trace.txt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert proc.returncode == 1, proc.stderr
     result = json.loads(proc.stdout)
     assert result["verdict"] == "kernel", result
@@ -187,10 +228,30 @@ UNMARKED_APP = f"{FORWARDER} --outer -:{{outer}} --inner -:{{inner}} --queues {{
 
 def _vm_record_unmarked(kernel: str, out: Path) -> tuple[int, float, str]:
     t = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "flightrec", "vm", "record", "--kernel", kernel, "--widen",
-                           "--kernel-events", "bpf", "--app", UNMARKED_APP,
-                           "--duration", str(RACE_DURATION), "-o", str(out)],
-                          capture_output=True, text=True, timeout=RACE_DURATION + 600, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flightrec",
+            "vm",
+            "record",
+            "--kernel",
+            kernel,
+            "--widen",
+            "--kernel-events",
+            "bpf",
+            "--app",
+            UNMARKED_APP,
+            "--duration",
+            str(RACE_DURATION),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=RACE_DURATION + 600,
+        cwd=REPO,
+    )
     return proc.returncode, time.monotonic() - t, proc.stdout + proc.stderr
 
 

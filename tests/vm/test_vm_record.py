@@ -18,8 +18,15 @@ pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
 # ftrace text: "task-pid [cpu] flags ts: event: ..."
 LINE = re.compile(r"^\s*.+?-\d+\s+\[(?P<cpu>\d+)\]\s+\S+\s+(?P<ts>\d+\.\d+): (?P<event>\w+):(?P<rest>.*)$")
-KINDS = {"rx_reserve": "reserve", "tx_get_data": "tx", "tracing_mark_write": "marker", "tx_xmit": "xmit",
-         "skb_destruct": "destruct", "cq_reserve": "cq_reserve", "cq_submit": "cq_submit"}
+KINDS = {
+    "rx_reserve": "reserve",
+    "tx_get_data": "tx",
+    "tracing_mark_write": "marker",
+    "tx_xmit": "xmit",
+    "skb_destruct": "destruct",
+    "cq_reserve": "cq_reserve",
+    "cq_submit": "cq_submit",
+}
 
 
 def kind_of(event: str) -> str | None:
@@ -40,8 +47,14 @@ def read_trace(path: Path) -> list[tuple[float, int, str]]:
 
 
 def vm_record(out: Path, tmp: Path, *args: str, timeout: float = 170) -> subprocess.CompletedProcess:
-    proc = subprocess.run(flightrec("vm", "record", "-o", str(out), *args), capture_output=True, text=True,
-                          env=vm_env(tmp), cwd=REPO, timeout=timeout)
+    proc = subprocess.run(
+        flightrec("vm", "record", "-o", str(out), *args),
+        capture_output=True,
+        text=True,
+        env=vm_env(tmp),
+        cwd=REPO,
+        timeout=timeout,
+    )
     print(proc.stdout[-4000:], proc.stderr[-2000:])  # kept in the CI log on failure
     return proc
 
@@ -76,8 +89,9 @@ def test_clean_run_has_kernel_probes_and_markers_interleaved_on_two_cpus(guest_k
     switches = sum(1 for a, b in zip(rows, rows[1:]) if a[1] != b[1])
     assert switches >= 10, f"the CPUs switch only {switches} times in timestamp order"
 
-    analyze = subprocess.run(flightrec("analyze", str(out_dir / "trace.txt")), capture_output=True, text=True,
-                             cwd=REPO, timeout=120)
+    analyze = subprocess.run(
+        flightrec("analyze", str(out_dir / "trace.txt")), capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert analyze.returncode == 0, analyze.stdout[-3000:]
 
     vm = json.loads((out_dir / "vm.json").read_text())
@@ -89,8 +103,7 @@ def test_clean_run_has_kernel_probes_and_markers_interleaved_on_two_cpus(guest_k
     print(f"timings: {json.dumps(t)}; meta keys: {sorted(meta)}")
 
 
-def test_injected_double_fill_is_caught_in_the_vm_and_blamed_on_the_application(guest_kernel, out_dir,
-                                                                                tmp_path):
+def test_injected_double_fill_is_caught_in_the_vm_and_blamed_on_the_application(guest_kernel, out_dir, tmp_path):
     if guest_kernel.vmlinux is None:
         pytest.skip(f"no debug vmlinux for {guest_kernel.release}")
     tmp = tmp_path / "tmp"
@@ -100,8 +113,13 @@ def test_injected_double_fill_is_caught_in_the_vm_and_blamed_on_the_application(
     assert "verdict: application" in proc.stdout
     assert_nothing_left(tmp, proc.stdout)
 
-    analyze = subprocess.run(flightrec("analyze", "--json", str(out_dir / "trace.txt")), capture_output=True,
-                             text=True, cwd=REPO, timeout=120)
+    analyze = subprocess.run(
+        flightrec("analyze", "--json", str(out_dir / "trace.txt")),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert analyze.returncode == 1
     report = json.loads(analyze.stdout)
     assert report["verdict"] == "application"

@@ -44,8 +44,9 @@ def _af_xdp(out: Path) -> dict:
 def test_zerocopy_on_73_reads_back_zerocopy_and_stays_clean(out_dir, tmp_path):
     _series("7.3", with_vmlinux=True)
     tmp = tmp_path / "tmp"
-    proc = vm_record(out_dir, tmp, "--kernel", "7.3", "--nic", "virtio", "--mode", "zerocopy", "--duration", "10",
-                     timeout=240)
+    proc = vm_record(
+        out_dir, tmp, "--kernel", "7.3", "--nic", "virtio", "--mode", "zerocopy", "--duration", "10", timeout=240
+    )
     assert proc.returncode == 0, proc.stderr
     assert "verdict: clean" in proc.stdout
     assert "(XDP_OPTIONS): zerocopy on outer q:0, inner q:0" in proc.stdout
@@ -71,8 +72,23 @@ def test_zerocopy_on_73_reads_back_zerocopy_and_stays_clean(out_dir, tmp_path):
 def test_zerocopy_double_fill_on_73_is_caught_and_blamed_on_the_application(out_dir, tmp_path):
     _series("7.3", with_vmlinux=True)
     tmp = tmp_path / "tmp"
-    proc = vm_record(out_dir, tmp, "--kernel", "7.3", "--nic", "virtio", "--mode", "zerocopy", "--duration", "20",
-                     "--inject", "double-fill", "--inject-after", "2000", timeout=240)
+    proc = vm_record(
+        out_dir,
+        tmp,
+        "--kernel",
+        "7.3",
+        "--nic",
+        "virtio",
+        "--mode",
+        "zerocopy",
+        "--duration",
+        "20",
+        "--inject",
+        "double-fill",
+        "--inject-after",
+        "2000",
+        timeout=240,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "verdict: application" in proc.stdout
     assert_nothing_left(tmp, proc.stdout)
@@ -80,8 +96,13 @@ def test_zerocopy_double_fill_on_73_is_caught_and_blamed_on_the_application(out_
     assert af["bind"] == "zerocopy"
     # XDP_STATISTICS as read right after the forwarder stopped tracing, per socket.
     assert all("xdp_statistics_at_anomaly" in s for s in af["sockets"])
-    analyze = subprocess.run(flightrec("analyze", "--json", str(out_dir / "trace.txt")), capture_output=True,
-                             text=True, cwd=REPO, timeout=120)
+    analyze = subprocess.run(
+        flightrec("analyze", "--json", str(out_dir / "trace.txt")),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     report = json.loads(analyze.stdout)
     first = report["anomalies"][0]
     assert report["verdict"] == "application" and first["verdict"] == "application"
@@ -92,8 +113,20 @@ def test_zerocopy_double_fill_on_73_is_caught_and_blamed_on_the_application(out_
 def test_copy_on_virtio_61(out_dir, tmp_path):
     _series("6.1", with_vmlinux=False)
     tmp = tmp_path / "tmp"
-    proc = vm_record(out_dir, tmp, "--kernel", "6.1", "--nic", "virtio", "--mode", "copy", "--duration", "10",
-                     "--kernel-events", "none")
+    proc = vm_record(
+        out_dir,
+        tmp,
+        "--kernel",
+        "6.1",
+        "--nic",
+        "virtio",
+        "--mode",
+        "copy",
+        "--duration",
+        "10",
+        "--kernel-events",
+        "none",
+    )
     assert proc.returncode == 0, proc.stderr
     assert_nothing_left(tmp, proc.stdout)
     af = _af_xdp(out_dir)
@@ -105,8 +138,21 @@ def test_copy_on_virtio_61(out_dir, tmp_path):
 def test_auto_takes_what_the_kernel_can_do_and_says_so(series, got, out_dir, tmp_path):
     _series(series, with_vmlinux=False)
     tmp = tmp_path / "tmp"
-    proc = vm_record(out_dir, tmp, "--kernel", series, "--nic", "virtio", "--mode", "auto", "--duration", "8",
-                     "--kernel-events", "none", timeout=240)
+    proc = vm_record(
+        out_dir,
+        tmp,
+        "--kernel",
+        series,
+        "--nic",
+        "virtio",
+        "--mode",
+        "auto",
+        "--duration",
+        "8",
+        "--kernel-events",
+        "none",
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr
     said = "auto took zero-copy" if got == "zerocopy" else "auto fell back to copy"
     assert said in proc.stdout

@@ -44,12 +44,28 @@ def test_virtio_net_zerocopy_hooks_by_series(series, rx, tx):
 
 def test_nic_args_for_the_guest():
     rate = ["--stamp-rate", str(VM_STAMP_RATE)]
-    assert nic_record_args("virtio", "zerocopy", parse_record_args([])) == ["--nic", "virtio", "--mode", "zerocopy",
-                                                                            "--queues", "1", *rate]
-    assert nic_record_args("virtio", "copy", parse_record_args(["--queues", "1"])) == ["--nic", "virtio", "--mode",
-                                                                                        "copy", *rate]
+    assert nic_record_args("virtio", "zerocopy", parse_record_args([])) == [
+        "--nic",
+        "virtio",
+        "--mode",
+        "zerocopy",
+        "--queues",
+        "1",
+        *rate,
+    ]
+    assert nic_record_args("virtio", "copy", parse_record_args(["--queues", "1"])) == [
+        "--nic",
+        "virtio",
+        "--mode",
+        "copy",
+        *rate,
+    ]
     assert nic_record_args("veth", "auto", parse_record_args(["--queues", "4", "--stamp-rate", "500"])) == [
-        "--nic", "veth", "--mode", "auto"]
+        "--nic",
+        "veth",
+        "--mode",
+        "auto",
+    ]
     with pytest.raises(FlightrecError, match="pass --queues 1"):
         nic_record_args("virtio", "copy", parse_record_args(["--queues", "2"]))
     with pytest.raises(FlightrecError, match="give --nic and --mode to `flightrec vm record` itself"):
@@ -59,10 +75,16 @@ def test_nic_args_for_the_guest():
 def test_zerocopy_on_61_exits_2_with_one_line_before_booting(tmp_path):
     _kernel("6.1")
     t = time.monotonic()
-    proc = subprocess.run(flightrec("vm", "record", "--kernel", "6.1", "--nic", "virtio", "--mode", "zerocopy",
-                                    "-o", str(tmp_path / "out")),
-                          capture_output=True, text=True, cwd=REPO, timeout=120,
-                          env={**__import__("os").environ, "TMPDIR": str(tmp_path)})
+    proc = subprocess.run(
+        flightrec(
+            "vm", "record", "--kernel", "6.1", "--nic", "virtio", "--mode", "zerocopy", "-o", str(tmp_path / "out")
+        ),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={**__import__("os").environ, "TMPDIR": str(tmp_path)},
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("flightrec: --mode zerocopy: virtio_net of kernel 6.1"), proc.stderr

@@ -89,8 +89,16 @@ def _default_sigint() -> None:
 
 def run_until(argv: list[str], env: dict, pattern: str, timeout: float) -> tuple[subprocess.Popen, str]:
     """Start ``argv`` in its own session (SIGINT at its default), read its output until ``pattern`` appears."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                            text=True, start_new_session=True, preexec_fn=_default_sigint)
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=REPO,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_default_sigint,
+    )
     seen = []
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None

@@ -28,7 +28,6 @@ and in the guest, around any command (what `flightrec vm record --widen` runs)::
     python3 -m flightrec.probes.widen run [--plan FILE] -- COMMAND...
 """
 
-
 from flightrec.probes.widen.guest import guest_setup, main, meta, run
 from flightrec.probes.widen.loader import LOADER, READY_TIMEOUT, Widener, describe, loader_argv
 from flightrec.probes.widen.plan import (
@@ -43,6 +42,21 @@ from flightrec.probes.widen.plan import (
 from flightrec.probes.widen.sites import resolve_widen
 
 __all__ = [
-    "LOADER", "MAX_MS", "READY_TIMEOUT", "SPEC_PATH", "WidenOptions", "WidenPlan", "WidenSite", "WidenSpec",
-    "Widener", "describe", "guest_setup", "load_widen_specs", "loader_argv", "main", "meta", "resolve_widen", "run",
+    "LOADER",
+    "MAX_MS",
+    "READY_TIMEOUT",
+    "SPEC_PATH",
+    "WidenOptions",
+    "WidenPlan",
+    "WidenSite",
+    "WidenSpec",
+    "Widener",
+    "describe",
+    "guest_setup",
+    "load_widen_specs",
+    "loader_argv",
+    "main",
+    "meta",
+    "resolve_widen",
+    "run",
 ]

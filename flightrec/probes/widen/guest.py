@@ -32,14 +32,20 @@ from flightrec.probes.widen.sites import resolve_widen
 
 def meta(plan: WidenPlan, options: WidenOptions, stats: Optional[dict]) -> dict:
     """What meta.json's "widened" says: the line, the sites, the settings and the counters."""
-    return {"summary": describe(plan, options), "options": asdict(options),
-            "sites": {s.name: {"location": s.location, "source": f"{s.file}:{s.line}", "why": s.why}
-                      for s in (plan.flush, plan.reserve)},
-            "stats": stats or {}}
+    return {
+        "summary": describe(plan, options),
+        "options": asdict(options),
+        "sites": {
+            s.name: {"location": s.location, "source": f"{s.file}:{s.line}", "why": s.why}
+            for s in (plan.flush, plan.reserve)
+        },
+        "stats": stats or {},
+    }
 
 
-def guest_setup(vmlinux: Optional[Path], options: WidenOptions,
-                say=lambda _: None) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+def guest_setup(
+    vmlinux: Optional[Path], options: WidenOptions, say=lambda _: None
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
     """For `flightrec vm record --widen`: resolve on the host, return (guest command prefix, job files).
 
     The prefix runs the recording under ``python3 -m flightrec.probes.widen run``,
@@ -59,8 +65,9 @@ def guest_setup(vmlinux: Optional[Path], options: WidenOptions,
 PROBES_WAIT = 120.0  # seconds for the recording to define its kprobes (python under TCG is slow)
 
 
-def _wait_for_recording_probes(child: subprocess.Popen, tracefs: Path = Path("/sys/kernel/tracing"),
-                               timeout: float = PROBES_WAIT) -> bool:
+def _wait_for_recording_probes(
+    child: subprocess.Popen, tracefs: Path = Path("/sys/kernel/tracing"), timeout: float = PROBES_WAIT
+) -> bool:
     """Wait until the recording has its kernel events (or exited); False on timeout.
 
     The widener must attach after the recording's kprobes: where two kprobes
@@ -104,8 +111,10 @@ def run(plan_file: Path, command: list[str], out_dir: Optional[Path]) -> int:
         raise FlightrecError(f"{plan_file}: bad widener options ({e})") from None
     running = running_build_id()
     if plan.build_id and running and plan.build_id != running:
-        raise FlightrecError(f"the widener's sites come from a vmlinux with build ID {plan.build_id[:12]}, "
-                             f"the running kernel's is {running[:12]}: its offsets would be wrong")
+        raise FlightrecError(
+            f"the widener's sites come from a vmlinux with build ID {plan.build_id[:12]}, "
+            f"the running kernel's is {running[:12]}: its offsets would be wrong"
+        )
     widener = Widener(plan, options)
     child = subprocess.Popen(command)
     forward = lambda signum, _frame: child.send_signal(signum)  # noqa: E731
@@ -116,9 +125,12 @@ def run(plan_file: Path, command: list[str], out_dir: Optional[Path]) -> int:
             return child.returncode
         widener.start()
         t = time.monotonic()
-        print(f"flightrec: {describe(plan, options)}"
-              + ("" if waited else " (the recording's kernel events did not appear: attached anyway)"),
-              file=sys.stderr, flush=True)
+        print(
+            f"flightrec: {describe(plan, options)}"
+            + ("" if waited else " (the recording's kernel events did not appear: attached anyway)"),
+            file=sys.stderr,
+            flush=True,
+        )
         code = child.wait()
     except BaseException:
         child.kill()
@@ -129,10 +141,14 @@ def run(plan_file: Path, command: list[str], out_dir: Optional[Path]) -> int:
             signal.signal(s, h)
         stats = widener.stop()
     stats["seconds"] = round(time.monotonic() - t, 2)
-    print(f"flightrec: widener: {stats.get('flush_delays', 0)} flush delays, "
-          f"{stats.get('reserve_delays', 0)} reserve delays (a reserve that met a flush of its own queue "
-          f"on another CPU), {stats.get('flush_hits', 0)} flushes and {stats.get('reserve_hits', 0)} "
-          f"reserves seen", file=sys.stderr, flush=True)
+    print(
+        f"flightrec: widener: {stats.get('flush_delays', 0)} flush delays, "
+        f"{stats.get('reserve_delays', 0)} reserve delays (a reserve that met a flush of its own queue "
+        f"on another CPU), {stats.get('flush_hits', 0)} flushes and {stats.get('reserve_hits', 0)} "
+        f"reserves seen",
+        file=sys.stderr,
+        flush=True,
+    )
     if out_dir is not None and out_dir.is_dir():
         note = meta(plan, options, stats)
         try:
@@ -146,8 +162,10 @@ def run(plan_file: Path, command: list[str], out_dir: Optional[Path]) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     """``run [--plan FILE] [--out DIR] -- COMMAND...`` (guest) or ``resolve VMLINUX [SOURCE_TREE]`` (host)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = ("usage: python3 -m flightrec.probes.widen run [--plan FILE] [--out DIR] -- COMMAND...\n"
-             "       python3 -m flightrec.probes.widen resolve VMLINUX [SOURCE_TREE]")
+    usage = (
+        "usage: python3 -m flightrec.probes.widen run [--plan FILE] [--out DIR] -- COMMAND...\n"
+        "       python3 -m flightrec.probes.widen resolve VMLINUX [SOURCE_TREE]"
+    )
     try:
         if argv[:1] == ["resolve"] and len(argv) in (2, 3):
             plan = resolve_widen(Path(argv[1]), source_dir=Path(argv[2]) if len(argv) == 3 else None)
@@ -155,7 +173,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(describe(plan, WidenOptions()), file=sys.stderr)
             return 0
         if argv[:1] == ["run"] and "--" in argv:
-            opts, command = argv[1:argv.index("--")], argv[argv.index("--") + 1:]
+            opts, command = argv[1 : argv.index("--")], argv[argv.index("--") + 1 :]
             job = os.environ.get("FLIGHTREC_VM_JOB")
             plan_file = Path(job) / "widen.json" if job else None
             out = Path(os.environ["FLIGHTREC_VM_OUT"]) if os.environ.get("FLIGHTREC_VM_OUT") else None

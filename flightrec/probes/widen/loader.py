@@ -21,10 +21,12 @@ READY_TIMEOUT = 120.0  # seconds for the loader to load and attach (the verifier
 def describe(plan: WidenPlan, options: WidenOptions) -> str:
     """One plain line: that windows were widened, where and by how much."""
     queue = "any queue" if options.queue is None else f"queue {options.queue}"
-    return (f"race windows WIDENED (fault amplifier): flush side {options.flush_ms:g} ms busy-wait on every "
-            f"{options.flush_every}th hit at {plan.flush.location} ({plan.flush.file}:{plan.flush.line}, {queue}); "
-            f"reserve side {options.reserve_ms:g} ms at {plan.reserve.location} "
-            f"({plan.reserve.file}:{plan.reserve.line}) only while its queue is being flushed on another CPU")
+    return (
+        f"race windows WIDENED (fault amplifier): flush side {options.flush_ms:g} ms busy-wait on every "
+        f"{options.flush_every}th hit at {plan.flush.location} ({plan.flush.file}:{plan.flush.line}, {queue}); "
+        f"reserve side {options.reserve_ms:g} ms at {plan.reserve.location} "
+        f"({plan.reserve.file}:{plan.reserve.line}) only while its queue is being flushed on another CPU"
+    )
 
 
 def loader_argv(plan: WidenPlan, options: WidenOptions, loader: Path = LOADER) -> list[str]:
@@ -33,14 +35,29 @@ def loader_argv(plan: WidenPlan, options: WidenOptions, loader: Path = LOADER) -
     :raises FlightrecError: bad options, or --queue without a queue id at the flush site.
     """
     options.check()
-    argv = [str(loader), "--flush", plan.flush.location, "--flush-key", str(plan.flush.key.fetch),
-            "--reserve", plan.reserve.location, "--reserve-key", str(plan.reserve.key.fetch),
-            "--flush-ns", str(int(options.flush_ms * 1e6)), "--flush-every", str(options.flush_every),
-            "--reserve-ns", str(int(options.reserve_ms * 1e6))]
+    argv = [
+        str(loader),
+        "--flush",
+        plan.flush.location,
+        "--flush-key",
+        str(plan.flush.key.fetch),
+        "--reserve",
+        plan.reserve.location,
+        "--reserve-key",
+        str(plan.reserve.key.fetch),
+        "--flush-ns",
+        str(int(options.flush_ms * 1e6)),
+        "--flush-every",
+        str(options.flush_every),
+        "--reserve-ns",
+        str(int(options.reserve_ms * 1e6)),
+    ]
     if options.queue is not None:
         if plan.flush.queue is None or plan.flush.queue.fetch is None:
-            raise FlightrecError("widener: the socket's queue id is not readable at the flush site in this "
-                                 "kernel: widen every queue (leave the queue option out)")
+            raise FlightrecError(
+                "widener: the socket's queue id is not readable at the flush site in this "
+                "kernel: widen every queue (leave the queue option out)"
+            )
         argv += ["--flush-queue", plan.flush.queue.fetch, "--queue", str(options.queue)]
     return argv
 

@@ -120,14 +120,23 @@ def load_widen_specs(path: Path = SPEC_PATH) -> dict[str, WidenSpec]:
         if not (isinstance(name, str) and isinstance(function, str) and function.isidentifier()):
             raise FlightrecError(f"{where}: 'name' and 'function' must be given ('function' a C identifier)")
         at, after, before = t.get("at"), t.get("after"), t.get("before")
-        if not ((at == "entry" and after is None and before is None) or
-                (at is None and isinstance(after, str) and isinstance(before, str) and after and before)):
+        if not (
+            (at == "entry" and after is None and before is None)
+            or (at is None and isinstance(after, str) and isinstance(before, str) and after and before)
+        ):
             raise FlightrecError(f"{where}: give either at = \"entry\" or both 'after' and 'before'")
-        specs[name] = WidenSpec(name, function, _strs(t, "inlined", where, True), _strs(t, "key", where, True),
-                                at, after, before, _strs(t, "queue", where), str(t.get("shows", "")))
+        specs[name] = WidenSpec(
+            name,
+            function,
+            _strs(t, "inlined", where, True),
+            _strs(t, "key", where, True),
+            at,
+            after,
+            before,
+            _strs(t, "queue", where),
+            str(t.get("shows", "")),
+        )
     missing = {"flush", "reserve"} - set(specs)
     if missing:
         raise FlightrecError(f"{path}: no site named {', '.join(sorted(missing))}")
     return specs
-
-

@@ -49,8 +49,10 @@ def _follow(vm: Vmlinux, spec: WidenSpec) -> list[tuple[DIE, list[DIE], str]]:
             # Not inlined here: go on in its own out-of-line copy.
             out_of_line = vm.function_dies(name)
             if not out_of_line:
-                raise FlightrecError(f"widener site {spec.name}: {' > '.join([spec.function, *spec.inlined])}: "
-                                     f"this kernel has no {name}, inlined or not")
+                raise FlightrecError(
+                    f"widener site {spec.name}: {' > '.join([spec.function, *spec.inlined])}: "
+                    f"this kernel has no {name}, inlined or not"
+                )
             found = [(out_of_line[0][0], [], f"{name} (out of line)")]
         current = found
     return current
@@ -77,8 +79,10 @@ def _source_lines(vm: Vmlinux, die: DIE, source_dir: Optional[Path]) -> tuple[st
             return file, decl, path.read_text(errors="replace").splitlines()
         except OSError:
             continue
-    raise FlightrecError(f"widener: the kernel's source {file} is needed to find its sites by their text and "
-                         f"is not there: use --kernel veth-race or veth-fixed (built from source by flightrec)")
+    raise FlightrecError(
+        f"widener: the kernel's source {file} is needed to find its sites by their text and "
+        f"is not there: use --kernel veth-race or veth-fixed (built from source by flightrec)"
+    )
 
 
 def _line_of(lines: list[str], decl: int, text: str, what: str) -> int:
@@ -112,8 +116,10 @@ def _chain(vm: Vmlinux, die: DIE, above: list[DIE], addr: int) -> list[DIE]:
 def _resolve_site(vm: Vmlinux, spec: WidenSpec, source_dir: Optional[Path]) -> WidenSite:
     copies = _follow(vm, spec)
     if len(copies) != 1:
-        raise FlightrecError(f"widener site {spec.name}: {len(copies)} copies of {spec.inlined[-1]} in "
-                             f"{spec.function}: the spec must single one out")
+        raise FlightrecError(
+            f"widener site {spec.name}: {len(copies)} copies of {spec.inlined[-1]} in "
+            f"{spec.function}: the spec must single one out"
+        )
     die, above, trail = copies[0]
     ranges = vm.ranges(die)
     if not ranges:
@@ -121,8 +127,10 @@ def _resolve_site(vm: Vmlinux, spec: WidenSpec, source_dir: Optional[Path]) -> W
     if spec.at == "entry":
         addr = vm.entry_pc(die)
         if addr is None or addr != min(lo for lo, _ in ranges):
-            raise FlightrecError(f"widener site {spec.name}: code of {spec.inlined[-1]} precedes its entry "
-                                 f"in this kernel: no single place is 'before' it")
+            raise FlightrecError(
+                f"widener site {spec.name}: code of {spec.inlined[-1]} precedes its entry "
+                f"in this kernel: no single place is 'before' it"
+            )
         file = vm.file_name(die.cu, vm.attr(die, "DW_AT_decl_file") or 0)
         line, why = vm.attr(die, "DW_AT_decl_line") or 0, f"entry of {trail}"
     else:
@@ -131,28 +139,31 @@ def _resolve_site(vm: Vmlinux, spec: WidenSpec, source_dir: Optional[Path]) -> W
         after = _line_of(lines, decl, spec.after, f"{file}:{spec.inlined[-1]}")
         before = _line_of(lines, decl, spec.before, f"{file}:{spec.inlined[-1]}")
         end = next((n for n in range(decl, len(lines) + 1) if lines[n - 1].startswith("}")), len(lines))
-        own = [r for r in vm.line_rows(die.cu)
-               if r[1] == file and decl <= r[2] <= end and any(lo <= r[0] < hi for lo, hi in ranges)]
+        own = [
+            r
+            for r in vm.line_rows(die.cu)
+            if r[1] == file and decl <= r[2] <= end and any(lo <= r[0] < hi for lo, hi in ranges)
+        ]
         at_before = [r[0] for r in own if r[2] == before]
         at_after = [r[0] for r in own if r[2] == after]
         if not at_before or not at_after:
-            raise FlightrecError(f"widener site {spec.name}: no code for {file}:{after} or {file}:{before} "
-                                 f"in {trail}")
+            raise FlightrecError(f"widener site {spec.name}: no code for {file}:{after} or {file}:{before} in {trail}")
         addr = min(at_before)
         later = [r[0] for r in own if r[2] > after]
         # The compiler may interleave statements: the site counts only if all
         # of `after` is done before it and nothing past `after` started yet.
         if max(at_after) >= addr or min(later) < addr:
-            raise FlightrecError(f"widener site {spec.name}: the compiler interleaved {file}:{after} "
-                                 f"('{spec.after}') and {file}:{before} ('{spec.before}'): no address lies "
-                                 f"between them in this kernel")
+            raise FlightrecError(
+                f"widener site {spec.name}: the compiler interleaved {file}:{after} "
+                f"('{spec.after}') and {file}:{before} ('{spec.before}'): no address lies "
+                f"between them in this kernel"
+            )
         line = before
         why = f"first instruction of {file}:{before} ('{spec.before}') in {trail}, after all of {file}:{after}"
     chain = _chain(vm, die, above, addr)
     key, why_not = _fetch(vm, chain, addr, spec.key)
     if key is None:
-        raise FlightrecError(f"widener site {spec.name}: no key readable at {file}:{line} "
-                             f"({'; '.join(why_not)})")
+        raise FlightrecError(f"widener site {spec.name}: no key readable at {file}:{line} ({'; '.join(why_not)})")
     queue = _fetch(vm, chain, addr, spec.queue)[0] if spec.queue else None
     at = vm.symbol_at(addr)
     if at is None:
