@@ -33,6 +33,7 @@ setup:
 lint:
 	@$(PYTHON) -m ruff --version >/dev/null 2>&1 || { echo "lint: ruff is not installed: $(PYTHON) -m pip install -e '.[lint]' (or make setup)" >&2; exit 2; }
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 
 test: build lint
 	$(PYTHON) -m pytest -ra $(PYTEST_ARGS) tests
