@@ -56,6 +56,8 @@ static int parse_dev(const char *text, struct xsk_trace_dev *dev)
 	return 0;
 }
 
+/* Long by nature: options, load, filter, attach, wait, detach: one sequence in which every
+ * failure says why and destroys the skeleton, so nothing stays attached. */
 int main(int argc, char **argv)
 {
 	struct xsk_trace_dev devs[XSK_TRACE_MAX_DEVS];
