@@ -182,7 +182,8 @@ class Sock:
             return
         group = f" {src} -> {dst}"
         if self._line and self._group != (src, dst):
-            if len(self._line) + len(group) + len(word) > BATCH_LINE_MAX:
+            # the C header's test, byte for byte, so that both split a long batch alike
+            if len(self._line) + 2 + len(src) + 4 + len(dst) + len(word) > BATCH_LINE_MAX:
                 self.flush()
             else:
                 self._line += group
