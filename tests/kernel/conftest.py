@@ -4,7 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from recordkit import REPO, everything, left_behind, run, skip_unless_can_record, snapshot, stop_strays
+from recordkit import (
+    REPO,
+    build_with_markers,
+    everything,
+    left_behind,
+    skip_unless_can_record,
+    snapshot,
+    stop_strays,
+)
 
 
 @pytest.fixture
@@ -41,27 +49,8 @@ def no_stray_recording():
 @pytest.fixture(scope="session")
 def xsk_fwd(tmp_path_factory) -> Path:
     """examples/xsk_fwd built as a user would build it: `flightrec markers --cflags`, libxdp."""
-    cc = shutil.which("cc") or shutil.which("clang")
-    if cc is None:
-        pytest.skip("no C compiler (apt-get install gcc)")
     libs = subprocess.run(["pkg-config", "--libs", "libxdp", "libbpf"], capture_output=True, text=True)
     if libs.returncode != 0:
         pytest.skip("libxdp-dev and libbpf-dev are not installed (make setup installs them)")
     exe = tmp_path_factory.mktemp("example") / "xsk_fwd"
-    cflags = run("markers", "--cflags").stdout.split()
-    subprocess.run(
-        [
-            cc,
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-O2",
-            *cflags,
-            "-o",
-            str(exe),
-            str(REPO / "examples" / "xsk_fwd" / "xsk_fwd.c"),
-            *libs.stdout.split(),
-        ],
-        check=True,
-    )
-    return exe
+    return build_with_markers(REPO / "examples" / "xsk_fwd" / "xsk_fwd.c", exe, *libs.stdout.split())

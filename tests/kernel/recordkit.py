@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -275,3 +276,14 @@ class TimedLines:
     def text(self) -> str:
         with self.cond:
             return "\n".join(line for _, line in self.lines)
+
+
+def build_with_markers(source: Path, exe: Path, *libs: str) -> Path:
+    """``source`` compiled as a user's program would be, against the header that
+    `flightrec markers --cflags` names (warnings are errors); skips without a compiler."""
+    cc = shutil.which("cc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("no C compiler (apt-get install gcc)")
+    cflags = run("markers", "--cflags").stdout.split()
+    subprocess.run([cc, "-Wall", "-Wextra", "-Werror", "-O2", *cflags, "-o", str(exe), str(source), *libs], check=True)
+    return exe

@@ -9,7 +9,6 @@ through flightrec.markers. Both get their own instance.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from flightrec import markers as pymarkers
 from flightrec.tracefs import TraceInstance
 
-from recordkit import run
+from recordkit import build_with_markers, run
 
 DRIVER = Path(__file__).resolve().parent.parent / "unit" / "marker_script.c"
 F = 4096  # frame size of the scripts; addresses are frame + 256, as RX gives them back
@@ -60,13 +59,7 @@ EXPECT_CLEAN = [
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory) -> Path:
     """marker_script built as a user's program would be: with `flightrec markers --cflags`."""
-    cc = shutil.which("cc") or shutil.which("clang")
-    if cc is None:
-        pytest.skip("no C compiler (apt-get install gcc)")
-    cflags = run("markers", "--cflags").stdout.split()
-    exe = tmp_path_factory.mktemp("markers") / "marker_script"
-    subprocess.run([cc, "-Wall", "-Wextra", "-Werror", "-O2", *cflags, "-o", str(exe), str(DRIVER)], check=True)
-    return exe
+    return build_with_markers(DRIVER, tmp_path_factory.mktemp("markers") / "marker_script")
 
 
 def run_c(driver: Path, script: list[str], per_descriptor: bool = False) -> tuple[list[str], list[str], bool]:
