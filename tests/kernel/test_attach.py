@@ -34,7 +34,7 @@ def events_machine(whole_machine):
 
 @pytest.fixture
 def running_program(events_machine, xsk_fwd) -> Iterator[dict]:
-    """examples/xsk_fwd (no markers) between client and server, with iperf3 UDP through it."""
+    """examples/xsk_fwd (no markers) between client and server, with iperf3 TCP through it."""
     topo = topology.make_topology(f"att{os.getpid()}", 2, one_fwd_ns=True)
     procs: list[subprocess.Popen] = []
     try:
@@ -68,7 +68,9 @@ def running_program(events_machine, xsk_fwd) -> Iterator[dict]:
         procs.append(server)
         time.sleep(1.0)
         client = subprocess.Popen(
-            ["ip", "netns", "exec", topo.client_ns, "iperf3", "-c", topo.server_addr, "-u", "-b", "200M", "-t", "120"],
+            # TCP, not UDP: iperf3 (3.12) opens a UDP stream with one datagram and
+            # never sends it again, so one the program drops leaves no traffic at all
+            ["ip", "netns", "exec", topo.client_ns, "iperf3", "-c", topo.server_addr, "-t", "120"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
