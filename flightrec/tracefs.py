@@ -444,3 +444,39 @@ class TraceInstance:
                 _, sep, payload = line.partition("tracing_mark_write: ")
                 if sep:
                     yield payload.rstrip("\n")
+
+
+# The top-level bpf_trace_printk event, which loading a BPF program that prints enables.
+PRINTK_EVENT = Path("events/bpf_trace/bpf_trace_printk/enable")
+
+
+def toplevel_printk(tracefs_root: Path) -> Optional[str]:
+    """The top-level ``bpf_trace_printk`` enable ("0"/"1"), or None if absent."""
+    try:
+        return (tracefs_root / PRINTK_EVENT).read_text().strip()
+    except OSError:
+        return None
+
+
+def restore_toplevel_printk(tracefs_root: Path, before: Optional[str], settle: float = 0.0) -> Optional[str]:
+    """Put the top-level ``bpf_trace_printk`` enable back to ``before``.
+
+    Loading any program that calls bpf_trace_printk makes the kernel enable
+    that event in the top-level buffer too, and never disable it; flightrec
+    wants its lines only in its own instance, so it undoes that. The kernel
+    does it from a work item queued at load time, so it can land after the
+    loader is ready: wait up to ``settle`` seconds for it (and call this again
+    at teardown). Returns a problem line, or None.
+    """
+    if before is None:
+        return None
+    deadline = time.monotonic() + settle
+    while toplevel_printk(tracefs_root) == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if toplevel_printk(tracefs_root) in (None, before):
+        return None
+    try:
+        write_control(tracefs_root / PRINTK_EVENT, before)
+    except OSError as err:
+        return f"cannot restore {tracefs_root / PRINTK_EVENT} to {before}: {err.strerror}"
+    return None

@@ -95,7 +95,7 @@ def attach(opts: AttachOptions, obs: Optional[Observer] = None) -> AttachResult:
     root = tracefs.ensure_mounted()
     with state.Lock(), signals_raise() as mode:
         reg = fresh_registry(obs)
-        reg.extra["bpf_printk_toplevel"] = kernel_events.toplevel_printk(root)
+        reg.extra["bpf_printk_toplevel"] = tracefs.toplevel_printk(root)
         reg.save()
         problems: list[str] = []
         try:
@@ -103,7 +103,7 @@ def attach(opts: AttachOptions, obs: Optional[Observer] = None) -> AttachResult:
         except BaseException:
             # Before _run's own teardown (choosing the backend failed): its BPF
             # probe may have switched the top-level printk event on.
-            problem = kernel_events.restore_toplevel_printk(root, reg.extra["bpf_printk_toplevel"])
+            problem = tracefs.restore_toplevel_printk(root, reg.extra["bpf_printk_toplevel"])
             if problem:
                 problems.append(problem)
                 obs.warning(f"{problem}; run `flightrec cleanup`")
@@ -151,7 +151,7 @@ def _run(
             kernel_events.enable_in(instance)
             bpf = kernel_events.BpfTracer([dev], logs / "xsk_trace.stderr")
             bpf.start(on_process=lambda p, what: reg.add_process(p.pid, what))
-            problem = kernel_events.restore_toplevel_printk(root, reg.extra["bpf_printk_toplevel"], settle=1.0)
+            problem = tracefs.restore_toplevel_printk(root, reg.extra["bpf_printk_toplevel"], settle=1.0)
             if problem:
                 obs.warning(problem)
         elif choice.backend == "kprobes":
@@ -203,7 +203,7 @@ def _run(
             instance.close()
         except FlightrecError as err:
             problems.append(str(err))
-        problem = kernel_events.restore_toplevel_printk(root, reg.extra.get("bpf_printk_toplevel"))
+        problem = tracefs.restore_toplevel_printk(root, reg.extra.get("bpf_printk_toplevel"))
         if problem:
             problems.append(problem)
         for p in problems:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from flightrec import locate, probes
+from flightrec import locate, probes, tracefs
 from flightrec.errors import FlightrecError
 from flightrec.record import state
 from flightrec.record.forwarder import child_guard
@@ -37,7 +37,6 @@ BACKENDS = ("auto", "kprobes", "bpf", "none")
 
 LOADER_ENV = locate.PROGRAMS["xsk_trace"]
 # The event the BPF programs' lines arrive as; enabled in flightrec's instance.
-PRINTK_EVENT = Path("events/bpf_trace/bpf_trace_printk/enable")
 # The BPF programs' online race detector prints a line ending in this text
 # (c/xsk_trace/xsk_trace.h XSK_TRACE_RACE_TEXT); a trigger on the printk event
 # stops the instance's tracing on it, as the print trigger does on the
@@ -103,38 +102,6 @@ def loader_path() -> Path:
     return locate.program("xsk_trace")
 
 
-def toplevel_printk(tracefs_root: Path) -> Optional[str]:
-    """The top-level ``bpf_trace_printk`` enable ("0"/"1"), or None if absent."""
-    try:
-        return (tracefs_root / PRINTK_EVENT).read_text().strip()
-    except OSError:
-        return None
-
-
-def restore_toplevel_printk(tracefs_root: Path, before: Optional[str], settle: float = 0.0) -> Optional[str]:
-    """Put the top-level ``bpf_trace_printk`` enable back to ``before``.
-
-    Loading any program that calls bpf_trace_printk makes the kernel enable
-    that event in the top-level buffer too, and never disable it; flightrec
-    wants its lines only in its own instance, so it undoes that. The kernel
-    does it from a work item queued at load time, so it can land after the
-    loader is ready: wait up to ``settle`` seconds for it (and call this again
-    at teardown). Returns a problem line, or None.
-    """
-    if before is None:
-        return None
-    deadline = time.monotonic() + settle
-    while toplevel_printk(tracefs_root) == before and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if toplevel_printk(tracefs_root) in (None, before):
-        return None
-    try:
-        (tracefs_root / PRINTK_EVENT).write_text(before)
-    except OSError as err:
-        return f"cannot restore {tracefs_root / PRINTK_EVENT} to {before}: {err.strerror}"
-    return None
-
-
 def bpf_unavailable(tracefs_root: Optional[Path] = None, timeout: float = 20.0) -> Optional[str]:
     """Why the BPF tracepoint backend cannot be used here, or None.
 
@@ -149,14 +116,14 @@ def bpf_unavailable(tracefs_root: Optional[Path] = None, timeout: float = 20.0) 
         return f"BPF backend not built ({loader} missing)"
     if not Path("/sys/kernel/btf/vmlinux").exists():
         return "no kernel BTF (/sys/kernel/btf/vmlinux); tp_btf programs need CONFIG_DEBUG_INFO_BTF"
-    before = toplevel_printk(tracefs_root) if tracefs_root else None
+    before = tracefs.toplevel_printk(tracefs_root) if tracefs_root else None
     try:
         proc = subprocess.run([str(loader), "--probe"], capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"{loader} --probe failed: {err}"
     finally:
         if tracefs_root:
-            restore_toplevel_printk(tracefs_root, before, settle=1.0)
+            tracefs.restore_toplevel_printk(tracefs_root, before, settle=1.0)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         return lines[-1] if lines else f"{loader} --probe exited {proc.returncode}"
@@ -222,7 +189,7 @@ def install(
 def enable_in(instance: Any) -> None:
     """The BPF backend's lines into this tracefs instance only (put back when it
     closes), and the trigger that stops it on the online race detector's line."""
-    instance.set(PRINTK_EVENT, "1")
+    instance.set(tracefs.PRINTK_EVENT, "1")
     instance.set(RACE_TRIGGER_FILE, RACE_TRIGGER, restore=f"!{RACE_TRIGGER}")
 
 

@@ -216,7 +216,7 @@ def record(opts: RecordOptions, observer: Optional[Observer] = None) -> RecordRe
                 # Probing the BPF backend loads a bpf_trace_printk program, and the
                 # kernel then switches the top-level printk event on: registered
                 # first, so that a SIGKILL during the probe is undone by cleanup.
-                reg.extra["bpf_printk_toplevel"] = kernel_events.toplevel_printk(root)
+                reg.extra["bpf_printk_toplevel"] = tracefs.toplevel_printk(root)
                 reg.save()
             choice = kernel_events.choose_backend(opts.kernel_events, root)
             rec = _Recording(opts, obs, reg, mode, root, choice)
@@ -262,7 +262,7 @@ def remove_leftover_probes(extra: dict) -> list[str]:
     root = tracefs.find_root()
     if "bpf_printk_toplevel" in extra and root:
         # A BPF program was loaded (the backend, or its probe) before flightrec put this back.
-        problem = kernel_events.restore_toplevel_printk(root, extra["bpf_printk_toplevel"])
+        problem = tracefs.restore_toplevel_printk(root, extra["bpf_printk_toplevel"])
         if problem:
             problems.append(problem)
     if extra.get("probes") is not None:
@@ -654,12 +654,12 @@ class _Recording:
             for ns, dev in ((topo.outer_ns, topo.outer_dev), (topo.inner_ns, topo.inner_dev))
         ]
         kernel_events.enable_in(self.instance)
-        before = kernel_events.toplevel_printk(self.root)
+        before = tracefs.toplevel_printk(self.root)
         self.reg.extra["bpf_printk_toplevel"] = before
         self.reg.save()
         self.bpf = kernel_events.BpfTracer(devices, self.logs / "xsk_trace.stderr")
         ready = self.bpf.start(on_process=self._started)
-        problem = kernel_events.restore_toplevel_printk(self.root, before, settle=1.0)
+        problem = tracefs.restore_toplevel_printk(self.root, before, settle=1.0)
         if problem:
             self.obs.warning(problem)
         self.obs.step(
@@ -714,7 +714,7 @@ class _Recording:
                 if self.bpf is not None:
                     # The kernel's late switch-on of the top-level printk
                     # event can come after the settle wait under load.
-                    kernel_events.restore_toplevel_printk(self.root, self.reg.extra.get("bpf_printk_toplevel"))
+                    tracefs.restore_toplevel_printk(self.root, self.reg.extra.get("bpf_printk_toplevel"))
             # iperf3 clients can linger past their -t swapping results over a
             # slow control connection: the duration asked for is what counts.
             if self.traffic.finished() or now - t0 >= self.opts.duration + TRAFFIC_GRACE:
@@ -829,7 +829,7 @@ class _Recording:
                     f"xsk_trace {fwdmod.describe_exit(code)} while stopping: {self.bpf.stderr_tail() or 'no stderr'}"
                 )
             # Again: the kernel's late top-level enable may have come after setup's restore.
-            problem = kernel_events.restore_toplevel_printk(self.root, self.reg.extra.get("bpf_printk_toplevel"))
+            problem = tracefs.restore_toplevel_printk(self.root, self.reg.extra.get("bpf_printk_toplevel"))
             if problem:
                 self.teardown_errors.append(problem)
         if self.probes_handle is not None:

@@ -52,7 +52,7 @@ def skip_unless_bpf() -> None:
 
 
 def printk_enable() -> str:
-    return (tracefs.ensure_mounted() / kernel_events.PRINTK_EVENT).read_text().strip()
+    return (tracefs.ensure_mounted() / tracefs.PRINTK_EVENT).read_text().strip()
 
 
 def loaded_programs() -> set[str]:
@@ -113,7 +113,7 @@ def test_loader_attaches_and_leaves_nothing(machine, sig, tmp_path):
         code = tracer.proc.wait(10)
     finally:
         tracer.stop()
-        kernel_events.restore_toplevel_printk(tracefs.ensure_mounted(), machine["printk_enable"], settle=0.5)
+        tracefs.restore_toplevel_printk(tracefs.ensure_mounted(), machine["printk_enable"], settle=0.5)
     if sig == signal.SIGKILL:
         assert code == -signal.SIGKILL
     else:
@@ -276,7 +276,7 @@ def test_sigint_detaches_and_restores(machine, tmp_path):
     assert loaded_programs() == PROG_NAMES
     instance = tracefs.ensure_mounted() / "instances" / reg["instance"]
     # "1*": enabled, in soft mode since the online race detector's trigger sits on the event
-    assert (instance / kernel_events.PRINTK_EVENT).read_text().strip() == "1*"
+    assert (instance / tracefs.PRINTK_EVENT).read_text().strip() == "1*"
     # The kernel lists it as "traceoff:unlimited if bpf_string ~ ..."
     trigger = (instance / kernel_events.RACE_TRIGGER_FILE).read_text()
     assert trigger.startswith("traceoff") and kernel_events.RACE_TRIGGER.split(" if ")[1] in trigger, trigger
