@@ -9,6 +9,7 @@ from typing import Optional
 
 import click
 
+from flightrec.cli import options
 from flightrec.cli.record import PlainView
 from flightrec.record.attach import AttachOptions, attach
 from flightrec.record.session import Interrupted
@@ -52,14 +53,7 @@ recording running; 128+N stopped by signal N (trace saved, nothing left).
     show_default=True,
     help="Folder for trace.txt and meta.json.",
 )
-@click.option(
-    "-b",
-    "--buffer-kb",
-    type=click.IntRange(min=4),
-    default=4096,
-    show_default=True,
-    help="Per-CPU trace buffer size in KB.",
-)
+@options.buffer_kb
 @click.option(
     "--kernel-events",
     type=click.Choice(("auto", "kprobes", "bpf")),

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Optional
 import click
 
 from flightrec import runfolder
+from flightrec.cli import options
 from flightrec.errors import FlightrecError
 from flightrec.parse.format import MARKER_FORMS
 from flightrec.record.afxdp import MODES as AFXDP_MODES
@@ -174,14 +175,7 @@ everything removed).
     show_default=True,
     help="Queues per veth (one XSK and one thread per queue and side).",
 )
-@click.option(
-    "-b",
-    "--buffer-kb",
-    type=click.IntRange(min=4),
-    default=4096,
-    show_default=True,
-    help="Per-CPU trace buffer size in KB.",
-)
+@options.buffer_kb
 @click.option(
     "--inject",
     type=click.Choice(INJECT_FAULTS),
