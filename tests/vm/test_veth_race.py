@@ -17,12 +17,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from flightrec import locate
 from flightrec.errors import FlightrecError
 from flightrec.record.forwarder import forwarder_path
+
+from dpdkkit import dpdk_runtime_dir_removed, dpdk_testpmd_app, dpdk_testpmd_root
 
 REPO = Path(__file__).resolve().parents[2]
 LOADER = locate.program("widen")
@@ -226,7 +229,7 @@ FORWARDER = forwarder_path()  # the guest sees the host's root: the same path
 UNMARKED_APP = f"{FORWARDER} --outer -:{{outer}} --inner -:{{inner}} --queues {{queues}} --no-markers"
 
 
-def _vm_record_unmarked(kernel: str, out: Path) -> tuple[int, float, str]:
+def _vm_record_unmarked(kernel: str, out: Path, app: str = UNMARKED_APP, queues: int = 2) -> tuple[int, float, str]:
     t = time.monotonic()
     proc = subprocess.run(
         [
@@ -241,7 +244,9 @@ def _vm_record_unmarked(kernel: str, out: Path) -> tuple[int, float, str]:
             "--kernel-events",
             "bpf",
             "--app",
-            UNMARKED_APP,
+            app,
+            "--queues",
+            str(queues),
             "--duration",
             str(RACE_DURATION),
             "-o",
@@ -255,13 +260,8 @@ def _vm_record_unmarked(kernel: str, out: Path) -> tuple[int, float, str]:
     return proc.returncode, time.monotonic() - t, proc.stdout + proc.stderr
 
 
-def test_kernel_events_alone_catch_the_race_in_a_program_without_markers(vm_ready, tmp_path):
-    out = tmp_path / "race-unmarked"
-    code, took, log = _vm_record_unmarked("veth-race", out)
-    # 1: stopped on the race; 2: the forwarder read a poisoned slot first and
-    # exited 3, which without markers cannot stop tracing (an app death): the
-    # trace it left is analyzed all the same.
-    assert code in (1, 2), f"exit {code}, want 1 or 2:\n{log[-3000:]}"
+def _caught_from_kernel_events(out: Path, code: int, took: float, log: str, codes: tuple[int, ...]) -> None:
+    assert code in codes, f"exit {code}, want one of {codes}:\n{log[-3000:]}"
     analysis = json.loads((out / "analysis.json").read_text())
     assert analysis["stats"]["events"]["marker"] == 0 and analysis["stats"]["checks_not_run"]
     race = analysis["anomalies"][0]
@@ -273,11 +273,50 @@ def test_kernel_events_alone_catch_the_race_in_a_program_without_markers(vm_read
     assert took <= RACE_BUDGET + 60, f"the run took {took:.0f} s"
 
 
-def test_the_fixed_kernel_stays_clean_for_kernel_events_alone(vm_ready, tmp_path):
-    out = tmp_path / "fixed-unmarked"
-    code, took, log = _vm_record_unmarked("veth-fixed", out)
+def _clean_from_kernel_events(out: Path, code: int, log: str) -> None:
     assert code == 0, f"exit {code}, want 0 (clean for the whole duration):\n{log[-3000:]}"
     meta = json.loads((out / "meta.json").read_text())
     assert meta["widened"]["stats"]["flush_delays"] >= 1, meta["widened"]["stats"]
     analysis = json.loads((out / "analysis.json").read_text())
     assert analysis["verdict"] == "clean" and analysis["stats"]["events"]["reserve"] > 1000, analysis["stats"]
+
+
+def test_kernel_events_alone_catch_the_race_in_a_program_without_markers(vm_ready, tmp_path):
+    out = tmp_path / "race-unmarked"
+    code, took, log = _vm_record_unmarked("veth-race", out)
+    # 1: stopped on the race; 2: the forwarder read a poisoned slot first and
+    # exited 3, which without markers cannot stop tracing (an app death): the
+    # trace it left is analyzed all the same.
+    _caught_from_kernel_events(out, code, took, log, (1, 2))
+
+
+def test_the_fixed_kernel_stays_clean_for_kernel_events_alone(vm_ready, tmp_path):
+    out = tmp_path / "fixed-unmarked"
+    code, _, log = _vm_record_unmarked("veth-fixed", out)
+    _clean_from_kernel_events(out, code, log)
+
+
+# --- a program flightrec did not write: DPDK's testpmd (tests/dpdkkit.py) -------
+
+
+@pytest.fixture(scope="module")
+def testpmd(vm_ready) -> Iterator[str]:
+    root, why = dpdk_testpmd_root()
+    if root is None:
+        pytest.skip(why)
+    with dpdk_runtime_dir_removed():
+        yield dpdk_testpmd_app(root)
+
+
+def test_kernel_events_alone_catch_the_race_in_dpdk_testpmd(vm_ready, testpmd, tmp_path):
+    out = tmp_path / "race-testpmd"
+    code, took, log = _vm_record_unmarked("veth-race", out, testpmd, queues=1)
+    # testpmd checks nothing of its own: only the online detector stops the run
+    _caught_from_kernel_events(out, code, took, log, (1,))
+    assert json.loads((out / "meta.json").read_text())["app"]["argv"][1].startswith("LD_LIBRARY_PATH=")
+
+
+def test_the_fixed_kernel_stays_clean_for_dpdk_testpmd(vm_ready, testpmd, tmp_path):
+    out = tmp_path / "fixed-testpmd"
+    code, _, log = _vm_record_unmarked("veth-fixed", out, testpmd, queues=1)
+    _clean_from_kernel_events(out, code, log)
