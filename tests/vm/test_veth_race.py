@@ -150,7 +150,8 @@ def _vm_record_has_widen() -> str | None:
     return tools_missing()
 
 
-def _vm_record(kernel: str, out: Path) -> tuple[int, float, str]:
+def _vm_record(kernel: str, out: Path, *extra: str) -> tuple[int, float, str]:
+    """`vm record --kernel KERNEL --widen EXTRA...`: exit code, seconds taken, output."""
     t = time.monotonic()
     proc = subprocess.run(
         [
@@ -162,6 +163,7 @@ def _vm_record(kernel: str, out: Path) -> tuple[int, float, str]:
             "--kernel",
             kernel,
             "--widen",
+            *extra,
             "--duration",
             str(RACE_DURATION),
             "-o",
@@ -230,34 +232,7 @@ UNMARKED_APP = f"{FORWARDER} --outer -:{{outer}} --inner -:{{inner}} --queues {{
 
 
 def _vm_record_unmarked(kernel: str, out: Path, app: str = UNMARKED_APP, queues: int = 2) -> tuple[int, float, str]:
-    t = time.monotonic()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flightrec",
-            "vm",
-            "record",
-            "--kernel",
-            kernel,
-            "--widen",
-            "--kernel-events",
-            "bpf",
-            "--app",
-            app,
-            "--queues",
-            str(queues),
-            "--duration",
-            str(RACE_DURATION),
-            "-o",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=RACE_DURATION + 600,
-        cwd=REPO,
-    )
-    return proc.returncode, time.monotonic() - t, proc.stdout + proc.stderr
+    return _vm_record(kernel, out, "--kernel-events", "bpf", "--app", app, "--queues", str(queues))
 
 
 def _caught_from_kernel_events(out: Path, code: int, took: float, log: str, codes: tuple[int, ...]) -> None:
