@@ -151,8 +151,12 @@ class RecordResult:
     meta: dict = field(default_factory=dict)
 
 
-class Interrupted(Exception):
-    """A handled signal arrived; carries its number."""
+class Interrupted(BaseException):
+    """A handled signal arrived; carries its number.
+
+    A BaseException, as KeyboardInterrupt is: the handler raises it wherever the
+    main thread happens to be, and library code's ``except Exception`` (click's
+    isatty() around every echo, for one) must not swallow it."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)

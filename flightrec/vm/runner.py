@@ -76,9 +76,10 @@ STALL_TIMEOUT = 20.0
 Say = Callable[[str], None]
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
     """A handled signal arrived while the guest ran; the VM has been stopped.
-    ``console`` is where the guest's console was kept (with an output folder)."""
+    ``console`` is where the guest's console was kept (with an output folder).
+    A BaseException for the reason flightrec.record.session.Interrupted is one."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
