@@ -22,6 +22,16 @@ from flightrec.record import session
 from flightrec.vm import runner
 
 
+@pytest.fixture(autouse=True)
+def default_dispositions():
+    """signals_raise leaves an ignored signal ignored (nohup, a script's `&`): these tests
+    need the signals as a terminal or a CI runner sends them, with their default action."""
+    old = {s: signal.signal(s, signal.SIG_DFL) for s in session.HANDLED_SIGNALS}
+    yield
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
 @pytest.fixture(params=["record", "vm"])
 def raising(request):
     """signals_raise of `record` or of `vm record`, with its Interrupted class."""
