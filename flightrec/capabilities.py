@@ -227,8 +227,9 @@ def check_forwarder() -> Capability:
 
 
 def check_native() -> Capability:
-    """The analyzer's C scanner and the exports' row printer (flightrec/_*.c)."""
+    """The analyzer's C scanner and replay walk, and the exports' row printer (flightrec/_*.c)."""
     from flightrec import bulk
+    from flightrec.model import replay_native
     from flightrec.parse import scan
 
     if os.environ.get("FLIGHTREC_PURE_PYTHON"):
@@ -239,14 +240,15 @@ def check_native() -> Capability:
             "switched off by FLIGHTREC_PURE_PYTHON (analyze and export run several times slower)",
             "unset FLIGHTREC_PURE_PYTHON",
         )
-    missing = [name for name, ok in (("_scan", scan.available()), ("_bulk", bulk.available())) if not ok]
+    helpers = (("_scan", scan.available()), ("_replay", replay_native.available()), ("_bulk", bulk.available()))
+    missing = [name for name, ok in helpers if not ok]
     if not missing:
         return Capability(
             "C helpers",
             False,
             True,
-            "analyzer scanner and export printer in use ("
-            + ", ".join(str(locate.native_library(n)) for n in ("_scan", "_bulk"))
+            "analyzer scanner, replay walk and export printer in use ("
+            + ", ".join(str(locate.native_library(n)) for n, _ in helpers)
             + ")",
         )
     return Capability(

@@ -33,9 +33,12 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
+import numpy as np
+
+from flightrec.model import replay_native
 from flightrec.model.history import KERNEL_HISTORY, MARKERS, Claim, Gap, absent, seen
 from flightrec.model.timeline import Timeline
-from flightrec.parse.format import FLUSH, MARKER, POISON, RESERVE, TX, VALID_BEFORE, Detection
+from flightrec.parse.format import FLUSH, MARKER, POISON, RESERVE, STATES, TX, VALID_BEFORE, Detection
 
 
 class Reserve(NamedTuple):
@@ -158,12 +161,28 @@ class Replay:
     unordered: frozenset[str] = frozenset()  # sockets whose FILL order was not checked (zero-copy)
 
 
-# Long by nature: one pass over the timeline, a branch per event kind, the rings' state in locals all branches update.
 def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
     """Walk the timeline once; see the module doc. `unordered`: the sockets
     whose RX order is not their FILL order (zero-copy: the driver takes FILL
     ahead and recycles the buffers it drops first), for which only a read's
-    ownership (its state) is checked, not its place in the deque."""
+    ownership (its state) is checked, not its place in the deque.
+
+    The walk runs in C (flightrec/_replay.c) when it is built and the
+    timeline has the C scanner's columns; `replay_python` is its reference."""
+    cols = _native_columns(tl, unordered) if replay_native.available() else None
+    if cols is None:
+        return replay_python(tl, unordered)
+    return _replay_native(tl, unordered, cols)
+
+
+def _lost(tl: Timeline) -> list[tuple[float, float]]:
+    """Where events were lost, (after, before), in order: the FILL-order deque starts over after each."""
+    return sorted((g.after, g.before) for g in tl.history.gaps if g.why == "lost")
+
+
+# Long by nature: one pass over the timeline, a branch per event kind, the rings' state in locals all branches update.
+def replay_python(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
+    """`replay`'s walk in Python: the reference the C walk is held equal to."""
     out = Replay(unordered=unordered)
     kind, addr, xs_col, sock_col = tl.kind, tl.addr, tl.xs, tl.sock
     to_col, det_col, frm_col = tl.to, tl.detection, tl.frm
@@ -172,7 +191,7 @@ def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
     states_from = tl.history.all_since
     out.states_from = states_from
     deque_from = states_from
-    losses = sorted((g.after, g.before) for g in tl.history.gaps if g.why == "lost")
+    losses = _lost(tl)
     next_loss = 0
     loss_at = losses[0][0] if losses else float("inf")
 
@@ -339,6 +358,158 @@ def replay(tl: Timeline, unordered: frozenset[str] = frozenset()) -> Replay:
         elif k == TX:
             out.kernel_events[k] += 1
     return out
+
+
+def _native_columns(tl: Timeline, unordered: frozenset[str]) -> Optional[replay_native.Columns]:
+    """The C walk's columns, from the C scanner's arrays; None where the timeline has
+    none (the Python parser's, or rows re-sorted by time) or a marker lacks its
+    socket or address (the Python walk handles that)."""
+    a = tl.arrays
+    if not all(name in a for name in ("kind", "kinds", "sock", "socks", "frm", "to", "addr", "xs", "detail")):
+        return None
+    kinds = list(a["kinds"])
+    if MARKER not in kinds or RESERVE not in kinds:
+        return None
+    kind = np.ascontiguousarray(a["kind"], dtype=np.int8)
+    markers = kind == kinds.index(MARKER)
+    reserves = kind == kinds.index(RESERVE)
+    (addr, addr_in), (xs, xs_in) = a["addr"], a["xs"]
+    sock = np.ascontiguousarray(a["sock"], dtype=np.int32)
+    to = np.ascontiguousarray(a["to"], dtype=np.int8)
+    if (sock[markers] < 0).any() or (to[markers] < 0).any():
+        return None
+    if not addr_in[markers | reserves].all() or not xs_in[reserves].all():
+        return None
+    det = np.zeros(len(kind), dtype=np.uint8)
+    detections = tl.detection
+    maybe = np.flatnonzero(markers & (a["detail"][2] >= 0)).tolist()
+    det[[i for i in maybe if detections[i] is not None]] = 1
+    socks = list(a["socks"])
+    return replay_native.Columns(
+        kind=kind,
+        addr=np.ascontiguousarray(addr, dtype=np.uint64),
+        xs=np.ascontiguousarray(xs, dtype=np.uint64),
+        sock=sock,
+        frm=np.ascontiguousarray(a["frm"], dtype=np.int8),
+        to=to,
+        det=det,
+        ts=np.ascontiguousarray(tl.parsed.array("ts"), dtype=np.float64),
+        nsocks=len(socks),
+        unordered=np.array([s in unordered for s in socks], dtype=np.uint8),
+    )
+
+
+def _native_codes(kinds: list[str]) -> replay_native.Codes:
+    # valid[to, 1 + before]: the state `before` may precede `to` (column 0: no state given)
+    valid = np.zeros((len(STATES), len(STATES) + 1), dtype=np.uint8)
+    for to, before in VALID_BEFORE.items():
+        for b in before:
+            valid[STATES.index(to), 1 + STATES.index(b)] = 1
+    return replay_native.Codes(
+        marker=kinds.index(MARKER),
+        reserve=kinds.index(RESERVE),
+        fill=STATES.index("FILL"),
+        rx=STATES.index("RX"),
+        valid=valid,
+        poison=POISON,
+    )
+
+
+def _replay_native(tl: Timeline, unordered: frozenset[str], cols: replay_native.Columns) -> Replay:
+    """`replay` with the walk in C: the same Replay as `replay_python`'s."""
+    out = Replay(unordered=unordered)
+    out.states_from = tl.history.all_since
+    socks = list(tl.arrays["socks"])
+    queue = tl.arrays["queue"]
+    det_col = tl.detection
+    addr, xs, ts = cols.addr, cols.xs, cols.ts
+    cpu = tl.parsed.array("cpu")
+
+    def reserve(row: int) -> Reserve:
+        return Reserve(row, int(addr[row]), int(xs[row]), int(cpu[row]), float(ts[row]))
+
+    def link(read: int, slot: int, matched: bool, prev_read: int) -> Optional[Link]:
+        return None if read < 0 else Link(read, reserve(slot), matched, prev_read != read)
+
+    def q(row: int) -> Optional[int]:
+        return int(queue[row]) if queue[row] >= 0 else None
+
+    claims_at: dict[int, tuple[Claim, ...]] = {}  # read row -> the alignment claims asked there
+
+    def align(sock: int, row: int, slot: int, link_read: int, link_slot: int, matched: bool, prev: int) -> bool:
+        claims = slot_alignment(
+            tl, socks[sock], row, reserve(slot), link(link_read, link_slot, matched, prev), det_col[row]
+        )
+        claims_at[row] = claims
+        return all(c.holds for c in claims)
+
+    w = replay_native.walk(cols, _native_codes(list(tl.arrays["kinds"])), out.states_from, _lost(tl), align)
+
+    for values in w.reads.tolist():
+        r = dict(zip(replay_native.READ.names, values))
+        row, before, expected = r["row"], r["state_before"], r["has_expected"]
+        out.reads.append(
+            RxRead(
+                row,
+                socks[cols.sock[row]],
+                q(row),
+                int(addr[row]),
+                STATES[before] if before >= 0 else None,
+                r["state_row"] if before >= 0 else None,
+                r["expected"] if expected else None,
+                r["expected_row"] if expected else None,
+                bool(r["mismatch"]),
+                w.xs_values[r["xs"]] if r["xs"] >= 0 else None,
+                reserve(r["slot_row"]) if r["slot_row"] >= 0 else None,
+                bool(r["slot_mismatch"]),
+                det_col[row],
+                tuple(r["rem"][: r["nrem"]]),
+                link(r["link_read"], r["link_slot"], bool(r["matched_link"]), r["prev_read"]),
+                r["skipped"],
+                claims_at[r["alignment_row"]] if r["alignment_row"] >= 0 else (),
+            )
+        )
+    for row, state_row, before, claimed in w.bad.tolist():
+        out.bad.append(
+            BadTransition(
+                row,
+                socks[cols.sock[row]],
+                q(row),
+                int(addr[row]),
+                STATES[before] if before >= 0 else None,  # type: ignore[arg-type]  # a claimed FROM may be absent
+                state_row,
+                STATES[cols.to[row]],
+                det_col[row],
+                claimed=bool(claimed),
+            )
+        )
+    out.detections.extend((i, det_col[i]) for i in np.flatnonzero(cols.det).tolist())
+    for s in sorted(np.flatnonzero(w.tie_read[: cols.nsocks] >= 0).tolist(), key=lambda s: w.tie_read[s]):
+        out.sock_xs[socks[s]] = w.xs_values[w.sock_xs[s]]
+        out.ties[socks[s]] = (int(w.tie_read[s]), int(w.tie_reserve[s]))
+    kinds = list(tl.arrays["kinds"])
+    firsts = []
+    for name, rows_of in ((RESERVE, out.reserves), (FLUSH, out.flushes), (TX, None)):
+        if name not in kinds:
+            continue
+        rows = np.flatnonzero(cols.kind == kinds.index(name))
+        if len(rows):
+            firsts.append((int(rows[0]), name, len(rows)))
+        if rows_of is not None and len(rows):
+            _group_rows(rows, xs[rows], rows_of)
+    for _, name, count in sorted(firsts):
+        out.kernel_events[name] = count
+    return out
+
+
+def _group_rows(rows: np.ndarray, keys: np.ndarray, into: dict[int, list[int]]) -> None:
+    """into[key] = its rows in order, keys in order of first appearance."""
+    uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    by_key = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))
+    starts = np.concatenate(([0], bounds[:-1]))
+    for u in np.argsort(first, kind="stable").tolist():
+        into[int(uniq[u])] = rows[by_key[starts[u] : bounds[u]]].tolist()
 
 
 def _link(lp: Optional[tuple[int, Reserve, bool]], last_read: Optional[int]) -> Optional[Link]:
