@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import Counter
 from dataclasses import dataclass
 from typing import BinaryIO, Optional
 
@@ -45,7 +44,7 @@ class Result:
     def stats(self) -> dict:
         tl = self.timeline
         p = tl.parsed
-        counts = Counter(tl.kind)
+        counts = tl.kind_counts()
         return {
             "lines": p.lines,
             "format": p.format,

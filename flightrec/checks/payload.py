@@ -87,8 +87,8 @@ def _receiver_rows(tl: Timeline) -> list[tuple[int, int, Detection]]:
     """(row, port, detection) of every receiver line: marker events the grammar leaves as `other`."""
     out = []
     events, bodies = tl.parsed.event, tl.parsed.body
-    for row, k in enumerate(tl.kind):
-        if k != kinds.OTHER or events[row] not in kinds.MARKER_EVENTS:
+    for row in tl.rows_of(kinds.OTHER):
+        if events[row] not in kinds.MARKER_EVENTS:
             continue
         body = bodies[row]
         if events[row] == "print":  # trace-cmd: "ip: text"

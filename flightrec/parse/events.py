@@ -9,6 +9,7 @@ tests/unit/test_scan.py. Nothing after this module reads event text.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
@@ -62,6 +63,14 @@ class Typed:
         if codes is not None:
             return np.array(self.arrays["kinds"], dtype=object)[codes]
         return np.asarray(self.kind, dtype=object)
+
+    def kind_counts(self) -> dict[str, int]:
+        """Rows per kind (kinds with none left out), on the scanner's codes where there."""
+        codes = self.arrays.get("kind")
+        if codes is not None:
+            counts = np.bincount(codes, minlength=len(self.arrays["kinds"])).tolist()
+            return {k: n for k, n in zip(self.arrays["kinds"], counts) if n}
+        return dict(Counter(self.kind))
 
     def rows_of(self, *wanted: str) -> list[int]:
         """The rows whose kind is one of `wanted`, in order (on the scanner's codes where there)."""
