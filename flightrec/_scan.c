@@ -17,6 +17,7 @@
 
 #define MAX_LINE (1 << 16)
 #define MAX_SOCKS 4096
+#define SOCK_SLOTS (2 * MAX_SOCKS)
 #define MAX_FIELDS 16
 
 /* kind codes: index into flightrec/parse/format.py's KINDS; kernel kinds come from the caller */
@@ -59,6 +60,8 @@ struct fr_result {
 	/* a socket is two words, "ingress" and "q:1", named "ingress q:1" */
 	int64_t sock_off[MAX_SOCKS][2];
 	int32_t sock_len[MAX_SOCKS][2];
+	/* id + 1 of the socket in each slot, 0: empty (open addressing on the name) */
+	int16_t sock_slot[SOCK_SLOTS];
 };
 
 /* flightrec/parse/format.py STATES, in its order */
@@ -126,20 +129,33 @@ static int64_t decimal(const char *p, const char *e)
 	return v;
 }
 
+static uint32_t fnv(uint32_t h, const char *p, const char *e)
+{
+	for (; p < e; p++)
+		h = (h ^ (unsigned char)*p) * 16777619u;
+	return h;
+}
+
+/* A trace scaled up or recorded with many queues names thousands of sockets: found by hash. */
 static int sock_id(struct fr_result *r, const char *buf, const char *const ws[2], const char *const we[2])
 {
 	int32_t n0 = (int32_t)(we[0] - ws[0]), n1 = (int32_t)(we[1] - ws[1]);
+	uint32_t s = fnv(fnv(2166136261u, ws[0], we[0]) * 31u, ws[1], we[1]);
 
-	for (int i = 0; i < r->nsocks; i++)
+	for (s &= SOCK_SLOTS - 1; r->sock_slot[s]; s = (s + 1) & (SOCK_SLOTS - 1)) {
+		int i = r->sock_slot[s] - 1;
+
 		if (r->sock_len[i][0] == n0 && r->sock_len[i][1] == n1 && !memcmp(buf + r->sock_off[i][0], ws[0], n0) &&
 		    !memcmp(buf + r->sock_off[i][1], ws[1], n1))
 			return i;
+	}
 	if (r->nsocks == MAX_SOCKS)
 		return -2;
 	r->sock_off[r->nsocks][0] = ws[0] - buf;
 	r->sock_off[r->nsocks][1] = ws[1] - buf;
 	r->sock_len[r->nsocks][0] = n0;
 	r->sock_len[r->nsocks][1] = n1;
+	r->sock_slot[s] = (int16_t)(r->nsocks + 1);
 	return r->nsocks++;
 }
 

@@ -79,6 +79,7 @@ class _Result(ctypes.Structure):
         ("nsocks", ctypes.c_int32),
         ("sock_off", (ctypes.c_int64 * 2) * MAX_SOCKS),
         ("sock_len", (ctypes.c_int32 * 2) * MAX_SOCKS),
+        ("sock_slot", ctypes.c_int16 * (2 * MAX_SOCKS)),  # _scan.c's hash of the names
     ]
 
 
