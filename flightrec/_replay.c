@@ -33,13 +33,16 @@ struct map {
 	uint64_t size, count;
 };
 
+/* splitmix64's finalizer over both keys: frame addresses share their low bits */
 static uint64_t mix(uint64_t a, uint64_t b)
 {
-	uint64_t h = a * 0x9E3779B97F4A7C15ULL ^ (b + 0x632BE59BD9B4E019ULL);
+	uint64_t h = a ^ (b * 0x9E3779B97F4A7C15ULL);
 
-	h ^= h >> 29;
+	h ^= h >> 30;
 	h *= 0xBF58476D1CE4E5B9ULL;
-	return h ^ (h >> 32);
+	h ^= h >> 27;
+	h *= 0x94D049BB133111EBULL;
+	return h ^ (h >> 31);
 }
 
 static int map_init(struct map *m, uint64_t size)
@@ -262,6 +265,7 @@ struct walk {
 	struct map pcount;     /* (xs index, addr) -> pending count */
 	struct map latest;     /* (xs index, addr) -> row of its latest pending reserve, -1: none */
 	struct map xs_index;   /* xs value -> index */
+	struct map newest;     /* addr -> the latest reserve of it on an xs then untied, -1: none pending */
 	struct ring *fill;     /* per socket: (addr, row) */
 	uint8_t *fill_started;
 	int64_t *last_read; /* per socket, -1: none */
@@ -319,21 +323,43 @@ static int pend_has(struct walk *w, int64_t x, uint64_t a)
 	return map_value(&w->pcount, x, a, 0) > 0;
 }
 
-/* replay.py's _learn_socket: the untied xs that reserved `a` last, or -1. */
+/* Whether reserve row r of `a` is pending on an xs tied to no socket. */
+static int untied_pending(struct walk *w, int64_t r, uint64_t a)
+{
+	const int64_t *x = map_find(&w->xs_index, w->in->xs[r], 0);
+
+	return x && w->xs[*x].sock < 0 && map_value(&w->latest, *x, a, -1) == r;
+}
+
+/*
+ * replay.py's _learn_socket: the untied xs that reserved `a` last, or -1.
+ * `newest` answers most reads of a socket not yet tied at once: a reserve of
+ * `a` on an untied xs is the latest of all while it stays pending and its xs
+ * untied; otherwise every untied xs is asked, as replay.py asks.
+ */
 static int64_t learn_socket(struct walk *w, uint64_t a, int32_t s, int64_t *reserve_row)
 {
 	int64_t best = -1, best_row = -1;
+	int64_t *newest = map_get(&w->newest, a, 0, -1);
 
-	for (int64_t x = 0; x < w->out->nxs; x++) {
-		int64_t r;
+	if (!newest || *newest < 0)
+		return -1;
+	if (untied_pending(w, *newest, a)) {
+		best_row = *newest;
+		best = *map_find(&w->xs_index, w->in->xs[best_row], 0);
+	} else {
+		for (int64_t x = 0; x < w->out->nxs; x++) {
+			int64_t r;
 
-		if (w->xs[x].sock >= 0)
-			continue;
-		r = map_value(&w->latest, x, a, -1);
-		if (r >= 0 && r > best_row) {
-			best = x;
-			best_row = r;
+			if (w->xs[x].sock >= 0)
+				continue;
+			r = map_value(&w->latest, x, a, -1);
+			if (r >= 0 && r > best_row) {
+				best = x;
+				best_row = r;
+			}
 		}
+		*newest = best_row;
 	}
 	if (best >= 0) {
 		w->out->sock_xs[s] = best;
@@ -366,7 +392,7 @@ int fr_replay(const struct fr_rows *in, const struct fr_codes *c, fr_align_fn al
 
 	out->nreads = out->nbad = out->nxs = 0;
 	if (map_init(&w.state, 1024) || map_init(&w.fill_count, 1024) || map_init(&w.pcount, 1024) ||
-	    map_init(&w.latest, 1024) || map_init(&w.xs_index, 64))
+	    map_init(&w.latest, 1024) || map_init(&w.xs_index, 64) || map_init(&w.newest, 1024))
 		goto done;
 	w.fill = calloc(in->nsocks + 1, sizeof(*w.fill));
 	w.fill_started = calloc(in->nsocks + 1, 1);
@@ -589,6 +615,13 @@ int fr_replay(const struct fr_rows *in, const struct fr_codes *c, fr_align_fn al
 			if (!latest)
 				goto done;
 			*latest = i;
+			if (w.xs[x].sock < 0) {
+				int64_t *newest = map_get(&w.newest, in->addr[i], 0, -1);
+
+				if (!newest)
+					goto done;
+				*newest = i;
+			}
 			if (pq->len > MAX_PENDING)
 				pend_pop(&w, x);
 		}
@@ -600,6 +633,7 @@ done:
 	map_free(&w.pcount);
 	map_free(&w.latest);
 	map_free(&w.xs_index);
+	map_free(&w.newest);
 	for (int32_t s = 0; w.fill && s < in->nsocks; s++)
 		ring_free(&w.fill[s]);
 	for (int64_t x = 0; w.xs && x < out->nxs; x++)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import itertools
 import re
 
@@ -96,4 +98,19 @@ def test_a_trace_with_more_odd_rows_than_first_room():
     data = ("\n".join(out) + "\n").encode()
     slow = replay_python(build_timeline(*parse_trace(data), "c"))
     assert len(slow.reads) > 256 and len(slow.bad) > 64, (len(slow.reads), len(slow.bad))
+    assert_same(data)
+
+
+def test_a_real_trace_scaled_to_many_sockets(fixtures, tmp_path):
+    """bench/analyze's --real scaling: 20 copies of a BPF-backend recording, each on
+    its own sockets, kernel sockets and frames, half of the sockets never tied."""
+    loader = importlib.machinery.SourceFileLoader("bench_analyze", str(fixtures.parent / "bench" / "analyze"))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    bench = importlib.util.module_from_spec(spec)
+    loader.exec_module(bench)
+    path = tmp_path / "trace.txt"
+    bench.scale_real(fixtures / "bpf-double-fill-overrun.txt", path, 30_000)
+    data = path.read_bytes()
+    tl = build_timeline(*parse_trace(data), "c")
+    assert len(tl.arrays["socks"]) >= 40
     assert_same(data)
