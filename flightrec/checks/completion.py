@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
@@ -31,39 +32,54 @@ def check_completion_in_flight(tl: Timeline, rp: Replay) -> list[Anomaly]:
     corrupt. Needs the kernel's TX events (`tx_get_data`, `tx_xmit`): without
     them nothing is claimed.
     """
-    out = []
-    kind, addr, frm, to = tl.kind, tl.addr, tl.frm, tl.to
-    last_tx: dict[int, int] = {}  # addr -> the marker that last put it into TX
-    comp: dict[int, tuple[int, int]] = {}  # addr -> (TX marker row, COMPLETION read row), not yet sent
-    sent_since: set[int] = set()  # addrs the kernel sent since their last -> TX marker
     sent = tl.rows_of(*SENT)
     if not sent:
         return []  # no TX events: nothing is claimed (zero-copy, markers only)
-    for row in sorted(_tx_markers(tl) + sent):
-        k, a = kind[row], addr[row]
-        if k == kinds.MARKER:
-            if to[row] == "TX":
-                last_tx[a] = row
-                sent_since.discard(a)
-                comp.pop(a, None)
-            elif frm[row] == "TX" and to[row] == "COMP" and a in last_tx and a not in sent_since:
-                comp[a] = (last_tx.pop(a), row)
-        elif k in SENT and a is not None:
-            sent_since.add(a)
-            got = comp.pop(a, None)
-            if got is not None:
-                out.append(in_flight_anomaly(tl, got[0], got[1], row))
-    return out
+    to_tx, read = _tx_markers(tl)
+    addr, present = tl.field_array("addr")
+    sent_rows = np.asarray(sent, dtype=np.int64)
+    sent_rows = sent_rows[present[sent_rows]]  # a TX event without its address says nothing
+    return [in_flight_anomaly(tl, tx, comp, late) for tx, comp, late in early_reads(to_tx, read, sent_rows, addr)]
 
 
-def _tx_markers(tl: Timeline) -> list[int]:
-    """The markers that put a frame into TX or read it from COMPLETION (on the scanner's codes where there)."""
+def early_reads(
+    to_tx: Sequence[int], read: Sequence[int], sent: Sequence[int], addr: np.ndarray
+) -> list[tuple[int, int, int]]:
+    """(T, C, S) rows, by S: per frame (`addr[row]`), in row order, T puts it into TX,
+    C reads it from COMPLETION, S is the kernel sending it. The first C after a T is
+    early unless an S came between; an S whose last event other than a C is a T, with
+    a C after that T, proves it."""
+    rows = np.concatenate([np.asarray(r, dtype=np.int64) for r in (to_tx, read, sent)])
+    what = np.repeat(np.array([0, 1, 2], dtype=np.int8), [len(to_tx), len(read), len(sent)])
+    order = np.lexsort((rows, addr[rows]))
+    rows, what, frame = rows[order], what[order], addr[rows[order]]
+    # the position of the last T or S at or before each position (-1: none)
+    last_t_or_s = np.maximum.accumulate(np.where(what != 1, np.arange(len(what)), -1))
+    s = np.flatnonzero(what[1:] == 2) + 1
+    t = last_t_or_s[s - 1]
+    keep = (t >= 0) & (t < s - 1)  # a T or S before, and a C between it and this S
+    s, t = s[keep], t[keep]
+    keep = (what[t] == 0) & (frame[t] == frame[s])  # ... and it is a T of the same frame
+    s, t = s[keep], t[keep]
+    return sorted(zip(rows[t].tolist(), rows[t + 1].tolist(), rows[s].tolist()), key=lambda e: e[2])
+
+
+def _tx_markers(tl: Timeline) -> tuple[list[int], list[int]]:
+    """The markers that put a frame into TX, and those that read it from COMPLETION
+    (on the scanner's codes where there)."""
     codes, to_codes, frm_codes = tl.arrays.get("kind"), tl.arrays.get("to"), tl.arrays.get("frm")
     if codes is None or to_codes is None or frm_codes is None:
-        return [r for r in tl.rows_of(kinds.MARKER) if tl.to[r] == "TX" or (tl.frm[r] == "TX" and tl.to[r] == "COMP")]
+        markers = tl.rows_of(kinds.MARKER)
+        return (
+            [r for r in markers if tl.to[r] == "TX"],
+            [r for r in markers if tl.frm[r] == "TX" and tl.to[r] == "COMP"],
+        )
     tx, comp = kinds.STATES.index("TX"), kinds.STATES.index("COMP")
     marker = codes == tl.arrays["kinds"].index(kinds.MARKER)
-    return np.flatnonzero(marker & ((to_codes == tx) | ((frm_codes == tx) & (to_codes == comp)))).tolist()
+    return (
+        np.flatnonzero(marker & (to_codes == tx)).tolist(),
+        np.flatnonzero(marker & (frm_codes == tx) & (to_codes == comp)).tolist(),
+    )
 
 
 def in_flight_anomaly(tl: Timeline, tx: int, read: int, late: int) -> Anomaly:
