@@ -95,8 +95,9 @@ def analyze(traces: tuple[str, ...], as_json: bool, descriptor: Optional[int], a
                 doc["descriptor"] = _life_json(r, descriptor)
         out = docs[0] if len(traces) == 1 and docs else {"traces": docs, "summary": _summary(results, failed)}
         if docs or len(traces) > 1:
-            json.dump(out, sys.stdout, indent=1)
-            sys.stdout.write("\n")
+            # Indented for a terminal; one line for a pipe or file: json.dumps without indent
+            # runs the C encoder, ~10x faster on a trace with many anomalies.
+            sys.stdout.write(json.dumps(out, indent=1 if sys.stdout.isatty() else None) + "\n")
     elif len(traces) > 1:
         s = _summary(results, failed)
         console.print(
