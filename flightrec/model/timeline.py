@@ -10,6 +10,7 @@ here, once, from the text's overrun marks and lost-event lines.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Optional
@@ -69,11 +70,11 @@ class Timeline(Typed):
         return self.rows
 
     @property
-    def ts(self) -> list[float]:
+    def ts(self) -> Sequence[float]:
         return self.parsed.ts
 
     @property
-    def cpu(self) -> list[int]:
+    def cpu(self) -> Sequence[int]:
         return self.parsed.cpu
 
     @property

@@ -50,9 +50,9 @@ class ParsedTrace:
     line: Sequence[int] = field(default_factory=list)
     task: Sequence[str] = field(default_factory=list)
     pid: Sequence[int] = field(default_factory=list)
-    cpu: list[int] = field(default_factory=list)
+    cpu: Sequence[int] = field(default_factory=list)
     flags: Sequence[str] = field(default_factory=list)
-    ts: list[float] = field(default_factory=list)
+    ts: Sequence[float] = field(default_factory=list)
     event: Sequence[str] = field(default_factory=list)
     body: Sequence[str] = field(default_factory=list)
     format: str = "ftrace"
@@ -148,14 +148,14 @@ def parse_bytes(data: bytes) -> ParsedTrace:
 
 def parsed_from_scan(sc) -> ParsedTrace:
     """The ParsedTrace of a C scan (flightrec.parse.scan), strings left undecoded."""
-    from flightrec.parse.scan import IntColumn, OffsetStrings
+    from flightrec.parse.scan import NumberColumn, OffsetStrings
 
     c = sc.cols
     out = ParsedTrace(
-        line=IntColumn(c["line"]),
-        pid=IntColumn(c["pid"]),
-        cpu=c["cpu"].tolist(),
-        ts=c["ts"].tolist(),
+        line=NumberColumn(c["line"]),
+        pid=NumberColumn(c["pid"]),
+        cpu=NumberColumn(c["cpu"]),
+        ts=NumberColumn(c["ts"]),
         task=OffsetStrings(sc.data, c["task_off"], c["task_len"]),
         flags=OffsetStrings(sc.data, c["flags_off"], c["flags_len"]),
         event=OffsetStrings(sc.data, c["event_off"], c["event_len"]),

@@ -129,9 +129,10 @@ class OffsetStrings(Sequence):
             yield data[o : o + n].decode("utf-8", "replace")
 
 
-class IntColumn(Sequence):
-    """A numeric column kept as numpy, read as Python ints (line, pid): a million
-    Python ints would cost more memory than the text's columns."""
+class NumberColumn(Sequence):
+    """A numeric column kept as numpy, read as Python numbers (line, pid, cpu, ts):
+    a million Python ints or floats in a list would cost more memory than the
+    text's columns (a float list: 32 MB a million rows)."""
 
     def __init__(self, values: np.ndarray):
         self._values = values
@@ -142,7 +143,7 @@ class IntColumn(Sequence):
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
             return self._values[i].tolist()
-        return int(self._values[i])
+        return self._values[i].item()
 
     def __iter__(self):
         return iter(self._values.tolist())
@@ -151,7 +152,7 @@ class IntColumn(Sequence):
         return self._values if dtype is None else self._values.astype(dtype, copy=False)
 
     def __eq__(self, other) -> bool:
-        return list(self) == list(other) if isinstance(other, (list, IntColumn)) else NotImplemented
+        return list(self) == list(other) if isinstance(other, (list, NumberColumn)) else NotImplemented
 
 
 @dataclass
