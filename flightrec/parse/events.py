@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
@@ -33,19 +34,21 @@ class Typed:
     detection line's `detection` (a format.Detection, None elsewhere), and
     one column per kernel field (`addr`, `xs`, `length`, ...), None where absent.
 
-    A column is a list; the C path makes each on first use (`columns` holds
-    a function until then), as most analyses never look at most of them.
+    A column is a sequence read by row: a list, except on the C path, which
+    makes each on first use (`columns` holds a function until then), as most
+    analyses never look at most of them, and keeps the kernel fields numpy
+    (scan.FieldColumn).
     """
 
     rows: int
-    columns: dict[str, Union[list, Callable[[], list]]]
+    columns: dict[str, Union[Sequence, Callable[[], list]]]
     # the C path's numpy form of the columns, for exports that read them whole:
     # kind, sock, frm, to -> codes into kinds, socks, STATES (-1: none); queue
     # (-1: none); detail -> (data, offsets, lengths, -1: none); a kernel field ->
     # (values, present)
     arrays: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
-    def __getattr__(self, name: str) -> list:
+    def __getattr__(self, name: str) -> Sequence:
         cols = self.__dict__.get("columns")
         if cols is None or name not in cols:
             raise AttributeError(name)
@@ -249,7 +252,7 @@ def typed_from_scan(sc: scan.Scan, fmt: Format = CONTRACT) -> Typed:
     columns: dict[str, Any] = {
         "kind": kinds,
         "sock": socks,
-        "queue": lambda: _optional(c["queue"], c["queue"] >= 0),
+        "queue": lambda: scan.optional_list(c["queue"], c["queue"] >= 0),
         "frm": states("frm"),
         "to": states("to"),
         "detail": details,
@@ -267,26 +270,6 @@ def typed_from_scan(sc: scan.Scan, fmt: Format = CONTRACT) -> Typed:
     }
     for f in fmt.fields:
         values, present = sc.fields[f.column]
-        columns[f.column] = lambda v=values, p=present: _optional(v, p)
+        columns[f.column] = scan.FieldColumn(values, present)
         arrays[f.column] = (values, present)
     return Typed(n, columns, arrays)
-
-
-def _optional(values: np.ndarray, present: np.ndarray) -> list:
-    """values as Python ints, None where not present; the cost follows the rarer side."""
-    n = len(values)
-    absent = np.flatnonzero(~present)
-    if len(absent) * 8 < n:
-        out = values.tolist()
-        for i in absent.tolist():
-            out[i] = None
-        return out
-    idx = np.flatnonzero(present)
-    if len(idx) * 8 < n:
-        out = [None] * n
-        for i, v in zip(idx.tolist(), values[idx].tolist()):
-            out[i] = v
-        return out
-    obj = values.astype(object)
-    obj[absent] = None
-    return obj.tolist()

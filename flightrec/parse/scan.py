@@ -155,6 +155,65 @@ class NumberColumn(Sequence):
         return list(self) == list(other) if isinstance(other, (list, NumberColumn)) else NotImplemented
 
 
+class FieldColumn(Sequence):
+    """A kernel field's column (addr, xs, slot, ...) kept as numpy values and
+    presence, read as Python ints, None where absent.
+
+    The checks read most fields a few rows at a time (a claim's rows), and a
+    list of a million ints costs ~36 MB: read row by row, the column stays
+    numpy. A loop that reads many rows (MANY_READS) gets the list, made once.
+    """
+
+    MANY_READS = 1 << 16
+
+    def __init__(self, values: np.ndarray, present: np.ndarray):
+        self._values, self._present = values, present
+        self._list: Optional[list] = None
+        self._reads = 0
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if self._list is not None:
+            return self._list[i]
+        self._reads += 1
+        if isinstance(i, slice) or self._reads > self.MANY_READS:
+            return self.as_list()[i]
+        return self._values[i].item() if self._present[i] else None
+
+    def as_list(self) -> list:
+        if self._list is None:
+            self._list = optional_list(self._values, self._present)
+        return self._list
+
+    def __iter__(self):
+        return iter(self.as_list())
+
+    def __eq__(self, other) -> bool:
+        return self.as_list() == list(other) if isinstance(other, (list, FieldColumn)) else NotImplemented
+
+
+def optional_list(values: np.ndarray, present: np.ndarray) -> list:
+    """values as Python ints, None where not present; the cost follows the rarer side."""
+    n = len(values)
+    absent = np.flatnonzero(~present)
+    if len(absent) * 8 < n:
+        out = values.tolist()
+        for i in absent.tolist():
+            out[i] = None
+        return out
+    idx = np.flatnonzero(present)
+    if len(idx) * 8 < n:
+        out = [None] * n
+        for i, v in zip(idx.tolist(), values[idx].tolist()):
+            out[i] = v
+        return out
+    obj = values.astype(object)
+    obj[absent] = None
+    return obj.tolist()
+
+
 @dataclass
 class Scan:
     """The scanner's columns, event rows only, plus the meta lines it left to Python."""
