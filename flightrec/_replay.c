@@ -318,6 +318,28 @@ static int64_t pend_pop(struct walk *w, int64_t x)
 	return r;
 }
 
+/*
+ * Pop up to and including the latest pending reserve of `a` (replay.py's
+ * take_latest): its row; *skipped counts the older slots popped before it.
+ */
+static int64_t take_latest(struct walk *w, int64_t x, uint64_t a, int64_t *skipped)
+{
+	int64_t target = map_value(&w->latest, x, a, -1), r;
+
+	while ((r = pend_pop(w, x)) != target)
+		(*skipped)++;
+	return r;
+}
+
+/* The socket's last paired read: its row, the reserve whose slot it read, whether by address. */
+static void set_last(struct xsst *xt, int64_t read, int64_t slot, int matched)
+{
+	xt->has_last = 1;
+	xt->last_read = read;
+	xt->last_slot = slot;
+	xt->last_matched = (uint8_t)matched;
+}
+
 static int pend_has(struct walk *w, int64_t x, uint64_t a)
 {
 	return map_value(&w->pcount, x, a, 0) > 0;
@@ -502,10 +524,7 @@ int fr_replay(const struct fr_rows *in, const struct fr_codes *c, fr_align_fn al
 						rd.slot_row = pend_pop(&w, x);
 						xt->aligned = 1;
 						xt->broken = -1;
-						xt->has_last = 1;
-						xt->last_read = i;
-						xt->last_slot = rd.slot_row;
-						xt->last_matched = 1;
+						set_last(xt, i, rd.slot_row, 1);
 					} else if (xt->aligned && pq->len) {
 						/* The read disagrees with the slot order: ask whether the history shows it. */
 						int holds = align(s, i, ring_a(pq, 0), lp_read, lp_slot, lp_matched,
@@ -525,38 +544,21 @@ int fr_replay(const struct fr_rows *in, const struct fr_codes *c, fr_align_fn al
 							} else {
 								pend_pop(&w, x);
 							}
-							xt->has_last = 1;
-							xt->last_read = i;
-							xt->last_slot = rd.slot_row;
-							xt->last_matched = 0;
+							set_last(xt, i, rd.slot_row, 0);
 						} else {
 							xt->aligned = 0;
 							xt->broken = i;
 							if (pend_has(&w, x, a)) {
-								int64_t target = map_value(&w.latest, x, a, -1), r;
-
-								while ((r = pend_pop(&w, x)) != target)
-									rd.skipped++;
-								rd.slot_row = r;
+								rd.slot_row = take_latest(&w, x, a, &rd.skipped);
 								xt->aligned = 1;
-								xt->has_last = 1;
-								xt->last_read = i;
-								xt->last_slot = r;
-								xt->last_matched = 1;
+								set_last(xt, i, rd.slot_row, 1);
 							}
 						}
 					} else if (pend_has(&w, x, a)) {
 						/* The first aligned read: older slots were read before it. */
-						int64_t target = map_value(&w.latest, x, a, -1), r;
-
-						while ((r = pend_pop(&w, x)) != target)
-							rd.skipped++;
-						rd.slot_row = r;
+						rd.slot_row = take_latest(&w, x, a, &rd.skipped);
 						xt->aligned = 1;
-						xt->has_last = 1;
-						xt->last_read = i;
-						xt->last_slot = r;
-						xt->last_matched = 1;
+						set_last(xt, i, rd.slot_row, 1);
 					} else if (xt->broken >= 0) {
 						alignment_row = xt->broken; /* still unaligned since those claims failed */
 					}
