@@ -443,7 +443,8 @@ def _replay_native(tl: Timeline, unordered: frozenset[str], cols: replay_native.
         claims_at[row] = claims
         return all(c.holds for c in claims)
 
-    w = replay_native.walk(cols, _native_codes(list(tl.arrays["kinds"])), out.states_from, _lost(tl), align)
+    kinds = list(tl.arrays["kinds"])
+    w = replay_native.walk(cols, _native_codes(kinds), out.states_from, _lost(tl), align)
 
     for values in w.reads.tolist():
         r = dict(zip(replay_native.READ.names, values))
@@ -487,7 +488,6 @@ def _replay_native(tl: Timeline, unordered: frozenset[str], cols: replay_native.
     for s in sorted(np.flatnonzero(w.tie_read[: cols.nsocks] >= 0).tolist(), key=lambda s: w.tie_read[s]):
         out.sock_xs[socks[s]] = w.xs_values[w.sock_xs[s]]
         out.ties[socks[s]] = (int(w.tie_read[s]), int(w.tie_reserve[s]))
-    kinds = list(tl.arrays["kinds"])
     firsts = []
     for name, rows_of in ((RESERVE, out.reserves), (FLUSH, out.flushes), (TX, None)):
         if name not in kinds:
