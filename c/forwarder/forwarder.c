@@ -238,7 +238,7 @@ static uint32_t do_completions(struct fwd *f, struct port *p)
 	xsk_ring_cons__release(&p->r.comp, n);
 	handoff_publish(ret, n);
 	wake(p->peer);
-	p->tx_outstanding -= n;
+	__atomic_fetch_sub(&p->tx_outstanding, n, __ATOMIC_RELAXED);
 	BUMP(p->st.comp, n);
 	return n;
 }
@@ -335,11 +335,14 @@ static uint32_t do_transmit(struct fwd *f, struct port *p)
 		d->options = 0;
 	}
 	MARK_FLUSH(f, p);
-	if (inject_due(f, p, INJECT_REUSE_IN_FLIGHT))
+	/* not from a twin: the peer's ret_in has one producer, the primary's thread */
+	if (!p->primary && inject_due(f, p, INJECT_REUSE_IN_FLIGHT))
 		inject_reuse(f, p, xsk_ring_prod__tx_desc(&p->r.tx, idx + n - 1)->addr);
 	xsk_ring_prod__submit(&p->r.tx, n);
 	handoff_release(&p->fwd_in, n);
-	p->tx_outstanding += n;
+	/* completed on the primary's COMPLETION ring, which a twin shares */
+	__atomic_fetch_add(p->primary ? &p->primary->tx_outstanding : &p->tx_outstanding, n,
+			   __ATOMIC_RELAXED);
 	BUMP(p->st.tx, n);
 	kick_tx(p);
 	return n;
@@ -520,15 +523,20 @@ static void mark_forward(struct fwd *f, struct port *p, uint64_t addr, long long
 	fr_markers_note(&f->markers, &p->st.markers, &p->nb, addr, buf, n);
 }
 
-/* RX -> the peer's fwd_in (its thread puts them on its TX). */
+/* RX -> the peer's fwd_in (its thread puts them on its TX), or every other
+ * ring operation its twin's. */
 static uint32_t do_receive(struct fwd *f, struct port *p)
 {
-	struct handoff *fwd = &p->peer->fwd_in;
+	struct port *dst = p->peer;
+	struct handoff *fwd;
 	uint32_t idx, i, n, nfwd = 0, space;
 
 	n = xsk_ring_cons__peek(&p->r.rx, f->opt.batch, &idx);
 	if (!n)
 		return 0;
+	if (dst->twin && (p->rx_ops++ & 1))
+		dst = dst->twin;
+	fwd = &dst->fwd_in;
 	space = handoff_space(fwd);
 	for (i = 0; i < n; i++) {
 		struct xdp_desc *d = (struct xdp_desc *)xsk_ring_cons__rx_desc(&p->r.rx, idx + i);
@@ -577,7 +585,7 @@ static uint32_t do_receive(struct fwd *f, struct port *p)
 	MARK_FLUSH(f, p);
 	xsk_ring_cons__release(&p->r.rx, n);
 	handoff_publish(fwd, nfwd);
-	wake(p->peer);
+	wake(dst);
 	__atomic_fetch_add(&f->rx_total, n, __ATOMIC_RELAXED);
 	BUMP(p->st.rx, n);
 	return n;
@@ -625,11 +633,35 @@ static void *port_thread(void *arg)
 			idle = 0;
 			continue;
 		}
-		if (p->tx_outstanding) {
+		if (LOAD(p->tx_outstanding)) {
 			/* Low-rate TCP stalls if we wait for a full batch: keep kicking
 			 * until the kernel has taken and completed everything. */
 			if (tx_pending(p))
 				kick_tx(p);
+			if (++idle > 64)
+				port_wait(f, p, 1);
+			continue;
+		}
+		port_wait(f, p, 100);
+	}
+	return NULL;
+}
+
+/* A twin only transmits: its primary reads the COMPLETION ring they share. */
+static void *twin_thread(void *arg)
+{
+	struct port *p = arg;
+	struct fwd *f = &g;
+	unsigned idle = 0;
+
+	while (!stopping(f)) {
+		if (do_transmit(f, p)) {
+			idle = 0;
+			continue;
+		}
+		if (tx_pending(p)) {
+			/* copy mode: the kernel sends only what a sendto() asks for */
+			kick_tx(p);
 			if (++idle > 64)
 				port_wait(f, p, 1);
 			continue;
@@ -648,6 +680,36 @@ static uint32_t pow2_at_least(uint32_t v)
 	while (r < v)
 		r <<= 1;
 	return r;
+}
+
+/* Each port's twin: its name (its markers are its queue's), its peer (where
+ * its packets come from and their frames go back to) and its own handoff. */
+static int twins_init(struct fwd *f)
+{
+	unsigned i;
+
+	f->twins = calloc(f->nports, sizeof(*f->twins));
+	if (!f->twins)
+		return -1;
+	for (i = 0; i < f->nports; i++) /* what ports_free() closes */
+		f->twins[i].efd = f->twins[i].fd = f->twins[i].own.fd = -1;
+	for (i = 0; i < f->nports; i++) {
+		struct port *p = &f->ports[i], *t = &f->twins[i];
+
+		t->zerocopy = -ENOTCONN;
+		t->side = p->side;
+		t->queue = p->queue;
+		t->peer = p->peer;
+		t->primary = p;
+		p->twin = t;
+		snprintf(t->name, sizeof(t->name), "%s", p->name);
+		if (handoff_init(&t->fwd_in, f->umem.ring_size))
+			return -1;
+		t->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		if (t->efd < 0 || fr_markers_add_writer(&f->markers, &t->st.markers))
+			return -1;
+	}
+	return 0;
 }
 
 static int ports_init(struct fwd *f)
@@ -683,7 +745,7 @@ static int ports_init(struct fwd *f)
 				return -1;
 		}
 	}
-	return 0;
+	return f->opt.tx_twins ? twins_init(f) : 0;
 }
 
 static void ports_free(struct fwd *f)
@@ -692,6 +754,17 @@ static void ports_free(struct fwd *f)
 
 	if (!f->ports)
 		return;
+	/* the twins first: they share their primaries' pools */
+	for (i = 0; f->twins && i < f->nports; i++) {
+		struct port *t = &f->twins[i];
+
+		umem_twin_free(&t->own);
+		if (t->efd >= 0)
+			close(t->efd);
+		handoff_free(&t->fwd_in);
+	}
+	free(f->twins);
+	f->twins = NULL;
 	for (i = 0; i < f->nports; i++) {
 		struct port *p = &f->ports[i];
 
@@ -844,6 +917,15 @@ static int setup_side(struct fwd *f, enum side s)
 			return -1;
 		if (xdp_prog_set_xsk(&f->prog[s], q, p->fd))
 			return -1;
+		if (p->twin) {
+			struct port *t = p->twin;
+
+			if (umem_twin_create(&t->own, &t->r.tx, p->fd, f->ifindex[s], ifname, q,
+					     f->umem.ring_size))
+				return -1;
+			t->fd = t->own.fd;
+			t->zerocopy = umem_socket_zerocopy(t->fd);
+		}
 	}
 	return xdp_prog_attach(&f->prog[s], f->ifindex[s], f->opt.skb_mode, zc);
 }
@@ -904,6 +986,17 @@ static void teardown(struct fwd *f)
 	flagged_close(&f->flagged);
 }
 
+/* One thread a port, then one a twin. */
+static unsigned nthreads(const struct fwd *f)
+{
+	return (f->twins ? 2 : 1) * f->nports;
+}
+
+static struct port *thread_port(struct fwd *f, unsigned i)
+{
+	return i < f->nports ? &f->ports[i] : &f->twins[i - f->nports];
+}
+
 static int start_threads(struct fwd *f)
 {
 	cpu_set_t online, one;
@@ -920,18 +1013,21 @@ static int start_threads(struct fwd *f)
 	sigaddset(&block, SIGINT);
 	sigaddset(&block, SIGTERM);
 	pthread_sigmask(SIG_BLOCK, &block, &old);
-	for (i = 0; i < f->nports; i++) {
-		struct port *p = &f->ports[i];
+	for (i = 0; i < nthreads(f); i++) {
+		struct port *p = thread_port(f, i);
+		/* a twin on the CPU after its primary's: two CPUs reserving in one ring */
+		unsigned k = p->primary ? i - f->nports + 1 : i;
 		char tname[16];
 
-		p->cpu = ncpu ? cpus[i % (unsigned)ncpu] : -1;
-		if (pthread_create(&p->thread, NULL, port_thread, p)) {
+		p->cpu = ncpu ? cpus[k % (unsigned)ncpu] : -1;
+		if (pthread_create(&p->thread, NULL, p->primary ? twin_thread : port_thread, p)) {
 			fprintf(stderr, "forwarder: cannot start a thread for %s\n", p->name);
 			pthread_sigmask(SIG_SETMASK, &old, NULL);
 			return -1;
 		}
 		p->thread_started = 1;
-		snprintf(tname, sizeof(tname), "fwd-%s-q%u", p->side ? "in" : "out", p->queue);
+		snprintf(tname, sizeof(tname), "fwd-%s%s-q%u", p->side ? "in" : "out",
+			 p->primary ? "2" : "", p->queue);
 		pthread_setname_np(p->thread, tname);
 		if (p->cpu >= 0) {
 			CPU_ZERO(&one);
@@ -949,15 +1045,18 @@ static void stop_threads(struct fwd *f)
 	unsigned i;
 
 	__atomic_store_n(&f->stop, 1, __ATOMIC_SEQ_CST);
-	for (i = 0; i < f->nports; i++)
-		if (f->ports[i].efd >= 0 && write(f->ports[i].efd, &one, sizeof(one)) < 0) {
+	for (i = 0; i < nthreads(f); i++)
+		if (thread_port(f, i)->efd >= 0 && write(thread_port(f, i)->efd, &one, sizeof(one)) < 0) {
 			/* the thread still wakes within its poll timeout */
 		}
-	for (i = 0; i < f->nports; i++)
-		if (f->ports[i].thread_started) {
-			pthread_join(f->ports[i].thread, NULL);
-			f->ports[i].thread_started = 0;
+	for (i = 0; i < nthreads(f); i++) {
+		struct port *p = thread_port(f, i);
+
+		if (p->thread_started) {
+			pthread_join(p->thread, NULL);
+			p->thread_started = 0;
 		}
+	}
 }
 
 int main(int argc, char **argv)

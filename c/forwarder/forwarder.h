@@ -36,7 +36,14 @@ struct port {
 	struct handoff fwd_in, ret_in;
 	int efd;                /* wakes this port's thread */
 	int sleeping;
+	/* sent and not yet completed, on this socket's COMPLETION ring (a twin
+	 * counts on its primary's: they share the ring) */
 	uint32_t tx_outstanding;
+	/* --tx-twins: a primary's TX-only twin, bound to the same device and
+	 * queue, sharing its FILL and COMPLETION rings; a twin's primary. */
+	struct port *twin, *primary;
+	uint32_t rx_ops;        /* RX ring operations: every other one goes to the peer's twin */
+	struct twin_socket own; /* a twin's socket (fd is its fd too): ours, not libxdp's */
 	uint32_t owned;         /* frames this socket receives into */
 	struct port_stats st;
 	struct fr_marker_batch mb, nb; /* this ring operation's transitions and notes */
@@ -71,6 +78,7 @@ struct fwd {
 	struct fr_states states;
 	struct port *ports;     /* [side * queues + queue] */
 	unsigned nports;
+	struct port *twins;     /* --tx-twins: ports[i]'s twin is twins[i]; else NULL */
 	int stop;
 	struct anomaly anomaly;
 	struct flagged flagged; /* --flagged */

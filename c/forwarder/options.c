@@ -48,6 +48,12 @@ static const char usage[] =
 "                         native XDP) or auto (zero-copy where it binds, else\n"
 "                         copy); the mode each socket got is read back\n"
 "                         (XDP_OPTIONS) and printed in the ready line\n"
+"  --tx-twins             bind a second, TX-only socket (a twin) to every queue,\n"
+"                         sharing that queue's FILL and COMPLETION rings, on\n"
+"                         another CPU; half the forwarded packets go out through\n"
+"                         it: two sockets reserving and publishing one\n"
+"                         COMPLETION ring, as in 30f241fcf52a. Its markers carry\n"
+"                         its queue's SOCK q:QUEUE\n"
 "  -h, --help             this text\n"
 "\n"
 "stdout: one JSON object a line: ready, stats (every second), anomaly, exit.\n"
@@ -65,7 +71,9 @@ static const char usage[] =
 "      --trace-dir /sys/kernel/tracing/instances/t --inject short-len --flagged /tmp/flagged.jsonl\n"
 "  forwarder --outer /run/netns/o:outer --inner /run/netns/i:inner --payload-port 5203 \\\n"
 "      --inject flip-payload --inject-count 20 --stats /tmp/fwd.json\n"
-"  forwarder --outer /run/netns/o:outer --inner /run/netns/i:inner --mode zerocopy --no-markers\n";
+"  forwarder --outer /run/netns/o:outer --inner /run/netns/i:inner --mode zerocopy --no-markers\n"
+"  forwarder --outer /run/netns/o:outer --inner /run/netns/i:inner --tx-twins \\\n"
+"      --trace-dir /sys/kernel/tracing/instances/t --payload-port 5203\n";
 
 const char *mode_name(enum bind_mode m)
 {
@@ -156,7 +164,7 @@ int options_parse(struct options *o, int argc, char **argv)
 {
 	enum { O_OUTER = 256, O_INNER, O_QUEUES, O_TRACE, O_NOMARK, O_MARKERS, O_DUR, O_INJ, O_INJAFTER,
 	       O_FRAMES, O_BATCH, O_STATS, O_XDP, O_SKB, O_FLAGGED, O_MODE, O_INJCOUNT,
-	       O_PAYLOAD };
+	       O_PAYLOAD, O_TWINS };
 	static const struct option longopts[] = {
 		{ "outer", required_argument, NULL, O_OUTER },
 		{ "inner", required_argument, NULL, O_INNER },
@@ -176,6 +184,7 @@ int options_parse(struct options *o, int argc, char **argv)
 		{ "xdp-prog", required_argument, NULL, O_XDP },
 		{ "skb-mode", no_argument, NULL, O_SKB },
 		{ "mode", required_argument, NULL, O_MODE },
+		{ "tx-twins", no_argument, NULL, O_TWINS },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -294,6 +303,9 @@ int options_parse(struct options *o, int argc, char **argv)
 					optarg);
 				return -1;
 			}
+			break;
+		case O_TWINS:
+			o->tx_twins = 1;
 			break;
 		case 'h':
 			fputs(usage, stdout);

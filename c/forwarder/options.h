@@ -30,6 +30,7 @@ struct options {
 	char xdp_prog[4096];
 	int skb_mode;          /* force generic XDP */
 	enum bind_mode mode;   /* --mode */
+	int tx_twins;          /* --tx-twins: a second, TX-only socket on every queue */
 };
 
 /* Parses argv. Returns 0, 1 after --help (exit 0), -1 on bad input

@@ -33,27 +33,37 @@ static void json_str(FILE *out, const char *s)
 	fputc('"', out);
 }
 
+/* A counter of port i, its twin's (--tx-twins) added: they share its name. */
+static uint64_t port_counter(const struct fwd *f, unsigned i, size_t off)
+{
+	const uint64_t *v = (const uint64_t *)((const char *)&f->ports[i].st + off);
+	uint64_t n = LOAD(*v);
+
+	if (f->twins)
+		n += LOAD(*(const uint64_t *)((const char *)&f->twins[i].st + off));
+	return n;
+}
+
 /* "key":[v0,v1,...] over every port */
 static void json_port_array(FILE *out, const struct fwd *f, const char *key, size_t off)
 {
 	unsigned i;
 
 	fprintf(out, "\"%s\":[", key);
-	for (i = 0; i < f->nports; i++) {
-		const uint64_t *v = (const uint64_t *)((const char *)&f->ports[i].st + off);
-
-		fprintf(out, "%s%llu", i ? "," : "", (unsigned long long)LOAD(*v));
-	}
+	for (i = 0; i < f->nports; i++)
+		fprintf(out, "%s%llu", i ? "," : "", (unsigned long long)port_counter(f, i, off));
 	fputc(']', out);
 }
 
 static uint64_t markers_total(const struct fwd *f, int failed)
 {
+	size_t off = failed ? offsetof(struct port_stats, markers.failed) :
+			      offsetof(struct port_stats, markers.written);
 	uint64_t n = 0;
 	unsigned i;
 
 	for (i = 0; i < f->nports; i++)
-		n += failed ? LOAD(f->ports[i].st.markers.failed) : LOAD(f->ports[i].st.markers.written);
+		n += port_counter(f, i, off);
 	return n;
 }
 
@@ -123,8 +133,9 @@ void status_print_ready(const struct fwd *f)
 	       f->opt.per_descriptor ? "per-descriptor" : "batched");
 	for (s = 0; s < 2; s++)
 		printf("%s\"%s\":\"%s\"", s ? "," : "", s ? "inner" : "outer", xdp_attach_name(f, s));
-	printf("},\"bind\":\"%s\",\"mode_requested\":\"%s\",\"need_wakeup\":%s,\"sockets\":[",
-	       bind_read_back(f), mode_name(f->opt.mode), f->opt.mode == MODE_COPY ? "false" : "true");
+	printf("},\"bind\":\"%s\",\"mode_requested\":\"%s\",\"need_wakeup\":%s,\"tx_twins\":%s,\"sockets\":[",
+	       bind_read_back(f), mode_name(f->opt.mode), f->opt.mode == MODE_COPY ? "false" : "true",
+	       f->twins ? "true" : "false");
 	for (i = 0; i < f->nports; i++) {
 		printf("%s{\"sock\":", i ? "," : "");
 		json_str(stdout, f->ports[i].name);
@@ -221,6 +232,25 @@ static void json_port(FILE *out, const struct fwd *f, const struct port *p, int 
 		json_xdp_statistics(out, "xdp_statistics", &xs);
 	if (p->stats_ok)
 		json_xdp_statistics(out, "xdp_statistics_at_anomaly", &p->stats_at_anomaly);
+	if (p->twin) {
+		const struct port *t = p->twin;
+
+		/* its own counters: the port's above are the primary's alone */
+		fprintf(out, ",\"twin\":{\"cpu\":%d,\"mode\":\"%s\",\"tx\":%llu,\"kicks\":%llu,"
+			"\"markers_written\":%llu,\"markers_failed\":%llu",
+			t->cpu, port_mode_name(t), (unsigned long long)t->st.tx,
+			(unsigned long long)t->st.kicks, (unsigned long long)t->st.markers.written,
+			(unsigned long long)t->st.markers.failed);
+		if (port_xdp_statistics(t, &xs) == 0)
+			json_xdp_statistics(out, "xdp_statistics", &xs);
+		if (snapshot) {
+			fputs(",\"rings\":{", out);
+			json_ring(out, "tx", t->r.tx.producer, t->r.tx.consumer, t->r.tx.cached_prod,
+				  t->r.tx.cached_cons);
+			fputc('}', out);
+		}
+		fputc('}', out);
+	}
 	if (snapshot) {
 		fputs(",\"rings\":{", out);
 		json_ring(out, "rx", r->rx.producer, r->rx.consumer, r->rx.cached_prod, r->rx.cached_cons);

@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <unistd.h>
 #include "umem.h"
 
 #ifndef SOL_XDP
@@ -127,4 +128,67 @@ int umem_socket_zerocopy(int fd)
 	if (getsockopt(fd, SOL_XDP, XDP_OPTIONS, &opts, &len) < 0)
 		return -errno;
 	return (opts.flags & XDP_OPTIONS_ZEROCOPY) ? 1 : 0;
+}
+
+int umem_twin_create(struct twin_socket *t, struct xsk_ring_prod *tx, int primary_fd, int ifindex,
+		     const char *ifname, unsigned queue, uint32_t ring_size)
+{
+	struct sockaddr_xdp sxdp = {
+		.sxdp_family = AF_XDP,
+		.sxdp_ifindex = (uint32_t)ifindex,
+		.sxdp_queue_id = queue,
+		/* no mode flags: a shared bind takes the pool's (the kernel refuses them) */
+		.sxdp_flags = XDP_SHARED_UMEM,
+		.sxdp_shared_umem_fd = (uint32_t)primary_fd,
+	};
+	struct xdp_mmap_offsets off;
+	socklen_t len = sizeof(off);
+	const char *step = "socket(AF_XDP)";
+	char *map;
+
+	t->map = NULL;
+	t->fd = socket(AF_XDP, SOCK_RAW | SOCK_CLOEXEC, 0);
+	if (t->fd < 0)
+		goto fail;
+	step = "setsockopt(XDP_TX_RING)";
+	if (setsockopt(t->fd, SOL_XDP, XDP_TX_RING, &ring_size, sizeof(ring_size)))
+		goto fail;
+	step = "getsockopt(XDP_MMAP_OFFSETS)";
+	if (getsockopt(t->fd, SOL_XDP, XDP_MMAP_OFFSETS, &off, &len))
+		goto fail;
+	step = "mmap(TX ring)";
+	t->map_len = off.tx.desc + (size_t)ring_size * sizeof(struct xdp_desc);
+	map = mmap(NULL, t->map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, t->fd,
+		   XDP_PGOFF_TX_RING);
+	if (map == MAP_FAILED)
+		goto fail;
+	t->map = map;
+	memset(tx, 0, sizeof(*tx));
+	tx->mask = ring_size - 1;
+	tx->size = ring_size;
+	tx->producer = (uint32_t *)(map + off.tx.producer);
+	tx->consumer = (uint32_t *)(map + off.tx.consumer);
+	tx->flags = (uint32_t *)(map + off.tx.flags);
+	tx->ring = map + off.tx.desc;
+	tx->cached_prod = *tx->producer;
+	tx->cached_cons = *tx->consumer + ring_size; /* free entries, as libxdp keeps it */
+	step = "bind(XDP_SHARED_UMEM)";
+	if (bind(t->fd, (struct sockaddr *)&sxdp, sizeof(sxdp)))
+		goto fail;
+	return 0;
+fail:
+	fprintf(stderr, "forwarder: --tx-twins: cannot make the twin socket of %s q:%u: %s: %s\n",
+		ifname, queue, step, strerror(errno));
+	umem_twin_free(t);
+	return -1;
+}
+
+void umem_twin_free(struct twin_socket *t)
+{
+	if (t->map)
+		munmap(t->map, t->map_len);
+	if (t->fd >= 0)
+		close(t->fd);
+	t->map = NULL;
+	t->fd = -1;
 }

@@ -47,6 +47,22 @@ int umem_socket_create(struct umem *u, struct xsk_socket **xsk, const char *ifna
 		       unsigned queue, struct port_rings *r, uint16_t bind_flags,
 		       const char *driver);
 
+/* A TX-only socket (--tx-twins) bound beside the socket primary_fd, to the
+ * same device (ifindex, in the calling thread's netns) and queue: the kernel
+ * then shares that socket's buffer pool with it, FILL and COMPLETION rings
+ * included (xsk_bind, XDP_SHARED_UMEM on one device and queue). Made with
+ * the syscalls, not libxdp: libxdp binds a shared socket beside the UMEM's
+ * first socket, on another queue here. On failure prints one line and
+ * returns -1, t closed. */
+struct twin_socket {
+	int fd;
+	void *map;       /* the TX ring's mapping */
+	size_t map_len;
+};
+int umem_twin_create(struct twin_socket *t, struct xsk_ring_prod *tx, int primary_fd, int ifindex,
+		     const char *ifname, unsigned queue, uint32_t ring_size);
+void umem_twin_free(struct twin_socket *t);
+
 /* The mode the kernel gave a bound socket, read back with
  * getsockopt(XDP_OPTIONS): 1 zero-copy, 0 copy, -errno when unreadable. */
 int umem_socket_zerocopy(int fd);

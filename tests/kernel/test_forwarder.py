@@ -486,7 +486,8 @@ def stamp_send(tmp_path: Path, *extra: str) -> dict:
     return json.loads((tmp_path / "send.json").read_text())
 
 
-def analyze(trace: Path) -> dict:
+def analyze(trace: Path, code: int = 1) -> dict:
+    """`flightrec analyze --json` of the trace, which must exit with `code` (1: an anomaly)."""
     out = subprocess.run(
         ["python3", "-m", "flightrec", "analyze", "--json", str(trace)],
         capture_output=True,
@@ -494,7 +495,7 @@ def analyze(trace: Path) -> dict:
         timeout=120,
         cwd=REPO,
     )
-    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.returncode == code, out.stdout + out.stderr
     return json.loads(out.stdout)
 
 
@@ -592,3 +593,64 @@ def test_stale_payload_is_caught_by_the_forwarder(instance: Path, tmp_path: Path
     saved.write_text((instance / "trace").read_text())
     [a] = [x for x in analyze(saved)["anomalies"] if x["kind"] == "payload_mismatch"]
     assert a["addr"] == anomaly["addr"] and f"packet {pkt} held packet {found}'s data" in a["explanation"]
+
+
+@pytest.mark.slow
+def test_tx_twins_share_each_queue_s_completion_ring(instance: Path, traffic: Traffic, tmp_path: Path) -> None:
+    """--tx-twins: a second, TX-only socket on every queue, bound beside the
+    first on another CPU, sends every other RX batch; its completions come back
+    on the COMPLETION ring it shares with the first, which that socket's thread
+    reads. On this kernel (which carries 30f241fcf52a) that forwards clean."""
+    if not STAMP.exists():
+        pytest.skip(f"{STAMP} not built; run `make build`")
+    stats = tmp_path / "stats.json"
+    with running_forwarder(
+        "--trace-dir",
+        str(instance),
+        "--duration",
+        "10",
+        "--stats",
+        str(stats),
+        "--payload-port",
+        str(STAMP_PORT),
+        "--tx-twins",
+    ) as proc:
+        ready = wait_ready(proc)
+        assert ready["tx_twins"] is True and ready["bind"] == "copy", ready
+        sh(*nsexec("cl", "ping", "-c", "2", "-i", "0.2", "-W", "2", SERVER_IP), check=False)  # ARP
+        traffic.start_server()
+        tcp = json.loads(traffic.client("-t", "3", "-P", "4").stdout)
+        recv = stamp_recv(tmp_path, "--duration", "4")
+        sent = stamp_send(tmp_path, "--rate", "10000", "--duration", "2", "--flows", "4")
+        recv.communicate(timeout=30)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert tcp["end"]["sum_received"]["bytes"] > 1_000_000
+    received = json.loads((tmp_path / "recv.json").read_text())
+    assert recv.returncode == 0 and received["corrupt"] == 0, received
+    assert received["received"] > 1000 and sent["sent"] >= received["received"], (sent, received)
+
+    final = json.loads(stats.read_text())
+    ports = {p["sock"]: p for p in final["ports"]}
+    for sock in ("outer q:0", "inner q:0"):
+        twin = ports[sock]["twin"]
+        # both sockets of the busy queues sent, from different CPUs
+        assert twin["tx"] > 1000 and ports[sock]["tx"] > 1000, ports[sock]
+        assert twin["cpu"] != ports[sock]["cpu"] and twin["mode"] == "copy", ports[sock]
+    # every frame either socket sent came back on the shared ring, read by the first
+    assert sum(p["comp"] for p in ports.values()) == sum(p["tx"] + p["twin"]["tx"] for p in ports.values())
+    # the stats lines count the twin's packets with its queue's
+    last = [e for e in events(out) if e["event"] == "exit"][-1]
+    assert sum(last["tx"]) == sum(p["tx"] + p["twin"]["tx"] for p in ports.values())
+
+    # Its markers carry its queue's name, written by a thread of their own.
+    saved = tmp_path / "trace.txt"
+    saved.write_text((instance / "trace").read_text())
+    writers = {
+        line.split("tracing_mark_write: ", 1)[0].split()[0]
+        for line in saved.read_text().splitlines()
+        if "tracing_mark_write: inner q:0 RX -> TX" in line
+    }
+    assert len(writers) == 2, writers
+    result = analyze(saved, code=0)
+    assert result["verdict"] == "clean", result["anomalies"][:2]
