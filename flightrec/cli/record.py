@@ -141,6 +141,7 @@ Examples:
   flightrec record --app './my-fwd -i {outer} -o {inner} -q {queues}'   # your own AF_XDP program
   flightrec record --app '{forwarder} --outer -:{outer} --inner -:{inner} --trace-dir {tracedir}'
   flightrec record --markers per-descriptor     # a trace_marker line per descriptor, not per ring operation
+  flightrec record --tx-twins                   # two sockets a queue share its COMPLETION ring
 
 \b
 Exit codes: 0 ran the whole duration with no anomaly; 1 anomaly caught by the
@@ -250,6 +251,13 @@ everything removed).
     "in order) or per-descriptor (one per descriptor, as the post's); both analyze alike "
     "(docs/markers.md). Saved in meta.json (trace.markers).",
 )
+@click.option(
+    "--tx-twins",
+    is_flag=True,
+    help="Give every forwarder queue a second, TX-only AF_XDP socket on another CPU, sharing the "
+    "queue's FILL and COMPLETION rings, and send every other batch through it: two sockets "
+    "reserving and publishing one COMPLETION ring (upstream 30f241fcf52a; c/README.md, TX twins).",
+)
 @click.option("--plain", is_flag=True, help="One line per event (the default when stdout is not a TTY).")
 def record_cmd(
     out_dir: Path,
@@ -265,6 +273,7 @@ def record_cmd(
     app: Optional[str],
     app_ready_timeout: float,
     markers: str,
+    tx_twins: bool,
     plain: bool,
 ) -> None:
     """Record an AF_XDP forwarder into a private ftrace instance.
@@ -330,6 +339,7 @@ def options_from_params(params: dict, prepared: Optional[object] = None) -> Reco
         app=params["app"],
         app_ready_timeout=params["app_ready_timeout"],
         markers=params["markers"],
+        tx_twins=params["tx_twins"],
         probe_definitions=prepared,
     )
 

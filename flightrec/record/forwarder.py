@@ -109,6 +109,7 @@ class ForwarderConfig:
     payload_port: Optional[int] = None  # --payload-port: check stamped UDP payloads to it
     inject_count: Optional[int] = None  # --inject-count (flip-payload)
     markers: Optional[str] = None  # --markers batched|per-descriptor (the forwarder's default: batched)
+    tx_twins: bool = False  # --tx-twins: a TX-only second socket per queue, sharing its COMPLETION ring
 
     def argv(self, binary: Path) -> list[str]:
         argv = [
@@ -142,6 +143,8 @@ class ForwarderConfig:
             argv += ["--inject-count", str(self.inject_count)]
         if self.markers is not None:
             argv += ["--markers", self.markers]
+        if self.tx_twins:
+            argv.append("--tx-twins")
         return argv
 
 

@@ -72,6 +72,7 @@ class RecordOptions:
     app: Optional[str] = None
     app_ready_timeout: float = appmod.READY_TIMEOUT
     markers: str = MARKER_FORMS[0]  # a trace_marker line per ring operation, or per descriptor (docs/markers.md)
+    tx_twins: bool = False  # the forwarder's --tx-twins: two sockets a queue share one COMPLETION ring
 
     def check(self) -> None:
         """:raises FlightrecError: an option is out of range."""
@@ -102,6 +103,10 @@ class RecordOptions:
                 )
             if self.nic != "veth":
                 raise FlightrecError("--app runs on the veth pairs only (not --nic virtio yet)")
+            if self.tx_twins:
+                raise FlightrecError(
+                    "--tx-twins is a mode of flightrec's forwarder; with --app give it to {forwarder} yourself"
+                )
             if self.app_ready_timeout <= 0:
                 raise FlightrecError(f"--app-ready-timeout must be above 0 s, got {self.app_ready_timeout:g}")
             appmod.check_command(self.app)
@@ -638,6 +643,7 @@ class _Recording:
             mode=opts.mode,
             payload_port=STAMP_PORT,  # the stamped flows' payloads are checked before forwarding
             markers=opts.markers,
+            tx_twins=opts.tx_twins,
         )
         self.fwd = Forwarder(config, stderr_path=self.logs / "forwarder.stderr")
         self.fwd.start()

@@ -8,6 +8,7 @@ import pytest
 from flightrec.checks.coverage import NEED_MARKERS, not_run
 from flightrec.errors import FlightrecError
 from flightrec.record.app import PLACEHOLDERS, check_command, environment, expand
+from flightrec.record.session import RecordOptions
 
 VALUES = {
     "outer": "outer",
@@ -70,3 +71,15 @@ def test_without_markers_every_check_that_follows_descriptors_is_named():
     assert names == [name for name, _ in NEED_MARKERS] and "publish_race" in names
     assert all(n.why.startswith("the application wrote no markers; ") for n in not_run(0))
     assert not_run(1) == []
+
+
+@pytest.mark.parametrize(
+    "extra,said",
+    [
+        ({"inject": "double-fill"}, "with --app the program is yours"),
+        ({"tx_twins": True}, "give it to {forwarder} yourself"),
+    ],
+)
+def test_forwarder_only_options_are_refused_with_app(extra, said):
+    with pytest.raises(FlightrecError, match=said):
+        RecordOptions(app="sleep {queues}", **extra).check()

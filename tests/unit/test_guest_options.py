@@ -32,6 +32,7 @@ ARGS = [
     "./fwd {outer}",
     "--app-ready-timeout",
     "5",
+    "--tx-twins",
 ]
 
 
@@ -51,6 +52,7 @@ def test_every_option_given_reaches_the_guest_s_record_options():
         "stamp_rate": 2000,
         "app": "./fwd {outer}",
         "app_ready_timeout": 5.0,
+        "tx_twins": True,
     }
 
 
