@@ -1,10 +1,11 @@
 """The real kernel bugs flightrec reproduces in its VMs (`flightrec vm bugs`).
 
 Each entry is a recipe a kernel engineer can run against a tool, a driver or
-a backport: the upstream fix, the kernel built with the fix reverted and the
-one with it (`vm record --kernel NAME`, flightrec/vm/build.py), the `vm
-record` options that reproduce it, and what the analysis must say. The VM
-tests (tests/vm/test_veth_race.py) run each one.
+a backport: the upstream fix, a kernel with the bug and one with the fix
+(`vm record --kernel NAME`: one the project builds with the fix reverted,
+flightrec/vm/build.py, or a stock Debian series that has it), the `vm record`
+options that reproduce it, and what the analysis must say. The VM tests
+(tests/vm/test_veth_race.py, tests/vm/test_cq_race.py) run each one.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ class KnownBug:
     name: str
     title: str
     fix_commit: str  # upstream, abbreviated
-    bug_kernel: str  # --kernel NAME with the fix reverted
+    bug_kernel: str  # --kernel NAME without the fix (reverted, or never applied)
     fixed_kernel: str  # --kernel NAME with the fix
     record_args: tuple[str, ...]  # vm record options beside --kernel
     verdict: str
@@ -60,6 +61,19 @@ BUGS: tuple[KnownBug, ...] = (
         verdict="kernel",
         kind="kernel_publish_race",
         doc="docs/veth-race.md#without-markers-the-kernels-events-alone",
+    ),
+    KnownBug(
+        name="cq-immature",
+        title="xsk: Fix immature cq descriptor production (Debian 12's 6.12 kernel still has the bug)",
+        fix_commit="30f241fcf52a",
+        bug_kernel="6.12",
+        fixed_kernel="7.3",
+        # Two sockets on each queue share its COMPLETION ring; 8 s keeps every
+        # CPU's kernel history whole in a 32 MB buffer, which the verdict needs.
+        record_args=("--tx-twins", "--duration", "8", "-b", "32768"),
+        verdict="kernel",
+        kind="cq_cross_publish",
+        doc="docs/cq-race.md",
     ),
 )
 
