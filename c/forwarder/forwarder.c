@@ -614,6 +614,21 @@ static void port_wait(struct fwd *f, struct port *p, int timeout_ms)
 	}
 }
 
+/* A round with nothing done. While TX is outstanding keep kicking (copy mode
+ * sends only what a sendto() asks for, and low-rate TCP stalls if we wait for
+ * a full batch) and poll every 1 ms; else sleep until woken, 100 ms at most. */
+static void idle_round(struct fwd *f, struct port *p, bool tx_busy, unsigned *idle)
+{
+	if (!tx_busy) {
+		port_wait(f, p, 100);
+		return;
+	}
+	if (tx_pending(p))
+		kick_tx(p);
+	if (++*idle > 64)
+		port_wait(f, p, 1);
+}
+
 static void *port_thread(void *arg)
 {
 	struct port *p = arg;
@@ -629,20 +644,10 @@ static void *port_thread(void *arg)
 			work += do_transmit(f, p);
 		if (!stopping(f))
 			work += do_receive(f, p);
-		if (work) {
+		if (work)
 			idle = 0;
-			continue;
-		}
-		if (LOAD(p->tx_outstanding)) {
-			/* Low-rate TCP stalls if we wait for a full batch: keep kicking
-			 * until the kernel has taken and completed everything. */
-			if (tx_pending(p))
-				kick_tx(p);
-			if (++idle > 64)
-				port_wait(f, p, 1);
-			continue;
-		}
-		port_wait(f, p, 100);
+		else
+			idle_round(f, p, LOAD(p->tx_outstanding) != 0, &idle);
 	}
 	return NULL;
 }
@@ -655,18 +660,10 @@ static void *twin_thread(void *arg)
 	unsigned idle = 0;
 
 	while (!stopping(f)) {
-		if (do_transmit(f, p)) {
+		if (do_transmit(f, p))
 			idle = 0;
-			continue;
-		}
-		if (tx_pending(p)) {
-			/* copy mode: the kernel sends only what a sendto() asks for */
-			kick_tx(p);
-			if (++idle > 64)
-				port_wait(f, p, 1);
-			continue;
-		}
-		port_wait(f, p, 100);
+		else
+			idle_round(f, p, tx_pending(p), &idle);
 	}
 	return NULL;
 }

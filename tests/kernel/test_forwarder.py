@@ -321,21 +321,10 @@ def test_forwards_tcp_and_udp_with_markers(form: str, instance: Path, traffic: T
         assert ready["socks"] == ["outer q:0", "outer q:1", "inner q:0", "inner q:1"]
         ping = sh(*nsexec("cl", "ping", "-c", "3", "-i", "0.2", "-W", "2", SERVER_IP), check=False)
         assert ping.returncode == 0, ping.stdout
-        traffic.start_server()
-        tcp = json.loads(traffic.client("-t", "4", "-P", "8").stdout)
-        # UDP from c/stamp, not iperf3: iperf3 (3.12) opens each UDP stream with
-        # one datagram and waits for the reply without retrying, so one packet
-        # the forwarder drops for an empty FILL ring hangs it (seen on a fresh
-        # CI machine). stamp needs no handshake, and its payloads are checked.
-        recv = stamp_recv(tmp_path, "--duration", "4")
-        sent = stamp_send(tmp_path, "--rate", "10000", "--duration", "2", "--flows", "4")
-        recv.communicate(timeout=30)
+        delivered = tcp_and_stamped_udp(traffic, tmp_path, seconds=4, streams=8)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert tcp["end"]["sum_received"]["bytes"] > 1_000_000
-    received = json.loads((tmp_path / "recv.json").read_text())
-    assert recv.returncode == 0 and received["corrupt"] == 0, received
-    assert received["received"] > 1000 and sent["sent"] >= received["received"], (sent, received)
+    received = delivered()
     evs = events(out)
     assert evs[-1]["event"] == "exit" and evs[-1]["reason"] == "duration"
     assert any(e["event"] == "stats" for e in evs)
@@ -486,6 +475,30 @@ def stamp_send(tmp_path: Path, *extra: str) -> dict:
     return json.loads((tmp_path / "send.json").read_text())
 
 
+def tcp_and_stamped_udp(traffic: Traffic, tmp_path: Path, seconds: int, streams: int):
+    """iperf3 TCP for `seconds` over `streams`, then 2 s of stamped UDP at 10 kpps;
+    returns the check, to call once the forwarder has exited: the TCP data
+    arrived, and every stamped datagram that arrived was whole (its stats)."""
+    traffic.start_server()
+    tcp = json.loads(traffic.client("-t", str(seconds), "-P", str(streams)).stdout)
+    # UDP from c/stamp, not iperf3: iperf3 (3.12) opens each UDP stream with
+    # one datagram and waits for the reply without retrying, so one packet
+    # the forwarder drops for an empty FILL ring hangs it (seen on a fresh
+    # CI machine). stamp needs no handshake, and its payloads are checked.
+    recv = stamp_recv(tmp_path, "--duration", "4")
+    sent = stamp_send(tmp_path, "--rate", "10000", "--duration", "2", "--flows", "4")
+    recv.communicate(timeout=30)
+
+    def delivered() -> dict:
+        assert tcp["end"]["sum_received"]["bytes"] > 1_000_000
+        received = json.loads((tmp_path / "recv.json").read_text())
+        assert recv.returncode == 0 and received["corrupt"] == 0, received
+        assert received["received"] > 1000 and sent["sent"] >= received["received"], (sent, received)
+        return received
+
+    return delivered
+
+
 def analyze(trace: Path, code: int = 1) -> dict:
     """`flightrec analyze --json` of the trace, which must exit with `code` (1: an anomaly)."""
     out = subprocess.run(
@@ -618,17 +631,10 @@ def test_tx_twins_share_each_queue_s_completion_ring(instance: Path, traffic: Tr
         ready = wait_ready(proc)
         assert ready["tx_twins"] is True and ready["bind"] == "copy", ready
         sh(*nsexec("cl", "ping", "-c", "2", "-i", "0.2", "-W", "2", SERVER_IP), check=False)  # ARP
-        traffic.start_server()
-        tcp = json.loads(traffic.client("-t", "3", "-P", "4").stdout)
-        recv = stamp_recv(tmp_path, "--duration", "4")
-        sent = stamp_send(tmp_path, "--rate", "10000", "--duration", "2", "--flows", "4")
-        recv.communicate(timeout=30)
+        delivered = tcp_and_stamped_udp(traffic, tmp_path, seconds=3, streams=4)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert tcp["end"]["sum_received"]["bytes"] > 1_000_000
-    received = json.loads((tmp_path / "recv.json").read_text())
-    assert recv.returncode == 0 and received["corrupt"] == 0, received
-    assert received["received"] > 1000 and sent["sent"] >= received["received"], (sent, received)
+    delivered()
 
     final = json.loads(stats.read_text())
     ports = {p["sock"]: p for p in final["ports"]}
