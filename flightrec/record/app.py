@@ -7,12 +7,13 @@ the namespace that holds both forwarder-side interfaces, entered with
 which would hide the trace instance a program that writes markers needs.
 
 flightrec cannot ask the program when it is ready, so it looks: the program
-is ready once an XDP program is attached to one of the two interfaces and
-one of its processes holds an AF_XDP socket. The sockets are found through
-/proc and copied into flightrec with pidfd_getfd(2), which also reads each
-one's mode (XDP_OPTIONS) and counters (XDP_STATISTICS) for meta.json; the
-interface and queue a socket is bound to are not readable that way (that
-needs xsk_diag, which not every kernel has).
+is ready once an XDP program is attached to one of the two interfaces, one
+of its processes holds an AF_XDP socket, and neither has changed for a
+second (the second interface comes a moment after the first). The sockets
+are found through /proc and copied into flightrec with pidfd_getfd(2), which
+also reads each one's mode (XDP_OPTIONS) and counters (XDP_STATISTICS) for
+meta.json; the interface and queue a socket is bound to are not readable
+that way (that needs xsk_diag, which not every kernel has).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from flightrec.record.forwarder import Event, forwarder_path, last_lines, start_
 PLACEHOLDERS = ("outer", "inner", "queues", "marker", "tracedir", "out", "netns", "forwarder")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 READY_TIMEOUT = 30.0  # seconds the program may take to attach XDP and open a socket
+SETTLE_S = 1.0  # ... and then keep its XDP programs and sockets unchanged, to count as set up
 SOL_XDP = 283
 XDP_STATISTICS = 7
 XDP_OPTIONS = 8
@@ -215,12 +217,14 @@ class App:
         return xsk_sockets(sorted(pids))
 
     def wait_ready(self, timeout: float = READY_TIMEOUT, check: Optional[Callable[[], None]] = None) -> None:
-        """Wait for an XDP program on one of the interfaces and an AF_XDP socket.
+        """Wait for an XDP program on one of the interfaces and an AF_XDP socket, both settled.
 
         :raises FlightrecError: it exited first, or did neither within ``timeout``.
         """
         assert self.proc is not None
         deadline = time.monotonic() + timeout
+        last_seen: tuple = ()
+        since = time.monotonic()
         while True:
             if self.proc.poll() is not None:
                 raise self._exited_early()
@@ -228,10 +232,16 @@ class App:
                 check()
             attached = {dev: _xdp_attached(self.netns, dev) for dev in self.devs}
             socks = self.sockets() if any(attached.values()) else []
-            if socks:
+            now = time.monotonic()
+            seen = (tuple(attached.items()), tuple((s.pid, s.fd) for s in socks))
+            if seen != last_seen:
+                last_seen, since = seen, now
+            # A program sets up one interface after the other: the first socket is not
+            # yet the whole set-up, so wait until what it holds stops changing.
+            if socks and (now - since >= SETTLE_S or now > deadline):
                 self.ready = {"xdp": attached, "sockets": [s.__dict__ for s in socks]}
                 return
-            if time.monotonic() > deadline:
+            if now > deadline:
                 did = (
                     "attached no XDP program to " + " or ".join(self.devs)
                     if not any(attached.values())

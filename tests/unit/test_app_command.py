@@ -3,6 +3,8 @@ trace without markers leaves unchecked."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from flightrec.checks.coverage import NEED_MARKERS, not_run
@@ -83,3 +85,36 @@ def test_without_markers_every_check_that_follows_descriptors_is_named():
 def test_forwarder_only_options_are_refused_with_app(extra, said):
     with pytest.raises(FlightrecError, match=said):
         RecordOptions(app="sleep {queues}", **extra).check()
+
+
+def test_ready_waits_until_the_second_interface_is_set_up_too(monkeypatch, tmp_path):
+    """A program attaches and binds one interface, then the other: ready is the whole set-up."""
+    from flightrec.record import app as appmod
+
+    # Two polls each: nothing; inner only with its socket; then both, for good.
+    stages = [{}, {"inner": "xdp"}, {"inner": "xdp", "outer": "xdp"}]
+    polls = []
+
+    def attached(_ns: str, dev: str):
+        if dev == "outer":  # asked first in every poll
+            polls.append(1)
+        return stages[min((len(polls) - 1) // 2, 2)].get(dev)
+
+    def sockets(_self):
+        n = len(stages[min((len(polls) - 1) // 2, 2)])
+        return [appmod.XskSocket(4242, 3 + i, "copy", {}) for i in range(n)]
+
+    monkeypatch.setattr(appmod, "_xdp_attached", attached)
+    monkeypatch.setattr(appmod.App, "sockets", sockets)
+    monkeypatch.setattr(appmod, "SETTLE_S", 0.3)
+    app = appmod.App("sleep 30", {}, "ns", ("outer", "inner"), tmp_path)
+    app.proc = subprocess.Popen(["sleep", "30"])
+    try:
+        app.wait_ready(timeout=10)
+    finally:
+        app.proc.kill()
+        app.proc.wait()
+    assert app.ready is not None
+    assert app.ready["xdp"] == {"outer": "xdp", "inner": "xdp"}
+    assert [s["fd"] for s in app.ready["sockets"]] == [3, 4]
+    assert len(polls) >= 6  # it saw the half set-up and went on looking
