@@ -22,7 +22,7 @@ from flightrec.cli.record import PlainView, options_from_params, parse_record_ar
 from flightrec.errors import FlightrecError
 from flightrec.record.session import Interrupted, RecordOptions
 from flightrec.record.session import record as run_record
-from flightrec.vm.guest import load_prepared, watch_for_stop
+from flightrec.vm.guest import load_prepared, offer_stack_dump, watch_for_stop
 
 EXIT_ERROR = 2
 
@@ -39,6 +39,7 @@ def record_main(probes_json: Optional[Path], args: list[str]) -> int:
     out = Path(os.environ.get("FLIGHTREC_VM_OUT", "flightrec-out"))
     if os.environ.get("FLIGHTREC_VM_JOB"):
         watch_for_stop(Path(os.environ["FLIGHTREC_VM_JOB"]))
+        offer_stack_dump()
     prepared = load_prepared(probes_json) if probes_json is not None else None
     opts = record_options(args, out, prepared)
     try:

@@ -23,6 +23,7 @@ recording stops and saves its trace as it would on the host.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 
 from flightrec.errors import FlightrecError
+from flightrec.vm import initramfs
 
 STOP_FILE = "stop"  # in the job folder: the host asks the recording to stop and save (flightrec.vm.runner)
 STOP_POLL_S = 0.2
@@ -56,6 +58,25 @@ def watch_for_stop(job: Path) -> threading.Thread:
     thread = threading.Thread(target=watch, name="stop-watch", daemon=True)
     thread.start()
     return thread
+
+
+def offer_stack_dump(pids_file: Path = Path(initramfs.DUMP_PIDS), console: str = "/dev/console") -> bool:
+    """Let the guest's init ask this process for its Python stacks when the guest hangs.
+
+    On SIGUSR2 every thread's stack goes to the console, which does not pass through
+    the job share the hang may be in; the init's stall watcher sends it
+    (flightrec/vm/initramfs.py). False when there is no console to write to.
+    """
+    try:
+        # Open for the process's life: faulthandler holds it and writes to its descriptor.
+        out = open(console, "w")
+    except OSError:
+        return False
+    faulthandler.register(signal.SIGUSR2, file=out, all_threads=True)
+    pids_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(pids_file, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return True
 
 
 def load_prepared(path: Path) -> "object":

@@ -42,6 +42,11 @@ READY = "flightrec-vm: ready"
 DONE = "flightrec-vm: done"
 FAIL = "flightrec-vm: FAIL"
 HEARTBEAT = "heartbeat."  # job/heartbeat.<cpu>, read by the host's progress watchdog
+STALL = "flightrec-vm: stall"  # the guest's own evidence of a hang, on the console
+DUMP_PIDS = "/run/flightrec-vm/dump.pids"  # pids (in the guest) to send SIGUSR2 for a Python stack
+# The init's stall watcher speaks up after this many seconds without a heartbeat
+# written: before the host's progress watchdog (STALL_TIMEOUT, 20 s) stops QEMU.
+STALL_AFTER = 8
 
 INIT = r"""#!/bin/busybox sh
 # flightrec VM init: host root read-only under an overlay, one writable job folder.
@@ -109,15 +114,64 @@ done
 # Progress heartbeat for the host's watchdog (flightrec/vm/runner.py): one loop per
 # vCPU, pinned there at normal priority, rewrites $JOB/heartbeat.<cpu> ("count uptime")
 # every second. A vCPU that stops running ordinary tasks (a kernel spinning with
-# preemption off, a stuck softirq) stops its file.
+# preemption off, a stuck softirq) stops its file. Each beat is also stamped in
+# this root's /hb (memory, not the job share) before and after its write, so the
+# stall watcher below can tell a write that never returns from a loop that never runs.
+mkdir -p /hb
 HB=
 cpu=0
 while [ $cpu -lt $(nproc) ]; do
     taskset -c $cpu sh -c 'n=0; while :; do n=$((n + 1)); read up idle < /proc/uptime
-        echo "$n $up" > "$1"; sleep 1; done' heartbeat "$R$JOB/HEARTBEAT_FILE$cpu" </dev/null &
+        echo "$n $up" > "$1.before"; echo "$n $up" > "$2"; echo "$n $up" > "$1.after"; sleep 1
+        done' heartbeat "/hb/$cpu" "$R$JOB/HEARTBEAT_FILE$cpu" </dev/null &
     HB="$HB $!"
     cpu=$((cpu + 1))
 done
+
+# Evidence for a hung guest, on the console (it does not go through the job share,
+# which may be what hangs): the blocked tasks (sysrq w), every process's state and
+# wait channel, and a Python stack from each process that asked for one (its pid
+# in $R/DUMP_PIDS, a SIGUSR2 handler). Given once the job share has not taken a
+# heartbeat for STALL_AFTER s, or a vCPU's loop has not run for as long, and once
+# when the command's time is nearly up (flightrec.dump_at: seconds after ready).
+dump() {
+    echo "STALL_MARKER $*"
+    echo w > /proc/sysrq-trigger
+    for p in /proc/[0-9]*; do
+        read -r st < "$p/stat" 2>/dev/null || continue
+        set -- ${st##*) }  # state ppid pgrp session tty tpgid flags ...
+        [ $(($7 & 0x200000)) = 0 ] || continue  # PF_KTHREAD: sysrq w has the blocked ones
+        echo "STALL_MARKER task ${p#/proc/} $(cat "$p/comm" 2>/dev/null) $1 $(cat "$p/wchan" 2>/dev/null)"
+    done
+    [ -f "$R/DUMP_PIDS" ] && for pid in $(cat "$R/DUMP_PIDS"); do kill -USR2 "$pid" 2>/dev/null; done
+}
+DUMP_AT=$(arg flightrec.dump_at)
+watch_stalls() {
+    read up idle < /proc/uptime; start=${up%.*}; stalled=; dumped=
+    while :; do
+        sleep 2
+        read up idle < /proc/uptime; now=${up%.*}
+        for f in /hb/*.before; do
+            [ -z "$stalled" ] && [ -f "$f" ] || break
+            c=${f##*/}; c=${c%.before}
+            bt= at=; read bn bt < "$f"; read an at < "/hb/$c.after" 2>/dev/null
+            [ -n "$bt" ] && [ -n "$at" ] || continue  # read between a truncate and its write
+            writing=$((now - ${bt%.*})) idle=$((now - ${at%.*}))
+            if [ "$bn" != "$an" ] && [ $writing -ge STALL_AFTER ]; then
+                stalled=1
+                dump "vCPU $c: its heartbeat's write to the job folder (virtiofs) has not returned for $writing s"
+            elif [ "$bn" = "$an" ] && [ $idle -ge STALL_AFTER ]; then
+                stalled=1
+                dump "vCPU $c: its heartbeat loop has not run for $idle s"
+            fi
+        done
+        if [ -n "$DUMP_AT" ] && [ -z "$dumped" ] && [ $((now - start)) -ge "$DUMP_AT" ]; then
+            dumped=1; dump "the command has run $((now - start)) s and its time is nearly up"
+        fi
+    done
+}
+watch_stalls </dev/null &
+HB="$HB $!"
 
 echo "READY_MARKER $(cut -d' ' -f1 /proc/uptime)"
 chroot $R /bin/sh "$JOB/run.sh" </dev/null
@@ -136,6 +190,9 @@ def init_script() -> str:
         .replace("READY_MARKER", READY)
         .replace("DONE_MARKER", DONE)
         .replace("HEARTBEAT_FILE", HEARTBEAT)
+        .replace("STALL_MARKER", STALL)
+        .replace("STALL_AFTER", str(STALL_AFTER))
+        .replace("DUMP_PIDS", DUMP_PIDS.lstrip("/"))
     )
 
 

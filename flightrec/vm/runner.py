@@ -35,6 +35,13 @@ QEMU is stopped at once and whatever ``job/out`` holds is copied back. Either
 way the run fails with one line: the reason, the guest's last console and
 output lines and where the console is.
 
+The guest's own account (flightrec/vm/initramfs.py): its init's stall watcher
+writes ``flightrec-vm: stall ...`` lines on the console when the heartbeats stop
+(a write to the job share that never returns, or a loop that never runs) and
+``DUMP_LEAD`` seconds before the whole-run watchdog, with the processes' wait
+channels and the Python stacks of the processes that asked (flightrec.vm.guest.
+offer_stack_dump); :func:`guest_stall` puts it in the watchdogs' lines.
+
 With ``graceful_stop``, the first signal once the command runs only asks it
 to stop: the host writes ``job/stop`` (the signal's name), the guest side
 (flightrec/vm/guest.py) interrupts its recording, which saves its trace, and
@@ -72,6 +79,9 @@ STOP_GRACE = 120.0  # seconds a stopping guest may take to save and power off (T
 # leaves room for a host that starves QEMU for a while, and still ends a hung
 # guest long before the whole-run watchdog (duration + 150 s for vm record).
 STALL_TIMEOUT = 20.0
+# The guest's init gives its evidence (blocked tasks, Python stacks) this many seconds
+# before the command's watchdog fires, so it is on the console when QEMU is stopped.
+DUMP_LEAD = 15
 
 Say = Callable[[str], None]
 
@@ -419,6 +429,8 @@ class _Attempt:
             "mitigations=off",
             f"flightrec.job={job}",
         ]
+        if self.timeout > 2 * DUMP_LEAD:
+            params.append(f"flightrec.dump_at={int(self.timeout) - DUMP_LEAD}")
         if self.kernel.modules_dir is not None:
             params.append(f"flightrec.modules={self.kernel.modules_dir}")
         params += list(self.config.kernel_params())
@@ -618,13 +630,13 @@ class _Watch:
         10 s: watchdog_thresh=5), else its last console lines; the command's last output."""
         text = _read(self.machine.console)
         reports = kernel_reports(text)
-        console = (
-            f"guest kernel: {'; '.join(reports[:4])}"
-            if reports
-            else f"last console lines: {_tail_lines(text, 3) or '(none)'}"
-        )
+        said = guest_stall(text)
+        parts = [f"guest kernel: {'; '.join(reports[:4])}"] if reports else []
+        parts += [f"the guest said: {said}"] if said else []
+        # Neither: the console's last lines (its evidence, when there is some, fills them).
+        parts = parts or [f"last console lines: {_tail_lines(text, 3) or '(none)'}"]
         output = _tail_lines(_read(self.job / "output.log"), 2)
-        return f"; {console}; last output: {output or '(none)'}"
+        return f"; {'; '.join(parts)}; last output: {output or '(none)'}"
 
     def _check_time(self, now: float) -> None:
         a = self.a
@@ -634,7 +646,11 @@ class _Watch:
                 f"QEMU stopped; console: {_tail_lines(_read(self.machine.console), 4)}"
             )
         if self.ready_at is not None and self.done_at is None and now - self.ready_at > a.timeout:
-            raise FlightrecError(f"watchdog: the guest's command ran over {a.timeout:g} s; QEMU stopped")
+            said = guest_stall(_read(self.machine.console))
+            raise FlightrecError(
+                f"watchdog: the guest's command ran over {a.timeout:g} s; QEMU stopped"
+                + (f"; the guest said: {said}" if said else "")
+            )
         if self.stop_at is not None and self.done_at is None and now - self.stop_at > STOP_GRACE:
             reason = self.stalled + "; " if self.stalled else ""
             raise FlightrecError(
@@ -677,6 +693,57 @@ def kernel_reports(console: str) -> list[str]:
             seen.add(key)
             out.append(text)
     return out
+
+
+_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+) in (\S+)')
+_TASK = re.compile(r"^task (\d+) (\S+) (\S) ?(\S*)$")
+
+
+def _on_a_share(wchan: str) -> bool:
+    """A wait channel of FUSE, which virtiofs is: a task waiting on a share's daemon."""
+    return wchan == "request_wait_answer" or wchan.startswith("fuse_")
+
+
+def guest_stall(console: str) -> str:
+    """The guest init's own account of a hang (flightrec/vm/initramfs.py's stall
+    watcher), in one line: why it spoke, the processes in uninterruptible sleep
+    or waiting on a share, with their wait channels, and where the dumped Python
+    process's main thread was in flightrec ("" when it said nothing)."""
+    reasons: list[str] = []
+    blocked: list[str] = []
+    stacks: list[str] = []  # per dumped thread: where it was in flightrec
+    for raw in console.splitlines():
+        line = re.sub(r"^\[\s*[\d.]+\]\s*", "", raw).rstrip()
+        if initramfs.STALL in line:
+            said = line.split(initramfs.STALL, 1)[1].strip()
+            task = _TASK.match(said)
+            if task is None:
+                reasons.append(said)
+            elif task.group(3) == "D" or _on_a_share(task.group(4)):
+                name = f"{task.group(2)} (pid {task.group(1)}, {task.group(3)} in {task.group(4) or '?'})"
+                if name not in blocked:
+                    blocked.append(name)
+            continue
+        if re.match(r"^(Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):", line):
+            stacks.append("")
+            continue
+        frame = _FRAME.match(line)
+        if frame and stacks and "/flightrec/" in frame.group(1):
+            path, lineno, func = frame.groups()
+            # Its two innermost frames in flightrec: the step it was in, and what called it.
+            if stacks[-1].count(" < ") < 1:
+                here = f"flightrec/{path.rsplit('/flightrec/', 1)[1]}:{lineno} in {func}"
+                stacks[-1] = f"{stacks[-1]} < {here}" if stacks[-1] else here
+    if not reasons:
+        return ""
+    parts = [reasons[0]]
+    if blocked:
+        more = f" and {len(blocked) - 4} more" if len(blocked) > 4 else ""
+        parts.append("waiting in the kernel: " + ", ".join(blocked[:4]) + more)
+    where = [s for s in stacks if s]
+    if where:  # the main thread is dumped last
+        parts.append(f"flightrec's main thread at {where[-1]}")
+    return "; ".join(parts)
 
 
 def death_reason(console: str) -> str:

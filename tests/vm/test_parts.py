@@ -16,7 +16,7 @@ from flightrec.probes.dwarf import gnu_build_id
 from flightrec.vm import initramfs
 from flightrec.vm import kernel as vmkernel
 from flightrec.vm.kernel import bzimage_release
-from flightrec.vm.runner import death_reason, kernel_reports
+from flightrec.vm.runner import death_reason, guest_stall, kernel_reports
 
 from vmkit import REPO
 
@@ -189,6 +189,48 @@ def test_kernel_reports_say_what_and_where():
         "NMI backtrace for cpu 1 at kprobe_int3_handler+0xd1/0x1b0 < __schedule+0x1bd/0xa00",
     ]
     assert kernel_reports("flightrec-vm: ready 5.6\n") == []
+
+
+# The init's stall watcher, sysrq w and a faulthandler dump, as a console shows them
+# (faulthandler writes to /dev/console directly: no kernel timestamps).
+STALLED = """\
+flightrec-vm: stall vCPU 1: its heartbeat's write to the job folder (virtiofs) has not returned for 8 s
+[   25.501000] sysrq: Show Blocked State
+[   25.502000] task:sh              state:D stack:0     pid:77    tgid:77    ppid:1      flags:0x00004002
+flightrec-vm: stall task 1 init S do_wait
+flightrec-vm: stall task 77 sh D fuse_simple_request
+flightrec-vm: stall task 78 sh S request_wait_answer
+flightrec-vm: stall task 190 python3 S do_select
+Thread 0x00007f2e1c9ff6c0 (most recent call first):
+  File "/work/flightrec/flightrec/vm/guest.py", line 52 in watch
+  File "/usr/lib/python3.11/threading.py", line 975 in run
+
+Current thread 0x00007f2e1d6b3740 (most recent call first):
+  File "/usr/lib/python3.11/subprocess.py", line 2040 in _wait
+  File "/work/flightrec/flightrec/record/traffic.py", line 283 in stop
+  File "/work/flightrec/flightrec/record/session.py", line 792 in _stop_and_save
+  File "<string>", line 1 in <module>
+flightrec-vm: stall vCPU 0: its heartbeat loop has not run for 9 s
+"""
+
+
+def test_the_guests_own_account_of_a_hang_is_one_line():
+    assert guest_stall(STALLED) == (
+        "vCPU 1: its heartbeat's write to the job folder (virtiofs) has not returned for 8 s; "
+        "waiting in the kernel: sh (pid 77, D in fuse_simple_request), sh (pid 78, S in request_wait_answer); "
+        "flightrec's main thread at flightrec/record/traffic.py:283 in stop "
+        "< flightrec/record/session.py:792 in _stop_and_save"
+    )
+    assert guest_stall(HUNG) == ""  # the kernel's reports are kernel_reports' business
+    assert guest_stall("flightrec-vm: stall task 1 init S do_wait\n") == ""  # no reason: said nothing
+
+
+def test_the_init_script_is_valid_shell_and_its_markers_are_filled():
+    script = initramfs.init_script()
+    subprocess.run(["sh", "-n"], input=script, text=True, check=True)
+    for marker in ("STALL_MARKER", "STALL_AFTER", "DUMP_PIDS", "HEARTBEAT_FILE", "READY_MARKER"):
+        assert marker not in script
+    assert initramfs.STALL in script and initramfs.DUMP_PIDS in script
 
 
 def test_death_reason_puts_the_panic_first_then_its_oops():

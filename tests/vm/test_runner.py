@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -313,6 +314,72 @@ def test_progress_watchdog_asks_a_guest_that_still_runs_to_stop_and_keeps_its_tr
     assert (out / "trace.txt").read_text() == "saved\n"
     assert (out / "vm-console.log").is_file()
     assert_nothing_left(tmp)
+
+
+def test_a_hung_job_share_is_told_by_the_guest_itself(guest_kernel, tmp_path):
+    """The job share's virtiofsd stopped on the host: the guest's writes there never
+    return. Its init says so on the console, with the tasks blocked in the kernel,
+    before the progress watchdog stops QEMU; the watchdog's line carries it."""
+    tmp, out = tmp_path / "tmp", tmp_path / "out"
+    proc, seen = run_until(
+        flightrec("vm", "run", "-o", str(out), "--", "sh", "-c", "echo go; sleep 600"),
+        vm_env(tmp),
+        r"guest \| go",
+        timeout=90,
+    )
+    # The job share's daemon: its socket is named ...-job.sock, its source is the job folder.
+    daemons = subprocess.run(
+        ["pgrep", "-f", f"virtiofsd .*-job[.]sock -o source={tmp}/"], capture_output=True, text=True
+    ).stdout.split()
+    if len(daemons) == 1:
+        os.kill(int(daemons[0]), signal.SIGSTOP)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+    rest = finish(proc, 90)
+    assert len(daemons) == 1, (daemons, rest)
+    assert proc.returncode == 2, seen + rest
+    line = last_line(rest)
+    assert line is not None and line.startswith("flightrec: progress watchdog: no heartbeat from every vCPU"), rest
+    said = re.search(r"the guest said: (.*?); last output", line)
+    assert said, line
+    assert re.match(
+        r"vCPU \d: its heartbeat's write to the job folder \(virtiofs\) has not returned for \d+ s", said[1]
+    )
+    # The heartbeat loops, waiting for the daemon's answer.
+    assert re.search(r"waiting in the kernel: sh \(pid \d+, S in request_wait_answer\)", said[1]), said[1]
+    assert "sysrq: Show Blocked State" in (out / "vm-console.log").read_text()
+    assert_nothing_left(tmp, seen + rest)
+
+
+def test_a_command_near_its_watchdog_leaves_its_python_stack_on_the_console(guest_kernel, tmp_path):
+    """A recording that outlives --timeout: 15 s before the watchdog the guest's init asks
+    it for its Python stacks, and the watchdog's line says where its main thread was."""
+    tmp, out = tmp_path / "tmp", tmp_path / "out"
+    timeout = 40
+    proc = subprocess.run(
+        flightrec(
+            "vm", "record", "--kernel-events", "none", "--duration", "300", "--timeout", str(timeout), "-o", str(out)
+        ),
+        capture_output=True,
+        text=True,
+        env=vm_env(tmp),
+        cwd=REPO,
+        timeout=200,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    line = last_line(proc.stderr)
+    assert line is not None and line.startswith(f"flightrec: watchdog: the guest's command ran over {timeout} s"), line
+    # The init looks every 2 s: it speaks 15 to 13 s before the watchdog.
+    said = re.search(
+        r"the guest said: the command has run (\d+) s and its time is nearly up; (.*?); guest console", line
+    )
+    assert said and timeout - 15 <= int(said[1]) <= timeout - 12, line
+    assert re.fullmatch(
+        r"flightrec's main thread at flightrec/\S+[.]py:\d+ in \w+( < flightrec/\S+[.]py:\d+ in \w+)?", said[2]
+    ), line
+    console = (out / "vm-console.log").read_text()
+    assert "Current thread 0x" in console or "Thread 0x" in console
+    assert_nothing_left(tmp, proc.stdout + proc.stderr)
 
 
 def test_boot_watchdog(guest_kernel, tmp_path):
