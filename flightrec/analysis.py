@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import BinaryIO, Optional
 
 from flightrec.checks import run_checks
@@ -63,8 +63,9 @@ class Result:
             "sockets": {s: f"{x:#x}" for s, x in sorted(self.replay.sock_xs.items())},
             # zero-copy sockets: RX order is not FILL order there (docs/markers.md)
             "fill_order_unchecked": sorted(self.replay.unordered),
-            # Checks that had nothing to read (no markers: record --app with an unmodified program).
-            "checks_not_run": [{"check": n.check, "why": n.why} for n in not_run(counts.get("marker", 0))],
+            # Checks that had nothing to read (no markers: record --app with an unmodified program;
+            # kernel events without the fields a check needs).
+            "checks_not_run": [asdict(n) for n in not_run(counts.get("marker", 0), tl)],
             "cut_last_line": self.cut_last_line,
         }
 

@@ -43,7 +43,7 @@ class Anomaly:
     sock: Optional[str] = None
     queue: Optional[int] = None
     reserve_cpu: Optional[int] = None
-    flush_cpu: Optional[int] = None
+    flush_cpu: Optional[int] = None  # the CPU whose xsk_flush (RX) or cq submit (COMPLETION) published the slot
     read_cpu: Optional[int] = None
     evidence: tuple[Evidence, ...] = ()
     missing: tuple[str, ...] = field(default=())

@@ -3,12 +3,18 @@
 A program recorded with ``record --app`` that writes no markers leaves only
 the kernel's events and the stamp receiver's detection lines; the checks that
 follow descriptors through the application's rings then have nothing to read,
-and a clean verdict says less. Said once, by name, with the reason.
+and a clean verdict says less. Said once, by name, with the reason. So is a
+kernel-event check whose events lack the fields it needs (the COMPLETION
+cross-publish on a kernel that reserves by count).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
+
+from flightrec.checks import cq_publish
+from flightrec.model.timeline import Timeline
 
 
 @dataclass(frozen=True)
@@ -17,6 +23,7 @@ class NotRun:
 
     check: str
     why: str
+    needs: str = "markers"  # what the trace lacks: "markers", or "fields" of its kernel events
 
 
 NO_MARKERS = "the application wrote no markers"
@@ -31,8 +38,11 @@ NEED_MARKERS = (
 )
 
 
-def not_run(markers: int) -> list[NotRun]:
-    """The checks this trace's markers (their count) leave without input."""
-    if markers:
-        return []
-    return [NotRun(name, f"{NO_MARKERS}; {why}") for name, why in NEED_MARKERS]
+def not_run(markers: int, tl: Optional[Timeline] = None) -> list[NotRun]:
+    """The checks this trace's markers (their count) leave without input; with its
+    timeline, also the kernel-event checks whose events lack what they need."""
+    out = [] if markers else [NotRun(name, f"{NO_MARKERS}; {why}") for name, why in NEED_MARKERS]
+    why = cq_publish.cannot_run(tl) if tl is not None else None
+    if why:
+        out.append(NotRun(cq_publish.KIND, why, "fields"))
+    return out

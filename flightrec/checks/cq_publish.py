@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from typing import Optional
 
 from flightrec.checks.anomaly import KERNEL, UNDETERMINED, Anomaly
 from flightrec.checks.attribution import ev
@@ -31,11 +32,9 @@ def check_cq_cross_publish(tl: Timeline, rp: Replay) -> list[Anomaly]:
     and a reservation may be cancelled (xsk_cq_cancel_locked has no probe): both
     leave the slot to the next reserve, which replaces them.
     """
-    reserves = tl.rows_of(kinds.CQ_RESERVE)
-    cq, has_cq = tl.field_array("cq")
-    if not any(has_cq[r] for r in reserves):
-        # only 6.6..6.17 reserve with the ring and slot; and the columns below are
-        # made on first use: not for a trace without them
+    if not _has_slots(tl):
+        # only 6.6..6.17 reserve with the ring and slot (cannot_run says so); and the
+        # columns below are made on first use: not for a trace without them
         return []
     rows = tl.rows_of(kinds.CQ_RESERVE, kinds.CQ_SUBMIT)
     kind, xs_col, cq_col, slot_col, n_col = tl.kind, tl.xs, tl.cq, tl.slot, tl.n
@@ -69,6 +68,21 @@ def check_cq_cross_publish(tl: Timeline, rp: Replay) -> list[Anomaly]:
             if upto > submitted[(cq, other)]:
                 out.append(_anomaly(tl, r, row, upto, submitted[(cq, other)]))
     return out
+
+
+def _has_slots(tl: Timeline) -> bool:
+    _, has_cq = tl.field_array("cq")
+    return any(has_cq[r] for r in tl.rows_of(kinds.CQ_RESERVE))
+
+
+def cannot_run(tl: Timeline) -> Optional[str]:
+    """Why a trace with COMPLETION reserves cannot feed the check (None: it can, or has none)."""
+    if len(tl.rows_of(kinds.CQ_RESERVE)) == 0 or _has_slots(tl):
+        return None
+    return (
+        "its cq_reserve events carry no socket, ring and slot: kernels with 30f241fcf52a (6.18 on) "
+        "reserve by count and write the address at submit, which leaves no cross-socket publish to see"
+    )
 
 
 def _anomaly(tl: Timeline, r: int, row: int, upto: int, done: int) -> Anomaly:

@@ -58,7 +58,7 @@ def anomaly_facts(a: Anomaly) -> list[str]:
     for label, value in (("descriptor", a.addr), ("read", a.read_addr), ("expected", a.expected)):
         if value is not None:
             facts.append(f"{label} {value:#x}")
-    for label, cpu in (("reserved on", a.reserve_cpu), ("flushed on", a.flush_cpu)):
+    for label, cpu in (("reserved on", a.reserve_cpu), ("published on", a.flush_cpu)):
         if cpu is not None:
             facts.append(f"{label} CPU {cpu}")
     return facts
@@ -248,12 +248,16 @@ def _print_stats(console: Console, result: Result) -> None:
         console.print(Text(f"history: {said}", style="dim"))
     if not ev["reserve"] and not ev["flush"]:
         console.print("[magenta]no kernel events in this trace: kernel-side verdicts are undetermined[/magenta]")
-    if s["checks_not_run"]:
+    unmarked = [n for n in s["checks_not_run"] if n.get("needs", "markers") == "markers"]
+    if unmarked:
         console.print(
             f"[magenta]no application markers in this trace: not run: "
-            f"{', '.join(n['check'] for n in s['checks_not_run'])} (they follow the application's "
+            f"{', '.join(n['check'] for n in unmarked)} (they follow the application's "
             f"descriptors); the kernel events alone are no proof of a clean run[/magenta]"
         )
+    for n in s["checks_not_run"]:
+        if n not in unmarked:
+            console.print(Text(f"not run: {n['check']}: {n['why']}", style="magenta"))
     for loss in result.timeline.losses:
         count = loss.count if loss.count is not None else "some"
         console.print(f"[magenta]CPU {loss.cpu} lost {count} events at line {loss.line}[/magenta]")

@@ -55,8 +55,12 @@ def verdict_line(doc: dict) -> str:
             sock += f" q:{first['queue']}"
         line += f" ({first.get('kind')}, descriptor {first.get('addr')}, {sock})"
     not_run = (doc.get("stats") or {}).get("checks_not_run") or []
-    if not_run:
-        line += f" (no application markers: {len(not_run)} checks not run; kernel events only)"
+    unmarked = [n for n in not_run if n.get("needs", "markers") == "markers"]
+    if unmarked:
+        line += f" (no application markers: {len(unmarked)} checks not run; kernel events only)"
+    others = [n["check"] for n in not_run if n not in unmarked]
+    if others:
+        line += f" (not run: {', '.join(others)}: see analysis.json)"
     return line
 
 

@@ -335,6 +335,17 @@ def test_a_slot_reserved_again_replaces_the_attempt_before():
     assert anomalies(text) == []
 
 
+def test_completion_reserves_without_slots_say_the_cross_publish_check_did_not_run():
+    """7.3's reserve takes only the pool: the check has nothing to count, and says so; 6.12's
+    events feed it, and a trace without COMPLETION reserves has nothing to say about it."""
+    reserve73 = line(1.0, 0, "cq_reserve", "(xsk_cq_reserve_locked+0x0/0x50) pool=0xffff888012340000")
+    stats = analyze_text(reserve73 + mark(1.1, 0, f"a q:0 {A:#x} RX -> TX")).to_json()["stats"]
+    assert [(n["check"], n["needs"]) for n in stats["checks_not_run"]] == [("cq_cross_publish", "fields")]
+    assert "no socket, ring and slot" in stats["checks_not_run"][0]["why"]
+    assert analyze_text(shared_cq(X, Y)).to_json()["stats"]["checks_not_run"] == []
+    assert analyze_text(mark(1.1, 0, f"a q:0 {A:#x} RX -> TX")).to_json()["stats"]["checks_not_run"] == []
+
+
 def _early_reads_one_by_one(events: list[tuple[int, str, int]]) -> list[tuple[int, int, int]]:
     """The early-completion rule walked event by event, as the check first did:
     (row, T|C|S, addr) in row order -> (T row, C row, S row) of each proven early read."""

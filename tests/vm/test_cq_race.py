@@ -70,3 +70,7 @@ def test_debian_73_with_the_fix_stays_clean_with_the_same_options(out_dir, tmp_p
     # both sockets sent and completed through the shared ring, seen by the probes
     assert events["cq_reserve"] > 1000 and events["cq_submit"] > 1000, events
     assert analysis["verdict"] == "clean"
+    # ... and says the check had nothing to look at, rather than that it passed
+    not_run = {n["check"]: n for n in analysis["stats"]["checks_not_run"]}
+    assert set(not_run) == {BUG.kind} and not_run[BUG.kind]["needs"] == "fields", not_run
+    assert f"not run: {BUG.kind}" in log
