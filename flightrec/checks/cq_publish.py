@@ -33,8 +33,8 @@ def check_cq_cross_publish(tl: Timeline, rp: Replay) -> list[Anomaly]:
     leave the slot to the next reserve, which replaces them.
     """
     if not _has_slots(tl):
-        # only 6.6..6.17 reserve with the ring and slot (cannot_run says so); and the
-        # columns below are made on first use: not for a trace without them
+        # only 6.6..6.17 reserve for a socket (cannot_run says so); and the columns
+        # below are made on first use: not for a trace without them
         return []
     rows = tl.rows_of(kinds.CQ_RESERVE, kinds.CQ_SUBMIT)
     kind, xs_col, cq_col, slot_col, n_col = tl.kind, tl.xs, tl.cq, tl.slot, tl.n
@@ -71,8 +71,9 @@ def check_cq_cross_publish(tl: Timeline, rp: Replay) -> list[Anomaly]:
 
 
 def _has_slots(tl: Timeline) -> bool:
-    _, has_cq = tl.field_array("cq")
-    return any(has_cq[r] for r in tl.rows_of(kinds.CQ_RESERVE))
+    """Whether some COMPLETION reserve names its socket and ring (its slot comes with the ring)."""
+    (_, has_cq), (_, has_xs) = tl.field_array("cq"), tl.field_array("xs")
+    return any(has_cq[r] and has_xs[r] for r in tl.rows_of(kinds.CQ_RESERVE))
 
 
 def cannot_run(tl: Timeline) -> Optional[str]:
@@ -80,8 +81,8 @@ def cannot_run(tl: Timeline) -> Optional[str]:
     if len(tl.rows_of(kinds.CQ_RESERVE)) == 0 or _has_slots(tl):
         return None
     return (
-        "its cq_reserve events carry no socket, ring and slot: kernels with 30f241fcf52a (6.18 on) "
-        "reserve by count and write the address at submit, which leaves no cross-socket publish to see"
+        "its cq_reserve events name no socket: kernels with 30f241fcf52a (6.18 on) reserve for the "
+        "pool and write each address at submit, which leaves no cross-socket publish to see"
     )
 
 

@@ -246,5 +246,6 @@ def test_json_is_the_same_on_the_c_and_python_parsers(fixtures, tmp_path):
             timeout=60,
             env=env,
         )
-        assert fast.returncode == slow.returncode == 1, trace
+        # every fixture but the clean TX-heavy one holds an anomaly
+        assert fast.returncode == slow.returncode == (0 if "clean" in trace.name else 1), trace
         assert fast.stdout == slow.stdout, trace

@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from flightrec.analysis import analyze_text
+from flightrec.analysis import analyze_path, analyze_text
 from flightrec.simulate import SimConfig, simulate
 
 from tracegen import line, mark, reserve
@@ -336,14 +336,37 @@ def test_a_slot_reserved_again_replaces_the_attempt_before():
 
 
 def test_completion_reserves_without_slots_say_the_cross_publish_check_did_not_run():
-    """7.3's reserve takes only the pool: the check has nothing to count, and says so; 6.12's
-    events feed it, and a trace without COMPLETION reserves has nothing to say about it."""
-    reserve73 = line(1.0, 0, "cq_reserve", "(xsk_cq_reserve_locked+0x0/0x50) pool=0xffff888012340000")
+    """7.3's reserve is for the pool, not a socket: the check has nothing to count, and says so;
+    6.12's events feed it, and a trace without COMPLETION reserves has nothing to say about it."""
+    reserve73 = line(1.0, 0, "cq_reserve", f"(__xsk_generic_xmit+0x3fb/0x1090) cq={CQ:#x} slot=0x0")
     stats = analyze_text(reserve73 + mark(1.1, 0, f"a q:0 {A:#x} RX -> TX")).to_json()["stats"]
     assert [(n["check"], n["needs"]) for n in stats["checks_not_run"]] == [("cq_cross_publish", "fields")]
-    assert "no socket, ring and slot" in stats["checks_not_run"][0]["why"]
+    assert "name no socket" in stats["checks_not_run"][0]["why"]
     assert analyze_text(shared_cq(X, Y)).to_json()["stats"]["checks_not_run"] == []
     assert analyze_text(mark(1.1, 0, f"a q:0 {A:#x} RX -> TX")).to_json()["stats"]["checks_not_run"] == []
+
+
+def test_the_real_612_trace_is_the_completion_cross_publish(fixtures):
+    """fixtures/vm-612-cq-immature.txt: Debian 12's 6.12 caught in a real guest."""
+    doc = analyze_path(str(fixtures / "vm-612-cq-immature.txt")).to_json()
+    first = doc["anomalies"][0]
+    assert (doc["verdict"], first["kind"], first["line"], first["addr"]) == (
+        "kernel",
+        "cq_cross_publish",
+        2798,
+        "0xfc100",
+    )
+    assert {e["line"] for e in first["evidence"]} == {2791, 2798, 2902}
+    assert "30f241fcf52a" in first["explanation"] and doc["stats"]["checks_not_run"] == []
+
+
+def test_the_real_73_tx_heavy_trace_is_clean_and_says_what_it_could_not_check(fixtures):
+    """fixtures/vm-73-tx-twins-clean.txt: the same options on 7.3, with the fix."""
+    doc = analyze_path(str(fixtures / "vm-73-tx-twins-clean.txt")).to_json()
+    assert doc["verdict"] == "clean", doc["anomalies"][:1]
+    events = doc["stats"]["events"]
+    assert all(events.get(k, 0) > 100 for k in ("tx", "xmit", "destruct", "cq_reserve", "cq_submit")), events
+    assert [n["check"] for n in doc["stats"]["checks_not_run"]] == ["cq_cross_publish"]
 
 
 def _early_reads_one_by_one(events: list[tuple[int, str, int]]) -> list[tuple[int, int, int]]:
