@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_vm_record import vm_record
 
 from flightrec.errors import FlightrecError
 from flightrec.vm.qemu import VmConfig
@@ -356,16 +357,7 @@ def test_a_command_near_its_watchdog_leaves_its_python_stack_on_the_console(gues
     it for its Python stacks, and the watchdog's line says where its main thread was."""
     tmp, out = tmp_path / "tmp", tmp_path / "out"
     timeout = 40
-    proc = subprocess.run(
-        flightrec(
-            "vm", "record", "--kernel-events", "none", "--duration", "300", "--timeout", str(timeout), "-o", str(out)
-        ),
-        capture_output=True,
-        text=True,
-        env=vm_env(tmp),
-        cwd=REPO,
-        timeout=200,
-    )
+    proc = vm_record(out, tmp, "--kernel-events", "none", "--duration", "300", "--timeout", str(timeout), timeout=200)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     line = last_line(proc.stderr)
     assert line is not None and line.startswith(f"flightrec: watchdog: the guest's command ran over {timeout} s"), line
