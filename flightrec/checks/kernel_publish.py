@@ -27,6 +27,8 @@ itself; veth-fixed ran clean under the same settings.
 
 from __future__ import annotations
 
+import numpy as np
+
 from flightrec.checks.anomaly import KERNEL, Anomaly
 from flightrec.checks.attribution import ev
 from flightrec.hexaddr import hexa
@@ -48,25 +50,51 @@ def _ahead(prod: int, slot: int) -> bool:
 
 def check_kernel_publish(tl: Timeline, rp: Replay) -> list[Anomaly]:
     """One anomaly per socket: its first slot written after another CPU's flush published it."""
+    # Whole columns at once: a recording holds a reserve and a flush per packet,
+    # thousands of sockets, and a Python step per event cost more than the parse.
+    slot, has_slot = tl.field_array("slot")
+    prod, has_prod = tl.field_array("prod")
+    cpu, ts = tl.parsed.array("cpu"), tl.parsed.array("ts")
+    xss = list(rp.reserves)
+    flushes, f_group = _grouped([rp.flushes.get(x, []) for x in xss], has_prod)
+    reserves, r_group = _grouped([rp.reserves[x] for x in xss], has_slot)
+    if not len(flushes) or not len(reserves):
+        return []
+    best = np.array(_furthest(prod[flushes].tolist(), f_group.tolist(), flushes.tolist()), dtype=np.int64)
+    # the last flush of the same xs before each reserve (rows are unique: one key orders both)
+    n = len(tl) + 1
+    at = np.searchsorted(f_group * n + flushes, r_group * n + reserves) - 1
+    same = at >= 0
+    same[same] = f_group[at[same]] == r_group[same]
+    b = np.where(same, best[at], -1)
+    race = b >= 0
+    b = np.maximum(b, 0)
+    race &= cpu[b] != cpu[reserves]
+    race &= ts[reserves] - ts[b] <= MAX_DELAY
+    race &= (prod[b] - slot[reserves] - np.uint64(1)) & np.uint64(0xFFFFFFFF) < MAX_AHEAD
+    hits = np.flatnonzero(race)
+    groups, first = np.unique(r_group[hits], return_index=True)
+    return [_race(tl, rp, xss[g], int(reserves[h]), int(b[h])) for g, h in zip(groups.tolist(), hits[first].tolist())]
+
+
+def _grouped(rows: list[list[int]], keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of every group, in order, where `keep`, and each one's group."""
+    flat = np.fromiter((r for g in rows for r in g), np.int64)
+    group = np.repeat(np.arange(len(rows), dtype=np.int64), [len(g) for g in rows])
+    kept = keep[flat]
+    return flat[kept], group[kept]
+
+
+def _furthest(prods: list[int], groups: list[int], rows: list[int]) -> list[int]:
+    """Per flush, the row of its group's flush with the furthest producer so far (itself included)."""
     out = []
-    slot, prod, cpu, ts = tl.slot, tl.prod, tl.cpu, tl.ts
-    for xs, reserves in rp.reserves.items():
-        flushes = rp.flushes.get(xs, [])
-        best = -1  # the row of the flush with the furthest producer so far
-        i = 0
-        for r in reserves:
-            while i < len(flushes) and flushes[i] < r:
-                f = flushes[i]
-                if prod[f] is not None and (best < 0 or _ahead(prod[f], prod[best]) or prod[f] == prod[best]):
-                    best = f
-                i += 1
-            s = slot[r]
-            if s is None or best < 0 or cpu[best] == cpu[r] or ts[r] - ts[best] > MAX_DELAY:
-                continue
-            if not _ahead(prod[best], s):
-                continue
-            out.append(_race(tl, rp, xs, r, best))
-            break
+    best, best_prod, group = -1, 0, -1
+    for p, g, f in zip(prods, groups, rows):
+        if g != group:
+            best, group = -1, g
+        if best < 0 or _ahead(p, best_prod) or p == best_prod:
+            best, best_prod = f, p
+        out.append(best)
     return out
 
 
