@@ -14,10 +14,13 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #define MAX_LINE (1 << 16)
 #define MAX_SOCKS 4096
 #define SOCK_SLOTS (2 * MAX_SOCKS)
+#define NAMES_BYTES (1 << 20)
 #define MAX_FIELDS 16
 
 /* kind codes: index into flightrec/parse/format.py's KINDS; kernel kinds come from the caller */
@@ -57,11 +60,15 @@ struct fr_result {
 	int64_t long_lines; /* lines over MAX_LINE, skipped */
 	int32_t cut; /* the buffer ends inside a line */
 	int32_t nsocks;
-	/* a socket is two words, "ingress" and "q:1", named "ingress q:1" */
-	int64_t sock_off[MAX_SOCKS][2];
+	int32_t names_used;
+	/* a socket is two words, "ingress" and "q:1", named "ingress q:1": at
+	 * names[sock_name[i]], kept here, as a mapped trace's pages behind the
+	 * scan are given back (fr_scan's `release`) and must not be read again */
+	int32_t sock_name[MAX_SOCKS];
 	int32_t sock_len[MAX_SOCKS][2];
 	/* id + 1 of the socket in each slot, 0: empty (open addressing on the name) */
 	int16_t sock_slot[SOCK_SLOTS];
+	char names[NAMES_BYTES];
 };
 
 /* flightrec/parse/format.py STATES, in its order */
@@ -137,22 +144,28 @@ static uint32_t fnv(uint32_t h, const char *p, const char *e)
 }
 
 /* A trace scaled up or recorded with many queues names thousands of sockets: found by hash. */
-static int sock_id(struct fr_result *r, const char *buf, const char *const ws[2], const char *const we[2])
+static int sock_id(struct fr_result *r, const char *const ws[2], const char *const we[2])
 {
 	int32_t n0 = (int32_t)(we[0] - ws[0]), n1 = (int32_t)(we[1] - ws[1]);
 	uint32_t s = fnv(fnv(2166136261u, ws[0], we[0]) * 31u, ws[1], we[1]);
+	char *name;
 
 	for (s &= SOCK_SLOTS - 1; r->sock_slot[s]; s = (s + 1) & (SOCK_SLOTS - 1)) {
 		int i = r->sock_slot[s] - 1;
 
-		if (r->sock_len[i][0] == n0 && r->sock_len[i][1] == n1 && !memcmp(buf + r->sock_off[i][0], ws[0], n0) &&
-		    !memcmp(buf + r->sock_off[i][1], ws[1], n1))
+		name = r->names + r->sock_name[i];
+		if (r->sock_len[i][0] == n0 && r->sock_len[i][1] == n1 && !memcmp(name, ws[0], n0) &&
+		    !memcmp(name + n0 + 1, ws[1], n1))
 			return i;
 	}
-	if (r->nsocks == MAX_SOCKS)
+	if (r->nsocks == MAX_SOCKS || r->names_used + n0 + 1 + n1 > NAMES_BYTES)
 		return -2;
-	r->sock_off[r->nsocks][0] = ws[0] - buf;
-	r->sock_off[r->nsocks][1] = ws[1] - buf;
+	name = r->names + r->names_used;
+	memcpy(name, ws[0], n0);
+	name[n0] = ' ';
+	memcpy(name + n0 + 1, ws[1], n1);
+	r->sock_name[r->nsocks] = r->names_used;
+	r->names_used += n0 + 1 + n1;
 	r->sock_len[r->nsocks][0] = n0;
 	r->sock_len[r->nsocks][1] = n1;
 	r->sock_slot[s] = (int16_t)(r->nsocks + 1);
@@ -270,7 +283,7 @@ static int64_t batched_notes(const char *buf, const char *b, const char *e, stru
 /* A batched transition line `SOCK q:QUEUE FROM -> TO ADDR ... [FROM -> TO ADDR ...]`
  * ending at e, its first two words (the socket) at ws/we: rows from i on, 0
  * when it is not one, -1 past `limit`. */
-static int64_t batched_transitions(const char *buf, const char *const *ws, const char *const *we, int32_t queue,
+static int64_t batched_transitions(const char *const *ws, const char *const *we, int32_t queue,
 				   const char *e, struct fr_cols *c, int64_t i, int64_t limit, struct fr_result *r)
 {
 	int64_t n = 0;
@@ -316,7 +329,7 @@ static int64_t batched_transitions(const char *buf, const char *const *ws, const
 		if (!pass) {
 			if (i + n > limit)
 				return -1;
-			s = sock_id(r, buf, ws, we);
+			s = sock_id(r, ws, we);
 			if (s < 0)
 				return 0;
 		}
@@ -370,7 +383,7 @@ static int64_t marker(const char *buf, const char *b, const char *e, struct fr_c
 
 		if (we[4] - ws[4] == 2 && !memcmp(ws[4], "->", 2) && frm >= 0 && to >= 0 &&
 		    !parse_hex(ws[2], we[2], 1, &addr)) {
-			int s = sock_id(r, buf, ws, we);
+			int s = sock_id(r, ws, we);
 			if (s < 0)
 				return 1;
 			c->kind[i] = K_MARKER;
@@ -403,7 +416,7 @@ static int64_t marker(const char *buf, const char *b, const char *e, struct fr_c
 		}
 	}
 	if (plain && !seps && qok) {
-		int64_t got = batched_transitions(buf, ws, we, queue, e, c, i, limit, r);
+		int64_t got = batched_transitions(ws, we, queue, e, c, i, limit, r);
 		if (got)
 			return got;
 	}
@@ -643,19 +656,32 @@ static void reset_row(struct fr_cols *c, int64_t i)
  * body_off/body_len) from row cap - 1 down, so the event rows need no copy.
  * `cap` rows must fit in the columns (the number of newlines and of "0x" is
  * enough: a batched line's every descriptor after its first has its own ADDR).
+ * With `release` > 0, buf is a read-only mapping of a file: every `release`
+ * bytes the pages already scanned are given back (MADV_DONTNEED), so a big
+ * trace is never resident whole beside its columns; a later read of a line
+ * maps its page again from the page cache.
  * Returns the event rows, or -1 when they did not fit or the tables are too big.
  */
 int64_t fr_scan(const char *buf, int64_t len, struct fr_cols *c, int64_t cap, const struct fr_kernel_name *names,
-		int32_t nnames, const struct fr_field *fields, int32_t nfields, struct fr_result *r)
+		int32_t nnames, const struct fr_field *fields, int32_t nfields, struct fr_result *r, int64_t release)
 {
 	const char *p = buf, *end = buf + len;
 	int64_t i = 0, m = cap, lineno = 0;
+	uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), kept = (uintptr_t)buf; /* kept: first byte not given back */
 
 	memset(r, 0, sizeof(*r));
 	if (nfields < 1 || nfields > MAX_FIELDS)
 		return -1;
 	while (p < end) {
 		const char *nl = memchr(p, '\n', end - p);
+
+		if (release > 0 && (uintptr_t)p - kept >= (uintptr_t)release) {
+			uintptr_t from = kept & ~(page - 1), to = (uintptr_t)p & ~(page - 1);
+
+			if (to > from)
+				madvise((void *)from, to - from, MADV_DONTNEED);
+			kept = to;
+		}
 		if (!nl) {
 			r->cut = 1;
 			break;

@@ -36,7 +36,7 @@ class _Seg(ctypes.Structure):
 
 def _declare(lib: ctypes.CDLL) -> None:
     lib.fr_intern.restype = _I64
-    lib.fr_intern.argtypes = [ctypes.c_char_p, _P, _P, _I64, _P, _P]
+    lib.fr_intern.argtypes = [_P, _P, _P, _I64, _P, _P]
     lib.fr_render.restype = _I64
     lib.fr_render.argtypes = [
         ctypes.POINTER(_Seg),
@@ -62,7 +62,7 @@ def available() -> bool:
     return _lib() is not None
 
 
-def intern(data: bytes, off: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def intern(data: native.Buffer, off: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Dense ids of the strings data[off[i]:off[i] + length[i]], numbered in
     order of first appearance, and the first index holding each id."""
     if not available():
@@ -72,7 +72,9 @@ def intern(data: bytes, off: np.ndarray, length: np.ndarray) -> tuple[np.ndarray
     length = np.ascontiguousarray(length, dtype=np.int32)
     ids = np.empty(n, np.int64)
     first = np.empty(n, np.int64)
-    distinct = _lib().fr_intern(data, off.ctypes.data, length.ctypes.data, n, ids.ctypes.data, first.ctypes.data)
+    distinct = _lib().fr_intern(
+        native.address(data), off.ctypes.data, length.ctypes.data, n, ids.ctypes.data, first.ctypes.data
+    )
     if distinct < 0:
         raise MemoryError("interning strings")
     return ids, first[:distinct].copy()

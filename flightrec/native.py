@@ -7,10 +7,17 @@ switches every C helper off, which the tests use to compare the two.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
+
+import numpy as np
 
 from flightrec import locate
+
+# What the C helpers read in place: bytes, or a file mapped read-only (a trace
+# file: its pages are the page cache's, not a copy, and need not all stay resident)
+Buffer = Union[bytes, mmap.mmap]
 
 _loaded: dict[str, Optional[ctypes.CDLL]] = {}
 
@@ -30,3 +37,9 @@ def load(name: str, declare: Callable[[ctypes.CDLL], None]) -> Optional[ctypes.C
             declare(lib)
         _loaded[name] = lib
     return _loaded[name]
+
+
+def address(data: Buffer) -> int:
+    """Where the first byte of `data` is (ctypes cannot pass a read-only
+    mapping), for a C helper that reads it while `data` lives."""
+    return np.frombuffer(data, np.uint8).ctypes.data

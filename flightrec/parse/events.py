@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
+from flightrec import native
 from flightrec.parse import scan
 from flightrec.parse.fields import kernel_fields, parse_detection, parse_markers
 from flightrec.parse.format import BPF_EVENT, BPF_PREFIX, CONTRACT, MARKER, MARKER_EVENTS, NOTE, OTHER, STATES, Format
@@ -97,12 +98,13 @@ class Typed:
         return {name: [col[i] for i in order] for name, col in ((n, getattr(self, n)) for n in self.columns)}
 
 
-def parse_trace(data: bytes, fmt: Format = CONTRACT, pure: bool = False) -> tuple[ParsedTrace, Typed]:
-    """Parse a whole trace: the C scanner unless it is not built or `pure`."""
+def parse_trace(data: native.Buffer, fmt: Format = CONTRACT, pure: bool = False) -> tuple[ParsedTrace, Typed]:
+    """Parse a whole trace (bytes, or a file mapped read-only): the C scanner
+    unless it is not built or `pure`."""
     if scan.available() and not pure:
         sc = scan.scan(data, fmt)
         return parsed_from_scan(sc), typed_from_scan(sc, fmt)
-    parsed = parse_bytes(data)
+    parsed = parse_bytes(bytes(data))
     return parsed, type_rows(parsed, fmt)
 
 

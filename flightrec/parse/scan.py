@@ -9,6 +9,7 @@ use the Python path (flightrec.parse.events.parse_trace chooses).
 from __future__ import annotations
 
 import ctypes
+import mmap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -19,8 +20,10 @@ from flightrec import bulk, native
 from flightrec.parse.format import CONTRACT, Format
 
 MAX_SOCKS = 4096
+NAMES_BYTES = 1 << 20  # _scan.c's: the sockets' names, copied out of the text
 MAX_FIELDS = 16  # _scan.c's
 MIN_LINE = 24  # bytes: an ftrace event line is longer
+RELEASE_BYTES = 8 << 20  # a mapped trace's scanned pages are given back this often
 
 _P = ctypes.c_void_p
 _COLS = [
@@ -77,16 +80,18 @@ class _Result(ctypes.Structure):
         ("long_lines", ctypes.c_int64),
         ("cut", ctypes.c_int32),
         ("nsocks", ctypes.c_int32),
-        ("sock_off", (ctypes.c_int64 * 2) * MAX_SOCKS),
+        ("names_used", ctypes.c_int32),
+        ("sock_name", ctypes.c_int32 * MAX_SOCKS),
         ("sock_len", (ctypes.c_int32 * 2) * MAX_SOCKS),
         ("sock_slot", ctypes.c_int16 * (2 * MAX_SOCKS)),  # _scan.c's hash of the names
+        ("names", ctypes.c_uint8 * NAMES_BYTES),
     ]
 
 
 def _declare(lib: ctypes.CDLL) -> None:
     lib.fr_scan.restype = ctypes.c_int64
     lib.fr_scan.argtypes = [
-        ctypes.c_char_p,
+        _P,
         ctypes.c_int64,
         ctypes.POINTER(_Cols),
         ctypes.c_int64,
@@ -95,6 +100,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         ctypes.POINTER(_Field),
         ctypes.c_int32,
         ctypes.POINTER(_Result),
+        ctypes.c_int64,
     ]
 
 
@@ -110,7 +116,7 @@ def available() -> bool:
 class OffsetStrings(Sequence):
     """Strings of a byte buffer, decoded only when asked for."""
 
-    def __init__(self, data: bytes, off: np.ndarray, length: np.ndarray):
+    def __init__(self, data: native.Buffer, off: np.ndarray, length: np.ndarray):
         # numpy, not lists: a million Python ints per column would cost more than the text
         self._data, self._off, self._len = data, off, length
 
@@ -218,7 +224,7 @@ def optional_list(values: np.ndarray, present: np.ndarray) -> list:
 class Scan:
     """The scanner's columns, event rows only, plus the meta lines it left to Python."""
 
-    data: bytes
+    data: native.Buffer
     cols: dict[str, np.ndarray]
     fields: dict[str, tuple[np.ndarray, np.ndarray]]  # column -> (values, present), per format.KernelField
     socks: list[str]
@@ -228,7 +234,7 @@ class Scan:
     cut: bool
 
 
-def scan(data: bytes, fmt: Format = CONTRACT) -> Scan:
+def scan(data: native.Buffer, fmt: Format = CONTRACT) -> Scan:
     """Run the C scanner with the format's kernel events and fields."""
     if not available():
         raise RuntimeError("the C scanner is not built")
@@ -246,12 +252,16 @@ def scan(data: bytes, fmt: Format = CONTRACT) -> Scan:
         cap = max_rows(data)
 
 
-def max_rows(data: bytes) -> int:
+def max_rows(data: native.Buffer) -> int:
     """Rows a trace can need: one per line, and one per `0x` of a batched line."""
-    return data.count(b"\n") + data.count(b"0x") + data.count(b"0X") + 1
+    step, n = 16 << 20, 1  # a mapping has no count(): counted a copied chunk at a time
+    for at in range(0, len(data), step):
+        chunk = data[at : at + step + 1]  # a byte more: an `0x` across the cut counts where it starts
+        n += chunk.count(b"\n", 0, step) + chunk.count(b"0x") + chunk.count(b"0X")
+    return n
 
 
-def _scan(data: bytes, fmt: Format, cap: int) -> Optional[Scan]:
+def _scan(data: native.Buffer, fmt: Format, cap: int) -> Optional[Scan]:
     arrays = {name: np.empty(cap, dtype=dt) for name, dt in _COLS}
     values = [np.empty(cap, dtype=np.uint64) for _ in fmt.fields]
     fval = (_P * MAX_FIELDS)(*[v.ctypes.data for v in values])
@@ -274,7 +284,16 @@ def _scan(data: bytes, fmt: Format, cap: int) -> Optional[Scan]:
         fields[j] = _Field(b, len(b))
     res = _Result()
     rows = _lib().fr_scan(
-        data, len(data), ctypes.byref(cols), cap, names, len(table), fields, len(fmt.fields), ctypes.byref(res)
+        native.address(data),
+        len(data),
+        ctypes.byref(cols),
+        cap,
+        names,
+        len(table),
+        fields,
+        len(fmt.fields),
+        ctypes.byref(res),
+        RELEASE_BYTES if isinstance(data, mmap.mmap) else 0,
     )
     if rows < 0:
         if cap >= max_rows(data):
@@ -292,12 +311,10 @@ def _scan(data: bytes, fmt: Format, cap: int) -> Optional[Scan]:
     arrays = {k: v[:rows] for k, v in arrays.items()}
     mask = arrays.pop("fmask")
     kv = {f.column: (v[:rows], (mask & (1 << j)) != 0) for j, (f, v) in enumerate(zip(fmt.fields, values))}
+    names = memoryview(res.names)
     socks = [
-        " ".join(
-            data[res.sock_off[i][w] : res.sock_off[i][w] + res.sock_len[i][w]].decode("utf-8", "replace")
-            for w in (0, 1)
-        )
-        for i in range(res.nsocks)
+        bytes(names[o : o + n0 + 1 + n1]).decode("utf-8", "replace")
+        for o, (n0, n1) in zip(res.sock_name[: res.nsocks], res.sock_len[: res.nsocks])
     ]
     return Scan(data, arrays, kv, socks, meta, res.lines, res.long_lines, bool(res.cut))
 
