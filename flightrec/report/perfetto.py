@@ -150,13 +150,22 @@ def _tails(tl: Timeline, arr: Columns) -> tuple[np.ndarray, list[bytes]]:
         b_ids, bodies = string_ids(p.body, kernel)
         _, first, inverse = np.unique(e_ids * len(bodies) + b_ids, return_index=True, return_inverse=True)
         ids[kernel] = len(tails) + inverse.reshape(-1)
-        for j in first.tolist():
-            row, event, body = int(kernel[j]), events[e_ids[j]], bodies[b_ids[j]]
-            k, a = tl.kind[row], tl.addr[row]
+        # each distinct tail's row, its columns as lists: a numpy scalar or a column's
+        # row read per tail cost more than the tail (hundreds of thousands of probe hits)
+        rows = kernel[first]
+        addr, has_addr = tl.field_array("addr")
+        for k, a, has_a, e, b in zip(
+            arr.kind[rows].tolist(),
+            addr[rows].tolist(),
+            has_addr[rows].tolist(),
+            e_ids[first].tolist(),
+            b_ids[first].tolist(),
+        ):
+            event, body = events[e], bodies[b]
             if k == kinds.OTHER:
                 tail = f'"body":{_q(body)}}},"name":{_q(event)},"cat":"other"}}'
             else:
-                name = KERNEL_NAME[k] + (f" {a:#x}" if a is not None else "")
+                name = KERNEL_NAME[k] + (f" {a:#x}" if has_a else "")
                 tail = f'{_kernel_args(event, body)}}},"name":"{name}","cat":"kernel"}}'
             tails.append(tail.encode())
     return ids, tails
