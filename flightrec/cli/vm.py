@@ -121,6 +121,7 @@ Examples:
   flightrec vm record --kernel 6.12 --nic virtio --mode auto -o vm-auto    # says which mode it got
   flightrec vm record --kernel veth-race --widen -o race     # the post's bug (docs/veth-race.md)
   flightrec vm record --kernel veth-fixed --widen -o fixed   # the fixed kernel stays clean
+  flightrec vm record --kernel cq-immature --tx-twins --duration 8 -b 32768 -o cq   # docs/cq-race.md
 
 \b
 Any other option is passed to `flightrec record` in the guest (see

@@ -64,10 +64,10 @@ BUGS: tuple[KnownBug, ...] = (
     ),
     KnownBug(
         name="cq-immature",
-        title="xsk: Fix immature cq descriptor production (Debian 12's 6.12 kernel still has the bug)",
+        title="xsk: Fix immature cq descriptor production (Debian 12's stock 6.12 has the bug too)",
         fix_commit="30f241fcf52a",
-        bug_kernel="6.12",
-        fixed_kernel="7.3",
+        bug_kernel="cq-immature",
+        fixed_kernel="cq-fixed",
         # Two sockets on each queue share its COMPLETION ring; 8 s keeps every
         # CPU's kernel history whole in a 32 MB buffer, which the verdict needs.
         record_args=("--tx-twins", "--duration", "8", "-b", "32768"),

@@ -1,9 +1,11 @@
-"""The project's own guest kernels, built once from Debian's 6.1 source and cached.
+"""The project's own guest kernels, built once from Debian's kernel sources and cached.
 
     kernel = ensure_kernel("veth-race", say)    # BuiltKernel: bzimage, vmlinux, release
     kernel = built_kernel("veth-fixed")         # the cached one, or None (never builds)
 
-Two kernels, one build tree (``/var/cache/flightrec/kernels/src/linux-source-6.1``):
+Each kernel is a bug pair's half: a Debian source package as it is, or with one
+of the project's patches to the one file the bug lives in. The two halves of a
+pair share one build tree (``/var/cache/flightrec/kernels/src/<package>``):
 
 - ``veth-fixed``: Debian's ``linux-source-6.1`` as it is. It carries upstream
   fa349e396e48 ("veth: Fix race with AF_XDP exposing old or uninitialized
@@ -11,13 +13,20 @@ Two kernels, one build tree (``/var/cache/flightrec/kernels/src/linux-source-6.1
   ``napi_complete_done()``.
 - ``veth-race``: the same with ``flightrec/vm/kernels/veth-race.patch``, the project's own
   revert of that fix (the flush after the napi-complete block again).
+- ``cq-immature``: Debian's ``linux-source-6.12`` as it is (6.12.117 has no
+  30f241fcf52a, "xsk: Fix immature cq descriptor production"): a COMPLETION
+  address is written when its slot is reserved, and any skb destructor
+  publishes by count (docs/cq-race.md).
+- ``cq-fixed``: the same with ``flightrec/vm/kernels/cq-fixed.patch``, the project's
+  own fix: reserve only, the skb keeps its addresses, its destructor writes
+  them into the slots it publishes.
 
 The configuration is ``make defconfig``, ``make kvm_guest.config`` and
 ``flightrec/vm/kernels/flightrec.config`` (virtio, virtiofs, overlay, veth, BPF, AF_XDP,
-kprobes, DWARF for the probes resolver), everything built in. The first build
-takes about 15 minutes on two cores; the second kernel only recompiles
-``drivers/net/veth.c`` and relinks. Each kernel's ``bzImage``, ``vmlinux`` and
-``release`` are copied to ``build-<name>/`` beside the tree, with a stamp of
+kprobes, DWARF for the probes resolver), everything built in. A tree's first
+build takes about 15 minutes on two cores (6.12: ~20); its other kernel only
+recompiles the patched file and relinks. Each kernel's ``bzImage``, ``vmlinux`` and
+``release`` are copied to ``build-<name>/`` beside the trees, with a stamp of
 what went into them: a changed patch, fragment or source rebuilds; nothing
 else does. ``release`` follows ``scripts/fetch-debug-kernel.sh``'s layout, so
 ``flightrec.probes.find_vmlinux`` finds the vmlinux inside the guest too.
@@ -47,13 +56,36 @@ if TYPE_CHECKING:
     from flightrec.vm.kernel import GuestKernel
 
 CACHE = Path(os.environ.get("FLIGHTREC_KERNEL_CACHE", "/var/cache/flightrec/kernels"))
-KERNELS_DIR = locate.VM_KERNELS_DIR  # package data: the config fragment and veth patches
+KERNELS_DIR = locate.VM_KERNELS_DIR  # package data: the config fragment and the patches
 FRAGMENT = KERNELS_DIR / "flightrec.config"
-SOURCE_PACKAGE = "linux-source-6.1"
-SOURCE_TARBALL = f"{SOURCE_PACKAGE}.tar.xz"
-VETH = "drivers/net/veth.c"
-# name -> the patches applied to veth.c (relative to KERNELS_DIR)
-KERNELS: dict[str, tuple[str, ...]] = {"veth-fixed": (), "veth-race": ("veth-race.patch",)}
+
+
+@dataclass(frozen=True)
+class Source:
+    """A Debian kernel source package, and the one file the project's patches to it touch."""
+
+    package: str  # linux-source-6.1: /usr/src/<package>.tar.xz holds <package>/
+    patched: str  # drivers/net/veth.c
+
+    @property
+    def tarball(self) -> str:
+        return f"{self.package}.tar.xz"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    source: Source
+    patches: tuple[str, ...]  # applied in order to source.patched (relative to KERNELS_DIR)
+
+
+LINUX_61 = Source("linux-source-6.1", "drivers/net/veth.c")
+LINUX_612 = Source("linux-source-6.12", "net/xdp/xsk.c")
+KERNELS: dict[str, Recipe] = {
+    "veth-fixed": Recipe(LINUX_61, ()),
+    "veth-race": Recipe(LINUX_61, ("veth-race.patch",)),
+    "cq-immature": Recipe(LINUX_612, ()),
+    "cq-fixed": Recipe(LINUX_612, ("cq-fixed.patch",)),
+}
 NAMES = tuple(KERNELS)
 TOOLS = ("make", "gcc", "bc", "bison", "flex", "pahole", "patch", "xz")
 PACKAGES = "build-essential bc bison flex libssl-dev libelf-dev dwarves patch xz-utils"
@@ -82,7 +114,7 @@ class BuiltKernel:
             "release": self.release,
             "bzimage": str(self.bzimage),
             "vmlinux": str(self.vmlinux),
-            "source": f"{SOURCE_PACKAGE} {self.source}",
+            "source": f"{KERNELS[self.name].source.package} {self.source}",
             "patches": list(self.patches),
         }
 
@@ -108,17 +140,18 @@ def _digest(paths: list[Path]) -> str:
 
 def _inputs(name: str) -> dict:
     """What a cached kernel must have been built from to be reused."""
-    patches = [KERNELS_DIR / p for p in KERNELS[name]]
+    recipe = KERNELS[name]
+    patches = [KERNELS_DIR / p for p in recipe.patches]
     return {
         "fragment": _digest([FRAGMENT]),
         "patches": _digest(patches) if patches else "",
-        "source": _source_version(),
+        "source": _source_version(recipe.source.package),
     }
 
 
-def _source_version() -> str:
-    """The linux-source-6.1 version apt would give (installed, else the candidate)."""
-    for cmd in (["dpkg-query", "-W", "-f", "${Version}", SOURCE_PACKAGE], ["apt-cache", "policy", SOURCE_PACKAGE]):
+def _source_version(package: str) -> str:
+    """The package's version apt would give (installed, else the candidate)."""
+    for cmd in (["dpkg-query", "-W", "-f", "${Version}", package], ["apt-cache", "policy", package]):
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
         except (OSError, subprocess.TimeoutExpired):
@@ -130,7 +163,7 @@ def _source_version() -> str:
         m = re.search(r"Candidate:\s*(\S+)", proc.stdout)
         if m and m.group(1) != "(none)":
             return m.group(1)
-    raise FlightrecError(f"apt knows no {SOURCE_PACKAGE} (run apt-get update; this needs Debian 12's lists)")
+    raise FlightrecError(f"apt knows no {package} (run apt-get update; this needs Debian 12's lists)")
 
 
 def built_kernel(name: str, cache: Path = CACHE) -> Optional[BuiltKernel]:
@@ -149,7 +182,7 @@ def built_kernel(name: str, cache: Path = CACHE) -> Optional[BuiltKernel]:
     except FlightrecError:
         return None
     return BuiltKernel(
-        name, stamp["release"], d / "bzImage", d / "vmlinux", stamp["inputs"]["source"], tuple(KERNELS[name])
+        name, stamp["release"], d / "bzImage", d / "vmlinux", stamp["inputs"]["source"], KERNELS[name].patches
     )
 
 
@@ -192,20 +225,20 @@ def ensure_kernel(
 
 def _build(name: str, progress: Progress, jobs: int, cache: Path) -> BuiltKernel:
     inputs = _inputs(name)
-    tree = _source_tree(cache, inputs["source"], progress)
+    tree = _source_tree(KERNELS[name].source, cache, inputs["source"], progress)
     _configure(tree, inputs, progress)
-    _set_veth(tree, name)
+    _set_patched(tree, name, cache)
     dest = out_dir(name, cache)
     dest.mkdir(parents=True, exist_ok=True)
     log = dest / "build.log"
     localversion = f"-flightrec-{name}"
     progress(
-        f"kernel: make -j{jobs} bzImage for {name} (log: {log}; the first build takes ~15 min on 2 cores, "
-        "the other kernel then ~1 min)"
+        f"kernel: make -j{jobs} bzImage for {name} (log: {log}; a tree's first build takes ~15-20 min on 2 cores, "
+        "the other kernel of its pair then ~1 min)"
     )
     t = time.monotonic()
     with open(log, "w") as f:
-        # LOCALVERSION on the command line, not in .config: the two kernels share
+        # LOCALVERSION on the command line, not in .config: a pair's two kernels share
         # one configuration, and only init/version.c and the link see it.
         proc = subprocess.Popen(
             ["make", f"-j{jobs}", f"LOCALVERSION={localversion}", "bzImage"],
@@ -238,7 +271,7 @@ def _build(name: str, progress: Progress, jobs: int, cache: Path) -> BuiltKernel
         + "\n"
     )
     progress(f"kernel: {name} built in {time.monotonic() - t:.0f} s: {release}, {dest / 'bzImage'}")
-    return BuiltKernel(name, release, dest / "bzImage", dest / "vmlinux", inputs["source"], tuple(KERNELS[name]))
+    return BuiltKernel(name, release, dest / "bzImage", dest / "vmlinux", inputs["source"], KERNELS[name].patches)
 
 
 def built_guest_kernel(name: str, progress: Progress = _quiet) -> "GuestKernel":
@@ -256,53 +289,58 @@ def named_kernels() -> dict[str, Callable[[Progress], "GuestKernel"]]:
     return {name: functools.partial(built_guest_kernel, name) for name in NAMES}
 
 
-def _tarball(cache: Path, progress: Progress) -> Path:
+def _tarball(source: Source, cache: Path, progress: Progress) -> Path:
     """Debian's source tarball: the installed package's, else apt-get download it into the cache."""
-    installed = Path("/usr/src") / SOURCE_TARBALL
+    installed = Path("/usr/src") / source.tarball
     if installed.is_file():
         return installed
-    cached = cache / "src" / SOURCE_TARBALL
+    cached = cache / "src" / source.tarball
     if cached.is_file():
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
-        progress(f"kernel: apt-get download {SOURCE_PACKAGE} (~140 MB)")
+        progress(f"kernel: apt-get download {source.package} (~150 MB)")
         proc = subprocess.run(
-            ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", SOURCE_PACKAGE],
+            ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", source.package],
             cwd=tmp,
             capture_output=True,
             text=True,
             timeout=900,
             check=False,
         )
-        debs = sorted(Path(tmp).glob(f"{SOURCE_PACKAGE}_*.deb"))
+        debs = sorted(Path(tmp).glob(f"{source.package}_*.deb"))
         if proc.returncode != 0 or not debs:
             why = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-            raise FlightrecError(f"apt-get download {SOURCE_PACKAGE} failed: {why}")
+            raise FlightrecError(f"apt-get download {source.package} failed: {why}")
         with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(debs[-1])], stdout=subprocess.PIPE) as deb:
             with tarfile.open(fileobj=deb.stdout, mode="r|") as tar:
                 for member in tar:
-                    if member.name.endswith("/" + SOURCE_TARBALL):
+                    if member.name.endswith("/" + source.tarball):
                         with tar.extractfile(member) as src, open(cached.with_suffix(".tmp"), "wb") as dst:
                             shutil.copyfileobj(src, dst)
                         break
         if not cached.with_suffix(".tmp").is_file():
-            raise FlightrecError(f"{debs[-1].name} holds no {SOURCE_TARBALL}")
+            raise FlightrecError(f"{debs[-1].name} holds no {source.tarball}")
         os.replace(cached.with_suffix(".tmp"), cached)
     return cached
 
 
-def _source_tree(cache: Path, version: str, progress: Progress) -> Path:
-    """The extracted tree, once per source version; veth.c's pristine copy kept beside it."""
+def _pristine(source: Source, cache: Path) -> Path:
+    """Where the patched file's copy as Debian ships it is kept, beside the tree."""
+    return cache / "src" / f"{source.package}.{Path(source.patched).name}.orig"
+
+
+def _source_tree(source: Source, cache: Path, version: str, progress: Progress) -> Path:
+    """The extracted tree, once per source version; the patched file's pristine copy kept beside it."""
     src = cache / "src"
-    tree = src / "linux-source-6.1"
-    stamp = src / "tree.json"
+    tree = src / source.package
+    stamp = src / f"{source.package}.json"
     try:
         if json.loads(stamp.read_text()).get("source") == version and (tree / "Makefile").is_file():
             return tree
     except (OSError, ValueError):
         pass
-    tarball = _tarball(cache, progress)
+    tarball = _tarball(source, cache, progress)
     progress(f"kernel: extracting {tarball}")
     shutil.rmtree(tree, ignore_errors=True)
     src.mkdir(parents=True, exist_ok=True)
@@ -310,8 +348,8 @@ def _source_tree(cache: Path, version: str, progress: Progress) -> Path:
         ["tar", "-x", "-C", str(src), "-f", str(tarball)], capture_output=True, text=True, check=False
     )
     if proc.returncode != 0 or not (tree / "Makefile").is_file():
-        raise FlightrecError(f"cannot extract {tarball}: {proc.stderr.strip() or 'no linux-source-6.1/ in it'}")
-    shutil.copyfile(tree / VETH, src / "veth.c.orig")
+        raise FlightrecError(f"cannot extract {tarball}: {proc.stderr.strip() or f'no {source.package}/ in it'}")
+    shutil.copyfile(tree / source.patched, _pristine(source, cache))
     stamp.write_text(json.dumps({"source": version}) + "\n")
     return tree
 
@@ -364,12 +402,14 @@ def _configure(tree: Path, inputs: dict, progress: Progress) -> None:
     stamp.write_text(json.dumps({"fragment": inputs["fragment"]}) + "\n")
 
 
-def veth_source(name: str, cache: Path = CACHE) -> bytes:
-    """drivers/net/veth.c as kernel ``name`` has it: pristine, or with its patches applied."""
-    text = (cache / "src" / "veth.c.orig").read_bytes()
-    for patch in KERNELS[name]:
+def patched_source(name: str, cache: Path = CACHE) -> bytes:
+    """The patched file (``KERNELS[name].source.patched``) as kernel ``name`` has it:
+    pristine, or with its patches applied. Needs the tree extracted once."""
+    recipe = KERNELS[name]
+    text = _pristine(recipe.source, cache).read_bytes()
+    for patch in recipe.patches:
         with tempfile.TemporaryDirectory() as tmp:
-            orig, out = Path(tmp) / "veth.c", Path(tmp) / "veth.c.out"
+            orig, out = Path(tmp) / "orig", Path(tmp) / "out"
             orig.write_bytes(text)
             proc = subprocess.run(
                 ["patch", "-s", "-p1", "-o", str(out), str(orig), str(KERNELS_DIR / patch)],
@@ -379,18 +419,18 @@ def veth_source(name: str, cache: Path = CACHE) -> bytes:
             )
             if proc.returncode != 0:
                 raise FlightrecError(
-                    f"flightrec/vm/kernels/{patch} does not apply to {SOURCE_PACKAGE}'s {VETH}: "
-                    f"{(proc.stdout + proc.stderr).strip().splitlines()[-1:]}"
+                    f"flightrec/vm/kernels/{patch} does not apply to {recipe.source.package}'s "
+                    f"{recipe.source.patched}: {(proc.stdout + proc.stderr).strip().splitlines()[-1:]}"
                 )
             text = out.read_bytes()
     return text
 
 
-def _set_veth(tree: Path, name: str) -> None:
-    """Put kernel ``name``'s veth.c in the tree; untouched when it is already there (no rebuild)."""
-    want = veth_source(name, tree.parent.parent)
-    path = tree / VETH
+def _set_patched(tree: Path, name: str, cache: Path) -> None:
+    """Put kernel ``name``'s patched file in the tree; untouched when it is already there (no rebuild)."""
+    want = patched_source(name, cache)
+    path = tree / KERNELS[name].source.patched
     if path.read_bytes() != want:
-        tmp = path.with_suffix(".c.tmp")
+        tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(want)
         os.replace(tmp, path)

@@ -411,7 +411,7 @@ def debug_vmlinux(base: str, release: str, progress: Progress = _quiet) -> Path:
 # `--kernel NAME` looks here before it looks for a file or a package.
 NAMED_KERNELS: dict[str, Callable[[Progress], GuestKernel]] = {}
 
-from flightrec.vm import build as _build  # noqa: E402  (veth-race, veth-fixed: docs/veth-race.md)
+from flightrec.vm import build as _build  # noqa: E402  (veth-race, cq-fixed, ...: build.NAMES)
 
 NAMED_KERNELS.update(_build.named_kernels())
 

@@ -47,3 +47,10 @@ def test_each_recipe_is_accepted_as_written(bug):
     parsed = parse_record_args(list(ctx.args))
     options_from_params(parsed.params).check()
     assert find(bug.name) is bug
+
+
+@pytest.mark.parametrize("bug", [b for b in BUGS if b.bug_kernel in build.NAMES], ids=lambda b: b.name)
+def test_a_built_pair_is_one_source_apart_by_its_patches_only(bug):
+    bug_recipe, fixed_recipe = build.KERNELS[bug.bug_kernel], build.KERNELS[bug.fixed_kernel]
+    assert bug_recipe.source == fixed_recipe.source
+    assert bug_recipe.patches != fixed_recipe.patches

@@ -22,10 +22,10 @@ from typing import Iterator
 import pytest
 
 from flightrec import locate
-from flightrec.errors import FlightrecError
 from flightrec.record.forwarder import forwarder_path
 
 from dpdkkit import dpdk_runtime_dir_removed, dpdk_testpmd_app, dpdk_testpmd_root
+from vmkit import built_kernels
 
 REPO = Path(__file__).resolve().parents[2]
 LOADER = locate.program("widen")
@@ -36,15 +36,7 @@ RACE_BUDGET = 120  # issue 8: each race run takes at most 2 minutes
 @pytest.fixture(scope="module")
 def kernels():
     """Both kernels, built on first use (~15 min on 2 cores, then cached)."""
-    from flightrec.vm import build
-
-    why = build.build_missing()
-    if why:
-        pytest.skip(why)
-    try:
-        return {name: build.ensure_kernel(name, print, jobs=2) for name in build.NAMES}
-    except FlightrecError as e:
-        pytest.skip(f"cannot build the guest kernels: {e}")
+    return built_kernels("veth-race", "veth-fixed")
 
 
 def _veth_poll(text: str) -> str:
@@ -53,10 +45,10 @@ def _veth_poll(text: str) -> str:
 
 
 def test_revert_puts_the_flush_after_napi_complete(kernels):
-    from flightrec.vm.build import veth_source
+    from flightrec.vm.build import patched_source
 
-    fixed = _veth_poll(veth_source("veth-fixed").decode())
-    race = _veth_poll(veth_source("veth-race").decode())
+    fixed = _veth_poll(patched_source("veth-fixed").decode())
+    race = _veth_poll(patched_source("veth-race").decode())
     # The fix (fa349e396e48): flush, then let the NAPI be scheduled elsewhere.
     assert fixed.index("xdp_do_flush();") < fixed.index("napi_complete_done(")
     # The revert: the flush comes after napi_complete_done() again, and nothing else moved.

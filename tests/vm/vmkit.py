@@ -31,6 +31,22 @@ def skip_unless_vm() -> None:
         pytest.skip(str(e))
 
 
+def built_kernels(*names: str) -> dict:
+    """The project's kernels ``names`` (flightrec/vm/build.py), built on first use
+    (a source tree's first build: ~15-20 min on 2 cores; then cached); skips with
+    the reason when they cannot be built here."""
+    from flightrec.errors import FlightrecError
+    from flightrec.vm import build
+
+    why = build.build_missing()
+    if why:
+        pytest.skip(why)
+    try:
+        return {name: build.ensure_kernel(name, print, jobs=2) for name in names}
+    except FlightrecError as e:
+        pytest.skip(f"cannot build the guest kernels: {e}")
+
+
 def flightrec(*args: str) -> list[str]:
     return [sys.executable, "-m", "flightrec", *args]
 
