@@ -104,6 +104,16 @@ cp /bin/busybox $R/run/flightrec-vm/busybox
 for a in modprobe insmod lsmod rmmod depmod; do ln -s ../busybox $R/run/flightrec-vm/bin/$a; done
 echo /run/flightrec-vm/bin/modprobe > /proc/sys/kernel/modprobe
 
+# The first trace event enabled anywhere makes ftrace register its comm recorder on the
+# scheduler's tracepoints (sched_switch, sched_wakeup: a live patch of __schedule and
+# ttwu_do_activate), and the last one disabled removes it again: under TCG the same
+# stale-int3 hazard as the boot's patching (below), hit once as "Oops: int3" in
+# ttwu_do_activate while a recording tore down its kprobe events. An event enabled
+# here, while one vCPU runs, keeps the recorder registered for the guest's life. It
+# is one that has fired already: initcalls are over.
+PIN=$R/sys/kernel/tracing/events/initcall/initcall_finish/enable
+[ -f "$PIN" ] && echo 1 > "$PIN" || echo "flightrec-vm: the scheduler's trace hooks are not pinned (no $PIN)"
+
 # Under TCG the kernel boots on one vCPU (maxcpus=1, flightrec/vm/qemu.py): the others
 # come online here, after the boot's live code patching.
 for c in /sys/devices/system/cpu/cpu[0-9]*; do

@@ -231,6 +231,8 @@ def test_the_init_script_is_valid_shell_and_its_markers_are_filled():
     for marker in ("STALL_MARKER", "STALL_AFTER", "DUMP_PIDS", "HEARTBEAT_FILE", "READY_MARKER"):
         assert marker not in script
     assert initramfs.STALL in script and initramfs.DUMP_PIDS in script
+    # the scheduler's trace hooks are pinned while one vCPU runs, before the others come online
+    assert script.index("initcall_finish/enable") < script.index('echo 1 > "$c/online"')
 
 
 def test_death_reason_puts_the_panic_first_then_its_oops():

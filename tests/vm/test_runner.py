@@ -43,6 +43,7 @@ def test_command_runs_in_the_guest_kernel_and_its_output_comes_back(guest_kernel
         "uname -r; nproc; "
         "mountpoint -q /sys/kernel/tracing && echo tracefs-ok; "
         "test -e /sys/kernel/tracing/kprobe_events && echo kprobes-ok; "
+        "echo pinned=$(cat /sys/kernel/tracing/events/initcall/initcall_finish/enable); "
         f"echo scribble >> {probe} && echo host-file-writable-in-guest; "
         "ip link add vm-test-a type veth peer name vm-test-b && echo veth-ok; "
         "echo result > $FLIGHTREC_VM_OUT/result.txt; exit 7"
@@ -60,6 +61,8 @@ def test_command_runs_in_the_guest_kernel_and_its_output_comes_back(guest_kernel
     assert lines[0] == guest_kernel.release  # the guest kernel, not the host's
     assert lines[1] == "2"
     assert "tracefs-ok" in lines and "kprobes-ok" in lines and "veth-ok" in lines
+    # the scheduler's trace hooks stay registered: no live patch of them while vCPUs run
+    assert "pinned=1" in lines and "not pinned" not in proc.stdout
     # The overlay takes the write; the host's file is unchanged.
     assert "host-file-writable-in-guest" in lines
     assert probe.read_bytes() == before_probe
