@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Two bulk text operations for a million rows, in C: interning byte strings
- * (equal strings get one dense id) and printing rows from a template of
- * literal pieces and column values. They know nothing of traces or of any
- * output format; flightrec/bulk.py is their ctypes glue and holds the Python
- * reference that tests/unit/test_bulk.py compares them with.
+ * Bulk text operations for a million rows, in C: interning byte strings
+ * (equal strings get one dense id), printing rows from a template of literal
+ * pieces and column values, and writing a string's name=value words as JSON
+ * members. They know nothing of traces; flightrec/bulk.py is their ctypes
+ * glue and holds the Python reference that tests/unit/test_bulk.py compares
+ * them with.
  *
  * Built by `make` as flightrec/_bulk.so.
  */
@@ -160,4 +161,78 @@ int64_t fr_render(const struct fr_seg *segs, int32_t nseg, const char *suffix, i
 	}
 	*used = o - out;
 	return row;
+}
+
+/* n bytes of printable ASCII as a JSON string: only '"' and '\' need escaping. */
+static char *put_quoted(char *o, const unsigned char *p, int64_t n)
+{
+	*o++ = '"';
+	for (int64_t k = 0; k < n; k++) {
+		if (p[k] == '"' || p[k] == '\\')
+			*o++ = '\\';
+		*o++ = (char)p[k];
+	}
+	*o++ = '"';
+	return o;
+}
+
+/*
+ * The words of each string data[off[i] .. off[i] + len[i]) (runs of bytes
+ * other than space) as JSON object members, comma-separated: a first word
+ * starting with '(' as "site":"word", then each word name=value with a name
+ * as "name":"value" (split at its first '='). Only strings of printable
+ * ASCII and spaces: for any other out_len[i] = -1 and nothing is written,
+ * their whitespace and decoding being Python's to judge. Writes strings i,
+ * i + 1, ... into out; stops before one that might not fit in cap bytes.
+ * Returns the next string.
+ */
+int64_t fr_json_words(const char *data, const int64_t *off, const int32_t *len, int64_t i, int64_t n, char *out,
+		      int64_t cap, int64_t *out_len)
+{
+	char *o = out, *end = out + cap;
+
+	for (; i < n; i++) {
+		const unsigned char *p = (const unsigned char *)data + off[i], *q = p + len[i];
+		char *start = o;
+		int plain = 1, first = 1;
+
+		/* a word of L bytes writes at most 4L + 16: quotes, escapes, "site", commas */
+		if ((int64_t)len[i] * 20 > end - o)
+			break;
+		for (const unsigned char *c = p; c < q; c++)
+			if (*c < 0x20 || *c > 0x7e)
+				plain = 0;
+		if (!plain) {
+			out_len[i] = -1;
+			continue;
+		}
+		for (const unsigned char *w = p; w < q;) {
+			const unsigned char *we, *eq;
+
+			if (*w == ' ') {
+				w++;
+				continue;
+			}
+			for (we = w; we < q && *we != ' '; we++)
+				;
+			if (first && *w == '(') {
+				if (o != start)
+					*o++ = ',';
+				memcpy(o, "\"site\":", 7);
+				o = put_quoted(o + 7, w, we - w);
+			}
+			eq = memchr(w, '=', we - w);
+			if (eq && eq > w) {
+				if (o != start)
+					*o++ = ',';
+				o = put_quoted(o, w, eq - w);
+				*o++ = ':';
+				o = put_quoted(o, eq + 1, we - eq - 1);
+			}
+			w = we;
+			first = 0;
+		}
+		out_len[i] = o - start;
+	}
+	return i;
 }

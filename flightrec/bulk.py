@@ -1,6 +1,7 @@
-"""Bulk text work for a million rows: interning strings, printing rows from a template.
+"""Bulk text work for a million rows: interning strings, printing rows from a
+template, a string's name=value words as JSON members.
 
-Both run in C (flightrec/_bulk.c, loaded with ctypes, built by `make`) and, when
+All run in C (flightrec/_bulk.c, loaded with ctypes, built by `make`) and, when
 that is not built or FLIGHTREC_PURE_PYTHON is set, in the Python below, which
 is their reference: tests/unit/test_bulk.py holds the two to the same output.
 Nothing here knows what the strings or rows mean.
@@ -9,7 +10,9 @@ Nothing here knows what the strings or rows mean.
 from __future__ import annotations
 
 import ctypes
+import re
 from dataclasses import dataclass
+from json.encoder import encode_basestring as _q  # the C-accelerated string quoter
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -51,6 +54,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         _I64,
         ctypes.POINTER(_I64),
     ]
+    lib.fr_json_words.restype = _I64
+    lib.fr_json_words.argtypes = [_P, _P, _P, _I64, _I64, _P, _I64, _P]
 
 
 def _lib() -> Optional[ctypes.CDLL]:
@@ -177,3 +182,53 @@ def micros(ns: int) -> str:
     sign, a = ("-", -ns) if ns < 0 else ("", ns)
     whole, frac = divmod(a, 1000)
     return f"{sign}{whole}.{frac:03d}" if frac else f"{sign}{whole}"
+
+
+def json_members(text: str) -> str:
+    """`text`'s words as JSON object members, comma-separated: a first word
+    starting with "(" as "site", then each name=value word with a name as
+    "name":"value" (split at its first "=")."""
+    words = text.split()
+    parts = []
+    if words and words[0].startswith("("):
+        parts.append(f'"site":{_q(words[0])}')
+    for w in words:
+        name, eq, value = w.partition("=")
+        if eq and name:
+            parts.append(f"{_q(name)}:{_q(value)}")
+    return ",".join(parts)
+
+
+_PLAIN = re.compile(rb"[\x20-\x7e]*")  # printable ASCII and spaces: split and quoted alike in C and Python
+
+
+def json_words(data: native.Buffer, off: np.ndarray, length: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """json_members of each string data[off[i]:off[i] + length[i]] of printable
+    ASCII, UTF-8 encoded and concatenated, and the length of each; -1 (nothing
+    written) for any other string, left to json_members on its decoded text."""
+    if not available():
+        return _json_words_py(data, off, length)
+    n = len(off)
+    off = np.ascontiguousarray(off, dtype=np.int64)
+    length = np.ascontiguousarray(length, dtype=np.int32)
+    out_len = np.empty(n, np.int64)
+    cap = max(CHUNK_BYTES, 20 * int(length.max(initial=0)))
+    buf = ctypes.create_string_buffer(cap)
+    chunks, i = [], 0
+    while i < n:
+        start = i
+        i = _lib().fr_json_words(
+            native.address(data), off.ctypes.data, length.ctypes.data, i, n, buf, cap, out_len.ctypes.data
+        )
+        chunks.append(buf.raw[: int(out_len[start:i].clip(0).sum())])
+    return b"".join(chunks), out_len
+
+
+def _json_words_py(data: native.Buffer, off: np.ndarray, length: np.ndarray) -> tuple[bytes, np.ndarray]:
+    out, lens = [], []
+    for o, n in zip(np.asarray(off).tolist(), np.asarray(length).tolist()):
+        s = bytes(data[o : o + n])
+        m = json_members(s.decode()).encode() if _PLAIN.fullmatch(s) else None
+        out.append(m or b"")
+        lens.append(-1 if m is None else len(m))
+    return b"".join(out), np.array(lens, dtype=np.int64)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from json.encoder import encode_basestring as _q  # the C-accelerated string quoter
-from typing import BinaryIO, Optional
+from typing import BinaryIO, Optional, Sequence
 
 import numpy as np
 
@@ -37,7 +37,7 @@ from flightrec.model.timeline import Timeline
 from flightrec.model.trips import Columns, columns, flow_points
 from flightrec.parse import format as kinds
 from flightrec.parse.format import POISON
-from flightrec.parse.scan import string_ids
+from flightrec.parse.scan import OffsetStrings, string_ids
 from flightrec.runfolder import write_atomically
 
 CPU_PID = 1
@@ -98,17 +98,21 @@ def _ns(seconds: float) -> int:
     return max(0, round(seconds * 1e9))
 
 
-def _kernel_args(event: str, body: str) -> str:
-    """A probe hit's event name, `name=value` fields and `(symbol+off/size)` site."""
-    parts = [f'"event":{_q(event)}']
-    words = body.split()
-    if words and words[0].startswith("("):
-        parts.append(f'"site":{_q(words[0])}')
-    for w in words:
-        name, eq, value = w.partition("=")
-        if eq and name:
-            parts.append(f"{_q(name)}:{_q(value)}")
-    return ",".join(parts)
+def _members(col: Sequence[str], rows: np.ndarray) -> tuple[np.ndarray, list[bytes]]:
+    """Dense ids of the column's strings at `rows` (string_ids) and each id's
+    `name=value` words and `(symbol+off/size)` site as JSON members: in C on
+    the trace's bytes where they are printable ASCII, otherwise on the text."""
+    if not isinstance(col, OffsetStrings):
+        ids, texts = string_ids(col, rows)
+        return ids, [bulk.json_members(t).encode() for t in texts]
+    ids, first = bulk.intern(col._data, col._off[rows], col._len[rows])
+    at = rows[first]
+    blob, lens = bulk.json_words(col._data, col._off[at], col._len[at])
+    ends = np.cumsum(lens.clip(0))
+    members = [blob[b:e] for b, e in zip((ends - lens.clip(0)).tolist(), ends.tolist())]
+    for j in np.flatnonzero(lens < 0).tolist():
+        members[j] = bulk.json_members(col[int(at[j])]).encode()
+    return ids, members
 
 
 def _tails(tl: Timeline, arr: Columns) -> tuple[np.ndarray, list[bytes]]:
@@ -147,27 +151,30 @@ def _tails(tl: Timeline, arr: Columns) -> tuple[np.ndarray, list[bytes]]:
     kernel = np.flatnonzero(~arr.is_(MARKER, NOTE))
     if len(kernel):
         e_ids, events = string_ids(p.event, kernel)
-        b_ids, bodies = string_ids(p.body, kernel)
-        _, first, inverse = np.unique(e_ids * len(bodies) + b_ids, return_index=True, return_inverse=True)
+        b_ids, members = _members(p.body, kernel)
+        _, first, inverse = np.unique(e_ids * len(members) + b_ids, return_index=True, return_inverse=True)
         ids[kernel] = len(tails) + inverse.reshape(-1)
         # each distinct tail's row, its columns as lists: a numpy scalar or a column's
         # row read per tail cost more than the tail (hundreds of thousands of probe hits)
         rows = kernel[first]
         addr, has_addr = tl.field_array("addr")
-        for k, a, has_a, e, b in zip(
+        quoted = [_q(e).encode() for e in events]
+        for r, k, a, has_a, e, b in zip(
+            rows.tolist(),
             arr.kind[rows].tolist(),
             addr[rows].tolist(),
             has_addr[rows].tolist(),
             e_ids[first].tolist(),
             b_ids[first].tolist(),
         ):
-            event, body = events[e], bodies[b]
             if k == kinds.OTHER:
-                tail = f'"body":{_q(body)}}},"name":{_q(event)},"cat":"other"}}'
+                tails.append(f'"body":{_q(p.body[r])}}},"name":{_q(events[e])},"cat":"other"}}'.encode())
             else:
+                m = members[b]
                 name = KERNEL_NAME[k] + (f" {a:#x}" if has_a else "")
-                tail = f'{_kernel_args(event, body)}}},"name":"{name}","cat":"kernel"}}'
-            tails.append(tail.encode())
+                tails.append(
+                    b'"event":%s%s%s},"name":"%s","cat":"kernel"}' % (quoted[e], b"," if m else b"", m, name.encode())
+                )
     return ids, tails
 
 

@@ -112,3 +112,42 @@ def test_c_intern_matches_python(seed):
     # what the ids mean: equal ids exactly for equal strings, first holds each id's first index
     assert len(first) == len(set(parts))
     assert [parts[i] for i in first] == list(dict.fromkeys(parts))
+
+
+def test_json_members_shape():
+    text = ' (xsk_flush+0x0/0x40) addr=0x1a00 xs= =x a"b=c\\d plain'
+    assert bulk.json_members(text) == ('"site":"(xsk_flush+0x0/0x40)","addr":"0x1a00","xs":"","a\\"b":"c\\\\d"')
+
+
+def test_python_json_words_leaves_other_text_to_python():
+    strings = [b"a=1 b=2", b"\xc3\xa9=1", b"a=1\tb=2", b"", b"(x) =y"]
+    data = b"".join(strings)
+    off = np.cumsum([0] + [len(s) for s in strings[:-1]])
+    blob, lens = bulk._json_words_py(data, off, np.array([len(s) for s in strings]))
+    assert lens.tolist() == [15, -1, -1, 0, 12]
+    assert blob == b'"a":"1","b":"2""site":"(x)"'
+
+
+@needs_c
+@pytest.mark.parametrize("seed", range(20))
+def test_c_json_words_matches_python(seed):
+    rng = random.Random(seed)
+    alphabet = b'  (()==ab0x"\\\x7e\x7f\t\x1f\x80\xc3\xa9'
+    strings = [bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 30))) for _ in range(2000)]
+    data = b"".join(strings)
+    off = np.cumsum([0] + [len(s) for s in strings[:-1]])
+    length = np.array([len(s) for s in strings])
+    blob, lens = bulk.json_words(data, off, length)
+    want_blob, want_lens = bulk._json_words_py(data, off, length)
+    assert lens.tolist() == want_lens.tolist()
+    assert blob == want_blob
+
+
+@needs_c
+def test_c_json_words_spans_chunks(monkeypatch):
+    monkeypatch.setattr(bulk, "CHUNK_BYTES", 64)
+    strings = [b"(s) a=1 bb=22"] * 50 + [b"x=" + b"y" * 200]
+    data = b"".join(strings)
+    off = np.cumsum([0] + [len(s) for s in strings[:-1]])
+    length = np.array([len(s) for s in strings])
+    assert bulk.json_words(data, off, length)[0] == bulk._json_words_py(data, off, length)[0]
