@@ -54,13 +54,14 @@ int64_t fr_intern(const char *data, const int64_t *off, const int32_t *len, int6
 	return distinct;
 }
 
-enum { FR_INT = 0, FR_MICROS = 1, FR_PIECE = 2 };
+enum { FR_INT = 0, FR_MICROS = 1, FR_PIECE = 2, FR_HEX = 3 };
 
 /* A template segment: a literal, then the row's value of one column. */
 struct fr_seg {
 	const char *lit;
 	int64_t lit_len;
-	int32_t how; /* FR_INT: decimal; FR_MICROS: value / 1000 as a decimal; FR_PIECE: pieces[value] */
+	int32_t how; /* FR_INT: decimal; FR_MICROS: value / 1000 as a decimal; FR_PIECE: pieces[value];
+		      FR_HEX: 0x and the unsigned value in lower-case hex */
 	const int64_t *values;
 	const char *pieces; /* FR_PIECE: piece k is pieces[piece_off[k] .. piece_off[k + 1]) */
 	const int64_t *piece_off;
@@ -87,6 +88,22 @@ static char *put_int(char *o, int64_t v)
 		return put_uint(o, -(uint64_t)v);
 	}
 	return put_uint(o, (uint64_t)v);
+}
+
+static char *put_hex(char *o, uint64_t v)
+{
+	char tmp[16];
+	int n = 0;
+
+	*o++ = '0';
+	*o++ = 'x';
+	do {
+		tmp[n++] = "0123456789abcdef"[v & 15];
+		v >>= 4;
+	} while (v);
+	while (n)
+		*o++ = tmp[--n];
+	return o;
 }
 
 /* v / 1000 exactly: the integer part, then ".ddd" unless it is whole. */
@@ -130,7 +147,7 @@ int64_t fr_render(const struct fr_seg *segs, int32_t nseg, const char *suffix, i
 
 				need += segs[s].piece_off[k + 1] - segs[s].piece_off[k];
 			} else {
-				need += 25; /* sign, 20 digits, point, 3 decimals */
+				need += 25; /* sign, 20 digits, point, 3 decimals; or 0x, 16 digits */
 			}
 		}
 		if (need > end - o)
@@ -149,6 +166,8 @@ int64_t fr_render(const struct fr_seg *segs, int32_t nseg, const char *suffix, i
 				o = put_int(o, v);
 			} else if (g->how == FR_MICROS) {
 				o = put_micros(o, v);
+			} else if (g->how == FR_HEX) {
+				o = put_hex(o, (uint64_t)v);
 			} else {
 				int64_t n = g->piece_off[v + 1] - g->piece_off[v];
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from flightrec import native
 
-INT, MICROS, PIECE = 0, 1, 2  # how a segment prints its column: decimal, value/1000 as a decimal, pieces[value]
+# how a segment prints its column: decimal, value/1000 as a decimal, pieces[value], 0x and unsigned hex
+INT, MICROS, PIECE, HEX = 0, 1, 2, 3
 CHUNK_BYTES = 4 << 20
 
 _P = ctypes.c_void_p
@@ -171,10 +172,20 @@ def _render_py(
             for literal, how, values, pieces in cols:
                 v = values[r]
                 parts.append(literal)
-                parts.append(pieces[v] if how == PIECE else str(v).encode() if how == INT else micros(v).encode())
+                parts.append(_print(how, v, pieces))
             parts.append(suffix)
             out.append(b"".join(parts))
         write(sep.join(out))
+
+
+def _print(how: int, v: int, pieces: Sequence[bytes]) -> bytes:
+    if how == PIECE:
+        return pieces[v]
+    if how == INT:
+        return str(v).encode()
+    if how == HEX:
+        return f"{v & 0xFFFFFFFFFFFFFFFF:#x}".encode()
+    return micros(v).encode()
 
 
 def micros(ns: int) -> str:

@@ -32,7 +32,7 @@ import numpy as np
 
 from flightrec import bulk
 from flightrec.analysis import Result, anomaly_json
-from flightrec.bulk import INT, MICROS, PIECE, Seg, micros, render
+from flightrec.bulk import HEX, INT, MICROS, PIECE, Seg, micros, render
 from flightrec.model.timeline import Timeline
 from flightrec.model.trips import Columns, columns, flow_points
 from flightrec.parse import format as kinds
@@ -181,7 +181,8 @@ def _tails(tl: Timeline, arr: Columns) -> tuple[np.ndarray, list[bytes]]:
 def _app_tail(
     k: str, a: int, sock: Optional[str], queue: Optional[int], frm: Optional[str], to: Optional[str], d: Optional[str]
 ) -> bytes:
-    """A marker's or note's tail."""
+    """A marker's or note's tail: the reference `_app_ids`' templates print alike
+    (tests/unit/test_perfetto.py holds the two paths to the same bytes)."""
     if k == kinds.MARKER:
         ah = f"{a:#x}"
         name = f"{frm}->{to} {ah}" if a != POISON else f"{frm}->{to} POISON"
@@ -209,8 +210,12 @@ def _app_ids(tl: Timeline, arr: Columns) -> Optional[tuple[np.ndarray, list[byte
     data, d_off, d_len = A["detail"]
     has = d_len[app] >= 0
     d_ids = np.zeros(len(app), np.int64)
+    texts: list[str] = []  # each distinct detail, d_ids - 1
     if has.any():
-        d_ids[has] = bulk.intern(data, d_off[app][has], d_len[app][has])[0] + 1
+        i_ids, i_first = bulk.intern(data, d_off[app][has], d_len[app][has])
+        d_ids[has] = i_ids + 1
+        at = app[has][i_first]
+        texts = [data[o : o + n].decode("utf-8", "replace") for o, n in zip(d_off[at].tolist(), d_len[at].tolist())]
     _, a_ids = np.unique(A["addr"][0][app], return_inverse=True)
     key = (
         arr.is_(kinds.NOTE)[app].astype(np.int64)
@@ -222,26 +227,66 @@ def _app_ids(tl: Timeline, arr: Columns) -> Optional[tuple[np.ndarray, list[byte
     )
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     ids[app] = 1 + inverse.reshape(-1)
-    tails = [b""]
+
+    # the distinct tails printed from templates, in C; odd rows (the poison, no socket or state) in Python
     rows = app[first]
-    socks, states = A["socks"], kinds.STATES
-    for r, k, a, sock, queue, frm, to, off, dl in zip(
-        rows.tolist(),
-        arr.kind[rows].tolist(),
-        A["addr"][0][rows].tolist(),
-        A["sock"][rows].tolist(),
-        A["queue"][rows].tolist(),
-        A["frm"][rows].tolist(),
-        A["to"][rows].tolist(),
-        d_off[rows].tolist(),
-        d_len[rows].tolist(),
-    ):
-        d = data[off : off + dl].decode("utf-8", "replace") if dl >= 0 else None
-        if k == kinds.NOTE:
-            tails.append(_app_tail(k, a, None, None, None, None, d))
-        else:
-            tails.append(_app_tail(k, a, socks[sock], queue, states[frm], states[to], d))
-    return ids, tails
+    d_sel = d_ids[first]
+    addr_u = A["addr"][0][rows]
+    addr = addr_u.view(np.int64)
+    sock, frm, to = A["sock"][rows].astype(np.int64), A["frm"][rows].astype(np.int64), A["to"][rows].astype(np.int64)
+    note = arr.is_(kinds.NOTE)[rows]
+    odd = ~note & ((addr_u == POISON) | (sock < 0) | (frm < 0) | (to < 0))
+    out = np.empty(len(rows), object)
+    states = [s.encode() for s in kinds.STATES]
+    m = np.flatnonzero(~note & ~odd)
+    out[m] = _pieces(
+        [
+            Seg(b'"sock":', PIECE, sock[m], [_q(s).encode() for s in A["socks"]]),
+            Seg(b',"queue":', INT, A["queue"][rows[m]].astype(np.int64)),
+            Seg(b',"addr":"', HEX, addr[m]),
+            Seg(b'","from":"', PIECE, frm[m], states),
+            Seg(b'","to":"', PIECE, to[m], states),
+            Seg(b'"', PIECE, d_sel[m], [b""] + [f',"detail":{_q(t)}'.encode() if t else b"" for t in texts]),
+            Seg(b'},"name":"', PIECE, frm[m], states),
+            Seg(b"->", PIECE, to[m], states),
+            Seg(b" ", HEX, addr[m]),
+        ],
+        b'","cat":"marker"}',
+    )
+    nt = np.flatnonzero(note)
+    out[nt] = _pieces(
+        [
+            Seg(b'"addr":"', HEX, addr[nt]),
+            Seg(b'","text":', PIECE, d_sel[nt], [b'""'] + [_q(t).encode() for t in texts]),
+            Seg(b'},"name":"note ', HEX, addr[nt]),
+        ],
+        b'","cat":"note"}',
+    )
+    for i in np.flatnonzero(odd).tolist():
+        d = int(d_sel[i])
+        out[i] = _app_tail(
+            kinds.MARKER,
+            int(addr_u[i]),
+            A["socks"][sock[i]],
+            int(A["queue"][rows[i]]),
+            kinds.STATES[frm[i]],
+            kinds.STATES[to[i]],
+            texts[d - 1] if d else None,
+        )
+    return ids, [b""] + out.tolist()
+
+
+def _pieces(segs: list[Seg], suffix: bytes) -> list[bytes]:
+    """Each row printed from a template (flightrec.bulk) as its own bytes."""
+    rows = len(segs[0].values)
+    if not rows:
+        return []
+    pieces: list[bytes] = []
+    # rows apart at a NUL, which no tail holds: JSON escapes it in a string
+    bulk.render(segs, suffix, b"\0", rows, lambda chunk: pieces.extend(bytes(chunk).split(b"\0")))
+    if len(pieces) != rows:
+        raise ValueError("a printed row holds a NUL")
+    return pieces
 
 
 class _Writer:

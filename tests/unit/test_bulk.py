@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flightrec import bulk
-from flightrec.bulk import INT, MICROS, PIECE, Seg, micros
+from flightrec.bulk import HEX, INT, MICROS, PIECE, Seg, micros
 
 needs_c = pytest.mark.skipif(not bulk.available(), reason="flightrec/_bulk.so is not built: run `make`")
 
@@ -20,7 +20,7 @@ def collect(segs, suffix, sep, rows, fn) -> bytes:
 def random_segs(rng: random.Random, rows: int) -> list[Seg]:
     segs = []
     for _ in range(rng.randint(1, 6)):
-        how = rng.choice([INT, MICROS, PIECE])
+        how = rng.choice([INT, MICROS, PIECE, HEX])
         literal = bytes(rng.choice(b'{}",:ab\n\xc3\xa9') for _ in range(rng.randint(0, 12)))
         if how == PIECE:
             pieces = [bytes(rng.randrange(256) for _ in range(rng.randint(0, 40))) for _ in range(rng.randint(1, 30))]
@@ -55,8 +55,9 @@ def test_python_render_shape():
         Seg(b"<", INT, np.array([5, -7])),
         Seg(b"|", MICROS, np.array([1500, 2000])),
         Seg(b"|", PIECE, np.array([1, 0]), [b"a", b"bc"]),
+        Seg(b"|", HEX, np.array([0, -1])),
     ]
-    assert collect(segs, b">", b";", 2, bulk._render_py) == b"<5|1.500|bc>;<-7|2|a>"
+    assert collect(segs, b">", b";", 2, bulk._render_py) == b"<5|1.500|bc|0x0>;<-7|2|a|0xffffffffffffffff>"
 
 
 @needs_c

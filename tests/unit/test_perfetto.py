@@ -312,6 +312,9 @@ def test_c_and_python_paths_write_the_same_bytes(monkeypatch, fixtures):
         b'len=0x42 n\xc3\xa9="\\\x01" =x y= xs=0xffff1 fq=0x2\n',
         b' bad\xff-78  [002] ..... %s: some_event: body \xff\xfe with="quotes"\n',
         b' bad\xff-78  [002] ..... %s: some_event: body \xff\xfe with="quotes"\n',
+        b' app-79  [001] ...1. %s: tracing_mark_write: odd q:4 0xdeadbeefdeadbeef FILL -> RX: d\xc3\xa9tail "x" \xff\n',
+        b" app-79  [001] ...1. %s: tracing_mark_write: odd q:4 0x1000 FREE -> FILL: \x01\n",
+        b' app-79  [001] ...1. %s: tracing_mark_write: 0x1000 n\xc3\xb6te "q" \xfe\\\n',
     ]
     events = [i for i, line in enumerate(lines) if b"]" in line and not line.startswith(b"#")]
     for k, line in enumerate(odd):
@@ -338,3 +341,7 @@ def test_c_and_python_paths_write_the_same_bytes(monkeypatch, fixtures):
     assert hit["args"]["n\u00e9"] == '"\\\x01"' and hit["args"]["addr"] == "0x1000"
     assert hit["args"]["y"] == "" and "" not in hit["args"]  # "=x" names nothing
     assert sum(e["name"] == "some_event" and e["cat"] == "other" for e in doc["traceEvents"]) == 2
+    marks = {e["name"]: e["args"] for e in doc["traceEvents"] if e["ph"] == "X" and e["cat"] in ("marker", "note")}
+    assert marks["FILL->RX POISON"]["detail"] == 'd\u00e9tail "x" \ufffd'
+    assert marks["FREE->FILL 0x1000"]["detail"] == "\x01"
+    assert marks["note 0x1000"]["text"] == 'n\u00f6te "q" \ufffd\\'
