@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,10 +80,25 @@ def clear(paths: list[Path]) -> None:
 
 def write_atomically(path: str, write: Callable[[BinaryIO], T]) -> T:
     """Write through a temporary file beside `path`, renamed into place: a
-    failed export never leaves half a file where a good one was."""
-    directory = os.path.dirname(os.path.abspath(path))
+    failed export never leaves half a file where a good one was.
+
+    A symbolic link is written through (its target is replaced, the link
+    stays). What is not a regular file (/dev/null, /dev/stdout, a FIFO) is
+    written straight into: a rename would put a regular file in its place."""
     if os.path.isdir(path):
         raise FlightrecError(f"{path}: is a directory; give a file name with -o")
+    target = os.path.realpath(path)
+    try:
+        special = not stat.S_ISREG(os.stat(target).st_mode)
+    except OSError:  # not there yet (or unreadable: the write says why)
+        special = False
+    if special:
+        try:
+            with open(target, "wb") as f:
+                return write(f)
+        except OSError as e:
+            raise FlightrecError(f"{path}: cannot write: {e.strerror}") from None
+    directory = os.path.dirname(target)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".flightrec-", dir=directory)
     except FileNotFoundError:
@@ -95,7 +111,7 @@ def write_atomically(path: str, write: Callable[[BinaryIO], T]) -> T:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a plain open() would give
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except OSError as e:
         os.unlink(tmp)
         raise FlightrecError(f"{path}: cannot write: {e.strerror}") from None

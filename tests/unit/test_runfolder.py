@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import stat
+import threading
 
 import pytest
 
@@ -42,6 +43,27 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"]
     with pytest.raises(FlightrecError, match="does not exist"):
         runfolder.write_meta(tmp_path / "missing", {})
+
+
+def test_a_fifo_or_device_is_written_into_not_replaced(tmp_path):
+    # `-o /dev/null` as root once replaced the device with a regular file; a FIFO stands in
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    assert runfolder.write_atomically(str(fifo), lambda f: f.write(b"abc")) == 3
+    reader.join(10)
+    assert got == [b"abc"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.fifo"]  # no temporary file left
+
+
+def test_a_symbolic_link_is_written_through(tmp_path):
+    real, link = tmp_path / "real.json", tmp_path / "link.json"
+    real.write_text("old")
+    link.symlink_to(real)
+    runfolder.write_atomically(str(link), lambda f: f.write(b"new"))
+    assert link.is_symlink() and real.read_text() == "new"
 
 
 def test_what_a_new_run_replaces(tmp_path):
