@@ -54,14 +54,20 @@ int64_t fr_intern(const char *data, const int64_t *off, const int32_t *len, int6
 	return distinct;
 }
 
-enum { FR_INT = 0, FR_MICROS = 1, FR_PIECE = 2, FR_HEX = 3 };
+enum { FR_INT = 0, FR_MICROS = 1, FR_PIECE = 2, FR_HEX = 3, FR_VARINT = 4, FR_OPEN = 5, FR_CLOSE = 6 };
+
+/* protobuf's length-delimited messages nest at most this deep in one row */
+#define FR_DEPTH 16
 
 /* A template segment: a literal, then the row's value of one column. */
 struct fr_seg {
 	const char *lit;
 	int64_t lit_len;
 	int32_t how; /* FR_INT: decimal; FR_MICROS: value / 1000 as a decimal; FR_PIECE: pieces[value];
-		      FR_HEX: 0x and the unsigned value in lower-case hex */
+		      FR_HEX: 0x and the unsigned value in lower-case hex; FR_VARINT: the value as a
+		      protobuf varint; FR_OPEN: a length-delimited field's body begins (its length
+		      is written in front when the FR_CLOSE that matches it ends the body); values
+		      unused for FR_OPEN and FR_CLOSE, which print their literal first */
 	const int64_t *values;
 	const char *pieces; /* FR_PIECE: piece k is pieces[piece_off[k] .. piece_off[k + 1]) */
 	const int64_t *piece_off;
@@ -106,6 +112,16 @@ static char *put_hex(char *o, uint64_t v)
 	return o;
 }
 
+static char *put_varint(char *o, uint64_t v)
+{
+	while (v >= 0x80) {
+		*o++ = (char)(v | 0x80);
+		v >>= 7;
+	}
+	*o++ = (char)v;
+	return o;
+}
+
 /* v / 1000 exactly: the integer part, then ".ddd" unless it is whole. */
 static char *put_micros(char *o, int64_t v)
 {
@@ -129,13 +145,15 @@ static char *put_micros(char *o, int64_t v)
 
 /*
  * Print rows row, row + 1, ... into out: each row is its segments then
- * suffix, rows separated by sep. Stops before a row that might not fit in
+ * suffix, rows separated by sep. The caller balances each row's FR_OPEN and
+ * FR_CLOSE segments, at most FR_DEPTH deep. Stops before a row that might not fit in
  * cap bytes; *used says how many were written. Returns the next row.
  */
 int64_t fr_render(const struct fr_seg *segs, int32_t nseg, const char *suffix, int64_t suffix_len, const char *sep,
 		  int64_t sep_len, int64_t row, int64_t nrows, char *out, int64_t cap, int64_t *used)
 {
-	char *o = out, *end = out + cap;
+	char *o = out, *end = out + cap, *opened[FR_DEPTH];
+	int depth = 0;
 
 	for (; row < nrows; row++) {
 		int64_t need = suffix_len + (o == out ? 0 : sep_len);
@@ -146,6 +164,10 @@ int64_t fr_render(const struct fr_seg *segs, int32_t nseg, const char *suffix, i
 				int64_t k = segs[s].values[row];
 
 				need += segs[s].piece_off[k + 1] - segs[s].piece_off[k];
+			} else if (segs[s].how == FR_OPEN) {
+				need += 5; /* a length below 2^35 */
+			} else if (segs[s].how == FR_CLOSE) {
+				continue;
 			} else {
 				need += 25; /* sign, 20 digits, point, 3 decimals; or 0x, 16 digits */
 			}
@@ -158,11 +180,24 @@ int64_t fr_render(const struct fr_seg *segs, int32_t nseg, const char *suffix, i
 		}
 		for (int32_t s = 0; s < nseg; s++) {
 			const struct fr_seg *g = &segs[s];
-			int64_t v = g->values[row];
+			int64_t v = g->values ? g->values[row] : 0;
 
 			memcpy(o, g->lit, g->lit_len);
 			o += g->lit_len;
-			if (g->how == FR_INT) {
+			if (g->how == FR_OPEN) {
+				/* the body is written 5 bytes on and moved back once its length is known */
+				opened[depth++] = o;
+				o += 5;
+			} else if (g->how == FR_CLOSE) {
+				char *at = opened[--depth];
+				int64_t body = o - (at + 5);
+				char *q = put_varint(at, (uint64_t)body);
+
+				memmove(q, at + 5, body);
+				o = q + body;
+			} else if (g->how == FR_VARINT) {
+				o = put_varint(o, (uint64_t)v);
+			} else if (g->how == FR_INT) {
 				o = put_int(o, v);
 			} else if (g->how == FR_MICROS) {
 				o = put_micros(o, v);
@@ -248,6 +283,82 @@ int64_t fr_json_words(const char *data, const int64_t *off, const int32_t *len, 
 				*o++ = ':';
 				o = put_quoted(o, eq + 1, we - eq - 1);
 			}
+			w = we;
+			first = 0;
+		}
+		out_len[i] = o - start;
+	}
+	return i;
+}
+
+static char *put_bytes_field(char *o, const char *tag, int tag_len, const void *p, uint64_t n)
+{
+	memcpy(o, tag, tag_len);
+	o = put_varint(o + tag_len, n);
+	memcpy(o, p, n);
+	return o + n;
+}
+
+static int varint_len(uint64_t v)
+{
+	int n = 1;
+
+	for (; v >= 0x80; v >>= 7)
+		n++;
+	return n;
+}
+
+/* One protobuf DebugAnnotation as field 4 of a TrackEvent: {name (10), string_value (6)}. */
+static char *put_annotation(char *o, const void *name, uint64_t name_len, const void *value, uint64_t value_len)
+{
+	uint64_t body = 1 + varint_len(name_len) + name_len + 1 + varint_len(value_len) + value_len;
+
+	*o++ = 0x22;
+	o = put_varint(o, body);
+	o = put_bytes_field(o, "\x52", 1, name, name_len);
+	return put_bytes_field(o, "\x32", 1, value, value_len);
+}
+
+/*
+ * fr_json_words' words as protobuf instead: each a TrackEvent debug
+ * annotation (field 4) whose name and string value are the word's, the
+ * first word starting with '(' as "site". Same strings, same split, same
+ * -1 for a string that is not printable ASCII, same stop and return.
+ */
+int64_t fr_proto_words(const char *data, const int64_t *off, const int32_t *len, int64_t i, int64_t n, char *out,
+		       int64_t cap, int64_t *out_len)
+{
+	char *o = out, *end = out + cap;
+
+	for (; i < n; i++) {
+		const unsigned char *p = (const unsigned char *)data + off[i], *q = p + len[i];
+		char *start = o;
+		int plain = 1, first = 1;
+
+		/* a word of L bytes writes at most L + 24: tags, lengths, "site" */
+		if ((int64_t)len[i] * 25 + 32 > end - o)
+			break;
+		for (const unsigned char *c = p; c < q; c++)
+			if (*c < 0x20 || *c > 0x7e)
+				plain = 0;
+		if (!plain) {
+			out_len[i] = -1;
+			continue;
+		}
+		for (const unsigned char *w = p; w < q;) {
+			const unsigned char *we, *eq;
+
+			if (*w == ' ') {
+				w++;
+				continue;
+			}
+			for (we = w; we < q && *we != ' '; we++)
+				;
+			if (first && *w == '(')
+				o = put_annotation(o, "site", 4, w, we - w);
+			eq = memchr(w, '=', we - w);
+			if (eq && eq > w)
+				o = put_annotation(o, w, eq - w, eq + 1, we - eq - 1);
 			w = we;
 			first = 0;
 		}

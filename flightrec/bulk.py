@@ -1,5 +1,6 @@
 """Bulk text work for a million rows: interning strings, printing rows from a
-template, a string's name=value words as JSON members.
+template (text, or protobuf: varints and length-delimited fields), a string's
+name=value words as JSON members.
 
 All run in C (flightrec/_bulk.c, loaded with ctypes, built by `make`) and, when
 that is not built or FLIGHTREC_PURE_PYTHON is set, in the Python below, which
@@ -19,8 +20,10 @@ import numpy as np
 
 from flightrec import native
 
-# how a segment prints its column: decimal, value/1000 as a decimal, pieces[value], 0x and unsigned hex
-INT, MICROS, PIECE, HEX = 0, 1, 2, 3
+# how a segment prints its column: decimal, value/1000 as a decimal, pieces[value], 0x and unsigned hex,
+# a protobuf varint; OPEN and CLOSE (no column) bracket a length-delimited field's body, its length put in front
+INT, MICROS, PIECE, HEX, VARINT, OPEN, CLOSE = 0, 1, 2, 3, 4, 5, 6
+MAX_DEPTH = 16  # OPEN inside OPEN, as deep as _bulk.c allows
 CHUNK_BYTES = 4 << 20
 
 _P = ctypes.c_void_p
@@ -55,8 +58,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         _I64,
         ctypes.POINTER(_I64),
     ]
-    lib.fr_json_words.restype = _I64
-    lib.fr_json_words.argtypes = [_P, _P, _P, _I64, _I64, _P, _I64, _P]
+    for fn in (lib.fr_json_words, lib.fr_proto_words):
+        fn.restype = _I64
+        fn.argtypes = [_P, _P, _P, _I64, _I64, _P, _I64, _P]
 
 
 def _lib() -> Optional[ctypes.CDLL]:
@@ -106,8 +110,37 @@ class Seg:
 
     literal: bytes
     how: int
-    values: np.ndarray  # one integer per row; for PIECE an index into pieces
+    values: Optional[np.ndarray] = None  # one integer per row; for PIECE an index into pieces; None for OPEN, CLOSE
     pieces: Sequence[bytes] = ()
+    # instead of pieces, for many: piece k is joined[offsets[k]:offsets[k + 1]]
+    joined: bytes = b""
+    offsets: Optional[np.ndarray] = None
+
+    def piece_table(self) -> tuple[bytes, np.ndarray]:
+        """The pieces as one blob and len + 1 offsets into it."""
+        if self.offsets is not None:
+            return self.joined, np.asarray(self.offsets, dtype=np.int64)
+        offsets = np.zeros(len(self.pieces) + 1, np.int64)
+        np.cumsum([len(p) for p in self.pieces], out=offsets[1:])
+        return b"".join(self.pieces), offsets
+
+
+def _check(segs: Sequence[Seg], rows: int) -> None:
+    depth = 0
+    for s in segs:
+        if s.how in (OPEN, CLOSE):
+            depth += 1 if s.how == OPEN else -1
+            if depth < 0 or depth > MAX_DEPTH:
+                raise ValueError("OPEN and CLOSE segments do not balance")
+            continue
+        if s.values is None or len(s.values) < rows:
+            raise ValueError("a column is shorter than the rows to print")
+        if s.how == PIECE:
+            count = len(s.offsets) - 1 if s.offsets is not None else len(s.pieces)
+            if np.min(s.values[:rows]) < 0 or np.max(s.values[:rows]) >= count:
+                raise ValueError("a piece index is out of range")
+    if depth:
+        raise ValueError("OPEN and CLOSE segments do not balance")
 
 
 def render(segs: Sequence[Seg], suffix: bytes, sep: bytes, rows: int, write: Callable[[bytes], object]) -> None:
@@ -116,23 +149,17 @@ def render(segs: Sequence[Seg], suffix: bytes, sep: bytes, rows: int, write: Cal
     no leading `sep`; the bytes passed are only valid during the call."""
     if rows <= 0:
         return
-    for s in segs:
-        if len(s.values) < rows:
-            raise ValueError("a column is shorter than the rows to print")
-        if s.how == PIECE and (np.min(s.values[:rows]) < 0 or np.max(s.values[:rows]) >= len(s.pieces)):
-            raise ValueError("a piece index is out of range")
+    _check(segs, rows)
     if not available():
         return _render_py(segs, suffix, sep, rows, write)
     keep = []  # what the C structs point into
     arr = (_Seg * len(segs))()
     bound = len(suffix) + len(sep)
     for i, s in enumerate(segs):
-        values = np.ascontiguousarray(s.values, dtype=np.int64)
+        values = np.ascontiguousarray(s.values if s.values is not None else np.zeros(1), dtype=np.int64)
         blob, offsets = b"", np.zeros(1, np.int64)
         if s.how == PIECE:
-            blob = b"".join(s.pieces)
-            offsets = np.zeros(len(s.pieces) + 1, np.int64)
-            np.cumsum([len(p) for p in s.pieces], out=offsets[1:])
+            blob, offsets = s.piece_table()
             bound += int(np.diff(offsets).max(initial=0))
         else:
             bound += 25
@@ -142,7 +169,7 @@ def render(segs: Sequence[Seg], suffix: bytes, sep: bytes, rows: int, write: Cal
             ctypes.cast(ctypes.c_char_p(s.literal), _P),
             len(s.literal),
             s.how,
-            values.ctypes.data,
+            values.ctypes.data if s.values is not None else None,
             ctypes.cast(ctypes.c_char_p(blob), _P),
             offsets.ctypes.data,
         )
@@ -164,23 +191,51 @@ def render(segs: Sequence[Seg], suffix: bytes, sep: bytes, rows: int, write: Cal
 def _render_py(
     segs: Sequence[Seg], suffix: bytes, sep: bytes, rows: int, write: Callable[[bytes], object], chunk_rows: int = 50000
 ) -> None:
-    cols = [(s.literal, s.how, np.asarray(s.values)[:rows].tolist(), s.pieces) for s in segs]
+    cols = []
+    for s in segs:
+        values = np.asarray(s.values)[:rows].tolist() if s.values is not None else None
+        pieces: Sequence[bytes] = s.pieces
+        if s.how == PIECE and s.offsets is not None:
+            blob, offsets = s.piece_table()
+            ends = offsets.tolist()
+            pieces = [blob[a:b] for a, b in zip(ends, ends[1:])]
+        cols.append((s.literal, s.how, values, pieces))
     for lo in range(0, rows, chunk_rows):
         out = []
         for r in range(lo, min(rows, lo + chunk_rows)):
-            parts = []
+            parts: list[bytes] = []
+            opened: list[int] = []
             for literal, how, values, pieces in cols:
-                v = values[r]
                 parts.append(literal)
-                parts.append(_print(how, v, pieces))
+                if how == OPEN:
+                    opened.append(len(parts))
+                elif how == CLOSE:
+                    at = opened.pop()
+                    body = b"".join(parts[at:])
+                    parts[at:] = [varint(len(body)), body]
+                else:
+                    parts.append(_print(how, values[r], pieces))
             parts.append(suffix)
             out.append(b"".join(parts))
         write(sep.join(out))
 
 
+def varint(v: int) -> bytes:
+    """`v` (taken as unsigned 64-bit) as a protobuf varint."""
+    v &= 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while v >= 0x80:
+        out.append(v & 0x7F | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
 def _print(how: int, v: int, pieces: Sequence[bytes]) -> bytes:
     if how == PIECE:
         return pieces[v]
+    if how == VARINT:
+        return varint(v)
     if how == INT:
         return str(v).encode()
     if how == HEX:
@@ -195,19 +250,34 @@ def micros(ns: int) -> str:
     return f"{sign}{whole}.{frac:03d}" if frac else f"{sign}{whole}"
 
 
-def json_members(text: str) -> str:
-    """`text`'s words as JSON object members, comma-separated: a first word
-    starting with "(" as "site", then each name=value word with a name as
-    "name":"value" (split at its first "=")."""
+def _words(text: str) -> list[tuple[str, str]]:
+    """`text`'s words as (name, value): a first word starting with "(" as
+    ("site", word), then each name=value word with a name (split at its first "=")."""
     words = text.split()
-    parts = []
+    out = []
     if words and words[0].startswith("("):
-        parts.append(f'"site":{_q(words[0])}')
+        out.append(("site", words[0]))
     for w in words:
         name, eq, value = w.partition("=")
         if eq and name:
-            parts.append(f"{_q(name)}:{_q(value)}")
-    return ",".join(parts)
+            out.append((name, value))
+    return out
+
+
+def json_members(text: str) -> str:
+    """`text`'s words (`_words`) as JSON object members, comma-separated."""
+    return ",".join(f"{_q(name)}:{_q(value)}" for name, value in _words(text))
+
+
+def proto_members(text: str) -> bytes:
+    """`text`'s words (`_words`) as protobuf: each a TrackEvent debug annotation
+    (field 4) with that name (10) and string value (6)."""
+    out = []
+    for name, value in _words(text):
+        n, v = name.encode(), value.encode()
+        body = b"\x52" + varint(len(n)) + n + b"\x32" + varint(len(v)) + v
+        out.append(b"\x22" + varint(len(body)) + body)
+    return b"".join(out)
 
 
 _PLAIN = re.compile(rb"[\x20-\x7e]*")  # printable ASCII and spaces: split and quoted alike in C and Python
@@ -217,29 +287,42 @@ def json_words(data: native.Buffer, off: np.ndarray, length: np.ndarray) -> tupl
     """json_members of each string data[off[i]:off[i] + length[i]] of printable
     ASCII, UTF-8 encoded and concatenated, and the length of each; -1 (nothing
     written) for any other string, left to json_members on its decoded text."""
+    return _words_bulk("fr_json_words", lambda t: json_members(t).encode(), data, off, length)
+
+
+def proto_words(data: native.Buffer, off: np.ndarray, length: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """json_words, the words written by proto_members."""
+    return _words_bulk("fr_proto_words", proto_members, data, off, length)
+
+
+def _words_bulk(
+    fn: str, members: Callable[[str], bytes], data: native.Buffer, off: np.ndarray, length: np.ndarray
+) -> tuple[bytes, np.ndarray]:
     if not available():
-        return _json_words_py(data, off, length)
+        return _words_py(members, data, off, length)
     n = len(off)
     off = np.ascontiguousarray(off, dtype=np.int64)
     length = np.ascontiguousarray(length, dtype=np.int32)
     out_len = np.empty(n, np.int64)
-    cap = max(CHUNK_BYTES, 20 * int(length.max(initial=0)))
+    cap = max(CHUNK_BYTES, 25 * int(length.max(initial=0)) + 64)
     buf = ctypes.create_string_buffer(cap)
     chunks, i = [], 0
     while i < n:
         start = i
-        i = _lib().fr_json_words(
+        i = getattr(_lib(), fn)(
             native.address(data), off.ctypes.data, length.ctypes.data, i, n, buf, cap, out_len.ctypes.data
         )
         chunks.append(buf.raw[: int(out_len[start:i].clip(0).sum())])
     return b"".join(chunks), out_len
 
 
-def _json_words_py(data: native.Buffer, off: np.ndarray, length: np.ndarray) -> tuple[bytes, np.ndarray]:
+def _words_py(
+    members: Callable[[str], bytes], data: native.Buffer, off: np.ndarray, length: np.ndarray
+) -> tuple[bytes, np.ndarray]:
     out, lens = [], []
     for o, n in zip(np.asarray(off).tolist(), np.asarray(length).tolist()):
         s = bytes(data[o : o + n])
-        m = json_members(s.decode()).encode() if _PLAIN.fullmatch(s) else None
+        m = members(s.decode()) if _PLAIN.fullmatch(s) else None
         out.append(m or b"")
         lens.append(-1 if m is None else len(m))
     return b"".join(out), np.array(lens, dtype=np.int64)

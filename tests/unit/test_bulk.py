@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flightrec import bulk
-from flightrec.bulk import HEX, INT, MICROS, PIECE, Seg, micros
+from flightrec.bulk import CLOSE, HEX, INT, MICROS, OPEN, PIECE, VARINT, Seg, micros, varint
 
 needs_c = pytest.mark.skipif(not bulk.available(), reason="flightrec/_bulk.so is not built: run `make`")
 
@@ -20,19 +20,28 @@ def collect(segs, suffix, sep, rows, fn) -> bytes:
 def random_segs(rng: random.Random, rows: int) -> list[Seg]:
     segs = []
     for _ in range(rng.randint(1, 6)):
-        how = rng.choice([INT, MICROS, PIECE, HEX])
+        how = rng.choice([INT, MICROS, PIECE, HEX, VARINT])
         literal = bytes(rng.choice(b'{}",:ab\n\xc3\xa9') for _ in range(rng.randint(0, 12)))
         if how == PIECE:
             pieces = [bytes(rng.randrange(256) for _ in range(rng.randint(0, 40))) for _ in range(rng.randint(1, 30))]
             values = np.array([rng.randrange(len(pieces)) for _ in range(rows)], dtype=np.int64)
-            segs.append(Seg(literal, how, values, pieces))
+            if rng.random() < 0.5:
+                segs.append(Seg(literal, how, values, pieces))
+            else:  # the same pieces given joined
+                offsets = np.cumsum([0] + [len(p) for p in pieces])
+                segs.append(Seg(literal, how, values, joined=b"".join(pieces), offsets=offsets))
         else:
-            edge = [0, 1, -1, 999, 1000, 1001, -999, -1000, -1001, 2**63 - 1, -(2**63), 10**12 + 7]
+            edge = [0, 1, -1, 127, 128, 999, 1000, 1001, -999, -1000, -1001, 2**63 - 1, -(2**63), 10**12 + 7]
             values = np.array(
                 [rng.choice(edge) if rng.random() < 0.3 else rng.randint(-(10**15), 10**15) for _ in range(rows)],
                 dtype=np.int64,
             )
             segs.append(Seg(literal, how, values))
+    # length-delimited bodies around some runs of segments, nested, some long enough for a 2-byte length
+    for _ in range(rng.randint(0, 3)):
+        a = rng.randint(0, len(segs))
+        b = rng.randint(a, len(segs))
+        segs[a:b] = [Seg(b"\x0a", OPEN), *segs[a:b], Seg(b"z" * rng.choice([0, 3, 200]), CLOSE)]
     return segs
 
 
@@ -61,6 +70,43 @@ def test_python_render_shape():
 
 
 @needs_c
+def test_varint_is_protobufs():
+    # protobuf's encoding: 7 bits a byte, low first, high bit set on all but the last; negatives as 2**64 + v
+    assert [varint(v) for v in (0, 1, 127, 128, 300, 2**63, -1)] == [
+        b"\x00",
+        b"\x01",
+        b"\x7f",
+        b"\x80\x01",
+        b"\xac\x02",
+        b"\x80" * 9 + b"\x01",
+        b"\xff" * 9 + b"\x01",
+    ]
+
+
+def test_python_render_length_delimited():
+    # a body's length goes in front of it; an inner body's length counts in the outer's
+    segs = [
+        Seg(b"\x0a", OPEN),
+        Seg(b"\x08", VARINT, np.array([150, 1])),
+        Seg(b"\x12", OPEN),
+        Seg(b"", PIECE, np.array([0, 1]), [b"ab", b"x" * 200]),
+        Seg(b"", CLOSE),
+        Seg(b"", CLOSE),
+    ]
+    inner = b"\x12\x02ab"
+    row0 = b"\x0a" + varint(3 + len(inner)) + b"\x08\x96\x01" + inner
+    inner1 = b"\x12\xc8\x01" + b"x" * 200
+    row1 = b"\x0a" + varint(2 + len(inner1)) + b"\x08\x01" + inner1
+    assert collect(segs, b"", b"", 2, bulk._render_py) == row0 + row1
+    assert collect(segs, b"", b"", 2, bulk.render) == row0 + row1
+
+
+def test_render_refuses_unbalanced_bodies():
+    for segs in ([Seg(b"", OPEN)], [Seg(b"", CLOSE)], [Seg(b"", OPEN)] * 17 + [Seg(b"", CLOSE)] * 17):
+        with pytest.raises(ValueError, match="balance"):
+            bulk.render(segs, b"", b"", 1, lambda c: None)
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_c_render_matches_python(seed):
     rng = random.Random(seed)
@@ -115,6 +161,10 @@ def test_c_intern_matches_python(seed):
     assert [parts[i] for i in first] == list(dict.fromkeys(parts))
 
 
+def JSON_MEMBERS(text: str) -> bytes:
+    return bulk.json_members(text).encode()
+
+
 def test_json_members_shape():
     text = ' (xsk_flush+0x0/0x40) addr=0x1a00 xs= =x a"b=c\\d plain'
     assert bulk.json_members(text) == ('"site":"(xsk_flush+0x0/0x40)","addr":"0x1a00","xs":"","a\\"b":"c\\\\d"')
@@ -124,31 +174,45 @@ def test_python_json_words_leaves_other_text_to_python():
     strings = [b"a=1 b=2", b"\xc3\xa9=1", b"a=1\tb=2", b"", b"(x) =y"]
     data = b"".join(strings)
     off = np.cumsum([0] + [len(s) for s in strings[:-1]])
-    blob, lens = bulk._json_words_py(data, off, np.array([len(s) for s in strings]))
+    blob, lens = bulk._words_py(JSON_MEMBERS, data, off, np.array([len(s) for s in strings]))
     assert lens.tolist() == [15, -1, -1, 0, 12]
     assert blob == b'"a":"1","b":"2""site":"(x)"'
 
 
+def test_proto_members_are_debug_annotations():
+    # field 4 (TrackEvent.debug_annotations), each {10: name, 6: string_value}; a 200-byte value takes a 2-byte length
+    assert bulk.proto_members("(f+0x0/0x4) addr=0x1a00 x") == (
+        b"\x22\x13\x52\x04site\x32\x0b(f+0x0/0x4)" + b"\x22\x0e\x52\x04addr\x32\x060x1a00"
+    )
+    long = bulk.proto_members("v=" + "y" * 200)
+    assert long == b"\x22\xce\x01" + b"\x52\x01v" + b"\x32\xc8\x01" + b"y" * 200
+
+
+WORDS = [(bulk.json_words, JSON_MEMBERS), (bulk.proto_words, bulk.proto_members)]
+
+
 @needs_c
+@pytest.mark.parametrize("words,members", WORDS, ids=["json", "proto"])
 @pytest.mark.parametrize("seed", range(20))
-def test_c_json_words_matches_python(seed):
+def test_c_words_match_python(seed, words, members):
     rng = random.Random(seed)
     alphabet = b'  (()==ab0x"\\\x7e\x7f\t\x1f\x80\xc3\xa9'
     strings = [bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 30))) for _ in range(2000)]
     data = b"".join(strings)
     off = np.cumsum([0] + [len(s) for s in strings[:-1]])
     length = np.array([len(s) for s in strings])
-    blob, lens = bulk.json_words(data, off, length)
-    want_blob, want_lens = bulk._json_words_py(data, off, length)
+    blob, lens = words(data, off, length)
+    want_blob, want_lens = bulk._words_py(members, data, off, length)
     assert lens.tolist() == want_lens.tolist()
     assert blob == want_blob
 
 
 @needs_c
-def test_c_json_words_spans_chunks(monkeypatch):
+@pytest.mark.parametrize("words,members", WORDS, ids=["json", "proto"])
+def test_c_words_span_chunks(monkeypatch, words, members):
     monkeypatch.setattr(bulk, "CHUNK_BYTES", 64)
     strings = [b"(s) a=1 bb=22"] * 50 + [b"x=" + b"y" * 200]
     data = b"".join(strings)
     off = np.cumsum([0] + [len(s) for s in strings[:-1]])
     length = np.array([len(s) for s in strings])
-    assert bulk.json_words(data, off, length)[0] == bulk._json_words_py(data, off, length)[0]
+    assert words(data, off, length)[0] == bulk._words_py(members, data, off, length)[0]
