@@ -6,7 +6,7 @@
     meta.json             what the recording said about itself (written here only)
     analysis.json         `flightrec analyze --json` of the trace
     report.html           the HTML report
-    trace.perfetto.json   the Perfetto export
+    trace.pftrace         the Perfetto export (its protobuf format)
     forwarder-stats.json  the forwarder's ring snapshot and XDP_STATISTICS at exit
     flagged.pcap          the packets the forwarder flagged (pcapng)
     logs/                 the helpers' logs (forwarder, xsk_trace, iperf3, flagged.jsonl)
@@ -37,7 +37,7 @@ TRACE = "trace.txt"
 META = "meta.json"
 ANALYSIS = "analysis.json"
 REPORT = "report.html"
-PERFETTO = "trace.perfetto.json"
+PERFETTO = "trace.pftrace"
 FORWARDER_STATS = "forwarder-stats.json"
 PCAP = "flagged.pcap"
 LOGS = "logs"

@@ -68,7 +68,7 @@ class ExportStats:
     threads: int
 
 
-def _layout(tl: Timeline, arr: Columns) -> tuple[np.ndarray, np.ndarray]:
+def layout(tl: Timeline, arr: Columns) -> tuple[np.ndarray, np.ndarray]:
     """Start and width of every row's slice, in ns from the trace's first event.
 
     Slices on one track must not overlap, or a flow would bind to the wrong
@@ -323,31 +323,34 @@ def _cpu_metadata(cpus: list[int]) -> list[str]:
     return meta
 
 
-def _thread_tracks(tl: Timeline, arr: Columns, start: np.ndarray) -> tuple[list[str], int]:
-    """One track per application thread (a task that wrote markers), holding a
-    slice "on CPU N" for each run of its markers on one CPU: where the
-    application ran, and when it moved, beside the CPU tracks."""
+@dataclass(frozen=True)
+class ThreadRun:
+    """A run of one application thread's markers on one CPU."""
+
+    cpu: int
+    start_ns: int  # the run's first slice's start (the CPU tracks' layout)
+    dur_ns: int
+    first_line: int
+    last_line: int
+    events: int
+
+
+def thread_runs(tl: Timeline, arr: Columns, start: np.ndarray) -> list[tuple[int, str, list[ThreadRun]]]:
+    """Each application thread (a task that wrote markers) as (tid, "task-tid",
+    its runs on one CPU): where the application ran, and when it moved."""
     p = tl.parsed
     app = np.flatnonzero(arr.is_(kinds.MARKER, kinds.NOTE))
     if not len(app):
-        return [], 0
+        return []
     pid, cpu, ts = arr.pid[app], arr.cpu[app], arr.ts[app]
     t0 = tl.ts[0]
-    out = [
-        f'{{"ph":"M","pid":{THREAD_PID},"tid":0,"name":"process_name","args":{{"name":"application threads"}}}}',
-        f'{{"ph":"M","pid":{THREAD_PID},"tid":0,"name":"process_sort_index","args":{{"sort_index":1}}}}',
-    ]
-    threads = np.unique(pid)
-    for tid in threads.tolist():
+    threads = []
+    for tid in np.unique(pid).tolist():
         sel = np.flatnonzero(pid == tid)
-        first_row = int(app[sel[0]])
-        out.append(
-            f'{{"ph":"M","pid":{THREAD_PID},"tid":{tid},"name":"thread_name",'
-            f'"args":{{"name":{_q(f"{p.task[first_row]}-{tid}")}}}}}'
-        )
         c = cpu[sel]
         begins = np.concatenate(([0], np.flatnonzero(np.diff(c)) + 1))
         ends = np.concatenate((begins[1:] - 1, [len(sel) - 1]))
+        runs = []
         for b, e in zip(begins.tolist(), ends.tolist()):
             rb, re_ = int(app[sel[b]]), int(app[sel[e]])
             dur = max(SLICE_NS, round((ts[sel[e]] - ts[sel[b]]) * 1e9))
@@ -355,10 +358,28 @@ def _thread_tracks(tl: Timeline, arr: Columns, start: np.ndarray) -> tuple[list[
             begin_ns = round((ts[sel[b]] - t0) * 1e9)
             if nxt is not None:
                 dur = min(dur, max(1, nxt - begin_ns - 1))
+            runs.append(ThreadRun(int(c[b]), int(start[rb]), dur, tl.line[rb], tl.line[re_], e - b + 1))
+        threads.append((tid, f"{p.task[int(app[sel[0]])]}-{tid}", runs))
+    return threads
+
+
+def _thread_tracks(tl: Timeline, arr: Columns, start: np.ndarray) -> tuple[list[str], int]:
+    """One track per application thread, holding a slice "on CPU N" for each of
+    its runs (thread_runs), beside the CPU tracks."""
+    threads = thread_runs(tl, arr, start)
+    if not threads:
+        return [], 0
+    out = [
+        f'{{"ph":"M","pid":{THREAD_PID},"tid":0,"name":"process_name","args":{{"name":"application threads"}}}}',
+        f'{{"ph":"M","pid":{THREAD_PID},"tid":0,"name":"process_sort_index","args":{{"sort_index":1}}}}',
+    ]
+    for tid, name, runs in threads:
+        out.append(f'{{"ph":"M","pid":{THREAD_PID},"tid":{tid},"name":"thread_name","args":{{"name":{_q(name)}}}}}')
+        for r in runs:
             out.append(
-                f'{{"ph":"X","pid":{THREAD_PID},"tid":{tid},"ts":{micros(int(start[rb]))},'
-                f'"dur":{micros(dur)},"name":"on CPU {int(c[b])}","cat":"thread","args":{{"cpu":{int(c[b])},'
-                f'"first_line":{tl.line[rb]},"last_line":{tl.line[re_]},"events":{e - b + 1}}}}}'
+                f'{{"ph":"X","pid":{THREAD_PID},"tid":{tid},"ts":{micros(r.start_ns)},'
+                f'"dur":{micros(r.dur_ns)},"name":"on CPU {r.cpu}","cat":"thread","args":{{"cpu":{r.cpu},'
+                f'"first_line":{r.first_line},"last_line":{r.last_line},"events":{r.events}}}}}'
             )
     return out, len(threads)
 
@@ -371,7 +392,7 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
     tl = result.timeline
     p = tl.parsed
     arr = columns(tl)
-    start, dur = _layout(tl, arr)
+    start, dur = layout(tl, arr)
     t0 = tl.ts[0] if len(tl) else 0.0
 
     out.write(b'{"traceEvents":[\n')

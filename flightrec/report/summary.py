@@ -65,7 +65,7 @@ def verdict_line(doc: dict) -> str:
 
 
 def summarize(trace: Path, out_dir: Path) -> Summary:
-    """Analyze ``trace``; write DIR/analysis.json, report.html and trace.perfetto.json;
+    """Analyze ``trace``; write DIR/analysis.json, report.html and trace.pftrace;
     return the verdict and its line, or one line saying why there is none.
 
     Never raises for a bad trace or a failed write, nor for a bug in the analysis:
@@ -73,7 +73,7 @@ def summarize(trace: Path, out_dir: Path) -> Summary:
     """
     from flightrec.analysis import analyze_path
     from flightrec.report.html import write_report
-    from flightrec.report.perfetto import write_trace_file
+    from flightrec.report.pftrace import write_trace_file
 
     try:
         result = analyze_path(str(trace))

@@ -205,6 +205,29 @@ def test_export_perfetto_cli(fixtures, tmp_path):
     assert doc["otherData"]["verdict"] == "kernel"
 
 
+@pytest.mark.parametrize(
+    "name,args,json_out",
+    [
+        ("seed.pftrace", [], False),
+        ("seed.json", [], True),
+        ("seed.pftrace", ["--format", "json"], True),
+        ("seed.json", ["--format", "proto"], False),
+    ],
+)
+def test_export_perfetto_format_follows_the_name_unless_given(fixtures, tmp_path, name, args, json_out):
+    out = tmp_path / name
+    p = run("export", "perfetto", *args, str(fixtures / "seed-fill-order.txt"), "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    data = out.read_bytes()
+    if json_out:
+        assert json.loads(data)["otherData"]["verdict"] == "kernel"
+    else:
+        # a Trace message: packet after packet (field 1), never JSON
+        assert data[:1] == b"\x0a" and b"verdict: kernel" in data
+        with pytest.raises(ValueError):
+            json.loads(data)
+
+
 @pytest.mark.parametrize("command", [["report"], ["export"], ["export", "perfetto"]])
 def test_help_ends_with_examples(command):
     p = run(*command, "--help")

@@ -224,6 +224,6 @@ def test_record_from_an_empty_folder(installed, tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["outcome"] == "clean" and meta["trace"]["fill_to_rx_markers"] > 0, meta.get("trace")
     assert json.loads((out / "analysis.json").read_text())["verdict"] == "clean"
-    assert (out / "report.html").stat().st_size > 0 and (out / "trace.perfetto.json").stat().st_size > 0
+    assert (out / "report.html").stat().st_size > 0 and (out / "trace.pftrace").stat().st_size > 0
     assert "verdict: clean" in proc.stdout
     assert snapshot() == before
