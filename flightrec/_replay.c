@@ -391,18 +391,41 @@ static int64_t learn_socket(struct walk *w, uint64_t a, int32_t s, int64_t *rese
 	return best;
 }
 
+/* The out arrays grow here, as xs_values does: one walk, however many rows it finds. */
+static int add_read(struct fr_out *o, const struct fr_read *rd)
+{
+	if (o->nreads == o->reads_cap) {
+		int64_t cap = o->reads_cap ? o->reads_cap * 2 : 256;
+		struct fr_read *nr = realloc(o->reads, cap * sizeof(*nr));
+
+		if (!nr)
+			return -1;
+		o->reads = nr;
+		o->reads_cap = cap;
+	}
+	o->reads[o->nreads++] = *rd;
+	return 0;
+}
+
 static int add_bad(struct fr_out *o, int64_t row, int8_t before, int64_t state_row, int8_t claimed)
 {
-	if (o->nbad < o->bad_cap)
-		o->bad[o->nbad] = (struct fr_bad){ row, state_row, before, claimed };
-	o->nbad++;
+	if (o->nbad == o->bad_cap) {
+		int64_t cap = o->bad_cap ? o->bad_cap * 2 : 64;
+		struct fr_bad *nb = realloc(o->bad, cap * sizeof(*nb));
+
+		if (!nb)
+			return -1;
+		o->bad = nb;
+		o->bad_cap = cap;
+	}
+	o->bad[o->nbad++] = (struct fr_bad){ row, state_row, before, claimed };
 	return 0;
 }
 
 /*
  * Walk the rows. Returns 0, -1 when out of memory, -2 when a callback
- * failed. The reads and bad transitions beyond their arrays' capacity are
- * counted, not written (nreads > reads_cap: call again with room for them).
+ * failed. The reads, bad transitions and xs values are in arrays grown here
+ * (start them NULL, capacity 0); the caller frees them with fr_replay_free.
  */
 int fr_replay(const struct fr_rows *in, const struct fr_codes *c, fr_align_fn align, struct fr_out *out)
 {
@@ -578,9 +601,8 @@ int fr_replay(const struct fr_rows *in, const struct fr_codes *c, fr_align_fn al
 					if (rd.mismatch)
 						for (int64_t j = 0; j < dq->len && j < REM; j++)
 							rd.rem[rd.nrem++] = ring_a(dq, j);
-					if (out->nreads < out->reads_cap)
-						out->reads[out->nreads] = rd;
-					out->nreads++;
+					if (add_read(out, &rd))
+						goto done;
 				}
 				if (a != c->poison)
 					*map_get(&w.state, a, 0, -1) = i * 16 + c->rx;
@@ -588,10 +610,13 @@ int fr_replay(const struct fr_rows *in, const struct fr_codes *c, fr_align_fn al
 				int8_t frm = in->frm[i];
 				const uint8_t *valid = c->valid + (int64_t)to * (c->nstates + 1);
 
-				if (!valid[frm + 1])
-					add_bad(out, i, frm, i, 1); /* the application's own word: a fact wherever it stands */
-				else if (prev_state >= 0 && !valid[prev_state + 1])
-					add_bad(out, i, prev_state, prev_row, 0);
+				if (!valid[frm + 1]) {
+					if (add_bad(out, i, frm, i, 1)) /* the application's own word: a fact wherever it stands */
+						goto done;
+				} else if (prev_state >= 0 && !valid[prev_state + 1]) {
+					if (add_bad(out, i, prev_state, prev_row, 0))
+						goto done;
+				}
 				if (to == c->fill && in->ts[i] >= deque_from && !in->unordered[s]) {
 					int64_t *count = map_get(&w.fill_count, s, a, 0);
 
@@ -647,10 +672,14 @@ done:
 	return (int)ret;
 }
 
-/* The caller frees out->xs_values with this (it grows in here). */
+/* The caller frees out's reads, bad and xs_values with this (they grow in here). */
 void fr_replay_free(struct fr_out *out)
 {
+	free(out->reads);
+	free(out->bad);
 	free(out->xs_values);
+	out->reads = NULL;
+	out->bad = NULL;
 	out->xs_values = NULL;
-	out->xs_cap = out->nxs = 0;
+	out->reads_cap = out->nreads = out->bad_cap = out->nbad = out->xs_cap = out->nxs = 0;
 }

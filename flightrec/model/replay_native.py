@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -196,25 +196,27 @@ def walk(
         after.ctypes.data,
         before.ctypes.data,
     )
-    n_reads, n_bad = 256, 64
-    while True:
-        reads = np.zeros(n_reads, dtype=READ)
-        bad = np.zeros(n_bad, dtype=BAD)
-        per_sock = [np.empty(max(1, cols.nsocks), dtype=np.int64) for _ in range(3)]
-        out = _Out(reads.ctypes.data, n_reads, 0, bad.ctypes.data, n_bad, 0, *(a.ctypes.data for a in per_sock))
-        try:
-            ret = lib.fr_replay(ctypes.byref(rows), ctypes.byref(c), callback, ctypes.byref(out))
-            xs_values = [int(out.xs_values[i]) for i in range(out.nxs)]
-        finally:
-            lib.fr_replay_free(ctypes.byref(out))
-        if failed:
-            raise failed[0]
-        if ret == -1:
-            raise MemoryError("the C replay ran out of memory")
-        if ret != 0:
-            raise RuntimeError(f"the C replay failed ({ret})")
-        if out.nreads <= n_reads and out.nbad <= n_bad:
-            break
-        # more rows out of the ordinary than room for them: walk again with room for all
-        n_reads, n_bad = max(n_reads, out.nreads), max(n_bad, out.nbad)
-    return Walked(reads[: out.nreads], bad[: out.nbad], *per_sock, xs_values)
+    per_sock = [np.empty(max(1, cols.nsocks), dtype=np.int64) for _ in range(3)]
+    # reads, bad and xs_values grow in C: one walk (and one align() per question) however many there are
+    out = _Out(None, 0, 0, None, 0, 0, *(a.ctypes.data for a in per_sock))
+    try:
+        ret = lib.fr_replay(ctypes.byref(rows), ctypes.byref(c), callback, ctypes.byref(out))
+        reads = _records(out.reads, out.nreads, READ)
+        bad = _records(out.bad, out.nbad, BAD)
+        xs_values = [int(out.xs_values[i]) for i in range(out.nxs)]
+    finally:
+        lib.fr_replay_free(ctypes.byref(out))
+    if failed:
+        raise failed[0]
+    if ret == -1:
+        raise MemoryError("the C replay ran out of memory")
+    if ret != 0:
+        raise RuntimeError(f"the C replay failed ({ret})")
+    return Walked(reads, bad, *per_sock, xs_values)
+
+
+def _records(ptr: Optional[int], n: int, dtype: np.dtype) -> np.ndarray:
+    """A copy of C's `n` records at `ptr` (freed right after)."""
+    if not n:
+        return np.zeros(0, dtype=dtype)
+    return np.frombuffer(ctypes.string_at(ptr, n * dtype.itemsize), dtype=dtype).copy()
