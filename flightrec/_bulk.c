@@ -54,7 +54,7 @@ int64_t fr_intern(const char *data, const int64_t *off, const int32_t *len, int6
 	return distinct;
 }
 
-enum { FR_INT = 0, FR_MICROS = 1, FR_PIECE = 2, FR_HEX = 3, FR_VARINT = 4, FR_OPEN = 5, FR_CLOSE = 6 };
+enum { FR_INT = 0, FR_MICROS = 1, FR_PIECE = 2, FR_HEX = 3, FR_VARINT = 4, FR_OPEN = 5, FR_CLOSE = 6, FR_SPAN = 7, FR_WORDS = 8 };
 
 /* protobuf's length-delimited messages nest at most this deep in one row */
 #define FR_DEPTH 16
@@ -67,7 +67,9 @@ struct fr_seg {
 		      FR_HEX: 0x and the unsigned value in lower-case hex; FR_VARINT: the value as a
 		      protobuf varint; FR_OPEN: a length-delimited field's body begins (its length
 		      is written in front when the FR_CLOSE that matches it ends the body); values
-		      unused for FR_OPEN and FR_CLOSE, which print their literal first */
+		      unused for FR_OPEN and FR_CLOSE, which print their literal first; FR_SPAN:
+		      pieces[value .. value + piece_off[row]) (spans of one buffer, each row its own
+		      length); FR_WORDS: that span's words as protobuf debug annotations */
 	const int64_t *values;
 	const char *pieces; /* FR_PIECE: piece k is pieces[piece_off[k] .. piece_off[k + 1]) */
 	const int64_t *piece_off;
@@ -122,6 +124,80 @@ static char *put_varint(char *o, uint64_t v)
 	return o;
 }
 
+static char *put_bytes_field(char *o, const char *tag, int tag_len, const void *p, uint64_t n)
+{
+	memcpy(o, tag, tag_len);
+	o = put_varint(o + tag_len, n);
+	memcpy(o, p, n);
+	return o + n;
+}
+
+static int varint_len(uint64_t v)
+{
+	int n = 1;
+
+	for (; v >= 0x80; v >>= 7)
+		n++;
+	return n;
+}
+
+/* One protobuf DebugAnnotation as field 4 of a TrackEvent: {name (10), string_value (6)}. */
+static char *put_annotation(char *o, const void *name, uint64_t name_len, const void *value, uint64_t value_len)
+{
+	uint64_t body = 1 + varint_len(name_len) + name_len + 1 + varint_len(value_len) + value_len;
+
+	*o++ = 0x22;
+	o = put_varint(o, body);
+	o = put_bytes_field(o, "\x52", 1, name, name_len);
+	return put_bytes_field(o, "\x32", 1, value, value_len);
+}
+
+/*
+ * The words of p .. q (runs of bytes other than space) as protobuf
+ * TrackEvent debug annotations: a first word starting with '(' as "site",
+ * then each word name=value with a name (split at its first '='). At most
+ * 13 * (q - p) + 32 bytes.
+ */
+static char *put_proto_words(char *o, const unsigned char *p, const unsigned char *q)
+{
+	int first = 1;
+
+	for (const unsigned char *w = p; w < q;) {
+		const unsigned char *we, *eq;
+
+		if (*w == ' ') {
+			w++;
+			continue;
+		}
+		for (we = w; we < q && *we != ' '; we++)
+			;
+		if (first && *w == '(')
+			o = put_annotation(o, "site", 4, w, we - w);
+		eq = memchr(w, '=', we - w);
+		if (eq && eq > w)
+			o = put_annotation(o, w, eq - w, eq + 1, we - eq - 1);
+		w = we;
+		first = 0;
+	}
+	return o;
+}
+
+/* 1 when p .. q is printable ASCII and spaces only: what C and Python split and quote alike */
+static int plain(const unsigned char *p, const unsigned char *q)
+{
+	for (; p < q; p++)
+		if (*p < 0x20 || *p > 0x7e)
+			return 0;
+	return 1;
+}
+
+/* mask[i] = plain(data[off[i] .. off[i] + len[i])) */
+void fr_plain(const char *data, const int64_t *off, const int64_t *len, int64_t n, uint8_t *mask)
+{
+	for (int64_t i = 0; i < n; i++)
+		mask[i] = (uint8_t)plain((const unsigned char *)data + off[i], (const unsigned char *)data + off[i] + len[i]);
+}
+
 /* v / 1000 exactly: the integer part, then ".ddd" unless it is whole. */
 static char *put_micros(char *o, int64_t v)
 {
@@ -164,6 +240,10 @@ int64_t fr_render(const struct fr_seg *segs, int32_t nseg, const char *suffix, i
 				int64_t k = segs[s].values[row];
 
 				need += segs[s].piece_off[k + 1] - segs[s].piece_off[k];
+			} else if (segs[s].how == FR_SPAN) {
+				need += segs[s].piece_off[row];
+			} else if (segs[s].how == FR_WORDS) {
+				need += segs[s].piece_off[row] * 13 + 32;
 			} else if (segs[s].how == FR_OPEN) {
 				need += 5; /* a length below 2^35 */
 			} else if (segs[s].how == FR_CLOSE) {
@@ -195,6 +275,13 @@ int64_t fr_render(const struct fr_seg *segs, int32_t nseg, const char *suffix, i
 
 				memmove(q, at + 5, body);
 				o = q + body;
+			} else if (g->how == FR_SPAN) {
+				memcpy(o, g->pieces + v, g->piece_off[row]);
+				o += g->piece_off[row];
+			} else if (g->how == FR_WORDS) {
+				const unsigned char *p = (const unsigned char *)g->pieces + v;
+
+				o = put_proto_words(o, p, p + g->piece_off[row]);
 			} else if (g->how == FR_VARINT) {
 				o = put_varint(o, (uint64_t)v);
 			} else if (g->how == FR_INT) {
@@ -291,34 +378,6 @@ int64_t fr_json_words(const char *data, const int64_t *off, const int32_t *len, 
 	return i;
 }
 
-static char *put_bytes_field(char *o, const char *tag, int tag_len, const void *p, uint64_t n)
-{
-	memcpy(o, tag, tag_len);
-	o = put_varint(o + tag_len, n);
-	memcpy(o, p, n);
-	return o + n;
-}
-
-static int varint_len(uint64_t v)
-{
-	int n = 1;
-
-	for (; v >= 0x80; v >>= 7)
-		n++;
-	return n;
-}
-
-/* One protobuf DebugAnnotation as field 4 of a TrackEvent: {name (10), string_value (6)}. */
-static char *put_annotation(char *o, const void *name, uint64_t name_len, const void *value, uint64_t value_len)
-{
-	uint64_t body = 1 + varint_len(name_len) + name_len + 1 + varint_len(value_len) + value_len;
-
-	*o++ = 0x22;
-	o = put_varint(o, body);
-	o = put_bytes_field(o, "\x52", 1, name, name_len);
-	return put_bytes_field(o, "\x32", 1, value, value_len);
-}
-
 /*
  * fr_json_words' words as protobuf instead: each a TrackEvent debug
  * annotation (field 4) whose name and string value are the word's, the
@@ -333,35 +392,14 @@ int64_t fr_proto_words(const char *data, const int64_t *off, const int32_t *len,
 	for (; i < n; i++) {
 		const unsigned char *p = (const unsigned char *)data + off[i], *q = p + len[i];
 		char *start = o;
-		int plain = 1, first = 1;
 
-		/* a word of L bytes writes at most L + 24: tags, lengths, "site" */
-		if ((int64_t)len[i] * 25 + 32 > end - o)
+		if ((int64_t)len[i] * 13 + 32 > end - o)
 			break;
-		for (const unsigned char *c = p; c < q; c++)
-			if (*c < 0x20 || *c > 0x7e)
-				plain = 0;
-		if (!plain) {
+		if (!plain(p, q)) {
 			out_len[i] = -1;
 			continue;
 		}
-		for (const unsigned char *w = p; w < q;) {
-			const unsigned char *we, *eq;
-
-			if (*w == ' ') {
-				w++;
-				continue;
-			}
-			for (we = w; we < q && *we != ' '; we++)
-				;
-			if (first && *w == '(')
-				o = put_annotation(o, "site", 4, w, we - w);
-			eq = memchr(w, '=', we - w);
-			if (eq && eq > w)
-				o = put_annotation(o, w, eq - w, eq + 1, we - eq - 1);
-			w = we;
-			first = 0;
-		}
+		o = put_proto_words(o, p, q);
 		out_len[i] = o - start;
 	}
 	return i;

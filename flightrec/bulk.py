@@ -21,8 +21,9 @@ import numpy as np
 from flightrec import native
 
 # how a segment prints its column: decimal, value/1000 as a decimal, pieces[value], 0x and unsigned hex,
-# a protobuf varint; OPEN and CLOSE (no column) bracket a length-delimited field's body, its length put in front
-INT, MICROS, PIECE, HEX, VARINT, OPEN, CLOSE = 0, 1, 2, 3, 4, 5, 6
+# a protobuf varint; OPEN and CLOSE (no column) bracket a length-delimited field's body, its length put in front;
+# SPAN: base[value:value + lengths[row]]; WORDS: that span's words as protobuf (proto_members; plain text only)
+INT, MICROS, PIECE, HEX, VARINT, OPEN, CLOSE, SPAN, WORDS = 0, 1, 2, 3, 4, 5, 6, 7, 8
 MAX_DEPTH = 16  # OPEN inside OPEN, as deep as _bulk.c allows
 CHUNK_BYTES = 4 << 20
 
@@ -44,6 +45,8 @@ class _Seg(ctypes.Structure):
 def _declare(lib: ctypes.CDLL) -> None:
     lib.fr_intern.restype = _I64
     lib.fr_intern.argtypes = [_P, _P, _P, _I64, _P, _P]
+    lib.fr_plain.restype = None
+    lib.fr_plain.argtypes = [_P, _P, _P, _I64, _P]
     lib.fr_render.restype = _I64
     lib.fr_render.argtypes = [
         ctypes.POINTER(_Seg),
@@ -115,6 +118,9 @@ class Seg:
     # instead of pieces, for many: piece k is joined[offsets[k]:offsets[k + 1]]
     joined: bytes = b""
     offsets: Optional[np.ndarray] = None
+    # SPAN, WORDS: the buffer the values point into, and each row's length
+    base: Optional[native.Buffer] = None
+    lengths: Optional[np.ndarray] = None
 
     def piece_table(self) -> tuple[bytes, np.ndarray]:
         """The pieces as one blob and len + 1 offsets into it."""
@@ -135,6 +141,12 @@ def _check(segs: Sequence[Seg], rows: int) -> None:
             continue
         if s.values is None or len(s.values) < rows:
             raise ValueError("a column is shorter than the rows to print")
+        if s.how in (SPAN, WORDS):
+            if s.base is None or s.lengths is None or len(s.lengths) < rows:
+                raise ValueError("a span segment needs its buffer and a length per row")
+            ends = s.values[:rows] + s.lengths[:rows]
+            if np.min(s.values[:rows]) < 0 or np.min(s.lengths[:rows]) < 0 or np.max(ends) > len(s.base):
+                raise ValueError("a span is outside its buffer")
         if s.how == PIECE:
             count = len(s.offsets) - 1 if s.offsets is not None else len(s.pieces)
             if np.min(s.values[:rows]) < 0 or np.max(s.values[:rows]) >= count:
@@ -158,9 +170,15 @@ def render(segs: Sequence[Seg], suffix: bytes, sep: bytes, rows: int, write: Cal
     for i, s in enumerate(segs):
         values = np.ascontiguousarray(s.values if s.values is not None else np.zeros(1), dtype=np.int64)
         blob, offsets = b"", np.zeros(1, np.int64)
+        base = ctypes.cast(ctypes.c_char_p(blob), _P)
         if s.how == PIECE:
             blob, offsets = s.piece_table()
+            base = ctypes.cast(ctypes.c_char_p(blob), _P)
             bound += int(np.diff(offsets).max(initial=0))
+        elif s.how in (SPAN, WORDS):
+            offsets = np.ascontiguousarray(s.lengths, dtype=np.int64)
+            base = native.address(s.base)
+            bound += int(offsets[:rows].max(initial=0)) * (13 if s.how == WORDS else 1) + 32
         else:
             bound += 25
         bound += len(s.literal)
@@ -170,7 +188,7 @@ def render(segs: Sequence[Seg], suffix: bytes, sep: bytes, rows: int, write: Cal
             len(s.literal),
             s.how,
             values.ctypes.data if s.values is not None else None,
-            ctypes.cast(ctypes.c_char_p(blob), _P),
+            base,
             offsets.ctypes.data,
         )
     cap = max(CHUNK_BYTES, 2 * bound)
@@ -199,6 +217,10 @@ def _render_py(
             blob, offsets = s.piece_table()
             ends = offsets.tolist()
             pieces = [blob[a:b] for a, b in zip(ends, ends[1:])]
+        if s.how in (SPAN, WORDS):  # each row's own piece
+            spans = [bytes(s.base[o : o + n]) for o, n in zip(values, np.asarray(s.lengths)[:rows].tolist())]
+            pieces = spans if s.how == SPAN else [proto_members(t.decode()) for t in spans]
+            values = list(range(rows))
         cols.append((s.literal, s.how, values, pieces))
     for lo in range(0, rows, chunk_rows):
         out = []
@@ -232,7 +254,7 @@ def varint(v: int) -> bytes:
 
 
 def _print(how: int, v: int, pieces: Sequence[bytes]) -> bytes:
-    if how == PIECE:
+    if how in (PIECE, SPAN, WORDS):
         return pieces[v]
     if how == VARINT:
         return varint(v)
@@ -281,6 +303,25 @@ def proto_members(text: str) -> bytes:
 
 
 _PLAIN = re.compile(rb"[\x20-\x7e]*")  # printable ASCII and spaces: split and quoted alike in C and Python
+
+
+def plain(data: native.Buffer, off: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Whether each string data[off[i]:off[i] + length[i]] is printable ASCII and
+    spaces only: what WORDS may print."""
+    n = len(off)
+    if not available():
+        return np.array(
+            [
+                bool(_PLAIN.fullmatch(bytes(data[o : o + k])))
+                for o, k in zip(np.asarray(off).tolist(), np.asarray(length).tolist())
+            ],
+            dtype=bool,
+        )
+    off = np.ascontiguousarray(off, dtype=np.int64)
+    length = np.ascontiguousarray(length, dtype=np.int64)
+    mask = np.empty(n, np.uint8)
+    _lib().fr_plain(native.address(data), off.ctypes.data, length.ctypes.data, n, mask.ctypes.data)
+    return mask.astype(bool)
 
 
 def json_words(data: native.Buffer, off: np.ndarray, length: np.ndarray) -> tuple[bytes, np.ndarray]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flightrec import bulk
-from flightrec.bulk import CLOSE, HEX, INT, MICROS, OPEN, PIECE, VARINT, Seg, micros, varint
+from flightrec.bulk import CLOSE, HEX, INT, MICROS, OPEN, PIECE, SPAN, VARINT, WORDS, Seg, micros, varint
 
 needs_c = pytest.mark.skipif(not bulk.available(), reason="flightrec/_bulk.so is not built: run `make`")
 
@@ -101,6 +101,52 @@ def test_python_render_length_delimited():
     assert collect(segs, b"", b"", 2, bulk.render) == row0 + row1
 
 
+def spans(rng: random.Random, rows: int, alphabet: bytes) -> tuple[bytes, np.ndarray, np.ndarray]:
+    base = bytes(rng.choice(alphabet) for _ in range(3000))
+    off = np.array([rng.randrange(2900) for _ in range(rows)], dtype=np.int64)
+    length = np.array([rng.randint(0, 99) for _ in range(rows)], dtype=np.int64)
+    return base, off, length
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_span_and_words_print_the_buffers_bytes(seed):
+    rng = random.Random(seed)
+    rows = 300
+    base, off, length = spans(rng, rows, b'  (()==ab0x"\\\x7e')  # printable: WORDS' domain
+    segs = [
+        Seg(b"<", SPAN, off, base=base, lengths=length),
+        Seg(b"\x0a", OPEN),
+        Seg(b"", WORDS, off, base=base, lengths=length),
+        Seg(b">", CLOSE),
+    ]
+    want = b"".join(
+        b"<"
+        + base[o : o + n]
+        + b"\x0a"
+        + varint(len(bulk.proto_members(base[o : o + n].decode())) + 1)
+        + bulk.proto_members(base[o : o + n].decode())
+        + b">"
+        for o, n in zip(off.tolist(), length.tolist())
+    )
+    assert collect(segs, b"", b"", rows, bulk._render_py) == want
+    assert collect(segs, b"", b"", rows, bulk.render) == want
+
+
+def test_span_outside_its_buffer_is_refused():
+    with pytest.raises(ValueError, match="outside"):
+        bulk.render([Seg(b"", SPAN, np.array([2]), base=b"abc", lengths=np.array([2]))], b"", b"", 1, lambda c: None)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_plain_matches_python(seed, monkeypatch):
+    rng = random.Random(seed)
+    base, off, length = spans(rng, 500, b"ab =(\x7e\x7f\t\x1f\x80\xc3")
+    c = bulk.plain(base, off, length)
+    monkeypatch.setattr(bulk, "available", lambda: False)
+    assert c.tolist() == bulk.plain(base, off, length).tolist()
+    assert 0 < c.sum() < len(c)
+
+
 def test_render_refuses_unbalanced_bodies():
     for segs in ([Seg(b"", OPEN)], [Seg(b"", CLOSE)], [Seg(b"", OPEN)] * 17 + [Seg(b"", CLOSE)] * 17):
         with pytest.raises(ValueError, match="balance"):
@@ -188,11 +234,11 @@ def test_proto_members_are_debug_annotations():
     assert long == b"\x22\xce\x01" + b"\x52\x01v" + b"\x32\xc8\x01" + b"y" * 200
 
 
-WORDS = [(bulk.json_words, JSON_MEMBERS), (bulk.proto_words, bulk.proto_members)]
+WORD_WRITERS = [(bulk.json_words, JSON_MEMBERS), (bulk.proto_words, bulk.proto_members)]
 
 
 @needs_c
-@pytest.mark.parametrize("words,members", WORDS, ids=["json", "proto"])
+@pytest.mark.parametrize("words,members", WORD_WRITERS, ids=["json", "proto"])
 @pytest.mark.parametrize("seed", range(20))
 def test_c_words_match_python(seed, words, members):
     rng = random.Random(seed)
@@ -208,7 +254,7 @@ def test_c_words_match_python(seed, words, members):
 
 
 @needs_c
-@pytest.mark.parametrize("words,members", WORDS, ids=["json", "proto"])
+@pytest.mark.parametrize("words,members", WORD_WRITERS, ids=["json", "proto"])
 def test_c_words_span_chunks(monkeypatch, words, members):
     monkeypatch.setattr(bulk, "CHUNK_BYTES", 64)
     strings = [b"(s) a=1 bb=22"] * 50 + [b"x=" + b"y" * 200]
