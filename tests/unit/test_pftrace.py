@@ -47,6 +47,8 @@ class Proto:
                 continue
             assert p.trusted_packet_sequence_id == interned.trusted_packet_sequence_id
             e = p.track_event
+            if e.type != pb.TrackEvent.TYPE_SLICE_END:  # these use the interned data
+                assert p.sequence_flags == pb.TracePacket.SEQ_NEEDS_INCREMENTAL_STATE
             if e.type == pb.TrackEvent.TYPE_SLICE_BEGIN:
                 self.begins[e.track_uuid].append((p.timestamp, e))
             elif e.type == pb.TrackEvent.TYPE_SLICE_END:
