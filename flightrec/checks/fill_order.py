@@ -5,7 +5,7 @@ from __future__ import annotations
 from flightrec.checks.anomaly import Anomaly
 from flightrec.checks.attribution import attribute_read
 from flightrec.hexaddr import hexa
-from flightrec.model.replay import Replay
+from flightrec.model.replay import Replay, RxRead
 from flightrec.model.timeline import Timeline
 from flightrec.parse.format import POISON
 
@@ -20,10 +20,16 @@ def check_fill_order(tl: Timeline, rp: Replay) -> list[Anomaly]:
     """
     out = []
     for r in rp.reads:
-        app = r.detection is not None and r.detection.kind == "fill_order"
-        if r.addr == POISON or not (r.fill_mismatch or app):
+        if not reports(r):
             continue
+        app = r.detection is not None and r.detection.kind == "fill_order"
         exp = r.detection.expected if app else r.fill_expected
         symptom = f"{r.sock} read {hexa(r.addr)} from RX where the FILL order predicted {hexa(exp)}"
         out.append(attribute_read(tl, rp, r, "fill_order", symptom))
     return out
+
+
+def reports(r: RxRead) -> bool:
+    """Whether check_fill_order reports the read `r` (check_transitions leaves it to this check)."""
+    app = r.detection is not None and r.detection.kind == "fill_order"
+    return r.addr != POISON and (r.fill_mismatch or app)
