@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
-from rich.console import Console
 
 from flightrec.analysis import Result, analyze_path
 from flightrec.errors import FlightrecError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _addr(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[int]:
@@ -67,8 +70,20 @@ def analyze(traces: tuple[str, ...], as_json: bool, descriptor: Optional[int], a
     or undetermined (naming the events the trace lacks), with the lines that
     prove it. The report starts with the verdict.
     """
-    # Piped into a CI log, a terminal's 80 columns would fold every trace line.
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    # An analysis leaves next to no cycles to free (14 objects a trace), and the
+    # collector's passes over its objects cost ~5% of a million-line trace's
+    # (bench/analyze --real). Enabled again after: tests run commands in-process.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _analyze(traces, as_json, descriptor, around, cpu_stats)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _analyze(traces: tuple[str, ...], as_json: bool, descriptor: Optional[int], around: int, cpu_stats: bool) -> None:
+    console = None if as_json else _console()
     results: list[Result] = []
     failed = 0
     for path in traces:
@@ -107,6 +122,14 @@ def analyze(traces: tuple[str, ...], as_json: bool, descriptor: Optional[int], a
     if failed:
         sys.exit(2)
     sys.exit(1 if any(r.anomalies for r in results) else 0)
+
+
+def _console() -> Console:
+    """The text report's console; rich is imported here, not for --json (~20 ms)."""
+    from rich.console import Console
+
+    # Piped into a CI log, a terminal's 80 columns would fold every trace line.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def _summary(results: list[Result], failed: int) -> dict:
