@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 all: build
 
 # The C programs (c/Makefile): built into build/c, where flightrec/locate.py finds them.
-build: flightrec/_scan.so flightrec/_bulk.so flightrec/_replay.so
+build: flightrec/_scan.so flightrec/_bulk.so flightrec/_replay.so flightrec/_trips.so
 	$(MAKE) -C c OUT=$(CURDIR)/build/c
 
 # The analyzer's C scanner (flightrec/parse/scan.py loads it with ctypes).
@@ -17,6 +17,10 @@ flightrec/_scan.so: flightrec/_scan.c
 
 # The replay's walk over the timeline (flightrec/model/replay_native.py loads it).
 flightrec/_replay.so: flightrec/_replay.c
+	$(CC) -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $<
+
+# Each descriptor's trips as flow points (flightrec/model/trips.py loads it).
+flightrec/_trips.so: flightrec/_trips.c
 	$(CC) -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $<
 
 # Interning and row printing for the exports (flightrec/bulk.py loads it).
@@ -44,4 +48,4 @@ test: build lint
 
 clean:
 	$(MAKE) -C c clean OUT=$(CURDIR)/build/c
-	rm -f flightrec/_scan*.so flightrec/_bulk*.so flightrec/_replay*.so
+	rm -f flightrec/_scan*.so flightrec/_bulk*.so flightrec/_replay*.so flightrec/_trips*.so

@@ -227,9 +227,9 @@ def check_forwarder() -> Capability:
 
 
 def check_native() -> Capability:
-    """The analyzer's C scanner and replay walk, and the exports' row printer (flightrec/_*.c)."""
+    """The analyzer's C scanner and replay walk, the trips' walk and the exports' row printer (flightrec/_*.c)."""
     from flightrec import bulk
-    from flightrec.model import replay_native
+    from flightrec.model import replay_native, trips
     from flightrec.parse import scan
 
     if os.environ.get("FLIGHTREC_PURE_PYTHON"):
@@ -240,14 +240,19 @@ def check_native() -> Capability:
             "switched off by FLIGHTREC_PURE_PYTHON (analyze and export run several times slower)",
             "unset FLIGHTREC_PURE_PYTHON",
         )
-    helpers = (("_scan", scan.available()), ("_replay", replay_native.available()), ("_bulk", bulk.available()))
+    helpers = (
+        ("_scan", scan.available()),
+        ("_replay", replay_native.available()),
+        ("_trips", trips.available()),
+        ("_bulk", bulk.available()),
+    )
     missing = [name for name, ok in helpers if not ok]
     if not missing:
         return Capability(
             "C helpers",
             False,
             True,
-            "analyzer scanner, replay walk and export printer in use ("
+            "analyzer scanner, replay walk, trips walk and export printer in use ("
             + ", ".join(str(locate.native_library(n)) for n, _ in helpers)
             + ")",
         )

@@ -4,7 +4,8 @@ flightrec runs from two layouts:
 
 - a source checkout (``make setup``: an editable install), where ``make build``
   leaves the programs and BPF objects in ``build/c/`` and the C helpers as
-  ``flightrec/_scan.so``, ``flightrec/_bulk.so`` and ``flightrec/_replay.so``;
+  ``flightrec/_scan.so``, ``flightrec/_bulk.so``, ``flightrec/_replay.so`` and
+  ``flightrec/_trips.so``;
 - an installed wheel (``pip install .``, ``pipx install .``), where the package
   build put the programs and BPF objects in ``flightrec/bin/`` and the C helpers
   beside this file under the interpreter's extension suffix
@@ -66,7 +67,7 @@ def program(name: str) -> Path:
 
 
 def native_library(stem: str) -> Optional[Path]:
-    """The C helper ``stem`` (``_scan``, ``_bulk``, ``_replay``) as built, or None when it is not.
+    """The C helper ``stem`` (``_scan``, ``_bulk``, ``_replay``, ``_trips``) as built, or None when it is not.
 
     ``make build``'s ``_scan.so`` comes first: in a checkout it is the one rebuilt
     when the source changes; the package build names it with the extension suffix.

@@ -23,7 +23,7 @@ _loaded: dict[str, Optional[ctypes.CDLL]] = {}
 
 
 def load(name: str, declare: Callable[[ctypes.CDLL], None]) -> Optional[ctypes.CDLL]:
-    """The C helper ``name`` (``_scan``, ``_bulk``, ``_replay``) with its functions' types declared,
+    """The C helper ``name`` (``_scan``, ``_bulk``, ``_replay``, ``_trips``) with its functions' types declared,
     or None when it is not built, cannot be loaded, or FLIGHTREC_PURE_PYTHON is set."""
     if os.environ.get("FLIGHTREC_PURE_PYTHON"):
         return None

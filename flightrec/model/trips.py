@@ -1,17 +1,20 @@
 """A descriptor's trips: from its insertion into FILL to the next one, with the flushes that published it.
 
-The model's view of each descriptor's way through the rings, vectorized over
-the whole timeline: the Perfetto export draws the trips as flows, the HTML
-report lists them.
+The model's view of each descriptor's way through the rings: the Perfetto
+export draws the trips as flows, the HTML report lists them. flow_points runs
+in C (flightrec/_trips.c, one pass) when it is built; the numpy walk here is
+its reference, held equal by tests/unit/test_trips_native.py.
 """
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
+from flightrec import native
 from flightrec.model.timeline import Timeline
 from flightrec.parse import format as kinds
 from flightrec.parse.format import POISON
@@ -57,23 +60,73 @@ def flow_points(tl: Timeline, arr: Optional[Columns] = None):
     following one. A flush joins the trip of every descriptor whose reserve of
     that `xs` it is the first flush after (unless the descriptor went back
     into FILL in between). Rows before the descriptor's first insertion in the
-    trace form its first trip. The poison is no descriptor. Vectorized: a
-    million-line trace has a million points.
+    trace form its first trip. The poison is no descriptor. A million-line
+    trace has a million points.
     """
     n = len(tl)
     empty = np.zeros(0, np.int64)
     if not n:
         return empty, empty, empty
     arr = arr or columns(tl)
+    lib = _lib()
+    if lib is None:
+        return _flow_points_np(tl, arr)
+    addr, present = tl.field_array("addr")
+    desc = present & (addr != np.uint64(POISON))
+    if not desc.any():
+        return empty, empty, empty
+    reserve = arr.is_(kinds.RESERVE)
+    xs = np.ascontiguousarray(tl.field_array("xs")[0], dtype=np.uint64)
+    cols = [np.ascontiguousarray(a, dtype=np.uint8) for a in (desc, _inserts(tl), reserve, arr.is_(kinds.FLUSH))]
+    addr = np.ascontiguousarray(addr, dtype=np.uint64)
+    # each descriptor event one point (an insertion two), each reserve at most one flush
+    cap = 2 * int(desc.sum()) + int((desc & reserve).sum()) + 1
+    fid, row, phase = (np.empty(cap, np.int64) for _ in range(3))
+    got = lib.fr_flow_points(
+        n,
+        addr.ctypes.data,
+        *(c.ctypes.data for c in cols),
+        xs.ctypes.data,
+        fid.ctypes.data,
+        row.ctypes.data,
+        phase.ctypes.data,
+    )
+    if got < 0:
+        raise MemoryError("flow points")
+    return fid[:got], row[:got], phase[:got]
+
+
+def available() -> bool:
+    """True when the C walk is built and not switched off."""
+    return _lib() is not None
+
+
+def _lib() -> Optional[ctypes.CDLL]:
+    def declare(lib: ctypes.CDLL) -> None:
+        p = ctypes.c_void_p
+        lib.fr_flow_points.restype = ctypes.c_int64
+        lib.fr_flow_points.argtypes = [ctypes.c_int64, p, p, p, p, p, p, p, p, p]
+
+    return native.load("_trips", declare)
+
+
+def _inserts(tl: Timeline) -> np.ndarray:
+    """Rows that put a descriptor into FILL."""
+    if "to" in tl.arrays:
+        return tl.arrays["to"] == kinds.STATES.index("FILL")
+    return np.asarray(tl.to, dtype=object) == "FILL"
+
+
+def _flow_points_np(tl: Timeline, arr: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """flow_points' reference: the same walk vectorized over the whole timeline."""
+    n = len(tl)
+    empty = np.zeros(0, np.int64)
     addr, present = tl.field_array("addr")
     d_rows = np.flatnonzero(present & (addr != np.uint64(POISON)))
     if not len(d_rows):
         return empty, empty, empty
     d_addr = addr[d_rows]
-    if "to" in tl.arrays:
-        d_ins = tl.arrays["to"][d_rows] == kinds.STATES.index("FILL")
-    else:
-        d_ins = np.asarray(tl.to, dtype=object)[d_rows] == "FILL"
+    d_ins = _inserts(tl)[d_rows]
 
     # group by descriptor, rows in time order (a stable sort keeps them so),
     # then dense descriptor ids and a single sortable key per (descriptor, row)

@@ -193,8 +193,8 @@ def test_doctor_says_record_can_run(machine):
         assert name in names
     # `make` built the C helpers: the tests' traces are read by them
     assert re.search(
-        r"^C helpers +ok +analyzer scanner, replay walk and export printer in use \(\S+/_scan[^,]*\.so, "
-        r"\S+/_replay[^,]*\.so, \S+/_bulk[^)]*\.so\)$",
+        r"^C helpers +ok +analyzer scanner, replay walk, trips walk and export printer in use \(\S+/_scan[^,]*\.so, "
+        r"\S+/_replay[^,]*\.so, \S+/_trips[^,]*\.so, \S+/_bulk[^)]*\.so\)$",
         proc.stdout,
         re.M,
     ), proc.stdout
