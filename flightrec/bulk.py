@@ -26,6 +26,7 @@ from flightrec import native
 INT, MICROS, PIECE, HEX, VARINT, OPEN, CLOSE, SPAN, WORDS = 0, 1, 2, 3, 4, 5, 6, 7, 8
 MAX_DEPTH = 16  # OPEN inside OPEN, as deep as _bulk.c allows
 CHUNK_BYTES = 4 << 20
+_BUFFERS: list[np.ndarray] = []  # render's output buffer, kept for the next call
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
@@ -58,6 +59,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         _I64,
         _I64,
         ctypes.c_void_p,
+        _I64,
         _I64,
         ctypes.POINTER(_I64),
     ]
@@ -174,7 +176,8 @@ def render(segs: Sequence[Seg], suffix: bytes, sep: bytes, rows: int, write: Cal
         if s.how == PIECE:
             blob, offsets = s.piece_table()
             base = ctypes.cast(ctypes.c_char_p(blob), _P)
-            bound += int(np.diff(offsets).max(initial=0))
+            picked = values[:rows]  # the longest piece these rows print, not of the whole table
+            bound += int((offsets[picked + 1] - offsets[picked]).max(initial=0))
         elif s.how in (SPAN, WORDS):
             offsets = np.ascontiguousarray(s.lengths, dtype=np.int64)
             base = native.address(s.base)
@@ -192,18 +195,33 @@ def render(segs: Sequence[Seg], suffix: bytes, sep: bytes, rows: int, write: Cal
             offsets.ctypes.data,
         )
     cap = max(CHUNK_BYTES, 2 * bound)
-    buf = ctypes.create_string_buffer(cap)
-    view = memoryview(buf).cast("B")
+    # a buffer from the last call: a fresh one would be faulted in again each time
+    buf = _BUFFERS.pop() if _BUFFERS and len(_BUFFERS[-1]) >= cap else np.empty(cap, np.uint8)
+    view = memoryview(buf)
     used = _I64()
     row = 0
-    while row < rows:
-        nxt = _lib().fr_render(
-            arr, len(segs), suffix, len(suffix), sep, len(sep), row, rows, buf, cap, ctypes.byref(used)
-        )
-        if nxt == row:
-            raise RuntimeError("a row does not fit the render buffer")
-        write(view[: used.value])
-        row = nxt
+    try:
+        while row < rows:
+            nxt = _lib().fr_render(
+                arr,
+                len(segs),
+                suffix,
+                len(suffix),
+                sep,
+                len(sep),
+                row,
+                rows,
+                buf.ctypes.data,
+                cap,
+                bound,
+                ctypes.byref(used),
+            )
+            if nxt == row:
+                raise RuntimeError("a row does not fit the render buffer")
+            write(view[: used.value])
+            row = nxt
+    finally:
+        _BUFFERS[:] = [buf]
 
 
 def _render_py(

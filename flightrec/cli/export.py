@@ -69,8 +69,8 @@ def perfetto_cmd(trace: str, output: str, fmt: str, threads: bool) -> None:
     link each descriptor's events in order (FILL, reserve, xsk_flush, RX, TX,
     tx_get_data, COMP, and on to its next FILL insertion), one flow per trip;
     anomalies are instant events carrying the verdict, each slice's `line`
-    is its line in TRACE. Timestamps: the trace's own (protobuf), or µs from
-    the trace's first event (JSON).
+    is its line in TRACE. Timestamps count from the trace's first event (ns
+    in protobuf, µs in JSON).
     """
     from flightrec.analysis import analyze_path
 

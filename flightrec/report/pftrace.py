@@ -15,7 +15,7 @@ Layout (perfetto.proto's Trace: one TracePacket after another):
   trace file), each descriptor trip a v2 flow: `flow_ids` on its events,
   `terminating_flow_ids` on its last (a slice may carry several);
   the application threads' "on CPU N" runs; instants for the verdict, each
-  anomaly and each loss. Timestamps are the trace's own, in ns.
+  anomaly and each loss. Timestamps are ns from the trace's first event.
 
 The rows are printed from templates in C (flightrec.bulk: varints and
 length-delimited fields); the few odd ones (the poison, a marker without a
@@ -61,6 +61,7 @@ ANNOTATION = b"\x22"
 A_NAME_IID, A_NAME = b"\x08", b"\x52"
 A_INT, A_UINT, A_STRING, A_STRING_IID, A_POINTER = b"\x20", b"\x18", b"\x32", b"\x88\x01", b"\x38"
 A_BOOL, A_DOUBLE, A_DICT, A_ARRAY = b"\x10", b"\x29", b"\x5a", b"\x62"
+CHUNK_ROWS = 1 << 16  # rows printed per render call
 FLOW, FLOW_END = b"\xf9\x02", b"\x81\x03"  # TrackEvent.flow_ids (47), terminating_flow_ids (48): fixed64
 
 
@@ -213,6 +214,20 @@ def _bodies(col: Sequence[str], rows: np.ndarray) -> _Texts:
     return _Texts.joined([col[int(r)] for r in rows])
 
 
+def _kinds(arr: Columns, wanted: list[str]) -> np.ndarray:
+    """Each row's index into `wanted` (-1: none), in one pass over the scanner's codes where there."""
+    if arr.codes is not None:
+        table = np.full(len(arr.names) + 1, -1, np.int64)
+        for i, k in enumerate(wanted):
+            if k in arr.names:
+                table[arr.names.index(k)] = i
+        return table[arr.codes]
+    out = np.full(len(arr.kind), -1, np.int64)
+    for i, k in enumerate(wanted):
+        out[arr.kind == k] = i
+    return out
+
+
 def _flow_table(tl: Timeline, arr: Columns) -> tuple[bytes, np.ndarray, int]:
     """Each row's flow fields (a PIECE table indexed by row) and the number of flows."""
     fid, row, phase = flow_points(tl, arr)
@@ -257,7 +272,6 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
     n = len(tl)
     arr = columns(tl)
     start, dur = layout(tl, arr)
-    t0 = round(tl.ts[0] * 1e9) if n else 0
     cpus = sorted(set(p.cpu))
 
     out.write(_track(CPUS_TRACK, "CPUs", explicit=True, rank=0))
@@ -267,7 +281,8 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
 
     app = _app_columns(tl, arr)
     # each row's pid as an id (hashed, not sorted: a million rows, a few pids)
-    task, first = bulk.intern(arr.pid.astype(np.int64).tobytes(), np.arange(n, dtype=np.int64) * 8, np.full(n, 8))
+    pid = np.ascontiguousarray(arr.pid, dtype=np.int64).tobytes()
+    task, first = bulk.intern(pid, np.arange(0, 8 * n, 8, dtype=np.int64), np.full(n, 8, np.int32))
     labels = [f"{p.task[i]}-{p.pid[i]}" for i in first.tolist()]
     kernel = np.flatnonzero(~arr.is_(kinds.MARKER, kinds.NOTE))
     e_ids, events = string_ids(p.event, kernel) if len(kernel) else (np.zeros(0, np.int64), [])
@@ -284,23 +299,26 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
     flows, flow_off, n_flows = _flow_table(tl, arr)
     line = np.asarray(p.line, dtype=np.int64)
 
-    def slices(rows: np.ndarray, middle: list[Seg]) -> None:
-        """SLICE_BEGIN packets of `rows`: the common head, `middle`, the flows."""
-        if not len(rows):
-            return
-        segs = [
-            Seg(PACKET, OPEN),
-            Seg(TIMESTAMP, VARINT, t0 + start[rows]),
-            Seg(SEQ_NEEDS_STATE + TRACK_EVENT, OPEN),
-            Seg(TYPE + varint(BEGIN) + TRACK_UUID, VARINT, CPU_TRACK0 + arr.cpu[rows]),
-            *int_annotation("line", A_INT, line[rows]),
-            *string_annotation("task", strings.tasks + task[rows]),
-            *middle,
-            Seg(b"", PIECE, rows, joined=flows, offsets=flow_off),
-            Seg(b"", CLOSE),
-            Seg(b"", CLOSE),
-        ]
-        render(segs, b"", b"", len(rows), out.write)
+    def slices(rows: np.ndarray, middle: Callable[[slice], list[Seg]]) -> None:
+        """SLICE_BEGIN packets of `rows`: the common head, the segments `middle`
+        gives for a part of them, the flows. A part at a time: its columns are
+        small enough for the allocator to reuse, not fault in anew."""
+        for lo in range(0, len(rows), CHUNK_ROWS):
+            part = slice(lo, lo + CHUNK_ROWS)
+            r = rows[part]
+            segs = [
+                Seg(PACKET, OPEN),
+                Seg(TIMESTAMP, VARINT, start[r]),
+                Seg(SEQ_NEEDS_STATE + TRACK_EVENT, OPEN),
+                Seg(TYPE + varint(BEGIN) + TRACK_UUID, VARINT, CPU_TRACK0 + arr.cpu[r]),
+                *int_annotation("line", A_INT, line[r]),
+                *string_annotation("task", strings.tasks + task[r]),
+                *middle(part),
+                Seg(b"", PIECE, r, joined=flows, offsets=flow_off),
+                Seg(b"", CLOSE),
+                Seg(b"", CLOSE),
+            ]
+            render(segs, b"", b"", len(r), out.write)
 
     def string_annotation(name: str, iids: np.ndarray) -> list[Seg]:
         return [Seg(ANNOTATION, OPEN), Seg(A_NAME_IID + _iid(name) + A_STRING_IID, VARINT, iids), Seg(b"", CLOSE)]
@@ -320,9 +338,9 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
     def app_slices(ix: np.ndarray, middle: Callable[[np.ndarray], list[Seg]], name: str, none: bytes) -> None:
         """Markers or notes (`middle`: their segments): a detail becomes annotation `name`, none `none`."""
         has = app.detail.length[ix] >= 0
-        bare = ix[~has]
-        slices(app.rows[bare], [*middle(bare), Seg(none, PIECE, np.zeros(len(bare), np.int64), [b""])])
-        slices(app.rows[ix[has]], [*middle(ix[has]), *text_annotation(name, app.detail, ix[has])])
+        bare, told = ix[~has], ix[has]
+        slices(app.rows[bare], lambda c: [*middle(bare[c]), Seg(none, PIECE, np.zeros(len(bare[c]), np.int64), [b""])])
+        slices(app.rows[told], lambda c: [*middle(told[c]), *text_annotation(name, app.detail, told[c])])
 
     # markers and notes: odd ones (the poison, no socket, state or queue, a detail that is not plain ASCII) in Python
     addr = app.addr.view(np.int64)
@@ -383,7 +401,7 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
             if app.detail.length[i] >= 0:
                 fields["detail"] = app.detail.text(i)
             name, cat = f"{frm}->{to} " + ("POISON" if a == POISON else f"{a:#x}"), "marker"
-        packet = _event(t0 + int(start[r]), CPU_TRACK0 + int(arr.cpu[r]), BEGIN, name, _cat(cat), fields)
+        packet = _event(int(start[r]), CPU_TRACK0 + int(arr.cpu[r]), BEGIN, name, _cat(cat), fields)
         f = flows[flow_off[r] : flow_off[r + 1]]
         if f:  # the flows go inside the track event, the packet's last field: rebuild its two lengths
             packet = _packet(_reopen(packet, f))
@@ -396,54 +414,68 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
         k_addr = has_addr_col[0][kernel].view(np.int64)
         has_addr = has_addr_col[1][kernel]
         names = list(KERNEL_NAME)
-        other = arr.is_(kinds.OTHER)[kernel]
-        code = np.zeros(len(kernel), np.int64)
-        for i, k in enumerate(names):
-            code[arr.is_(k)[kernel]] = i
+        kind = _kinds(arr, [*names, kinds.OTHER])[kernel]  # -1: neither
+        other = kind == len(names)
+        code = kind.clip(0, len(names) - 1)
         labels_k = [KERNEL_NAME[k].encode() for k in names]
         # a body that is not plain ASCII: its words split and encoded in Python, one piece per row
         odd_body = np.flatnonzero(~body.plain)
         odd_words = np.zeros(len(kernel), np.int64)
         odd_words[odd_body] = np.arange(1, len(odd_body) + 1)
         odd_pieces = [b""] + [bulk.proto_members(body.text(int(i)) or "") for i in odd_body.tolist()]
-        for sel, with_addr in ((~other & has_addr, True), (~other & ~has_addr, False)):
-            for plain in (True, False):
-                ix = np.flatnonzero(sel & (body.plain == plain))
-                name = [Seg(b"", PIECE, code[ix], labels_k)] + ([Seg(b" ", HEX, k_addr[ix])] if with_addr else [])
+
+        def probe_hits(ix: np.ndarray, with_addr: bool, plain: bool) -> Callable[[slice], list[Seg]]:
+            def build(c: slice) -> list[Seg]:
+                k = ix[c]
+                name = [Seg(b"", PIECE, code[k], labels_k)] + ([Seg(b" ", HEX, k_addr[k])] if with_addr else [])
                 if plain:
-                    words = Seg(b"", WORDS, body.off[ix], base=body.base, lengths=body.length[ix])
+                    words = Seg(b"", WORDS, body.off[k], base=body.base, lengths=body.length[k])
                 else:
-                    words = Seg(b"", PIECE, odd_words[ix], odd_pieces)
-                slices(
-                    kernel[ix],
-                    [
-                        Seg(CATEGORY_IID + varint(_cat("kernel")) + NAME, OPEN),
-                        *name,
-                        Seg(b"", CLOSE),
-                        *string_annotation("event", strings.events + e_ids[ix]),
-                        words,
-                    ],
-                )
-        for plain in (True, False):
-            ix = np.flatnonzero(other & (body.plain == plain))
-            if plain:
-                text = text_annotation("body", body, ix)
-            else:
-                pieces = [_len_field(ANNOTATION, _annotation("body", body.text(int(i)) or "")) for i in ix.tolist()]
-                text = [Seg(b"", PIECE, np.arange(len(ix)), pieces)]
-            slices(
-                kernel[ix],
-                [
+                    words = Seg(b"", PIECE, odd_words[k], odd_pieces)
+                return [
+                    Seg(CATEGORY_IID + varint(_cat("kernel")) + NAME, OPEN),
+                    *name,
+                    Seg(b"", CLOSE),
+                    *string_annotation("event", strings.events + e_ids[k]),
+                    words,
+                ]
+
+            return build
+
+        def others(ix: np.ndarray, plain: bool) -> Callable[[slice], list[Seg]]:
+            def build(c: slice) -> list[Seg]:
+                k = ix[c]
+                if plain:
+                    text = text_annotation("body", body, k)
+                else:
+                    pieces = [_len_field(ANNOTATION, _annotation("body", body.text(int(i)) or "")) for i in k.tolist()]
+                    text = [Seg(b"", PIECE, np.arange(len(k)), pieces)]
+                return [
                     Seg(CATEGORY_IID + varint(_cat("other")) + NAME, OPEN),
-                    Seg(b"", PIECE, e_ids[ix], [e.encode() for e in events]),
+                    Seg(b"", PIECE, e_ids[k], event_names),
                     Seg(b"", CLOSE),
                     *text,
-                ],
-            )
+                ]
+
+            return build
+
+        event_names = [e.encode() for e in events]
+        for plain in (True, False):
+            for sel, with_addr in ((~other & has_addr, True), (~other & ~has_addr, False)):
+                ix = np.flatnonzero(sel & (body.plain == plain))
+                slices(kernel[ix], probe_hits(ix, with_addr, plain))
+            ix = np.flatnonzero(other & (body.plain == plain))
+            slices(kernel[ix], others(ix, plain))
     # the ends use no interned data: no sequence flags
-    ends = [Seg(PACKET, OPEN), Seg(TIMESTAMP, VARINT, t0 + start + dur), Seg(SEQ + TRACK_EVENT, OPEN)]
-    ends += [Seg(TYPE + varint(END) + TRACK_UUID, VARINT, CPU_TRACK0 + arr.cpu), Seg(b"", CLOSE), Seg(b"", CLOSE)]
-    render(ends, b"", b"", n, out.write)
+    for lo in range(0, n, CHUNK_ROWS):
+        part = slice(lo, lo + CHUNK_ROWS)
+        ends = [Seg(PACKET, OPEN), Seg(TIMESTAMP, VARINT, start[part] + dur[part]), Seg(SEQ + TRACK_EVENT, OPEN)]
+        ends += [
+            Seg(TYPE + varint(END) + TRACK_UUID, VARINT, CPU_TRACK0 + arr.cpu[part]),
+            Seg(b"", CLOSE),
+            Seg(b"", CLOSE),
+        ]
+        render(ends, b"", b"", len(ends[1].values), out.write)
     count = n
 
     n_threads = 0
@@ -457,19 +489,19 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
             for r in thread:
                 fields = {"cpu": r.cpu, "first_line": r.first_line, "last_line": r.last_line, "events": r.events}
                 track = THREAD_TRACK0 + tid
-                out.write(_event(t0 + r.start_ns, track, BEGIN, f"on CPU {r.cpu}", _cat("thread"), fields))
-                out.write(_event(t0 + r.start_ns + r.dur_ns, track, END, "", _cat("thread"), {}))
+                out.write(_event(r.start_ns, track, BEGIN, f"on CPU {r.cpu}", _cat("thread"), fields))
+                out.write(_event(r.start_ns + r.dur_ns, track, END, "", _cat("thread"), {}))
                 count += 1
 
     verdict = {"source": result.source, "verdict": result.verdict, "first_timestamp": f"{tl.ts[0] if n else 0.0:.6f}"}
-    out.write(_event(t0, FLIGHTREC_TRACK, INSTANT, f"verdict: {result.verdict}", _cat("flightrec"), verdict))
+    out.write(_event(0, FLIGHTREC_TRACK, INSTANT, f"verdict: {result.verdict}", _cat("flightrec"), verdict))
     for a in result.anomalies:
-        when = t0 + _ns(a.ts - tl.ts[0]) if n else 0
+        when = _ns(a.ts - tl.ts[0]) if n else 0
         name = f"{a.verdict.upper()}: {a.kind} at line {a.line}"
         out.write(_event(when, FLIGHTREC_TRACK, INSTANT, name, _cat("anomaly"), anomaly_json(a)))
     for loss in tl.losses:
         # the loss happened somewhere after the CPU's last surviving event
-        when = t0 + (_ns(loss.after - tl.ts[0]) if loss.after != float("-inf") and n else 0)
+        when = _ns(loss.after - tl.ts[0]) if loss.after != float("-inf") and n else 0
         what = f"{loss.count} events" if loss.count is not None else "events"
         track = CPU_TRACK0 + loss.cpu
         out.write(_event(when, track, INSTANT, f"CPU {loss.cpu} lost {what}", _cat("loss"), {"line": loss.line}))
