@@ -232,10 +232,10 @@ def _flow_table(tl: Timeline, arr: Columns) -> tuple[bytes, np.ndarray, int]:
     """Each row's flow fields (a PIECE table indexed by row) and the number of flows."""
     fid, row, phase = flow_points(tl, arr)
     n = len(tl)
-    rec = np.empty((len(fid), 10), np.uint8)
-    rec[:, :2] = np.frombuffer(FLOW, np.uint8)
-    rec[phase == 2, :2] = np.frombuffer(FLOW_END, np.uint8)
-    rec[:, 2:] = np.asarray(fid, dtype="<u8").view(np.uint8).reshape(-1, 8)
+    # one 10-byte record a point: the field's tag (a flow id, or the id of a flow ending here), the id
+    rec = np.empty(len(fid), np.dtype([("tag", "<u2"), ("id", "<u8")], align=False))
+    rec["tag"] = np.where(phase == 2, *(np.frombuffer(t, "<u2")[0] for t in (FLOW_END, FLOW)))
+    rec["id"] = fid
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(row, minlength=n) * 10, out=offsets[1:])
     return rec.tobytes(), offsets, int((phase == 0).sum())  # flow_points gives them in row order
