@@ -221,12 +221,13 @@ static char *put_micros(char *o, int64_t v)
 
 /*
  * Print rows row, row + 1, ... into out: each row is its segments then
- * suffix, rows separated by sep. The caller balances each row's FR_OPEN and
- * FR_CLOSE segments, at most FR_DEPTH deep. Stops before a row that might not fit in
- * cap bytes; *used says how many were written. Returns the next row.
+ * suffix, rows separated by sep; none takes more than bound bytes. The
+ * caller balances each row's FR_OPEN and FR_CLOSE segments, at most FR_DEPTH
+ * deep. Stops before a row that might not fit in cap bytes; *used says how
+ * many were written. Returns the next row.
  */
 int64_t fr_render(const struct fr_seg *segs, int32_t nseg, const char *suffix, int64_t suffix_len, const char *sep,
-		  int64_t sep_len, int64_t row, int64_t nrows, char *out, int64_t cap, int64_t *used)
+		  int64_t sep_len, int64_t row, int64_t nrows, char *out, int64_t cap, int64_t bound, int64_t *used)
 {
 	char *o = out, *end = out + cap, *opened[FR_DEPTH];
 	int depth = 0;
@@ -234,7 +235,8 @@ int64_t fr_render(const struct fr_seg *segs, int32_t nseg, const char *suffix, i
 	for (; row < nrows; row++) {
 		int64_t need = suffix_len + (o == out ? 0 : sep_len);
 
-		for (int32_t s = 0; s < nseg; s++) {
+		/* no row takes more than bound bytes: only near the end is each row measured */
+		for (int32_t s = 0; s < nseg && end - o < bound; s++) {
 			need += segs[s].lit_len;
 			if (segs[s].how == FR_PIECE) {
 				int64_t k = segs[s].values[row];
@@ -265,16 +267,22 @@ int64_t fr_render(const struct fr_seg *segs, int32_t nseg, const char *suffix, i
 			memcpy(o, g->lit, g->lit_len);
 			o += g->lit_len;
 			if (g->how == FR_OPEN) {
-				/* the body is written 5 bytes on and moved back once its length is known */
+				/* a byte for the length, the body after it, moved on if its length takes more */
 				opened[depth++] = o;
-				o += 5;
+				o += 1;
 			} else if (g->how == FR_CLOSE) {
 				char *at = opened[--depth];
-				int64_t body = o - (at + 5);
-				char *q = put_varint(at, (uint64_t)body);
+				int64_t body = o - (at + 1);
 
-				memmove(q, at + 5, body);
-				o = q + body;
+				if (body < 0x80) {
+					*at = (char)body;
+				} else {
+					int k = varint_len((uint64_t)body);
+
+					memmove(at + k, at + 1, body);
+					put_varint(at, (uint64_t)body);
+					o = at + k + body;
+				}
 			} else if (g->how == FR_SPAN) {
 				memcpy(o, g->pieces + v, g->piece_off[row]);
 				o += g->piece_off[row];
