@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import sys
 from typing import TYPE_CHECKING, Optional
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING, Optional
 import click
 
 from flightrec.analysis import Result, analyze_path
+from flightrec.cli.options import no_gc
 from flightrec.errors import FlightrecError
 
 if TYPE_CHECKING:
@@ -70,16 +70,8 @@ def analyze(traces: tuple[str, ...], as_json: bool, descriptor: Optional[int], a
     or undetermined (naming the events the trace lacks), with the lines that
     prove it. The report starts with the verdict.
     """
-    # An analysis leaves next to no cycles to free (14 objects a trace), and the
-    # collector's passes over its objects cost ~5% of a million-line trace's
-    # (bench/analyze --real). Enabled again after: tests run commands in-process.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with no_gc():
         _analyze(traces, as_json, descriptor, around, cpu_stats)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _analyze(traces: tuple[str, ...], as_json: bool, descriptor: Optional[int], around: int, cpu_stats: bool) -> None:
