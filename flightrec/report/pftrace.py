@@ -280,9 +280,14 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
     out.write(_track(FLIGHTREC_TRACK, "flightrec", rank=2))
 
     app = _app_columns(tl, arr)
-    # each row's pid as an id (hashed, not sorted: a million rows, a few pids)
-    pid = np.ascontiguousarray(arr.pid, dtype=np.int64).tobytes()
-    task, first = bulk.intern(pid, np.arange(0, 8 * n, 8, dtype=np.int64), np.full(n, 8, np.int32))
+    # each row's pid as an id, by table (pids are small; no hashing or sorting of a million rows)
+    low = min(0, int(arr.pid.min())) if n else 0  # a pid below 0 is no pid ftrace prints; shifted all the same
+    pids = np.flatnonzero(np.bincount(arr.pid - low))
+    ids = np.zeros(int(pids[-1]) + 1 if len(pids) else 1, np.int64)
+    ids[pids] = np.arange(len(pids))
+    task = ids[arr.pid - low]
+    first = np.empty(len(pids), np.int64)
+    first[task] = np.arange(n)  # a row of each pid (ftrace prints one name for one pid)
     labels = [f"{p.task[i]}-{p.pid[i]}" for i in first.tolist()]
     kernel = np.flatnonzero(~arr.is_(kinds.MARKER, kinds.NOTE))
     e_ids, events = string_ids(p.event, kernel) if len(kernel) else (np.zeros(0, np.int64), [])
