@@ -264,7 +264,9 @@ int64_t fr_render(const struct fr_seg *segs, int32_t nseg, const char *suffix, i
 			const struct fr_seg *g = &segs[s];
 			int64_t v = g->values ? g->values[row] : 0;
 
-			memcpy(o, g->lit, g->lit_len);
+			/* literals are a few bytes: a call to memcpy would cost more than the copy */
+			for (int64_t k = 0; k < g->lit_len; k++)
+				o[k] = g->lit[k];
 			o += g->lit_len;
 			if (g->how == FR_OPEN) {
 				/* a byte for the length, the body after it, moved on if its length takes more */
