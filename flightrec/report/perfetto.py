@@ -68,6 +68,13 @@ class ExportStats:
     threads: int
 
 
+def distinct_small(values: np.ndarray) -> np.ndarray:
+    """The distinct values of a column of small integers (CPUs, pids), ascending:
+    by counting, not by sorting a million rows."""
+    low = min(0, int(values.min())) if len(values) else 0
+    return np.flatnonzero(np.bincount(values - low)) + low
+
+
 def layout(tl: Timeline, arr: Columns) -> tuple[np.ndarray, np.ndarray]:
     """Start and width of every row's slice, in ns from the trace's first event.
 
@@ -82,7 +89,7 @@ def layout(tl: Timeline, arr: Columns) -> tuple[np.ndarray, np.ndarray]:
         return start, dur
     raw = np.rint((arr.ts - arr.ts[0]) * 1e9).astype(np.int64)
     cpu = arr.cpu
-    for c in np.flatnonzero(np.bincount(cpu)):  # the CPUs there, without sorting a million rows
+    for c in distinct_small(cpu):
         idx = np.flatnonzero(cpu == c)
         step = np.arange(len(idx), dtype=np.int64) * MIN_GAP_NS
         # s[i] = max(raw[i], s[i-1] + gap), as a running maximum
@@ -345,7 +352,7 @@ def thread_runs(tl: Timeline, arr: Columns, start: np.ndarray) -> list[tuple[int
     pid, cpu, ts = arr.pid[app], arr.cpu[app], arr.ts[app]
     t0 = tl.ts[0]
     threads = []
-    for tid in np.unique(pid).tolist():
+    for tid in distinct_small(pid).tolist():
         sel = np.flatnonzero(pid == tid)
         c = cpu[sel]
         begins = np.concatenate(([0], np.flatnonzero(np.diff(c)) + 1))

@@ -37,7 +37,7 @@ from flightrec.model.trips import Columns, columns, flow_points
 from flightrec.parse import format as kinds
 from flightrec.parse.format import POISON
 from flightrec.parse.scan import OffsetStrings, string_ids
-from flightrec.report.perfetto import KERNEL_NAME, ExportStats, layout, thread_runs
+from flightrec.report.perfetto import KERNEL_NAME, ExportStats, distinct_small, layout, thread_runs
 from flightrec.runfolder import write_atomically
 
 CPUS_TRACK, THREADS_TRACK, FLIGHTREC_TRACK = 1, 2, 3
@@ -281,10 +281,10 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
 
     app = _app_columns(tl, arr)
     # each row's pid as an id, by table (pids are small; no hashing or sorting of a million rows)
-    low = min(0, int(arr.pid.min())) if n else 0  # a pid below 0 is no pid ftrace prints; shifted all the same
-    pids = np.flatnonzero(np.bincount(arr.pid - low))
-    ids = np.zeros(int(pids[-1]) + 1 if len(pids) else 1, np.int64)
-    ids[pids] = np.arange(len(pids))
+    pids = distinct_small(arr.pid)
+    low = int(pids[0]) if len(pids) else 0
+    ids = np.zeros(int(pids[-1]) - low + 1 if len(pids) else 1, np.int64)
+    ids[pids - low] = np.arange(len(pids))
     task = ids[arr.pid - low]
     first = np.empty(len(pids), np.int64)
     first[task] = np.arange(n)  # a row of each pid (ftrace prints one name for one pid)
