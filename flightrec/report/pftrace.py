@@ -117,6 +117,13 @@ def _event(ts: int, track: int, kind: int, name: str, category: int, annotations
     return _packet(TIMESTAMP + varint(ts) + SEQ_NEEDS_STATE + _len_field(TRACK_EVENT, body))
 
 
+def _end(ts: int, track: int) -> bytes:
+    """A SLICE_END packet, as the rows' template prints it (no interned data: no sequence flags)."""
+    return _packet(
+        TIMESTAMP + varint(ts) + SEQ + _len_field(TRACK_EVENT, TYPE + varint(END) + TRACK_UUID + varint(track))
+    )
+
+
 @dataclass(frozen=True)
 class _Strings:
     """The interned strings (debug_annotation_string_values), iid = index + 1."""
@@ -305,9 +312,11 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
     line = np.asarray(p.line, dtype=np.int64)
 
     def slices(rows: np.ndarray, middle: Callable[[slice], list[Seg]]) -> None:
-        """SLICE_BEGIN packets of `rows`: the common head, the segments `middle`
-        gives for a part of them, the flows. A part at a time: its columns are
-        small enough for the allocator to reuse, not fault in anew."""
+        """The slices of `rows`: each a SLICE_BEGIN packet (the common head, the
+        segments `middle` gives for a part of the rows, the flows), then its
+        SLICE_END packet (no interned data: no sequence flags). A part at a
+        time: its columns are small enough for the allocator to reuse, not
+        fault in anew."""
         for lo in range(0, len(rows), CHUNK_ROWS):
             part = slice(lo, lo + CHUNK_ROWS)
             r = rows[part]
@@ -320,6 +329,12 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
                 *string_annotation("task", strings.tasks + task[r]),
                 *middle(part),
                 Seg(b"", PIECE, r, joined=flows, offsets=flow_off),
+                Seg(b"", CLOSE),
+                Seg(b"", CLOSE),
+                Seg(PACKET, OPEN),
+                Seg(TIMESTAMP, VARINT, start[r] + dur[r]),
+                Seg(SEQ + TRACK_EVENT, OPEN),
+                Seg(TYPE + varint(END) + TRACK_UUID, VARINT, CPU_TRACK0 + arr.cpu[r]),
                 Seg(b"", CLOSE),
                 Seg(b"", CLOSE),
             ]
@@ -411,6 +426,7 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
         if f:  # the flows go inside the track event, the packet's last field: rebuild its two lengths
             packet = _packet(_reopen(packet, f))
         out.write(packet)
+        out.write(_end(int(start[r] + dur[r]), CPU_TRACK0 + int(arr.cpu[r])))
 
     # kernel events: the probes' by kind, others by event name, each with its body's words
     if len(kernel):
@@ -471,16 +487,6 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
                 slices(kernel[ix], probe_hits(ix, with_addr, plain))
             ix = np.flatnonzero(other & (body.plain == plain))
             slices(kernel[ix], others(ix, plain))
-    # the ends use no interned data: no sequence flags
-    for lo in range(0, n, CHUNK_ROWS):
-        part = slice(lo, lo + CHUNK_ROWS)
-        ends = [Seg(PACKET, OPEN), Seg(TIMESTAMP, VARINT, start[part] + dur[part]), Seg(SEQ + TRACK_EVENT, OPEN)]
-        ends += [
-            Seg(TYPE + varint(END) + TRACK_UUID, VARINT, CPU_TRACK0 + arr.cpu[part]),
-            Seg(b"", CLOSE),
-            Seg(b"", CLOSE),
-        ]
-        render(ends, b"", b"", len(ends[1].values), out.write)
     count = n
 
     n_threads = 0
@@ -495,7 +501,7 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
                 fields = {"cpu": r.cpu, "first_line": r.first_line, "last_line": r.last_line, "events": r.events}
                 track = THREAD_TRACK0 + tid
                 out.write(_event(r.start_ns, track, BEGIN, f"on CPU {r.cpu}", _cat("thread"), fields))
-                out.write(_event(r.start_ns + r.dur_ns, track, END, "", _cat("thread"), {}))
+                out.write(_end(r.start_ns + r.dur_ns, track))
                 count += 1
 
     verdict = {"source": result.source, "verdict": result.verdict, "first_timestamp": f"{tl.ts[0] if n else 0.0:.6f}"}
