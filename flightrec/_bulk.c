@@ -152,6 +152,19 @@ static char *put_annotation(char *o, const void *name, uint64_t name_len, const 
 	return put_bytes_field(o, "\x32", 1, value, value_len);
 }
 
+/* The first word (a run of bytes other than space) at or after w, before q; *end: just past it. */
+static const unsigned char *next_word(const unsigned char *w, const unsigned char *q, const unsigned char **end)
+{
+	const unsigned char *e;
+
+	while (w < q && *w == ' ')
+		w++;
+	for (e = w; e < q && *e != ' '; e++)
+		;
+	*end = e;
+	return w;
+}
+
 /*
  * The words of p .. q (runs of bytes other than space) as protobuf
  * TrackEvent debug annotations: a first word starting with '(' as "site",
@@ -160,24 +173,16 @@ static char *put_annotation(char *o, const void *name, uint64_t name_len, const 
  */
 static char *put_proto_words(char *o, const unsigned char *p, const unsigned char *q)
 {
+	const unsigned char *we;
 	int first = 1;
 
-	for (const unsigned char *w = p; w < q;) {
-		const unsigned char *we, *eq;
+	for (const unsigned char *w = next_word(p, q, &we); w < q; w = next_word(we, q, &we), first = 0) {
+		const unsigned char *eq = memchr(w, '=', we - w);
 
-		if (*w == ' ') {
-			w++;
-			continue;
-		}
-		for (we = w; we < q && *we != ' '; we++)
-			;
 		if (first && *w == '(')
 			o = put_annotation(o, "site", 4, w, we - w);
-		eq = memchr(w, '=', we - w);
 		if (eq && eq > w)
 			o = put_annotation(o, w, eq - w, eq + 1, we - eq - 1);
-		w = we;
-		first = 0;
 	}
 	return o;
 }
@@ -344,35 +349,26 @@ int64_t fr_json_words(const char *data, const int64_t *off, const int32_t *len, 
 
 	for (; i < n; i++) {
 		const unsigned char *p = (const unsigned char *)data + off[i], *q = p + len[i];
+		const unsigned char *we;
 		char *start = o;
-		int plain = 1, first = 1;
+		int first = 1;
 
 		/* a word of L bytes writes at most 4L + 16: quotes, escapes, "site", commas */
 		if ((int64_t)len[i] * 20 > end - o)
 			break;
-		for (const unsigned char *c = p; c < q; c++)
-			if (*c < 0x20 || *c > 0x7e)
-				plain = 0;
-		if (!plain) {
+		if (!plain(p, q)) {
 			out_len[i] = -1;
 			continue;
 		}
-		for (const unsigned char *w = p; w < q;) {
-			const unsigned char *we, *eq;
+		for (const unsigned char *w = next_word(p, q, &we); w < q; w = next_word(we, q, &we), first = 0) {
+			const unsigned char *eq = memchr(w, '=', we - w);
 
-			if (*w == ' ') {
-				w++;
-				continue;
-			}
-			for (we = w; we < q && *we != ' '; we++)
-				;
 			if (first && *w == '(') {
 				if (o != start)
 					*o++ = ',';
 				memcpy(o, "\"site\":", 7);
 				o = put_quoted(o + 7, w, we - w);
 			}
-			eq = memchr(w, '=', we - w);
 			if (eq && eq > w) {
 				if (o != start)
 					*o++ = ',';
@@ -380,8 +376,6 @@ int64_t fr_json_words(const char *data, const int64_t *off, const int32_t *len, 
 				*o++ = ':';
 				o = put_quoted(o, eq + 1, we - eq - 1);
 			}
-			w = we;
-			first = 0;
 		}
 		out_len[i] = o - start;
 	}
