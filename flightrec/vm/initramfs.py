@@ -145,8 +145,11 @@ done
 # heartbeat for STALL_AFTER s, or a vCPU's loop has not run for as long, and once
 # when the command's time is nearly up (flightrec.dump_at: seconds after ready).
 dump() {
-    echo "STALL_MARKER $*"
+    # the kernel's lines first, and out before ours: the console's UART takes them
+    # straight, while ours wait in the tty's buffer, so theirs would cut ours in two
     echo w > /proc/sysrq-trigger
+    sleep 1
+    echo "STALL_MARKER $*"
     for p in /proc/[0-9]*; do
         read -r st < "$p/stat" 2>/dev/null || continue
         set -- ${st##*) }  # state ppid pgrp session tty tpgid flags ...
