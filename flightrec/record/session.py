@@ -787,13 +787,17 @@ class _Recording:
                     self._raise_died(exit)
                 except HelperDied as died:
                     self.died = died
+        # The senders before the forwarder: its exit closes its sockets, and a zero-copy
+        # socket on virtio-net closed while packets still arrive has the driver refill an
+        # empty FILL ring as it disables the pool, the suspected cause of a rare guest hang
+        # here (issue #17, I9b). A forwarder that has stopped by itself keeps its exit code.
+        if self.traffic is not None:
+            self.traffic.stop()
         code = None
         if self.fwd is not None:
             code = self.fwd.wait(0.5)
             if code is None:
                 code = self.fwd.stop()
-        if self.traffic is not None:
-            self.traffic.stop()
         self._save_flagged()
         if self.instance is not None and self.instance.created:
             trace_path = self.out / runfolder.TRACE
