@@ -1,7 +1,7 @@
 """The timeline in Perfetto's own protobuf trace format, with descriptor flows.
 
-The same content as the trace-event JSON (flightrec.report.perfetto), about a
-third of its size, written in a fraction of its time: ui.perfetto.dev reads
+The same content as the trace-event JSON (flightrec.report.perfetto), under
+half its size (146 MB against 345 MB for a million-line trace) and faster to write: ui.perfetto.dev reads
 it natively (chrome://tracing does not: write JSON for that). Rendering only.
 
 Layout (perfetto.proto's Trace: one TracePacket after another):
@@ -59,7 +59,7 @@ CATEGORY_IID = b"\x18"
 NAME = b"\xba\x01"  # TrackEvent.name (23)
 ANNOTATION = b"\x22"
 A_NAME_IID, A_NAME = b"\x08", b"\x52"
-A_INT, A_UINT, A_STRING, A_STRING_IID, A_POINTER = b"\x20", b"\x18", b"\x32", b"\x88\x01", b"\x38"
+A_INT, A_STRING, A_STRING_IID, A_POINTER = b"\x20", b"\x32", b"\x88\x01", b"\x38"
 A_BOOL, A_DOUBLE, A_DICT, A_ARRAY = b"\x10", b"\x29", b"\x5a", b"\x62"
 CHUNK_ROWS = 1 << 16  # rows printed per render call
 FLOW, FLOW_END = b"\xf9\x02", b"\x81\x03"  # TrackEvent.flow_ids (47), terminating_flow_ids (48): fixed64
