@@ -391,33 +391,37 @@ static int64_t learn_socket(struct walk *w, uint64_t a, int32_t s, int64_t *rese
 	return best;
 }
 
-/* The out arrays grow here, as xs_values does: one walk, however many rows it finds. */
+/*
+ * Room for one more element in *arr (n used of *cap, each size bytes), doubling
+ * from first: the out arrays grow here, as xs_values does, so one walk finds
+ * however many rows. Returns -1 when out of memory.
+ */
+static int room_for_one(void **arr, int64_t n, int64_t *cap, size_t size, int64_t first)
+{
+	if (n == *cap) {
+		int64_t c = *cap ? *cap * 2 : first;
+		void *grown = realloc(*arr, c * size);
+
+		if (!grown)
+			return -1;
+		*arr = grown;
+		*cap = c;
+	}
+	return 0;
+}
+
 static int add_read(struct fr_out *o, const struct fr_read *rd)
 {
-	if (o->nreads == o->reads_cap) {
-		int64_t cap = o->reads_cap ? o->reads_cap * 2 : 256;
-		struct fr_read *nr = realloc(o->reads, cap * sizeof(*nr));
-
-		if (!nr)
-			return -1;
-		o->reads = nr;
-		o->reads_cap = cap;
-	}
+	if (room_for_one((void **)&o->reads, o->nreads, &o->reads_cap, sizeof(*o->reads), 256))
+		return -1;
 	o->reads[o->nreads++] = *rd;
 	return 0;
 }
 
 static int add_bad(struct fr_out *o, int64_t row, int8_t before, int64_t state_row, int8_t claimed)
 {
-	if (o->nbad == o->bad_cap) {
-		int64_t cap = o->bad_cap ? o->bad_cap * 2 : 64;
-		struct fr_bad *nb = realloc(o->bad, cap * sizeof(*nb));
-
-		if (!nb)
-			return -1;
-		o->bad = nb;
-		o->bad_cap = cap;
-	}
+	if (room_for_one((void **)&o->bad, o->nbad, &o->bad_cap, sizeof(*o->bad), 64))
+		return -1;
 	o->bad[o->nbad++] = (struct fr_bad){ row, state_row, before, claimed };
 	return 0;
 }
