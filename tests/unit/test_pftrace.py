@@ -32,7 +32,9 @@ class Proto:
     annotations, flows by slice, instants."""
 
     def __init__(self, trace: pb.Trace):
-        self.tracks = {p.track_descriptor.uuid: p.track_descriptor for p in trace.packets_with("track_descriptor")}
+        self.tracks = {
+            p.track_descriptor.uuid: p.track_descriptor for p in trace.packet if p.HasField("track_descriptor")
+        }
         (interned,) = [p for p in trace.packet if p.HasField("interned_data")]
         assert interned.sequence_flags == pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
         d = interned.interned_data
@@ -70,9 +72,6 @@ class Proto:
 
     def args(self, e) -> dict:
         return {(self.names[a.name_iid] if a.name_iid else a.name): self.value(a) for a in e.debug_annotations}
-
-
-pb.Trace.packets_with = lambda self, field: [p for p in self.packet if p.HasField(field)]
 
 
 def json_of(result) -> dict:
