@@ -114,6 +114,40 @@ echo /run/flightrec-vm/bin/modprobe > /proc/sys/kernel/modprobe
 PIN=$R/sys/kernel/tracing/events/initcall/initcall_finish/enable
 [ -f "$PIN" ] && echo 1 > "$PIN" || echo "flightrec-vm: the scheduler's trace hooks are not pinned (no $PIN)"
 
+# The network stack's hash secrets are DO_ONCE()s: each one's static key is live-patched
+# off after its first use, which is the recording's first TCP connection, flow hash or
+# ICMP error otherwise (hit once as "Oops: int3" in inet_getpeer). Use them all here,
+# while one vCPU runs: TCP across a two-queue veth pair, and a UDP query to a closed
+# port (busybox nslookup) for an ICMP port unreachable. tests/vm/oncekeys.py reads the
+# keys; the VM tests hold that none flips during a recording.
+hostip() {  # the host's iproute2: busybox would run its own ip applet for a bare "ip"
+    chroot $R /bin/sh -c 'PATH=/usr/sbin:/usr/bin:/sbin:/bin exec ip "$@"' ip "$@"
+}
+warm_net() {
+    ns=flightrec-warm-net ok=
+    hostip netns add $ns || return 1
+    if hostip link add fr-warm0 numtxqueues 2 numrxqueues 2 type veth \
+            peer name fr-warm1 numtxqueues 2 numrxqueues 2 netns $ns &&
+        hostip addr add 169.254.250.1/30 dev fr-warm0 && hostip link set fr-warm0 up &&
+        hostip -n $ns addr add 169.254.250.2/30 dev fr-warm1 && hostip -n $ns link set fr-warm1 up
+    then
+        nsenter --net=$R/run/netns/$ns nc -l -p 9 >/dev/null </dev/null &
+        i=0
+        while [ $i -lt 50 ] && [ -z "$ok" ]; do
+            echo warm | timeout 3 nc -w 2 169.254.250.2 9 2>/dev/null && ok=1 || usleep 100000
+            i=$((i + 1))
+        done
+        timeout 3 nslookup warm 169.254.250.2 >/dev/null 2>&1
+        kill $! 2>/dev/null
+        hostip link del fr-warm0
+    fi
+    hostip netns del $ns
+    # the keys go off in a workqueue item: let it run before another vCPU does
+    usleep 300000
+    [ -n "$ok" ]
+}
+warm_net || echo "flightrec-vm: the network's once-only keys are not warmed (no TCP across a veth pair)"
+
 # Under TCG the kernel boots on one vCPU (maxcpus=1, flightrec/vm/qemu.py): the others
 # come online here, after the boot's live code patching.
 for c in /sys/devices/system/cpu/cpu[0-9]*; do
