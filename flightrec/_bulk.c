@@ -73,6 +73,7 @@ struct fr_seg {
 	const int64_t *values;
 	const char *pieces; /* FR_PIECE: piece k is pieces[piece_off[k] .. piece_off[k + 1]) */
 	const int64_t *piece_off;
+	const struct fr_known *word_names, *word_values; /* FR_WORDS: interned names and values, or NULL */
 };
 
 static char *put_uint(char *o, uint64_t v)
@@ -141,15 +142,82 @@ static int varint_len(uint64_t v)
 	return n;
 }
 
-/* One protobuf DebugAnnotation as field 4 of a TrackEvent: {name (10), string_value (6)}. */
-static char *put_annotation(char *o, const void *name, uint64_t name_len, const void *value, uint64_t value_len)
+/* Interned words of a WORDS segment: entry k is words[off[k] .. off[k + 1]), its iid iid[k]. */
+struct fr_known {
+	const char *words;
+	const int64_t *off;
+	const int64_t *iid;
+	int64_t n;
+};
+
+/* The iid of the n bytes at w in `known`, 0 when it has none. */
+static int64_t known_iid(const struct fr_known *known, const unsigned char *w, int64_t n)
 {
-	uint64_t body = 1 + varint_len(name_len) + name_len + 1 + varint_len(value_len) + value_len;
+	for (int64_t k = 0; known && k < known->n; k++)
+		if (known->off[k + 1] - known->off[k] == n && !memcmp(known->words + known->off[k], w, n))
+			return known->iid[k];
+	return 0;
+}
+
+/* 1 and *v when w .. w + n is how the kernel prints %lx after 0x: 1 to 16 lower-case hex
+ * digits, no leading zero but in 0x0. Another spelling would not survive a round trip. */
+static int kernel_hex(const unsigned char *w, int64_t n, uint64_t *v)
+{
+	if (n < 3 || n > 18 || w[0] != '0' || w[1] != 'x' || (n > 3 && w[2] == '0'))
+		return 0;
+	*v = 0;
+	for (int64_t k = 2; k < n; k++) {
+		unsigned char c = w[k];
+
+		if (c >= '0' && c <= '9')
+			*v = *v << 4 | (uint64_t)(c - '0');
+		else if (c >= 'a' && c <= 'f')
+			*v = *v << 4 | (uint64_t)(c - 'a' + 10);
+		else
+			return 0;
+	}
+	return 1;
+}
+
+/*
+ * One protobuf DebugAnnotation as field 4 of a TrackEvent: its name as an
+ * interned name_iid (1) when `names` has it, else as name (10); its value
+ * as an interned string_value_iid (17) when `values` has it, a pointer_value
+ * (7) when it is kernel hex, else as string_value (6). Never longer than
+ * the name and value as strings.
+ */
+static char *put_annotation(char *o, const struct fr_known *names, const struct fr_known *values,
+			    const unsigned char *name, int64_t name_len, const unsigned char *value, int64_t value_len)
+{
+	int64_t name_iid = known_iid(names, name, name_len), value_iid = known_iid(values, value, value_len), body;
+	uint64_t v;
+	char *at;
 
 	*o++ = 0x22;
-	o = put_varint(o, body);
-	o = put_bytes_field(o, "\x52", 1, name, name_len);
-	return put_bytes_field(o, "\x32", 1, value, value_len);
+	at = o++; /* a byte for the length, the body moved on if its length takes more */
+	if (name_iid) {
+		*o++ = 0x08;
+		o = put_varint(o, (uint64_t)name_iid);
+	} else {
+		o = put_bytes_field(o, "\x52", 1, name, (uint64_t)name_len);
+	}
+	if (value_iid) {
+		o = put_varint(o, 17 << 3);
+		o = put_varint(o, (uint64_t)value_iid);
+	} else if (kernel_hex(value, value_len, &v)) {
+		*o++ = 0x38;
+		o = put_varint(o, v);
+	} else {
+		o = put_bytes_field(o, "\x32", 1, value, (uint64_t)value_len);
+	}
+	body = o - (at + 1);
+	if (body < 0x80) {
+		*at = (char)body;
+		return o;
+	}
+	memmove(at + varint_len((uint64_t)body), at + 1, body);
+	o = put_varint(at, (uint64_t)body);
+	return o + body;
 }
 
 /* The first word (a run of bytes other than space) at or after w, before q; *end: just past it. */
@@ -167,11 +235,12 @@ static const unsigned char *next_word(const unsigned char *w, const unsigned cha
 
 /*
  * The words of p .. q (runs of bytes other than space) as protobuf
- * TrackEvent debug annotations: a first word starting with '(' as "site",
- * then each word name=value with a name (split at its first '='). At most
- * 13 * (q - p) + 32 bytes.
+ * TrackEvent debug annotations (put_annotation): a first word starting with
+ * '(' as "site", then each word name=value with a name (split at its first
+ * '='). At most 13 * (q - p) + 32 bytes.
  */
-static char *put_proto_words(char *o, const unsigned char *p, const unsigned char *q)
+static char *put_proto_words(char *o, const unsigned char *p, const unsigned char *q, const struct fr_known *names,
+			     const struct fr_known *values)
 {
 	const unsigned char *we;
 	int first = 1;
@@ -180,9 +249,9 @@ static char *put_proto_words(char *o, const unsigned char *p, const unsigned cha
 		const unsigned char *eq = memchr(w, '=', we - w);
 
 		if (first && *w == '(')
-			o = put_annotation(o, "site", 4, w, we - w);
+			o = put_annotation(o, names, values, (const unsigned char *)"site", 4, w, we - w);
 		if (eq && eq > w)
-			o = put_annotation(o, w, eq - w, eq + 1, we - eq - 1);
+			o = put_annotation(o, names, values, w, eq - w, eq + 1, we - eq - 1);
 	}
 	return o;
 }
@@ -296,7 +365,7 @@ int64_t fr_render(const struct fr_seg *segs, int32_t nseg, const char *suffix, i
 			} else if (g->how == FR_WORDS) {
 				const unsigned char *p = (const unsigned char *)g->pieces + v;
 
-				o = put_proto_words(o, p, p + g->piece_off[row]);
+				o = put_proto_words(o, p, p + g->piece_off[row], g->word_names, g->word_values);
 			} else if (g->how == FR_VARINT) {
 				o = put_varint(o, (uint64_t)v);
 			} else if (g->how == FR_INT) {
@@ -403,7 +472,7 @@ int64_t fr_proto_words(const char *data, const int64_t *off, const int32_t *len,
 			out_len[i] = -1;
 			continue;
 		}
-		o = put_proto_words(o, p, q);
+		o = put_proto_words(o, p, q, NULL, NULL);
 		out_len[i] = o - start;
 	}
 	return i;

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import ctypes
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _q  # the C-accelerated string quoter
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -32,6 +32,10 @@ _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 
 
+class _Known(ctypes.Structure):
+    _fields_ = [("words", _P), ("off", _P), ("iid", _P), ("n", _I64)]
+
+
 class _Seg(ctypes.Structure):
     _fields_ = [
         ("lit", _P),
@@ -40,6 +44,8 @@ class _Seg(ctypes.Structure):
         ("values", _P),
         ("pieces", _P),
         ("piece_off", _P),
+        ("word_names", ctypes.POINTER(_Known)),
+        ("word_values", ctypes.POINTER(_Known)),
     ]
 
 
@@ -123,6 +129,9 @@ class Seg:
     # SPAN, WORDS: the buffer the values point into, and each row's length
     base: Optional[native.Buffer] = None
     lengths: Optional[np.ndarray] = None
+    # WORDS: interned names and values (such as the probe sites), each to its iid (proto_members)
+    word_names: Mapping[str, int] = field(default_factory=dict)
+    word_values: Mapping[str, int] = field(default_factory=dict)
 
     def piece_table(self) -> tuple[bytes, np.ndarray]:
         """The pieces as one blob and len + 1 offsets into it."""
@@ -185,6 +194,7 @@ def render(segs: Sequence[Seg], suffix: bytes, sep: bytes, rows: int, write: Cal
         else:
             bound += 25
         bound += len(s.literal)
+        tables = [_known(s.word_names, keep), _known(s.word_values, keep)] if s.how == WORDS else [None, None]
         keep += [values, blob, offsets, s.literal]
         arr[i] = _Seg(
             ctypes.cast(ctypes.c_char_p(s.literal), _P),
@@ -193,6 +203,7 @@ def render(segs: Sequence[Seg], suffix: bytes, sep: bytes, rows: int, write: Cal
             values.ctypes.data if s.values is not None else None,
             base,
             offsets.ctypes.data,
+            *tables,
         )
     cap = max(CHUNK_BYTES, 2 * bound)
     # a buffer from the last call: a fresh one would be faulted in again each time
@@ -224,6 +235,20 @@ def render(segs: Sequence[Seg], suffix: bytes, sep: bytes, rows: int, write: Cal
         _BUFFERS[:] = [buf]
 
 
+def _known(words: Mapping[str, int], keep: list) -> Optional[ctypes._Pointer]:
+    """`words` as the C table of interned words (kept alive in `keep`), or None."""
+    if not words:
+        return None
+    encoded = [w.encode() for w in words]
+    blob = b"".join(encoded)
+    off = np.zeros(len(encoded) + 1, np.int64)
+    np.cumsum([len(w) for w in encoded], out=off[1:])
+    iid = np.array(list(words.values()), np.int64)
+    table = _Known(ctypes.cast(ctypes.c_char_p(blob), _P), off.ctypes.data, iid.ctypes.data, len(encoded))
+    keep += [blob, off, iid, table]
+    return ctypes.pointer(table)
+
+
 def _render_py(
     segs: Sequence[Seg], suffix: bytes, sep: bytes, rows: int, write: Callable[[bytes], object], chunk_rows: int = 50000
 ) -> None:
@@ -237,7 +262,7 @@ def _render_py(
             pieces = [blob[a:b] for a, b in zip(ends, ends[1:])]
         if s.how in (SPAN, WORDS):  # each row's own piece
             spans = [bytes(s.base[o : o + n]) for o, n in zip(values, np.asarray(s.lengths)[:rows].tolist())]
-            pieces = spans if s.how == SPAN else [proto_members(t.decode()) for t in spans]
+            pieces = spans if s.how == SPAN else [proto_members(t.decode(), s.word_names, s.word_values) for t in spans]
             values = list(range(rows))
         cols.append((s.literal, s.how, values, pieces))
     for lo in range(0, rows, chunk_rows):
@@ -309,15 +334,34 @@ def json_members(text: str) -> str:
     return ",".join(f"{_q(name)}:{_q(value)}" for name, value in _words(text))
 
 
-def proto_members(text: str) -> bytes:
+_KERNEL_HEX = re.compile(r"0x(0|[1-9a-f][0-9a-f]{0,15})")  # %lx after 0x: it prints back the same
+
+
+def proto_members(
+    text: str, names: Optional[Mapping[str, int]] = None, values: Optional[Mapping[str, int]] = None
+) -> bytes:
     """`text`'s words (`_words`) as protobuf: each a TrackEvent debug annotation
-    (field 4) with that name (10) and string value (6)."""
+    (field 4). Its name is the name_iid (1) `names` gives it, else the name
+    (10); its value the string_value_iid (17) `values` gives it, else a
+    pointer_value (7) when it is kernel hex, else a string_value (6)."""
+    names, values = names or {}, values or {}
     out = []
     for name, value in _words(text):
-        n, v = name.encode(), value.encode()
-        body = b"\x52" + varint(len(n)) + n + b"\x32" + varint(len(v)) + v
+        n = names.get(name)
+        body = b"\x08" + varint(n) if n else _bytes_field(b"\x52", name.encode())
+        v = values.get(value)
+        if v:
+            body += b"\x88\x01" + varint(v)
+        elif _KERNEL_HEX.fullmatch(value):
+            body += b"\x38" + varint(int(value, 16))
+        else:
+            body += _bytes_field(b"\x32", value.encode())
         out.append(b"\x22" + varint(len(body)) + body)
     return b"".join(out)
+
+
+def _bytes_field(tag: bytes, data: bytes) -> bytes:
+    return tag + varint(len(data)) + data
 
 
 _PLAIN = re.compile(rb"[\x20-\x7e]*")  # printable ASCII and spaces: split and quoted alike in C and Python

@@ -108,23 +108,30 @@ def spans(rng: random.Random, rows: int, alphabet: bytes) -> tuple[bytes, np.nda
     return base, off, length
 
 
+# interned word names and values as the export gives them: some words of the alphabet below
+# have an iid, one of them as a name and as a value (different iids), one a 2-byte iid
+INTERNED = ({"a": 3, "ab": 300, "b": 1}, {"b": 2, "(a)": 7, "0xa": 9})
+
+
+@pytest.mark.parametrize("interned", [({}, {}), INTERNED], ids=["plain", "interned"])
 @pytest.mark.parametrize("seed", range(10))
-def test_span_and_words_print_the_buffers_bytes(seed):
+def test_span_and_words_print_the_buffers_bytes(seed, interned):
     rng = random.Random(seed)
     rows = 300
+    names, values = interned
     base, off, length = spans(rng, rows, b'  (()==ab0x"\\\x7e')  # printable: WORDS' domain
     segs = [
         Seg(b"<", SPAN, off, base=base, lengths=length),
         Seg(b"\x0a", OPEN),
-        Seg(b"", WORDS, off, base=base, lengths=length),
+        Seg(b"", WORDS, off, base=base, lengths=length, word_names=names, word_values=values),
         Seg(b">", CLOSE),
     ]
     want = b"".join(
         b"<"
         + base[o : o + n]
         + b"\x0a"
-        + varint(len(bulk.proto_members(base[o : o + n].decode())) + 1)
-        + bulk.proto_members(base[o : o + n].decode())
+        + varint(len(bulk.proto_members(base[o : o + n].decode(), names, values)) + 1)
+        + bulk.proto_members(base[o : o + n].decode(), names, values)
         + b">"
         for o, n in zip(off.tolist(), length.tolist())
     )
@@ -227,11 +234,30 @@ def test_python_json_words_leaves_other_text_to_python():
 
 def test_proto_members_are_debug_annotations():
     # field 4 (TrackEvent.debug_annotations), each {10: name, 6: string_value}; a 200-byte value takes a 2-byte length
-    assert bulk.proto_members("(f+0x0/0x4) addr=0x1a00 x") == (
-        b"\x22\x13\x52\x04site\x32\x0b(f+0x0/0x4)" + b"\x22\x0e\x52\x04addr\x32\x060x1a00"
+    assert bulk.proto_members("(f+0x0/0x4) v=x1a00 x") == (
+        b"\x22\x13\x52\x04site\x32\x0b(f+0x0/0x4)" + b"\x22\x0a\x52\x01v\x32\x05x1a00"
     )
     long = bulk.proto_members("v=" + "y" * 200)
     assert long == b"\x22\xce\x01" + b"\x52\x01v" + b"\x32\xc8\x01" + b"y" * 200
+
+
+def test_kernel_hex_values_are_pointers_and_other_spellings_strings():
+    # pointer_value (7) for %lx after 0x, which prints back the same; 0x1a00 is the varint 80 34
+    assert bulk.proto_members("addr=0x1a00") == b"\x22\x09\x52\x04addr\x38\x80\x34"
+    assert bulk.proto_members("a=0x0") == b"\x22\x05\x52\x01a\x38\x00"
+    assert bulk.proto_members("a=0xffffffffffffffff") == b"\x22\x0e\x52\x01a\x38" + b"\xff" * 9 + b"\x01"
+    for kept in ("0x01a", "0X1a", "0x1A", "0x", "0x10000000000000000", "1a", "0x1g"):
+        assert bulk.proto_members(f"a={kept}") == bulk.proto_members("a=x")[:1] + bytes([5 + len(kept)]) + (
+            b"\x52\x01a\x32" + bytes([len(kept)]) + kept.encode()
+        )
+
+
+def test_interned_names_and_values_are_iids():
+    # name_iid (1), string_value_iid (17: tag 88 01); a value is looked up among values only
+    names, values = {"site": 12, "xs": 200}, {"(f+0x0/0x4)": 30}
+    assert bulk.proto_members("(f+0x0/0x4) xs=(f+0x0/0x4) site=xs", names, values) == (
+        b"\x22\x05\x08\x0c\x88\x01\x1e" + b"\x22\x06\x08\xc8\x01\x88\x01\x1e" + b"\x22\x06\x08\x0c\x32\x02xs"
+    )
 
 
 WORD_WRITERS = [(bulk.json_words, JSON_MEMBERS), (bulk.proto_words, bulk.proto_members)]

@@ -190,3 +190,18 @@ def test_rows_printed_in_parts_write_the_same_bytes(monkeypatch, fixtures):
     parts = io.BytesIO()
     pftrace.write_trace(result, parts)
     assert parts.getvalue() == whole.getvalue() and len(result.timeline) > 7 * 10
+
+
+def test_kernel_words_are_interned_and_hex_a_pointer(fixtures):
+    # the probes' words take the short forms (same values as the JSON, test above): the site and the
+    # format's field names by iid, kernel hex as pointer_value; a name the format lacks stays a string
+    got = Proto(decode(analyze_path(str(fixtures / "seed-fill-order.txt"))))
+    kernel = [e for begins in got.begins.values() for _, e in begins if got.cats[e.category_iids[0]] == "kernel"]
+    probed = [e for e in kernel if "site" in got.args(e) and "xs" in got.args(e)]
+    assert probed
+    for e in probed:
+        words = {got.names[a.name_iid]: a for a in e.debug_annotations if a.name_iid}
+        assert got.strings[words["site"].string_value_iid] == got.args(e)["site"]
+        assert words["xs"].WhichOneof("value") == "pointer_value"
+    reserves = [e for e in kernel if "fq" in got.args(e)]
+    assert reserves and all(a.name == "fq" for e in reserves for a in e.debug_annotations if not a.name_iid)
