@@ -183,8 +183,7 @@ static int kernel_hex(const unsigned char *w, int64_t n, uint64_t *v)
  * One protobuf DebugAnnotation as field 4 of a TrackEvent: its name as an
  * interned name_iid (1) when `names` has it, else as name (10); its value
  * as an interned string_value_iid (17) when `values` has it, a pointer_value
- * (7) when it is kernel hex, else as string_value (6). Never longer than
- * the name and value as strings.
+ * (7) when it is kernel hex, else as string_value (6).
  */
 static char *put_annotation(char *o, const struct fr_known *names, const struct fr_known *values,
 			    const unsigned char *name, int64_t name_len, const unsigned char *value, int64_t value_len)
