@@ -296,6 +296,11 @@ def varint(v: int) -> bytes:
     return bytes(out)
 
 
+def len_field(tag: bytes, body: bytes) -> bytes:
+    """A protobuf length-delimited field: `tag`, the body's length as a varint, the body."""
+    return tag + varint(len(body)) + body
+
+
 def _print(how: int, v: int, pieces: Sequence[bytes]) -> bytes:
     if how in (PIECE, SPAN, WORDS):
         return pieces[v]
@@ -348,20 +353,16 @@ def proto_members(
     out = []
     for name, value in _words(text):
         n = names.get(name)
-        body = b"\x08" + varint(n) if n else _bytes_field(b"\x52", name.encode())
+        body = b"\x08" + varint(n) if n else len_field(b"\x52", name.encode())
         v = values.get(value)
         if v:
             body += b"\x88\x01" + varint(v)
         elif _KERNEL_HEX.fullmatch(value):
             body += b"\x38" + varint(int(value, 16))
         else:
-            body += _bytes_field(b"\x32", value.encode())
-        out.append(b"\x22" + varint(len(body)) + body)
+            body += len_field(b"\x32", value.encode())
+        out.append(len_field(b"\x22", body))
     return b"".join(out)
-
-
-def _bytes_field(tag: bytes, data: bytes) -> bytes:
-    return tag + varint(len(data)) + data
 
 
 _PLAIN = re.compile(rb"[\x20-\x7e]*")  # printable ASCII and spaces: split and quoted alike in C and Python

@@ -34,7 +34,7 @@ import numpy as np
 
 from flightrec import bulk
 from flightrec.analysis import Result, anomaly_json
-from flightrec.bulk import CLOSE, HEX, OPEN, PIECE, SPAN, VARINT, WORDS, Seg, render, varint
+from flightrec.bulk import CLOSE, HEX, OPEN, PIECE, SPAN, VARINT, WORDS, Seg, len_field, render, varint
 from flightrec.model.timeline import Timeline
 from flightrec.model.trips import Columns, columns, flow_points
 from flightrec.parse import format as kinds
@@ -71,16 +71,12 @@ CHUNK_ROWS = 1 << 16  # rows printed per render call
 FLOW, FLOW_END = b"\xf9\x02", b"\x81\x03"  # TrackEvent.flow_ids (47), terminating_flow_ids (48): fixed64
 
 
-def _len_field(tag: bytes, body: bytes) -> bytes:
-    return tag + varint(len(body)) + body
-
-
 def _str_field(tag: bytes, text: str) -> bytes:
-    return _len_field(tag, text.encode())
+    return len_field(tag, text.encode())
 
 
 def _packet(body: bytes) -> bytes:
-    return _len_field(PACKET, body)
+    return len_field(PACKET, body)
 
 
 def _track(uuid: int, name: str, parent: Optional[int] = None, rank: Optional[int] = None, explicit=False) -> bytes:
@@ -92,7 +88,7 @@ def _track(uuid: int, name: str, parent: Optional[int] = None, rank: Optional[in
         body += b"\x58\x03"  # ChildTracksOrdering.EXPLICIT: by sibling_order_rank
     if rank is not None:
         body += b"\x60" + varint(rank)
-    return _packet(_len_field(b"\xe2\x03", body))  # TracePacket.track_descriptor (60)
+    return _packet(len_field(b"\xe2\x03", body))  # TracePacket.track_descriptor (60)
 
 
 def _annotation(name: str, value) -> bytes:
@@ -109,9 +105,9 @@ def _value(value) -> bytes:
     if isinstance(value, float):
         return A_DOUBLE + np.float64(value).tobytes()
     if isinstance(value, dict):
-        return b"".join(_len_field(A_DICT, _annotation(str(k), v)) for k, v in value.items())
+        return b"".join(len_field(A_DICT, _annotation(str(k), v)) for k, v in value.items())
     if isinstance(value, (list, tuple)):
-        return b"".join(_len_field(A_ARRAY, _value(v)) for v in value) if value else _str_field(A_STRING, "[]")
+        return b"".join(len_field(A_ARRAY, _value(v)) for v in value) if value else _str_field(A_STRING, "[]")
     return _str_field(A_STRING, "null" if value is None else str(value))
 
 
@@ -119,14 +115,14 @@ def _event(ts: int, track: int, kind: int, name: str, category: int, annotations
     """A TrackEvent packet built in Python (tracks, instants, odd rows)."""
     body = TYPE + varint(kind) + TRACK_UUID + varint(track) + CATEGORY_IID + varint(category)
     body += _str_field(NAME, name)
-    body += b"".join(_len_field(ANNOTATION, _annotation(k, v)) for k, v in annotations.items())
-    return _packet(TIMESTAMP + varint(ts) + SEQ_NEEDS_STATE + _len_field(TRACK_EVENT, body))
+    body += b"".join(len_field(ANNOTATION, _annotation(k, v)) for k, v in annotations.items())
+    return _packet(TIMESTAMP + varint(ts) + SEQ_NEEDS_STATE + len_field(TRACK_EVENT, body))
 
 
 def _end(ts: int, track: int) -> bytes:
     """A SLICE_END packet, as the rows' template prints it (no interned data: no sequence flags)."""
     return _packet(
-        TIMESTAMP + varint(ts) + SEQ + _len_field(TRACK_EVENT, TYPE + varint(END) + TRACK_UUID + varint(track))
+        TIMESTAMP + varint(ts) + SEQ + len_field(TRACK_EVENT, TYPE + varint(END) + TRACK_UUID + varint(track))
     )
 
 
@@ -272,13 +268,13 @@ def _interned(strings: _Strings) -> bytes:
     """The sequence's first packet: it clears the incremental state and interns
     categories (1), annotation names (3) and string values (29)."""
     body = b"".join(
-        _len_field(b"\x0a", b"\x08" + varint(i + 1) + _str_field(b"\x12", c)) for i, c in enumerate(CATEGORIES)
+        len_field(b"\x0a", b"\x08" + varint(i + 1) + _str_field(b"\x12", c)) for i, c in enumerate(CATEGORIES)
     )
-    body += b"".join(_len_field(b"\x1a", b"\x08" + varint(i + 1) + _str_field(b"\x12", n)) for i, n in enumerate(NAMES))
+    body += b"".join(len_field(b"\x1a", b"\x08" + varint(i + 1) + _str_field(b"\x12", n)) for i, n in enumerate(NAMES))
     body += b"".join(
-        _len_field(b"\xea\x01", b"\x08" + varint(i + 1) + _len_field(b"\x12", t)) for i, t in enumerate(strings.texts)
+        len_field(b"\xea\x01", b"\x08" + varint(i + 1) + len_field(b"\x12", t)) for i, t in enumerate(strings.texts)
     )
-    return _packet(SEQ + b"\x68\x01" + _len_field(b"\x62", body))  # SEQ_INCREMENTAL_STATE_CLEARED
+    return _packet(SEQ + b"\x68\x01" + len_field(b"\x62", body))  # SEQ_INCREMENTAL_STATE_CLEARED
 
 
 def _cat(name: str) -> int:
@@ -421,7 +417,7 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
             *int_annotation("addr", A_POINTER, addr[nt]),
         ],
         "text",
-        _len_field(ANNOTATION, _annotation("text", "")),
+        len_field(ANNOTATION, _annotation("text", "")),
     )
     for i in np.flatnonzero(odd).tolist():
         r = int(app.rows[i])
@@ -506,7 +502,7 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
                 if plain:
                     text = text_annotation("body", body, k)
                 else:
-                    pieces = [_len_field(ANNOTATION, _annotation("body", body.text(int(i)) or "")) for i in k.tolist()]
+                    pieces = [len_field(ANNOTATION, _annotation("body", body.text(int(i)) or "")) for i in k.tolist()]
                     text = [Seg(b"", PIECE, np.arange(len(k)), pieces)]
                 return [
                     Seg(CATEGORY_IID + varint(_cat("other")) + NAME, OPEN),
@@ -567,7 +563,7 @@ def _reopen(packet: bytes, extra: bytes) -> bytes:
     head_end = body.index(TRACK_EVENT, 0)
     # the track event is the body's last field; its length follows the tag
     event = _skip_len(body, head_end + 1)
-    return body[:head_end] + _len_field(TRACK_EVENT, event + extra)
+    return body[:head_end] + len_field(TRACK_EVENT, event + extra)
 
 
 def _skip_len(data: bytes, at: int) -> bytes:
