@@ -153,8 +153,10 @@ struct fr_known {
 /* The iid of the n bytes at w in `known`, 0 when it has none. */
 static int64_t known_iid(const struct fr_known *known, const unsigned char *w, int64_t n)
 {
+	/* a few entries: the length and first byte rule out most before a call to memcmp */
 	for (int64_t k = 0; known && k < known->n; k++)
-		if (known->off[k + 1] - known->off[k] == n && !memcmp(known->words + known->off[k], w, n))
+		if (known->off[k + 1] - known->off[k] == n && (!n || known->words[known->off[k]] == (char)w[0]) &&
+		    !memcmp(known->words + known->off[k], w, n))
 			return known->iid[k];
 	return 0;
 }
@@ -219,15 +221,19 @@ static char *put_annotation(char *o, const struct fr_known *names, const struct 
 	return o + body;
 }
 
-/* The first word (a run of bytes other than space) at or after w, before q; *end: just past it. */
-static const unsigned char *next_word(const unsigned char *w, const unsigned char *q, const unsigned char **end)
+/* The first word (a run of bytes other than space) at or after w, before q; *end: just past
+ * it; *eq: its first '=', NULL when it has none (found in the same pass: words are short). */
+static const unsigned char *next_word(const unsigned char *w, const unsigned char *q, const unsigned char **end,
+				      const unsigned char **eq)
 {
 	const unsigned char *e;
 
 	while (w < q && *w == ' ')
 		w++;
+	*eq = NULL;
 	for (e = w; e < q && *e != ' '; e++)
-		;
+		if (*e == '=' && !*eq)
+			*eq = e;
 	*end = e;
 	return w;
 }
@@ -241,11 +247,10 @@ static const unsigned char *next_word(const unsigned char *w, const unsigned cha
 static char *put_proto_words(char *o, const unsigned char *p, const unsigned char *q, const struct fr_known *names,
 			     const struct fr_known *values)
 {
-	const unsigned char *we;
+	const unsigned char *we, *eq;
 	int first = 1;
 
-	for (const unsigned char *w = next_word(p, q, &we); w < q; w = next_word(we, q, &we), first = 0) {
-		const unsigned char *eq = memchr(w, '=', we - w);
+	for (const unsigned char *w = next_word(p, q, &we, &eq); w < q; w = next_word(we, q, &we, &eq), first = 0) {
 
 		if (first && *w == '(')
 			o = put_annotation(o, names, values, (const unsigned char *)"site", 4, w, we - w);
@@ -255,9 +260,20 @@ static char *put_proto_words(char *o, const unsigned char *p, const unsigned cha
 	return o;
 }
 
-/* 1 when p .. q is printable ASCII and spaces only: what C and Python split and quote alike */
+#define FR_BYTES(b) (0x0101010101010101ULL * (b))
+
+/* 1 when p .. q is printable ASCII and spaces only: what C and Python split and quote alike.
+ * Eight bytes at a time: a byte below 0x20 borrows into its top bit when 0x20 is taken
+ * from it (and had that bit clear), a byte above 0x7e sets it when 1 is added (or had it). */
 static int plain(const unsigned char *p, const unsigned char *q)
 {
+	for (; q - p >= 8; p += 8) {
+		uint64_t x;
+
+		memcpy(&x, p, 8);
+		if ((((x - FR_BYTES(0x20)) & ~x) | (x + FR_BYTES(0x01)) | x) & FR_BYTES(0x80))
+			return 0;
+	}
 	for (; p < q; p++)
 		if (*p < 0x20 || *p > 0x7e)
 			return 0;
@@ -417,7 +433,7 @@ int64_t fr_json_words(const char *data, const int64_t *off, const int32_t *len, 
 
 	for (; i < n; i++) {
 		const unsigned char *p = (const unsigned char *)data + off[i], *q = p + len[i];
-		const unsigned char *we;
+		const unsigned char *we, *eq;
 		char *start = o;
 		int first = 1;
 
@@ -428,8 +444,7 @@ int64_t fr_json_words(const char *data, const int64_t *off, const int32_t *len, 
 			out_len[i] = -1;
 			continue;
 		}
-		for (const unsigned char *w = next_word(p, q, &we); w < q; w = next_word(we, q, &we), first = 0) {
-			const unsigned char *eq = memchr(w, '=', we - w);
+		for (const unsigned char *w = next_word(p, q, &we, &eq); w < q; w = next_word(we, q, &we, &eq), first = 0) {
 
 			if (first && *w == '(') {
 				if (o != start)

@@ -288,3 +288,13 @@ def test_c_words_span_chunks(monkeypatch, words, members):
     off = np.cumsum([0] + [len(s) for s in strings[:-1]])
     length = np.array([len(s) for s in strings])
     assert words(data, off, length)[0] == bulk._words_py(members, data, off, length)[0]
+
+
+def test_plain_finds_one_odd_byte_anywhere():
+    """plain reads eight bytes at a time: every byte value, at every place in and after a word."""
+    base = b"x" * 40
+    for value in range(256):
+        for at in range(19):
+            text = base[:at] + bytes([value]) + base[at + 1 : 19]
+            got = bulk.plain(text, np.array([0]), np.array([19]))
+            assert got.tolist() == [0x20 <= value <= 0x7E], (value, at)
