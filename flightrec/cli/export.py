@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from flightrec.cli.options import no_gc
+from flightrec.cli.options import no_gc, small_pages
 
 
 @click.group(
@@ -83,7 +83,7 @@ def perfetto_cmd(trace: str, output: str, fmt: str, threads: bool) -> None:
     else:
         from flightrec.report.pftrace import write_trace_file
 
-    with no_gc():  # as analyze: the export makes fewer objects still
+    with no_gc(), small_pages():  # as analyze: the export makes fewer objects still
         result = analyze_path(trace)
         stats = write_trace_file(result, output, threads=threads)
     where = "standard output" if output == "-" else output

@@ -249,3 +249,17 @@ def test_json_is_the_same_on_the_c_and_python_parsers(fixtures, tmp_path):
         # every fixture but the clean TX-heavy one holds an anomaly
         assert fast.returncode == slow.returncode == (0 if "clean" in trace.name else 1), trace
         assert fast.stdout == slow.stdout, trace
+
+
+def test_export_turns_numpys_huge_page_hint_off_and_back():
+    from numpy._core import multiarray
+
+    from flightrec.cli.options import small_pages
+
+    before = multiarray._set_madvise_hugepage(True)
+    try:
+        with small_pages():
+            assert multiarray._set_madvise_hugepage(False) is False  # off inside (it returns the old value)
+        assert multiarray._set_madvise_hugepage(True) is True  # as it was after
+    finally:
+        multiarray._set_madvise_hugepage(before)
