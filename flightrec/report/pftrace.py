@@ -334,6 +334,8 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
 
     flows, flow_off, n_flows = _flow_table(tl, arr)
     line = np.asarray(p.line, dtype=np.int64)
+    # whole columns once: each part then gathers a row's value once, not per use
+    track, end = CPU_TRACK0 + arr.cpu, start + dur
 
     def slices(rows: np.ndarray, middle: Callable[[slice], list[Seg]]) -> None:
         """The slices of `rows`: each a SLICE_BEGIN packet (the common head, the
@@ -344,11 +346,12 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
         for lo in range(0, len(rows), CHUNK_ROWS):
             part = slice(lo, lo + CHUNK_ROWS)
             r = rows[part]
+            on = track[r]
             segs = [
                 Seg(PACKET, OPEN),
                 Seg(TIMESTAMP, VARINT, start[r]),
                 Seg(SEQ_NEEDS_STATE + TRACK_EVENT, OPEN),
-                Seg(TYPE + varint(BEGIN) + TRACK_UUID, VARINT, CPU_TRACK0 + arr.cpu[r]),
+                Seg(TYPE + varint(BEGIN) + TRACK_UUID, VARINT, on),
                 *int_annotation("line", A_INT, line[r]),
                 *string_annotation("task", strings.tasks + task[r]),
                 *middle(part),
@@ -356,9 +359,9 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
                 Seg(b"", CLOSE),
                 Seg(b"", CLOSE),
                 Seg(PACKET, OPEN),
-                Seg(TIMESTAMP, VARINT, start[r] + dur[r]),
+                Seg(TIMESTAMP, VARINT, end[r]),
                 Seg(SEQ + TRACK_EVENT, OPEN),
-                Seg(TYPE + varint(END) + TRACK_UUID, VARINT, CPU_TRACK0 + arr.cpu[r]),
+                Seg(TYPE + varint(END) + TRACK_UUID, VARINT, on),
                 Seg(b"", CLOSE),
                 Seg(b"", CLOSE),
             ]
@@ -391,34 +394,34 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
     states = [s.encode() for s in kinds.STATES]
     odd = (app.detail.length >= 0) & ~app.detail.plain
     odd |= ~app.note & ((app.addr == POISON) | (app.sock < 0) | (app.frm < 0) | (app.to < 0) | (app.queue < 0))
-    app_slices(
-        np.flatnonzero(~app.note & ~odd),
-        lambda m: [
+
+    def marker(m: np.ndarray) -> list[Seg]:
+        frm, to, a = app.frm[m], app.to[m], addr[m]
+        return [
             Seg(CATEGORY_IID + varint(_cat("marker")) + NAME, OPEN),
-            Seg(b"", PIECE, app.frm[m], states),
-            Seg(b"->", PIECE, app.to[m], states),
-            Seg(b" ", HEX, addr[m]),
+            Seg(b"", PIECE, frm, states),
+            Seg(b"->", PIECE, to, states),
+            Seg(b" ", HEX, a),
             Seg(b"", CLOSE),
             *string_annotation("sock", strings.socks + app.sock[m]),
             *int_annotation("queue", A_INT, app.queue[m]),
-            *int_annotation("addr", A_POINTER, addr[m]),
-            *string_annotation("from", strings.states + app.frm[m]),
-            *string_annotation("to", strings.states + app.to[m]),
-        ],
-        "detail",
-        b"",
-    )
-    app_slices(
-        np.flatnonzero(app.note & ~odd),
-        lambda nt: [
+            *int_annotation("addr", A_POINTER, a),
+            *string_annotation("from", strings.states + frm),
+            *string_annotation("to", strings.states + to),
+        ]
+
+    app_slices(np.flatnonzero(~app.note & ~odd), marker, "detail", b"")
+
+    def note(nt: np.ndarray) -> list[Seg]:
+        a = addr[nt]
+        return [
             Seg(CATEGORY_IID + varint(_cat("note")) + NAME, OPEN),
-            Seg(b"note ", HEX, addr[nt]),
+            Seg(b"note ", HEX, a),
             Seg(b"", CLOSE),
-            *int_annotation("addr", A_POINTER, addr[nt]),
-        ],
-        "text",
-        len_field(ANNOTATION, _annotation("text", "")),
-    )
+            *int_annotation("addr", A_POINTER, a),
+        ]
+
+    app_slices(np.flatnonzero(app.note & ~odd), note, "text", len_field(ANNOTATION, _annotation("text", "")))
     for i in np.flatnonzero(odd).tolist():
         r = int(app.rows[i])
         a = int(app.addr[i])
