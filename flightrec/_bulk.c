@@ -54,7 +54,7 @@ int64_t fr_intern(const char *data, const int64_t *off, const int32_t *len, int6
 	return distinct;
 }
 
-enum { FR_INT = 0, FR_MICROS = 1, FR_PIECE = 2, FR_HEX = 3, FR_VARINT = 4, FR_OPEN = 5, FR_CLOSE = 6, FR_SPAN = 7, FR_WORDS = 8 };
+enum { FR_INT = 0, FR_MICROS = 1, FR_PIECE = 2, FR_HEX = 3, FR_VARINT = 4, FR_OPEN = 5, FR_CLOSE = 6, FR_SPAN = 7, FR_WORDS = 8, FR_FIELD = 9 };
 
 /* protobuf's length-delimited messages nest at most this deep in one row */
 #define FR_DEPTH 16
@@ -69,7 +69,9 @@ struct fr_seg {
 		      is written in front when the FR_CLOSE that matches it ends the body); values
 		      unused for FR_OPEN and FR_CLOSE, which print their literal first; FR_SPAN:
 		      pieces[value .. value + piece_off[row]) (spans of one buffer, each row its own
-		      length); FR_WORDS: that span's words as protobuf debug annotations */
+		      length); FR_WORDS: that span's words as protobuf debug annotations; FR_FIELD:
+		      the literal's first byte (a field's tag), then a body of the literal's rest and
+		      the value as a varint, its length (under 128) in front: OPEN, VARINT, CLOSE in one */
 	const int64_t *values;
 	const char *pieces; /* FR_PIECE: piece k is pieces[piece_off[k] .. piece_off[k + 1]) */
 	const int64_t *piece_off;
@@ -353,6 +355,17 @@ int64_t fr_render(const struct fr_seg *segs, int32_t nseg, const char *suffix, i
 			const struct fr_seg *g = &segs[s];
 			int64_t v = g->values ? g->values[row] : 0;
 
+			if (g->how == FR_FIELD) {
+				char *at = o + 1;
+
+				*o = g->lit[0];
+				o += 2;
+				for (int64_t k = 1; k < g->lit_len; k++)
+					*o++ = g->lit[k];
+				o = put_varint(o, (uint64_t)v);
+				*at = (char)(o - (at + 1));
+				continue;
+			}
 			/* literals are a few bytes: a call to memcpy would cost more than the copy */
 			for (int64_t k = 0; k < g->lit_len; k++)
 				o[k] = g->lit[k];

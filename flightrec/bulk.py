@@ -22,8 +22,11 @@ from flightrec import native
 
 # how a segment prints its column: decimal, value/1000 as a decimal, pieces[value], 0x and unsigned hex,
 # a protobuf varint; OPEN and CLOSE (no column) bracket a length-delimited field's body, its length put in front;
-# SPAN: base[value:value + lengths[row]]; WORDS: that span's words as protobuf (proto_members; plain text only)
-INT, MICROS, PIECE, HEX, VARINT, OPEN, CLOSE, SPAN, WORDS = 0, 1, 2, 3, 4, 5, 6, 7, 8
+# SPAN: base[value:value + lengths[row]]; WORDS: that span's words as protobuf (proto_members; plain text only);
+# FIELD: OPEN, VARINT, CLOSE as one segment (one pass of the loop, not three): the literal's first byte is the
+# field's tag, its rest and the value as a varint the body (field_varint)
+INT, MICROS, PIECE, HEX, VARINT, OPEN, CLOSE, SPAN, WORDS, FIELD = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
+FIELD_LITERAL_MAX = 100  # a FIELD body (literal rest and a 10-byte varint at most) stays under 128: one length byte
 MAX_DEPTH = 16  # OPEN inside OPEN, as deep as _bulk.c allows
 CHUNK_BYTES = 4 << 20
 _BUFFERS: list[np.ndarray] = []  # render's output buffer, kept for the next call
@@ -152,6 +155,8 @@ def _check(segs: Sequence[Seg], rows: int) -> None:
             continue
         if s.values is None or len(s.values) < rows:
             raise ValueError("a column is shorter than the rows to print")
+        if s.how == FIELD and not 1 <= len(s.literal) <= FIELD_LITERAL_MAX:
+            raise ValueError(f"a field segment's literal is its tag and up to {FIELD_LITERAL_MAX - 1} bytes")
         if s.how in (SPAN, WORDS):
             if s.base is None or s.lengths is None or len(s.lengths) < rows:
                 raise ValueError("a span segment needs its buffer and a length per row")
@@ -271,6 +276,9 @@ def _render_py(
             parts: list[bytes] = []
             opened: list[int] = []
             for literal, how, values, pieces in cols:
+                if how == FIELD:
+                    parts.append(field_varint(literal, values[r]))
+                    continue
                 parts.append(literal)
                 if how == OPEN:
                     opened.append(len(parts))
@@ -299,6 +307,12 @@ def varint(v: int) -> bytes:
 def len_field(tag: bytes, body: bytes) -> bytes:
     """A protobuf length-delimited field: `tag`, the body's length as a varint, the body."""
     return tag + varint(len(body)) + body
+
+
+def field_varint(literal: bytes, v: int) -> bytes:
+    """What a FIELD segment prints: a field whose tag is `literal`'s first byte
+    and whose body is the literal's rest and `v` as a varint."""
+    return len_field(literal[:1], literal[1:] + varint(v))
 
 
 def _print(how: int, v: int, pieces: Sequence[bytes]) -> bytes:

@@ -34,7 +34,7 @@ import numpy as np
 
 from flightrec import bulk
 from flightrec.analysis import Result, anomaly_json
-from flightrec.bulk import CLOSE, HEX, OPEN, PIECE, SPAN, VARINT, WORDS, Seg, len_field, render, varint
+from flightrec.bulk import CLOSE, FIELD, HEX, OPEN, PIECE, SPAN, VARINT, WORDS, Seg, len_field, render, varint
 from flightrec.model.timeline import Timeline
 from flightrec.model.trips import Columns, columns, flow_points
 from flightrec.parse import format as kinds
@@ -368,10 +368,10 @@ def write_trace(result: Result, out: BinaryIO, threads: bool = True) -> ExportSt
             render(segs, b"", b"", len(r), out.write)
 
     def string_annotation(name: str, iids: np.ndarray) -> list[Seg]:
-        return [Seg(ANNOTATION, OPEN), Seg(A_NAME_IID + _iid(name) + A_STRING_IID, VARINT, iids), Seg(b"", CLOSE)]
+        return [Seg(ANNOTATION + A_NAME_IID + _iid(name) + A_STRING_IID, FIELD, iids)]
 
     def int_annotation(name: str, tag: bytes, values: np.ndarray) -> list[Seg]:
-        return [Seg(ANNOTATION, OPEN), Seg(A_NAME_IID + _iid(name) + tag, VARINT, values), Seg(b"", CLOSE)]
+        return [Seg(ANNOTATION + A_NAME_IID + _iid(name) + tag, FIELD, values)]
 
     def text_annotation(name: str, texts: _Texts, ix: np.ndarray) -> list[Seg]:
         return [

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flightrec import bulk
-from flightrec.bulk import CLOSE, HEX, INT, MICROS, OPEN, PIECE, SPAN, VARINT, WORDS, Seg, micros, varint
+from flightrec.bulk import CLOSE, FIELD, HEX, INT, MICROS, OPEN, PIECE, SPAN, VARINT, WORDS, Seg, micros, varint
 
 needs_c = pytest.mark.skipif(not bulk.available(), reason="flightrec/_bulk.so is not built: run `make`")
 
@@ -298,3 +298,26 @@ def test_plain_finds_one_odd_byte_anywhere():
             text = base[:at] + bytes([value]) + base[at + 1 : 19]
             got = bulk.plain(text, np.array([0]), np.array([19]))
             assert got.tolist() == [0x20 <= value <= 0x7E], (value, at)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_field_prints_what_open_varint_close_print(seed):
+    rng = random.Random(seed)
+    rows = 400
+    # every varint length, 1 to 10 bytes, and literals up to the longest allowed
+    values = np.array([rng.getrandbits(rng.choice([3, 7, 14, 28, 35, 49, 56, 63, 64])) for _ in range(rows)], np.uint64)
+    values = values.view(np.int64)
+    literal = bytes(rng.randrange(256) for _ in range(rng.randint(1, bulk.FIELD_LITERAL_MAX)))
+    tail = [Seg(b"|", VARINT, values[::-1].copy())]
+    fused = [Seg(literal, FIELD, values), *tail]
+    apart = [Seg(literal[:1], OPEN), Seg(literal[1:], VARINT, values), Seg(b"", CLOSE), *tail]
+    want = collect(apart, b"\n", b"", rows, bulk._render_py)
+    assert collect(apart, b"\n", b"", rows, bulk.render) == want
+    assert collect(fused, b"\n", b"", rows, bulk._render_py) == want
+    assert collect(fused, b"\n", b"", rows, bulk.render) == want
+
+
+def test_field_refuses_a_literal_without_tag_or_too_long():
+    for literal in (b"", b"\x22" * (bulk.FIELD_LITERAL_MAX + 1)):
+        with pytest.raises(ValueError, match="field segment"):
+            bulk.render([Seg(literal, FIELD, np.array([1]))], b"", b"", 1, lambda c: None)
