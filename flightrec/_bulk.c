@@ -253,7 +253,6 @@ static char *put_proto_words(char *o, const unsigned char *p, const unsigned cha
 	int first = 1;
 
 	for (const unsigned char *w = next_word(p, q, &we, &eq); w < q; w = next_word(we, q, &we, &eq), first = 0) {
-
 		if (first && *w == '(')
 			o = put_annotation(o, names, values, (const unsigned char *)"site", 4, w, we - w);
 		if (eq && eq > w)
@@ -458,7 +457,6 @@ int64_t fr_json_words(const char *data, const int64_t *off, const int32_t *len, 
 			continue;
 		}
 		for (const unsigned char *w = next_word(p, q, &we, &eq); w < q; w = next_word(we, q, &we, &eq), first = 0) {
-
 			if (first && *w == '(') {
 				if (o != start)
 					*o++ = ',';
