@@ -23,14 +23,12 @@ struct table {
 	int64_t *slot;
 };
 
-static int table_init(struct table *t, int64_t entries)
+/* A table sized for the distinct keys as they come, not for the rows: a table of a slot per
+ * row would have a few thousand descriptors touch a page each (16 MiB for a million rows). */
+static int table_init(struct table *t)
 {
-	uint64_t size = 16;
-
-	while (size < (uint64_t)entries * 2)
-		size <<= 1;
-	t->mask = size - 1;
-	t->slot = calloc(size, sizeof(*t->slot)); /* untouched pages stay unfaulted */
+	t->mask = 1023;
+	t->slot = calloc(t->mask + 1, sizeof(*t->slot));
 	return t->slot ? 0 : -1;
 }
 
@@ -42,7 +40,28 @@ static uint64_t hash64(uint64_t k)
 	return k;
 }
 
-/* the entry of key k (keys[entry] == k), or a new entry *count appended */
+/* twice the slots, the count entries of keys put in again; -1 when out of memory */
+static int table_grow(struct table *t, const uint64_t *keys, int64_t count)
+{
+	uint64_t mask = t->mask * 2 + 1;
+	int64_t *slot = calloc(mask + 1, sizeof(*slot));
+
+	if (!slot)
+		return -1;
+	for (int64_t e = 0; e < count; e++) {
+		uint64_t s = hash64(keys[e]) & mask;
+
+		while (slot[s])
+			s = (s + 1) & mask;
+		slot[s] = e + 1;
+	}
+	free(t->slot);
+	t->slot = slot;
+	t->mask = mask;
+	return 0;
+}
+
+/* the entry of key k (keys[entry] == k), or a new entry *count appended; -1 when out of memory */
 static int64_t table_get(struct table *t, uint64_t *keys, int64_t *count, uint64_t k)
 {
 	for (uint64_t s = hash64(k) & t->mask;; s = (s + 1) & t->mask) {
@@ -51,6 +70,8 @@ static int64_t table_get(struct table *t, uint64_t *keys, int64_t *count, uint64
 		if (e < 0) {
 			keys[*count] = k;
 			t->slot[s] = ++*count;
+			if ((uint64_t)*count * 2 > t->mask && table_grow(t, keys, *count))
+				return -1; /* at most half full: probes stay short */
 			return *count - 1;
 		}
 		if (keys[e] == k)
@@ -116,13 +137,16 @@ int64_t fr_flow_points(int64_t n, const uint64_t *addr, const uint8_t *desc_row,
 	pend_trip = malloc((nr + 1) * sizeof(*pend_trip));
 	pts = malloc((2 * nd + nr + 1) * sizeof(*pts));
 	if (!daddr || !trips || !xkey || !pend_head || !pend_next || !pend_desc || !pend_trip || !pts ||
-	    table_init(&dt, nd) || table_init(&xt, nr))
+	    table_init(&dt) || table_init(&xt))
 		goto out;
 
 	/* the walk: trips per descriptor, and which reserves each flush publishes */
 	for (int64_t i = 0, npend = 0; i < n; i++) {
 		if (desc_row[i]) {
 			int64_t d = table_get(&dt, daddr, &ndesc, addr[i]);
+
+			if (d < 0)
+				goto out;
 
 			if (trips[d] == 0) {
 				trips[d] = 1; /* its first event opens its first trip */
@@ -133,6 +157,9 @@ int64_t fr_flow_points(int64_t n, const uint64_t *addr, const uint8_t *desc_row,
 			pts[np++] = (struct point){ trips[d] - 1, d, i };
 			if (reserve[i]) {
 				int64_t known = nxs, x = table_get(&xt, xkey, &nxs, xs[i]);
+
+				if (x < 0)
+					goto out;
 
 				if (nxs != known)
 					pend_head[x] = -1; /* a new xs: nothing pending yet */
